@@ -1,0 +1,1 @@
+"""Engines: what turns an image into a cut-out."""

@@ -1,0 +1,222 @@
+"""The exception tree of photoroom_bg.
+
+Every error the SDK raises derives from :class:`PhotoroomBGError`, split by cause::
+
+    PhotoroomBGError
+    ├── PhotoroomError                  something went wrong talking to Photoroom
+    │   ├── APIConnectionError          no usable response (DNS, refused, reset, bad TLS)
+    │   │   └── APITimeoutError         the request timed out
+    │   └── APIStatusError              Photoroom answered with a non-2xx status
+    │       ├── BadRequestError         400 (and other 4xx without a class of their own)
+    │       ├── AuthenticationError     401 / 403: missing, invalid or unauthorised key
+    │       ├── OutOfCreditsError       402: the account has no images/credits left
+    │       ├── NotFoundError           404
+    │       ├── RateLimitError          429 (``retry_after`` in seconds when given)
+    │       └── ServerError             5xx
+    ├── ValidationError                 a value was rejected locally, before any request
+    │   └── InvalidImageError           the input image itself is unusable (empty, too big,
+    │                                   wrong format, too many pixels, corrupt)
+    ├── ConfigurationError              missing API key, client used after close, bad setup
+    ├── SourceError                     an input could not be read or fetched
+    │   ├── UnsafeURLError              URL refused by the SSRF guard (scheme, address, redirect)
+    │   ├── SourceTooLargeError         the source exceeds the byte cap
+    │   └── SourceNotFoundError         404 / missing file / missing object
+    └── StorageError                    a sink could not store or read an object
+        ├── StorageAuthError            wrong credentials or access denied
+        ├── BucketNotFoundError         the bucket does not exist (and was not to be created)
+        ├── ObjectNotFoundError         no object under that key
+        ├── UnsafeKeyError              the key would escape the sink's root
+        └── StorageFullError            no space left / size cap reached
+
+No message produced by this module ever contains an API key or a storage secret: messages are
+built from status codes, server-provided text and caller-visible names only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BucketNotFoundError",
+    "ConfigurationError",
+    "InvalidImageError",
+    "NotFoundError",
+    "ObjectNotFoundError",
+    "OutOfCreditsError",
+    "PhotoroomBGError",
+    "PhotoroomError",
+    "RateLimitError",
+    "ServerError",
+    "SourceError",
+    "SourceNotFoundError",
+    "SourceTooLargeError",
+    "StorageAuthError",
+    "StorageError",
+    "StorageFullError",
+    "UnsafeKeyError",
+    "UnsafeURLError",
+    "ValidationError",
+]
+
+
+class PhotoroomBGError(Exception):
+    """Base class of every exception raised by photoroom_bg."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class PhotoroomError(PhotoroomBGError):
+    """A call to the Photoroom API failed."""
+
+
+class APIConnectionError(PhotoroomError):
+    """No usable HTTP response was received (connection refused, reset, DNS, protocol error)."""
+
+    def __init__(self, message: str = "Connection error.", *, request: httpx.Request | None = None):
+        super().__init__(message)
+        self.request = request
+
+
+class APITimeoutError(APIConnectionError):
+    """The request timed out; raise the client's ``timeout`` for large images or AI features."""
+
+    def __init__(self, message: str = "Request timed out.", *, request: httpx.Request | None = None):
+        super().__init__(message, request=request)
+
+
+class APIStatusError(PhotoroomError):
+    """Photoroom answered with an error status.
+
+    Attributes:
+        message: the server's explanation (``detail`` or ``error.message``), or a generic text.
+        status_code: the HTTP status.
+        error_type: the machine-readable ``type`` of the flat ``/v1/segment`` envelope, if any.
+        response: the :class:`httpx.Response` (its request headers hold the key: never log them).
+        body: the decoded JSON body, or ``None``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        response: httpx.Response | None = None,
+        error_type: str | None = None,
+        body: object = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.response = response
+        self.error_type = error_type
+        self.body = body
+
+    def __str__(self) -> str:
+        kind = f" [{self.error_type}]" if self.error_type else ""
+        return f"{self.status_code}{kind}: {self.message}"
+
+
+class BadRequestError(APIStatusError):
+    """400: the request was invalid (bad parameter, missing image, conflicting options)."""
+
+
+class AuthenticationError(APIStatusError):
+    """401/403: the API key is missing, invalid, or not allowed to call this endpoint."""
+
+
+class OutOfCreditsError(APIStatusError):
+    """402: the account has no images/credits left. Retrying will not help."""
+
+
+class NotFoundError(APIStatusError):
+    """404: the endpoint (or a URL Photoroom was asked to fetch) does not exist."""
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests. ``retry_after`` is the server's advice in seconds, if any."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int = 429,
+        response: httpx.Response | None = None,
+        error_type: str | None = None,
+        body: object = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(
+            message, status_code=status_code, response=response, error_type=error_type, body=body
+        )
+        self.retry_after = retry_after
+
+
+class ServerError(APIStatusError):
+    """5xx: Photoroom failed. Failed calls are not billed, so these are retried."""
+
+
+class ValidationError(PhotoroomBGError, ValueError):
+    """A value was rejected locally; no request was sent and no credit spent."""
+
+
+class InvalidImageError(ValidationError):
+    """The input image is unusable: empty, too large, unsupported format, too many pixels, corrupt."""
+
+
+class ConfigurationError(PhotoroomBGError):
+    """The SDK is not set up to make this call (no API key, closed client, bad argument)."""
+
+
+class SourceError(PhotoroomBGError):
+    """An input source could not be opened or fetched."""
+
+
+class UnsafeURLError(SourceError):
+    """A URL was refused: not http(s), or it resolves to a private/loopback/link-local address."""
+
+
+class SourceTooLargeError(SourceError):
+    """A source is larger than the configured byte cap."""
+
+
+class SourceNotFoundError(SourceError):
+    """A source does not exist (missing file, HTTP 404, missing object)."""
+
+
+class StorageError(PhotoroomBGError):
+    """A sink failed to store, read or describe an object."""
+
+
+class StorageAuthError(StorageError):
+    """The storage backend refused the credentials or denied access."""
+
+
+class BucketNotFoundError(StorageError):
+    """The bucket does not exist (pass ``create_bucket=True`` to create it)."""
+
+
+class ObjectNotFoundError(StorageError, KeyError):
+    """No object is stored under the requested key."""
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UnsafeKeyError(StorageError, ValueError):
+    """The key is not acceptable for this sink (escapes its root, NUL byte, backslash...)."""
+
+
+class StorageFullError(StorageError):
+    """No space is left on the device, or the sink's size cap was reached."""

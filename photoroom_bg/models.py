@@ -1,0 +1,75 @@
+"""Results returned by the clients: :class:`ImageResult` and :class:`Account`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import attrs
+
+__all__ = ["Account", "ImageResult"]
+
+_EXTENSIONS = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/webp": ".webp",
+    "image/avif": ".avif",
+}
+
+
+@attrs.frozen(repr=False)
+class ImageResult:
+    """An image returned by Photoroom (or another engine), with the response metadata.
+
+    Attributes:
+        content: the encoded image bytes.
+        content_type: the MIME type, e.g. ``image/png``.
+        uncertainty_score: ``x-uncertainty-score`` (0 confident .. 1 unsure, -1 humans found).
+        ai_background_seed: ``pr-ai-background-seed``, the seed used for an AI background.
+        texts_detected: ``pr-texts-detected``, texts found by text removal.
+        edit_further_url: ``pr-edit-further-url``, a link to open the result in Photoroom.
+        unsupported_attributes: parameters Photoroom ignored (``pr-unsupported-attributes``).
+        watermarked: True when produced with a ``sandbox_`` key; never ship such output.
+    """
+
+    content: bytes
+    content_type: str = "image/png"
+    uncertainty_score: float | None = None
+    ai_background_seed: int | None = None
+    texts_detected: int | None = None
+    edit_further_url: str | None = None
+    unsupported_attributes: tuple[str, ...] = ()
+    watermarked: bool = False
+
+    @property
+    def extension(self) -> str:
+        """The file extension matching :attr:`content_type` (``.png``, ``.jpg``, ...)."""
+        return _EXTENSIONS.get(self.content_type.split(";")[0].strip().lower(), ".bin")
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write :attr:`content` to ``path`` (parents created) and return the path."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(self.content)
+        return target
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageResult(content_type={self.content_type!r}, size={len(self.content)}, "
+            f"watermarked={self.watermarked})"
+        )
+
+
+@attrs.frozen
+class Account:
+    """Usage of the API key, from ``GET /v2/account``.
+
+    Attributes:
+        images_available: images (credits) left this period; may be fractional.
+        images_subscription: images included in the subscription per period.
+        plan: the plan name, e.g. ``"basic"`` or ``"plus"``.
+    """
+
+    images_available: float
+    images_subscription: float
+    plan: str | None = None

@@ -1,0 +1,1 @@
+"""Storage sinks: where cut-outs go."""

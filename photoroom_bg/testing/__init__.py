@@ -1,0 +1,1 @@
+"""Offline tools for testing code that uses photoroom_bg."""
