@@ -47,12 +47,15 @@ class ModelFamily:
     Subclasses set :attr:`input_size` (square side), :attr:`mean` and :attr:`std`. The input is
     the RGB image resized to the side with Lanczos, divided by its brightest value (as rembg
     does, so masks match), normalised per channel and laid out as NCHW float32.
+    :attr:`half_pixel_resize` says the graph's ``pytorch_half_pixel`` upsampling may be run as
+    the equivalent ``half_pixel`` (see :mod:`._onnx_graph`).
     """
 
     name: ClassVar[str]
     input_size: ClassVar[int]
     mean: ClassVar[Floats3]
     std: ClassVar[Floats3]
+    half_pixel_resize: ClassVar[bool] = False
 
     @classmethod
     def prepare(cls, rgb: Image.Image) -> NDArray[np.float32]:
@@ -90,6 +93,7 @@ class U2NetFamily(ModelFamily):
     input_size = 320
     mean = (0.485, 0.456, 0.406)
     std = (0.229, 0.224, 0.225)
+    half_pixel_resize = True  # its smallest upsampled map is 20 x 20
 
 
 class IsNetFamily(ModelFamily):

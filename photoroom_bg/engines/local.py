@@ -177,6 +177,8 @@ class LocalEngine:
             import onnxruntime as ort
         except ImportError as exc:
             raise ConfigurationError(_MISSING_EXTRA) from exc
+        from ._onnx_graph import use_half_pixel_resize
+
         available = ort.get_available_providers()
         providers = self._providers or [p for p in PREFERRED_PROVIDERS if p in available]
         if "CPUExecutionProvider" not in providers:
@@ -188,10 +190,11 @@ class LocalEngine:
         settings.inter_op_num_threads = 1
         settings.log_severity_level = 3
         spec = self._spec
+        model = spec.read_verified()
         try:
-            session = ort.InferenceSession(spec.read_verified(), settings, providers=providers)
-        except ConfigurationError:
-            raise
+            if spec.family.half_pixel_resize:
+                model = use_half_pixel_resize(model)
+            session = ort.InferenceSession(model, settings, providers=providers)
         except Exception as exc:  # onnxruntime raises its own, undocumented exception types
             raise ConfigurationError(f"cannot load model {spec.path}: {exc}") from exc
         inputs, outputs = session.get_inputs(), session.get_outputs()

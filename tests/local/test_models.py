@@ -8,10 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 from PIL import Image
 
 from photoroom_bg import SegmentOptions
+from photoroom_bg.engines._onnx_graph import use_half_pixel_resize
 from photoroom_bg.engines._onnx_models import (
     BUNDLED_DIR,
     U2NETP_SHA256,
@@ -170,3 +172,31 @@ def test_bundled_model_is_packaged_next_to_the_code() -> None:
     spec = resolve_model("u2netp")
     assert spec.path == BUNDLED
     assert spec.sha256 == U2NETP_SHA256
+
+
+def test_the_resize_rewrite_touches_only_the_coordinate_mode() -> None:
+    original = BUNDLED.read_bytes()
+
+    rewritten = use_half_pixel_resize(original)
+
+    resizes = original.count(b"pytorch_half_pixel")
+    assert resizes > 0
+    assert rewritten.count(b"pytorch_half_pixel") == 0
+    assert len(original) - len(rewritten) == resizes * len("pytorch_")
+    assert use_half_pixel_resize(rewritten) == rewritten
+
+
+def test_the_resize_rewrite_leaves_the_model_output_unchanged() -> None:
+    tensor = np.random.default_rng(3).random((1, 3, 320, 320), dtype=np.float32)
+    outputs = []
+    for model in (BUNDLED.read_bytes(), use_half_pixel_resize(BUNDLED.read_bytes())):
+        session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+        outputs.append(session.run(None, {session.get_inputs()[0].name: tensor})[0])
+
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("data", [b"\x3a\xff", b"\x0e", b"\x08\xff\xff"])
+def test_the_resize_rewrite_rejects_malformed_protobuf(data: bytes) -> None:
+    with pytest.raises(ValueError, match="protobuf"):
+        use_half_pixel_resize(data)
