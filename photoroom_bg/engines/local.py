@@ -68,8 +68,11 @@ class LocalEngine:
         ValidationError: ``max_workers`` or ``threads_per_worker`` below 1.
 
     Attributes:
-        name: ``"local:<model>"``, recorded in manifests.
+        name: ``"local:<model>"`` (or ``"local:<file stem>"`` with ``model_path``), recorded in
+            manifests.
         bills: always ``False``: local runs cost no credit.
+        max_workers: images processed at once.
+        threads_per_worker: onnxruntime intra-op threads per image.
     """
 
     def __init__(
@@ -117,7 +120,13 @@ class LocalEngine:
     async def process(self, image: bytes, options: object) -> ImageResult:
         """Remove the background of one image, honouring ``options`` like ``/v1/segment``.
 
-        Supported: ``format``, ``channels``, ``bg_color``, ``size`` and ``crop``.
+        Args:
+            image: the encoded input image (PNG, JPEG, WEBP or anything Pillow reads).
+            options: a :class:`~photoroom_bg.SegmentOptions`; ``format``, ``channels``,
+                ``bg_color``, ``size`` and ``crop`` are honoured.
+
+        Returns:
+            The cut-out, encoded as ``options.format`` asks.
 
         Raises:
             ValidationError: :class:`~photoroom_bg.EditOptions` (AI editing needs the API),
@@ -141,6 +150,7 @@ class LocalEngine:
             self._session = None
 
     async def __aenter__(self) -> LocalEngine:
+        """Use the engine in ``async with``; it is closed on exit."""
         return self
 
     async def __aexit__(
@@ -149,6 +159,7 @@ class LocalEngine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Close the engine (see :meth:`aclose`)."""
         await self.aclose()
 
     def _get_executor(self) -> ThreadPoolExecutor:
