@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
@@ -61,7 +62,8 @@ class LocalEngine:
         threads_per_worker: onnxruntime intra-op threads per image (default: CPUs divided by
             ``max_workers``, at least 1).
         providers: onnxruntime execution providers, best first (default: CUDA, ROCm, DirectML
-            or CoreML when available, then the CPU).
+            or CoreML when available, then the CPU). Providers onnxruntime does not offer on
+            this machine are skipped with a :class:`RuntimeWarning`; the CPU is always last.
 
     Raises:
         ConfigurationError: unknown model, missing file, or the ``local`` extra not installed.
@@ -191,7 +193,16 @@ class LocalEngine:
         from ._onnx_graph import use_half_pixel_resize
 
         available = ort.get_available_providers()
-        providers = self._providers or [p for p in PREFERRED_PROVIDERS if p in available]
+        wanted = self._providers if self._providers is not None else PREFERRED_PROVIDERS
+        missing = [p for p in wanted if p not in available]
+        if self._providers is not None and missing:
+            warnings.warn(
+                f"onnxruntime offers no {', '.join(missing)} here (available: "
+                f"{', '.join(available)}); running without it",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        providers = [p for p in wanted if p in available]
         if "CPUExecutionProvider" not in providers:
             providers = [*providers, "CPUExecutionProvider"]
         settings = ort.SessionOptions()
