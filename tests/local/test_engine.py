@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -119,3 +120,19 @@ def test_defaults_use_every_cpu_once() -> None:
     cpus = len(os.sched_getaffinity(0))
     assert engine.max_workers == min(4, cpus)
     assert engine.max_workers * engine.threads_per_worker <= cpus
+
+
+def test_without_numpy_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "numpy", None)
+    monkeypatch.delitem(sys.modules, "photoroom_bg.engines._onnx_models", raising=False)
+
+    with pytest.raises(ConfigurationError, match=r"pip install 'photoroom-bg\[local\]'"):
+        LocalEngine()
+
+
+def test_without_onnxruntime_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = LocalEngine()
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+
+    with pytest.raises(ConfigurationError, match=r"pip install 'photoroom-bg\[local\]'"):
+        engine.providers  # noqa: B018  (the property creates the session)
