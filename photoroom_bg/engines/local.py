@@ -109,6 +109,19 @@ class LocalEngine:
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
 
+    @staticmethod
+    def available_models() -> list[str]:
+        """Model names that load right now: the bundled ``u2netp`` and rembg's downloads.
+
+        Raises:
+            ConfigurationError: the ``local`` extra is not installed.
+        """
+        try:
+            from ._onnx_models import available_models
+        except ImportError as exc:  # numpy missing
+            raise ConfigurationError(_MISSING_EXTRA) from exc
+        return available_models()
+
     def __repr__(self) -> str:
         return f"LocalEngine(name={self.name!r}, max_workers={self.max_workers})"
 

@@ -78,7 +78,7 @@ async def test_models_rembg_downloaded_are_found_by_name(
         target.parent.mkdir(parents=True)
     shutil.copy(BUNDLED, target)
 
-    assert available_models() == ["u2netp", "silueta"]
+    assert available_models() == LocalEngine.available_models() == ["u2netp", "silueta"]
     async with LocalEngine("silueta") as silueta, LocalEngine() as bundled:
         assert silueta.name == "local:silueta"
         options = SegmentOptions(channels="alpha")
