@@ -6,17 +6,27 @@ The façade: import everything from here, never from a private module.
 from __future__ import annotations
 
 from . import errors
-from .engines._base import Engine
+from ._base_client import NOT_GIVEN, PhotoroomWarning
+from ._client import AsyncPhotoroomClient, PhotoroomClient
+from ._retry import RetryPolicy
+from .engines import Engine, LocalEngine
 from .models import Account, ImageResult
-from .options import SegmentOptions
+from .options import EditOptions, SegmentOptions
 from .sinks._base import Sink, StoredObject
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "NOT_GIVEN",
     "Account",
+    "AsyncPhotoroomClient",
+    "EditOptions",
     "Engine",
     "ImageResult",
+    "LocalEngine",
+    "PhotoroomClient",
+    "PhotoroomWarning",
+    "RetryPolicy",
     "SegmentOptions",
     "Sink",
     "StoredObject",

@@ -1,1 +1,6 @@
-"""Engines: what turns an image into a cut-out."""
+"""Engines: what turns an image into a cut-out (the Photoroom API, or a local model)."""
+
+from ._base import Engine
+from .local import LocalEngine
+
+__all__ = ["Engine", "LocalEngine"]

@@ -1,0 +1,335 @@
+"""The two clients: :class:`PhotoroomClient` (``httpx.Client``) and
+:class:`AsyncPhotoroomClient` (``httpx.AsyncClient``), twins with the same methods."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from ._base_client import NOT_GIVEN, BaseClient, NotGiven, RequestSpec
+from ._images import ImageInput
+from ._retry import RetryPolicy, is_retryable
+from .errors import PhotoroomError
+from .models import Account, ImageResult
+from .options import EditOptions, SegmentOptions
+
+__all__ = ["AsyncPhotoroomClient", "PhotoroomClient"]
+
+_S = TypeVar("_S", bound="PhotoroomClient")
+_A = TypeVar("_A", bound="AsyncPhotoroomClient")
+
+_Timeout = float | httpx.Timeout | None
+
+
+def _request_kwargs(spec: RequestSpec, extra_headers: Mapping[str, str] | None) -> dict[str, Any]:
+    headers = dict(spec.headers)
+    if extra_headers:
+        headers.update(extra_headers)
+    return {
+        "method": spec.method,
+        "url": spec.url,
+        "params": spec.params,
+        "data": spec.data,
+        "files": spec.files,
+        "headers": headers,
+    }
+
+
+class PhotoroomClient(BaseClient):
+    """A synchronous Photoroom client over one pooled :class:`httpx.Client`.
+
+    Args:
+        api_key: the API key; defaults to ``$PHOTOROOM_API_KEY``. A missing key is reported
+            at the first request, not here. ``sandbox_`` keys give watermarked results.
+        base_url: one base URL for both Photoroom hosts (an emulator, a proxy).
+        segment_base_url: base URL of ``/v1/segment`` (default ``https://sdk.photoroom.com``).
+        image_api_base_url: base URL of ``/v2/edit`` and ``/v2/account``
+            (default ``https://image-api.photoroom.com``).
+        timeout: seconds or an :class:`httpx.Timeout` (default 120 s, 10 s to connect).
+        max_retries: retries of unbilled failures (connection errors, timeouts, 408, 429,
+            5xx); 0 disables them.
+        retry_policy: backoff delays and the ``Retry-After`` cap.
+        default_headers: headers sent with every request.
+        http_client: an :class:`httpx.Client` to use instead of creating one; it is not
+            closed by :meth:`close`.
+
+    Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        segment_base_url: str | None = None,
+        image_api_base_url: str | None = None,
+        timeout: _Timeout = None,
+        max_retries: int = 2,
+        retry_policy: RetryPolicy | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        super().__init__(
+            api_key=api_key,
+            base_url=base_url,
+            segment_base_url=segment_base_url,
+            image_api_base_url=image_api_base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_policy=retry_policy,
+            default_headers=default_headers,
+        )
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(timeout=self.timeout, follow_redirects=False)
+
+    def with_options(self: _S, **changes: Any) -> _S:
+        """A copy with some settings changed (``timeout``, ``max_retries``...), sharing the pool."""
+        kwargs = {**self._copy_kwargs(), **changes}
+        clone = type(self)(http_client=self._http, **kwargs)
+        return clone
+
+    def remove_background(
+        self,
+        image: ImageInput,
+        options: SegmentOptions | None = None,
+        *,
+        timeout: _Timeout | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> ImageResult:
+        """Remove the background of ``image`` with ``POST /v1/segment``.
+
+        Args:
+            image: a path, bytes or a binary file object (PNG, JPEG, WEBP or HEIC).
+            options: :class:`SegmentOptions`; defaults give a full-size transparent PNG.
+            timeout: per-call timeout; ``max_retries``: per-call retries.
+            extra_headers: extra headers for this call.
+
+        Raises:
+            InvalidImageError: the image would be refused (nothing is sent).
+            APIStatusError: a subclass per status (400, 401/403, 402, 404, 429, 5xx).
+            APIConnectionError: no response (after retries).
+        """
+        spec, base64 = self._segment_request(image, options)
+        response = self._send(spec, timeout, max_retries, extra_headers)
+        return self._image_result(response, base64)
+
+    def edit(
+        self,
+        image: ImageInput | None,
+        options: EditOptions | None = None,
+        *,
+        timeout: _Timeout | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> ImageResult:
+        """Edit ``image`` with ``/v2/edit``: GET with ``imageUrl`` for an http(s) URL,
+        multipart POST with ``imageFile`` otherwise.
+
+        Args:
+            image: an ``http(s)://`` URL, a path, bytes or a binary file (PNG, JPEG, WEBP);
+                ``None`` only with ``image_from_prompt_prompt``.
+            options: :class:`EditOptions`.
+
+        Raises:
+            Same as :meth:`remove_background`.
+        """
+        spec = self._edit_request(image, options)
+        response = self._send(spec, timeout, max_retries, extra_headers)
+        return self._image_result(response, False)
+
+    def account(
+        self,
+        *,
+        timeout: _Timeout | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+    ) -> Account:
+        """Images left and plan of the key, from ``GET /v2/account``."""
+        response = self._send(self._account_request(), timeout, max_retries, None)
+        return self._account(response)
+
+    def _send(
+        self,
+        spec: RequestSpec,
+        timeout: _Timeout | NotGiven,
+        max_retries: int | NotGiven,
+        extra_headers: Mapping[str, str] | None,
+    ) -> httpx.Response:
+        retries = self._retries(max_retries)
+        kwargs = _request_kwargs(spec, extra_headers)
+        kwargs["timeout"] = self._timeout(timeout)
+        delays = self.retry_policy.delays()
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.monotonic()
+            error: PhotoroomError
+            try:
+                response = self._http.request(**kwargs)
+            except httpx.TransportError as exc:
+                error = self._transport_error(exc, spec)
+                self._log(spec, type(exc).__name__, attempt, time.monotonic() - started)
+            else:
+                self._log(spec, response.status_code, attempt, time.monotonic() - started)
+                if response.is_success:
+                    return response
+                error = self._status_error(response)
+            if attempt > retries or not is_retryable(error):
+                raise error
+            self._sleep(self.retry_policy.delay_for(error, next(delays)))
+
+    def _sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def close(self) -> None:
+        """Close the connection pool (unless it was passed in as ``http_client``)."""
+        if not self._closed and self._owns_http:
+            self._http.close()
+        self._closed = True
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncPhotoroomClient(BaseClient):
+    """The asynchronous twin of :class:`PhotoroomClient`, over one :class:`httpx.AsyncClient`.
+
+    Same arguments and methods; methods are coroutines, and :meth:`aclose` closes it. Use it
+    with ``async with``.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        segment_base_url: str | None = None,
+        image_api_base_url: str | None = None,
+        timeout: _Timeout = None,
+        max_retries: int = 2,
+        retry_policy: RetryPolicy | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(
+            api_key=api_key,
+            base_url=base_url,
+            segment_base_url=segment_base_url,
+            image_api_base_url=image_api_base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_policy=retry_policy,
+            default_headers=default_headers,
+        )
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(
+            timeout=self.timeout,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        )
+
+    def with_options(self: _A, **changes: Any) -> _A:
+        """A copy with some settings changed (``timeout``, ``max_retries``...), sharing the pool."""
+        kwargs = {**self._copy_kwargs(), **changes}
+        return type(self)(http_client=self._http, **kwargs)
+
+    async def remove_background(
+        self,
+        image: ImageInput,
+        options: SegmentOptions | None = None,
+        *,
+        timeout: _Timeout | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> ImageResult:
+        """Remove the background of ``image``; see :meth:`PhotoroomClient.remove_background`."""
+        spec, base64 = self._segment_request(image, options)
+        response = await self._send(spec, timeout, max_retries, extra_headers)
+        return self._image_result(response, base64)
+
+    async def edit(
+        self,
+        image: ImageInput | None,
+        options: EditOptions | None = None,
+        *,
+        timeout: _Timeout | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> ImageResult:
+        """Edit ``image`` with ``/v2/edit``; see :meth:`PhotoroomClient.edit`."""
+        spec = self._edit_request(image, options)
+        response = await self._send(spec, timeout, max_retries, extra_headers)
+        return self._image_result(response, False)
+
+    async def account(
+        self,
+        *,
+        timeout: _Timeout | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+    ) -> Account:
+        """Images left and plan of the key, from ``GET /v2/account``."""
+        response = await self._send(self._account_request(), timeout, max_retries, None)
+        return self._account(response)
+
+    async def _send(
+        self,
+        spec: RequestSpec,
+        timeout: _Timeout | NotGiven,
+        max_retries: int | NotGiven,
+        extra_headers: Mapping[str, str] | None,
+    ) -> httpx.Response:
+        retries = self._retries(max_retries)
+        kwargs = _request_kwargs(spec, extra_headers)
+        kwargs["timeout"] = self._timeout(timeout)
+        delays = self.retry_policy.delays()
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.monotonic()
+            error: PhotoroomError
+            try:
+                response = await self._http.request(**kwargs)
+            except httpx.TransportError as exc:
+                error = self._transport_error(exc, spec)
+                self._log(spec, type(exc).__name__, attempt, time.monotonic() - started)
+            else:
+                self._log(spec, response.status_code, attempt, time.monotonic() - started)
+                if response.is_success:
+                    return response
+                error = self._status_error(response)
+            if attempt > retries or not is_retryable(error):
+                raise error
+            await self._sleep(self.retry_policy.delay_for(error, next(delays)))
+
+    async def _sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def aclose(self) -> None:
+        """Close the connection pool (unless it was passed in as ``http_client``)."""
+        if not self._closed and self._owns_http:
+            await self._http.aclose()
+        self._closed = True
+
+    async def __aenter__(self: _A) -> _A:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
