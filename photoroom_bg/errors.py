@@ -85,7 +85,9 @@ class PhotoroomError(PhotoroomBGError):
 class APIConnectionError(PhotoroomError):
     """No usable HTTP response was received (connection refused, reset, DNS, protocol error)."""
 
-    def __init__(self, message: str = "Connection error.", *, request: httpx.Request | None = None):
+    def __init__(
+        self, message: str = "Connection error.", *, request: httpx.Request | None = None
+    ) -> None:
         super().__init__(message)
         self.request = request
 
@@ -93,7 +95,9 @@ class APIConnectionError(PhotoroomError):
 class APITimeoutError(APIConnectionError):
     """The request timed out; raise the client's ``timeout`` for large images or AI features."""
 
-    def __init__(self, message: str = "Request timed out.", *, request: httpx.Request | None = None):
+    def __init__(
+        self, message: str = "Request timed out.", *, request: httpx.Request | None = None
+    ) -> None:
         super().__init__(message, request=request)
 
 
@@ -172,7 +176,7 @@ class ValidationError(PhotoroomBGError, ValueError):
 
 
 class InvalidImageError(ValidationError):
-    """The input image is unusable: empty, too large, unsupported format, too many pixels, corrupt."""
+    """The input image is unusable: empty, too large, wrong format, too many pixels, corrupt."""
 
 
 class ConfigurationError(PhotoroomBGError):

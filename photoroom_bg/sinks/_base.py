@@ -54,11 +54,11 @@ class Sink(Protocol):
         ...
 
     async def get(self, key: str) -> bytes:
-        """Return the bytes under ``key``; :class:`~photoroom_bg.errors.ObjectNotFoundError` if none."""
+        """Return the bytes under ``key``; raise ``ObjectNotFoundError`` if there are none."""
         ...
 
     async def url(self, key: str, *, expires: float | timedelta = 3600) -> str:
-        """Return a URL that fetches ``key`` (valid for ``expires`` where the backend signs URLs)."""
+        """Return a URL that fetches ``key``, valid for ``expires`` where the backend signs URLs."""
         ...
 
     async def delete(self, key: str) -> None:
