@@ -71,7 +71,7 @@ class RequestSpec:
     host: Host
     params: dict[str, str] | None = None
     data: dict[str, str] | None = None
-    files: dict[str, tuple[str, bytes, str]] | None = None
+    files: dict[str, tuple[str | None, bytes, str | None]] | None = None
     headers: dict[str, str] = attrs.field(factory=dict)
     endpoint: str = ""
 
@@ -234,7 +234,7 @@ class BaseClient:
                 headers=headers,
                 endpoint="edit",
             )
-        files: dict[str, tuple[str, bytes, str]] = {}
+        files: dict[str, tuple[str | None, bytes, str | None]] = {}
         if image is not None:
             data, name = load_image(image)
             files["imageFile"] = (name, data, validate_image(data, "edit", name=name))
@@ -242,6 +242,9 @@ class BaseClient:
             raise InvalidImageError("edit() needs an image (path, bytes, file or URL)")
         for field, blob in file_fields.items():
             files[field] = (field, blob, validate_image(blob, "edit", name=field))
+        if not files:  # still multipart: the API reads form-data, never urlencoded bodies
+            files = {name: (None, value.encode(), None) for name, value in texts.items()}
+            texts = {}
         return RequestSpec(
             method="POST",
             url=url,

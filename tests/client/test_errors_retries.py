@@ -1,0 +1,385 @@
+"""Error envelopes, retries, local validation and secrets (respx, both twins)."""
+
+from __future__ import annotations
+
+import email.utils
+import io
+import logging
+import time
+
+import httpx
+import pytest
+import respx
+from PIL import Image
+
+from photoroom_bg import AsyncPhotoroomClient, EditOptions, PhotoroomClient, SegmentOptions
+from photoroom_bg._retry import RetryPolicy, is_retryable, parse_retry_after
+from photoroom_bg.errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    InvalidImageError,
+    NotFoundError,
+    OutOfCreditsError,
+    PhotoroomError,
+    RateLimitError,
+    ServerError,
+    SourceNotFoundError,
+)
+
+from .conftest import ACCOUNT, API_KEY, EDIT, SEGMENT, Twin, make_twin, png
+
+
+@pytest.fixture
+def respx_mock() -> respx.MockRouter:
+    with respx.mock(assert_all_called=False) as router:
+        yield router
+
+
+STATUS_CLASSES = [
+    (400, BadRequestError),
+    (401, AuthenticationError),
+    (402, OutOfCreditsError),
+    (403, AuthenticationError),
+    (404, NotFoundError),
+    (422, BadRequestError),
+    (429, RateLimitError),
+    (500, ServerError),
+    (503, ServerError),
+]
+
+
+@pytest.mark.parametrize(("status", "cls"), STATUS_CLASSES)
+async def test_flat_envelope_on_the_sdk_host(
+    twin: Twin, respx_mock: respx.MockRouter, status: int, cls: type[APIStatusError]
+) -> None:
+    respx_mock.post(SEGMENT).respond(
+        status,
+        json={"detail": "Please provide an image.", "status_code": status, "type": "missing_image"},
+    )
+    with pytest.raises(cls) as caught:
+        await twin.call("remove_background", png(), max_retries=0)
+    error = caught.value
+    assert error.status_code == status
+    assert error.message.startswith("Please provide an image.")
+    assert error.error_type == "missing_image"
+    assert error.response is not None
+    assert error.response.status_code == status
+    assert str(error).startswith(f"{status} [missing_image]: Please provide an image.")
+
+
+@pytest.mark.parametrize(("status", "cls"), STATUS_CLASSES)
+async def test_nested_envelope_on_the_image_api_host(
+    twin: Twin, respx_mock: respx.MockRouter, status: int, cls: type[APIStatusError]
+) -> None:
+    key = "detail" if status == 402 else "message"
+    respx_mock.post(EDIT).respond(status, json={"error": {key: "Something precise"}})
+    with pytest.raises(cls) as caught:
+        await twin.call("edit", png(), EditOptions(padding=0.1), max_retries=0)
+    assert caught.value.message.startswith("Something precise")
+    assert caught.value.error_type is None
+    assert caught.value.status_code == status
+
+
+async def test_out_of_credits_message_is_actionable(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    respx_mock.post(SEGMENT).respond(
+        402,
+        json={"detail": "API credits exhausted.", "status_code": 402, "type": "unknown_error"},
+    )
+    with pytest.raises(OutOfCreditsError, match="out of images/credits; retrying will not help"):
+        await twin.call("remove_background", png())
+
+
+async def test_non_json_error_body_is_kept_as_text(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    respx_mock.get(ACCOUNT).respond(502, text="<html>Bad gateway</html>")
+    with pytest.raises(ServerError, match="Bad gateway") as caught:
+        await twin.call("account", max_retries=0)
+    assert caught.value.body is None
+
+
+async def test_429_retry_after_seconds_is_honoured(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    route = respx_mock.post(SEGMENT)
+    route.side_effect = [
+        httpx.Response(429, headers={"retry-after": "3"}, json={"detail": "slow down"}),
+        httpx.Response(200, content=b"ok", headers={"content-type": "image/png"}),
+    ]
+    result = await twin.call("remove_background", png())
+    assert result.content == b"ok"
+    assert route.call_count == 2
+    assert twin.sleeps == [3.0]
+
+
+async def test_retry_after_http_date_is_honoured_and_capped(
+    respx_mock: respx.MockRouter,
+) -> None:
+    when = email.utils.formatdate(time.time() + 3600, usegmt=True)
+    twin = make_twin("async", retry_policy=RetryPolicy(initial_delay=0.01, max_retry_after=5))
+    route = respx_mock.post(SEGMENT)
+    route.side_effect = [
+        httpx.Response(503, headers={"retry-after": when}),
+        httpx.Response(200, content=b"ok", headers={"content-type": "image/png"}),
+    ]
+    await twin.call("remove_background", png())
+    assert twin.sleeps == [5.0]
+    await twin.close()
+
+
+async def test_retries_exhaust_with_the_last_error(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    route = respx_mock.post(SEGMENT).respond(500, json={"detail": "boom"})
+    with pytest.raises(ServerError, match="boom"):
+        await twin.call("remove_background", png(), max_retries=3)
+    assert route.call_count == 4
+    assert len(twin.sleeps) == 3
+    assert all(0 <= delay <= 0.05 for delay in twin.sleeps)
+
+
+@pytest.mark.parametrize("status", [400, 402, 403, 404, 422])
+async def test_final_4xx_are_never_retried(
+    twin: Twin, respx_mock: respx.MockRouter, status: int
+) -> None:
+    route = respx_mock.post(SEGMENT).respond(status, json={"detail": "no"})
+    with pytest.raises(APIStatusError):
+        await twin.call("remove_background", png(), max_retries=5)
+    assert route.call_count == 1
+    assert twin.sleeps == []
+
+
+async def test_408_and_connection_errors_are_retried(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    route = respx_mock.post(SEGMENT)
+    route.side_effect = [
+        httpx.ConnectError("refused"),
+        httpx.Response(408),
+        httpx.ReadTimeout("slow"),
+        httpx.Response(200, content=b"ok", headers={"content-type": "image/png"}),
+    ]
+    result = await twin.call("remove_background", png(), max_retries=3)
+    assert result.content == b"ok"
+    assert route.call_count == 4
+
+
+async def test_timeouts_and_connection_errors_are_typed(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    respx_mock.post(SEGMENT).mock(side_effect=httpx.ReadTimeout("slow"))
+    with pytest.raises(APITimeoutError, match="timed out"):
+        await twin.call("remove_background", png(), max_retries=0)
+    respx_mock.post(EDIT).mock(side_effect=httpx.ConnectError("refused"))
+    with pytest.raises(APIConnectionError, match="ConnectError") as caught:
+        await twin.call("edit", png(), max_retries=0)
+    assert not isinstance(caught.value, APITimeoutError)
+
+
+async def test_max_retries_zero_on_the_client_disables_retries(
+    respx_mock: respx.MockRouter,
+) -> None:
+    twin = make_twin("sync", max_retries=0)
+    route = respx_mock.post(SEGMENT).respond(503)
+    with pytest.raises(ServerError):
+        await twin.call("remove_background", png())
+    assert route.call_count == 1
+    await twin.close()
+
+
+def _big_png(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("1", (width, height)).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"GIF89a" + b"\x00" * 20, "GIF; /v1/segment accepts PNG, JPEG, WEBP, HEIC"),
+        (b"hello world, not an image", "not a recognised image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, "corrupt or truncated"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * (50 * 1024 * 1024), "at most 50 MB"),
+    ],
+)
+async def test_segment_local_validation_sends_nothing(
+    twin: Twin, respx_mock: respx.MockRouter, data: bytes, message: str
+) -> None:
+    route = respx_mock.post(SEGMENT)
+    with pytest.raises(InvalidImageError, match=message):
+        await twin.call("remove_background", data)
+    assert not route.called
+
+
+async def test_longest_side_over_6000_px_is_refused(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    route = respx_mock.post(SEGMENT)
+    with pytest.raises(InvalidImageError, match="6001x2 px"):
+        await twin.call("remove_background", _big_png(6001, 2))
+    assert not route.called
+
+
+async def test_edit_refuses_heic_and_over_30_mb(twin: Twin, respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.post(EDIT)
+    heic = b"\x00\x00\x00\x18ftypheic" + b"\x00" * 40
+    with pytest.raises(InvalidImageError, match="HEIC; /v2/edit accepts PNG, JPEG, WEBP"):
+        await twin.call("edit", heic)
+    with pytest.raises(InvalidImageError, match="at most 30 MB"):
+        await twin.call("edit", b"\x89PNG\r\n\x1a\n" + b"\x00" * (30 * 1024 * 1024))
+    assert not route.called
+
+
+async def test_segment_accepts_heic_unchecked_by_pillow(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    route = respx_mock.post(SEGMENT).respond(
+        200, content=b"x", headers={"content-type": "image/png"}
+    )
+    await twin.call("remove_background", b"\x00\x00\x00\x18ftypheic" + b"\x00" * 40)
+    assert route.called
+
+
+async def test_missing_file_is_a_typed_error(twin: Twin, respx_mock: respx.MockRouter) -> None:
+    with pytest.raises(SourceNotFoundError, match="not found"):
+        await twin.call("remove_background", "/nonexistent/shoe.jpg")
+
+
+async def test_wrong_options_type_is_refused(twin: Twin) -> None:
+    from photoroom_bg.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="takes SegmentOptions"):
+        await twin.call("remove_background", png(), EditOptions())
+    with pytest.raises(ValidationError, match="takes EditOptions"):
+        await twin.call("edit", png(), SegmentOptions())
+
+
+@pytest.mark.parametrize("cls", [PhotoroomClient, AsyncPhotoroomClient])
+async def test_missing_key_is_reported_at_the_first_request(
+    cls: type[PhotoroomClient] | type[AsyncPhotoroomClient],
+    monkeypatch: pytest.MonkeyPatch,
+    respx_mock: respx.MockRouter,
+) -> None:
+    monkeypatch.delenv("PHOTOROOM_API_KEY", raising=False)
+    client = cls()  # no error here
+    route = respx_mock.post(SEGMENT)
+    twin = Twin(client)
+    with pytest.raises(ConfigurationError, match="PHOTOROOM_API_KEY"):
+        await twin.call("remove_background", png())
+    assert not route.called
+    await twin.close()
+
+
+async def test_key_from_environment(
+    monkeypatch: pytest.MonkeyPatch, respx_mock: respx.MockRouter
+) -> None:
+    monkeypatch.setenv("PHOTOROOM_API_KEY", "env_key_123")
+    route = respx_mock.get(ACCOUNT).respond(
+        200, json={"images": {"available": 1, "subscription": 2}}
+    )
+    with PhotoroomClient() as client:
+        client.account()
+    assert route.calls.last.request.headers["x-api-key"] == "env_key_123"
+
+
+async def test_use_after_close_is_a_clear_error(twin: Twin, respx_mock: respx.MockRouter) -> None:
+    await twin.close()
+    with pytest.raises(ConfigurationError, match="is closed"):
+        await twin.call("account")
+
+
+async def test_with_options_shares_the_pool_and_overrides(respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.post(SEGMENT).respond(503)
+    client = PhotoroomClient(api_key=API_KEY, max_retries=4)
+    fast = client.with_options(max_retries=0, timeout=5)
+    assert fast._http is client._http
+    assert fast.max_retries == 0
+    assert fast.timeout.read == 5
+    with pytest.raises(ServerError):
+        fast.remove_background(png())
+    assert route.call_count == 1
+    fast.close()
+    assert not client._http.is_closed  # the copy does not own the pool
+    client.close()
+    assert client._http.is_closed
+
+
+async def test_injected_http_client_is_used_and_not_closed(respx_mock: respx.MockRouter) -> None:
+    respx_mock.get(ACCOUNT).respond(200, json={"images": {"available": 1, "subscription": 2}})
+    http = httpx.AsyncClient()
+    async with AsyncPhotoroomClient(api_key=API_KEY, http_client=http) as client:
+        await client.account()
+    assert not http.is_closed
+    await http.aclose()
+
+
+async def test_base_url_overrides_both_hosts(respx_mock: respx.MockRouter) -> None:
+    seg = respx_mock.post("http://127.0.0.1:9/v1/segment").respond(
+        200, content=b"x", headers={"content-type": "image/png"}
+    )
+    acc = respx_mock.get("http://127.0.0.1:9/v2/account").respond(
+        200, json={"credits": {"available": 3, "subscription": 10}}
+    )
+    with PhotoroomClient(api_key=API_KEY, base_url="http://127.0.0.1:9/") as client:
+        client.remove_background(png())
+        account = client.account()
+    assert seg.called
+    assert acc.called
+    assert account.images_available == 3
+
+
+async def test_the_key_never_appears_in_repr_errors_or_logs(
+    twin: Twin, respx_mock: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    respx_mock.post(SEGMENT).respond(
+        403, json={"detail": "Forbidden", "status_code": 403, "type": "x"}
+    )
+    respx_mock.get(ACCOUNT).mock(side_effect=httpx.ConnectError("refused"))
+    errors: list[PhotoroomError] = []
+    with pytest.raises(AuthenticationError) as first:
+        await twin.call("remove_background", png())
+    errors.append(first.value)
+    with pytest.raises(APIConnectionError) as second:
+        await twin.call("account", max_retries=1)
+    errors.append(second.value)
+    texts = [repr(twin.client), str(twin.client), caplog.text]
+    texts += [str(e) for e in errors] + [repr(e) for e in errors] + [e.message for e in errors]
+    assert any("POST /v1/segment -> 403" in t for t in texts)  # logging does happen
+    for text in texts:
+        assert API_KEY not in text
+
+
+def test_retry_after_parsing() -> None:
+    assert parse_retry_after("2.5") == 2.5
+    assert parse_retry_after("-3") == 0.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("not a date") is None
+    date = email.utils.formatdate(1_000_060, usegmt=True)
+    assert parse_retry_after(date, now=1_000_000) == pytest.approx(60)
+
+
+def test_backoff_delays_grow_and_are_capped() -> None:
+    policy = RetryPolicy(initial_delay=1, max_delay=8)
+    delays = policy.delays()
+    samples = [next(delays) for _ in range(50)]
+    assert all(0 <= d <= 8 for d in samples)
+    assert max(samples[5:]) > 1  # grows past the initial delay
+
+
+def test_is_retryable_matrix() -> None:
+    def status(code: int) -> APIStatusError:
+        return APIStatusError("x", status_code=code)
+
+    assert [is_retryable(status(c)) for c in (408, 429, 500, 502, 599)] == [True] * 5
+    assert [is_retryable(status(c)) for c in (400, 401, 402, 403, 404, 409)] == [False] * 6
+    assert is_retryable(APIConnectionError())
+    assert is_retryable(APITimeoutError())
+    assert not is_retryable(ValueError())

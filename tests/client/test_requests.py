@@ -1,0 +1,228 @@
+"""What each client method sends and how it reads the answer (respx, both twins)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import respx
+
+from photoroom_bg import Account, EditOptions, PhotoroomWarning, SegmentOptions
+
+from .conftest import (
+    ACCOUNT,
+    API_KEY,
+    EDIT,
+    SEGMENT,
+    Twin,
+    jpeg,
+    multipart_fields,
+    png,
+    text_fields,
+)
+
+pytestmark = pytest.mark.usefixtures("respx_mock")
+
+
+@pytest.fixture
+def respx_mock() -> respx.MockRouter:
+    with respx.mock(assert_all_called=False, assert_all_mocked=True) as router:
+        yield router
+
+
+async def test_segment_sends_multipart_image_file_and_key(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    image = png()
+    route = respx_mock.post(SEGMENT).respond(
+        200,
+        content=b"\x89PNG-result",
+        headers={"content-type": "image/png", "x-uncertainty-score": "0.12"},
+    )
+    result = await twin.call(
+        "remove_background", image, SegmentOptions(size="hd", crop=True, bg_color="FFFFFF")
+    )
+    request = route.calls.last.request
+    assert request.headers["x-api-key"] == API_KEY
+    assert "accept" not in request.headers or "json" not in request.headers["accept"]
+    fields = multipart_fields(request)
+    assert fields["image_file"] == ("image", image)
+    assert text_fields(request) == {"size": "hd", "crop": "true", "bg_color": "#FFFFFF"}
+    assert result.content == b"\x89PNG-result"
+    assert result.content_type == "image/png"
+    assert result.uncertainty_score == pytest.approx(0.12)
+    assert result.watermarked is False
+
+
+@pytest.mark.parametrize("field", ["base64img", "result_b64"])
+async def test_segment_base64_answers_are_decoded(
+    twin: Twin, respx_mock: respx.MockRouter, field: str
+) -> None:
+    cutout = png(3, 3)
+    route = respx_mock.post(SEGMENT).respond(200, json={field: base64.b64encode(cutout).decode()})
+    result = await twin.call("remove_background", png(), SegmentOptions(base64=True))
+    assert route.calls.last.request.headers["accept"] == "application/json"
+    assert result.content == cutout
+    assert result.content_type == "image/png"
+
+
+async def test_segment_accepts_path_and_file_object(
+    twin: Twin, respx_mock: respx.MockRouter, tmp_path: Path
+) -> None:
+    route = respx_mock.post(SEGMENT).respond(
+        200, content=b"out", headers={"content-type": "image/png"}
+    )
+    photo = tmp_path / "shoe.jpg"
+    photo.write_bytes(jpeg())
+    await twin.call("remove_background", photo)
+    assert multipart_fields(route.calls.last.request)["image_file"] == ("shoe.jpg", jpeg())
+    await twin.call("remove_background", io.BytesIO(png()))
+    assert multipart_fields(route.calls.last.request)["image_file"][1] == png()
+    with photo.open("rb") as handle:
+        await twin.call("remove_background", handle)
+    assert multipart_fields(route.calls.last.request)["image_file"][0] == "shoe.jpg"
+
+
+async def test_edit_with_url_uses_get_and_encodes_query(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    route = respx_mock.get(EDIT).respond(
+        200,
+        content=b"edited",
+        headers={
+            "content-type": "image/webp",
+            "pr-ai-background-seed": "1234",
+            "pr-edit-further-url": "https://app.photoroom.com/edit/abc",
+            "pr-texts-detected": "2",
+        },
+    )
+    url = "https://example.com/shoe 1.jpg?size=big#frag"
+    result = await twin.call(
+        "edit",
+        url,
+        EditOptions(
+            background_color="#FF0000",
+            output_size="1000x1000",
+            padding=0.1,
+            background_prompt="a beach",
+            export_format="webp",
+        ),
+    )
+    request = route.calls.last.request
+    assert request.method == "GET"
+    assert request.content == b""
+    assert dict(request.url.params) == {
+        "imageUrl": url,
+        "background.color": "FF0000",
+        "outputSize": "1000x1000",
+        "padding": "0.1",
+        "background.prompt": "a beach",
+        "export.format": "webp",
+    }
+    assert "#" not in request.url.query.decode()
+    assert result.content_type == "image/webp"
+    assert result.ai_background_seed == 1234
+    assert result.texts_detected == 2
+    assert result.edit_further_url == "https://app.photoroom.com/edit/abc"
+    assert result.extension == ".webp"
+
+
+async def test_edit_with_bytes_posts_everything_in_the_body(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    route = respx_mock.post(EDIT).respond(200, content=b"x", headers={"content-type": "image/png"})
+    background = jpeg(4, 4)
+    await twin.call(
+        "edit",
+        png(),
+        EditOptions(
+            remove_background=True,
+            background_image_file=background,
+            background_scaling="fit",
+            shadow_mode="ai.soft",
+            hd_background_removal="auto",
+        ),
+    )
+    request = route.calls.last.request
+    assert request.url.query == b""
+    fields = multipart_fields(request)
+    assert fields["imageFile"] == ("image", png())
+    assert fields["background.imageFile"][1] == background
+    assert text_fields(request) == {
+        "removeBackground": "true",
+        "background.scaling": "fit",
+        "shadow.mode": "ai.soft",
+    }
+    assert request.headers["pr-hd-background-removal"] == "auto"
+
+
+async def test_edit_url_with_file_option_is_refused_before_sending(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    from photoroom_bg.errors import ValidationError
+
+    route = respx_mock.get(EDIT)
+    with pytest.raises(ValidationError, match=r"background\.imageFile"):
+        await twin.call("edit", "https://x/y.png", EditOptions(background_image_file=png()))
+    assert not route.called
+
+
+async def test_edit_from_prompt_needs_no_image(twin: Twin, respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.post(EDIT).respond(200, content=b"x", headers={"content-type": "image/png"})
+    await twin.call("edit", None, EditOptions(image_from_prompt_prompt="a red shoe"))
+    assert text_fields(route.calls.last.request) == {"imageFromPrompt.prompt": "a red shoe"}
+
+
+async def test_account(twin: Twin, respx_mock: respx.MockRouter) -> None:
+    respx_mock.get(ACCOUNT).respond(
+        200, json={"images": {"available": 83.4, "subscription": 100}, "plan": "basic"}
+    )
+    account = await twin.call("account")
+    assert account == Account(images_available=83.4, images_subscription=100, plan="basic")
+
+
+async def test_unsupported_attributes_become_a_warning(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    respx_mock.post(EDIT).respond(
+        200,
+        content=b"x",
+        headers={
+            "content-type": "image/png",
+            "pr-unsupported-attributes": "Unsupported attributes: foo.bar, baz",
+        },
+    )
+    with pytest.warns(PhotoroomWarning, match=r"foo\.bar, baz"):
+        result = await twin.call("edit", png(), EditOptions(extra_params={"foo.bar": 1, "baz": 2}))
+    assert result.unsupported_attributes == ("foo.bar", "baz")
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_sandbox_keys_mark_results_watermarked(
+    kind: str, respx_mock: respx.MockRouter
+) -> None:
+    from .conftest import make_twin
+
+    respx_mock.post(SEGMENT).respond(200, content=b"x", headers={"content-type": "image/png"})
+    twin = make_twin(kind, api_key="sandbox_" + API_KEY)
+    assert twin.client.is_sandbox
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = await twin.call("remove_background", png())
+    assert result.watermarked is True
+    await twin.close()
+
+
+async def test_result_save_writes_the_bytes(
+    twin: Twin, respx_mock: respx.MockRouter, tmp_path: Path
+) -> None:
+    respx_mock.post(SEGMENT).respond(200, content=b"cut", headers={"content-type": "image/png"})
+    result = await twin.call("remove_background", png())
+    saved = result.save(tmp_path / "out" / "a.png")
+    assert saved.read_bytes() == b"cut"
+    assert "cut" not in repr(result)
+    assert json.dumps(len(result.content)) == "3"
