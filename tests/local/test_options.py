@@ -94,10 +94,15 @@ async def test_bg_color_with_alpha_keeps_a_translucent_background(
     assert green < 10
 
 
-@pytest.mark.parametrize("color", ["not-a-colour", "#12345", "GGGGGG", ""])
-async def test_a_bad_bg_color_is_refused_with_a_hint(engine: LocalEngine, color: str) -> None:
+@pytest.mark.parametrize("color", ["not-a-colour", "#12345", ""])
+def test_a_malformed_bg_color_is_refused_when_options_are_built(color: str) -> None:
+    with pytest.raises(ValidationError, match=r"is not a colour: use hex"):
+        SegmentOptions(bg_color=color)
+
+
+async def test_an_unknown_colour_name_is_refused_with_a_hint(engine: LocalEngine) -> None:
     with pytest.raises(ValidationError, match=r"not a colour.*HTML colour name"):
-        await engine.process(b"never decoded", SegmentOptions(bg_color=color))
+        await engine.process(b"never decoded", SegmentOptions(bg_color="GGGGGG"))
 
 
 async def test_crop_keeps_only_the_subject(
