@@ -9,7 +9,7 @@ from . import errors
 from ._base_client import NOT_GIVEN, PhotoroomWarning
 from ._client import AsyncPhotoroomClient, PhotoroomClient
 from ._retry import RetryPolicy
-from .engines import Engine, LocalEngine
+from .engines import Engine, LocalEngine, PhotoroomEngine
 from .models import Account, ImageResult
 from .options import EditOptions, SegmentOptions
 from .sinks._base import Sink, StoredObject
@@ -25,6 +25,7 @@ __all__ = [
     "ImageResult",
     "LocalEngine",
     "PhotoroomClient",
+    "PhotoroomEngine",
     "PhotoroomWarning",
     "RetryPolicy",
     "SegmentOptions",

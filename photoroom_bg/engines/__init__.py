@@ -2,5 +2,6 @@
 
 from ._base import Engine
 from .local import LocalEngine
+from .photoroom import PhotoroomEngine
 
-__all__ = ["Engine", "LocalEngine"]
+__all__ = ["Engine", "LocalEngine", "PhotoroomEngine"]
