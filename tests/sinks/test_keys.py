@@ -1,0 +1,76 @@
+"""Deterministic, collision-free keys (the old service's keys collided and overwrote)."""
+
+from __future__ import annotations
+
+import pytest
+
+from photoroom_bg import EditOptions, SegmentOptions
+from photoroom_bg.errors import ValidationError
+from photoroom_bg.sinks import KeyTemplate, content_digest, options_digest, safe_stem
+
+
+def key(
+    data: bytes, options: object, stem: str = "shoe", template: KeyTemplate | None = None
+) -> str:
+    return (template or KeyTemplate()).render(
+        stem=stem,
+        content_digest=content_digest(data),
+        options_digest=options_digest(options),
+        ext="png",
+    )
+
+
+def test_same_input_and_options_always_get_the_same_key() -> None:
+    assert key(b"image", SegmentOptions(crop=True)) == key(b"image", SegmentOptions(crop=True))
+
+
+def test_two_images_with_the_same_name_get_different_keys() -> None:
+    # the old service built keys from the second + basename: same name, same second = overwrite
+    first, second = key(b"image one", SegmentOptions()), key(b"image two", SegmentOptions())
+    assert first != second
+    assert first.startswith("shoe-")
+    assert second.startswith("shoe-")
+
+
+def test_different_options_get_different_keys() -> None:
+    assert key(b"x", SegmentOptions()) != key(b"x", SegmentOptions(crop=True))
+    assert key(b"x", SegmentOptions()) != key(b"x", EditOptions())
+    assert options_digest(EditOptions(background_image_file=b"a")) != options_digest(
+        EditOptions(background_image_file=b"b")
+    )
+
+
+def test_digests_are_stable_values() -> None:
+    assert content_digest(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert len(options_digest(SegmentOptions())) == 64
+
+
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [
+        ("../../etc/passwd", "etc_passwd"),
+        ("what?#x", "what_x"),
+        ("a b\tc", "a_b_c"),
+        ("café", "café"),
+        ("", "image"),
+        ("x" * 200, "x" * 80),
+    ],
+)
+def test_stems_are_sanitised(name: str, stem: str) -> None:
+    assert safe_stem(name) == stem
+
+
+def test_templates_can_make_folders_or_be_callables() -> None:
+    folders = KeyTemplate("{options_digest:.8}/{stem}-{digest12}.{ext}")
+    rendered = key(b"x", SegmentOptions(), template=folders)
+    assert rendered.split("/")[0] == options_digest(SegmentOptions())[:8]
+    custom = KeyTemplate(lambda **f: f"{f['engine']}/{f['digest']}.{f['ext']}")
+    assert key(b"x", SegmentOptions(), template=custom).startswith("photoroom/")
+
+
+@pytest.mark.parametrize(
+    ("template", "message"), [("{stem}.{ext}", "must contain"), ("{nope}-{digest}", "unknown")]
+)
+def test_templates_that_could_collide_are_refused(template: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        KeyTemplate(template)

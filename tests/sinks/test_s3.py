@@ -1,0 +1,119 @@
+"""S3Sink against a real SeaweedFS server: signing, errors, bucket creation races."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from photoroom_bg.errors import BucketNotFoundError, StorageAuthError
+from photoroom_bg.sinks import S3Sink, SyncSink, open_sink
+
+from ..s3server import S3Server
+
+
+async def test_urls_are_presigned_and_the_bucket_is_private(
+    s3_server: S3Server, s3_prefix: str
+) -> None:
+    async with S3Sink(s3_prefix, **s3_server.sink_options()) as sink:
+        stored = await sink.put("shoe.png", b"cut-out", content_type="image/png")
+        assert stored.url.startswith(s3_server.endpoint_url + "/")
+        assert "X-Amz-Signature=" in stored.url
+        assert "X-Amz-Expires=3600" in stored.url
+        async with httpx.AsyncClient() as http:
+            signed = await http.get(stored.url)
+            unsigned = await http.get(stored.url.split("?")[0])
+        assert signed.status_code == 200
+        assert signed.content == b"cut-out"
+        assert signed.headers["content-type"] == "image/png"
+        assert unsigned.status_code == 403  # the old service handed out URLs like this one
+        short = await sink.url("shoe.png", expires=30)
+        assert "X-Amz-Expires=30" in short
+
+
+async def test_content_type_and_metadata_are_stored(s3_server: S3Server, s3_prefix: str) -> None:
+    async with S3Sink(s3_prefix, **s3_server.sink_options()) as sink:
+        await sink.put(
+            "m.png",
+            b"x",
+            content_type="image/png",
+            metadata={"source": "https://example.com/ä.jpg", "options-digest": "abc123"},
+        )
+        client = await sink._s3()
+        head = await client.head_object(Bucket=sink.bucket, Key=sink.prefix + "m.png")
+    assert head["ContentType"] == "image/png"
+    assert head["Metadata"]["options-digest"] == "abc123"
+    assert head["Metadata"]["source"] == "https://example.com/%C3%A4.jpg"
+
+
+async def test_a_wrong_secret_is_a_typed_error_without_the_secret(
+    s3_server: S3Server, s3_prefix: str
+) -> None:
+    wrong = "not-the-secret-" + s3_server.secret_key[:8]
+    sink = S3Sink(
+        s3_prefix,
+        endpoint_url=s3_server.endpoint_url,
+        aws_access_key_id=s3_server.access_key,
+        aws_secret_access_key=wrong,
+    )
+    for attempt in (sink.put("a.png", b"x"), sink.get("a.png"), sink.exists("a.png")):
+        with pytest.raises(StorageAuthError) as caught:
+            await attempt
+        assert wrong not in str(caught.value)
+        assert s3_server.secret_key not in str(caught.value)
+    assert wrong not in repr(sink)
+    await sink.aclose()
+
+
+async def test_a_missing_bucket_is_a_typed_error(s3_server: S3Server, s3_new_bucket: str) -> None:
+    sink = S3Sink(
+        f"s3://{s3_new_bucket}/out",
+        endpoint_url=s3_server.endpoint_url,
+        aws_access_key_id=s3_server.writer_access_key,
+        aws_secret_access_key=s3_server.writer_secret_key,
+    )
+    for attempt in (sink.put("a.png", b"x"), sink.get("a.png"), sink.exists("a.png")):
+        with pytest.raises(BucketNotFoundError, match="create_bucket=True"):
+            await attempt
+    await sink.aclose()
+
+
+async def test_buckets_are_created_when_asked_even_by_racing_workers(
+    s3_server: S3Server, s3_new_bucket: str
+) -> None:
+    sinks = [
+        S3Sink(f"s3://{s3_new_bucket}/w{i}", create_bucket=True, **s3_server.sink_options())
+        for i in range(20)
+    ]
+    stored = await asyncio.gather(*(s.put("x.png", f"{i}".encode()) for i, s in enumerate(sinks)))
+    assert [s.uri for s in stored] == [f"s3://{s3_new_bucket}/w{i}/x.png" for i in range(20)]
+    assert [await s.get("x.png") for s in sinks] == [f"{i}".encode() for i in range(20)]
+    await asyncio.gather(*(s.aclose() for s in sinks))
+
+
+async def test_one_client_is_reused_and_closed(s3_server: S3Server, s3_prefix: str) -> None:
+    sink = S3Sink(s3_prefix, **s3_server.sink_options())
+    await sink.put("a.png", b"1")
+    first = sink._client
+    await sink.put("b.png", b"2")
+    assert sink._client is first
+    await sink.aclose()
+    assert sink._client is None
+
+
+def test_sync_façade_inside_a_running_loop(s3_server: S3Server, s3_prefix: str) -> None:
+    async def notebook_cell() -> bytes:
+        with SyncSink(open_sink(s3_prefix, **s3_server.sink_options())) as sink:
+            sink.put("sync.png", b"from a notebook")
+            assert sink.exists("sync.png")
+            return httpx.get(sink.url("sync.png")).content
+
+    assert asyncio.run(notebook_cell()) == b"from a notebook"
+
+
+def test_repr_shows_no_secret(s3_server: S3Server) -> None:
+    sink = S3Sink("s3://bucket/prefix", **s3_server.sink_options())
+    assert s3_server.secret_key not in repr(sink)
+    assert s3_server.access_key not in repr(sink)
+    assert repr(sink).startswith("S3Sink('s3://bucket/prefix/'")
