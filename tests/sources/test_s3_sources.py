@@ -1,0 +1,52 @@
+"""s3:// sources against the real S3 server: single objects and prefixes."""
+
+from __future__ import annotations
+
+import pytest
+
+from photoroom_bg.errors import InvalidImageError, SourceNotFoundError, SourceTooLargeError
+from photoroom_bg.sinks import S3Sink
+from photoroom_bg.sources import ImageSource, SourceReader, iter_sources
+
+from ..s3server import S3Server
+from .conftest import png_bytes
+
+
+def reader_for(server: S3Server, **kwargs: object) -> SourceReader:
+    return SourceReader(
+        s3_options={
+            "endpoint_url": server.endpoint_url,
+            "region_name": server.region,
+            "aws_access_key_id": server.access_key,
+            "aws_secret_access_key": server.secret_key,
+        },
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def test_objects_and_prefixes_are_read(s3_server: S3Server, s3_prefix: str) -> None:
+    async with S3Sink(s3_prefix, **s3_server.sink_options()) as sink:
+        for key in ["raw/a.png", "raw/sub/b.jpg", "raw/notes.txt", "other/c.png"]:
+            await sink.put(key, png_bytes())
+    async with reader_for(s3_server) as reader:
+        listed = [s async for s in iter_sources(f"{s3_prefix}/raw/", reader=reader)]
+        assert sorted(s.location for s in listed) == [
+            f"{s3_prefix}/raw/a.png",
+            f"{s3_prefix}/raw/sub/b.jpg",
+        ]
+        assert [s.name for s in listed] == ["a", "b"]
+        assert await reader.read(listed[0]) == png_bytes()
+
+
+async def test_s3_errors_and_caps(s3_server: S3Server, s3_prefix: str) -> None:
+    async with S3Sink(s3_prefix, **s3_server.sink_options()) as sink:
+        await sink.put("text.png", b"this is not an image at all")
+        await sink.put("big.png", png_bytes() + b"\x00" * 5000)
+    async with reader_for(s3_server, max_bytes=2000) as reader:
+        for name, error in [
+            ("missing.png", SourceNotFoundError),
+            ("text.png", InvalidImageError),
+            ("big.png", SourceTooLargeError),
+        ]:
+            with pytest.raises(error):
+                await reader.read(ImageSource("s3", f"{s3_prefix}/{name}", name))
