@@ -1,0 +1,5 @@
+"""``python -m photoroom_bg.testing``: run the Photoroom emulator."""
+
+from ._cli import run_emulator
+
+raise SystemExit(run_emulator())

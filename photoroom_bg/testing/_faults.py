@@ -1,0 +1,104 @@
+"""Fault injection for the emulator: latency, error statuses, resets, truncation, stalls."""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+from collections import deque
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+__all__ = ["FAULTS", "Faults", "parse_duration"]
+
+#: Every fault the emulator can inject.
+FAULTS = ("429", "500", "502", "503", "reset", "truncate", "stall")
+
+
+def parse_duration(text: str | float) -> float:
+    """``"300ms"``, ``"1.5s"``, ``"2"`` (seconds) or a number -> seconds."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*", text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 300ms or 1.5s)")
+    value = float(match.group(1))
+    return value / 1000 if match.group(2) == "ms" else value
+
+
+def _check_rates(_: object, __: object, rates: Mapping[str, float]) -> None:
+    for name, rate in rates.items():
+        if name not in FAULTS:
+            raise ValueError(f"unknown fault {name!r}; use {', '.join(FAULTS)}")
+        if not 0 <= rate <= 1:
+            raise ValueError(f"fault probability {name}={rate} is not within 0..1")
+    if sum(rates.values()) > 1:
+        raise ValueError("fault probabilities add up to more than 1")
+
+
+@attrs.frozen(kw_only=True)
+class Faults:
+    """What goes wrong, and how often. Deterministic for a given ``seed``.
+
+    Attributes:
+        latency: seconds added to every request, or ``(low, high)`` for a uniform draw.
+        rates: probability of each fault per request, e.g. ``{"429": 0.1, "reset": 0.05}``;
+            faults: ``429``, ``500``, ``502``, ``503``, ``reset`` (connection dropped after
+            the headers), ``truncate`` (body shorter than its Content-Length), ``stall`` (no
+            answer for ``stall_seconds``).
+        retry_after: the ``Retry-After`` seconds sent with injected 429s and 503s.
+        stall_seconds: how long a stall lasts (set it past the client's timeout).
+        paths: only requests to these paths get random faults (``None``: all).
+        seed: the random seed.
+    """
+
+    latency: float | tuple[float, float] = 0.0
+    rates: Mapping[str, float] = attrs.field(factory=dict, validator=_check_rates)
+    retry_after: float = 1.0
+    stall_seconds: float = 30.0
+    paths: tuple[str, ...] | None = None
+    seed: int = 0
+
+
+class FaultPicker:
+    """Draws faults: a queued one first, then the request header, then chance."""
+
+    def __init__(self, faults: Faults) -> None:
+        self.faults = faults
+        self._random = random.Random(faults.seed)
+        self._queue: deque[str | None] = deque()
+        self._lock = threading.Lock()
+
+    def enqueue(self, faults: Iterable[str | None]) -> None:
+        """Give the next requests these faults, in order (``None``: no fault)."""
+        with self._lock:
+            for fault in faults:
+                if fault is not None and fault not in FAULTS:
+                    raise ValueError(f"unknown fault {fault!r}; use {', '.join(FAULTS)}")
+                self._queue.append(fault)
+
+    def latency(self) -> float:
+        """This request's added latency in seconds."""
+        value = self.faults.latency
+        if isinstance(value, tuple):
+            with self._lock:
+                return self._random.uniform(*value)
+        return value
+
+    def pick(self, path: str, header: str | None) -> str | None:
+        """The fault for one request, or ``None``."""
+        with self._lock:
+            if self._queue:
+                return self._queue.popleft()
+            if header:
+                fault = header.strip().lower()
+                return fault if fault in FAULTS else None
+            if not self.faults.rates or (self.faults.paths and path not in self.faults.paths):
+                return None
+            draw = self._random.random()
+        for name, rate in self.faults.rates.items():
+            if draw < rate:
+                return name
+            draw -= rate
+        return None
