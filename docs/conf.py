@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.abspath(".."))
 
 project = "photoroom_bg"
 author = "photoroom_bg developers"
-copyright = "2026, photoroom_bg developers"  # noqa: A001
+copyright = "2026, photoroom_bg developers"
 release = "0.1.0"
 
 extensions = [

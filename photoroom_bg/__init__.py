@@ -9,6 +9,7 @@ from . import errors
 from ._base_client import NOT_GIVEN, PhotoroomWarning
 from ._client import AsyncPhotoroomClient, PhotoroomClient
 from ._retry import RetryPolicy
+from .batch import BatchHandle, BatchRemover, BatchReport, JobResult, JobStatus, Progress
 from .engines import Engine, LocalEngine, PhotoroomEngine
 from .models import Account, ImageResult
 from .options import EditOptions, SegmentOptions
@@ -29,16 +30,22 @@ __all__ = [
     "NOT_GIVEN",
     "Account",
     "AsyncPhotoroomClient",
+    "BatchHandle",
+    "BatchRemover",
+    "BatchReport",
     "EditOptions",
     "Engine",
     "FileSystemSink",
     "ImageResult",
+    "JobResult",
+    "JobStatus",
     "KeyTemplate",
     "LocalEngine",
     "MemorySink",
     "PhotoroomClient",
     "PhotoroomEngine",
     "PhotoroomWarning",
+    "Progress",
     "RetryPolicy",
     "S3Sink",
     "SegmentOptions",

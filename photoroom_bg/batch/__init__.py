@@ -1,1 +1,19 @@
-"""Batch processing: BatchRemover and its handles."""
+"""Batch processing: :class:`BatchRemover` and the handles and reports it returns."""
+
+from ._handle import BatchHandle
+from ._jobs import BatchReport, JobResult, JobStatus, Progress
+from ._limiter import RateGate
+from ._manifest import Manifest, load_finished_keys
+from ._remover import BatchRemover
+
+__all__ = [
+    "BatchHandle",
+    "BatchRemover",
+    "BatchReport",
+    "JobResult",
+    "JobStatus",
+    "Manifest",
+    "Progress",
+    "RateGate",
+    "load_finished_keys",
+]

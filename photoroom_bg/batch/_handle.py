@@ -1,0 +1,199 @@
+"""BatchHandle: the live view of a submitted batch, usable from sync and async code."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from .. import _loop
+from ._jobs import BatchReport, JobResult, JobStatus, Progress
+
+if TYPE_CHECKING:
+    from ..sources import ImageSource
+
+__all__ = ["BatchHandle"]
+
+
+class BatchHandle:
+    """A batch in flight: progress, partial results, completion, cancellation.
+
+    Returned at once by :meth:`BatchRemover.submit`. From sync code use :attr:`progress`,
+    :meth:`results`, :meth:`as_completed` and :meth:`wait`; from async code the same plus
+    ``await handle`` and ``async for job in handle``.
+    """
+
+    def __init__(self, *, keep_results: bool = True) -> None:
+        self.keep_results = keep_results
+        self._cond = threading.Condition()
+        self._results: list[JobResult] = []
+        self._failed_sources: list[ImageSource] = []
+        self._counts: Counter[JobStatus] = Counter()
+        self._running = 0
+        self._seen = 0
+        self._total: int | None = None
+        self._started = time.monotonic()
+        self._report: BatchReport | None = None
+        self._future: Future[BatchReport] | None = None
+        self._cancel: Callable[[str], None] | None = None
+        self._retry: Callable[[list[ImageSource]], BatchHandle] | None = None
+        self._loop_thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        p = self.progress
+        return (
+            f"BatchHandle(total={p.total}, succeeded={p.succeeded}, skipped={p.skipped}, "
+            f"failed={p.failed}, cancelled={p.cancelled}, running={p.running}, done={self.done})"
+        )
+
+    # -- fed by the batch ------------------------------------------------------------------
+
+    def _bind(
+        self,
+        future: Future[BatchReport],
+        cancel: Callable[[str], None],
+        retry: Callable[[list[ImageSource]], BatchHandle],
+        loop_thread: threading.Thread | None,
+    ) -> None:
+        self._future = future
+        self._cancel = cancel
+        self._retry = retry
+        self._loop_thread = loop_thread
+
+    def _source_seen(self) -> None:
+        with self._cond:
+            self._seen += 1
+
+    def _sources_done(self) -> None:
+        with self._cond:
+            self._total = self._seen
+            self._cond.notify_all()
+
+    def _job_started(self) -> None:
+        with self._cond:
+            self._running += 1
+
+    def _job_finished(self, result: JobResult, source: ImageSource, was_running: bool) -> None:
+        with self._cond:
+            if was_running:
+                self._running -= 1
+            self._counts[result.status] += 1
+            if self.keep_results or result.status is JobStatus.FAILED:
+                self._results.append(result)
+            if result.status is JobStatus.FAILED:
+                self._failed_sources.append(source)
+            self._cond.notify_all()
+
+    def _finish(self, report: BatchReport) -> None:
+        with self._cond:
+            self._report = report
+            self._cond.notify_all()
+
+    # -- public ----------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """True once every job has finished and the report is ready."""
+        return self._report is not None
+
+    @property
+    def progress(self) -> Progress:
+        """A snapshot of the counters, the rate and the ETA."""
+        with self._cond:
+            counts = dict(self._counts)
+            running, seen, total = self._running, self._seen, self._total
+        elapsed = time.monotonic() - self._started
+        finished = sum(counts.values())
+        rate = finished / elapsed if elapsed > 0 else 0.0
+        pending = max(0, seen - finished - running)
+        eta = None
+        if total is not None:
+            left = total - finished
+            eta = 0.0 if left <= 0 else (left / rate if rate > 0 else None)
+        return Progress(
+            total=total,
+            pending=pending,
+            running=running,
+            succeeded=counts.get(JobStatus.SUCCEEDED, 0),
+            skipped=counts.get(JobStatus.SKIPPED, 0),
+            failed=counts.get(JobStatus.FAILED, 0),
+            cancelled=counts.get(JobStatus.CANCELLED, 0),
+            elapsed=elapsed,
+            rate=rate,
+            eta=eta,
+        )
+
+    def results(self) -> list[JobResult]:
+        """The jobs finished so far, in completion order (the partial results).
+
+        With ``keep_results=False`` only failed jobs are kept.
+        """
+        with self._cond:
+            return list(self._results)
+
+    def _next(self, index: int, timeout: float | None) -> JobResult | None:
+        with self._cond:
+            ready = self._cond.wait_for(
+                lambda: len(self._results) > index or self._report is not None, timeout
+            )
+            if not ready:
+                raise TimeoutError("no job finished in time")
+            return self._results[index] if len(self._results) > index else None
+
+    def as_completed(self, timeout: float | None = None) -> Iterator[JobResult]:
+        """Yield jobs as they finish (those already finished first), until the batch ends.
+
+        Args:
+            timeout: the longest wait for the next job, in seconds.
+        """
+        self._check_not_on_loop("as_completed()", "async for job in handle")
+        index = 0
+        while (result := self._next(index, timeout)) is not None:
+            yield result
+            index += 1
+
+    async def __aiter__(self) -> AsyncIterator[JobResult]:
+        index = 0
+        while True:
+            result = await asyncio.to_thread(self._next, index, None)
+            if result is None:
+                return
+            yield result
+            index += 1
+
+    def wait(self, timeout: float | None = None) -> BatchReport:
+        """Block until the batch ends; return its :class:`BatchReport`."""
+        self._check_not_on_loop("wait()", "await handle")
+        if self._future is None:
+            raise RuntimeError("this handle is not bound to a batch")
+        return self._future.result(timeout)
+
+    def __await__(self) -> Generator[Any, None, BatchReport]:
+        if self._future is None:
+            raise RuntimeError("this handle is not bound to a batch")
+        return asyncio.wrap_future(self._future).__await__()
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Stop starting jobs: pending ones end ``cancelled``; running ones finish."""
+        if self._cancel is not None:
+            self._cancel(reason)
+
+    def retry_failed(self) -> BatchHandle:
+        """Submit the inputs of the failed jobs again, as a new batch."""
+        if not self.done:
+            raise RuntimeError("retry_failed() needs a finished batch: wait for it first")
+        if self._retry is None:
+            raise RuntimeError("this handle is not bound to a batch")
+        with self._cond:
+            sources = list(self._failed_sources)
+        return self._retry(sources)
+
+    def _check_not_on_loop(self, name: str, instead: str) -> None:
+        if self._loop_thread is not None and threading.current_thread() is self._loop_thread:
+            raise RuntimeError(f"{name} would block the batch's own event loop; use {instead}")
+        if _loop.in_background_loop():
+            raise RuntimeError(f"{name} cannot run on the photoroom-bg loop; use {instead}")

@@ -1,0 +1,135 @@
+"""What a batch reports: per-job results, live progress and the final report."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+import attrs
+
+from ..errors import PhotoroomBGError
+from ..sinks._base import StoredObject
+
+__all__ = ["BatchReport", "JobResult", "JobStatus", "Progress"]
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job stands."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@attrs.frozen(repr=False)
+class JobResult:
+    """The outcome of one input.
+
+    Attributes:
+        index: the input's position in the batch (0-based).
+        source: where the input came from, without query string or credentials.
+        name: the input's stem, used in its output key.
+        status: :class:`JobStatus`.
+        key: the output key in the sink (``None`` when the input could not be read).
+        output: the stored cut-out (for ``succeeded`` and ``skipped``).
+        error: the typed error of a ``failed`` job.
+        reason: why a job was ``cancelled`` or ``skipped``.
+        attempts: engine calls made (retries included).
+        billed: True when a successful engine call spent credits for this job.
+        duration: seconds from start to finish.
+        input_size: bytes read; ``output_size``: bytes stored.
+    """
+
+    index: int
+    source: str
+    name: str
+    status: JobStatus
+    key: str | None = None
+    output: StoredObject | None = None
+    error: PhotoroomBGError | None = None
+    reason: str | None = None
+    attempts: int = 0
+    billed: bool = False
+    duration: float = 0.0
+    input_size: int = 0
+    output_size: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True for ``succeeded`` and ``skipped`` jobs: the output is in the sink."""
+        return self.status in (JobStatus.SUCCEEDED, JobStatus.SKIPPED)
+
+    @property
+    def error_type(self) -> str | None:
+        """The error's class name, e.g. ``"OutOfCreditsError"``."""
+        return type(self.error).__name__ if self.error is not None else None
+
+    def __repr__(self) -> str:
+        detail = self.key if self.ok else (self.error_type or self.reason)
+        return f"JobResult(#{self.index} {self.source!r} {self.status.value}: {detail})"
+
+
+@attrs.frozen
+class Progress:
+    """A snapshot of a running batch.
+
+    Attributes:
+        total: inputs found so far, or ``None`` while sources are still being listed.
+        pending, running, succeeded, skipped, failed, cancelled: jobs in each state.
+        elapsed: seconds since the batch started.
+        rate: finished jobs per second.
+        eta: estimated seconds left (``None`` while ``total`` is unknown).
+    """
+
+    total: int | None
+    pending: int
+    running: int
+    succeeded: int
+    skipped: int
+    failed: int
+    cancelled: int
+    elapsed: float
+    rate: float
+    eta: float | None
+
+    @property
+    def done(self) -> int:
+        """Jobs finished in any way."""
+        return self.succeeded + self.skipped + self.failed + self.cancelled
+
+
+@attrs.frozen
+class BatchReport:
+    """The outcome of a whole batch.
+
+    Attributes:
+        total_count: inputs seen.
+        success_count: outputs in the sink (succeeded + skipped).
+        succeeded_count, skipped_count, failed_count, cancelled_count: per status.
+        failures: failed jobs grouped by error type name.
+        billed_calls: successful engine calls that spent credits.
+        credits_spent: images spent according to the account, when the engine can tell
+            (``None`` otherwise).
+        stop_reason: why the batch stopped early (out of credits, bad key, cancelled).
+        duration: seconds.
+    """
+
+    total_count: int
+    success_count: int
+    succeeded_count: int
+    skipped_count: int
+    failed_count: int
+    cancelled_count: int
+    failures: Mapping[str, tuple[JobResult, ...]]
+    billed_calls: int
+    credits_spent: float | None
+    stop_reason: str | None
+    duration: float
+
+    @property
+    def all_ok(self) -> bool:
+        """True when every input has its output in the sink."""
+        return self.success_count == self.total_count

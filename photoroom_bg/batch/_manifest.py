@@ -1,0 +1,96 @@
+"""The manifest: one JSON line per finished job, flushed and fsynced as jobs finish."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from ._jobs import JobResult, JobStatus
+
+__all__ = ["Manifest", "load_finished_keys"]
+
+VERSION = 1
+
+
+def _record(result: JobResult, engine: str, options_digest: str) -> dict[str, Any]:
+    return {
+        "v": VERSION,
+        "time": round(time.time(), 3),
+        "index": result.index,
+        "source": result.source,
+        "name": result.name,
+        "status": result.status.value,
+        "key": result.key,
+        "uri": result.output.uri if result.output else None,
+        "error_type": result.error_type,
+        "error": result.error.message if result.error else None,
+        "reason": result.reason,
+        "attempts": result.attempts,
+        "billed": result.billed,
+        "duration": round(result.duration, 4),
+        "input_size": result.input_size,
+        "output_size": result.output_size,
+        "engine": engine,
+        "options_digest": options_digest,
+    }
+
+
+class Manifest:
+    """Appends job records to a JSON-lines file; a crash loses at most the jobs in flight.
+
+    Records hold the source without query string or credentials, the output key and URI,
+    the status, the error type and message: never an API key or storage secret.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._handle: IO[str] | None = None
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"Manifest({str(self.path)!r})"
+
+    def _append(self, line: str) -> None:
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = self.path.open("a", encoding="utf-8")
+        self._handle.write(line + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    async def write(self, result: JobResult, *, engine: str, options_digest: str) -> None:
+        """Append one record (off the event loop)."""
+        line = json.dumps(_record(result, engine, options_digest), ensure_ascii=False)
+        async with self._lock:
+            await asyncio.to_thread(self._append, line)
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def load_finished_keys(path: str | os.PathLike[str]) -> set[str]:
+    """Output keys a manifest records as stored (``succeeded`` or ``skipped``).
+
+    A torn last line (a crash mid-write) is ignored.
+    """
+    finished: set[str] = set()
+    target = Path(path)
+    if not target.exists():
+        return finished
+    with target.open(encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            ok = record.get("status") in (JobStatus.SUCCEEDED.value, JobStatus.SKIPPED.value)
+            if ok and record.get("key"):
+                finished.add(str(record["key"]))
+    return finished

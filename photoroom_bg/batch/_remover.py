@@ -1,0 +1,513 @@
+"""BatchRemover: many images in, stored cut-outs out, never lost, never paid for twice."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Collection
+from concurrent.futures import Future
+from typing import Any
+
+from .. import _loop
+from .._client import AsyncPhotoroomClient
+from .._keys import KeyTemplate, content_digest, options_digest
+from .._retry import is_retryable
+from ..engines._base import Engine
+from ..errors import (
+    APIStatusError,
+    AuthenticationError,
+    ConfigurationError,
+    OutOfCreditsError,
+    PhotoroomBGError,
+    RateLimitError,
+    StorageError,
+    UnsafeKeyError,
+)
+from ..options import EditOptions, SegmentOptions
+from ..sinks import Sink, open_sink
+from ..sources import ImageSource, SourceReader, SourceSpec, iter_sources
+from ._handle import BatchHandle
+from ._jobs import BatchReport, JobResult, JobStatus, Progress
+from ._limiter import RateGate
+from ._manifest import Manifest, load_finished_keys
+
+__all__ = ["BatchRemover"]
+
+logger = logging.getLogger("photoroom_bg.batch")
+
+_STOPPING_ERRORS = (OutOfCreditsError, AuthenticationError)
+_EXTENSIONS = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp", "avif": "avif"}
+
+
+def _extension(options: SegmentOptions | EditOptions) -> str:
+    if isinstance(options, SegmentOptions):
+        return "png" if options.channels == "alpha" else _EXTENSIONS[options.format]
+    return _EXTENSIONS[options.export_format or "png"]
+
+
+class BatchRemover:
+    """Turns many images into stored cut-outs, concurrently and within limits.
+
+    Args:
+        engine: what makes the cut-outs: an :class:`~photoroom_bg.Engine` (e.g.
+            :class:`~photoroom_bg.LocalEngine`), an :class:`~photoroom_bg.AsyncPhotoroomClient`
+            (wrapped in a :class:`~photoroom_bg.PhotoroomEngine`), or ``None`` for the Photoroom
+            API with the key from ``api_key`` / ``$PHOTOROOM_API_KEY``.
+        sink: where outputs go: a :class:`~photoroom_bg.sinks.Sink` or a string for
+            :func:`~photoroom_bg.sinks.open_sink` (``"./out"``, ``"s3://bucket/prefix"``).
+        options: :class:`~photoroom_bg.SegmentOptions` (default) or
+            :class:`~photoroom_bg.EditOptions`, applied to every image.
+        concurrency: images processed at once (and at most that many held in memory).
+        requests_per_minute: budget shared by all jobs (``None``: no client-side limit).
+            A 429 pauses every job for its ``Retry-After``.
+        max_retries: engine retries per job for failures that were not billed (429, 5xx,
+            connection errors). Other errors fail the job at once.
+        key_template: output key naming (:class:`~photoroom_bg.sinks.KeyTemplate` or its
+            template string); default ``{stem}-{digest12}.{ext}``.
+        skip_existing: skip inputs whose output key already exists, without calling the engine.
+        manifest: a JSON-lines file recording every finished job; on a re-run its stored
+            keys are skipped without even asking the sink.
+        progress: show a progress bar (terminal or Jupyter; needs ``tqdm``).
+        on_result: called with each :class:`JobResult` as it finishes.
+        on_progress: called with a :class:`Progress` after each job.
+        reader: a :class:`~photoroom_bg.sources.SourceReader` (SSRF policy, byte cap, S3
+            settings); by default a safe one that refuses private networks.
+        url_passthrough: with :class:`~photoroom_bg.EditOptions`, let Photoroom fetch
+            ``http(s)`` inputs itself (``GET /v2/edit?imageUrl=``); keys then hash the URL.
+        keep_results: keep every :class:`JobResult` on the handle (``False``: failures only,
+            for very large batches).
+        api_key, base_url: for the default engine.
+        backoff: base delay in seconds of the retry backoff (with full jitter).
+    """
+
+    def __init__(
+        self,
+        engine: Engine | AsyncPhotoroomClient | None = None,
+        *,
+        sink: Sink | str | os.PathLike[str],
+        options: SegmentOptions | EditOptions | None = None,
+        concurrency: int = 16,
+        requests_per_minute: float | None = 500,
+        max_retries: int = 5,
+        key_template: KeyTemplate | str | None = None,
+        skip_existing: bool = True,
+        manifest: str | os.PathLike[str] | None = None,
+        progress: bool = False,
+        on_result: Callable[[JobResult], object] | None = None,
+        on_progress: Callable[[Progress], object] | None = None,
+        reader: SourceReader | None = None,
+        url_passthrough: bool = False,
+        keep_results: bool = True,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        backoff: float = 0.5,
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigurationError("concurrency must be at least 1")
+        if max_retries < 0:
+            raise ConfigurationError("max_retries must be >= 0")
+        if url_passthrough and not isinstance(options, EditOptions):
+            raise ConfigurationError("url_passthrough needs EditOptions (GET /v2/edit)")
+        self.engine = engine
+        self.sink = sink
+        self.options = options if options is not None else SegmentOptions()
+        self.concurrency = concurrency
+        self.requests_per_minute = requests_per_minute
+        self.max_retries = max_retries
+        self.key_template = (
+            (key_template if isinstance(key_template, KeyTemplate) else KeyTemplate(key_template))
+            if key_template is not None
+            else KeyTemplate()
+        )
+        self.skip_existing = skip_existing
+        self.manifest = manifest
+        self.progress_bar = progress
+        self.on_result = on_result
+        self.on_progress = on_progress
+        self.reader = reader
+        self.url_passthrough = url_passthrough
+        self.keep_results = keep_results
+        self.backoff = backoff
+        self._api_key = api_key
+        self._base_url = base_url
+        self._options_digest = options_digest(self.options)
+        if progress:
+            _tqdm()  # fail now, not mid-batch, when the extra is missing
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchRemover(engine={self.engine!r}, sink={self.sink!r}, "
+            f"options={type(self.options).__name__}, concurrency={self.concurrency}, "
+            f"requests_per_minute={self.requests_per_minute})"
+        )
+
+    def submit(self, sources: SourceSpec) -> BatchHandle:
+        """Start processing ``sources`` and return a :class:`BatchHandle` at once.
+
+        Works the same from scripts, notebooks (a running event loop in this thread) and
+        async code: the batch runs on photoroom_bg's background event loop. Use
+        ``handle.wait()`` or ``await handle``.
+        """
+        handle = BatchHandle(keep_results=self.keep_results)
+        batch = _Batch(self, sources, handle)
+        future: Future[BatchReport] = _loop.submit(batch.run())
+        loop = _loop.background_loop()
+
+        def cancel(reason: str) -> None:
+            loop.call_soon_threadsafe(batch.stop, reason)
+
+        handle._bind(future, cancel, self.submit, _loop_thread())
+        return handle
+
+    async def run(self, sources: SourceSpec) -> BatchReport:
+        """Process ``sources`` on the current event loop and return the report.
+
+        For async services that own their engine and sink objects on this loop; results
+        arrive through ``on_result`` / ``on_progress``.
+        """
+        handle = BatchHandle(keep_results=self.keep_results)
+        batch = _Batch(self, sources, handle)
+        return await batch.run()
+
+    def resume(self, sources: SourceSpec) -> BatchHandle:
+        """Re-run ``sources`` after an interruption: what the manifest (or the sink) already
+        holds is skipped without calling the engine; the rest is processed."""
+        if self.manifest is None and not self.skip_existing:
+            raise ConfigurationError("resume() needs a manifest or skip_existing=True")
+        return self.submit(sources)
+
+
+def _loop_thread() -> threading.Thread | None:
+    return _loop._thread
+
+
+def _tqdm() -> Any:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ConfigurationError(
+            "progress=True needs tqdm: pip install 'photoroom-bg[progress]'"
+        ) from None
+    return tqdm
+
+
+class _Batch:
+    """One run of a BatchRemover over some sources."""
+
+    def __init__(self, remover: BatchRemover, spec: SourceSpec, handle: BatchHandle) -> None:
+        self.r = remover
+        self.spec = spec
+        self.handle = handle
+        self.stop_reason: str | None = None
+        self.billed_calls = 0
+        self._bar: Any = None
+
+    def stop(self, reason: str) -> None:
+        """Start no more jobs (called on the batch's loop)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            logger.info("batch stopping: %s", reason)
+
+    async def run(self) -> BatchReport:
+        r = self.r
+        started = time.monotonic()
+        owned: list[Any] = []
+        engine = self._engine(owned)
+        sink = open_sink(r.sink) if isinstance(r.sink, (str, os.PathLike)) else r.sink
+        if sink is not r.sink:
+            owned.append(sink)
+        reader = r.reader or SourceReader()
+        if r.reader is None:
+            owned.append(reader)
+        manifest = Manifest(r.manifest) if r.manifest is not None else None
+        finished_keys = (
+            await asyncio.to_thread(load_finished_keys, r.manifest) if r.manifest else set()
+        )
+        gate = RateGate(r.requests_per_minute)
+        account_before = await self._account(engine)
+        if r.progress_bar:
+            self._bar = _tqdm()(desc="cut-outs", unit="img", dynamic_ncols=True)
+        queue: asyncio.Queue[tuple[int, ImageSource] | None] = asyncio.Queue(r.concurrency)
+        failures: dict[str, list[JobResult]] = defaultdict(list)
+        counts: dict[JobStatus, int] = defaultdict(int)
+        total = 0
+        # Collections (lists, paths, folders) are listed to the end so that every input left
+        # over after a stop is reported as cancelled; one-shot iterators are not drained.
+        one_shot = not isinstance(self.spec, (str, bytes, os.PathLike, Collection))
+
+        async def produce() -> None:
+            nonlocal total
+            try:
+                async for source in iter_sources(self.spec, reader=reader):
+                    if self.stop_reason is not None and one_shot:
+                        break  # a generator may never end: stop pulling from it
+                    self.handle._source_seen()
+                    await queue.put((total, source))
+                    total += 1
+            except PhotoroomBGError as exc:
+                self.stop(f"could not list the sources: {exc}")
+            finally:
+                self.handle._sources_done()
+                if self._bar is not None:
+                    self._bar.total = total
+                for _ in range(r.concurrency):
+                    await queue.put(None)
+
+        async def work() -> None:
+            while (item := await queue.get()) is not None:
+                index, source = item
+                if self.stop_reason is not None:
+                    result = JobResult(
+                        index,
+                        source.display,
+                        source.name,
+                        JobStatus.CANCELLED,
+                        reason=self.stop_reason,
+                    )
+                    running = False
+                else:
+                    self.handle._job_started()
+                    running = True
+                    result = await self._job(
+                        index, source, engine, sink, reader, gate, finished_keys
+                    )
+                counts[result.status] += 1
+                if result.status is JobStatus.FAILED:
+                    failures[result.error_type or "Error"].append(result)
+                if manifest is not None:
+                    await manifest.write(
+                        result, engine=engine.name, options_digest=r._options_digest
+                    )
+                self.handle._job_finished(result, source, running)
+                self._notify(result)
+
+        try:
+            await asyncio.gather(produce(), *(work() for _ in range(r.concurrency)))
+        finally:
+            if manifest is not None:
+                manifest.close()
+            if self._bar is not None:
+                self._bar.close()
+        account_after = await self._account(engine)
+        for resource in owned:
+            await resource.aclose()
+        spent = None
+        if account_before is not None and account_after is not None:
+            spent = round(account_before - account_after, 4)
+        succeeded, skipped = counts[JobStatus.SUCCEEDED], counts[JobStatus.SKIPPED]
+        report = BatchReport(
+            total_count=total,
+            success_count=succeeded + skipped,
+            succeeded_count=succeeded,
+            skipped_count=skipped,
+            failed_count=counts[JobStatus.FAILED],
+            cancelled_count=counts[JobStatus.CANCELLED],
+            failures={k: tuple(v) for k, v in failures.items()},
+            billed_calls=self.billed_calls,
+            credits_spent=spent,
+            stop_reason=self.stop_reason,
+            duration=time.monotonic() - started,
+        )
+        self.handle._finish(report)
+        return report
+
+    def _engine(self, owned: list[Any]) -> Engine:
+        from ..engines.photoroom import PhotoroomEngine
+
+        given = self.r.engine
+        if given is None:
+            engine = PhotoroomEngine(
+                api_key=self.r._api_key, base_url=self.r._base_url, max_retries=0
+            )
+            owned.append(engine)
+            return engine
+        if isinstance(given, AsyncPhotoroomClient):
+            return PhotoroomEngine(given.with_options(max_retries=0))
+        return given
+
+    @staticmethod
+    async def _account(engine: Engine) -> float | None:
+        client = getattr(engine, "client", None)
+        if not engine.bills or not isinstance(client, AsyncPhotoroomClient):
+            return None
+        try:
+            return (await client.account(max_retries=1)).images_available
+        except PhotoroomBGError:
+            return None
+
+    def _notify(self, result: JobResult) -> None:
+        if self._bar is not None:
+            p = self.handle.progress
+            self._bar.set_postfix(ok=p.succeeded, skipped=p.skipped, failed=p.failed, refresh=False)
+            self._bar.update(1)
+        try:
+            if self.r.on_result is not None:
+                self.r.on_result(result)
+            if self.r.on_progress is not None:
+                self.r.on_progress(self.handle.progress)
+        except Exception:
+            logger.exception("a batch callback failed; the batch goes on")
+
+    async def _job(
+        self,
+        index: int,
+        source: ImageSource,
+        engine: Engine,
+        sink: Sink,
+        reader: SourceReader,
+        gate: RateGate,
+        finished_keys: set[str],
+    ) -> JobResult:
+        r = self.r
+        started = time.monotonic()
+        base: dict[str, Any] = {"index": index, "source": source.display, "name": source.name}
+        passthrough = r.url_passthrough and source.kind == "url"
+        try:
+            data = b"" if passthrough else await reader.read(source)
+            digest = content_digest(source.location.encode() if passthrough else data)
+            key = r.key_template.render(
+                stem=source.name,
+                content_digest=digest,
+                options_digest=r._options_digest,
+                ext=_extension(r.options),
+                engine=engine.name,
+            )
+        except PhotoroomBGError as exc:
+            return JobResult(**base, status=JobStatus.FAILED, error=exc, duration=_since(started))
+        base.update(key=key, input_size=len(data))
+        try:
+            if key in finished_keys or (r.skip_existing and await sink.exists(key)):
+                return JobResult(
+                    **base,
+                    status=JobStatus.SKIPPED,
+                    output=await _describe(sink, key),
+                    reason="output already stored",
+                    duration=_since(started),
+                )
+        except PhotoroomBGError as exc:
+            return JobResult(**base, status=JobStatus.FAILED, error=exc, duration=_since(started))
+        try:
+            result, attempts = await self._call_engine(engine, gate, data, source, passthrough)
+        except _EngineFailed as failed:
+            if isinstance(failed.error, _Stopped):
+                return JobResult(
+                    **base,
+                    status=JobStatus.CANCELLED,
+                    reason=str(failed.error),
+                    attempts=failed.attempts,
+                    duration=_since(started),
+                )
+            if isinstance(failed.error, _STOPPING_ERRORS):
+                self.stop(f"{type(failed.error).__name__}: {failed.error}")
+            return JobResult(
+                **base,
+                status=JobStatus.FAILED,
+                error=failed.error,
+                attempts=failed.attempts,
+                duration=_since(started),
+            )
+        if engine.bills:
+            self.billed_calls += 1
+        try:
+            stored = await self._store(sink, key, result.content, result.content_type, source)
+        except PhotoroomBGError as exc:
+            return JobResult(
+                **base,
+                status=JobStatus.FAILED,
+                error=exc,
+                attempts=attempts,
+                billed=engine.bills,
+                duration=_since(started),
+            )
+        return JobResult(
+            **base,
+            status=JobStatus.SUCCEEDED,
+            output=stored,
+            attempts=attempts,
+            billed=engine.bills,
+            duration=_since(started),
+            output_size=len(result.content),
+        )
+
+    async def _call_engine(
+        self,
+        engine: Engine,
+        gate: RateGate,
+        data: bytes,
+        source: ImageSource,
+        passthrough: bool,
+    ) -> tuple[Any, int]:
+        r = self.r
+        attempt = 0
+        while True:
+            attempt += 1
+            if self.stop_reason is not None and attempt > 1:
+                raise _EngineFailed(_Stopped(self.stop_reason), attempt - 1)
+            await gate.acquire()
+            try:
+                if passthrough:
+                    result = await engine.process_url(source.location, r.options)  # type: ignore[attr-defined]
+                else:
+                    result = await engine.process(data, r.options)
+                return result, attempt
+            except PhotoroomBGError as exc:
+                if not is_retryable(exc) or attempt > r.max_retries:
+                    raise _EngineFailed(exc, attempt) from None
+                delay = _backoff(r.backoff, attempt)
+                if isinstance(exc, RateLimitError):
+                    gate.pause(exc.retry_after if exc.retry_after is not None else delay)
+                elif isinstance(exc, APIStatusError) and exc.status_code == 503:
+                    gate.pause(delay)
+                else:
+                    await asyncio.sleep(delay)
+                logger.debug("retrying %s after %s (attempt %d)", source.display, exc, attempt)
+
+    async def _store(
+        self, sink: Sink, key: str, content: bytes, content_type: str, source: ImageSource
+    ) -> Any:
+        """Put with retries: the engine's (billed) result is kept in hand, never re-made."""
+        metadata = {"source": source.display[:1024], "options-digest": self.r._options_digest}
+        for attempt in range(1, 4):
+            try:
+                return await sink.put(key, content, content_type=content_type, metadata=metadata)
+            except UnsafeKeyError:
+                raise
+            except StorageError:
+                if attempt == 3:
+                    raise
+                await asyncio.sleep(_backoff(self.r.backoff, attempt))
+        raise AssertionError("unreachable")
+
+
+class _Stopped(PhotoroomBGError):
+    """The batch stopped while this job was waiting to retry."""
+
+
+class _EngineFailed(Exception):
+    def __init__(self, error: PhotoroomBGError, attempts: int) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.attempts = attempts
+
+
+async def _describe(sink: Sink, key: str) -> Any:
+    stat = getattr(sink, "stat", None)
+    if stat is not None:
+        try:
+            return await stat(key)
+        except PhotoroomBGError:
+            return None
+    return None
+
+
+def _backoff(base: float, attempt: int) -> float:
+    return random.uniform(0, min(30.0, base * 2 ** (attempt - 1)))
+
+
+def _since(started: float) -> float:
+    return time.monotonic() - started

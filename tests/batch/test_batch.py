@@ -1,0 +1,310 @@
+"""BatchRemover against the emulator over loopback: nothing lost, nothing paid twice."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from photoroom_bg import (
+    BatchRemover,
+    EditOptions,
+    JobResult,
+    JobStatus,
+    MemorySink,
+    SegmentOptions,
+)
+from photoroom_bg.errors import (
+    InvalidImageError,
+    OutOfCreditsError,
+    SourceNotFoundError,
+    StorageError,
+    UnsafeURLError,
+)
+from photoroom_bg.sources import SourceReader
+from photoroom_bg.testing import Faults, PhotoroomEmulator
+
+from ..sources.conftest import ImageServer
+from .conftest import photo
+
+
+def remover(emulator: PhotoroomEmulator, sink: Any, **kwargs: Any) -> BatchRemover:
+    kwargs.setdefault("requests_per_minute", None)
+    kwargs.setdefault("backoff", 0.005)
+    return BatchRemover(sink=sink, api_key=emulator.api_key, base_url=emulator.url, **kwargs)
+
+
+def test_500_images_through_faults_all_succeed_and_each_is_billed_once(tmp_path: Path) -> None:
+    faults = Faults(
+        rates={"429": 0.04, "500": 0.03, "502": 0.03, "503": 0.03, "reset": 0.03, "truncate": 0.03},
+        retry_after=0,
+        seed=3,
+    )
+    emulator = PhotoroomEmulator(credits=10_000, faults=faults, image_work=False)
+    images = [photo() for _ in range(500)]
+    with emulator.serve():
+        report = remover(emulator, tmp_path, concurrency=16, max_retries=8).submit(images).wait()
+    assert report.total_count == 500
+    assert report.success_count == 500
+    assert report.failures == {}
+    injected = [r.fault for r in emulator.requests if r.fault]
+    assert len(injected) > 50  # the faults really happened
+    billed = emulator.ledger.billed_per_image()
+    assert sorted(billed) == sorted(hashlib.sha256(i).hexdigest() for i in images)
+    assert set(billed.values()) == {1}
+    assert report.billed_calls == 500
+    assert report.credits_spent == 500
+    assert len(list(tmp_path.iterdir())) == 500
+
+
+def test_bad_inputs_fail_alone_with_typed_errors(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    server = ImageServer()
+    server.start()
+    reader = SourceReader(allow_networks=["127.0.0.1/32"])
+    good = [photo() for _ in range(5)]
+    bad = [
+        b"\x89PNG\r\n\x1a\n" + b"corrupt" * 20,
+        f"{server.url}/missing.png",
+        "http://127.0.0.2/x.png",
+        "http://10.0.0.1/x.png",
+        "http://169.254.169.254/latest/meta-data/",
+        f"{server.url}/redirect?to=http://169.254.169.254/",
+        "file:///etc/passwd",
+        str(tmp_path / "nope.jpg"),
+    ]
+    try:
+        handle = remover(emulator, MemorySink(), reader=reader).submit([*good, *bad])
+        report = handle.wait()
+    finally:
+        server.stop()
+    assert report.success_count == 5
+    assert report.failed_count == len(bad)
+    by_type = {name: len(jobs) for name, jobs in report.failures.items()}
+    assert by_type == {"InvalidImageError": 1, "SourceNotFoundError": 2, "UnsafeURLError": 5}
+    errors = {type(job.error) for job in handle.results() if job.status is JobStatus.FAILED}
+    assert errors == {InvalidImageError, SourceNotFoundError, UnsafeURLError}
+    assert emulator.ledger.calls() == 5
+
+
+def test_out_of_credits_stops_submission(tmp_path: Path) -> None:
+    emulator = PhotoroomEmulator(credits=10)
+    with emulator.serve():
+        handle = remover(emulator, tmp_path, concurrency=2).submit([photo() for _ in range(40)])
+        report = handle.wait()
+    assert report.succeeded_count == 10
+    assert report.failures.keys() == {"OutOfCreditsError"}
+    assert 1 <= report.failed_count <= 2
+    assert report.cancelled_count == 40 - 10 - report.failed_count
+    assert report.stop_reason is not None
+    assert report.stop_reason.startswith("OutOfCreditsError")
+    cancelled = [j for j in handle.results() if j.status is JobStatus.CANCELLED]
+    assert all(j.reason == report.stop_reason for j in cancelled)
+    statuses = [r.status for r in emulator.requests if r.path == "/v1/segment"]
+    assert statuses.count(402) == report.failed_count  # no hammering after the first 402s
+    assert isinstance(report.failures["OutOfCreditsError"][0].error, OutOfCreditsError)
+
+
+def test_a_bad_key_stops_the_batch_too(emulator: PhotoroomEmulator) -> None:
+    batch = BatchRemover(
+        sink=MemorySink(),
+        api_key="wrong",
+        base_url=emulator.url,
+        concurrency=1,
+        requests_per_minute=None,
+    )
+    report = batch.submit([photo() for _ in range(10)]).wait()
+    assert report.failed_count == 1
+    assert report.cancelled_count == 9
+    assert "AuthenticationError" in (report.stop_reason or "")
+
+
+def test_cancel_mid_batch(tmp_path: Path) -> None:
+    emulator = PhotoroomEmulator(faults=Faults(latency=0.02), image_work=False)
+    with emulator.serve():
+        handle = remover(emulator, tmp_path, concurrency=4).submit([photo() for _ in range(200)])
+        for count, _ in enumerate(handle.as_completed(), start=1):
+            if count == 10:
+                handle.cancel()
+        report = handle.wait()
+    assert report.stop_reason == "cancelled"
+    assert report.failed_count == 0
+    assert report.succeeded_count >= 10
+    assert report.cancelled_count > 0
+    assert report.succeeded_count + report.cancelled_count == 200
+    assert emulator.ledger.calls() == report.succeeded_count
+
+
+def test_sync_use_inside_a_running_event_loop(emulator: PhotoroomEmulator) -> None:
+    async def notebook_cell() -> tuple[int, int]:
+        handle = remover(emulator, MemorySink()).submit([photo() for _ in range(6)])
+        seen = len(list(handle.as_completed()))
+        return seen, handle.wait().success_count
+
+    assert asyncio.run(notebook_cell()) == (6, 6)
+
+
+async def test_async_use_await_and_async_for(emulator: PhotoroomEmulator) -> None:
+    handle = remover(emulator, MemorySink()).submit([photo() for _ in range(6)])
+    jobs = [job async for job in handle]
+    report = await handle
+    assert len(jobs) == 6
+    assert report.success_count == 6
+    run_report = await remover(emulator, MemorySink()).run([photo() for _ in range(3)])
+    assert run_report.success_count == 3
+
+
+def test_progress_partial_results_and_callbacks(emulator: PhotoroomEmulator) -> None:
+    seen: list[JobResult] = []
+    progress: list[int] = []
+    batch = remover(
+        emulator,
+        MemorySink(),
+        concurrency=2,
+        on_result=seen.append,
+        on_progress=lambda p: progress.append(p.done),
+    )
+    handle = batch.submit(photo() for _ in range(12))
+    first = next(iter(handle.as_completed()))
+    assert first in handle.results()
+    report = handle.wait()
+    final = handle.progress
+    assert (final.total, final.succeeded, final.pending, final.running) == (12, 12, 0, 0)
+    assert final.eta == 0
+    assert len(seen) == 12
+    assert progress == list(range(1, 13))
+    assert report.total_count == 12
+    assert all(job.output is not None and job.output.size == job.output_size for job in seen)
+
+
+def test_rerun_skips_stored_outputs_without_calling_the_engine(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    images = [photo() for _ in range(8)]
+    first = remover(emulator, tmp_path).submit(images).wait()
+    calls = emulator.ledger.calls()
+    second = remover(emulator, tmp_path).submit(images).wait()
+    assert (first.succeeded_count, second.skipped_count, second.billed_calls) == (8, 8, 0)
+    assert emulator.ledger.calls() == calls
+    other_options = remover(emulator, tmp_path, options=SegmentOptions(crop=True))
+    assert other_options.submit(images).wait().succeeded_count == 8  # new options, new keys
+
+
+def test_manifest_records_every_job_without_secrets_and_resumes(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "run.jsonl"
+    images = [photo() for _ in range(5)]
+    server = ImageServer()
+    server.start()
+    url = f"{server.url}/img.png?X-Amz-Signature=s3cr3t&token=hidden"
+    try:
+        batch = remover(
+            emulator,
+            tmp_path / "out",
+            manifest=manifest,
+            reader=SourceReader(allow_networks=["127.0.0.1/32"]),
+        )
+        report = batch.submit([*images, url]).wait()
+    finally:
+        server.stop()
+    text = manifest.read_text()
+    records = [json.loads(line) for line in text.splitlines()]
+    assert report.success_count == 6
+    assert len(records) == 6
+    assert {r["status"] for r in records} == {"succeeded"}
+    assert all(r["key"] and r["uri"] for r in records)
+    for secret in (emulator.api_key, "s3cr3t", "hidden"):
+        assert secret not in text
+        assert secret not in repr(batch)
+        assert secret not in repr(report)
+    resumed = remover(emulator, tmp_path / "out", manifest=manifest, skip_existing=False)
+    again = resumed.resume(images).wait()
+    assert again.skipped_count == 5
+    assert again.billed_calls == 0
+
+
+def test_retry_failed_runs_only_the_failed_inputs(tmp_path: Path) -> None:
+    emulator = PhotoroomEmulator(credits=3)
+    with emulator.serve():
+        handle = remover(emulator, tmp_path, concurrency=1).submit([photo() for _ in range(4)])
+        report = handle.wait()
+        assert (report.succeeded_count, report.failed_count) == (3, 1)
+        emulator.ledger.accounts[emulator.api_key].credits += 10
+        retried = handle.retry_failed().wait()
+    assert (retried.total_count, retried.succeeded_count) == (1, 1)
+
+
+class FlakySink(MemorySink):
+    """Fails the first put of every key: the engine must not be called again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed: set[str] = set()
+
+    async def put(self, key: str, data: bytes, **kwargs: Any) -> Any:
+        if key not in self.failed:
+            self.failed.add(key)
+            raise StorageError("disk hiccup")
+        return await super().put(key, data, **kwargs)
+
+
+def test_a_storage_failure_retries_the_put_not_the_engine(emulator: PhotoroomEmulator) -> None:
+    sink = FlakySink()
+    report = remover(emulator, sink).submit([photo() for _ in range(4)]).wait()
+    assert report.succeeded_count == 4
+    assert emulator.ledger.calls() == 4
+    assert len(sink.objects) == 4
+
+
+def test_a_generator_of_sources_is_consumed_lazily(emulator: PhotoroomEmulator) -> None:
+    pulled = 0
+
+    def endless() -> Any:
+        nonlocal pulled
+        while True:
+            pulled += 1
+            yield photo()
+
+    handle = remover(emulator, MemorySink(), concurrency=4).submit(endless())
+    for count, _ in enumerate(handle.as_completed(), start=1):
+        if count == 20:
+            handle.cancel()
+    report = handle.wait()
+    assert report.succeeded_count >= 20
+    assert pulled <= report.total_count + 4 + 1  # at most the queue's read-ahead beyond
+
+
+def test_edit_options_and_url_passthrough(emulator: PhotoroomEmulator) -> None:
+    server = ImageServer()
+    server.start()
+    try:
+        batch = remover(
+            emulator,
+            MemorySink(),
+            options=EditOptions(
+                background_color="FFFFFF", output_size="64x64", export_format="jpg"
+            ),
+            url_passthrough=True,
+        )
+        report = batch.submit([f"{server.url}/img.png", photo()]).wait()
+    finally:
+        server.stop()
+    assert report.succeeded_count == 2
+    assert emulator.ledger.calls() == 2
+    gets = [r for r in emulator.requests if r.path == "/v2/edit" and r.method == "GET"]
+    assert len(gets) == 1  # the URL went straight to Photoroom
+
+
+def test_bad_configuration_is_refused() -> None:
+    from photoroom_bg.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="concurrency"):
+        BatchRemover(sink=MemorySink(), concurrency=0)
+    with pytest.raises(ConfigurationError, match="url_passthrough needs EditOptions"):
+        BatchRemover(sink=MemorySink(), url_passthrough=True)
