@@ -1,0 +1,239 @@
+"""Batches in harsher settings: a killed process, a real S3 server, the offline engine, 429s."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from photoroom_bg import BatchRemover, ImageResult, MemorySink, S3Sink, SegmentOptions
+from photoroom_bg.batch import RateGate
+from photoroom_bg.errors import RateLimitError
+from photoroom_bg.testing import Faults, PhotoroomEmulator
+
+from ..s3server import S3Server
+from .conftest import photo
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from photoroom_bg import BatchRemover
+
+    source, out, manifest, url = sys.argv[1:5]
+    batch = BatchRemover(
+        sink=out, manifest=manifest, base_url=url, concurrency=4, requests_per_minute=None
+    )
+    report = batch.submit(source).wait()
+    print(report.success_count)
+    """
+)
+
+
+def _manifest_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a kill can tear the last line
+            records.append(json.loads(line))
+    return records
+
+
+def test_a_killed_run_then_rerun_bills_nothing_twice(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    images = {f"img{i:03d}.png": photo() for i in range(60)}
+    for name, data in images.items():
+        (source / name).write_bytes(data)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.05), image_work=False)
+    env = {**os.environ, "PHOTOROOM_API_KEY": emulator.api_key}
+    with emulator.serve() as url:
+        args = [sys.executable, "-c", CHILD, str(source), str(out), str(manifest), url]
+        child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while len(_manifest_lines(manifest)) < 15 and child.poll() is None:
+            assert time.monotonic() < deadline, "the child made no progress"
+            time.sleep(0.01)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        assert child.returncode == -signal.SIGKILL
+        before_kill = {r["key"] for r in _manifest_lines(manifest) if r["status"] == "succeeded"}
+        assert 15 <= len(before_kill) < 60  # killed part-way
+        # whatever the kill left under a final name is a whole image, never a torn one
+        for path in out.iterdir():
+            if not path.name.startswith("."):
+                Image.open(path).verify()
+
+        rerun = BatchRemover(
+            sink=out, manifest=manifest, base_url=url, api_key=emulator.api_key,
+            concurrency=4, requests_per_minute=None,
+        ).submit(source).wait()  # fmt: skip
+
+    assert rerun.total_count == 60
+    assert rerun.success_count == 60
+    assert rerun.skipped_count >= len(before_kill)
+    billed = emulator.ledger.billed_per_image()
+    assert set(billed) == {hashlib.sha256(data).hexdigest() for data in images.values()}
+    twice = [digest for digest, count in billed.items() if count > 1]
+    assert len(twice) <= 4  # only the jobs in flight at the kill (concurrency 4)
+    stored_before = {
+        hashlib.sha256(images[r["name"] + ".png"]).hexdigest()
+        for r in _manifest_lines(manifest)[: len(before_kill)]
+        if r["key"] in before_kill
+    }
+    assert all(billed[digest] == 1 for digest in stored_before)
+    finals = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert len(finals) == 60
+
+
+def test_a_batch_into_a_real_s3_bucket(s3_server: S3Server, s3_prefix: str) -> None:
+    images = [photo() for _ in range(20)]
+    emulator = PhotoroomEmulator(credits=100)
+    keys: list[str] = []
+    with emulator.serve() as url:
+
+        async def run() -> tuple[Any, Any, bytes]:
+            async with S3Sink(s3_prefix, **s3_server.sink_options()) as sink:
+                batch = BatchRemover(
+                    sink=sink,
+                    api_key=emulator.api_key,
+                    base_url=url,
+                    requests_per_minute=None,
+                    on_result=lambda job: keys.append(job.key or ""),
+                )
+                first = await batch.run(images)
+                second = await batch.run(images)
+                fetched = httpx.get(await sink.url(keys[0])).content
+                return first, second, fetched
+
+        first, second, fetched = asyncio.run(run())
+    assert (first.succeeded_count, first.billed_calls) == (20, 20)
+    assert (second.skipped_count, second.billed_calls) == (20, 0)
+    assert len(set(keys)) == 20
+    assert fetched.startswith(b"\x89PNG")
+    assert emulator.ledger.calls() == 20
+
+
+def test_the_local_engine_drives_a_batch_offline(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from photoroom_bg import LocalEngine
+
+    report = (
+        BatchRemover(LocalEngine(), sink=tmp_path, options=SegmentOptions(crop=True))
+        .submit(EXAMPLES)
+        .wait()
+    )
+    assert report.succeeded_count == len(list(EXAMPLES.glob("*.jpg"))) + len(
+        list(EXAMPLES.glob("*.png"))
+    )
+    assert report.billed_calls == 0
+    assert report.credits_spent is None
+    for path in tmp_path.iterdir():
+        with Image.open(path) as cutout:
+            assert cutout.mode == "RGBA"
+            assert cutout.getextrema()[3][0] == 0  # some background made transparent
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(round(seconds, 6))
+        self.now += seconds
+
+
+async def test_rate_gate_spaces_requests_and_holds_everyone_during_a_pause() -> None:
+    clock = FakeClock()
+    gate = RateGate(60, clock=clock, sleep=clock.sleep)  # one request per second
+    await gate.acquire()
+    await gate.acquire()
+    assert clock.slept == [1.0]
+    gate.pause(5)
+    gate.pause(2)  # a shorter pause never shortens the current one
+    await gate.acquire()
+    assert clock.slept[1] == 5.0
+    assert gate.pauses == 1
+    unlimited = RateGate(None, clock=clock, sleep=clock.sleep)
+    for _ in range(100):
+        await unlimited.acquire()
+    assert len(clock.slept) == 2
+
+
+class RateLimitedOnce:
+    """An engine that answers the first call with a 429 and records when calls start."""
+
+    name = "ratelimited"
+    bills = False
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+        self.starts: list[float] = []
+        self.limited_at: float | None = None
+
+    async def process(self, image: bytes, options: Any) -> ImageResult:
+        now = time.monotonic()
+        self.starts.append(now)
+        if self.limited_at is None:
+            self.limited_at = now
+            raise RateLimitError("slow down", retry_after=self.retry_after)
+        await asyncio.sleep(0)
+        return ImageResult(image)
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_429_pauses_every_worker_for_its_retry_after() -> None:
+    engine = RateLimitedOnce(retry_after=0.3)
+    batch = BatchRemover(engine, sink=MemorySink(), concurrency=4, requests_per_minute=None)
+    report = await batch.run([photo() for _ in range(12)])
+    assert report.succeeded_count == 12
+    assert engine.limited_at is not None
+    later = [start for start in engine.starts if start > engine.limited_at]
+    # calls already on the wire when the 429 came back may finish; none starts in the pause
+    assert all(start - engine.limited_at >= 0.3 or start in engine.starts[:4] for start in later)
+    assert sum(start - engine.limited_at >= 0.3 for start in later) >= 12 - 4
+
+
+def test_no_secret_reaches_reprs_logs_or_errors(
+    emulator: PhotoroomEmulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = "sk_live_do_not_leak_123"
+    batch = BatchRemover(
+        sink=tmp_path, api_key=secret, base_url=emulator.url, manifest=tmp_path / "m.jsonl"
+    )
+    handle = batch.submit([photo() for _ in range(3)])
+    report = handle.wait()
+    assert report.failures.keys() == {"AuthenticationError"}
+    texts = [
+        repr(batch),
+        repr(handle),
+        repr(report),
+        caplog.text,
+        (tmp_path / "m.jsonl").read_text(),
+        *(str(job.error) + repr(job.error) for job in handle.results() if job.error),
+    ]
+    assert all(secret not in text for text in texts)
