@@ -8,7 +8,7 @@ import errno
 import json
 import mimetypes
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -86,7 +86,11 @@ class FileSystemSink:
 
     @staticmethod
     def _atomic_write(target: Path, data: bytes) -> None:
-        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        # Not mkstemp: its files are 0600. Created like open() would, so the umask decides
+        # who may read the cut-outs (0644 under the usual umask).
+        temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        fd = os.open(temp, flags, 0o666)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)

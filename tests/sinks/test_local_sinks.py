@@ -37,6 +37,15 @@ async def test_filesystem_writes_are_atomic_and_leave_no_temp_files(tmp_path: Pa
     assert [p.name for p in (tmp_path / "out" / "deep" / "er").iterdir()] == ["x.png"]
 
 
+async def test_stored_files_get_the_umask_permissions_not_private_ones(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        await FileSystemSink(tmp_path).put("shared.png", b"data")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "shared.png").stat().st_mode & 0o777 == 0o644
+
+
 async def test_a_crash_mid_write_keeps_the_old_file_intact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
