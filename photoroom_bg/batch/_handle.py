@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -27,10 +27,15 @@ class BatchHandle:
     ``await handle`` and ``async for job in handle``.
     """
 
-    def __init__(self, *, keep_results: bool = True) -> None:
+    def __init__(self, *, keep_results: bool | int = True) -> None:
         self.keep_results = keep_results
+        limit = None if keep_results is True else int(keep_results)
         self._cond = threading.Condition()
-        self._results: list[JobResult] = []
+        self._kept: deque[JobResult] = deque(maxlen=limit)  # succeeded/skipped/cancelled
+        self._failures: list[JobResult] = []
+        self._finished: list[JobResult] = []  # completion order, when nothing is dropped
+        self._unbounded = limit is None
+        self._subscribers: list[deque[JobResult]] = []
         self._failed_sources: list[ImageSource] = []
         self._counts: Counter[JobStatus] = Counter()
         self._running = 0
@@ -82,10 +87,16 @@ class BatchHandle:
             if was_running:
                 self._running -= 1
             self._counts[result.status] += 1
-            if self.keep_results or result.status is JobStatus.FAILED:
-                self._results.append(result)
+            if self._unbounded:
+                self._finished.append(result)
+            elif result.status is JobStatus.FAILED:
+                self._failures.append(result)
+            else:
+                self._kept.append(result)
             if result.status is JobStatus.FAILED:
                 self._failed_sources.append(source)
+            for queue in self._subscribers:
+                queue.append(result)
             self._cond.notify_all()
 
     def _finish(self, report: BatchReport) -> None:
@@ -128,42 +139,70 @@ class BatchHandle:
         )
 
     def results(self) -> list[JobResult]:
-        """The jobs finished so far, in completion order (the partial results).
+        """The jobs finished so far (the partial results).
 
-        With ``keep_results=False`` only failed jobs are kept.
+        With ``keep_results=True`` every job, in completion order. With a number ``n``
+        (:class:`BatchRemover`'s default is 10,000): every failed job, then the latest
+        ``n`` others (``False``: failures only), so that a batch of millions keeps a
+        bounded amount of memory; the manifest and the sink hold the rest.
         """
         with self._cond:
-            return list(self._results)
+            return self._retained()
 
-    def _next(self, index: int, timeout: float | None) -> JobResult | None:
+    def _retained(self) -> list[JobResult]:
+        if self._unbounded:
+            return list(self._finished)
+        return [*self._failures, *self._kept]
+
+    def _subscribe(self) -> deque[JobResult]:
         with self._cond:
-            ready = self._cond.wait_for(
-                lambda: len(self._results) > index or self._report is not None, timeout
-            )
+            queue = deque(self._retained())
+            self._subscribers.append(queue)
+            return queue
+
+    def _unsubscribe(self, queue: deque[JobResult]) -> None:
+        with self._cond:
+            self._subscribers.remove(queue)
+
+    def _next(self, queue: deque[JobResult], timeout: float | None) -> JobResult | None:
+        with self._cond:
+            ready = self._cond.wait_for(lambda: bool(queue) or self._report is not None, timeout)
             if not ready:
                 raise TimeoutError("no job finished in time")
-            return self._results[index] if len(self._results) > index else None
+            return queue.popleft() if queue else None
 
     def as_completed(self, timeout: float | None = None) -> Iterator[JobResult]:
-        """Yield jobs as they finish (those already finished first), until the batch ends.
+        """Yield jobs as they finish until the batch ends: first those :meth:`results`
+        holds, then every job that finishes after the call, none missed however slowly
+        the loop consumes them.
 
         Args:
             timeout: the longest wait for the next job, in seconds.
         """
         self._check_not_on_loop("as_completed()", "async for job in handle")
-        index = 0
-        while (result := self._next(index, timeout)) is not None:
-            yield result
-            index += 1
+        queue = self._subscribe()
+        try:
+            while (result := self._next(queue, timeout)) is not None:
+                yield result
+        finally:
+            self._unsubscribe(queue)
 
     async def __aiter__(self) -> AsyncIterator[JobResult]:
-        index = 0
-        while True:
-            result = await asyncio.to_thread(self._next, index, None)
-            if result is None:
-                return
-            yield result
-            index += 1
+        queue = self._subscribe()
+        try:
+            while True:
+                with self._cond:
+                    result = queue.popleft() if queue else None
+                    ended = self._report is not None
+                if result is None:
+                    if ended:
+                        return
+                    result = await asyncio.to_thread(self._next, queue, None)
+                    if result is None:
+                        return
+                yield result
+        finally:
+            self._unsubscribe(queue)
 
     def wait(self, timeout: float | None = None) -> BatchReport:
         """Block until the batch ends; return its :class:`BatchReport`."""

@@ -79,8 +79,10 @@ class BatchRemover:
             settings); by default a safe one that refuses private networks.
         url_passthrough: with :class:`~photoroom_bg.EditOptions`, let Photoroom fetch
             ``http(s)`` inputs itself (``GET /v2/edit?imageUrl=``); keys then hash the URL.
-        keep_results: keep every :class:`JobResult` on the handle (``False``: failures only,
-            for very large batches).
+        keep_results: how many finished jobs the handle keeps for :meth:`BatchHandle.results`:
+            every failure, plus the latest ``keep_results`` others (default 10,000, about
+            1 KB each); ``True`` keeps all, ``False`` failures only. The manifest and the
+            sink are the complete record; ``as_completed()`` sees every job regardless.
         api_key, base_url: for the default engine.
         backoff: base delay in seconds of the retry backoff (with full jitter).
     """
@@ -102,7 +104,7 @@ class BatchRemover:
         on_progress: Callable[[Progress], object] | None = None,
         reader: SourceReader | None = None,
         url_passthrough: bool = False,
-        keep_results: bool = True,
+        keep_results: bool | int = 10_000,
         api_key: str | None = None,
         base_url: str | None = None,
         backoff: float = 0.5,

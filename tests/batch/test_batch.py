@@ -308,3 +308,21 @@ def test_bad_configuration_is_refused() -> None:
         BatchRemover(sink=MemorySink(), concurrency=0)
     with pytest.raises(ConfigurationError, match="url_passthrough needs EditOptions"):
         BatchRemover(sink=MemorySink(), url_passthrough=True)
+
+
+def test_bounded_results_keep_failures_and_as_completed_misses_nothing(
+    emulator: PhotoroomEmulator,
+) -> None:
+    images: list[Any] = [photo() for _ in range(30)]
+    images[7] = b"not an image"
+    handle = remover(emulator, MemorySink(), keep_results=5, concurrency=3).submit(images)
+    seen = list(handle.as_completed())
+    report = handle.wait()
+    assert len(seen) == 30  # every job, although the handle keeps only a few
+    assert sorted(job.index for job in seen) == list(range(30))
+    kept = handle.results()
+    assert len(kept) == 1 + 5
+    assert kept[0].index == 7
+    assert kept[0].status is JobStatus.FAILED
+    assert [job.index for job in kept[1:]] == [job.index for job in seen if job.ok][-5:]
+    assert report.success_count == 29
