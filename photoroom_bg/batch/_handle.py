@@ -142,7 +142,7 @@ class BatchHandle:
         """The jobs finished so far (the partial results).
 
         With ``keep_results=True`` every job, in completion order. With a number ``n``
-        (:class:`BatchRemover`'s default is 10,000): every failed job, then the latest
+        (:class:`BatchRemover`'s default is 1,000): every failed job, then the latest
         ``n`` others (``False``: failures only), so that a batch of millions keeps a
         bounded amount of memory; the manifest and the sink hold the rest.
         """

@@ -80,7 +80,7 @@ class BatchRemover:
         url_passthrough: with :class:`~photoroom_bg.EditOptions`, let Photoroom fetch
             ``http(s)`` inputs itself (``GET /v2/edit?imageUrl=``); keys then hash the URL.
         keep_results: how many finished jobs the handle keeps for :meth:`BatchHandle.results`:
-            every failure, plus the latest ``keep_results`` others (default 10,000, about
+            every failure, plus the latest ``keep_results`` others (default 1,000, about
             1 KB each); ``True`` keeps all, ``False`` failures only. The manifest and the
             sink are the complete record; ``as_completed()`` sees every job regardless.
         api_key, base_url: for the default engine.
@@ -104,7 +104,7 @@ class BatchRemover:
         on_progress: Callable[[Progress], object] | None = None,
         reader: SourceReader | None = None,
         url_passthrough: bool = False,
-        keep_results: bool | int = 10_000,
+        keep_results: bool | int = 1000,
         api_key: str | None = None,
         base_url: str | None = None,
         backoff: float = 0.5,

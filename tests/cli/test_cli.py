@@ -1,0 +1,235 @@
+"""The photoroom-bg command, driven as a user drives it: exit codes, files, messages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from photoroom_bg.cli import MANIFEST_NAME, main
+from photoroom_bg.testing import Faults, PhotoroomEmulator
+
+from ..batch.conftest import photo
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
+
+
+@pytest.fixture
+def emulator() -> Iterator[PhotoroomEmulator]:
+    emu = PhotoroomEmulator(credits=1000, image_work=False)
+    with emu.serve():
+        yield emu
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    source = tmp_path / "in"
+    source.mkdir()
+    for i in range(6):
+        (source / f"p{i}.png").write_bytes(photo())
+    return source
+
+
+def run(*args: str, key: str | None = None, stdin: str | None = None) -> Result:
+    env = {"PHOTOROOM_API_KEY": key} if key else {"PHOTOROOM_API_KEY": ""}
+    return CliRunner().invoke(main, list(args), env=env, input=stdin)
+
+
+def outputs(dest: Path) -> list[Path]:
+    return sorted(p for p in dest.iterdir() if not p.name.startswith("."))
+
+
+def test_remove_offline_with_the_local_engine_then_resume(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    dest = tmp_path / "cutouts"
+    first = run("remove", str(EXAMPLES), "-o", str(dest), "--engine", "local")
+    assert first.exit_code == 0, first.output
+    assert "succeeded" in first.output
+    made = outputs(dest)
+    assert len(made) == 5
+    for path in made:
+        with Image.open(path) as image:
+            assert image.mode == "RGBA"
+    assert (dest / MANIFEST_NAME).exists()
+    again = run("remove", str(EXAMPLES), "-o", str(dest), "--engine", "local", "--json")
+    assert again.exit_code == 0
+    summary = json.loads(again.output.splitlines()[-1])["summary"]
+    assert (summary["skipped"], summary["succeeded"]) == (5, 0)
+
+
+def test_remove_through_the_api_with_json_output(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "out"
+    args = ["remove", str(folder), "-o", str(dest), "--base-url", str(emulator.url)]
+    result = run(*args, "--json", "--crop", key=emulator.api_key)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    jobs, summary = lines[:-1], lines[-1]["summary"]
+    assert len(jobs) == 6
+    assert {job["status"] for job in jobs} == {"succeeded"}
+    assert (summary["succeeded"], summary["billed_calls"], summary["credits_spent"]) == (6, 6, 6)
+    assert len(outputs(dest)) == 6
+    assert all(r.params.get("crop") == "true" for r in emulator.requests if r.method == "POST")
+    assert emulator.api_key not in result.output
+
+
+def test_a_bad_input_fails_alone_with_exit_code_1(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    args = ["remove", str(folder), "-o", str(tmp_path / "out"), "--base-url", str(emulator.url)]
+    result = run(*args, key=emulator.api_key)
+    assert result.exit_code == 1
+    assert "broken.png" in result.stderr
+    assert "InvalidImageError" in result.stderr
+    assert len(outputs(tmp_path / "out")) == 6
+
+
+def test_out_of_credits_stops_early_and_says_so(folder: Path, tmp_path: Path) -> None:
+    emu = PhotoroomEmulator(credits=2, image_work=False)
+    with emu.serve() as url:
+        args = ["remove", str(folder), "-o", str(tmp_path / "out"), "--base-url", url]
+        result = run(*args, "--concurrency", "1", key=emu.api_key)
+    assert result.exit_code == 1
+    assert "stopped early: OutOfCreditsError" in result.stderr
+    assert len(outputs(tmp_path / "out")) == 2
+
+
+def test_sources_from_stdin(emulator: PhotoroomEmulator, folder: Path, tmp_path: Path) -> None:
+    listing = "\n".join(str(p) for p in sorted(folder.iterdir())[:3]) + "\n# a comment\n"
+    args = ["remove", "-", "-o", str(tmp_path / "out"), "--base-url", str(emulator.url)]
+    result = run(*args, "-q", key=emulator.api_key, stdin=listing)
+    assert result.exit_code == 0, result.output
+    assert result.output == ""
+    assert len(outputs(tmp_path / "out")) == 3
+
+
+def test_the_key_comes_from_env_or_file_and_a_bare_key_warns(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    base = ["remove", str(folder), "-o", str(tmp_path / "out"), "--base-url", str(emulator.url)]
+    missing = run(*base)
+    assert missing.exit_code == 2
+    assert "PHOTOROOM_API_KEY" in missing.stderr
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(emulator.api_key + "\n")
+    from_file = run(*base, "--api-key-file", str(key_file), "-q")
+    assert from_file.exit_code == 0, from_file.output
+    bare = run(*base, "--api-key", emulator.api_key, "-q")
+    assert bare.exit_code == 0
+    assert "shell history" in bare.stderr
+    assert emulator.api_key not in bare.output + bare.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bg-color", "not-a-colour"], "not-a-colour"),
+        (["--size", "huge"], "huge"),
+        (["--concurrency", "0"], "concurrency"),
+    ],
+)
+def test_usage_errors_exit_2(folder: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    result = run("remove", str(folder), "-o", str(tmp_path), *args, key="k")
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_memory_destination_is_refused(folder: Path) -> None:
+    result = run("remove", str(folder), "-o", "memory://", key="k")
+    assert result.exit_code == 2
+    assert "memory://" in result.stderr
+
+
+def test_edit_with_common_options_and_raw_params(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "out"
+    result = run(
+        "edit", str(folder / "p0.png"), "-o", str(dest), "--base-url", str(emulator.url),
+        "--background-color", "FFFFFF", "--output-size", "64x64", "--padding", "0.1",
+        "--export-format", "jpg", "--param", "referenceBox=originalImage", "-q",
+        key=emulator.api_key,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output + result.stderr
+    (request,) = [r for r in emulator.requests if r.path == "/v2/edit"]
+    assert request.params["background.color"] == "FFFFFF"
+    assert request.params["outputSize"] == "64x64"
+    assert request.params["referenceBox"] == "originalImage"
+    (made,) = outputs(dest)
+    assert made.suffix == ".jpg"
+    bad = run("edit", str(folder), "-o", str(dest), "--param", "novalue", key="k")
+    assert bad.exit_code == 2
+
+
+def test_account_and_emulator_commands(emulator: PhotoroomEmulator) -> None:
+    text = run("account", "--base-url", str(emulator.url), key=emulator.api_key)
+    assert text.exit_code == 0
+    assert "images available:    1000" in text.output
+    as_json = run("account", "--base-url", str(emulator.url), "--json", key=emulator.api_key)
+    assert json.loads(as_json.output)["images_available"] == 1000
+    wrong = run("account", "--base-url", str(emulator.url), key="wrong-key")
+    assert wrong.exit_code == 1
+    assert "AuthenticationError" in wrong.stderr
+    help_text = subprocess.run(
+        [sys.executable, "-m", "photoroom_bg.cli", "emulator", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--latency" in help_text
+
+
+def test_ctrl_c_keeps_the_manifest_and_a_rerun_finishes(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    images = {f"p{i:02d}.png": photo() for i in range(40)}
+    for name, data in images.items():
+        (source / name).write_bytes(data)
+    dest = tmp_path / "out"
+    manifest = dest / MANIFEST_NAME
+    emu = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.05), image_work=False)
+    with emu.serve() as url:
+        env = {**os.environ, "PHOTOROOM_API_KEY": emu.api_key}
+        args = [sys.executable, "-m", "photoroom_bg.cli", "remove", str(source), "-o", str(dest)]
+        args += ["--base-url", url, "--concurrency", "2", "-q"]
+        child = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while child.poll() is None and (
+            not manifest.exists() or manifest.read_text().count("\n") < 6
+        ):
+            assert time.monotonic() < deadline, "the command made no progress"
+            time.sleep(0.01)
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=60)
+        assert child.returncode == 130, stderr
+        assert "Run the same command again" in stderr
+        assert str(manifest) in stderr
+        stored_before = len(outputs(dest))
+        assert 6 <= stored_before < 40
+
+        rerun = run("remove", str(source), "-o", str(dest), "--base-url", url, key=emu.api_key)
+    assert rerun.exit_code == 0, rerun.stderr
+    assert len(outputs(dest)) == 40
+    billed = emu.ledger.billed_per_image()
+    assert billed == {hashlib.sha256(data).hexdigest(): 1 for data in images.values()}
+
+
+def test_the_console_script_is_installed() -> None:
+    script = shutil.which("photoroom-bg", path=os.path.dirname(sys.executable))
+    assert script is not None
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, check=True)
+    assert "remove" in result.stdout
+    assert "edit" in result.stdout
