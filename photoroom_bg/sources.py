@@ -46,7 +46,9 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".heic", ".heif"
 _IMAGE_KINDS = frozenset({"png", "jpeg", "webp", "heic", "avif", "gif"})
 _WALK_CHUNK = 256
 SourceKind = Literal["path", "bytes", "file", "url", "s3"]
-SourceSpec = Any  # str | PathLike | bytes | IO[bytes] | Iterable | AsyncIterable of those
+#: What ``submit()`` and :func:`iter_sources` accept: a path, folder, glob, URL, ``s3://`` URI,
+#: ``bytes``, binary file object, or any (async) iterable of these.
+SourceSpec = Any
 
 
 @attrs.frozen(repr=False)
