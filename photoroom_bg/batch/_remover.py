@@ -63,7 +63,8 @@ class BatchRemover:
         options: :class:`~photoroom_bg.SegmentOptions` (default) or
             :class:`~photoroom_bg.EditOptions`, applied to every image.
         concurrency: images processed at once (and at most that many held in memory).
-        requests_per_minute: budget shared by all jobs (``None``: no client-side limit).
+        requests_per_minute: budget shared by all jobs of an engine that bills, such as the
+            API (``None``: no client-side limit; local engines are never limited).
             A 429 pauses every job for its ``Retry-After``.
         max_retries: engine retries per job for failures that were not billed (429, 5xx,
             connection errors). Other errors fail the job at once.
@@ -230,7 +231,8 @@ class _Batch:
         finished_keys = (
             await asyncio.to_thread(load_finished_keys, r.manifest) if r.manifest else set()
         )
-        gate = RateGate(r.requests_per_minute)
+        # a budget for the API; a local model has no one to be polite to
+        gate = RateGate(r.requests_per_minute if engine.bills else None)
         account_before = await self._account(engine)
         if r.progress_bar:
             self._bar = _tqdm()(desc="cut-outs", unit="img", dynamic_ncols=True)

@@ -237,3 +237,28 @@ def test_no_secret_reaches_reprs_logs_or_errors(
         *(str(job.error) + repr(job.error) for job in handle.results() if job.error),
     ]
     assert all(secret not in text for text in texts)
+
+
+class CountingEngine:
+    """A free, instant engine."""
+
+    name = "counting"
+    bills = False
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def process(self, image: bytes, options: Any) -> ImageResult:
+        self.calls += 1
+        return ImageResult(image)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_the_request_budget_does_not_throttle_engines_that_do_not_bill() -> None:
+    engine = CountingEngine()
+    batch = BatchRemover(engine, sink=MemorySink(), requests_per_minute=1)
+    # one request a minute would need 2 minutes for 3 images; a local model is not limited
+    report = batch.submit([photo() for _ in range(3)]).wait(timeout=30)
+    assert (report.succeeded_count, engine.calls) == (3, 3)
