@@ -326,3 +326,14 @@ def test_bounded_results_keep_failures_and_as_completed_misses_nothing(
     assert kept[0].status is JobStatus.FAILED
     assert [job.index for job in kept[1:]] == [job.index for job in seen if job.ok][-5:]
     assert report.success_count == 29
+
+
+def test_credit_tracking_can_be_turned_off(emulator: PhotoroomEmulator) -> None:
+    tracked = remover(emulator, MemorySink()).submit([photo()]).wait()
+    assert tracked.credits_spent == 1
+    accounts = [r for r in emulator.requests if "account" in r.path]
+    assert len(accounts) == 2
+    quiet = remover(emulator, MemorySink(), track_credits=False).submit([photo()]).wait()
+    assert quiet.credits_spent is None
+    assert quiet.billed_calls == 1
+    assert [r for r in emulator.requests if "account" in r.path] == accounts
