@@ -63,3 +63,25 @@ def test_the_command_runs_and_stops(tmp_path: object) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--fault", "meltdown:0.5"], "unknown fault 'meltdown'"),
+        (["--fault", "503:often"], "bad probability"),
+        (["--fault", "503:1.5"], "error:"),
+        (["--latency", "soon"], "--latency"),
+    ],
+)
+def test_the_command_refuses_bad_arguments_with_exit_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from photoroom_bg.testing._cli import run_emulator
+
+    try:
+        code = run_emulator(args)
+    except SystemExit as exc:  # argparse's own usage errors
+        code = int(exc.code or 0)
+    assert code == 2
+    assert message in capsys.readouterr().err
