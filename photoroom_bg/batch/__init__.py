@@ -3,7 +3,7 @@
 from ._handle import BatchHandle
 from ._jobs import BatchReport, JobResult, JobStatus, Progress
 from ._limiter import RateGate
-from ._manifest import Manifest, load_finished_keys
+from ._manifest import Manifest, load_finished_keys, load_sources, replayable_sources
 from ._remover import BatchRemover
 
 __all__ = [
@@ -16,4 +16,6 @@ __all__ = [
     "Progress",
     "RateGate",
     "load_finished_keys",
+    "load_sources",
+    "replayable_sources",
 ]

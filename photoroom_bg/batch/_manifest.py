@@ -8,10 +8,12 @@ import os
 import time
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
+from ..errors import ConfigurationError
 from ._jobs import JobResult, JobStatus
 
-__all__ = ["Manifest", "load_finished_keys"]
+__all__ = ["Manifest", "load_finished_keys", "load_sources", "replayable_sources"]
 
 VERSION = 1
 
@@ -62,6 +64,22 @@ class Manifest:
         self._handle.flush()
         os.fsync(self._handle.fileno())
 
+    async def write_header(
+        self, sources: list[str] | None, *, engine: str, options_digest: str
+    ) -> None:
+        """Append a record of the run itself: its re-creatable sources (or ``None``)."""
+        record = {
+            "v": VERSION,
+            "type": "run",
+            "time": round(time.time(), 3),
+            "sources": sources,
+            "engine": engine,
+            "options_digest": options_digest,
+        }
+        line = json.dumps(record, ensure_ascii=False)
+        async with self._lock:
+            await asyncio.to_thread(self._append, line)
+
     async def write(self, result: JobResult, *, engine: str, options_digest: str) -> None:
         """Append one record (off the event loop)."""
         line = json.dumps(_record(result, engine, options_digest), ensure_ascii=False)
@@ -94,3 +112,56 @@ def load_finished_keys(path: str | os.PathLike[str]) -> set[str]:
             if ok and record.get("key"):
                 finished.add(str(record["key"]))
     return finished
+
+
+def replayable_sources(spec: object) -> list[str] | None:
+    """The sources as strings a later run can open again, or ``None`` when they cannot be
+    recorded: bytes, file objects, generators, or URLs carrying credentials or a query
+    string (a presigned URL's signature must never reach the manifest)."""
+    items = [spec] if isinstance(spec, (str, os.PathLike)) else spec
+    if not isinstance(items, (list, tuple)):
+        return None
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, (str, os.PathLike)):
+            return None
+        text = os.fspath(item)
+        if "://" in text:
+            parts = urlsplit(text)
+            if parts.query or parts.username or parts.password or parts.fragment:
+                return None
+        elif text == "-":
+            return None
+        else:
+            text = str(Path(text).resolve())
+        out.append(text)
+    return out
+
+
+def load_sources(path: str | os.PathLike[str]) -> list[str]:
+    """The sources the latest run recorded in a manifest, for :meth:`BatchRemover.resume`.
+
+    Raises:
+        ConfigurationError: no such manifest, or its run's sources could not be recorded
+            (bytes, file objects, generators, signed URLs): pass them to ``resume`` again.
+    """
+    target = Path(path)
+    if not target.exists():
+        raise ConfigurationError(f"no manifest at {target}")
+    sources: list[str] | None = None
+    seen_run = False
+    with target.open(encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("type") == "run":
+                seen_run = True
+                sources = record.get("sources")
+    if not seen_run or sources is None:
+        raise ConfigurationError(
+            f"{target} does not record re-openable sources (bytes, file objects, generators "
+            "or signed URLs are never written to it): pass the sources to resume() again"
+        )
+    return [str(item) for item in sources]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import random
@@ -34,7 +35,7 @@ from ..sources import ImageSource, SourceReader, SourceSpec, iter_sources
 from ._handle import BatchHandle
 from ._jobs import BatchReport, JobResult, JobStatus, Progress
 from ._limiter import RateGate
-from ._manifest import Manifest, load_finished_keys
+from ._manifest import Manifest, load_finished_keys, load_sources, replayable_sources
 
 __all__ = ["BatchRemover"]
 
@@ -182,12 +183,39 @@ class BatchRemover:
         batch = _Batch(self, sources, handle)
         return await batch.run()
 
-    def resume(self, sources: SourceSpec) -> BatchHandle:
-        """Re-run ``sources`` after an interruption: what the manifest (or the sink) already
-        holds is skipped without calling the engine; the rest is processed."""
-        if self.manifest is None and not self.skip_existing:
+    def resume(
+        self,
+        sources: SourceSpec | None = None,
+        *,
+        manifest: str | os.PathLike[str] | None = None,
+    ) -> BatchHandle:
+        """Finish an interrupted batch: what the manifest (or the sink) already holds is
+        skipped without calling the engine; the rest is processed.
+
+        Args:
+            sources: the same sources as the first run. Leave out to take them from the
+                manifest, which records paths, folders, globs, ``s3://`` URIs and plain URLs
+                (never bytes, generators or signed URLs).
+            manifest: the manifest to resume from (default: this remover's ``manifest``).
+        """
+        path = manifest if manifest is not None else self.manifest
+        if path is None and not self.skip_existing:
             raise ConfigurationError("resume() needs a manifest or skip_existing=True")
+        if sources is None:
+            if path is None:
+                raise ConfigurationError("resume() without sources needs a manifest")
+            sources = load_sources(path)
+        if path is not None and path != self.manifest:
+            return _with_changes(self, manifest=path).submit(sources)
         return self.submit(sources)
+
+
+def _with_changes(remover: BatchRemover, **changes: Any) -> BatchRemover:
+    """A shallow copy of ``remover`` with some attributes replaced."""
+    clone = copy.copy(remover)
+    for name, value in changes.items():
+        setattr(clone, name, value)
+    return clone
 
 
 def _loop_thread() -> threading.Thread | None:
@@ -233,6 +261,12 @@ class _Batch:
         if r.reader is None:
             owned.append(reader)
         manifest = Manifest(r.manifest) if r.manifest is not None else None
+        if manifest is not None:
+            await manifest.write_header(
+                replayable_sources(self.spec),
+                engine=engine.name,
+                options_digest=r._options_digest,
+            )
         finished_keys = (
             await asyncio.to_thread(load_finished_keys, r.manifest) if r.manifest else set()
         )

@@ -19,6 +19,7 @@ from photoroom_bg import (
     SegmentOptions,
 )
 from photoroom_bg.errors import (
+    ConfigurationError,
     InvalidImageError,
     OutOfCreditsError,
     SourceNotFoundError,
@@ -214,7 +215,10 @@ def test_manifest_records_every_job_without_secrets_and_resumes(
     finally:
         server.stop()
     text = manifest.read_text()
-    records = [json.loads(line) for line in text.splitlines()]
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert lines[0]["type"] == "run"
+    assert lines[0]["sources"] is None  # bytes and a signed URL: nothing re-openable
+    records = lines[1:]
     assert report.success_count == 6
     assert len(records) == 6
     assert {r["status"] for r in records} == {"succeeded"}
@@ -302,8 +306,6 @@ def test_edit_options_and_url_passthrough(emulator: PhotoroomEmulator) -> None:
 
 
 def test_bad_configuration_is_refused() -> None:
-    from photoroom_bg.errors import ConfigurationError
-
     with pytest.raises(ConfigurationError, match="concurrency"):
         BatchRemover(sink=MemorySink(), concurrency=0)
     with pytest.raises(ConfigurationError, match="url_passthrough needs EditOptions"):
@@ -337,3 +339,22 @@ def test_credit_tracking_can_be_turned_off(emulator: PhotoroomEmulator) -> None:
     assert quiet.credits_spent is None
     assert quiet.billed_calls == 1
     assert [r for r in emulator.requests if "account" in r.path] == accounts
+
+
+def test_resume_from_the_manifest_alone(emulator: PhotoroomEmulator, tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"p{i}.png").write_bytes(photo())
+    manifest = tmp_path / "run.jsonl"
+    first = remover(emulator, tmp_path / "out", manifest=manifest)
+    assert first.submit([folder]).wait().succeeded_count == 4
+    (folder / "new.png").write_bytes(photo())
+    later = remover(emulator, tmp_path / "out")
+    report = later.resume(manifest=manifest).wait()  # no sources given: the manifest has them
+    assert (report.skipped_count, report.succeeded_count) == (4, 1)
+    assert emulator.ledger.calls() == 5
+    from_bytes = remover(emulator, MemorySink(), manifest=tmp_path / "b.jsonl")
+    assert from_bytes.submit([photo()]).wait().succeeded_count == 1
+    with pytest.raises(ConfigurationError, match="pass the sources to resume"):
+        later.resume(manifest=tmp_path / "b.jsonl")

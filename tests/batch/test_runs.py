@@ -48,10 +48,12 @@ CHILD = textwrap.dedent(
 def _manifest_lines(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    records = []
+    records = []  # job records only, not the run's own header
     for line in path.read_text().splitlines():
         with contextlib.suppress(json.JSONDecodeError):  # a kill can tear the last line
-            records.append(json.loads(line))
+            record = json.loads(line)
+            if "status" in record:
+                records.append(record)
     return records
 
 
