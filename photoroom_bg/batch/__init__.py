@@ -3,7 +3,13 @@
 from ._handle import BatchHandle
 from ._jobs import BatchReport, JobResult, JobStatus, Progress
 from ._limiter import RateGate
-from ._manifest import Manifest, load_finished_keys, load_sources, replayable_sources
+from ._manifest import (
+    Manifest,
+    finished_keys_in,
+    load_finished_keys,
+    load_sources,
+    replayable_sources,
+)
 from ._remover import BatchRemover
 
 __all__ = [
@@ -15,6 +21,7 @@ __all__ = [
     "Manifest",
     "Progress",
     "RateGate",
+    "finished_keys_in",
     "load_finished_keys",
     "load_sources",
     "replayable_sources",

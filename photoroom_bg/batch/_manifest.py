@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -13,7 +14,13 @@ from urllib.parse import urlsplit
 from ..errors import ConfigurationError
 from ._jobs import JobResult, JobStatus
 
-__all__ = ["Manifest", "load_finished_keys", "load_sources", "replayable_sources"]
+__all__ = [
+    "Manifest",
+    "finished_keys_in",
+    "load_finished_keys",
+    "load_sources",
+    "replayable_sources",
+]
 
 VERSION = 1
 
@@ -98,19 +105,24 @@ def load_finished_keys(path: str | os.PathLike[str]) -> set[str]:
 
     A torn last line (a crash mid-write) is ignored.
     """
-    finished: set[str] = set()
     target = Path(path)
     if not target.exists():
-        return finished
+        return set()
     with target.open(encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            ok = record.get("status") in (JobStatus.SUCCEEDED.value, JobStatus.SKIPPED.value)
-            if ok and record.get("key"):
-                finished.add(str(record["key"]))
+        return finished_keys_in(handle)
+
+
+def finished_keys_in(lines: Iterable[str]) -> set[str]:
+    """:func:`load_finished_keys` for manifest lines already in hand (e.g. from a sink)."""
+    finished: set[str] = set()
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        ok = record.get("status") in (JobStatus.SUCCEEDED.value, JobStatus.SKIPPED.value)
+        if ok and record.get("key"):
+            finished.add(str(record["key"]))
     return finished
 
 

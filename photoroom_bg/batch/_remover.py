@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import os
 import random
+import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -23,6 +25,7 @@ from ..errors import (
     APIStatusError,
     AuthenticationError,
     ConfigurationError,
+    ObjectNotFoundError,
     OutOfCreditsError,
     PhotoroomBGError,
     RateLimitError,
@@ -35,7 +38,13 @@ from ..sources import ImageSource, SourceReader, SourceSpec, iter_sources
 from ._handle import BatchHandle
 from ._jobs import BatchReport, JobResult, JobStatus, Progress
 from ._limiter import RateGate
-from ._manifest import Manifest, load_finished_keys, load_sources, replayable_sources
+from ._manifest import (
+    Manifest,
+    finished_keys_in,
+    load_finished_keys,
+    load_sources,
+    replayable_sources,
+)
 
 __all__ = ["BatchRemover"]
 
@@ -74,6 +83,9 @@ class BatchRemover:
         skip_existing: skip inputs whose output key already exists, without calling the engine.
         manifest: a JSON-lines file recording every finished job; on a re-run its stored
             keys are skipped without even asking the sink.
+        manifest_key: also keep the manifest in the sink under this key (for workers
+            without a lasting disk): read at the start to skip what is recorded there, and
+            written back, with this run's records appended, when the batch ends.
         progress: show a progress bar (terminal or Jupyter; needs ``tqdm``).
         on_result: called with each :class:`JobResult` as it finishes.
         on_progress: called with a :class:`Progress` after each job.
@@ -104,6 +116,7 @@ class BatchRemover:
         key_template: KeyTemplate | str | None = None,
         skip_existing: bool = True,
         manifest: str | os.PathLike[str] | None = None,
+        manifest_key: str | None = None,
         progress: bool = False,
         on_result: Callable[[JobResult], object] | None = None,
         on_progress: Callable[[Progress], object] | None = None,
@@ -134,6 +147,7 @@ class BatchRemover:
         )
         self.skip_existing = skip_existing
         self.manifest = manifest
+        self.manifest_key = manifest_key
         self.progress_bar = progress
         self.on_result = on_result
         self.on_progress = on_progress
@@ -260,16 +274,27 @@ class _Batch:
         reader = r.reader or SourceReader()
         if r.reader is None:
             owned.append(reader)
-        manifest = Manifest(r.manifest) if r.manifest is not None else None
+        manifest_path: str | os.PathLike[str] | None = r.manifest
+        spool: str | None = None
+        if manifest_path is None and r.manifest_key is not None:
+            fd, spool = tempfile.mkstemp(prefix="photoroom-bg-manifest-", suffix=".jsonl")
+            os.close(fd)
+            manifest_path = spool
+        offset = await asyncio.to_thread(_size, manifest_path)
+        manifest = Manifest(manifest_path) if manifest_path is not None else None
+        finished_keys = (
+            await asyncio.to_thread(load_finished_keys, manifest_path) if manifest_path else set()
+        )
+        earlier = b""
+        if r.manifest_key is not None:
+            earlier = await _read_optional(sink, r.manifest_key)
+            finished_keys |= finished_keys_in(earlier.decode("utf-8", "replace").splitlines())
         if manifest is not None:
             await manifest.write_header(
                 replayable_sources(self.spec),
                 engine=engine.name,
                 options_digest=r._options_digest,
             )
-        finished_keys = (
-            await asyncio.to_thread(load_finished_keys, r.manifest) if r.manifest else set()
-        )
         # a budget for the API; a local model has no one to be polite to
         gate = RateGate(r.requests_per_minute if engine.bills else None)
         account_before = await self._account(engine) if r.track_credits else None
@@ -336,6 +361,8 @@ class _Batch:
                 manifest.close()
             if self._bar is not None:
                 self._bar.close()
+            if r.manifest_key is not None and manifest_path is not None:
+                await self._upload_manifest(sink, earlier, manifest_path, offset, spool)
         account_after = await self._account(engine) if account_before is not None else None
         for resource in owned:
             await resource.aclose()
@@ -358,6 +385,32 @@ class _Batch:
         )
         self.handle._finish(report)
         return report
+
+    async def _upload_manifest(
+        self,
+        sink: Sink,
+        earlier: bytes,
+        path: str | os.PathLike[str],
+        offset: int,
+        spool: str | None,
+    ) -> None:
+        """Store the manifest in the sink: the records already there plus this run's."""
+        key = self.r.manifest_key
+        assert key is not None
+        try:
+            ours = await asyncio.to_thread(_read_from, path, offset)
+            await sink.put(key, earlier + ours, content_type="application/x-ndjson", metadata={})
+        except (PhotoroomBGError, OSError) as exc:
+            logger.warning(
+                "could not store the manifest as %r in the sink (%s); it is kept at %s",
+                key,
+                exc,
+                path,
+            )
+            return
+        if spool is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(spool)
 
     def _engine(self, owned: list[Any]) -> Engine:
         from ..engines.photoroom import PhotoroomEngine
@@ -554,3 +607,23 @@ def _backoff(base: float, attempt: int) -> float:
 
 def _since(started: float) -> float:
     return time.monotonic() - started
+
+
+def _size(path: str | os.PathLike[str] | None) -> int:
+    try:
+        return os.path.getsize(path) if path is not None else 0
+    except OSError:
+        return 0
+
+
+def _read_from(path: str | os.PathLike[str], offset: int) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        return handle.read()
+
+
+async def _read_optional(sink: Sink, key: str) -> bytes:
+    try:
+        return await sink.get(key)
+    except ObjectNotFoundError:
+        return b""

@@ -123,6 +123,19 @@ def test_a_batch_into_a_real_s3_bucket(s3_server: S3Server, s3_prefix: str) -> N
                 first = await batch.run(images)
                 second = await batch.run(images)
                 fetched = httpx.get(await sink.url(keys[0])).content
+                # a worker with no lasting disk keeps its manifest in the bucket
+                keeper = BatchRemover(
+                    sink=sink,
+                    api_key=emulator.api_key,
+                    base_url=url,
+                    skip_existing=False,
+                    manifest_key="runs/manifest.jsonl",
+                )
+                await keeper.run(images[:3])
+                third = await keeper.run(images[:3])  # skipped by the manifest alone
+                assert third.skipped_count == 3
+                records = (await sink.get("runs/manifest.jsonl")).decode().splitlines()
+                assert len(records) == 2 * (1 + 3)  # a header and 3 jobs per run
                 return first, second, fetched
 
         first, second, fetched = asyncio.run(run())
@@ -130,7 +143,7 @@ def test_a_batch_into_a_real_s3_bucket(s3_server: S3Server, s3_prefix: str) -> N
     assert (second.skipped_count, second.billed_calls) == (20, 0)
     assert len(set(keys)) == 20
     assert fetched.startswith(b"\x89PNG")
-    assert emulator.ledger.calls() == 20
+    assert emulator.ledger.calls() == 20 + 3
 
 
 def test_the_local_engine_drives_a_batch_offline(tmp_path: Path) -> None:
@@ -264,3 +277,22 @@ def test_the_request_budget_does_not_throttle_engines_that_do_not_bill() -> None
     # one request a minute would need 2 minutes for 3 images; a local model is not limited
     report = batch.submit([photo() for _ in range(3)]).wait(timeout=30)
     assert (report.succeeded_count, engine.calls) == (3, 3)
+
+
+def test_a_manifest_the_sink_refuses_is_kept_on_disk_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = MemorySink(max_bytes=20_000)
+    batch = BatchRemover(CountingEngine(), sink=sink, manifest_key="m.jsonl")
+    images = [photo() for _ in range(3)]
+    assert batch.submit(images).wait().succeeded_count == 3
+    first = sink.objects["m.jsonl"].decode().splitlines()
+    assert len(first) == 4
+    sink.max_bytes = sink.total_bytes  # the sink is now full
+    with caplog.at_level(logging.WARNING, logger="photoroom_bg.batch"):
+        again = batch.submit(images).wait()
+    assert again.skipped_count == 3
+    assert "could not store the manifest" in caplog.text
+    kept = Path(caplog.records[-1].args[-1])  # type: ignore[index]
+    assert kept.read_text().count("skipped") == 3
+    kept.unlink()
