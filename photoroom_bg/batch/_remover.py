@@ -24,12 +24,15 @@ from ..engines._base import Engine
 from ..errors import (
     APIStatusError,
     AuthenticationError,
+    BucketNotFoundError,
     ConfigurationError,
     ObjectNotFoundError,
     OutOfCreditsError,
     PhotoroomBGError,
     RateLimitError,
+    StorageAuthError,
     StorageError,
+    StorageFullError,
     UnsafeKeyError,
 )
 from ..options import EditOptions, SegmentOptions
@@ -51,6 +54,8 @@ __all__ = ["BatchRemover"]
 logger = logging.getLogger("photoroom_bg.batch")
 
 _STOPPING_ERRORS = (OutOfCreditsError, AuthenticationError)
+# The sink cannot take any output: every later job would pay for a cut-out and lose it.
+_STOPPING_STORAGE_ERRORS = (StorageFullError, StorageAuthError, BucketNotFoundError)
 _EXTENSIONS = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp", "avif": "avif"}
 
 
@@ -486,6 +491,7 @@ class _Batch:
                     duration=_since(started),
                 )
         except PhotoroomBGError as exc:
+            self._stop_if_storage_is_gone(exc)
             return JobResult(**base, status=JobStatus.FAILED, error=exc, duration=_since(started))
         try:
             result, attempts = await self._call_engine(engine, gate, data, source, passthrough)
@@ -512,6 +518,7 @@ class _Batch:
         try:
             stored = await self._store(sink, key, result.content, result.content_type, source)
         except PhotoroomBGError as exc:
+            self._stop_if_storage_is_gone(exc)
             return JobResult(
                 **base,
                 status=JobStatus.FAILED,
@@ -529,6 +536,10 @@ class _Batch:
             duration=_since(started),
             output_size=len(result.content),
         )
+
+    def _stop_if_storage_is_gone(self, exc: PhotoroomBGError) -> None:
+        if isinstance(exc, _STOPPING_STORAGE_ERRORS):
+            self.stop(f"{type(exc).__name__}: {exc}")
 
     async def _call_engine(
         self,
@@ -571,7 +582,7 @@ class _Batch:
         for attempt in range(1, 4):
             try:
                 return await sink.put(key, content, content_type=content_type, metadata=metadata)
-            except UnsafeKeyError:
+            except (UnsafeKeyError, *_STOPPING_STORAGE_ERRORS):
                 raise
             except StorageError:
                 if attempt == 3:

@@ -358,3 +358,23 @@ def test_resume_from_the_manifest_alone(emulator: PhotoroomEmulator, tmp_path: P
     assert from_bytes.submit([photo()]).wait().succeeded_count == 1
     with pytest.raises(ConfigurationError, match="pass the sources to resume"):
         later.resume(manifest=tmp_path / "b.jsonl")
+
+
+def test_a_full_sink_fails_that_job_and_stops_paying_for_outputs_it_cannot_keep(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    images = [photo() for _ in range(10)]
+    sink = MemorySink(max_bytes=1)  # no room at all for a cut-out
+    manifest = tmp_path / "run.jsonl"
+    handle = remover(emulator, sink, concurrency=1, manifest=manifest).submit(images)
+    report = handle.wait()
+    (failed,) = report.failures["StorageFullError"]
+    assert failed.billed  # Photoroom was paid for that one, and the job says so
+    assert "max_bytes" in str(failed.error)
+    assert report.cancelled_count == 9
+    assert report.stop_reason is not None
+    assert report.stop_reason.startswith("StorageFullError")
+    assert emulator.ledger.calls() == 1  # not one more credit for outputs that cannot be kept
+    records = [json.loads(line) for line in manifest.read_text().splitlines()[1:]]
+    assert [r["status"] for r in records].count("failed") == 1
+    assert records[0]["error_type"] == "StorageFullError"
