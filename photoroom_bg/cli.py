@@ -355,7 +355,7 @@ def _run(
     try:
         from .sinks import open_sink
 
-        sink = open_sink(dest, **s3_options)
+        sink = open_sink(dest, **(s3_options if dest.startswith("s3://") else {}))
         reader = SourceReader(
             allow_private_networks=allow_private_networks, s3_options=s3_options or None
         )
@@ -377,6 +377,13 @@ def _run(
     except (ConfigurationError, ValidationError) as exc:
         raise _UsageError(str(exc)) from None
     try:
+        _finish(handle, dest, manifest, json_out, quiet)
+    finally:
+        _close(sink, reader)
+
+
+def _finish(handle: Any, dest: str, manifest: str | None, json_out: bool, quiet: bool) -> None:
+    try:
         report = handle.wait()
     except KeyboardInterrupt:
         handle.cancel("interrupted")
@@ -394,6 +401,17 @@ def _run(
         click.echo(f"error: {report.stop_reason}", err=True)
         sys.exit(EXIT_USAGE)
     sys.exit(EXIT_OK if report.all_ok else EXIT_FAILED)
+
+
+def _close(*resources: Any) -> None:
+    """Close the sink and reader on the loop their connections live on."""
+    from . import _loop
+
+    for resource in resources:
+        try:
+            _loop.run_sync(resource.aclose(), timeout=30)
+        except Exception as exc:  # closing must never hide the batch's own outcome
+            click.echo(f"warning: could not close {type(resource).__name__}: {exc}", err=True)
 
 
 def _wait_out(handle: Any) -> BatchReport:

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -21,6 +22,7 @@ from photoroom_bg.cli import MANIFEST_NAME, main
 from photoroom_bg.testing import Faults, PhotoroomEmulator
 
 from ..batch.conftest import photo
+from ..s3server import S3Server
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 
@@ -233,3 +235,61 @@ def test_the_console_script_is_installed() -> None:
     result = subprocess.run([script, "--help"], capture_output=True, text=True, check=True)
     assert "remove" in result.stdout
     assert "edit" in result.stdout
+
+
+def test_remove_into_and_from_a_real_s3_bucket(
+    emulator: PhotoroomEmulator, folder: Path, s3_server: S3Server, s3_prefix: str
+) -> None:
+    env = {
+        "PHOTOROOM_API_KEY": emulator.api_key,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "AWS_DEFAULT_REGION": s3_server.region,
+    }
+    common = ["--base-url", str(emulator.url), "--endpoint-url", s3_server.endpoint_url, "--json"]
+    upload = CliRunner().invoke(
+        main, ["remove", str(folder), "-o", f"{s3_prefix}/cut", *common], env=env
+    )
+    assert upload.exit_code == 0, upload.output + upload.stderr
+    jobs = [json.loads(line) for line in upload.output.splitlines()[:-1]]
+    assert all(job["uri"].startswith(f"{s3_prefix}/cut/") for job in jobs)
+    # the cut-outs are sources too: an s3:// prefix is listed and read
+    again = CliRunner().invoke(
+        main, ["remove", f"{s3_prefix}/cut/", "-o", str(folder.parent / "back"), *common], env=env
+    )
+    assert again.exit_code == 0, again.output + again.stderr
+    assert len(outputs(folder.parent / "back")) == 6
+    assert s3_server.secret_key not in upload.output + again.output + upload.stderr
+
+
+def test_the_command_closes_its_sink_and_reader(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import photoroom_bg.sinks as sinks
+    from photoroom_bg.sources import SourceReader
+
+    closed: list[str] = []
+    real_open = sinks.open_sink
+
+    def recording_open(target: Any, **options: Any) -> Any:
+        sink = real_open(target, **options)
+        real_close = sink.aclose
+
+        async def aclose() -> None:
+            closed.append("sink")
+            await real_close()
+
+        sink.aclose = aclose  # type: ignore[method-assign]
+        return sink
+
+    real_reader_close = SourceReader.aclose
+
+    async def reader_close(self: SourceReader) -> None:
+        closed.append("reader")
+        await real_reader_close(self)
+
+    monkeypatch.setattr(sinks, "open_sink", recording_open)
+    monkeypatch.setattr(SourceReader, "aclose", reader_close)
+    args = ["remove", str(folder), "-o", str(tmp_path / "out"), "--base-url", str(emulator.url)]
+    assert run(*args, "-q", key=emulator.api_key).exit_code == 0
+    assert sorted(closed) == ["reader", "sink"]
