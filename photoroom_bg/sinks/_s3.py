@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Mapping
 from datetime import timedelta
 from types import TracebackType
@@ -101,9 +102,11 @@ class S3Sink:
             "aws_secret_access_key": aws_secret_access_key,
             "aws_session_token": aws_session_token,
         }
-        self._context: Any = None
-        self._client: Any = None
-        self._lock = asyncio.Lock()
+        # One client per event loop: aiohttp sessions belong to the loop that made them, and a
+        # sink is often used from the batch's background loop and then from the caller's.
+        self._clients: dict[asyncio.AbstractEventLoop, tuple[Any, Any]] = {}
+        self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._guard = threading.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -118,9 +121,18 @@ class S3Sink:
         """``s3://bucket/prefix/key``."""
         return f"s3://{self.bucket}/{self._object_key(key)}"
 
+    def _loop_lock(self, loop: asyncio.AbstractEventLoop) -> asyncio.Lock:
+        with self._guard:
+            for other in [known for known in self._locks if known.is_closed()]:
+                del self._locks[other]
+                self._clients.pop(other, None)  # its sockets went with its loop
+            return self._locks.setdefault(loop, asyncio.Lock())
+
     async def _s3(self) -> Any:
-        async with self._lock:
-            if self._client is None:
+        loop = asyncio.get_running_loop()
+        async with self._loop_lock(loop):
+            entry = self._clients.get(loop)
+            if entry is None:
                 try:
                     from aiobotocore.session import get_session
                     from botocore.config import Config
@@ -135,17 +147,18 @@ class S3Sink:
                     max_pool_connections=64,
                 )
                 credentials = {k: v for k, v in self.__credentials.items() if v is not None}
-                self._context = get_session().create_client(
+                context = get_session().create_client(
                     "s3",
                     endpoint_url=self.endpoint_url,
                     region_name=self.region,
                     config=config,
                     **credentials,
                 )
-                self._client = await self._context.__aenter__()
+                client = await context.__aenter__()
                 if self.create_bucket:
-                    await self._ensure_bucket(self._client)
-            return self._client
+                    await self._ensure_bucket(client)
+                entry = self._clients[loop] = (context, client)
+            return entry[1]
 
     async def _ensure_bucket(self, client: Any) -> None:
         from botocore.exceptions import ClientError
@@ -276,11 +289,19 @@ class S3Sink:
             raise self._error(exc, "delete", key) from None
 
     async def aclose(self) -> None:
-        """Close the S3 client."""
-        async with self._lock:
-            if self._context is not None:
-                await self._context.__aexit__(None, None, None)
-            self._context = self._client = None
+        """Close the S3 clients, on whichever event loops they were made."""
+        current = asyncio.get_running_loop()
+        with self._guard:
+            entries = list(self._clients.items())
+            self._clients.clear()
+        for loop, (context, _) in entries:
+            if loop is current:
+                await context.__aexit__(None, None, None)
+            elif loop.is_running():
+                closing = asyncio.run_coroutine_threadsafe(
+                    context.__aexit__(None, None, None), loop
+                )
+                await asyncio.wrap_future(closing)
 
     async def __aenter__(self) -> S3Sink:
         return self

@@ -296,3 +296,22 @@ def test_a_manifest_the_sink_refuses_is_kept_on_disk_and_logged(
     kept = Path(caplog.records[-1].args[-1])  # type: ignore[index]
     assert kept.read_text().count("skipped") == 3
     kept.unlink()
+
+
+def test_an_s3_sink_used_by_submit_then_by_the_callers_own_loop(
+    s3_server: S3Server, s3_prefix: str
+) -> None:
+    sink = S3Sink(s3_prefix, **s3_server.sink_options())
+    keys: list[str] = []
+    batch = BatchRemover(
+        CountingEngine(), sink=sink, on_result=lambda job: keys.append(job.key or "")
+    )
+    images = [photo(), photo()]
+    assert batch.submit(images).wait().succeeded_count == 2  # the client lives on our loop
+
+    async def afterwards() -> bytes:
+        data = await sink.get(keys[0])  # from the caller's loop, a client of its own
+        await sink.aclose()  # closes both, each on its own loop
+        return data
+
+    assert asyncio.run(afterwards()) in images
