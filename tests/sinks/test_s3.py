@@ -95,11 +95,12 @@ async def test_buckets_are_created_when_asked_even_by_racing_workers(
 async def test_one_client_is_reused_and_closed(s3_server: S3Server, s3_prefix: str) -> None:
     sink = S3Sink(s3_prefix, **s3_server.sink_options())
     await sink.put("a.png", b"1")
-    first = sink._client
+    first = await sink._s3()
     await sink.put("b.png", b"2")
-    assert sink._client is first
+    assert await sink._s3() is first
+    assert len(sink._clients) == 1  # one per event loop, reused
     await sink.aclose()
-    assert sink._client is None
+    assert sink._clients == {}
 
 
 def test_sync_façade_inside_a_running_loop(s3_server: S3Server, s3_prefix: str) -> None:
