@@ -246,6 +246,14 @@ class AsyncPhotoroomClient(BaseClient):
         kwargs = {**self._copy_kwargs(), **changes}
         return type(self)(http_client=self._http, **kwargs)
 
+    def _copy_with_own_pool(self: _A, **changes: Any) -> _A:
+        """A copy with its own connection pool, for use on another event loop: pooled
+        connections belong to the loop that opened them. A pool passed in as
+        ``http_client`` is the caller's to manage, so it is shared as it is."""
+        if not self._owns_http:
+            return self.with_options(**changes)
+        return type(self)(**{**self._copy_kwargs(), **changes})
+
     async def remove_background(
         self,
         image: ImageInput,

@@ -427,8 +427,16 @@ class _Batch:
             )
             owned.append(engine)
             return engine
+        if isinstance(given, PhotoroomEngine):
+            given = given.client
         if isinstance(given, AsyncPhotoroomClient):
-            return PhotoroomEngine(given.with_options(max_retries=0))
+            if not _loop.in_background_loop():  # run() on the caller's loop: share its pool
+                return PhotoroomEngine(given.with_options(max_retries=0))
+            # submit() runs on the background loop, and a pooled connection opened on the
+            # caller's loop cannot be used here: same settings, a pool of the batch's own
+            client = given._copy_with_own_pool(max_retries=0)
+            owned.append(client)
+            return PhotoroomEngine(client)
         return given
 
     @staticmethod

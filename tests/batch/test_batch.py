@@ -378,3 +378,18 @@ def test_a_full_sink_fails_that_job_and_stops_paying_for_outputs_it_cannot_keep(
     records = [json.loads(line) for line in manifest.read_text().splitlines()[1:]]
     assert [r["status"] for r in records].count("failed") == 1
     assert records[0]["error_type"] == "StorageFullError"
+
+
+async def test_a_client_of_the_callers_loop_can_drive_a_submitted_batch(
+    emulator: PhotoroomEmulator,
+) -> None:
+    from photoroom_bg import AsyncPhotoroomClient, PhotoroomEngine
+
+    async with AsyncPhotoroomClient(api_key=emulator.api_key, base_url=emulator.url) as client:
+        await client.account()  # a pooled connection now belongs to this loop
+        for engine in (client, PhotoroomEngine(client)):
+            batch = BatchRemover(engine, sink=MemorySink(), requests_per_minute=None)
+            report = await batch.submit([photo() for _ in range(4)])  # on the background loop
+            assert report.success_count == 4
+            assert (await batch.run([photo()])).success_count == 1  # on this loop
+        assert (await client.account()).images_available == 10_000 - 10
