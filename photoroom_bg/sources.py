@@ -31,6 +31,7 @@ import httpx
 
 from ._images import sniff_format
 from ._netguard import NetworkPolicy, Resolver, default_resolver
+from ._perloop import PerLoop
 from .errors import (
     ConfigurationError,
     InvalidImageError,
@@ -229,13 +230,11 @@ class SourceReader:
         self.max_redirects = max_redirects
         self._resolve = resolver or default_resolver
         self._s3_options = dict(s3_options or {})
-        self._s3_context: Any = None
-        self._s3_client: Any = None
-        self._s3_lock = asyncio.Lock()
-        self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False
-        )
+        self._timeout = timeout
+        # pools and S3 clients belong to one event loop each: see photoroom_bg._perloop
+        self._s3_clients: PerLoop[tuple[Any, Any]] = PerLoop(self._open_s3, _close_s3)
+        self._given_http = http_client
+        self._https: PerLoop[httpx.AsyncClient] = PerLoop(self._open_http, _close_http)
 
     def __repr__(self) -> str:
         return (
@@ -321,14 +320,15 @@ class SourceReader:
         pinned = url.copy_with(host=str(checked[0]))
         host_header = url.host if url.port is None else f"{url.host}:{url.port}"
         extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
-        request = self._http.build_request(
+        http = self._given_http or await self._https.get()
+        request = http.build_request(
             "GET",
             pinned,
             headers={"host": host_header, "accept": "image/*"},
             extensions=extensions,
         )
         try:
-            return await self._http.send(request, stream=True)
+            return await http.send(request, stream=True)
         except httpx.TimeoutException:
             raise SourceError(f"{source.display}: timed out") from None
         except httpx.HTTPError as exc:
@@ -365,21 +365,26 @@ class SourceReader:
             raise InvalidImageError(f"{source.display}: the content is not an image")
 
     async def _s3(self) -> Any:
-        async with self._s3_lock:
-            if self._s3_client is None:
-                try:
-                    from aiobotocore.session import get_session
-                    from botocore.config import Config
-                except ImportError:
-                    raise ConfigurationError(
-                        "s3:// sources need the s3 extra: pip install 'photoroom-bg[s3]'"
-                    ) from None
-                options = dict(self._s3_options)
-                if options.get("endpoint_url"):
-                    options.setdefault("config", Config(s3={"addressing_style": "path"}))
-                self._s3_context = get_session().create_client("s3", **options)
-                self._s3_client = await self._s3_context.__aenter__()
-            return self._s3_client
+        return (await self._s3_clients.get())[1]
+
+    async def _open_s3(self) -> tuple[Any, Any]:
+        try:
+            from aiobotocore.session import get_session
+            from botocore.config import Config
+        except ImportError:
+            raise ConfigurationError(
+                "s3:// sources need the s3 extra: pip install 'photoroom-bg[s3]'"
+            ) from None
+        options = dict(self._s3_options)
+        if options.get("endpoint_url"):
+            options.setdefault("config", Config(s3={"addressing_style": "path"}))
+        context = get_session().create_client("s3", **options)
+        return context, await context.__aenter__()
+
+    async def _open_http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(self._timeout), follow_redirects=False, trust_env=False
+        )
 
     @staticmethod
     def _split_s3(uri: str) -> tuple[str, str]:
@@ -419,12 +424,9 @@ class SourceReader:
                     yield ImageSource("s3", f"s3://{bucket}/{key}", _stem(key))
 
     async def aclose(self) -> None:
-        """Close the HTTP pool (if owned) and the S3 client."""
-        if self._owns_http:
-            await self._http.aclose()
-        if self._s3_context is not None:
-            await self._s3_context.__aexit__(None, None, None)
-            self._s3_context = self._s3_client = None
+        """Close the HTTP pools and S3 clients it made (not a ``http_client`` passed in)."""
+        await self._https.aclose()
+        await self._s3_clients.aclose()
 
     async def __aenter__(self) -> SourceReader:
         return self
@@ -436,3 +438,11 @@ class SourceReader:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+async def _close_s3(entry: tuple[Any, Any]) -> None:
+    await entry[0].__aexit__(None, None, None)
+
+
+async def _close_http(client: httpx.AsyncClient) -> None:
+    await client.aclose()

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
 from collections.abc import Mapping
 from datetime import timedelta
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
+from .._perloop import PerLoop
 from ..errors import (
     BucketNotFoundError,
     ConfigurationError,
@@ -102,11 +101,8 @@ class S3Sink:
             "aws_secret_access_key": aws_secret_access_key,
             "aws_session_token": aws_session_token,
         }
-        # One client per event loop: aiohttp sessions belong to the loop that made them, and a
-        # sink is often used from the batch's background loop and then from the caller's.
-        self._clients: dict[asyncio.AbstractEventLoop, tuple[Any, Any]] = {}
-        self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
-        self._guard = threading.Lock()
+        # one client per event loop: see photoroom_bg._perloop
+        self._clients: PerLoop[tuple[Any, Any]] = PerLoop(self._open_client, _close_client)
 
     def __repr__(self) -> str:
         return (
@@ -121,44 +117,35 @@ class S3Sink:
         """``s3://bucket/prefix/key``."""
         return f"s3://{self.bucket}/{self._object_key(key)}"
 
-    def _loop_lock(self, loop: asyncio.AbstractEventLoop) -> asyncio.Lock:
-        with self._guard:
-            for other in [known for known in self._locks if known.is_closed()]:
-                del self._locks[other]
-                self._clients.pop(other, None)  # its sockets went with its loop
-            return self._locks.setdefault(loop, asyncio.Lock())
-
     async def _s3(self) -> Any:
-        loop = asyncio.get_running_loop()
-        async with self._loop_lock(loop):
-            entry = self._clients.get(loop)
-            if entry is None:
-                try:
-                    from aiobotocore.session import get_session
-                    from botocore.config import Config
-                except ImportError:
-                    raise ConfigurationError(
-                        "S3Sink needs the s3 extra: pip install 'photoroom-bg[s3]'"
-                    ) from None
-                config = Config(
-                    signature_version="s3v4",
-                    s3={"addressing_style": "path" if self.endpoint_url else "auto"},
-                    retries={"max_attempts": 3, "mode": "standard"},
-                    max_pool_connections=64,
-                )
-                credentials = {k: v for k, v in self.__credentials.items() if v is not None}
-                context = get_session().create_client(
-                    "s3",
-                    endpoint_url=self.endpoint_url,
-                    region_name=self.region,
-                    config=config,
-                    **credentials,
-                )
-                client = await context.__aenter__()
-                if self.create_bucket:
-                    await self._ensure_bucket(client)
-                entry = self._clients[loop] = (context, client)
-            return entry[1]
+        return (await self._clients.get())[1]
+
+    async def _open_client(self) -> tuple[Any, Any]:
+        try:
+            from aiobotocore.session import get_session
+            from botocore.config import Config
+        except ImportError:
+            raise ConfigurationError(
+                "S3Sink needs the s3 extra: pip install 'photoroom-bg[s3]'"
+            ) from None
+        config = Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path" if self.endpoint_url else "auto"},
+            retries={"max_attempts": 3, "mode": "standard"},
+            max_pool_connections=64,
+        )
+        credentials = {k: v for k, v in self.__credentials.items() if v is not None}
+        context = get_session().create_client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            config=config,
+            **credentials,
+        )
+        client = await context.__aenter__()
+        if self.create_bucket:
+            await self._ensure_bucket(client)
+        return context, client
 
     async def _ensure_bucket(self, client: Any) -> None:
         from botocore.exceptions import ClientError
@@ -289,19 +276,8 @@ class S3Sink:
             raise self._error(exc, "delete", key) from None
 
     async def aclose(self) -> None:
-        """Close the S3 clients, on whichever event loops they were made."""
-        current = asyncio.get_running_loop()
-        with self._guard:
-            entries = list(self._clients.items())
-            self._clients.clear()
-        for loop, (context, _) in entries:
-            if loop is current:
-                await context.__aexit__(None, None, None)
-            elif loop.is_running():
-                closing = asyncio.run_coroutine_threadsafe(
-                    context.__aexit__(None, None, None), loop
-                )
-                await asyncio.wrap_future(closing)
+        """Close the S3 clients, each on the event loop it was made on."""
+        await self._clients.aclose()
 
     async def __aenter__(self) -> S3Sink:
         return self
@@ -317,3 +293,7 @@ class S3Sink:
 
 def _code(exc: Any) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+async def _close_client(entry: tuple[Any, Any]) -> None:
+    await entry[0].__aexit__(None, None, None)

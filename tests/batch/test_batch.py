@@ -393,3 +393,18 @@ async def test_a_client_of_the_callers_loop_can_drive_a_submitted_batch(
             assert report.success_count == 4
             assert (await batch.run([photo()])).success_count == 1  # on this loop
         assert (await client.account()).images_available == 10_000 - 10
+
+
+async def test_one_reader_serves_submitted_batches_and_the_callers_loop(
+    emulator: PhotoroomEmulator,
+) -> None:
+    server = ImageServer()
+    server.start()
+    try:
+        async with SourceReader(allow_networks=["127.0.0.1/32"]) as reader:
+            batch = remover(emulator, MemorySink(), reader=reader, skip_existing=False)
+            urls = [f"{server.url}/img.png"] * 3
+            assert (await batch.submit(urls)).success_count == 3  # the background loop's pool
+            assert (await batch.run(urls)).success_count == 3  # and now this loop's own
+    finally:
+        server.stop()
