@@ -21,12 +21,13 @@ Every error the SDK raises derives from :class:`PhotoroomBGError`, split by caus
     │   ├── UnsafeURLError              URL refused by the SSRF guard (scheme, address, redirect)
     │   ├── SourceTooLargeError         the source exceeds the byte cap
     │   └── SourceNotFoundError         404 / missing file / missing object
-    └── StorageError                    a sink could not store or read an object
-        ├── StorageAuthError            wrong credentials or access denied
-        ├── BucketNotFoundError         the bucket does not exist (and was not to be created)
-        ├── ObjectNotFoundError         no object under that key
-        ├── UnsafeKeyError              the key would escape the sink's root
-        └── StorageFullError            no space left / size cap reached
+    ├── StorageError                    a sink could not store or read an object
+    │   ├── StorageAuthError            wrong credentials or access denied
+    │   ├── BucketNotFoundError         the bucket does not exist (and was not to be created)
+    │   ├── ObjectNotFoundError         no object under that key
+    │   ├── UnsafeKeyError              the key would escape the sink's root
+    │   └── StorageFullError            no space left / size cap reached
+    └── UnexpectedError                 a job met an exception that is none of the above
 
 No message produced by this module ever contains an API key or a storage secret: messages are
 built from status codes, server-provided text and caller-visible names only.
@@ -61,6 +62,7 @@ __all__ = [
     "StorageAuthError",
     "StorageError",
     "StorageFullError",
+    "UnexpectedError",
     "UnsafeKeyError",
     "UnsafeURLError",
     "ValidationError",
@@ -181,6 +183,11 @@ class InvalidImageError(ValidationError):
 
 class ConfigurationError(PhotoroomBGError):
     """The SDK is not set up to make this call (no API key, closed client, bad argument)."""
+
+
+class UnexpectedError(PhotoroomBGError):
+    """A batch job met an exception outside this tree (a bug, or an unforeseen library
+    error). Only that job fails; the original exception is the ``__cause__``."""
 
 
 class SourceError(PhotoroomBGError):

@@ -33,6 +33,7 @@ from ..errors import (
     StorageAuthError,
     StorageError,
     StorageFullError,
+    UnexpectedError,
     UnsafeKeyError,
 )
 from ..options import EditOptions, SegmentOptions
@@ -346,9 +347,19 @@ class _Batch:
                 else:
                     self.handle._job_started()
                     running = True
-                    result = await self._job(
-                        index, source, engine, sink, reader, gate, finished_keys
-                    )
+                    try:
+                        result = await self._job(
+                            index, source, engine, sink, reader, gate, finished_keys
+                        )
+                    except Exception as exc:  # one job's surprise must not end the batch
+                        logger.error(
+                            "job %d (%s) failed unexpectedly", index, source.display, exc_info=exc
+                        )
+                        error = UnexpectedError(f"unexpected {type(exc).__name__} in this job")
+                        error.__cause__ = exc
+                        result = JobResult(
+                            index, source.display, source.name, JobStatus.FAILED, error=error
+                        )
                 counts[result.status] += 1
                 if result.status is JobStatus.FAILED:
                     failures[result.error_type or "Error"].append(result)

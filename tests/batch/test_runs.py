@@ -315,3 +315,28 @@ def test_an_s3_sink_used_by_submit_then_by_the_callers_own_loop(
         return data
 
     assert asyncio.run(afterwards()) in images
+
+
+class BuggyEngine(CountingEngine):
+    """Raises something outside the error tree on every third image."""
+
+    async def process(self, image: bytes, options: Any) -> ImageResult:
+        self.calls += 1
+        if self.calls % 3 == 0:
+            raise KeyError("a bug")
+        return ImageResult(image)
+
+
+def test_an_unforeseen_exception_fails_its_job_only(caplog: pytest.LogCaptureFixture) -> None:
+    from photoroom_bg.errors import UnexpectedError
+
+    report = (
+        BatchRemover(BuggyEngine(), sink=MemorySink(), concurrency=1)
+        .submit([photo() for _ in range(9)])
+        .wait()
+    )
+    assert (report.succeeded_count, report.failed_count) == (6, 3)
+    (failure, *_) = report.failures["UnexpectedError"]
+    assert isinstance(failure.error, UnexpectedError)
+    assert isinstance(failure.error.__cause__, KeyError)
+    assert "failed unexpectedly" in caplog.text
