@@ -371,7 +371,6 @@ def _run(
             on_result=_print_job if json_out else None,
             reader=reader,
             url_passthrough=url_passthrough,
-            keep_results=False,
         )
         handle = batch.submit(_sources(sources))
     except (ConfigurationError, ValidationError) as exc:
@@ -463,8 +462,9 @@ def _summary(report: BatchReport, json_out: bool, quiet: bool) -> None:
         for job in jobs[:20]:
             message = job.error.message if job.error else ""
             click.echo(f"failed: {job.source}: {error_type}: {message}", err=True)
-        if len(jobs) > 20:
-            click.echo(f"failed: ... and {len(jobs) - 20} more {error_type}", err=True)
+        more = report.failure_counts.get(error_type, 0) - min(len(jobs), 20)
+        if more > 0:
+            click.echo(f"failed: ... and {more} more {error_type} (see the manifest)", err=True)
     if report.stop_reason and report.stop_reason != "interrupted":
         click.echo(f"stopped early: {report.stop_reason}", err=True)
     if quiet:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import Counter, deque
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchHandle"]
 
+logger = logging.getLogger("photoroom_bg.batch")
+
 
 class BatchHandle:
     """A batch in flight: progress, partial results, completion, cancellation.
@@ -32,11 +35,12 @@ class BatchHandle:
         limit = None if keep_results is True else int(keep_results)
         self._cond = threading.Condition()
         self._kept: deque[JobResult] = deque(maxlen=limit)  # succeeded/skipped/cancelled
-        self._failures: list[JobResult] = []
+        self._failures: deque[JobResult] = deque(maxlen=limit)
         self._finished: list[JobResult] = []  # completion order, when nothing is dropped
         self._unbounded = limit is None
         self._subscribers: list[deque[JobResult]] = []
-        self._failed_sources: list[ImageSource] = []
+        self._failed_sources: deque[ImageSource] = deque(maxlen=limit)
+        self._failed_total = 0
         self._counts: Counter[JobStatus] = Counter()
         self._running = 0
         self._seen = 0
@@ -95,6 +99,7 @@ class BatchHandle:
                 self._kept.append(result)
             if result.status is JobStatus.FAILED:
                 self._failed_sources.append(source)
+                self._failed_total += 1
             for queue in self._subscribers:
                 queue.append(result)
             self._cond.notify_all()
@@ -142,9 +147,9 @@ class BatchHandle:
         """The jobs finished so far (the partial results).
 
         With ``keep_results=True`` every job, in completion order. With a number ``n``
-        (:class:`BatchRemover`'s default is 1,000): every failed job, then the latest
-        ``n`` others (``False``: failures only), so that a batch of millions keeps a
-        bounded amount of memory; the manifest and the sink hold the rest.
+        (:class:`BatchRemover`'s default is 1,000): the latest ``n`` failed jobs, then the
+        latest ``n`` others (``False``: none), so that a batch of millions keeps a bounded
+        amount of memory; the report's counts, the manifest and the sink hold the rest.
         """
         with self._cond:
             return self._retained()
@@ -229,6 +234,15 @@ class BatchHandle:
             raise RuntimeError("this handle is not bound to a batch")
         with self._cond:
             sources = list(self._failed_sources)
+            dropped = self._failed_total - len(sources)
+        if dropped:
+            logger.warning(
+                "retrying the %d failed inputs kept (keep_results=%s); %d more failed: run the "
+                "whole batch again to retry them too (stored outputs are skipped)",
+                len(sources),
+                self.keep_results,
+                dropped,
+            )
         return self._retry(sources)
 
     def _check_not_on_loop(self, name: str, instead: str) -> None:

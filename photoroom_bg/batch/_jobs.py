@@ -109,7 +109,9 @@ class BatchReport:
         total_count: inputs seen.
         success_count: outputs in the sink (succeeded + skipped).
         succeeded_count, skipped_count, failed_count, cancelled_count: per status.
-        failures: failed jobs grouped by error type name.
+        failures: failed jobs grouped by error type name (the latest ``keep_results`` of
+            each type).
+        failure_counts: how many jobs failed with each error type (exact).
         billed_calls: successful engine calls that spent credits.
         credits_spent: images spent according to the account, when the engine can tell
             (``None`` otherwise).
@@ -124,6 +126,7 @@ class BatchReport:
     failed_count: int
     cancelled_count: int
     failures: Mapping[str, tuple[JobResult, ...]]
+    failure_counts: Mapping[str, int]
     billed_calls: int
     credits_spent: float | None
     stop_reason: str | None

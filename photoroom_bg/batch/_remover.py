@@ -11,7 +11,7 @@ import random
 import tempfile
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from typing import Any
@@ -99,10 +99,10 @@ class BatchRemover:
             settings); by default a safe one that refuses private networks.
         url_passthrough: with :class:`~photoroom_bg.EditOptions`, let Photoroom fetch
             ``http(s)`` inputs itself (``GET /v2/edit?imageUrl=``); keys then hash the URL.
-        keep_results: how many finished jobs the handle keeps for :meth:`BatchHandle.results`:
-            every failure, plus the latest ``keep_results`` others (default 1,000, about
-            1 KB each); ``True`` keeps all, ``False`` failures only. The manifest and the
-            sink are the complete record; ``as_completed()`` sees every job regardless.
+        keep_results: how many finished jobs the handle and the report keep: the latest
+            ``keep_results`` failures and as many other jobs (default 1,000, about 1 KB
+            each); ``True`` keeps all, ``False`` none. Counts stay exact; the manifest and
+            the sink are the complete record; ``as_completed()`` sees every job regardless.
         api_key, base_url: for the default engine.
         backoff: base delay in seconds of the retry backoff (with full jitter).
         track_credits: ask the account balance before and after the batch to report
@@ -307,7 +307,9 @@ class _Batch:
         if r.progress_bar:
             self._bar = _tqdm()(desc="cut-outs", unit="img", dynamic_ncols=True)
         queue: asyncio.Queue[tuple[int, ImageSource] | None] = asyncio.Queue(r.concurrency)
-        failures: dict[str, list[JobResult]] = defaultdict(list)
+        kept = None if r.keep_results is True else int(r.keep_results)
+        failures: dict[str, deque[JobResult]] = defaultdict(lambda: deque(maxlen=kept))
+        failure_counts: Counter[str] = Counter()
         counts: dict[JobStatus, int] = defaultdict(int)
         total = 0
         # Collections (lists, paths, folders) are listed to the end so that every input left
@@ -363,6 +365,7 @@ class _Batch:
                 counts[result.status] += 1
                 if result.status is JobStatus.FAILED:
                     failures[result.error_type or "Error"].append(result)
+                    failure_counts[result.error_type or "Error"] += 1
                 if manifest is not None:
                     await manifest.write(
                         result, engine=engine.name, options_digest=r._options_digest
@@ -394,6 +397,7 @@ class _Batch:
             failed_count=counts[JobStatus.FAILED],
             cancelled_count=counts[JobStatus.CANCELLED],
             failures={k: tuple(v) for k, v in failures.items()},
+            failure_counts=dict(failure_counts),
             billed_calls=self.billed_calls,
             credits_spent=spent,
             stop_reason=self.stop_reason,

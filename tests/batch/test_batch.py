@@ -408,3 +408,18 @@ async def test_one_reader_serves_submitted_batches_and_the_callers_loop(
             assert (await batch.run(urls)).success_count == 3  # and now this loop's own
     finally:
         server.stop()
+
+
+def test_failures_are_bounded_too_with_exact_counts(
+    emulator: PhotoroomEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    images: list[Any] = [b"not an image %d" % i for i in range(12)] + [photo()]
+    handle = remover(emulator, MemorySink(), keep_results=4).submit(images)
+    report = handle.wait()
+    assert report.failed_count == 12
+    assert report.failure_counts == {"InvalidImageError": 12}
+    assert len(report.failures["InvalidImageError"]) == 4  # memory does not grow with them
+    assert sum(job.status is JobStatus.FAILED for job in handle.results()) == 4
+    retried = handle.retry_failed().wait()
+    assert retried.total_count == 4
+    assert "8 more failed" in caplog.text
