@@ -32,6 +32,7 @@ import httpx
 from ._images import sniff_format
 from ._netguard import NetworkPolicy, Resolver, default_resolver
 from ._perloop import PerLoop
+from ._s3client import close_s3_client, open_s3_client
 from .errors import (
     ConfigurationError,
     InvalidImageError,
@@ -232,7 +233,7 @@ class SourceReader:
         self._s3_options = dict(s3_options or {})
         self._timeout = timeout
         # pools and S3 clients belong to one event loop each: see photoroom_bg._perloop
-        self._s3_clients: PerLoop[tuple[Any, Any]] = PerLoop(self._open_s3, _close_s3)
+        self._s3_clients: PerLoop[tuple[Any, Any]] = PerLoop(self._open_s3, close_s3_client)
         self._given_http = http_client
         self._https: PerLoop[httpx.AsyncClient] = PerLoop(self._open_http, _close_http)
 
@@ -368,18 +369,10 @@ class SourceReader:
         return (await self._s3_clients.get())[1]
 
     async def _open_s3(self) -> tuple[Any, Any]:
-        try:
-            from aiobotocore.session import get_session
-            from botocore.config import Config
-        except ImportError:
-            raise ConfigurationError(
-                "s3:// sources need the s3 extra: pip install 'photoroom-bg[s3]'"
-            ) from None
         options = dict(self._s3_options)
-        if options.get("endpoint_url"):
-            options.setdefault("config", Config(s3={"addressing_style": "path"}))
-        context = get_session().create_client("s3", **options)
-        return context, await context.__aenter__()
+        path_style = options.get("endpoint_url") and "config" not in options
+        config = {"s3": {"addressing_style": "path"}} if path_style else None
+        return await open_s3_client("s3:// sources need", config, **options)
 
     async def _open_http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -438,10 +431,6 @@ class SourceReader:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-async def _close_s3(entry: tuple[Any, Any]) -> None:
-    await entry[0].__aexit__(None, None, None)
 
 
 async def _close_http(client: httpx.AsyncClient) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .._perloop import PerLoop
+from .._s3client import close_s3_client, open_s3_client
 from ..errors import (
     BucketNotFoundError,
     ConfigurationError,
@@ -102,7 +103,7 @@ class S3Sink:
             "aws_session_token": aws_session_token,
         }
         # one client per event loop: see photoroom_bg._perloop
-        self._clients: PerLoop[tuple[Any, Any]] = PerLoop(self._open_client, _close_client)
+        self._clients: PerLoop[tuple[Any, Any]] = PerLoop(self._open_client, close_s3_client)
 
     def __repr__(self) -> str:
         return (
@@ -121,28 +122,19 @@ class S3Sink:
         return (await self._clients.get())[1]
 
     async def _open_client(self) -> tuple[Any, Any]:
-        try:
-            from aiobotocore.session import get_session
-            from botocore.config import Config
-        except ImportError:
-            raise ConfigurationError(
-                "S3Sink needs the s3 extra: pip install 'photoroom-bg[s3]'"
-            ) from None
-        config = Config(
-            signature_version="s3v4",
-            s3={"addressing_style": "path" if self.endpoint_url else "auto"},
-            retries={"max_attempts": 3, "mode": "standard"},
-            max_pool_connections=64,
-        )
         credentials = {k: v for k, v in self.__credentials.items() if v is not None}
-        context = get_session().create_client(
-            "s3",
+        context, client = await open_s3_client(
+            "S3Sink needs",
+            config={
+                "signature_version": "s3v4",
+                "s3": {"addressing_style": "path" if self.endpoint_url else "auto"},
+                "retries": {"max_attempts": 3, "mode": "standard"},
+                "max_pool_connections": 64,
+            },
             endpoint_url=self.endpoint_url,
             region_name=self.region,
-            config=config,
             **credentials,
         )
-        client = await context.__aenter__()
         if self.create_bucket:
             await self._ensure_bucket(client)
         return context, client
@@ -293,7 +285,3 @@ class S3Sink:
 
 def _code(exc: Any) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-
-
-async def _close_client(entry: tuple[Any, Any]) -> None:
-    await entry[0].__aexit__(None, None, None)

@@ -1,0 +1,37 @@
+"""aiobotocore S3 clients for the sink and the reader: made on demand, one per event loop."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import ConfigurationError
+
+__all__ = ["close_s3_client", "open_s3_client"]
+
+
+async def open_s3_client(
+    needs: str, config: Mapping[str, Any] | None = None, **options: Any
+) -> tuple[Any, Any]:
+    """Create and enter an S3 client; return ``(context, client)`` for :class:`PerLoop`.
+
+    Args:
+        needs: who needs the ``s3`` extra, for the error when it is missing
+            (``"S3Sink needs"``).
+        config: arguments for :class:`botocore.config.Config`, if any.
+        options: arguments for ``create_client`` (endpoint, region, credentials...).
+    """
+    try:
+        from aiobotocore.session import get_session
+        from botocore.config import Config
+    except ImportError:
+        raise ConfigurationError(f"{needs} the s3 extra: pip install 'photoroom-bg[s3]'") from None
+    if config is not None:
+        options["config"] = Config(**config)
+    context = get_session().create_client("s3", **options)
+    return context, await context.__aenter__()
+
+
+async def close_s3_client(entry: tuple[Any, Any]) -> None:
+    """Exit a client made by :func:`open_s3_client`."""
+    await entry[0].__aexit__(None, None, None)
