@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 from . import __version__
 from .batch import BatchRemover, BatchReport, JobResult, JobStatus
+from .batch._manifest import job_fields
 from .errors import ConfigurationError, PhotoroomBGError, ValidationError
 from .options import EditOptions, SegmentOptions
 from .sources import SourceReader
@@ -423,19 +424,23 @@ def _wait_out(handle: Any) -> BatchReport:
     return report
 
 
+# what --json prints of each job (the manifest records more)
+_JSON_FIELDS = (
+    "index",
+    "source",
+    "status",
+    "key",
+    "uri",
+    "error_type",
+    "error",
+    "reason",
+    "attempts",
+)
+
+
 def _print_job(job: JobResult) -> None:
-    record = {
-        "index": job.index,
-        "source": job.source,
-        "status": job.status.value,
-        "key": job.key,
-        "uri": job.output.uri if job.output else None,
-        "error_type": job.error_type,
-        "error": job.error.message if job.error else None,
-        "reason": job.reason,
-        "attempts": job.attempts,
-    }
-    click.echo(json.dumps(record, ensure_ascii=False))
+    fields = job_fields(job)
+    click.echo(json.dumps({name: fields[name] for name in _JSON_FIELDS}, ensure_ascii=False))
 
 
 def _summary(report: BatchReport, json_out: bool, quiet: bool) -> None:

@@ -17,6 +17,7 @@ from ._jobs import JobResult, JobStatus
 __all__ = [
     "Manifest",
     "finished_keys_in",
+    "job_fields",
     "load_finished_keys",
     "load_sources",
     "replayable_sources",
@@ -25,10 +26,9 @@ __all__ = [
 VERSION = 1
 
 
-def _record(result: JobResult, engine: str, options_digest: str) -> dict[str, Any]:
+def job_fields(result: JobResult) -> dict[str, Any]:
+    """A job as JSON-ready fields: what manifests record and ``photoroom-bg --json`` prints."""
     return {
-        "v": VERSION,
-        "time": round(time.time(), 3),
         "index": result.index,
         "source": result.source,
         "name": result.name,
@@ -43,6 +43,14 @@ def _record(result: JobResult, engine: str, options_digest: str) -> dict[str, An
         "duration": round(result.duration, 4),
         "input_size": result.input_size,
         "output_size": result.output_size,
+    }
+
+
+def _record(result: JobResult, engine: str, options_digest: str) -> dict[str, Any]:
+    return {
+        "v": VERSION,
+        "time": round(time.time(), 3),
+        **job_fields(result),
         "engine": engine,
         "options_digest": options_digest,
     }
