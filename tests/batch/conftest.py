@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
+import json
+import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image, ImageDraw
@@ -30,3 +36,24 @@ def emulator() -> Iterator[PhotoroomEmulator]:
     emu = PhotoroomEmulator(credits=10_000)
     with emu.serve():
         yield emu
+
+
+def job_records(path: Path) -> list[dict[str, Any]]:
+    """The job records of a manifest (not the run headers), skipping a torn last line."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a kill can tear the last line
+            record = json.loads(line)
+            if "status" in record:
+                records.append(record)
+    return records
+
+
+def wait_for_jobs(child: subprocess.Popen[Any], manifest: Path, count: int) -> None:
+    """Poll until a running child process's manifest records ``count`` jobs."""
+    deadline = time.monotonic() + 60
+    while len(job_records(manifest)) < count and child.poll() is None:
+        assert time.monotonic() < deadline, "the child made no progress"
+        time.sleep(0.01)

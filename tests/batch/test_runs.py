@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import json
 import logging
 import os
 import signal
@@ -26,7 +24,7 @@ from photoroom_bg.errors import RateLimitError
 from photoroom_bg.testing import Faults, PhotoroomEmulator
 
 from ..s3server import S3Server
-from .conftest import photo
+from .conftest import job_records, photo, wait_for_jobs
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 
@@ -45,18 +43,6 @@ CHILD = textwrap.dedent(
 )
 
 
-def _manifest_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    records = []  # job records only, not the run's own header
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):  # a kill can tear the last line
-            record = json.loads(line)
-            if "status" in record:
-                records.append(record)
-    return records
-
-
 def test_a_killed_run_then_rerun_bills_nothing_twice(tmp_path: Path) -> None:
     source = tmp_path / "in"
     source.mkdir()
@@ -69,14 +55,11 @@ def test_a_killed_run_then_rerun_bills_nothing_twice(tmp_path: Path) -> None:
     with emulator.serve() as url:
         args = [sys.executable, "-c", CHILD, str(source), str(out), str(manifest), url]
         child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while len(_manifest_lines(manifest)) < 15 and child.poll() is None:
-            assert time.monotonic() < deadline, "the child made no progress"
-            time.sleep(0.01)
+        wait_for_jobs(child, manifest, 15)
         child.send_signal(signal.SIGKILL)
         child.wait()
         assert child.returncode == -signal.SIGKILL
-        before_kill = {r["key"] for r in _manifest_lines(manifest) if r["status"] == "succeeded"}
+        before_kill = {r["key"] for r in job_records(manifest) if r["status"] == "succeeded"}
         assert 15 <= len(before_kill) < 60  # killed part-way
         # whatever the kill left under a final name is a whole image, never a torn one
         for path in out.iterdir():
@@ -97,7 +80,7 @@ def test_a_killed_run_then_rerun_bills_nothing_twice(tmp_path: Path) -> None:
     assert len(twice) <= 4  # only the jobs in flight at the kill (concurrency 4)
     stored_before = {
         hashlib.sha256(images[r["name"] + ".png"]).hexdigest()
-        for r in _manifest_lines(manifest)[: len(before_kill)]
+        for r in job_records(manifest)[: len(before_kill)]
         if r["key"] in before_kill
     }
     assert all(billed[digest] == 1 for digest in stored_before)

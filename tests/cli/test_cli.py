@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from PIL import Image
 from photoroom_bg.cli import MANIFEST_NAME, main
 from photoroom_bg.testing import Faults, PhotoroomEmulator
 
-from ..batch.conftest import photo
+from ..batch.conftest import photo, wait_for_jobs
 from ..s3server import S3Server
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
@@ -208,12 +207,7 @@ def test_ctrl_c_keeps_the_manifest_and_a_rerun_finishes(tmp_path: Path) -> None:
         args = [sys.executable, "-m", "photoroom_bg.cli", "remove", str(source), "-o", str(dest)]
         args += ["--base-url", url, "--concurrency", "2", "-q"]
         child = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 60
-        while child.poll() is None and (
-            not manifest.exists() or manifest.read_text().count("\n") < 7  # header + 6 jobs
-        ):
-            assert time.monotonic() < deadline, "the command made no progress"
-            time.sleep(0.01)
+        wait_for_jobs(child, manifest, 6)
         child.send_signal(signal.SIGINT)
         _, stderr = child.communicate(timeout=60)
         assert child.returncode == 130, stderr
