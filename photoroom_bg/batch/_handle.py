@@ -50,7 +50,6 @@ class BatchHandle:
         self._future: Future[BatchReport] | None = None
         self._cancel: Callable[[str], None] | None = None
         self._retry: Callable[[list[ImageSource]], BatchHandle] | None = None
-        self._loop_thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
         p = self.progress
@@ -66,12 +65,10 @@ class BatchHandle:
         future: Future[BatchReport],
         cancel: Callable[[str], None],
         retry: Callable[[list[ImageSource]], BatchHandle],
-        loop_thread: threading.Thread | None,
     ) -> None:
         self._future = future
         self._cancel = cancel
         self._retry = retry
-        self._loop_thread = loop_thread
 
     def _source_seen(self) -> None:
         with self._cond:
@@ -246,7 +243,5 @@ class BatchHandle:
         return self._retry(sources)
 
     def _check_not_on_loop(self, name: str, instead: str) -> None:
-        if self._loop_thread is not None and threading.current_thread() is self._loop_thread:
+        if _loop.in_background_loop():  # where submitted batches run
             raise RuntimeError(f"{name} would block the batch's own event loop; use {instead}")
-        if _loop.in_background_loop():
-            raise RuntimeError(f"{name} cannot run on the photoroom-bg loop; use {instead}")

@@ -9,7 +9,6 @@ import logging
 import os
 import random
 import tempfile
-import threading
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Collection
@@ -190,7 +189,7 @@ class BatchRemover:
         def cancel(reason: str) -> None:
             loop.call_soon_threadsafe(batch.stop, reason)
 
-        handle._bind(future, cancel, self.submit, _loop_thread())
+        handle._bind(future, cancel, self.submit)
         return handle
 
     async def run(self, sources: SourceSpec) -> BatchReport:
@@ -236,10 +235,6 @@ def _with_changes(remover: BatchRemover, **changes: Any) -> BatchRemover:
     for name, value in changes.items():
         setattr(clone, name, value)
     return clone
-
-
-def _loop_thread() -> threading.Thread | None:
-    return _loop._thread
 
 
 def _tqdm() -> Any:

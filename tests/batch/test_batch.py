@@ -423,3 +423,18 @@ def test_failures_are_bounded_too_with_exact_counts(
     retried = handle.retry_failed().wait()
     assert retried.total_count == 4
     assert "8 more failed" in caplog.text
+
+
+def test_blocking_calls_refuse_to_run_on_the_batch_loop(emulator: PhotoroomEmulator) -> None:
+    from photoroom_bg import _loop
+
+    handle = remover(emulator, MemorySink()).submit([photo()])
+
+    async def on_the_batch_loop() -> None:  # e.g. from an on_result callback
+        with pytest.raises(RuntimeError, match="would block the batch's own event loop"):
+            handle.wait()
+        with pytest.raises(RuntimeError, match="use async for job in handle"):
+            next(iter(handle.as_completed()))
+
+    _loop.run_sync(on_the_batch_loop())
+    assert handle.wait().success_count == 1
