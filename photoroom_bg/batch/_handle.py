@@ -101,6 +101,11 @@ class BatchHandle:
                 queue.append(result)
             self._cond.notify_all()
 
+    def _status_counts(self) -> Counter[JobStatus]:
+        """Finished jobs per status (exact, whatever ``keep_results`` keeps)."""
+        with self._cond:
+            return Counter(self._counts)
+
     def _finish(self, report: BatchReport) -> None:
         with self._cond:
             self._report = report

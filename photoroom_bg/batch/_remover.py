@@ -281,13 +281,13 @@ class _Batch:
             fd, spool = tempfile.mkstemp(prefix="photoroom-bg-manifest-", suffix=".jsonl")
             os.close(fd)
             manifest_path = spool
-        offset = await asyncio.to_thread(_size, manifest_path)
         manifest = Manifest(manifest_path) if manifest_path is not None else None
         finished_keys = (
             await asyncio.to_thread(load_finished_keys, manifest_path) if manifest_path else set()
         )
-        earlier = b""
+        earlier, offset = b"", 0
         if r.manifest_key is not None:
+            offset = await asyncio.to_thread(_size, manifest_path)  # this run's records follow
             earlier = await _read_optional(sink, r.manifest_key)
             finished_keys |= finished_keys_in(earlier.decode("utf-8", "replace").splitlines())
         if manifest is not None:
@@ -305,7 +305,6 @@ class _Batch:
         kept = None if r.keep_results is True else int(r.keep_results)
         failures: dict[str, deque[JobResult]] = defaultdict(lambda: deque(maxlen=kept))
         failure_counts: Counter[str] = Counter()
-        counts: dict[JobStatus, int] = defaultdict(int)
         total = 0
         # Collections (lists, paths, folders) are listed to the end so that every input left
         # over after a stop is reported as cancelled; one-shot iterators are not drained.
@@ -357,7 +356,6 @@ class _Batch:
                         result = JobResult(
                             index, source.display, source.name, JobStatus.FAILED, error=error
                         )
-                counts[result.status] += 1
                 if result.status is JobStatus.FAILED:
                     failures[result.error_type or "Error"].append(result)
                     failure_counts[result.error_type or "Error"] += 1
@@ -383,6 +381,7 @@ class _Batch:
         spent = None
         if account_before is not None and account_after is not None:
             spent = round(account_before - account_after, 4)
+        counts = self.handle._status_counts()
         succeeded, skipped = counts[JobStatus.SUCCEEDED], counts[JobStatus.SKIPPED]
         report = BatchReport(
             total_count=total,
