@@ -312,19 +312,18 @@ def _sources(items: Sequence[str]) -> list[Any]:
     return [_stdin_lines() if item == "-" else item for item in items]
 
 
-def _engine(name: str, model: str, key: str | None, base_url: str | None) -> Any:
+def _local_engine(name: str, model: str, key: str | None) -> Any:
+    """The LocalEngine for ``--engine local``; ``None`` means the API, which needs a key."""
     if name == "local":
         from .engines.local import LocalEngine
 
         return LocalEngine(model)
-    from .engines.photoroom import PhotoroomEngine
-
     if not key:
         raise _UsageError(
             "no API key: set PHOTOROOM_API_KEY or pass --api-key-file "
             "(or use --engine local to work offline)"
         )
-    return PhotoroomEngine(api_key=key, base_url=base_url, max_retries=0)
+    return None
 
 
 def _run(
@@ -360,8 +359,11 @@ def _run(
         reader = SourceReader(
             allow_private_networks=allow_private_networks, s3_options=s3_options or None
         )
+        local = _local_engine(engine, model, key)
         batch = BatchRemover(
-            _engine(engine, model, key, base_url),
+            local,  # None: the API engine, made and closed by the batch
+            api_key=key,
+            base_url=base_url,
             sink=sink,
             options=options,
             concurrency=concurrency,
@@ -379,7 +381,7 @@ def _run(
     try:
         _finish(handle, dest, manifest, json_out, quiet)
     finally:
-        _close(sink, reader)
+        _close(sink, reader, *([local] if local is not None else []))
 
 
 def _finish(handle: Any, dest: str, manifest: str | None, json_out: bool, quiet: bool) -> None:
