@@ -1,14 +1,47 @@
-"""Session fixtures shared by every test folder: a real S3 server (SeaweedFS on loopback)."""
+"""Session fixtures shared by every test folder: a real S3 server (SeaweedFS on loopback), and
+the guard that keeps every test, and every Python process a test starts, on loopback."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from . import netguard
 from .s3server import S3Server, start_s3_server
+
+_GUARD_SITE = str(Path(__file__).resolve().parent / "_guard_site")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Install the loopback guard here and, through ``sitecustomize``, in Python children."""
+    netguard.install()
+    if netguard.LOG_ENV not in os.environ:  # else an outer test session owns the log
+        log = config.rootpath / ".netguard.log"
+        log.unlink(missing_ok=True)
+        os.environ[netguard.LOG_ENV] = str(log)
+    paths = [_GUARD_SITE, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only() -> Iterator[None]:
+    """Fail any test during which this process, or a Python child, tried to leave loopback."""
+    log = Path(os.environ[netguard.LOG_ENV])
+    before = log.stat().st_size if log.exists() else 0
+    netguard.clear()
+    yield
+    seen = netguard.attempts()
+    if log.exists() and log.stat().st_size > before:
+        with log.open("rb") as f:
+            f.seek(before)
+            seen += f.read().decode(errors="replace").splitlines()
+    netguard.clear()
+    if seen:
+        pytest.fail("tried to reach beyond loopback: " + "; ".join(seen), pytrace=False)
 
 
 @pytest.fixture(scope="session")

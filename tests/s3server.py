@@ -121,6 +121,11 @@ def start_s3_server(workdir: Path) -> Iterator[S3Server]:
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         f"-s3.config={config}",
+        # SeaweedFS reports usage statistics to a public server unless told not to; the
+        # loopback guard of conftest.py cannot see into this non-Python child, so the switch
+        # (and a loopback URL, should a version ignore the switch) keeps it on this machine
+        "-master.telemetry=false",
+        "-master.telemetry.url=http://127.0.0.1:9/",
         "-master.volumeSizeLimitMB=16",
         "-volume.max=300",
     ]
@@ -132,12 +137,18 @@ def start_s3_server(workdir: Path) -> Iterator[S3Server]:
         wait_ready(server, process, log)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop ``weed``: it ignores SIGTERM and SIGINT for as long as we measured (20 s), and
+    its data is a throwaway folder, so after a short grace it is killed."""
+    process.terminate()
+    try:
+        process.wait(timeout=1)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=15)
 
 
 def wait_ready(server: S3Server, process: subprocess.Popen[bytes], log: Path) -> None:
