@@ -278,15 +278,21 @@ class BaseClient:
     @staticmethod
     def _transport_error(exc: httpx.TransportError, spec: RequestSpec) -> APIConnectionError:
         where = f"{spec.method} {httpx.URL(spec.url).path}"
+        request = exc.request if _has_request(exc) else None
+        # after the request went out (reading the answer), the server may have done the work
+        sent = isinstance(exc, (httpx.ReadError, httpx.ReadTimeout, httpx.RemoteProtocolError))
+        billing = " (the server may have processed and billed it)" if sent else ""
         if isinstance(exc, httpx.TimeoutException):
             return APITimeoutError(
-                f"{where} timed out ({type(exc).__name__}); raise the client's timeout for "
-                "large images or AI features",
-                request=exc.request if _has_request(exc) else None,
+                f"{where} timed out ({type(exc).__name__}){billing}; raise the client's "
+                "timeout for large images or AI features",
+                request=request,
+                possibly_billed=sent,
             )
         return APIConnectionError(
-            f"{where} failed: {type(exc).__name__}: {exc}",
-            request=exc.request if _has_request(exc) else None,
+            f"{where} failed: {type(exc).__name__}: {exc}{billing}",
+            request=request,
+            possibly_billed=sent,
         )
 
     @staticmethod

@@ -51,8 +51,10 @@ class PhotoroomClient(BaseClient):
         image_api_base_url: base URL of ``/v2/edit`` and ``/v2/account``
             (default ``https://image-api.photoroom.com``).
         timeout: seconds or an :class:`httpx.Timeout` (default 120 s, 10 s to connect).
-        max_retries: retries of unbilled failures (connection errors, timeouts, 408, 429,
-            5xx); 0 disables them.
+        max_retries: retries of failures a retry may fix (connection errors, timeouts, 408,
+            429, 5xx); 0 disables them. Failures the server may have billed (see
+            :attr:`~photoroom_bg.errors.PhotoroomError.possibly_billed`) are retried too
+            unless ``retry_policy`` says ``retry_possibly_billed=False``.
         retry_policy: backoff delays and the ``Retry-After`` cap.
         default_headers: headers sent with every request.
         http_client: an :class:`httpx.Client` to use instead of creating one; it is not
@@ -179,7 +181,7 @@ class PhotoroomClient(BaseClient):
                 if response.is_success:
                     return response
                 error = self._status_error(response)
-            if attempt > retries or not is_retryable(error):
+            if attempt > retries or not is_retryable(error, self.retry_policy):
                 raise error
             self._sleep(self.retry_policy.delay_for(error, next(delays)))
 
@@ -318,7 +320,7 @@ class AsyncPhotoroomClient(BaseClient):
                 if response.is_success:
                     return response
                 error = self._status_error(response)
-            if attempt > retries or not is_retryable(error):
+            if attempt > retries or not is_retryable(error, self.retry_policy):
                 raise error
             await self._sleep(self.retry_policy.delay_for(error, next(delays)))
 

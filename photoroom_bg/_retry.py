@@ -1,7 +1,13 @@
 """Which failures are retried, and how long to wait: ``Retry-After`` first, else backoff.
 
-Photoroom does not bill failed calls, so connection errors, timeouts, 408, 429 and 5xx are
-safe to retry. Every other 4xx is final: retrying a 400/402/403 can never succeed.
+Retried: connection errors, timeouts, 408, 429 and 5xx except 501/505 (which a retry cannot
+fix). Every other 4xx is final: retrying a 400/402/403 can never succeed.
+
+Photoroom bills only calls that succeed, but some failures are ambiguous: a read timeout, a
+connection dropped after the request was sent, a truncated answer or a gateway's 5xx may come
+after the server made (and billed) the image. Those carry ``possibly_billed=True``; they are
+retried by default (finishing the image costs what re-running it would), and counted as
+possibly billed. ``RetryPolicy(retry_possibly_billed=False)`` fails them instead.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from .errors import APIConnectionError, APIStatusError, PhotoroomError, RateLimi
 
 __all__ = ["RetryPolicy", "is_retryable", "parse_retry_after"]
 
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# 501 Not Implemented and 505 HTTP Version Not Supported are answers, not accidents
+_FINAL_SERVER_STATUS = frozenset({501, 505})
 
 
 @attrs.frozen(kw_only=True)
@@ -28,11 +35,16 @@ class RetryPolicy:
         initial_delay: first backoff delay in seconds (doubled each attempt, with full jitter).
         max_delay: the longest backoff delay.
         max_retry_after: a server's ``Retry-After`` is honoured up to this many seconds.
+        retry_possibly_billed: retry failures the server may have billed (read timeouts,
+            dropped connections, truncated answers, 5xx other than 503). ``True`` by
+            default: the retry may pay for the image a second time, which re-running the
+            failed image would cost anyway; ``False`` fails such calls at once instead.
     """
 
     initial_delay: float = 0.5
     max_delay: float = 30.0
     max_retry_after: float = 60.0
+    retry_possibly_billed: bool = True
 
     def delays(self) -> Iterator[float]:
         """Backoff delays for successive retries (exponential, full jitter, capped)."""
@@ -52,10 +64,17 @@ class RetryPolicy:
         return fallback
 
 
-def is_retryable(error: BaseException) -> bool:
-    """True for failures that were not billed and may succeed later."""
+def is_retryable(error: BaseException, policy: RetryPolicy | None = None) -> bool:
+    """True for failures a retry may fix: connection errors, timeouts, 408, 429 and 5xx
+    (but 501/505). With ``policy.retry_possibly_billed`` off, not those the server may have
+    billed (``error.possibly_billed``)."""
+    if not isinstance(error, PhotoroomError):
+        return False
+    if error.possibly_billed and policy is not None and not policy.retry_possibly_billed:
+        return False
     if isinstance(error, APIStatusError):
-        return error.status_code in RETRYABLE_STATUS or error.status_code >= 500
+        status = error.status_code
+        return status in (408, 429) or (status >= 500 and status not in _FINAL_SERVER_STATUS)
     return isinstance(error, APIConnectionError)
 
 

@@ -393,7 +393,7 @@ def _finish(handle: Any, dest: str, manifest: str | None, json_out: bool, quiet:
         _summary(report, json_out, quiet)
         where = f" (manifest: {manifest})" if manifest else ""
         click.echo(
-            f"\ninterrupted: {report.success_count} of {report.total_count} stored{where}. "
+            f"\ninterrupted: {report.stored_count} of {report.total_count} stored{where}. "
             "Run the same command again to finish the rest; stored outputs are skipped.",
             err=True,
         )

@@ -81,26 +81,55 @@ class PhotoroomBGError(Exception):
 
 
 class PhotoroomError(PhotoroomBGError):
-    """A call to the Photoroom API failed."""
+    """A call to the Photoroom API failed.
+
+    Attributes:
+        possibly_billed: ``True`` when the server may have processed (and billed) the request
+            although no usable answer came back: a timeout or a dropped connection after the
+            request was sent, a truncated body, a 5xx other than 503. ``False`` when it
+            certainly was not: the request never left, or the server refused it (4xx, 429,
+            503). Photoroom bills only calls that succeed, but only the server knows whether
+            one did.
+    """
+
+    possibly_billed: bool = False
 
 
 class APIConnectionError(PhotoroomError):
-    """No usable HTTP response was received (connection refused, reset, DNS, protocol error)."""
+    """No usable HTTP response was received (connection refused, reset, DNS, protocol error).
+
+    ``possibly_billed`` tells a failure before the request was sent (refused, DNS, connect
+    timeout: certainly not billed) from one after it (read timeout, connection dropped, a
+    truncated answer: the server may have made and billed the image).
+    """
 
     def __init__(
-        self, message: str = "Connection error.", *, request: httpx.Request | None = None
+        self,
+        message: str = "Connection error.",
+        *,
+        request: httpx.Request | None = None,
+        possibly_billed: bool = False,
     ) -> None:
         super().__init__(message)
         self.request = request
+        self.possibly_billed = possibly_billed
 
 
 class APITimeoutError(APIConnectionError):
-    """The request timed out; raise the client's ``timeout`` for large images or AI features."""
+    """The request timed out; raise the client's ``timeout`` for large images or AI features.
+
+    A timeout while waiting for the answer is ``possibly_billed``: the server may still have
+    finished the image.
+    """
 
     def __init__(
-        self, message: str = "Request timed out.", *, request: httpx.Request | None = None
+        self,
+        message: str = "Request timed out.",
+        *,
+        request: httpx.Request | None = None,
+        possibly_billed: bool = False,
     ) -> None:
-        super().__init__(message, request=request)
+        super().__init__(message, request=request, possibly_billed=possibly_billed)
 
 
 class APIStatusError(PhotoroomError):
@@ -128,6 +157,8 @@ class APIStatusError(PhotoroomError):
         self.response = response
         self.error_type = error_type
         self.body = body
+        # 503 (unavailable), 429 and 4xx are refusals; any other 5xx may come after the work
+        self.possibly_billed = status_code >= 500 and status_code != 503
 
     def __str__(self) -> str:
         kind = f" [{self.error_type}]" if self.error_type else ""
@@ -170,7 +201,9 @@ class RateLimitError(APIStatusError):
 
 
 class ServerError(APIStatusError):
-    """5xx: Photoroom failed. Failed calls are not billed, so these are retried."""
+    """5xx: Photoroom (or a gateway in front of it) failed; retried. Photoroom documents that
+    failed calls are not billed, but a gateway's 502/504 or a 500 may come after the image was
+    made, so those count as ``possibly_billed``; a 503 is a refusal and never does."""
 
 
 class ValidationError(PhotoroomBGError, ValueError):

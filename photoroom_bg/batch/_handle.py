@@ -50,12 +50,13 @@ class BatchHandle:
         self._future: Future[BatchReport] | None = None
         self._cancel: Callable[[str], None] | None = None
         self._retry: Callable[[list[ImageSource]], BatchHandle] | None = None
+        self._cancel_requested = False
 
     def __repr__(self) -> str:
         p = self.progress
         return (
             f"BatchHandle(total={p.total}, succeeded={p.succeeded}, skipped={p.skipped}, "
-            f"failed={p.failed}, cancelled={p.cancelled}, running={p.running}, done={self.done})"
+            f"failed={p.failed}, cancelled={p.cancelled}, running={p.running}, done={self.done()})"
         )
 
     # -- fed by the batch ------------------------------------------------------------------
@@ -113,10 +114,14 @@ class BatchHandle:
 
     # -- public ----------------------------------------------------------------------------
 
-    @property
     def done(self) -> bool:
-        """True once every job has finished and the report is ready."""
-        return self._report is not None
+        """True once the batch has ended (its report is ready, or it failed), as
+        :meth:`concurrent.futures.Future.done`."""
+        return self._report is not None or (self._future is not None and self._future.done())
+
+    def cancelled(self) -> bool:
+        """True once the batch has ended after :meth:`cancel` was called."""
+        return self._cancel_requested and self.done()
 
     @property
     def progress(self) -> Progress:
@@ -212,25 +217,50 @@ class BatchHandle:
             self._unsubscribe(queue)
 
     def wait(self, timeout: float | None = None) -> BatchReport:
-        """Block until the batch ends; return its :class:`BatchReport`."""
+        """Block until the batch ends; return its :class:`BatchReport`.
+
+        Raises:
+            TimeoutError: the batch did not end within ``timeout`` seconds.
+            PhotoroomBGError: the batch itself failed (not one of its jobs).
+        """
         self._check_not_on_loop("wait()", "await handle")
         if self._future is None:
             raise RuntimeError("this handle is not bound to a batch")
         return self._future.result(timeout)
+
+    def result(self, timeout: float | None = None) -> BatchReport:
+        """The :class:`BatchReport`, waiting for it: :meth:`wait` under the name
+        :class:`concurrent.futures.Future` uses."""
+        return self.wait(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The error that ended the batch itself, or ``None`` when it ran to its end (failed
+        jobs are in the report, not here); waits like :meth:`wait`."""
+        self._check_not_on_loop("exception()", "await handle")
+        if self._future is None:
+            raise RuntimeError("this handle is not bound to a batch")
+        return self._future.exception(timeout)
 
     def __await__(self) -> Generator[Any, None, BatchReport]:
         if self._future is None:
             raise RuntimeError("this handle is not bound to a batch")
         return asyncio.wrap_future(self._future).__await__()
 
-    def cancel(self, reason: str = "cancelled") -> None:
-        """Stop starting jobs: pending ones end ``cancelled``; running ones finish."""
+    def cancel(self, reason: str = "cancelled") -> bool:
+        """Stop starting jobs: pending ones end ``cancelled``; running ones finish.
+
+        Returns ``False`` when the batch had already ended, else ``True``.
+        """
+        if self.done():
+            return False
+        self._cancel_requested = True
         if self._cancel is not None:
             self._cancel(reason)
+        return True
 
     def retry_failed(self) -> BatchHandle:
         """Submit the inputs of the failed jobs again, as a new batch."""
-        if not self.done:
+        if not self.done():
             raise RuntimeError("retry_failed() needs a finished batch: wait for it first")
         if self._retry is None:
             raise RuntimeError("this handle is not bound to a batch")

@@ -78,7 +78,10 @@ class Progress:
 
     Attributes:
         total: inputs found so far, or ``None`` while sources are still being listed.
-        pending, running, succeeded, skipped, failed, cancelled: jobs in each state.
+        pending, running: jobs waiting, and being processed.
+        succeeded: cut-outs made and stored by this batch.
+        skipped: outputs already stored (a re-run, a duplicate): nothing was spent.
+        failed, cancelled: jobs that ended without an output.
         elapsed: seconds since the batch started.
         rate: finished jobs per second.
         eta: estimated seconds left (``None`` while ``total`` is unknown).
@@ -100,6 +103,12 @@ class Progress:
         """Jobs finished in any way."""
         return self.succeeded + self.skipped + self.failed + self.cancelled
 
+    @property
+    def stored(self) -> int:
+        """Inputs whose output is in the sink: made now (``succeeded``) or before
+        (``skipped``)."""
+        return self.succeeded + self.skipped
+
 
 @attrs.frozen
 class BatchReport:
@@ -107,7 +116,8 @@ class BatchReport:
 
     Attributes:
         total_count: inputs seen.
-        success_count: outputs in the sink (succeeded + skipped).
+        stored_count: inputs whose output is in the sink at the end: ``succeeded_count``
+            (made by this batch) + ``skipped_count`` (stored before; nothing spent).
         succeeded_count, skipped_count, failed_count, cancelled_count: per status.
         failures: failed jobs grouped by error type name (the latest ``keep_results`` of
             each type).
@@ -120,7 +130,7 @@ class BatchReport:
     """
 
     total_count: int
-    success_count: int
+    stored_count: int
     succeeded_count: int
     skipped_count: int
     failed_count: int
@@ -135,4 +145,4 @@ class BatchReport:
     @property
     def all_ok(self) -> bool:
         """True when every input has its output in the sink."""
-        return self.success_count == self.total_count
+        return self.stored_count == self.total_count

@@ -385,7 +385,7 @@ class _Batch:
         succeeded, skipped = counts[JobStatus.SUCCEEDED], counts[JobStatus.SKIPPED]
         report = BatchReport(
             total_count=total,
-            success_count=succeeded + skipped,
+            stored_count=succeeded + skipped,
             succeeded_count=succeeded,
             skipped_count=skipped,
             failed_count=counts[JobStatus.FAILED],

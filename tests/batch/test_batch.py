@@ -50,7 +50,7 @@ def test_500_images_through_faults_all_succeed_and_each_is_billed_once(tmp_path:
     with emulator.serve():
         report = remover(emulator, tmp_path, concurrency=16, max_retries=8).submit(images).wait()
     assert report.total_count == 500
-    assert report.success_count == 500
+    assert report.stored_count == 500
     assert report.failures == {}
     injected = [r.fault for r in emulator.requests if r.fault]
     assert len(injected) > 50  # the faults really happened
@@ -84,7 +84,7 @@ def test_bad_inputs_fail_alone_with_typed_errors(
         report = handle.wait()
     finally:
         server.stop()
-    assert report.success_count == 5
+    assert report.stored_count == 5
     assert report.failed_count == len(bad)
     by_type = {name: len(jobs) for name, jobs in report.failures.items()}
     assert by_type == {"InvalidImageError": 1, "SourceNotFoundError": 2, "UnsafeURLError": 5}
@@ -139,13 +139,27 @@ def test_cancel_mid_batch(tmp_path: Path) -> None:
     assert report.cancelled_count > 0
     assert report.succeeded_count + report.cancelled_count == 200
     assert emulator.ledger.calls() == report.succeeded_count
+    assert handle.done()
+    assert handle.cancelled()
+    assert handle.cancel() is False  # already ended
+
+
+def test_the_handle_follows_the_future_convention(emulator: PhotoroomEmulator) -> None:
+    handle = remover(emulator, MemorySink()).submit([photo() for _ in range(3)])
+    report = handle.result(timeout=60)
+    assert handle.done() is True  # a method, as Future.done()
+    assert handle.cancelled() is False
+    assert handle.exception() is None
+    assert report is handle.wait()
+    assert (report.stored_count, report.succeeded_count, report.skipped_count) == (3, 3, 0)
+    assert handle.progress.stored == 3
 
 
 def test_sync_use_inside_a_running_event_loop(emulator: PhotoroomEmulator) -> None:
     async def notebook_cell() -> tuple[int, int]:
         handle = remover(emulator, MemorySink()).submit([photo() for _ in range(6)])
         seen = len(list(handle.as_completed()))
-        return seen, handle.wait().success_count
+        return seen, handle.wait().stored_count
 
     assert asyncio.run(notebook_cell()) == (6, 6)
 
@@ -155,9 +169,9 @@ async def test_async_use_await_and_async_for(emulator: PhotoroomEmulator) -> Non
     jobs = [job async for job in handle]
     report = await handle
     assert len(jobs) == 6
-    assert report.success_count == 6
+    assert report.stored_count == 6
     run_report = await remover(emulator, MemorySink()).run([photo() for _ in range(3)])
-    assert run_report.success_count == 3
+    assert run_report.stored_count == 3
 
 
 def test_progress_partial_results_and_callbacks(emulator: PhotoroomEmulator) -> None:
@@ -219,7 +233,7 @@ def test_manifest_records_every_job_without_secrets_and_resumes(
     assert lines[0]["type"] == "run"
     assert lines[0]["sources"] is None  # bytes and a signed URL: nothing re-openable
     records = lines[1:]
-    assert report.success_count == 6
+    assert report.stored_count == 6
     assert len(records) == 6
     assert {r["status"] for r in records} == {"succeeded"}
     assert all(r["key"] and r["uri"] for r in records)
@@ -327,7 +341,7 @@ def test_bounded_results_keep_failures_and_as_completed_misses_nothing(
     assert kept[0].index == 7
     assert kept[0].status is JobStatus.FAILED
     assert [job.index for job in kept[1:]] == [job.index for job in seen if job.ok][-5:]
-    assert report.success_count == 29
+    assert report.stored_count == 29
 
 
 def test_credit_tracking_can_be_turned_off(emulator: PhotoroomEmulator) -> None:
@@ -390,8 +404,8 @@ async def test_a_client_of_the_callers_loop_can_drive_a_submitted_batch(
         for engine in (client, PhotoroomEngine(client)):
             batch = BatchRemover(engine, sink=MemorySink(), requests_per_minute=None)
             report = await batch.submit([photo() for _ in range(4)])  # on the background loop
-            assert report.success_count == 4
-            assert (await batch.run([photo()])).success_count == 1  # on this loop
+            assert report.stored_count == 4
+            assert (await batch.run([photo()])).stored_count == 1  # on this loop
         assert (await client.account()).images_available == 10_000 - 10
 
 
@@ -404,8 +418,8 @@ async def test_one_reader_serves_submitted_batches_and_the_callers_loop(
         async with SourceReader(allow_networks=["127.0.0.1/32"]) as reader:
             batch = remover(emulator, MemorySink(), reader=reader, skip_existing=False)
             urls = [f"{server.url}/img.png"] * 3
-            assert (await batch.submit(urls)).success_count == 3  # the background loop's pool
-            assert (await batch.run(urls)).success_count == 3  # and now this loop's own
+            assert (await batch.submit(urls)).stored_count == 3  # the background loop's pool
+            assert (await batch.run(urls)).stored_count == 3  # and now this loop's own
     finally:
         server.stop()
 
@@ -437,4 +451,4 @@ def test_blocking_calls_refuse_to_run_on_the_batch_loop(emulator: PhotoroomEmula
             next(iter(handle.as_completed()))
 
     _loop.run_sync(on_the_batch_loop())
-    assert handle.wait().success_count == 1
+    assert handle.wait().stored_count == 1

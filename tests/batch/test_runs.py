@@ -38,7 +38,7 @@ CHILD = textwrap.dedent(
         sink=out, manifest=manifest, base_url=url, concurrency=4, requests_per_minute=None
     )
     report = batch.submit(source).wait()
-    print(report.success_count)
+    print(report.stored_count)
     """
 )
 
@@ -72,7 +72,7 @@ def test_a_killed_run_then_rerun_bills_nothing_twice(tmp_path: Path) -> None:
         ).submit(source).wait()  # fmt: skip
 
     assert rerun.total_count == 60
-    assert rerun.success_count == 60
+    assert rerun.stored_count == 60
     assert rerun.skipped_count >= len(before_kill)
     billed = emulator.ledger.billed_per_image()
     assert set(billed) == {hashlib.sha256(data).hexdigest() for data in images.values()}

@@ -380,6 +380,68 @@ def test_is_retryable_matrix() -> None:
 
     assert [is_retryable(status(c)) for c in (408, 429, 500, 502, 599)] == [True] * 5
     assert [is_retryable(status(c)) for c in (400, 401, 402, 403, 404, 409)] == [False] * 6
+    assert [is_retryable(status(c)) for c in (501, 505)] == [False] * 2  # answers, not accidents
     assert is_retryable(APIConnectionError())
     assert is_retryable(APITimeoutError())
     assert not is_retryable(ValueError())
+
+
+def test_possibly_billed_marks_failures_after_the_request_went_out() -> None:
+    def status(code: int) -> APIStatusError:
+        return APIStatusError("x", status_code=code)
+
+    assert [status(c).possibly_billed for c in (500, 502, 504)] == [True] * 3
+    assert [status(c).possibly_billed for c in (400, 402, 408, 429, 503)] == [False] * 5
+    assert not APIConnectionError().possibly_billed
+    assert APITimeoutError(possibly_billed=True).possibly_billed
+    strict = RetryPolicy(retry_possibly_billed=False)
+    assert not is_retryable(status(502), strict)
+    assert not is_retryable(APITimeoutError(possibly_billed=True), strict)
+    assert is_retryable(status(503), strict)
+    assert is_retryable(APIConnectionError(), strict)
+    assert is_retryable(status(502), RetryPolicy())
+
+
+BILLING_CASES = [
+    (httpx.ConnectError("refused"), APIConnectionError, False),
+    (httpx.ConnectTimeout("slow connect"), APITimeoutError, False),
+    (httpx.WriteError("broken pipe"), APIConnectionError, False),
+    (httpx.ReadTimeout("no answer"), APITimeoutError, True),
+    (httpx.ReadError("reset"), APIConnectionError, True),
+    (httpx.RemoteProtocolError("peer closed connection"), APIConnectionError, True),
+]
+
+
+@pytest.mark.parametrize(("raised", "cls", "billed"), BILLING_CASES)
+async def test_transport_failures_say_whether_the_server_may_have_billed(
+    twin: Twin,
+    respx_mock: respx.MockRouter,
+    raised: Exception,
+    cls: type[APIConnectionError],
+    billed: bool,
+) -> None:
+    respx_mock.post(SEGMENT).mock(side_effect=raised)
+    with pytest.raises(cls) as caught:
+        await twin.call("remove_background", png(), max_retries=0)
+    assert caught.value.possibly_billed is billed
+    assert ("may have processed and billed" in str(caught.value)) is billed
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_retry_possibly_billed_off_fails_ambiguous_calls_at_once(
+    respx_mock: respx.MockRouter, kind: str
+) -> None:
+    route = respx_mock.post(SEGMENT)
+    route.side_effect = [httpx.ReadTimeout("no answer"), httpx.Response(200, content=png())]
+    strict = make_twin(
+        kind, retry_policy=RetryPolicy(initial_delay=0.01, retry_possibly_billed=False)
+    )
+    try:
+        with pytest.raises(APITimeoutError):
+            await strict.call("remove_background", png(), max_retries=3)
+        assert route.call_count == 1  # not retried: it may already have been billed
+        route.side_effect = [httpx.ConnectError("refused"), httpx.Response(200, content=png())]
+        await strict.call("remove_background", png(), max_retries=3)  # never sent: retried
+        assert route.call_count == 3
+    finally:
+        await strict.close()
