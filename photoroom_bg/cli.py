@@ -296,6 +296,40 @@ def emulator(args: tuple[str, ...]) -> None:
     sys.exit(run_emulator(list(args)))
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port to listen on.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Worker processes.")
+@click.option(
+    "--allow-unauthenticated",
+    is_flag=True,
+    help="Serve a non-loopback address without tokens (behind your own gateway only).",
+)
+@click.option("--log-level", default="info", show_default=True, help="uvicorn's log level.")
+def serve(host: str, port: int, workers: int, allow_unauthenticated: bool, log_level: str) -> None:
+    """Run the HTTP service (settings from PHOTOROOM_BG_* variables; see the service guide)."""
+    try:
+        from .service import ServiceSettings
+        from .service import serve as run_service
+    except ImportError:
+        raise _UsageError(
+            "the service needs the 'service' extra: pip install 'photoroom-bg[service]'"
+        ) from None
+    if allow_unauthenticated:
+        os.environ["PHOTOROOM_BG_ALLOW_UNAUTHENTICATED"] = "1"
+    try:
+        settings = ServiceSettings.from_env()
+        if workers > 1:
+            from .service import check_bind
+
+            check_bind(settings, host)
+            run_service(host=host, port=port, workers=workers, log_level=log_level)
+        else:
+            run_service(settings, host=host, port=port, log_level=log_level)
+    except ConfigurationError as exc:
+        raise _UsageError(str(exc)) from None
+
+
 # -- the batch run ----------------------------------------------------------------------------
 
 

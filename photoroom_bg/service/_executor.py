@@ -1,0 +1,313 @@
+"""Executors: what runs ``/api/v2`` jobs.
+
+The service hands an executor a :class:`JobSpec` (sources, options, where the manifest goes);
+the executor runs it with :class:`~photoroom_bg.BatchRemover` and tells the service when it has
+ended. :class:`LocalExecutor` runs jobs in this process, on the service's event loop; another
+executor (one that hands shards to task workers) implements the same :class:`Executor`
+protocol and is registered in :data:`EXECUTORS` under the name ``PHOTOROOM_BG_EXECUTOR``
+selects. Per-item status is never kept by an executor: it is what BatchRemover records, in the
+manifest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+from .._client import AsyncPhotoroomClient
+from ..batch import BatchRemover, BatchReport, JobResult, Progress
+from ..errors import ConfigurationError, ObjectNotFoundError
+from ..options import EditOptions, SegmentOptions
+from ..sinks import Sink
+from ..sources import ImageSource, SourceReader
+from ._settings import ServiceSettings
+
+__all__ = [
+    "EXECUTORS",
+    "OUTPUT_TEMPLATE",
+    "Executor",
+    "ExecutorContext",
+    "JobSpec",
+    "LiveJob",
+    "LocalExecutor",
+    "make_executor",
+]
+
+logger = logging.getLogger("photoroom_bg.service")
+
+#: output keys: one folder, named by content and options, so a job never pays for an image
+#: any earlier request or job already stored with the same options
+OUTPUT_TEMPLATE = "outputs/{stem}-{digest12}.{ext}"
+
+
+@attrs.frozen
+class ExecutorContext:
+    """What an executor may use: the settings and the service's shared, pooled clients."""
+
+    settings: ServiceSettings
+    sink: Sink
+    client: AsyncPhotoroomClient | None
+    reader: SourceReader
+
+    def remover(
+        self,
+        options: SegmentOptions | EditOptions,
+        *,
+        sink: Sink | None = None,
+        concurrency: int | None = None,
+        **kwargs: Any,
+    ) -> BatchRemover:
+        """A BatchRemover with the service's settings, sharing its HTTP pool and reader."""
+        s = self.settings
+        return BatchRemover(
+            self.client,
+            sink=sink if sink is not None else self.sink,
+            options=options,
+            concurrency=concurrency or s.concurrency,
+            requests_per_minute=s.photoroom_requests_per_minute or None,
+            max_retries=s.max_retries,
+            backoff=s.retry_backoff,
+            key_template=OUTPUT_TEMPLATE,
+            reader=self.reader,
+            track_credits=False,
+            api_key=s.api_key,
+            base_url=s.base_url,
+            **kwargs,
+        )
+
+
+@attrs.frozen
+class JobSpec:
+    """One job to run.
+
+    Attributes:
+        job_id: the job.
+        sources: the inputs, in order: ``{"kind": "url", "url": ...}`` or
+            ``{"kind": "upload", "key": <sink key>, "name": <file name>}``.
+        options: the options of every image.
+        manifest_key: where the manifest goes in the sink.
+        manifest_path: a local manifest file written as items finish, or ``None``.
+    """
+
+    job_id: str
+    sources: list[dict[str, str]]
+    options: SegmentOptions | EditOptions
+    manifest_key: str
+    manifest_path: Path | None = None
+
+
+class LiveJob:
+    """A job running in this process, as BatchRemover reports it: results as they finish,
+    the latest progress snapshot, and the report at the end."""
+
+    def __init__(self, job_id: str, image_count: int) -> None:
+        self.job_id = job_id
+        self.image_count = image_count
+        self.results: list[JobResult] = []
+        self.progress: Progress | None = None
+        self.report: BatchReport | None = None
+        self.error: BaseException | None = None
+        self.cancel_requested = False
+        self.ended = False
+        self.recorded = asyncio.Event()  # set once the service has recorded the end
+        self._changed = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"LiveJob({self.job_id!r}, finished={len(self.results)}/{self.image_count})"
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def add_result(self, result: JobResult) -> None:
+        """BatchRemover's ``on_result``."""
+        self.results.append(result)
+        self._notify()
+
+    def set_progress(self, progress: Progress) -> None:
+        """BatchRemover's ``on_progress``."""
+        self.progress = progress
+
+    def end(self, report: BatchReport | None, error: BaseException | None) -> None:
+        """The run is over."""
+        self.report, self.error, self.ended = report, error, True
+        self._notify()
+
+    def request_cancel(self) -> None:
+        """Start no more images; those running finish and are stored."""
+        self.cancel_requested = True
+
+    async def wait_for_change(self, seen: int, timeout: float) -> None:
+        """Return once more than ``seen`` results exist or the job ended, or after
+        ``timeout`` seconds."""
+        if len(self.results) > seen or self.ended:
+            return
+        event = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+
+OnEnd = Callable[[LiveJob], Awaitable[None]]
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs jobs; see the module docs."""
+
+    name: str
+
+    async def start(self, spec: JobSpec, on_end: OnEnd) -> LiveJob | None:
+        """Start ``spec``; call ``on_end`` when it has ended (not when the service stops).
+
+        Returns the in-process view of the job, or ``None`` when it runs elsewhere.
+        """
+        ...
+
+    def live(self, job_id: str) -> LiveJob | None:
+        """The in-process view of a running job, if this process runs it."""
+        ...
+
+    def running(self) -> list[str]:
+        """The jobs this process runs."""
+        ...
+
+    async def cancel(self, job_id: str) -> bool:
+        """Ask a job this executor runs to stop; ``False`` when it does not run it."""
+        ...
+
+    async def check(self) -> str | None:
+        """``None`` when ready to run jobs, else what is wrong (for the readiness check)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop every job it runs (they resume when the service starts again)."""
+        ...
+
+
+async def open_sources(
+    refs: list[dict[str, str]], sink: Sink, stop: Callable[[], bool]
+) -> AsyncIterator[Any]:
+    """The job's inputs, one at a time, as BatchRemover sources; ends early once ``stop()``.
+
+    URLs go to the SSRF-safe reader; uploads are read from the sink only when their turn
+    comes, so memory holds at most the images in flight.
+    """
+    for ref in refs:
+        if stop():
+            return
+        if ref.get("kind") == "upload":
+            name = ref.get("name") or "upload"
+            try:
+                data = await sink.get(ref["key"])
+            except ObjectNotFoundError:
+                data = b""  # fails as an empty image, alone
+            stem = os.path.splitext(os.path.basename(name))[0] or "upload"
+            yield ImageSource("bytes", f"upload:{name}", stem, data)
+        else:
+            yield ref["url"]
+
+
+class LocalExecutor:
+    """Runs each job as a :meth:`BatchRemover.run` task on the service's event loop.
+
+    The tasks belong to the executor: :meth:`aclose` cancels and awaits every one, so no job
+    outlives the service (an interrupted job is finished by the next start).
+    """
+
+    name = "local"
+
+    def __init__(self, context: ExecutorContext) -> None:
+        self.context = context
+        self._jobs: dict[str, tuple[asyncio.Task[None], LiveJob]] = {}
+
+    def __repr__(self) -> str:
+        return f"LocalExecutor(running={len(self._jobs)})"
+
+    async def start(self, spec: JobSpec, on_end: OnEnd) -> LiveJob:
+        """Run ``spec`` in a task of this executor's."""
+        live = LiveJob(spec.job_id, len(spec.sources))
+        remover = self.context.remover(
+            spec.options,
+            manifest=spec.manifest_path,
+            manifest_key=spec.manifest_key,
+            on_result=live.add_result,
+            on_progress=live.set_progress,
+            keep_results=False,
+        )
+        sources = open_sources(spec.sources, self.context.sink, lambda: live.cancel_requested)
+        task = asyncio.create_task(self._run(remover, sources, live, on_end))
+        self._jobs[spec.job_id] = (task, live)
+        return live
+
+    async def _run(
+        self, remover: BatchRemover, sources: AsyncIterator[Any], live: LiveJob, on_end: OnEnd
+    ) -> None:
+        report, error = None, None
+        try:
+            report = await remover.run(sources)
+        except asyncio.CancelledError:
+            raise  # the service is stopping: the job stays claimed and resumes at start
+        except Exception as exc:
+            logger.error("job %s failed", live.job_id, exc_info=exc)
+            error = exc
+        finally:
+            self._jobs.pop(live.job_id, None)
+        live.end(report, error)
+        try:
+            await on_end(live)
+        except Exception:
+            logger.exception("could not record the end of job %s", live.job_id)
+        finally:
+            live.recorded.set()
+
+    def live(self, job_id: str) -> LiveJob | None:
+        """The job's in-process view while it runs here."""
+        entry = self._jobs.get(job_id)
+        return entry[1] if entry else None
+
+    def running(self) -> list[str]:
+        """Jobs running here."""
+        return list(self._jobs)
+
+    async def cancel(self, job_id: str) -> bool:
+        """Stop starting images of the job."""
+        live = self.live(job_id)
+        if live is None:
+            return False
+        live.request_cancel()
+        return True
+
+    async def check(self) -> str | None:
+        """Always ready: jobs run in this process."""
+        return None
+
+    async def aclose(self) -> None:
+        """Cancel every running job and wait for each to close its resources."""
+        tasks = [task for task, _ in self._jobs.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+#: executor name -> factory; ``PHOTOROOM_BG_EXECUTOR`` picks one
+EXECUTORS: dict[str, Callable[[ExecutorContext], Executor]] = {"local": LocalExecutor}
+
+
+def make_executor(context: ExecutorContext) -> Executor:
+    """The executor the settings name."""
+    name = context.settings.executor
+    factory = EXECUTORS.get(name)
+    if factory is None:
+        raise ConfigurationError(
+            f"unknown executor {name!r} (PHOTOROOM_BG_EXECUTOR); use one of {sorted(EXECUTORS)}"
+        )
+    return factory(context)

@@ -1,0 +1,203 @@
+"""HTTP plumbing: problem responses, the body cap, and reading JSON or multipart requests."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import attrs
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import PhotoroomBGError
+from ._problems import Problem, problem_for
+
+__all__ = ["ProblemRoute", "RequestBody", "problem_response", "read_body"]
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def problem_response(problem: Problem, request: Request | None = None) -> JSONResponse:
+    """``application/problem+json`` with the problem's headers."""
+    return JSONResponse(
+        problem.body(request.url.path if request is not None else None),
+        status_code=problem.status,
+        headers=problem.headers,
+        media_type="application/problem+json",
+    )
+
+
+def to_problem(exc: BaseException) -> Problem | None:
+    """The problem an exception stands for, or ``None`` for a bug (a 500 is logged)."""
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        return Problem(
+            422,
+            "invalid_request",
+            "The request is not valid",
+            "see errors",
+            extra={"errors": _plain(exc.errors())},
+        )
+    if isinstance(exc, StarletteHTTPException):
+        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        return Problem(exc.status_code, code, str(exc.detail), headers=exc.headers)
+    if isinstance(exc, PhotoroomBGError):
+        return problem_for(exc)
+    return None
+
+
+def _plain(errors: Any) -> Any:
+    return json.loads(json.dumps(errors, default=str))
+
+
+class BodyTooLarge(Problem):
+    """The request body is over ``max_body_bytes``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            413, "body_too_large", "The request body is too large", f"the limit is {limit:,} bytes"
+        )
+
+
+class ProblemRoute(APIRoute):
+    """A route whose errors are problem details and whose body is capped, wherever the
+    router is included (the service's app or an application's own)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                _cap_body(request)
+                return await handler(request)
+            except Exception as exc:
+                problem = to_problem(exc)
+                if problem is None:
+                    raise
+                return problem_response(problem, request)
+
+        return route
+
+
+def _cap_body(request: Request) -> None:
+    state = getattr(request.state, "photoroom_bg", None)
+    if state is None or request.method in ("GET", "HEAD", "DELETE", "OPTIONS"):
+        return
+    limit = state.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    receive = request._receive
+    seen = 0
+
+    async def capped() -> Any:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(limit)
+        return message
+
+    request._receive = capped
+
+
+@attrs.define
+class RequestBody:
+    """What a create request carries, from JSON or from a multipart form."""
+
+    data: dict[str, Any]
+    uploads: list[tuple[str, bytes]] = attrs.field(factory=list)
+
+    def urls(self, *names: str) -> list[str]:
+        """The URL fields among ``names`` (a string or a list of strings each)."""
+        urls: list[str] = []
+        for name in names:
+            value = self.data.get(name)
+            if value is None:
+                continue
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                if not isinstance(item, str):
+                    raise Problem(
+                        422, "invalid_request", "The request is not valid", f"{name}: not a URL"
+                    )
+                urls.append(item.strip())
+        return [u for u in urls if u]
+
+    def flag(self, name: str) -> bool:
+        """A boolean field (``true``/``1`` in forms)."""
+        value = self.data.get(name, False)
+        if isinstance(value, str):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        return bool(value)
+
+    def mapping(self, name: str) -> dict[str, Any] | None:
+        """A JSON object field (a JSON string in forms)."""
+        value = self.data.get(name)
+        if value in (None, ""):
+            return None
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise Problem(
+                    422, "invalid_request", "The request is not valid", f"{name}: not JSON"
+                ) from None
+        if not isinstance(value, dict):
+            raise Problem(
+                422, "invalid_request", "The request is not valid", f"{name}: not an object"
+            )
+        return value
+
+
+async def read_body(request: Request, *, max_files: int) -> RequestBody:
+    """Parse a JSON object, a JSON list (taken as ``image_urls``) or a multipart form."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        form = await request.form(max_files=max_files, max_fields=max_files + 16)
+        data: dict[str, Any] = {}
+        uploads: list[tuple[str, bytes]] = []
+        try:
+            for name, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    uploads.append((value.filename or "upload", await value.read()))
+                elif name in ("image_urls", "image_url"):
+                    data.setdefault(name, []).extend(v for v in value.split() if v)
+                else:
+                    data[name] = value
+        finally:
+            await form.close()
+        return RequestBody(data, uploads)
+    raw = await request.body()
+    if not raw.strip():
+        return RequestBody({})
+    try:
+        parsed = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise Problem(
+            415 if content_type not in ("application/json", "") else 422,
+            "invalid_request",
+            "The request is not valid",
+            "send a JSON object or a multipart/form-data form",
+        ) from None
+    if isinstance(parsed, list):
+        parsed = {"image_urls": parsed}
+    if not isinstance(parsed, dict):
+        raise Problem(422, "invalid_request", "The request is not valid", "expected a JSON object")
+    return RequestBody(parsed)

@@ -1,0 +1,184 @@
+"""ServiceSettings: everything the service reads from its environment, in one place.
+
+Settings are read when the app is created (never at import time), from arguments or from
+``PHOTOROOM_BG_*`` variables. :data:`ENVIRONMENT` maps each setting to its variable; the docs,
+``.env.example`` and the compose file are checked against it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ..errors import ConfigurationError
+
+__all__ = ["ENVIRONMENT", "ServiceSettings"]
+
+#: setting name -> environment variable. ``api_key`` and ``tokens`` also have ``*_FILE``
+#: variants (read from a file, e.g. a Docker or Kubernetes secret).
+ENVIRONMENT: dict[str, str] = {
+    "api_key": "PHOTOROOM_API_KEY",
+    "base_url": "PHOTOROOM_BASE_URL",
+    "sink": "PHOTOROOM_BG_SINK",
+    "s3_endpoint_url": "PHOTOROOM_BG_S3_ENDPOINT_URL",
+    "state_dir": "PHOTOROOM_BG_STATE_DIR",
+    "tokens": "PHOTOROOM_BG_TOKENS",
+    "allow_unauthenticated": "PHOTOROOM_BG_ALLOW_UNAUTHENTICATED",
+    "cors_origins": "PHOTOROOM_BG_CORS_ORIGINS",
+    "max_body_bytes": "PHOTOROOM_BG_MAX_BODY_BYTES",
+    "max_source_bytes": "PHOTOROOM_BG_MAX_SOURCE_BYTES",
+    "max_urls_per_request": "PHOTOROOM_BG_MAX_URLS_PER_REQUEST",
+    "max_images_per_job": "PHOTOROOM_BG_MAX_IMAGES_PER_JOB",
+    "max_jobs_per_token": "PHOTOROOM_BG_MAX_JOBS_PER_TOKEN",
+    "requests_per_minute_per_token": "PHOTOROOM_BG_REQUESTS_PER_MINUTE_PER_TOKEN",
+    "concurrency": "PHOTOROOM_BG_CONCURRENCY",
+    "photoroom_requests_per_minute": "PHOTOROOM_BG_PHOTOROOM_REQUESTS_PER_MINUTE",
+    "max_retries": "PHOTOROOM_BG_MAX_RETRIES",
+    "retry_backoff": "PHOTOROOM_BG_RETRY_BACKOFF",
+    "allow_networks": "PHOTOROOM_BG_ALLOW_NETWORKS",
+    "executor": "PHOTOROOM_BG_EXECUTOR",
+    "url_expires": "PHOTOROOM_BG_URL_EXPIRES",
+    "replica_id": "PHOTOROOM_BG_REPLICA_ID",
+    "lease_seconds": "PHOTOROOM_BG_LEASE_SECONDS",
+    "heartbeat_seconds": "PHOTOROOM_BG_HEARTBEAT_SECONDS",
+}
+#: variables holding a file name instead of the value
+FILE_VARIANTS = {"api_key": "PHOTOROOM_API_KEY_FILE", "tokens": "PHOTOROOM_BG_TOKENS_FILE"}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _words(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(w for w in value.replace(",", " ").split() if w)
+    return tuple(str(v) for v in value)
+
+
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ConfigurationError(f"{attribute.name} must be positive, not {value}")
+
+
+@attrs.frozen(kw_only=True)
+class ServiceSettings:
+    """The service's configuration; see the service guide for each setting's variable.
+
+    Attributes:
+        api_key: the Photoroom key (``PHOTOROOM_API_KEY`` or ``PHOTOROOM_API_KEY_FILE``).
+            Never shown in a repr, a response, a log line or a job record.
+        base_url: send Photoroom calls here instead (a proxy, or the emulator).
+        sink: where cut-outs, job records and manifests go: a folder, ``s3://bucket/prefix``
+            or ``memory://`` (tests; nothing survives a restart).
+        s3_endpoint_url: an S3-compatible server for an ``s3://`` sink (MinIO). Credentials
+            come from the standard AWS variables (``AWS_ACCESS_KEY_ID``...).
+        state_dir: a local folder for this host's job claims and running manifests.
+        tokens: accepted bearer tokens (``PHOTOROOM_BG_TOKENS``, comma or space separated,
+            or one per line in ``PHOTOROOM_BG_TOKENS_FILE``). Without tokens the service only
+            binds to loopback unless ``allow_unauthenticated`` is set.
+        allow_unauthenticated: serve without tokens on a non-loopback address.
+        cors_origins: origins allowed by CORS (none by default: CORS is off).
+        max_body_bytes: the largest request body.
+        max_source_bytes: the largest image read from a URL or upload.
+        max_urls_per_request: images in one ``/api/v1/remove-backgrounds`` request.
+        max_images_per_job: images in one ``/api/v2`` job.
+        max_jobs_per_token: ``/api/v2`` jobs running at once per token (per replica).
+        requests_per_minute_per_token: the service's own rate limit (429 beyond it).
+        concurrency: images processed at once per request or job.
+        photoroom_requests_per_minute: Photoroom calls per minute per job (``0``: no limit).
+        max_retries, retry_backoff: retries of unbilled Photoroom failures, base delay (s).
+        allow_networks: networks image URLs may reach although not public (``10.0.0.0/8``);
+            everything else that is not public is refused.
+        executor: what runs ``/api/v2`` jobs: ``local`` (in this process).
+        url_expires: lifetime in seconds of presigned output URLs.
+        replica_id: this replica's name in job records (default: the host name).
+        lease_seconds: a running job whose replica has not reported for this long is taken
+            over by the replica asked about it.
+        heartbeat_seconds: how often a running job's record is updated in the sink.
+    """
+
+    api_key: str | None = attrs.field(default=None, repr=False)
+    base_url: str | None = None
+    sink: str = "./photoroom-bg-data"
+    s3_endpoint_url: str | None = None
+    state_dir: str = "./.photoroom-bg-state"
+    tokens: tuple[str, ...] = attrs.field(default=(), converter=_words, repr=False)
+    allow_unauthenticated: bool = False
+    cors_origins: tuple[str, ...] = attrs.field(default=(), converter=_words)
+    max_body_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_positive)
+    max_source_bytes: int = attrs.field(default=25 * 1024 * 1024, validator=_positive)
+    max_urls_per_request: int = attrs.field(default=10, validator=_positive)
+    max_images_per_job: int = attrs.field(default=1000, validator=_positive)
+    max_jobs_per_token: int = attrs.field(default=4, validator=_positive)
+    requests_per_minute_per_token: int = attrs.field(default=600, validator=_positive)
+    concurrency: int = attrs.field(default=16, validator=_positive)
+    photoroom_requests_per_minute: float = 500
+    max_retries: int = 5
+    retry_backoff: float = 0.5
+    allow_networks: tuple[str, ...] = attrs.field(default=(), converter=_words)
+    executor: str = "local"
+    url_expires: int = attrs.field(default=3600, validator=_positive)
+    replica_id: str = attrs.field(factory=socket.gethostname)
+    lease_seconds: float = attrs.field(default=60.0, validator=_positive)
+    heartbeat_seconds: float = attrs.field(default=2.0, validator=_positive)
+
+    @property
+    def auth_required(self) -> bool:
+        """True when requests must carry one of :attr:`tokens`."""
+        return bool(self.tokens)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> ServiceSettings:
+        """Read the settings from ``environ`` (default ``os.environ``); ``overrides`` win.
+
+        Raises:
+            ConfigurationError: a value cannot be parsed, or a ``*_FILE`` cannot be read.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        fields = attrs.fields_dict(cls)
+        for name, variable in ENVIRONMENT.items():
+            raw = env.get(variable)
+            file_variable = FILE_VARIANTS.get(name)
+            if raw is None and file_variable and env.get(file_variable):
+                raw = _read_file(file_variable, env[file_variable])
+            if raw is None or (raw == "" and name != "allow_unauthenticated"):
+                continue
+            values[name] = _parse(name, variable, raw, fields[name].type)
+        values.update(overrides)
+        return cls(**values)
+
+
+def _read_file(variable: str, path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {variable}={path}: {exc.strerror}") from None
+
+
+def _parse(name: str, variable: str, raw: str, kind: Any) -> Any:
+    text = raw.strip()
+    kind = str(kind)
+    try:
+        if kind == "bool":
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError(text)
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise ConfigurationError(f"{variable}={raw!r} is not a valid {kind}") from None
+    if name == "tokens":
+        return tuple(line.strip() for line in text.replace(",", "\n").split() if line.strip())
+    return text

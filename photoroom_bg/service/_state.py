@@ -1,0 +1,112 @@
+"""ServiceState: the objects one running service shares between requests, opened and closed
+by the router's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+
+from .._client import AsyncPhotoroomClient
+from ..errors import ConfigurationError
+from ..sinks import Sink, open_sink
+from ..sources import SourceReader
+from ._auth import RateLimiter, TokenAuth
+from ._executor import Executor, ExecutorContext, make_executor
+from ._jobs import JobService
+from ._settings import ServiceSettings
+from ._store import JobStore, LocalClaims
+
+__all__ = ["ServiceState", "open_state"]
+
+logger = logging.getLogger("photoroom_bg.service")
+
+
+@attrs.define
+class ServiceState:
+    """What the endpoints use: settings, auth, the sink, one pooled Photoroom client, one
+    SSRF-safe reader, the executor and the job service."""
+
+    settings: ServiceSettings
+    auth: TokenAuth
+    limiter: RateLimiter
+    sink: Sink
+    client: AsyncPhotoroomClient | None
+    reader: SourceReader
+    executor: Executor
+    jobs: JobService
+    context: ExecutorContext
+
+
+def _open_sink(settings: ServiceSettings) -> Sink:
+    options: dict[str, Any] = {}
+    if settings.sink.startswith("s3://"):
+        options = {"create_bucket": True, "url_expires": settings.url_expires}
+        if settings.s3_endpoint_url:
+            options["endpoint_url"] = settings.s3_endpoint_url
+    return open_sink(settings.sink, **options)
+
+
+def _reader(settings: ServiceSettings) -> SourceReader:
+    return SourceReader(
+        max_bytes=settings.max_source_bytes,
+        allow_networks=settings.allow_networks,
+        timeout=30.0,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_state(settings: ServiceSettings) -> AsyncIterator[ServiceState]:
+    """Open everything the service needs; on exit stop the jobs (they resume at the next
+    start) and close every client, on every exit path."""
+    sink = _open_sink(settings)
+    client = None
+    if settings.api_key:
+        client = AsyncPhotoroomClient(api_key=settings.api_key, base_url=settings.base_url)
+    reader = _reader(settings)
+    heartbeat: asyncio.Task[None] | None = None
+    executor: Executor | None = None
+    try:
+        context = ExecutorContext(settings=settings, sink=sink, client=client, reader=reader)
+        executor = make_executor(context)
+        claims = LocalClaims(settings.state_dir)
+        try:
+            await asyncio.to_thread(claims.prepare)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot use PHOTOROOM_BG_STATE_DIR={os.fspath(settings.state_dir)}: {exc.strerror}"
+            ) from None
+        jobs = JobService(settings, JobStore(sink), claims, executor)
+        state = ServiceState(
+            settings=settings,
+            auth=TokenAuth(settings.tokens),
+            limiter=RateLimiter(settings.requests_per_minute_per_token),
+            sink=sink,
+            client=client,
+            reader=reader,
+            executor=executor,
+            jobs=jobs,
+            context=context,
+        )
+        try:
+            await jobs.resume_orphans()
+        except Exception:  # the service still answers; the readiness check tells
+            logger.exception("could not resume unfinished jobs")
+        heartbeat = asyncio.create_task(jobs.heartbeat())
+        yield state
+    finally:
+        if heartbeat is not None:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        if executor is not None:
+            await executor.aclose()
+        await reader.aclose()
+        if client is not None:
+            await client.aclose()
+        await sink.aclose()
