@@ -1,0 +1,206 @@
+"""Real processes for the service tests: uvicorn serving the app as a child process, a
+loopback image server, and helpers to poll them with deadlines."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import httpx
+from PIL import Image, ImageDraw
+
+T = TypeVar("T")
+
+API_KEY = "svc-emulator-key-0f3c9d1e2b7a"  # checked never to leave the service
+ALICE, BOB = "alice-token-5b1e0c", "bob-token-93af27"
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now."""
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def photo(n: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    """Product photo number ``n``: a coloured box on white, different bytes for every n."""
+    image = Image.new("RGB", (size[0] + n % 17, size[1] + n // 17 % 13), "white")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([12, 10, 40, 30], fill=(n * 37 % 200 + 30, n * 11 % 200 + 20, 60))
+    draw.point((1 + n % 5, 1 + n // 5 % 5), fill=(250, 250, 249))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def poll(check: Callable[[], T | None], *, timeout: float = 60, what: str = "a condition") -> T:
+    """Call ``check`` until it returns something other than ``None``/``False``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class _Images(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        self.server.hits[path] = self.server.hits.get(path, 0) + 1  # type: ignore[attr-defined]
+        if path.startswith("/img/") and path.endswith(".png"):
+            body, kind = photo(int(path[5:-4])), "image/png"
+        elif path == "/text.txt":
+            body, kind = b"this is not an image, just some words", "text/plain"
+        elif path == "/big.png":
+            body, kind = b"\x89PNG\r\n\x1a\n" + b"\0" * 300_000, "image/png"
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@attrs.define
+class ImageServer:
+    """``/img/<n>.png`` (photo n), ``/text.txt``, ``/big.png`` (300 kB), anything else 404."""
+
+    url: str
+    server: ThreadingHTTPServer
+
+    def image(self, n: int) -> str:
+        return f"{self.url}/img/{n}.png"
+
+    @property
+    def hits(self) -> dict[str, int]:
+        return self.server.hits  # type: ignore[attr-defined, no-any-return]
+
+
+@contextlib.contextmanager
+def image_server() -> Iterator[ImageServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Images)
+    server.daemon_threads = True
+    server.hits = {}  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield ImageServer(f"http://127.0.0.1:{server.server_address[1]}", server)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@attrs.define
+class ServiceProcess:
+    """``photoroom-bg serve`` running as a child process on a loopback port."""
+
+    url: str
+    env: dict[str, str]
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def client(self, token: str | None = ALICE, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+
+
+def start_service(
+    env: dict[str, str], log: Path, *, port: int | None = None, args: tuple[str, ...] = ()
+) -> ServiceProcess:
+    """Start ``python -m photoroom_bg.service`` and wait until ``/health`` answers."""
+    port = port or free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PHOTOROOM")}
+    full_env.update(env)
+    full_env.setdefault(
+        "PHOTOROOM_BG_NETGUARD_LOG", os.environ.get("PHOTOROOM_BG_NETGUARD_LOG", "")
+    )
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "photoroom_bg.service",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "info",
+                *args,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
+    service = ServiceProcess(f"http://127.0.0.1:{port}", full_env, log, process)
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"the service exited ({process.returncode}):\n{service.log_text()}"
+            )
+        try:
+            return httpx.get(f"{service.url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        poll(healthy, timeout=60, what="the service to start")
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+def service_env(
+    *, emulator_url: str, sink: str, state_dir: Path, tokens: str = f"{ALICE},{BOB}", **extra: str
+) -> dict[str, str]:
+    """The environment of a test service: the emulator as Photoroom, loopback images allowed."""
+    env = {
+        "PHOTOROOM_API_KEY": API_KEY,
+        "PHOTOROOM_BASE_URL": emulator_url,
+        "PHOTOROOM_BG_SINK": sink,
+        "PHOTOROOM_BG_STATE_DIR": str(state_dir),
+        "PHOTOROOM_BG_TOKENS": tokens,
+        "PHOTOROOM_BG_ALLOW_NETWORKS": "127.0.0.1/32",
+        "PHOTOROOM_BG_RETRY_BACKOFF": "0.05",
+        "PHOTOROOM_BG_HEARTBEAT_SECONDS": "0.5",
+    }
+    env.update({f"PHOTOROOM_BG_{k.upper()}": v for k, v in extra.items()})
+    return env

@@ -1,0 +1,415 @@
+"""Every endpoint against a real uvicorn child, the emulator and a loopback image server."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from photoroom_bg.testing import PhotoroomEmulator
+
+from .live import ALICE, API_KEY, BOB, ImageServer, ServiceProcess, photo, poll
+
+
+def wait_for_job(client: httpx.Client, job_id: str, **params: Any) -> dict[str, Any]:
+    """Poll a job's status until it has finished; return the last answer."""
+
+    def finished() -> dict[str, Any] | None:
+        body = client.get(f"/api/v2/remove-backgrounds/{job_id}", params=params).json()
+        return body if body["status"] != "running" else None
+
+    return poll(finished, timeout=90, what=f"job {job_id} to finish")
+
+
+def is_cutout(data: bytes) -> bool:
+    """A PNG with transparent pixels (the emulator's cut-outs are)."""
+    image = Image.open(io.BytesIO(data))
+    return image.format == "PNG" and image.mode == "RGBA" and image.getextrema()[3][0] == 0
+
+
+# -- the page, status and health -------------------------------------------------------------
+
+
+def test_root_serves_the_page_to_browsers_and_json_to_clients(service: ServiceProcess) -> None:
+    page = httpx.get(service.url + "/", headers={"Accept": "text/html,*/*;q=0.8"})
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "/static/app.js" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    status = httpx.get(service.url + "/")  # the original service's JSON status
+    assert status.json()["status"] == "ok"
+    assert status.json()["auth_required"] is True
+    for name in ("app.js", "app.css"):
+        assert httpx.get(f"{service.url}/static/{name}").status_code == 200
+    assert httpx.get(f"{service.url}/static/..%2f_app.py").status_code == 404
+
+
+def test_health_is_instant_and_ready_checks_sink_and_engine(service: ServiceProcess) -> None:
+    assert httpx.get(service.url + "/health").json() == {"status": "ok"}
+    ready = httpx.get(service.url + "/health/ready")
+    assert ready.status_code == 200, ready.text
+    checks = ready.json()["checks"]
+    assert checks["sink"]["ok"]
+    assert checks["engine"]["ok"]
+    assert checks["executor"]["ok"]
+
+
+# -- v1: one image ---------------------------------------------------------------------------
+
+
+def test_v1_single_url_returns_the_cutout_bytes(
+    service: ServiceProcess, images: ImageServer
+) -> None:
+    with service.client() as client:
+        answer = client.post("/api/v1/remove-background", json={"image_url": images.image(1)})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "image/png"
+    assert "background_removed.png" in answer.headers["content-disposition"]
+    assert is_cutout(answer.content)
+
+
+def test_v1_single_upload_with_options_sets_the_content_type(service: ServiceProcess) -> None:
+    with service.client() as client:
+        answer = client.post(
+            "/api/v1/remove-background",
+            files={"image_file": ("shoe.png", photo(2), "image/png")},
+            data={"options": json.dumps({"format": "webp", "bg_color": "FFFFFF"})},
+        )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "image/webp"
+    assert Image.open(io.BytesIO(answer.content)).format == "WEBP"
+
+
+def test_v1_single_store_returns_key_and_download_url(
+    service: ServiceProcess, images: ImageServer, service_emulator: PhotoroomEmulator
+) -> None:
+    with service.client() as client:
+        body = {"image_url": images.image(3), "store": True}
+        first = client.post("/api/v1/remove-background", json=body).json()
+        calls = service_emulator.ledger.calls()
+        again = client.post("/api/v1/remove-background", json=body).json()
+        assert service_emulator.ledger.calls() == calls  # stored before: not paid again
+        assert first["status"] == "succeeded"
+        assert again["status"] == "skipped"
+        assert first["key"] == again["key"]
+        assert first["key"].startswith("outputs/")
+        assert first["presigned_url"] is None  # a folder sink has no http URL
+        download = client.get(first["download_url"])
+        assert download.status_code == 200
+        assert is_cutout(download.content)
+        # only output keys can be downloaded, never job records or uploads
+        assert client.get("/api/v1/outputs/jobs/x/job.json").json()["code"] == "output_not_found"
+
+
+# -- v1: a few images ------------------------------------------------------------------------
+
+
+def test_v1_batch_is_never_all_or_nothing(service: ServiceProcess, images: ImageServer) -> None:
+    urls = [images.image(10), f"{images.url}/missing.png", f"{images.url}/text.txt"]
+    with service.client() as client:
+        answer = client.post("/api/v1/remove-backgrounds", json={"image_urls": urls})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["total_count"], body["success_count"], body["failed_count"]) == (3, 1, 2)
+    ok, missing, text = body["results"]
+    assert ok["success"]
+    assert ok["storage_url"]
+    assert ok["url"] == urls[0]
+    assert missing["error"]["code"] == "source_not_found"
+    assert text["error"]["code"] == "invalid_image"
+    with service.client() as client:
+        assert is_cutout(client.get(ok["download_url"]).content)
+
+
+def test_v1_batch_zip_has_the_cutouts_and_an_errors_file(
+    service: ServiceProcess, images: ImageServer
+) -> None:
+    urls = [images.image(11), f"{images.url}/missing.png", images.image(12)]
+    with service.client() as client:
+        answer = client.post(
+            "/api/v1/remove-backgrounds",
+            json={"image_urls": urls},
+            headers={"Accept": "application/zip"},
+        )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(answer.content))
+    names = sorted(archive.namelist())
+    assert names == ["errors.json", "image_1_11.png", "image_3_12.png"]
+    assert all(is_cutout(archive.read(n)) for n in names if n.endswith(".png"))
+    errors = json.loads(archive.read("errors.json"))
+    assert [(e["index"], e["error"]["code"]) for e in errors] == [(1, "source_not_found")]
+
+
+def test_v1_batch_caps_urls_per_request(service: ServiceProcess, images: ImageServer) -> None:
+    with service.client() as client:
+        answer = client.post(
+            "/api/v1/remove-backgrounds", json={"image_urls": [images.image(i) for i in range(4)]}
+        )
+    assert answer.status_code == 422
+    assert answer.json()["code"] == "too_many_urls"
+    assert answer.headers["content-type"] == "application/problem+json"
+
+
+# -- v2: jobs --------------------------------------------------------------------------------
+
+
+def test_v2_job_runs_to_completion_with_per_item_status(
+    service: ServiceProcess, images: ImageServer
+) -> None:
+    urls = [images.image(n) for n in range(20, 26)] + [f"{images.url}/missing.png"]
+    with service.client() as client:
+        started = client.post("/api/v2/remove-backgrounds", json={"image_urls": urls})
+        assert started.status_code == 202, started.text
+        job = started.json()
+        assert job["status"] == "running"
+        assert job["image_count"] == 7
+        assert len(job["flow_ids"]) == 7
+        done = wait_for_job(client, job["job_id"])
+        assert done["status"] == "completed"
+        assert done["counts"] == {"succeeded": 6, "failed": 1}
+        assert done["report"]["total_count"] == 7
+        assert done["eta_seconds"] == 0
+        failed = client.get(job["status_url"], params={"status": "failed"}).json()
+        assert [i["index"] for i in failed["items"]] == [6]
+        assert failed["items"][0]["error"]["code"] == "source_not_found"
+        page = client.get(job["status_url"], params={"offset": 2, "limit": 2}).json()
+        assert [i["index"] for i in page["items"]] == [2, 3]
+        assert page["page"]["next_offset"] == 4
+        assert page["page"]["total"] == 7
+        output = client.get(page["items"][0]["output_url"])
+        assert output.status_code == 200
+        assert is_cutout(output.content)
+        archive = zipfile.ZipFile(io.BytesIO(client.get(job["zip_url"]).content))
+        assert len([n for n in archive.namelist() if n.endswith(".png")]) == 6
+
+
+def test_v2_upload_job_and_results_by_id_in_the_original_shape(service: ServiceProcess) -> None:
+    files = [("files", (f"p{n}.png", photo(n), "image/png")) for n in (30, 31)]
+    with service.client() as client:
+        job = client.post("/api/v2/remove-backgrounds", files=files).json()
+        wait_for_job(client, job["job_id"])
+        ids = [*job["flow_ids"], "0" * 32, f"{job['job_id']}.9"]
+        answer = client.post("/api/v2/remove-backgrounds/results", json={"flow_ids": ids})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["success_count"] == 2
+        results = body["results"]
+        assert results[job["flow_ids"][0]]["success"] is True
+        assert results[job["flow_ids"][0]]["processed_url"]
+        # unknown ids say so: never the original's "success false, error null" look-alike
+        assert results["0" * 32]["status"] == "not_found"
+        assert results[f"{job['job_id']}.9"]["error"]["code"] == "job_not_found"
+        by_job = client.post("/api/v2/remove-backgrounds/results", json=[job["job_id"]]).json()
+        assert by_job["total_count"] == 2
+        assert by_job["success_count"] == 2
+
+
+def test_v2_events_stream_every_item_then_done(
+    service: ServiceProcess, images: ImageServer
+) -> None:
+    urls = [images.image(n) for n in range(40, 45)]
+    with service.client() as client:
+        job = client.post("/api/v2/remove-backgrounds", json={"image_urls": urls}).json()
+        events: list[tuple[str, Any]] = []
+        with client.stream("GET", job["events_url"]) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            event = None
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    events.append((event or "", json.loads(line[6:])))
+    items = [data for name, data in events if name == "item"]
+    assert sorted(i["index"] for i in items) == [0, 1, 2, 3, 4]
+    assert all(i["stored"] and i["output_url"] for i in items)
+    assert events[-1][0] == "done"
+    assert events[-1][1]["status"] == "completed"
+
+
+def test_v2_cancel_stops_starting_images(
+    service: ServiceProcess, images: ImageServer, service_emulator: PhotoroomEmulator
+) -> None:
+    service_emulator.inject(*["stall"] * 0)  # no queued faults left from other tests
+    urls = [f"{images.url}/img/{n}.png?slow" for n in range(100, 140)]
+    with service.client() as client:
+        job = client.post(
+            "/api/v2/remove-backgrounds", json={"image_urls": urls, "options": {"size": "preview"}}
+        ).json()
+        cancelled = client.delete(job["status_url"])
+        assert cancelled.status_code in (200, 202)
+        done = wait_for_job(client, job["job_id"])
+        assert done["status"] == "cancelled"
+        assert done["counts"].get("cancelled", 0) > 0
+        assert sum(done["counts"].values()) == 40
+        assert client.delete(job["status_url"]).json()["status"] == "cancelled"
+
+
+# -- auth ------------------------------------------------------------------------------------
+
+
+def test_requests_without_or_with_a_wrong_token_are_refused(
+    service: ServiceProcess, images: ImageServer
+) -> None:
+    body = {"image_url": images.image(50)}
+    for token in (None, "wrong-token"):
+        with service.client(token) as client:
+            answer = client.post("/api/v1/remove-background", json=body)
+        assert answer.status_code == 401
+        assert answer.json()["code"] == "unauthorized"
+        assert answer.headers["www-authenticate"].startswith("Bearer")
+    with service.client(None) as client:
+        assert client.get("/api/v2/remove-backgrounds/" + "0" * 32).status_code == 401
+
+
+def test_a_job_is_visible_only_to_the_token_that_made_it(
+    service: ServiceProcess, images: ImageServer
+) -> None:
+    with service.client(ALICE) as alice, service.client(BOB) as bob:
+        job = alice.post("/api/v2/remove-backgrounds", json={"image_urls": [images.image(51)]})
+        job_id = job.json()["job_id"]
+        wait_for_job(alice, job_id)
+        for method, path in (
+            ("GET", f"/api/v2/remove-backgrounds/{job_id}"),
+            ("DELETE", f"/api/v2/remove-backgrounds/{job_id}"),
+            ("GET", f"/api/v2/remove-backgrounds/{job_id}/items/0/output"),
+            ("GET", f"/api/v2/remove-backgrounds/{job_id}/events"),
+            ("GET", f"/api/v2/remove-backgrounds/{job_id}/zip"),
+        ):
+            answer = bob.request(method, path)
+            assert answer.status_code == 404, (method, path)
+            assert answer.json()["code"] == "job_not_found"
+        results = bob.post("/api/v2/remove-backgrounds/results", json={"job_ids": [job_id]})
+        assert results.json()["results"][job_id]["status"] == "not_found"
+        assert alice.get(f"/api/v2/remove-backgrounds/{job_id}").status_code == 200
+
+
+# -- caps and refusals -----------------------------------------------------------------------
+
+
+def test_caps_on_body_size_and_images_per_job(service: ServiceProcess, images: ImageServer) -> None:
+    with service.client() as client:
+        big = client.post(
+            "/api/v2/remove-backgrounds",
+            files={"files": ("big.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 2_000_000, "image/png")},
+        )
+        assert big.status_code == 413
+        assert big.json()["code"] == "body_too_large"
+        chunked = client.post(
+            "/api/v2/remove-backgrounds",
+            content=iter([b'{"image_urls": ["', b"x" * 1_100_000, b'"]}']),
+            headers={"Content-Type": "application/json"},
+        )
+        assert chunked.status_code == 413
+        many = client.post(
+            "/api/v2/remove-backgrounds", json={"image_urls": [images.image(1)] * 41}
+        )
+        assert many.status_code == 422
+        assert many.json()["code"] == "too_many_images"
+
+
+def test_concurrent_jobs_per_token_are_capped(service: ServiceProcess, images: ImageServer) -> None:
+    urls = [f"{images.url}/img/{n}.png" for n in range(200, 240)]
+    with service.client(BOB) as client:
+        jobs = [
+            client.post("/api/v2/remove-backgrounds", json={"image_urls": urls}) for _ in range(3)
+        ]
+        statuses = [j.status_code for j in jobs]
+        assert statuses[:2] == [202, 202]
+        assert statuses[2] == 429
+        assert jobs[2].json()["code"] == "too_many_jobs"
+        assert "retry-after" in jobs[2].headers
+        for job in jobs[:2]:
+            client.delete(job.json()["status_url"])
+            wait_for_job(client, job.json()["job_id"])
+
+
+def test_only_http_urls_are_taken_from_callers(service: ServiceProcess) -> None:
+    with service.client() as client:
+        for url in ("/etc/passwd", "file:///etc/passwd", "s3://bucket/key.png", "ftp://x/y.png"):
+            answer = client.post("/api/v1/remove-background", json={"image_url": url})
+            assert answer.status_code == 422, url
+            assert answer.json()["code"] == "unsafe_url"
+            job = client.post("/api/v2/remove-backgrounds", json={"image_urls": [url]})
+            assert job.json()["code"] == "unsafe_url"
+
+
+def test_private_addresses_are_refused_before_any_connection(
+    service: ServiceProcess, images: ImageServer
+) -> None:
+    port = images.url.rsplit(":", 1)[1]
+    # loopback outside the allowed 127.0.0.1/32: refused by the SSRF guard, never fetched
+    url = f"http://127.0.0.2:{port}/img/1.png"
+    with service.client() as client:
+        answer = client.post("/api/v1/remove-background", json={"image_url": url})
+        assert answer.status_code == 422
+        assert answer.json()["code"] == "unsafe_url"
+        batch = client.post("/api/v1/remove-backgrounds", json={"image_urls": [url]}).json()
+        assert batch["results"][0]["error"]["code"] == "unsafe_url"
+
+
+def test_invalid_options_and_bodies_are_problems(
+    service: ServiceProcess, images: ImageServer
+) -> None:
+    with service.client() as client:
+        for options in ({"size": "gigantic"}, {"extra_headers": {"x-api-key": "mine"}}):
+            answer = client.post(
+                "/api/v1/remove-background",
+                json={"image_url": images.image(1), "options": options},
+            )
+            assert answer.status_code == 422
+            assert answer.json()["code"] == "invalid_options"
+        garbage = client.post(
+            "/api/v1/remove-background",
+            content=b"{nope",
+            headers={"Content-Type": "application/json"},
+        )
+        assert garbage.status_code == 422
+        assert garbage.json()["code"] == "invalid_request"
+        assert client.get("/api/v2/remove-backgrounds/not-a-job").json()["code"] == "job_not_found"
+
+
+# -- upstream errors -------------------------------------------------------------------------
+
+
+def test_upstream_errors_get_distinct_codes(
+    service: ServiceProcess, images: ImageServer, service_emulator: PhotoroomEmulator
+) -> None:
+    account = service_emulator.ledger.accounts[API_KEY]
+    with service.client() as client:
+        saved, account.credits = account.credits, 0
+        try:
+            broke = client.post("/api/v1/remove-background", json={"image_url": images.image(60)})
+        finally:
+            account.credits = saved
+        assert broke.status_code == 503
+        assert broke.json()["code"] == "photoroom_out_of_credits"
+        service_emulator.inject(*["429"] * 6)  # more than the service's retries
+        limited = client.post("/api/v1/remove-background", json={"image_url": images.image(61)})
+        assert limited.status_code == 503
+        assert limited.json()["code"] == "photoroom_rate_limited"
+        assert int(limited.headers["retry-after"]) >= 1
+        service_emulator.inject(*["500"] * 6)
+        failing = client.post("/api/v1/remove-background", json={"image_url": images.image(62)})
+        assert failing.status_code == 502
+        assert failing.json()["code"] == "photoroom_server_error"
+
+
+def test_the_api_key_never_leaves_the_service(service: ServiceProcess) -> None:
+    """After every other test of the module: no response, log line or stored file has it."""
+    with service.client() as client:
+        for path in ("/", "/health/ready", "/openapi.json", "/static/app.js"):
+            assert API_KEY not in client.get(path).text
+    assert API_KEY not in service.log_text()
+    sink = service.env["PHOTOROOM_BG_SINK"]
+    state = service.env["PHOTOROOM_BG_STATE_DIR"]
+    from pathlib import Path
+
+    for root in (Path(sink), Path(state)):
+        for path in root.rglob("*"):
+            if path.is_file():
+                assert API_KEY.encode() not in path.read_bytes(), path
