@@ -1,0 +1,193 @@
+"""Jobs survive their process: SIGKILL half-way, restart, and the job completes with every image
+stored once and paid for at most once more than the images in flight at the kill. Real parts:
+uvicorn children, SeaweedFS (S3), the emulator with injected faults."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from photoroom_bg.sinks import parse_s3_uri
+from photoroom_bg.testing import Faults, PhotoroomEmulator
+
+from ..s3server import S3Server
+from .live import ALICE, API_KEY, ImageServer, ServiceProcess, poll, service_env, start_service
+
+pytestmark = [pytest.mark.slow, pytest.mark.s3]
+
+CONCURRENCY = 8
+
+
+@pytest.fixture
+def faulty_emulator() -> Iterator[PhotoroomEmulator]:
+    """An emulator in its own thread that answers 5% 503s, 3% 429s and 2% 500s."""
+    emulator = PhotoroomEmulator(
+        {API_KEY: 100_000},
+        faults=Faults(
+            latency=0.03, rates={"503": 0.05, "429": 0.03, "500": 0.02}, retry_after=0, seed=7
+        ),
+        image_work=False,
+    )
+    with emulator.serve():
+        yield emulator
+
+
+def s3_env(s3_server: S3Server) -> dict[str, str]:
+    return {
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "AWS_REGION": s3_server.region,
+        "PHOTOROOM_BG_S3_ENDPOINT_URL": s3_server.endpoint_url,
+    }
+
+
+def output_keys(s3_server: S3Server, sink: str) -> list[str]:
+    """Every object under the sink's ``outputs/``, listed with a plain S3 client."""
+    import botocore.session
+
+    bucket, prefix = parse_s3_uri(sink)
+    client = botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=s3_server.endpoint_url,
+        region_name=s3_server.region,
+        aws_access_key_id=s3_server.access_key,
+        aws_secret_access_key=s3_server.secret_key,
+    )
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix + "outputs/"
+    ):
+        keys += [item["Key"] for item in page.get("Contents", [])]
+    client.close()
+    return keys
+
+
+def status(service: ServiceProcess, job_id: str, **params: Any) -> dict[str, Any]:
+    with service.client(ALICE) as client:
+        answer = client.get(f"/api/v2/remove-backgrounds/{job_id}", params=params)
+    assert answer.status_code == 200, answer.text
+    return answer.json()  # type: ignore[no-any-return]
+
+
+def stored(service: ServiceProcess, job_id: str) -> int:
+    try:
+        return int(status(service, job_id, limit=1)["stored_count"])
+    except httpx.HTTPError:
+        return 0
+
+
+def completed(service: ServiceProcess, job_id: str) -> dict[str, Any] | None:
+    body = status(service, job_id, limit=1000)
+    return body if body["status"] != "running" else None
+
+
+def test_a_killed_service_finishes_its_job_on_restart_without_paying_twice(
+    s3_server: S3Server,
+    s3_prefix: str,
+    faulty_emulator: PhotoroomEmulator,
+    images: ImageServer,
+    tmp_path: Path,
+) -> None:
+    count = 500
+    assert faulty_emulator.url is not None
+    env = service_env(
+        emulator_url=faulty_emulator.url,
+        sink=s3_prefix,
+        state_dir=tmp_path / "state",
+        concurrency=str(CONCURRENCY),
+        max_images_per_job=str(count),
+        photoroom_requests_per_minute="0",
+    )
+    env.update(s3_env(s3_server))
+    first = start_service(env, tmp_path / "first.log")
+    try:
+        with first.client(ALICE) as client:
+            urls = [images.image(n) for n in range(10_000, 10_000 + count)]
+            job = client.post("/api/v2/remove-backgrounds", json={"image_urls": urls}).json()
+        job_id = job["job_id"]
+        poll(lambda: stored(first, job_id) >= count // 2, timeout=120, what="half the job")
+    finally:
+        first.kill()
+    paid_at_kill = faulty_emulator.ledger.calls()
+    assert paid_at_kill < count, "the job finished before the kill: nothing was tested"
+
+    restarted = start_service(env, tmp_path / "restarted.log")
+    try:
+        done = poll(lambda: completed(restarted, job_id), timeout=180, what="the resumed job")
+    finally:
+        restarted.stop()
+
+    assert done["status"] == "completed"
+    assert done["stored_count"] == count
+    assert done["counts"].get("failed", 0) == 0
+    keys = output_keys(s3_server, s3_prefix)
+    assert len(keys) == count  # every image stored once, under its own key
+    assert {i["key"] for i in done["items"]} == {k.removeprefix(parse_s3_uri(s3_prefix)[1]) for k in keys}
+    calls = faulty_emulator.ledger.calls()
+    assert len(faulty_emulator.ledger.billed_per_image()) == count
+    assert calls <= count + CONCURRENCY  # only images in flight at the kill were paid twice
+    assert paid_at_kill >= count // 2
+
+    # a second replica with a state folder of its own answers from the sink alone
+    env2 = {**env, "PHOTOROOM_BG_STATE_DIR": str(tmp_path / "other"), "PHOTOROOM_BG_REPLICA_ID": "b"}
+    other = start_service(env2, tmp_path / "other.log")
+    try:
+        again = status(other, job_id, limit=1000)
+    finally:
+        other.stop()
+    assert again["status"] == "completed"
+    assert again["stored_count"] == count
+    assert [i["index"] for i in again["items"]] == list(range(count))
+    assert faulty_emulator.ledger.calls() == calls
+    for log in tmp_path.glob("*.log"):
+        assert API_KEY not in log.read_text(errors="replace")
+
+
+def test_another_replica_takes_over_a_job_whose_replica_died(
+    s3_server: S3Server,
+    s3_prefix: str,
+    faulty_emulator: PhotoroomEmulator,
+    images: ImageServer,
+    tmp_path: Path,
+) -> None:
+    count = 80
+    assert faulty_emulator.url is not None
+    base = service_env(
+        emulator_url=faulty_emulator.url,
+        sink=s3_prefix,
+        state_dir=tmp_path / "a",
+        concurrency="2",
+        max_images_per_job=str(count),
+        photoroom_requests_per_minute="0",
+        lease_seconds="1",
+        replica_id="replica-a",
+    )
+    base.update(s3_env(s3_server))
+    a = start_service(base, tmp_path / "a.log")
+    try:
+        with a.client(ALICE) as client:
+            urls = [images.image(n) for n in range(20_000, 20_000 + count)]
+            job_id = client.post("/api/v2/remove-backgrounds", json={"image_urls": urls}).json()[
+                "job_id"
+            ]
+        poll(lambda: stored(a, job_id) >= 10, timeout=60, what="the job to start")
+    finally:
+        a.kill()
+    env_b = {
+        **base,
+        "PHOTOROOM_BG_STATE_DIR": str(tmp_path / "b"),
+        "PHOTOROOM_BG_REPLICA_ID": "replica-b",
+    }
+    b = start_service(env_b, tmp_path / "b.log")
+    try:
+        done = poll(lambda: completed(b, job_id), timeout=120, what="replica b to finish it")
+    finally:
+        b.stop()
+    assert done["status"] == "completed"
+    assert done["replica"] == "replica-b"
+    assert done["stored_count"] == count
+    assert faulty_emulator.ledger.calls() <= count + 2
