@@ -462,7 +462,9 @@ def add_routes(router: APIRouter) -> None:
         return StreamingResponse(
             _events(state, record, url_for),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            # no-cache, not no-store: Chromium reports a no-store stream read to its end
+            # as aborted (playwright issue 42742)
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
 

@@ -79,13 +79,14 @@ function showProgress(progress, total) {
 async function follow(job) {
   const response = await fetch(job.events_url, { headers: headers() });
   if (!response.ok || !response.body) throw new Error(await problemText(response));
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
   let buffer = "";
   const pending = [];
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
-    buffer += value;
+    buffer += decoder.decode(value, { stream: true });
     let cut;
     while ((cut = buffer.indexOf("\n\n")) >= 0) {
       const block = buffer.slice(0, cut);
