@@ -126,14 +126,20 @@ def test_a_killed_service_finishes_its_job_on_restart_without_paying_twice(
     assert done["counts"].get("failed", 0) == 0
     keys = output_keys(s3_server, s3_prefix)
     assert len(keys) == count  # every image stored once, under its own key
-    assert {i["key"] for i in done["items"]} == {k.removeprefix(parse_s3_uri(s3_prefix)[1]) for k in keys}
+    assert {i["key"] for i in done["items"]} == {
+        k.removeprefix(parse_s3_uri(s3_prefix)[1]) for k in keys
+    }
     calls = faulty_emulator.ledger.calls()
     assert len(faulty_emulator.ledger.billed_per_image()) == count
     assert calls <= count + CONCURRENCY  # only images in flight at the kill were paid twice
     assert paid_at_kill >= count // 2
 
     # a second replica with a state folder of its own answers from the sink alone
-    env2 = {**env, "PHOTOROOM_BG_STATE_DIR": str(tmp_path / "other"), "PHOTOROOM_BG_REPLICA_ID": "b"}
+    env2 = {
+        **env,
+        "PHOTOROOM_BG_STATE_DIR": str(tmp_path / "other"),
+        "PHOTOROOM_BG_REPLICA_ID": "b",
+    }
     other = start_service(env2, tmp_path / "other.log")
     try:
         again = status(other, job_id, limit=1000)

