@@ -1,0 +1,260 @@
+"""The service's parts on their own: settings, bind refusal, auth, rate limit, problem codes,
+serialization of results (including fields and statuses added later), job records, claims."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import attrs
+import pytest
+from click.testing import CliRunner
+
+from photoroom_bg import errors
+from photoroom_bg.batch import BatchReport, JobResult, JobStatus
+from photoroom_bg.cli import main
+from photoroom_bg.errors import ConfigurationError
+from photoroom_bg.service import (
+    ANONYMOUS,
+    EXECUTORS,
+    PROBLEM_CODES,
+    ExecutorContext,
+    JobRecord,
+    LocalClaims,
+    Problem,
+    RateLimiter,
+    ServiceSettings,
+    TokenAuth,
+    check_bind,
+    error_code,
+    make_executor,
+    problem_for,
+)
+from photoroom_bg.service._serialize import item_from_record, item_from_result, report_json
+from photoroom_bg.sinks import MemorySink
+from photoroom_bg.sources import SourceReader
+
+# -- settings --------------------------------------------------------------------------------
+
+
+def test_settings_are_read_from_the_environment_with_types(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("first-token\nsecond-token\n")
+    key = tmp_path / "key"
+    key.write_text("the-secret-key\n")
+    settings = ServiceSettings.from_env(
+        {
+            "PHOTOROOM_API_KEY_FILE": str(key),
+            "PHOTOROOM_BG_TOKENS_FILE": str(tokens),
+            "PHOTOROOM_BG_MAX_JOBS_PER_TOKEN": "7",
+            "PHOTOROOM_BG_RETRY_BACKOFF": "0.25",
+            "PHOTOROOM_BG_ALLOW_UNAUTHENTICATED": "yes",
+            "PHOTOROOM_BG_CORS_ORIGINS": "https://a.example, https://b.example",
+        }
+    )
+    assert settings.api_key == "the-secret-key"
+    assert settings.tokens == ("first-token", "second-token")
+    assert settings.max_jobs_per_token == 7
+    assert settings.retry_backoff == 0.25
+    assert settings.allow_unauthenticated is True
+    assert settings.cors_origins == ("https://a.example", "https://b.example")
+    assert "the-secret-key" not in repr(settings)
+    assert "first-token" not in repr(settings)
+
+
+def test_bad_settings_are_configuration_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="PHOTOROOM_BG_CONCURRENCY"):
+        ServiceSettings.from_env({"PHOTOROOM_BG_CONCURRENCY": "many"})
+    with pytest.raises(ConfigurationError, match="positive"):
+        ServiceSettings.from_env({"PHOTOROOM_BG_CONCURRENCY": "0"})
+    with pytest.raises(ConfigurationError, match="PHOTOROOM_BG_TOKENS_FILE"):
+        ServiceSettings.from_env({"PHOTOROOM_BG_TOKENS_FILE": str(tmp_path / "missing")})
+    with pytest.raises(ConfigurationError, match="PHOTOROOM_BG_EXECUTOR"):
+        make_executor(_context(ServiceSettings(executor="nope")))
+
+
+def test_an_open_address_without_tokens_is_refused() -> None:
+    open_settings = ServiceSettings()
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.5"):
+        check_bind(open_settings, host)
+    for host in ("0.0.0.0", "::", "192.0.2.10", "example.com"):
+        with pytest.raises(ConfigurationError, match="without tokens"):
+            check_bind(open_settings, host)
+    check_bind(ServiceSettings(tokens=("t",)), "0.0.0.0")
+    check_bind(ServiceSettings(allow_unauthenticated=True), "0.0.0.0")
+
+
+def test_serve_command_refuses_an_open_address_before_binding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("PHOTOROOM_BG_TOKENS", "PHOTOROOM_BG_TOKENS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(main, ["serve", "--host", "0.0.0.0", "--port", "1"])
+    assert result.exit_code == 2
+    assert "without tokens" in result.output
+
+
+def test_python_m_photoroom_bg_service_is_the_serve_command() -> None:
+    answer = subprocess.run(
+        [sys.executable, "-m", "photoroom_bg.service", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "--workers" in answer.stdout
+
+
+# -- auth and rate limit ---------------------------------------------------------------------
+
+
+def test_tokens_are_checked_and_owners_are_hashes() -> None:
+    auth = TokenAuth(("alpha-token", "beta-token"))
+    owner = auth.owner("Bearer alpha-token")
+    assert owner.startswith("sha256:")
+    assert "alpha-token" not in owner
+    assert auth.owner("bearer beta-token") != owner
+    for header in (None, "", "Bearer", "Basic alpha-token", "Bearer alpha-tokenX"):
+        with pytest.raises(Problem) as refused:
+            auth.owner(header)
+        assert refused.value.status == 401
+    assert TokenAuth(()).owner(None) == ANONYMOUS
+
+
+def test_rate_limit_answers_429_with_retry_after_then_recovers() -> None:
+    limiter = RateLimiter(3)
+    for second in range(3):
+        limiter.admit("caller", now=100.0 + second)
+    with pytest.raises(Problem) as limited:
+        limiter.admit("caller", now=110.0)
+    assert limited.value.status == 429
+    assert limited.value.headers["Retry-After"] == "50"
+    limiter.admit("someone-else", now=110.0)
+    limiter.admit("caller", now=161.0)
+
+
+# -- problem codes ---------------------------------------------------------------------------
+
+
+def test_every_sdk_error_has_a_mapping_and_the_documented_ones_hold() -> None:
+    for name in errors.__all__:
+        assert isinstance(getattr(errors, name), type)
+        assert name in PROBLEM_CODES, name
+    cases = {
+        errors.InvalidImageError("bad"): (422, "invalid_image"),
+        errors.UnsafeURLError("refused"): (422, "unsafe_url"),
+        errors.OutOfCreditsError("no credits", status_code=402): (503, "photoroom_out_of_credits"),
+        errors.RateLimitError("slow down", retry_after=2.5): (503, "photoroom_rate_limited"),
+        errors.APITimeoutError(): (504, "photoroom_timeout"),
+        errors.StorageFullError("full"): (507, "storage_full"),
+    }
+    for error, (status, code) in cases.items():
+        problem = problem_for(error)
+        assert (problem.status, problem.code) == (status, code)
+    assert problem_for(errors.RateLimitError("x", retry_after=2.5)).headers["Retry-After"] == "3"
+    codes = [c for _, c, _ in PROBLEM_CODES.values()]
+    assert codes.count("photoroom_out_of_credits") == 1
+
+
+def test_an_error_class_added_later_maps_through_its_base() -> None:
+    class QuotaError(errors.OutOfCreditsError):
+        pass
+
+    assert problem_for(QuotaError("q", status_code=402)).code == "photoroom_out_of_credits"
+    assert error_code("SomethingNew") == "internal_error"
+    assert error_code("SourceTooLargeError") == "source_too_large"
+
+
+# -- serialization ---------------------------------------------------------------------------
+
+
+def test_items_from_results_and_from_manifests_look_the_same() -> None:
+    result = JobResult(
+        3, "https://example.com/a.png", "a", JobStatus.FAILED, error=errors.UnsafeURLError("no")
+    )
+    live = item_from_result(result)
+    from photoroom_bg.batch._manifest import job_fields
+
+    stored = item_from_record({"v": 1, "time": 1.0, "engine": "photoroom", **job_fields(result)})
+    assert live["error"]["code"] == stored["error"]["code"] == "unsafe_url"
+    assert {k: v for k, v in live.items() if k != "error"} == {
+        k: v for k, v in stored.items() if k != "error"
+    }
+    assert "engine" not in stored
+
+
+def test_statuses_and_fields_added_later_pass_through() -> None:
+    item = item_from_record(
+        {"index": 0, "status": "kept_locally", "key": "outputs/a.png", "local_path": "/x"}
+    )
+    assert item["status"] == "kept_locally"
+    assert item["stored"] is False  # only known stored statuses are downloadable
+    assert item["local_path"] == "/x"
+
+    @attrs.frozen
+    class LaterReport(BatchReport):
+        possibly_billed_count: int = 0
+
+    report = LaterReport(
+        total_count=1,
+        stored_count=0,
+        succeeded_count=0,
+        skipped_count=0,
+        failed_count=1,
+        cancelled_count=0,
+        failures={"X": ()},
+        failure_counts={"X": 1},
+        billed_calls=0,
+        credits_spent=None,
+        stop_reason=None,
+        duration=0.5,
+        possibly_billed_count=1,
+    )
+    data = report_json(report)
+    assert data["possibly_billed_count"] == 1
+    assert "failures" not in data
+    assert data["failure_counts"] == {"X": 1}
+
+
+# -- records and claims ----------------------------------------------------------------------
+
+
+def test_job_records_round_trip_and_ignore_members_from_newer_versions() -> None:
+    record = JobRecord(job_id="a" * 32, owner="sha256:x", created=1.0, image_count=2, options={})
+    data = record.to_json().replace(b'"v": 1,', b'"v": 2, "shard_count": 4,')
+    again = JobRecord.from_json(data)
+    assert again == record
+    assert again.manifest_key == f"jobs/{'a' * 32}/manifest.jsonl"
+
+
+def test_a_claim_is_exclusive_until_released_and_orphans_are_found(tmp_path: Path) -> None:
+    job = "b" * 32
+    first, second = LocalClaims(tmp_path), LocalClaims(tmp_path)
+    first.prepare()
+    assert first.claim(job)
+    assert not second.claim(job)  # another holder (here: another open file) is alive
+    assert second.orphans() == [job]  # listed, but claim() tells who may run it
+    first.release(job, finished=False)
+    assert second.claim(job)
+    second.release(job, finished=True)
+    assert first.orphans() == []
+
+
+def test_executors_are_chosen_by_name() -> None:
+    class Elsewhere:
+        name = "elsewhere"
+
+        def __init__(self, context: ExecutorContext) -> None:
+            self.context = context
+
+    EXECUTORS["elsewhere"] = Elsewhere  # type: ignore[assignment]
+    try:
+        executor = make_executor(_context(ServiceSettings(executor="elsewhere")))
+        assert isinstance(executor, Elsewhere)
+    finally:
+        del EXECUTORS["elsewhere"]
+
+
+def _context(settings: ServiceSettings) -> ExecutorContext:
+    return ExecutorContext(settings=settings, sink=MemorySink(), client=None, reader=SourceReader())
