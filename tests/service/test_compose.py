@@ -1,0 +1,90 @@
+"""The compose stack, the Dockerfile and .env.example agree with the settings the service
+reads (checked statically: no Docker engine is needed)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from photoroom_bg.service._settings import ENVIRONMENT, FILE_VARIANTS
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).parents[2]
+SERVICE_VARIABLES = set(ENVIRONMENT.values()) | set(FILE_VARIANTS.values())
+AWS_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"}
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yaml").read_text())  # type: ignore[no-any-return]
+
+
+def container_port(mapping: str) -> tuple[str, int, int]:
+    host_ip, host_port, port = mapping.rsplit(":", 2)
+    return host_ip, int(host_port), int(port)
+
+
+def test_the_stack_has_minio_and_the_service_built_from_this_repository() -> None:
+    services = compose()["services"]
+    assert {"minio", "service"} <= set(services)
+    service = services["service"]
+    assert service["build"] == "."
+    assert (ROOT / "Dockerfile").is_file()
+    assert service["depends_on"]["minio"]["condition"] == "service_healthy"
+
+
+def test_every_published_port_is_on_loopback() -> None:
+    for name, service in compose()["services"].items():
+        for mapping in service.get("ports", []):
+            host_ip, _, _ = container_port(mapping.split()[0])
+            assert host_ip == "127.0.0.1", (name, mapping)
+
+
+def test_service_environment_names_are_settings_the_service_reads() -> None:
+    environment = compose()["services"]["service"]["environment"]
+    names = set(environment)
+    assert names <= SERVICE_VARIABLES | AWS_VARIABLES, names - SERVICE_VARIABLES - AWS_VARIABLES
+    for required in ("PHOTOROOM_API_KEY", "PHOTOROOM_BG_TOKENS", "PHOTOROOM_BG_SINK"):
+        assert required in names
+    assert str(environment["PHOTOROOM_BG_SINK"]).split(":-")[-1].startswith("s3://")
+
+
+def test_the_service_reaches_minio_on_its_s3_port_and_listens_where_published() -> None:
+    services = compose()["services"]
+    endpoint = services["service"]["environment"]["PHOTOROOM_BG_S3_ENDPOINT_URL"]
+    match = re.fullmatch(r"http://([a-z0-9-]+):(\d+)", endpoint)
+    assert match is not None
+    host, port = match.group(1), int(match.group(2))
+    assert host == "minio"
+    assert port in {container_port(m)[2] for m in services["minio"]["ports"]}
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    command = re.search(r"^CMD \[(.*)\]$", dockerfile, re.MULTILINE)
+    assert command is not None
+    args = [a.strip().strip('"') for a in command.group(1).split(",")]
+    assert args[:2] == ["photoroom-bg", "serve"]
+    listen = int(args[args.index("--port") + 1])
+    assert f"EXPOSE {listen}" in dockerfile
+    assert [container_port(m)[2] for m in services["service"]["ports"]] == [listen]
+    assert services["service"]["environment"]["PHOTOROOM_BG_STATE_DIR"] in str(
+        services["service"]["volumes"]
+    )
+    assert "/health/ready" in str(services["service"]["healthcheck"]["test"])
+    assert 'pip install ".[service,s3]"' in dockerfile
+
+
+def test_phone_homes_are_off() -> None:
+    minio = compose()["services"]["minio"]["environment"]
+    assert minio["MINIO_UPDATE"] == "off"
+    assert minio["MINIO_CALLHOME_ENABLE"] == "off"
+
+
+def test_env_example_defines_what_compose_interpolates_and_names_every_setting() -> None:
+    text = (ROOT / ".env.example").read_text()
+    defined = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, re.MULTILINE))
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", (ROOT / "docker-compose.yaml").read_text()))
+    assert used <= defined, used - defined
+    assert set(ENVIRONMENT.values()) <= defined, set(ENVIRONMENT.values()) - defined
+    assert not re.search(r"^PHOTOROOM_BG_TOKENS=\S", text, re.MULTILINE)  # no usable default
