@@ -258,3 +258,29 @@ def test_executors_are_chosen_by_name() -> None:
 
 def _context(settings: ServiceSettings) -> ExecutorContext:
     return ExecutorContext(settings=settings, sink=MemorySink(), client=None, reader=SourceReader())
+
+
+@pytest.mark.filterwarnings("ignore:Using .httpx. with .starlette.testclient")
+def test_the_router_works_inside_another_app(tmp_path: Path) -> None:
+    """Its lifespan opens the service's state; its errors are problems without handlers."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from photoroom_bg.service import create_router
+
+    app = FastAPI()
+    settings = ServiceSettings(sink="memory://", state_dir=str(tmp_path), tokens=("t0ken",))
+    app.include_router(create_router(settings), prefix="/backgrounds")
+    with TestClient(app) as client:
+        ready = client.get("/backgrounds/health/ready")
+        assert ready.status_code == 503  # no Photoroom key: the engine check says so
+        assert ready.json()["checks"]["engine"]["ok"] is False
+        assert ready.json()["checks"]["sink"]["ok"] is True
+        refused = client.get("/backgrounds/api/v2/remove-backgrounds/" + "0" * 32)
+        assert refused.status_code == 401
+        assert refused.headers["content-type"] == "application/problem+json"
+        missing = client.get(
+            "/backgrounds/api/v2/remove-backgrounds/" + "0" * 32,
+            headers={"Authorization": "Bearer t0ken"},
+        )
+        assert missing.json()["code"] == "job_not_found"
