@@ -150,7 +150,7 @@ class LiveJob:
         if len(self.results) > seen or self.ended:
             return
         event = self._changed
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(asyncio.TimeoutError):  # not TimeoutError before 3.11
             await asyncio.wait_for(event.wait(), timeout)
 
 

@@ -136,7 +136,7 @@ class JobService:
         if live.report is not None:
             record.report = report_json(live.report)
         if live.progress is not None:
-            record.progress = progress_json(live.progress)
+            record.progress = progress_json(live.progress, expected_total=record.image_count)
         await self.store.save(record)
         self.claims.release(live.job_id, finished=True)
 
@@ -209,7 +209,7 @@ class JobService:
             return
         record.replica = self.settings.replica_id
         if live.progress is not None:
-            record.progress = progress_json(live.progress)
+            record.progress = progress_json(live.progress, expected_total=record.image_count)
         await self.store.save(record)
 
     # -- reading ----------------------------------------------------------------------------
@@ -275,7 +275,11 @@ class JobService:
         items = await self.items(record)
         counts = counts_of(items)
         live = self.executor.live(record.job_id)
-        progress = progress_json(live.progress) if live and live.progress else record.progress
+        progress = (
+            progress_json(live.progress, expected_total=record.image_count)
+            if live and live.progress
+            else record.progress
+        )
         body: dict[str, Any] = {
             "job_id": record.job_id,
             "status": record.state,

@@ -202,6 +202,12 @@ def add_routes(router: APIRouter) -> None:
         except PhotoroomBGError as exc:
             p = problem_for(exc)
             checks["sink"] = {"ok": False, "code": p.code, "detail": str(exc)}
+        except Exception as exc:  # a storage library's own error, not translated by the sink
+            checks["sink"] = {
+                "ok": False,
+                "code": "storage_unavailable",
+                "detail": f"{type(exc).__name__} from the storage client",
+            }
         engine = None if state.client is not None else "no Photoroom API key (PHOTOROOM_API_KEY)"
         checks["engine"] = {"ok": engine is None, **({"detail": engine} if engine else {})}
         problem = await state.executor.check()
@@ -609,7 +615,9 @@ async def _events(state: ServiceState, record: JobRecord, url_for: Any) -> Async
                 sent.add(result.index)
                 yield _sse("item", item)
             if live.progress is not None:
-                yield _sse("progress", progress_json(live.progress))
+                yield _sse(
+                    "progress", progress_json(live.progress, expected_total=live.image_count)
+                )
             if live.ended:
                 await live.recorded.wait()  # the record says how it ended
                 break

@@ -93,10 +93,26 @@ def _counted(progress: Progress) -> dict[str, Any]:
     return data
 
 
-def progress_json(progress: Progress | None, items: Iterable[Mapping[str, Any]] = ()) -> Any:
-    """A progress snapshot; without one, counts by status from ``items``."""
+def progress_json(
+    progress: Progress | None,
+    items: Iterable[Mapping[str, Any]] = (),
+    *,
+    expected_total: int | None = None,
+) -> Any:
+    """A progress snapshot; without one, counts by status from ``items``.
+
+    BatchRemover lists its sources lazily, so its ``total`` (and ``eta``) stay unknown
+    until the last source is queued; a job knows its image count from the start, and passes
+    it as ``expected_total`` to fill them in.
+    """
     if progress is not None:
-        return _counted(progress)
+        data = _counted(progress)
+        if data.get("total") is None and expected_total is not None:
+            data["total"] = expected_total
+            left = expected_total - int(data.get("done") or 0)
+            rate = float(data.get("rate") or 0)
+            data["eta"] = round(left / rate, 4) if left > 0 and rate > 0 else None
+        return data
     counts: dict[str, int] = {}
     for item in items:
         status = str(item.get("status"))

@@ -110,8 +110,14 @@ def test_a_killed_service_finishes_its_job_on_restart_without_paying_twice(
             job = client.post("/api/v2/remove-backgrounds", json={"image_urls": urls}).json()
         job_id = job["job_id"]
         poll(lambda: stored(first, job_id) >= count // 2, timeout=120, what="half the job")
+        midway = status(first, job_id, status="pending", limit=5)
     finally:
         first.kill()
+    assert midway["status"] == "running"
+    assert midway["progress"]["total"] == count
+    assert midway["eta_seconds"] is not None
+    assert midway["eta_seconds"] > 0
+    assert all(item["status"] == "pending" for item in midway["items"])
     paid_at_kill = faulty_emulator.ledger.calls()
     assert paid_at_kill < count, "the job finished before the kill: nothing was tested"
 

@@ -3,6 +3,7 @@ serialization of results (including fields and statuses added later), job record
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -284,3 +285,72 @@ def test_the_router_works_inside_another_app(tmp_path: Path) -> None:
             headers={"Authorization": "Bearer t0ken"},
         )
         assert missing.json()["code"] == "job_not_found"
+
+
+@pytest.mark.filterwarnings("ignore:Using .httpx. with .starlette.testclient")
+def test_cors_allows_only_the_configured_origins(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from photoroom_bg.service import create_app
+
+    settings = ServiceSettings(
+        sink="memory://", state_dir=str(tmp_path), cors_origins=("https://shop.example",)
+    )
+    with TestClient(create_app(settings)) as client:
+        allowed = client.get("/health", headers={"Origin": "https://shop.example"})
+        assert allowed.headers["access-control-allow-origin"] == "https://shop.example"
+        other = client.get("/health", headers={"Origin": "https://elsewhere.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+@pytest.mark.filterwarnings("ignore:Using .httpx. with .starlette.testclient")
+def test_readiness_fails_with_detail_when_the_sink_is_unreachable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    # credentials in the environment, so botocore never asks the cloud metadata address
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-access-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-key-never-shown")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    from photoroom_bg.service import create_app
+
+    with socket.socket() as closed:  # a loopback port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings = ServiceSettings(
+        api_key="k",
+        sink="s3://bucket/prefix",
+        s3_endpoint_url=f"http://127.0.0.1:{port}",
+        state_dir=str(tmp_path),
+    )
+    with TestClient(create_app(settings)) as client:
+        ready = client.get("/health/ready")
+    assert ready.status_code == 503
+    checks = ready.json()["checks"]
+    assert checks["sink"]["ok"] is False
+    assert checks["sink"]["code"].startswith("storage_")
+    assert checks["engine"]["ok"] is True
+    assert "test-secret-key-never-shown" not in ready.text
+
+
+def test_a_job_knows_its_total_and_eta_before_the_batch_has_listed_every_source() -> None:
+    from photoroom_bg.batch import Progress
+    from photoroom_bg.service._serialize import progress_json
+
+    listing = Progress(
+        total=None,
+        pending=8,
+        running=8,
+        succeeded=40,
+        skipped=0,
+        failed=0,
+        cancelled=0,
+        elapsed=10.0,
+        rate=4.0,
+        eta=None,
+    )
+    data = progress_json(listing, expected_total=100)
+    assert data["total"] == 100
+    assert data["eta"] == 15.0  # 60 images left at 4 a second
+    assert progress_json(listing)["eta"] is None
