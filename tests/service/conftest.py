@@ -10,9 +10,24 @@ import pytest
 
 from photoroom_bg.testing import PhotoroomEmulator
 
-from .live import API_KEY, ImageServer, ServiceProcess, image_server, service_env, start_service
+from .live import (
+    API_KEY,
+    ImageServer,
+    ServiceProcess,
+    image_server,
+    merge_child_coverage,
+    service_env,
+    start_service,
+)
 
 pytest.importorskip("fastapi")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _child_coverage() -> Iterator[None]:
+    """The service runs in child processes: their coverage joins this run's at the end."""
+    yield
+    merge_child_coverage()
 
 
 @pytest.fixture(scope="session")

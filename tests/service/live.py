@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -131,13 +132,57 @@ class ServiceProcess:
         self.process.wait(30)
 
     def stop(self) -> None:
+        """Ctrl-C: a graceful shutdown. (uvicorn re-raises SIGTERM after its shutdown, which
+        would end the process before coverage could save what it measured.)"""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(30)
+
+
+COVERAGE_DIR = Path(tempfile.gettempdir()) / f"photoroom-bg-service-coverage-{os.getpid()}"
+
+
+def coverage_args() -> list[str]:
+    """Run a child under coverage when the tests are (see ``merge_child_coverage``)."""
+    try:
+        import coverage
+    except ImportError:
+        return []
+    current = coverage.Coverage.current()
+    if current is None:
+        return []
+    COVERAGE_DIR.mkdir(exist_ok=True)
+    rcfile = Path(__file__).parents[2] / "pyproject.toml"
+    return [
+        "-m",
+        "coverage",
+        "run",
+        "--parallel-mode",
+        f"--rcfile={rcfile}",
+        f"--data-file={COVERAGE_DIR / '.coverage'}",
+    ]
+
+
+def merge_child_coverage() -> None:
+    """Add what the service children measured to this process's coverage data."""
+    try:
+        import coverage
+        from coverage.data import CoverageData
+    except ImportError:
+        return
+    current = coverage.Coverage.current()
+    if current is None or not COVERAGE_DIR.is_dir():
+        return
+    data = current.get_data()
+    for path in sorted(COVERAGE_DIR.glob(".coverage.*")):
+        child = CoverageData(basename=str(path))
+        child.read()
+        data.update(child)
+        path.unlink()
 
 
 def start_service(
@@ -154,6 +199,7 @@ def start_service(
         process = subprocess.Popen(
             [
                 sys.executable,
+                *coverage_args(),
                 "-m",
                 "photoroom_bg.service",
                 "--host",
