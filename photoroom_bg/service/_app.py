@@ -71,10 +71,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         )
 
     async def problems(request: Request, exc: Exception) -> JSONResponse:
-        problem = to_problem(exc) or Problem(500, "internal_error", "Unexpected error")
+        problem = to_problem(exc)
+        if problem is None:  # a bug: logged with its traceback, answered without details
+            logger.error("unexpected error on %s", request.url.path, exc_info=exc)
+            problem = Problem(500, "internal_error", "Unexpected error")
         return problem_response(problem, request)
 
     app.add_exception_handler(StarletteHTTPException, problems)
     app.add_exception_handler(RequestValidationError, problems)
     app.add_exception_handler(Problem, problems)
+    app.add_exception_handler(Exception, problems)
     return app

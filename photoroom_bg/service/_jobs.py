@@ -66,6 +66,7 @@ class JobService:
         self.executor = executor
         self._owners: dict[str, str] = {}  # running job -> owner, for the per-token cap
         self._lock = asyncio.Lock()
+        self._writing = asyncio.Lock()  # record writes of the jobs running here
 
     def __repr__(self) -> str:
         return f"JobService(executor={self.executor!r}, running={len(self._owners)})"
@@ -125,6 +126,11 @@ class JobService:
 
     async def _ended(self, live: LiveJob) -> None:
         self._owners.pop(live.job_id, None)
+        async with self._writing:  # a heartbeat must not write "running" over the end
+            await self._record_end(live)
+        self.claims.release(live.job_id, finished=True)
+
+    async def _record_end(self, live: LiveJob) -> None:
         record = await self.store.load(live.job_id)
         if record is None:
             return
@@ -138,7 +144,6 @@ class JobService:
         if live.progress is not None:
             record.progress = progress_json(live.progress, expected_total=record.image_count)
         await self.store.save(record)
-        self.claims.release(live.job_id, finished=True)
 
     async def resume_orphans(self) -> list[str]:
         """Finish the jobs this host was running when its process died (at start-up)."""
@@ -204,8 +209,14 @@ class JobService:
             return
         if not live.cancel_requested and await self.store.cancel_requested(job_id):
             await self.executor.cancel(job_id)
-        record = await self.store.load(job_id)
-        if record is None or record.finished or self.executor.live(job_id) is None:
+        async with self._writing:
+            await self._record_progress(live)
+
+    async def _record_progress(self, live: LiveJob) -> None:
+        if live.ended:
+            return
+        record = await self.store.load(live.job_id)
+        if record is None or record.finished:
             return
         record.replica = self.settings.replica_id
         if live.progress is not None:

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import json
 import os
 import re
-import tempfile
-import time
 import uuid
-import zipfile
-from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
-from starlette.background import BackgroundTask
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from .. import __version__
 from .._images import sniff_format
@@ -26,18 +19,17 @@ from ..errors import ObjectNotFoundError, PhotoroomBGError
 from ..options import EditOptions, SegmentOptions
 from ..sinks import MemorySink, Sink
 from ..sources import ImageSource
-from ._executor import LiveJob
+from ._events import event_stream
 from ._http import RequestBody, read_body
 from ._options import parse_options
+from ._outputs import error_json, ext, job_archive, media, results_archive
 from ._problems import Problem, problem_for
-from ._serialize import item_from_result, progress_json
 from ._state import ServiceState
 from ._store import JobRecord
 
 __all__ = ["add_routes"]
 
 _OUTPUT_KEY = re.compile(r"outputs/[A-Za-z0-9._-]{1,100}-[0-9a-f]{12}\.(png|jpg|webp|avif)")
-_MEDIA = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "avif": "image/avif"}
 _STATIC = {"app.js": "text/javascript", "app.css": "text/css", "index.html": "text/html"}
 _UPLOAD_EXT = {"png": "png", "jpeg": "jpg", "webp": "webp", "heic": "heic", "avif": "avif"}
 
@@ -76,14 +68,6 @@ def _check_urls(urls: list[str]) -> None:
             )
 
 
-def _ext(key: str | None) -> str:
-    return (key or "").rsplit(".", 1)[-1].lower()
-
-
-def _media(key: str | None) -> str:
-    return _MEDIA.get(_ext(key), "application/octet-stream")
-
-
 async def _run(
     state: ServiceState,
     sources: list[Any],
@@ -116,15 +100,6 @@ async def _urls_for(request: Request, state: ServiceState, key: str) -> dict[str
         "download_url": str(request.url_for("download_output", key=key)),
         "presigned_url": presigned,
     }
-
-
-def _error_json(result: JobResult) -> dict[str, Any] | None:
-    if result.error is not None:
-        p = problem_for(result.error)
-        return {"type": type(result.error).__name__, "code": p.code, "message": str(result.error)}
-    if not result.ok:
-        return {"type": None, "code": str(result.status.value), "message": result.reason}
-    return None
 
 
 def _one_source(body: RequestBody) -> Any:
@@ -247,17 +222,17 @@ def add_routes(router: APIRouter) -> None:
                 {
                     "status": result.status.value,
                     "key": result.key,
-                    "content_type": _media(result.key),
+                    "content_type": media(result.key),
                     "size": result.output.size if result.output else None,
                     **await _urls_for(request, state, result.key),
                 }
             )
         assert result.key is not None
         data = await sink.get(result.key)
-        filename = f"background_removed.{_ext(result.key)}"
+        filename = f"background_removed.{ext(result.key)}"
         return Response(
             data,
-            media_type=_media(result.key),
+            media_type=media(result.key),
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )
 
@@ -285,7 +260,7 @@ def add_routes(router: APIRouter) -> None:
         sink: Sink = MemorySink() if want_zip and not body.flag("store") else state.sink
         results = await _run(state, list(urls), options, sink)
         if want_zip:
-            return await _zip_response(results, urls, sink)
+            return await results_archive(results, urls, sink)
         items = []
         for result, url in zip(results, urls, strict=True):
             item: dict[str, Any] = {
@@ -294,14 +269,14 @@ def add_routes(router: APIRouter) -> None:
                 "original_url": result.source,
                 "status": result.status.value,
                 "success": result.ok,
-                "error": _error_json(result),
+                "error": error_json(result),
                 "key": result.key if result.ok else None,
                 "storage_url": None,
             }
             if result.ok and result.key:
                 urls_for = await _urls_for(request, state, result.key)
                 item.update(urls_for, storage_url=urls_for["download_url"])
-                item["content_type"] = _media(result.key)
+                item["content_type"] = media(result.key)
             items.append(item)
         succeeded = sum(1 for r in results if r.ok)
         return JSONResponse(
@@ -319,7 +294,7 @@ def add_routes(router: APIRouter) -> None:
         if not _OUTPUT_KEY.fullmatch(key):
             raise Problem(404, "output_not_found", "No such output")
         data = await state_of(request).sink.get(key)
-        return Response(data, media_type=_media(key))
+        return Response(data, media_type=media(key))
 
     # -- v2: jobs -------------------------------------------------------------------------
 
@@ -446,7 +421,7 @@ def add_routes(router: APIRouter) -> None:
         if not item.get("stored"):
             raise Problem(404, "output_not_found", "No output", f"item {index} is {item['status']}")
         data = await state.sink.get(item["key"])
-        return Response(data, media_type=_media(item["key"]))
+        return Response(data, media_type=media(item["key"]))
 
     @router.get("/api/v2/remove-backgrounds/{job_id}/zip", response_model=None)
     async def job_zip(request: Request, job_id: str, owner: Caller) -> Response:
@@ -454,7 +429,7 @@ def add_routes(router: APIRouter) -> None:
         state = state_of(request)
         record = await state.jobs.get(owner, job_id)
         items = await state.jobs.items(record)
-        return await _job_zip(state.sink, job_id, items)
+        return await job_archive(state.sink, job_id, items)
 
     @router.get("/api/v2/remove-backgrounds/{job_id}/events", response_model=None)
     async def job_events(request: Request, job_id: str, owner: Caller) -> Response:
@@ -466,7 +441,7 @@ def add_routes(router: APIRouter) -> None:
             return str(request.url_for("job_output", job_id=job_id, index=index))
 
         return StreamingResponse(
-            _events(state, record, url_for),
+            event_stream(state, record, url_for),
             media_type="text/event-stream",
             # no-cache, not no-store: Chromium reports a no-store stream read to its end
             # as aborted (playwright issue 42742)
@@ -515,128 +490,3 @@ async def _save_upload(state: ServiceState, name: str, data: bytes) -> dict[str,
     if not await state.sink.exists(key):
         await state.sink.put(key, data, content_type=f"image/{kind}", metadata={})
     return {"kind": "upload", "key": key, "name": os.path.basename(name)[:200]}
-
-
-def _zip_name(position: int, name: str, key: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80] or "image"
-    return f"image_{position + 1}_{stem}.{_ext(key)}"
-
-
-async def _zip_response(results: list[JobResult], urls: list[str], sink: Sink) -> Response:
-    errors = []
-    files: list[tuple[str, bytes]] = []
-    for result in results:
-        if result.ok and result.key:
-            files.append(
-                (_zip_name(result.index, result.name, result.key), await sink.get(result.key))
-            )
-        else:
-            errors.append(
-                {
-                    "index": result.index,
-                    "url": urls[result.index],
-                    "status": result.status.value,
-                    "error": _error_json(result),
-                }
-            )
-
-    def build() -> bytes:
-        import io
-
-        out = io.BytesIO()
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
-            for name, data in files:
-                archive.writestr(name, data)
-            archive.writestr("errors.json", json.dumps(errors, indent=2))
-        return out.getvalue()
-
-    data = await asyncio.to_thread(build)
-    return Response(
-        data,
-        media_type="application/zip",
-        headers={
-            "Content-Disposition": 'attachment; filename="background_removed_images.zip"',
-            "X-Success-Count": str(len(files)),
-            "X-Failed-Count": str(len(errors)),
-        },
-    )
-
-
-async def _job_zip(sink: Sink, job_id: str, items: list[dict[str, Any]]) -> Response:
-    fd, path = tempfile.mkstemp(prefix="photoroom-bg-", suffix=".zip")
-    os.close(fd)
-    archive = await asyncio.to_thread(zipfile.ZipFile, path, "w", zipfile.ZIP_STORED)
-    errors = []
-    try:
-        for item in items:
-            if item.get("stored"):
-                data = await sink.get(item["key"])
-                name = _zip_name(item["index"], str(item.get("name") or "image"), item["key"])
-                await asyncio.to_thread(archive.writestr, name, data)
-            elif item["status"] not in ("pending", "running"):
-                errors.append(
-                    {k: item.get(k) for k in ("index", "source", "status", "error", "reason")}
-                )
-        await asyncio.to_thread(archive.writestr, "errors.json", json.dumps(errors, indent=2))
-    except BaseException:
-        archive.close()
-        os.unlink(path)
-        raise
-    await asyncio.to_thread(archive.close)
-    return FileResponse(
-        path,
-        media_type="application/zip",
-        filename=f"cutouts-{job_id[:8]}.zip",
-        background=BackgroundTask(os.unlink, path),
-    )
-
-
-def _sse(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-
-
-async def _events(state: ServiceState, record: JobRecord, url_for: Any) -> AsyncIterator[bytes]:
-    """The event stream: live results as they come when this process runs the job, else
-    the record polled until the job ends, then its items."""
-    jobs = state.jobs
-    yield _sse("job", {"job_id": record.job_id, "image_count": record.image_count})
-    sent: set[int] = set()
-    live: LiveJob | None = state.executor.live(record.job_id)
-    seen = 0
-    last_beat = time.monotonic()
-    while True:
-        live = state.executor.live(record.job_id) or live
-        if live is not None:
-            for result in live.results[seen:]:
-                seen += 1
-                item = item_from_result(result)
-                if item.get("stored"):
-                    item["output_url"] = url_for(result.index)
-                sent.add(result.index)
-                yield _sse("item", item)
-            if live.progress is not None:
-                yield _sse(
-                    "progress", progress_json(live.progress, expected_total=live.image_count)
-                )
-            if live.ended:
-                await live.recorded.wait()  # the record says how it ended
-                break
-            await live.wait_for_change(seen, 15.0)
-        else:
-            fresh = await jobs.store.load(record.job_id)
-            if fresh is None or fresh.finished:
-                break
-            if fresh.progress:
-                yield _sse("progress", fresh.progress)
-            await asyncio.sleep(1.0)
-        if time.monotonic() - last_beat > 15:
-            last_beat = time.monotonic()
-            yield b": keep-alive\n\n"
-    final = await jobs.store.load(record.job_id) or record
-    for item in await jobs.items(final):
-        if item["index"] in sent or item["status"] in ("pending", "running"):
-            continue
-        if item.get("stored"):
-            item["output_url"] = url_for(item["index"])
-        yield _sse("item", item)
-    yield _sse("done", await jobs.describe(final, include_items=False))

@@ -96,7 +96,8 @@ class ServiceSettings:
             everything else that is not public is refused.
         executor: what runs ``/api/v2`` jobs: ``local`` (in this process).
         url_expires: lifetime in seconds of presigned output URLs.
-        replica_id: this replica's name in job records (default: the host name).
+        replica_id: this replica's name in job records (default: the host name); unique per
+            host, as a job whose replica id is this one's is resumed from this host's claims.
         lease_seconds: a running job whose replica has not reported for this long is taken
             over by the replica asked about it.
         heartbeat_seconds: how often a running job's record is updated in the sink.
