@@ -354,3 +354,54 @@ def test_a_job_knows_its_total_and_eta_before_the_batch_has_listed_every_source(
     assert data["total"] == 100
     assert data["eta"] == 15.0  # 60 images left at 4 a second
     assert progress_json(listing)["eta"] is None
+
+
+async def test_a_heartbeat_never_writes_running_over_a_jobs_end(tmp_path: Path) -> None:
+    """The heartbeat loads a running job's record and saves it with fresh progress; if the
+    job ends in between, its "completed" record must be the one that stays."""
+    import asyncio
+
+    from photoroom_bg.service import JobService, JobStore, LiveJob
+
+    job_id = "c" * 32
+    sink = MemorySink()
+    store = JobStore(sink)
+    live = LiveJob(job_id, 1)
+
+    class OneJob:
+        name = "local"
+
+        def live(self, wanted: str) -> LiveJob | None:
+            return live if wanted == job_id else None
+
+        def running(self) -> list[str]:
+            return [job_id]
+
+        async def cancel(self, wanted: str) -> bool:
+            return False
+
+    claims = LocalClaims(tmp_path)
+    claims.prepare()
+    service = JobService(ServiceSettings(), store, claims, OneJob())  # type: ignore[arg-type]
+    await store.save(JobRecord(job_id=job_id, owner="o", created=1.0, image_count=1, options={}))
+    in_save, go_on = asyncio.Event(), asyncio.Event()
+    save = store.save
+
+    async def slow_save(record: JobRecord) -> None:
+        if record.state == "running":  # the heartbeat's write
+            in_save.set()
+            await go_on.wait()
+        await save(record)
+
+    store.save = slow_save  # type: ignore[method-assign]
+    beat = asyncio.create_task(service._beat(job_id))
+    await asyncio.wait_for(in_save.wait(), 10)
+    live.end(None, None)
+    ended = asyncio.create_task(service._ended(live))
+    for _ in range(20):  # let the end run as far as it can
+        await asyncio.sleep(0)
+    go_on.set()
+    await asyncio.wait_for(asyncio.gather(beat, ended), 10)
+    record = await store.load(job_id)
+    assert record is not None
+    assert record.state == "completed"
