@@ -4,10 +4,10 @@ Each of three processes does one thing: the emulator (fixed latency, no image wo
 service (``python -m photoroom_bg.service``, uvicorn, a memory sink), and this script, which
 drives both and measures. Prints, each measured in this one run:
 
-1. latency added by the service: 200 concurrent clients each post single images to
-   ``/api/v1/remove-background`` (multipart upload, the cut-out's bytes back); beside it the
-   same images sent by 200 concurrent direct ``AsyncPhotoroomClient.remove_background`` calls.
-   p50 and p99 of both, and their differences;
+1. latency added by the service: clients post single images to ``/api/v1/remove-background``
+   (multipart upload, the cut-out's bytes back), first one client, then 200 at once; beside
+   them the same number of direct ``AsyncPhotoroomClient.remove_background`` calls. p50 and
+   p99 of both, their differences, and the CPU each side spends per image;
 2. wall-time efficiency of a 2,000-image ``/api/v2`` job (uploads, polled until done) against
    ``BatchRemover.run`` on the same images at the same concurrency, directly:
    ``direct time / service time`` (target >= 0.9).
@@ -27,6 +27,7 @@ import importlib.metadata
 import io
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -68,7 +69,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def service(emulator_url: str, concurrency: int, images: int) -> Iterator[str]:
+def service(emulator_url: str, concurrency: int, images: int) -> Iterator[tuple[str, int]]:
     """The service in its own process: no tokens (loopback), memory sink, no rate limits."""
     port = free_port()
     state = tempfile.mkdtemp(prefix="photoroom-bg-bench-")
@@ -98,9 +99,9 @@ def service(emulator_url: str, concurrency: int, images: int) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the service did not start")
             time.sleep(0.1)
-        yield url
+        yield url, proc.pid
     finally:
-        proc.terminate()
+        proc.send_signal(signal.SIGINT)
         proc.wait()
 
 
@@ -135,14 +136,19 @@ async def clients(count: int, jobs: list[list[bytes]], call: object) -> list[flo
     return latencies
 
 
-def added_latency(url: str, service_url: str, count: int, per_client: int) -> None:
-    print(f"1. latency added by the service: {count} concurrent clients x {per_client} images")
-    images = photos(count * per_client, offset=100_000)
-    direct_jobs = [images[i::count] for i in range(count)]
-    service_images = photos(count * per_client, offset=200_000)
-    service_jobs = [service_images[i::count] for i in range(count)]
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (Linux)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    async def direct() -> list[float]:
+
+def added_latency(url: str, service_url: str, service_pid: int, count: int, per: int) -> None:
+    print(f"1. latency added by the service: single images, 1 client, then {count} at once")
+    images = photos(count * per + 100, offset=100_000)
+    through = photos(count * per + 100, offset=200_000)
+
+    async def direct(jobs: list[list[bytes]]) -> tuple[list[float], float]:
         async with AsyncPhotoroomClient(api_key=KEY, base_url=url) as client:
 
             async def call(image: bytes) -> None:
@@ -150,9 +156,11 @@ def added_latency(url: str, service_url: str, count: int, per_client: int) -> No
                 assert result.content
 
             await call(photos(1, offset=1)[0])  # warm the pool
-            return await clients(count, direct_jobs, call)
+            started = time.process_time()
+            latencies = await clients(len(jobs), jobs, call)
+            return latencies, time.process_time() - started
 
-    async def through_service() -> list[float]:
+    async def service(jobs: list[list[bytes]]) -> tuple[list[float], float]:
         limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
         async with httpx.AsyncClient(base_url=service_url, limits=limits, timeout=120) as http:
 
@@ -165,19 +173,33 @@ def added_latency(url: str, service_url: str, count: int, per_client: int) -> No
                 assert answer.content
 
             await call(photos(1, offset=2)[0])
-            return await clients(count, service_jobs, call)
+            started = process_cpu(service_pid)
+            latencies = await clients(len(jobs), jobs, call)
+            return latencies, process_cpu(service_pid) - started
 
-    direct_latencies = asyncio.run(direct())
-    service_latencies = asyncio.run(through_service())
-    print(f"   {'':>16} {'p50 ms':>8} {'p99 ms':>8}")
-    rows = (("direct client", direct_latencies), ("through service", service_latencies))
-    for name, values in rows:
-        print(
-            f"   {name:>16} {percentile(values, 50) * 1e3:8.1f} {percentile(values, 99) * 1e3:8.1f}"
+    print(f"   {'':>26} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/image':>13}")
+    for label, direct_jobs, service_jobs in (
+        ("1 client, 100 images", [images[:100]], [through[:100]]),
+        (
+            f"{count} clients x {per} images",
+            [images[100 + i :: count] for i in range(count)],
+            [through[100 + i :: count] for i in range(count)],
+        ),
+    ):
+        d, d_cpu = asyncio.run(direct(direct_jobs))
+        s, s_cpu = asyncio.run(service(service_jobs))
+        print(f"   {label}")
+        rows = (
+            ("direct client call", d, d_cpu / len(d)),
+            ("through the service", s, s_cpu / len(s)),
         )
-    p50 = percentile(service_latencies, 50) - percentile(direct_latencies, 50)
-    p99 = percentile(service_latencies, 99) - percentile(direct_latencies, 99)
-    print(f"   {'added':>16} {p50 * 1e3:8.1f} {p99 * 1e3:8.1f}")
+        for name, values, per_image in rows:
+            p50, p99 = percentile(values, 50) * 1e3, percentile(values, 99) * 1e3
+            print(f"   {name:>26} {p50:8.1f} {p99:8.1f} {per_image * 1e3:13.2f}")
+        added50 = (percentile(s, 50) - percentile(d, 50)) * 1e3
+        added99 = (percentile(s, 99) - percentile(d, 99)) * 1e3
+        print(f"   {'added by the service':>26} {added50:8.1f} {added99:8.1f}")
+    print("   (CPU: the direct client's process, or the service's process, per image)")
 
 
 def job_efficiency(url: str, service_url: str, n: int, concurrency: int, latency: float) -> None:
@@ -233,9 +255,9 @@ def main() -> None:
     )
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {versions}")
     print(f"emulator latency {args.latency * 1000:.0f} ms, each part in its own process")
-    with emulator(args.latency) as url, service(url, args.concurrency, args.images) as svc:
+    with emulator(args.latency) as url, service(url, args.concurrency, args.images) as (svc, pid):
         if args.only in (None, "latency"):
-            added_latency(url, svc, args.clients, args.requests)
+            added_latency(url, svc, pid, args.clients, args.requests)
         if args.only in (None, "job"):
             job_efficiency(url, svc, args.images, args.concurrency, args.latency)
 

@@ -22,8 +22,9 @@ from ..sources import ImageSource
 from ._events import event_stream
 from ._http import RequestBody, read_body
 from ._options import parse_options
-from ._outputs import error_json, ext, job_archive, media, results_archive
+from ._outputs import archive, ext, media
 from ._problems import Problem, problem_for
+from ._serialize import item_from_result
 from ._state import ServiceState
 from ._store import JobRecord
 
@@ -259,31 +260,22 @@ def add_routes(router: APIRouter) -> None:
         want_zip = "application/zip" in request.headers.get("accept", "")
         sink: Sink = MemorySink() if want_zip and not body.flag("store") else state.sink
         results = await _run(state, list(urls), options, sink)
-        if want_zip:
-            return await results_archive(results, urls, sink)
         items = []
         for result, url in zip(results, urls, strict=True):
-            item: dict[str, Any] = {
-                "index": result.index,
-                "url": url,
-                "original_url": result.source,
-                "status": result.status.value,
-                "success": result.ok,
-                "error": error_json(result),
-                "key": result.key if result.ok else None,
-                "storage_url": None,
-            }
-            if result.ok and result.key:
-                urls_for = await _urls_for(request, state, result.key)
-                item.update(urls_for, storage_url=urls_for["download_url"])
-                item["content_type"] = media(result.key)
+            item = item_from_result(result)
+            item.update(url=url, original_url=result.source, success=result.ok, storage_url=None)
+            if item["stored"]:
+                links = await _urls_for(request, state, result.key or "")
+                item.update(links, storage_url=links["download_url"])
             items.append(item)
-        succeeded = sum(1 for r in results if r.ok)
+        if want_zip:
+            return await archive(sink, items, filename="background_removed_images.zip")
+        succeeded = sum(1 for item in items if item["success"])
         return JSONResponse(
             {
-                "total_count": len(results),
+                "total_count": len(items),
                 "success_count": succeeded,
-                "failed_count": len(results) - succeeded,
+                "failed_count": len(items) - succeeded,
                 "results": items,
             }
         )
@@ -429,7 +421,7 @@ def add_routes(router: APIRouter) -> None:
         state = state_of(request)
         record = await state.jobs.get(owner, job_id)
         items = await state.jobs.items(record)
-        return await job_archive(state.sink, job_id, items)
+        return await archive(state.sink, items, filename=f"cutouts-{job_id[:8]}.zip")
 
     @router.get("/api/v2/remove-backgrounds/{job_id}/events", response_model=None)
     async def job_events(request: Request, job_id: str, owner: Caller) -> Response:

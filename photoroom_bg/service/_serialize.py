@@ -68,7 +68,12 @@ def item_from_record(record: Mapping[str, Any]) -> dict[str, Any]:
         if error_type or message
         else None
     )
-    item["stored"] = item.get("status") in STORED_STATUSES and bool(item.get("key"))
+    status = item.get("status")
+    if item["error"] is None and status not in STORED_STATUSES | ACTIVE_STATUSES:
+        # cancelled (or a status added later): no error type, but a code and the reason,
+        # so that an item that ended without an output never looks like one still running
+        item["error"] = {"type": None, "code": str(status), "message": item.get("reason")}
+    item["stored"] = status in STORED_STATUSES and bool(item.get("key"))
     return item
 
 

@@ -70,6 +70,9 @@ def serve(
         "server_header": False,
         "timeout_graceful_shutdown": 10,
         "proxy_headers": False,
+        # the standard asyncio loop (not uvloop): DNS lookups of image URLs go through
+        # Python's resolver, where the SSRF guard and test harnesses can see them
+        "loop": "asyncio",
     }
     if workers > 1:
         if settings is not None:
