@@ -309,23 +309,15 @@ def emulator(args: tuple[str, ...]) -> None:
 def serve(host: str, port: int, workers: int, allow_unauthenticated: bool, log_level: str) -> None:
     """Run the HTTP service (settings from PHOTOROOM_BG_* variables; see the service guide)."""
     try:
-        from .service import ServiceSettings
         from .service import serve as run_service
     except ImportError:
         raise _UsageError(
             "the service needs the 'service' extra: pip install 'photoroom-bg[service]'"
         ) from None
     if allow_unauthenticated:
-        os.environ["PHOTOROOM_BG_ALLOW_UNAUTHENTICATED"] = "1"
+        os.environ["PHOTOROOM_BG_ALLOW_UNAUTHENTICATED"] = "1"  # for every worker
     try:
-        settings = ServiceSettings.from_env()
-        if workers > 1:
-            from .service import check_bind
-
-            check_bind(settings, host)
-            run_service(host=host, port=port, workers=workers, log_level=log_level)
-        else:
-            run_service(settings, host=host, port=port, log_level=log_level)
+        run_service(host=host, port=port, workers=workers, log_level=log_level)
     except ConfigurationError as exc:
         raise _UsageError(str(exc)) from None
 

@@ -159,9 +159,17 @@ OnEnd = Callable[[LiveJob], Awaitable[None]]
 
 @runtime_checkable
 class Executor(Protocol):
-    """Runs jobs; see the module docs."""
+    """Runs jobs; see the module docs.
+
+    Attributes:
+        name: the executor's name in :data:`EXECUTORS` and in job records.
+        in_process: ``True`` when jobs run in the service's own processes: the service then
+            claims them on its host and finishes those whose process died. An executor that
+            hands jobs to workers elsewhere leaves retries to them (``False``).
+    """
 
     name: str
+    in_process: bool
 
     async def start(self, spec: JobSpec, on_end: OnEnd) -> LiveJob | None:
         """Start ``spec``; call ``on_end`` when it has ended (not when the service stops).
@@ -222,6 +230,7 @@ class LocalExecutor:
     """
 
     name = "local"
+    in_process = True
 
     def __init__(self, context: ExecutorContext) -> None:
         self.context = context

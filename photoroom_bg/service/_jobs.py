@@ -105,7 +105,8 @@ class JobService:
         try:
             await self.store.save_sources(record.job_id, sources)
             await self.store.save(record)
-            self.claims.claim(record.job_id)
+            if self.executor.in_process:
+                self.claims.claim(record.job_id)
             await self._start(record, sources)
         except BaseException:
             self._owners.pop(record.job_id, None)
@@ -147,7 +148,9 @@ class JobService:
 
     async def resume_orphans(self) -> list[str]:
         """Finish the jobs this host was running when its process died (at start-up)."""
-        resumed = []
+        resumed: list[str] = []
+        if not self.executor.in_process:
+            return resumed
         for job_id in self.claims.orphans():
             if not self.claims.claim(job_id):
                 continue  # another live worker on this host runs it
@@ -180,7 +183,11 @@ class JobService:
     async def _maybe_adopt(self, record: JobRecord) -> None:
         """Take over a running job nobody runs any more: one whose process on this host
         died (its lock is free) or whose replica stopped reporting for ``lease_seconds``."""
-        if record.finished or self.executor.live(record.job_id) is not None:
+        if (
+            not self.executor.in_process
+            or record.finished
+            or self.executor.live(record.job_id) is not None
+        ):
             return
         ours = record.replica == self.settings.replica_id
         stale = time.time() - record.updated > self.settings.lease_seconds

@@ -404,6 +404,7 @@ def test_the_api_key_never_leaves_the_service(service: ServiceProcess) -> None:
     with service.client() as client:
         for path in ("/", "/health/ready", "/openapi.json", "/static/app.js"):
             assert API_KEY not in client.get(path).text
+        assert API_KEY not in client.get("/", headers={"Accept": "text/html"}).text
     assert API_KEY not in service.log_text()
     sink = service.env["PHOTOROOM_BG_SINK"]
     state = service.env["PHOTOROOM_BG_STATE_DIR"]

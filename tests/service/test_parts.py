@@ -245,6 +245,7 @@ def test_a_claim_is_exclusive_until_released_and_orphans_are_found(tmp_path: Pat
 def test_executors_are_chosen_by_name() -> None:
     class Elsewhere:
         name = "elsewhere"
+        in_process = False
 
         def __init__(self, context: ExecutorContext) -> None:
             self.context = context
@@ -370,6 +371,7 @@ async def test_a_heartbeat_never_writes_running_over_a_jobs_end(tmp_path: Path) 
 
     class OneJob:
         name = "local"
+        in_process = True
 
         def live(self, wanted: str) -> LiveJob | None:
             return live if wanted == job_id else None
@@ -405,3 +407,40 @@ async def test_a_heartbeat_never_writes_running_over_a_jobs_end(tmp_path: Path) 
     record = await store.load(job_id)
     assert record is not None
     assert record.state == "completed"
+
+
+async def test_jobs_of_an_executor_running_elsewhere_are_never_taken_over(tmp_path: Path) -> None:
+    """Only in-process jobs are claimed and resumed by the service; a job that another
+    executor runs stays with it, however old its record looks."""
+    from photoroom_bg.service import JobService, JobStore
+
+    started: list[str] = []
+
+    class Remote:
+        name = "remote"
+        in_process = False
+
+        async def start(self, spec: object, on_end: object) -> None:
+            started.append(str(getattr(spec, "job_id", "")))
+
+        def live(self, job_id: str) -> None:
+            return None
+
+        def running(self) -> list[str]:
+            return []
+
+    store = JobStore(MemorySink())
+    claims = LocalClaims(tmp_path)
+    claims.prepare()
+    settings = ServiceSettings(lease_seconds=0.001, replica_id="here")
+    service = JobService(settings, store, claims, Remote())  # type: ignore[arg-type]
+    options = {"kind": "segment", "fields": {}}
+    record = await service.create("owner", [{"kind": "url", "url": "https://x/y.png"}], options)
+    assert started == [record.job_id]
+    assert claims.orphans() == []  # nothing claimed on this host
+    record.updated = 0.0
+    await store.sink.put(f"jobs/{record.job_id}/job.json", record.to_json())
+    again = await service.get("owner", record.job_id)
+    assert again.state == "running"
+    assert started == [record.job_id]  # not started a second time
+    assert await service.resume_orphans() == []
