@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import PhotoroomBGError
 from ._problems import Problem, problem_for
@@ -85,6 +86,8 @@ class ProblemRoute(APIRoute):
             try:
                 _cap_body(request)
                 return await handler(request)
+            except ClientDisconnect:  # the caller hung up mid-body: nobody to answer
+                return Response(status_code=499)
             except Exception as exc:
                 problem = to_problem(exc)
                 if problem is None:

@@ -69,6 +69,9 @@ def serve(
         "log_level": log_level,
         "server_header": False,
         "timeout_graceful_shutdown": 10,
+        # longer than clients keep idle connections (httpx: 5 s), so a client never sends a
+        # request on a connection the server is closing at that moment
+        "timeout_keep_alive": 30,
         "proxy_headers": False,
         # the standard asyncio loop (not uvloop): DNS lookups of image URLs go through
         # Python's resolver, where the SSRF guard and test harnesses can see them
