@@ -43,7 +43,7 @@ def state_of(request: Request) -> ServiceState:
     return state  # type: ignore[no-any-return]
 
 
-def caller(request: Request) -> str:
+async def caller(request: Request) -> str:
     """Authenticate the request and count it against the caller's rate limit."""
     state = state_of(request)
     owner = state.auth.owner(request.headers.get("authorization"))
