@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from types import TracebackType
 from typing import Any
 
@@ -56,6 +57,13 @@ class PhotoroomEngine:
         if not isinstance(options, EditOptions):
             raise ValidationError("only EditOptions can pass an image URL straight to Photoroom")
         return await self.client.edit(url, options)
+
+    def _with_client(self, client: AsyncPhotoroomClient) -> PhotoroomEngine:
+        """A copy of this engine (subclass and overrides kept) that owns ``client``."""
+        clone = copy.copy(self)
+        clone.client = client
+        clone._owns_client = False  # whoever made ``client`` closes it
+        return clone
 
     async def aclose(self) -> None:
         """Close the client if the engine created it."""

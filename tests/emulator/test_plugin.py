@@ -63,6 +63,8 @@ def test_the_command_runs_and_stops(tmp_path: object) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
+        assert process.stdout is not None
+        process.stdout.close()
 
 
 @pytest.mark.parametrize(
