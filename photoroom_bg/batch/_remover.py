@@ -461,7 +461,9 @@ class _Batch:
     def _notify(self, result: JobResult) -> None:
         if self._bar is not None:
             p = self.handle.progress
-            self._bar.set_postfix(ok=p.succeeded, skipped=p.skipped, failed=p.failed, refresh=False)
+            self._bar.set_postfix(
+                made=p.succeeded, skipped=p.skipped, failed=p.failed, refresh=False
+            )
             self._bar.update(1)
         try:
             if self.r.on_result is not None:

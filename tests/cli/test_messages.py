@@ -141,3 +141,12 @@ def test_the_summary_counts_made_skipped_and_stored(
     as_json = run("remove", str(folder), "-o", str(dest), *base, "--json", key=emulator.api_key)
     summary = json.loads(as_json.stdout.splitlines()[-1])["summary"]
     assert (summary["stored"], summary["succeeded"], summary["skipped"]) == (6, 0, 6)
+
+
+def test_the_progress_bar_uses_the_summary_words(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    result = run("remove", str(folder), "-o", str(tmp_path / "out"),
+                 "--base-url", str(emulator.url), key=emulator.api_key)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "failed=0, made=6, skipped=0]" in result.stderr
