@@ -434,7 +434,7 @@ def _sources(items: Sequence[str]) -> list[Any]:
     return [_stdin_sources() if item == "-" else item for item in items]
 
 
-def _engine(name: str, model: str, options: SegmentOptions | EditOptions, key: str | None) -> Any:
+def _engine(name: str, model: str, options: SegmentOptions | EditOptions) -> Any:
     """The LocalEngine for ``--engine local``, its options checked; ``None`` means the API."""
     if name != "local":
         return None
@@ -500,24 +500,24 @@ def _run(
     specs = _sources(sources)
     s3_options = {"endpoint_url": endpoint_url} if endpoint_url else {}
     try:
-        local = _engine(engine, model, options, key)
+        local = _engine(engine, model, options)
     except ConfigurationError as exc:
         raise _UsageError(str(exc)) from None
-    resources: list[Any] = [] if local is None else [local]
+    opened: list[Any] = [] if local is None else [local]  # closed on every way out
     try:
         from .sinks import open_sink
 
-        resources.append(open_sink(dest, **(s3_options if dest.startswith("s3://") else {})))
-        resources.append(
-            SourceReader(
-                allow_private_networks=allow_private_networks, s3_options=s3_options or None
-            )
+        sink = open_sink(dest, **(s3_options if dest.startswith("s3://") else {}))
+        opened.append(sink)
+        reader = SourceReader(
+            allow_private_networks=allow_private_networks, s3_options=s3_options or None
         )
+        opened.append(reader)
         batch = BatchRemover(
             local,  # None: the API engine, made and closed by the batch
             api_key=key,
             base_url=base_url,
-            sink=resources[-2],
+            sink=sink,
             options=options,
             concurrency=concurrency,
             requests_per_minute=rpm or None,
@@ -525,17 +525,17 @@ def _run(
             manifest=manifest,
             progress=not (quiet or json_out),
             on_result=_print_job if json_out else None,
-            reader=resources[-1],
+            reader=reader,
             url_passthrough=url_passthrough,
         )
         handle = batch.submit(specs)
     except (ConfigurationError, ValidationError, OSError) as exc:
-        _close(*resources)
+        _close(*opened)
         raise _UsageError(str(exc)) from None
     try:
         _finish(handle, sources, dest, manifest, json_out, quiet)
     finally:
-        _close(*resources)
+        _close(*opened)
 
 
 def _finish(
