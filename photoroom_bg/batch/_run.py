@@ -457,7 +457,7 @@ class Batch:
             if result.status is not JobStatus.CANCELLED:
                 self.bar.update(1)
             self.bar.set_postfix(
-                stored=p.stored, skipped=p.skipped, failed=p.failed,
+                made=p.succeeded, skipped=p.skipped, failed=p.failed,
                 **({"spilled": p.spilled} if p.spilled else {}),
                 **({"cancelled": p.cancelled} if p.cancelled else {}),
                 refresh=False,
