@@ -8,10 +8,11 @@ import functools
 import hashlib
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -23,7 +24,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .._client import AsyncPhotoroomClient
 from .._keys import content_digest
 from .._retry import RetryPolicy, is_retryable
-from ..engines._base import Engine
+from ..engines._base import Engine, check_engine_options
 from ..errors import (
     APIConnectionError,
     APIStatusError,
@@ -49,6 +50,9 @@ from ._handle import BatchHandle
 from ._jobs import BatchReport, JobResult, JobStatus
 from ._limiter import AdaptiveLimit, RateGate
 from ._manifest import Manifest, ManifestState, read_manifest, replayable_sources
+
+if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport there
+    from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
     from ._remover import BatchRemover
@@ -237,9 +241,7 @@ class Batch:
     async def _open(self) -> None:
         r = self.r
         self.engine = self._make_engine()
-        check = getattr(self.engine, "check_options", None)
-        if check is not None:
-            check(r.options)
+        check_engine_options(self.engine, r.options)  # refused now, not once per image
         self.sink: Sink = r.sink
         self.reader = r.reader or SourceReader()
         if r.reader is None:
@@ -333,7 +335,7 @@ class Batch:
             send, receive = anyio.create_memory_object_stream[tuple[int, ImageSource]](
                 self.r.concurrency
             )
-            async with anyio.create_task_group() as tg:
+            async with _one_error(), anyio.create_task_group() as tg:
                 self._tg = tg
                 if self._manifest is not None:
                     tg.start_soon(self._manifest.writer)
@@ -823,6 +825,32 @@ class Batch:
         if self._spool is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self._spool)
+
+
+@contextlib.asynccontextmanager
+async def _one_error() -> AsyncIterator[None]:
+    """Raise the error that ended a task group itself, not the group around it: the siblings
+    it cancelled add nothing but noise."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        raise _first_error(group) from None
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    cancelled = anyio.get_cancelled_exc_class()
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        current = pending.pop(0)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        else:
+            leaves.append(current)
+    for leaf in leaves:
+        if not isinstance(leaf, cancelled):
+            return leaf
+    return leaves[0] if leaves else group
 
 
 def _typed(exc: BaseException, kind: type[PhotoroomBGError], doing: str = "") -> PhotoroomBGError:
