@@ -137,8 +137,10 @@ def _shutdown() -> None:
 
 
 # Python stops accepting work in its thread pools (asyncio.to_thread) before plain atexit
-# functions run; threading's own exit hooks run first, and those registered later run
-# earlier, so this one still sees working thread pools.
+# functions run. threading's own exit hooks run first, the latest registered first: the
+# thread pools' hook is registered on import, so importing it here puts ours before it.
+import concurrent.futures.thread  # noqa: E402, F401
+
 _register = getattr(threading, "_register_atexit", None)
 if _register is not None:
     _register(_shutdown)

@@ -59,6 +59,8 @@ class TcpProxy:
                 # a zero linger makes close() send a RST: the peer sees a reset, not an EOF
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RD)  # wakes the pump blocked in recv(); sends nothing
+            with contextlib.suppress(OSError):
                 sock.close()
 
     def close(self) -> None:

@@ -289,6 +289,8 @@ class S3Sink:
                     f"bucket {self.bucket!r} does not exist (pass create_bucket=True to create it)"
                 ) from None
             raise self._error(exc, "look up the bucket") from None
+        except Exception as exc:  # the server went away between two requests
+            raise self._error(exc, "look up the bucket") from None
 
     async def get(self, key: str) -> bytes:
         """Download ``key``."""
