@@ -267,7 +267,8 @@ def main() -> None:
         f"{name} {importlib.metadata.version(name)}"
         for name in ("httpx", "httpcore", "anyio", "h11", "fastapi", "uvicorn")
     )
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {versions}")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    print(versions)
     print(f"emulator latency {args.latency * 1000:.0f} ms, each part in its own process")
     with emulator(args.latency) as url, service(url, args.concurrency, args.images) as (svc, pid):
         if args.only in (None, "latency"):

@@ -110,8 +110,16 @@ class KeyTemplate:
         ext: str,
         engine: str = "photoroom",
     ) -> str:
-        """Return the key for one input."""
-        digest = hashlib.sha256(f"{content_digest}:{options_digest}".encode()).hexdigest()
+        """Return the key for one input.
+
+        The digest covers the input's bytes, the options and the engine: a cut-out from one
+        engine never stands in for another's. (The Photoroom engine's digests leave its name
+        out, so that outputs stored before engines were told apart keep their keys.)
+        """
+        identity = f"{content_digest}:{options_digest}"
+        if engine != "photoroom":
+            identity += f":{engine}"
+        digest = hashlib.sha256(identity.encode()).hexdigest()
         fields = {
             "stem": safe_stem(stem),
             "digest": digest,

@@ -4,22 +4,33 @@ Sync callers (scripts, notebooks where a loop is already running in the main thr
 coroutines to one daemon thread that runs its own asyncio loop. Library code never calls
 ``asyncio.run``; async resources used through a sync façade (aiobotocore clients, httpx
 ``AsyncClient``) are created and used on this one loop only.
+
+At interpreter exit, before Python stops its worker threads, the functions registered with
+:func:`at_exit` run (submitted batches use it to stop starting jobs, store what is paid for
+and flush their manifests), then the loop's per-loop resources are closed and it stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
+import logging
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+logger = logging.getLogger("photoroom_bg")
+
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
+_exit_hooks: list[Callable[[], None]] = []
+# loops whose thread is blocked in run_sync(): nothing can run on them until it returns
+_blocked: dict[asyncio.AbstractEventLoop, int] = {}
 
 
 def _run_forever(loop: asyncio.AbstractEventLoop) -> None:
@@ -50,6 +61,32 @@ def submit(coro: Coroutine[Any, Any, T]) -> Future[T]:
     return asyncio.run_coroutine_threadsafe(coro, background_loop())
 
 
+@contextlib.contextmanager
+def _blocking_caller() -> Iterator[None]:
+    """Mark the calling thread's own running loop (a notebook's) as blocked meanwhile."""
+    try:
+        caller = asyncio.get_running_loop()
+    except RuntimeError:
+        yield
+        return
+    with _lock:
+        _blocked[caller] = _blocked.get(caller, 0) + 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _blocked[caller] -= 1
+            if not _blocked[caller]:
+                del _blocked[caller]
+
+
+def is_blocked(loop: asyncio.AbstractEventLoop) -> bool:
+    """True while ``loop``'s thread waits in :func:`run_sync`: work scheduled on that loop
+    cannot run before the call returns, so waiting for it there would deadlock."""
+    with _lock:
+        return loop in _blocked
+
+
 def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     """Run ``coro`` on the background loop and block until it finishes.
 
@@ -59,13 +96,53 @@ def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     if in_background_loop():
         coro.close()
         raise RuntimeError("run_sync() called from the photoroom-bg loop thread; await instead")
-    return submit(coro).result(timeout)
+    with _blocking_caller():
+        return submit(coro).result(timeout)
+
+
+def at_exit(hook: Callable[[], None]) -> Callable[[], None]:
+    """Run ``hook`` at interpreter exit, while worker threads still accept work; returns a
+    function that unregisters it."""
+    with _lock:
+        _exit_hooks.append(hook)
+
+    def remove() -> None:
+        with _lock, contextlib.suppress(ValueError):
+            _exit_hooks.remove(hook)
+
+    return remove
+
+
+def _run_exit_hooks() -> None:
+    with _lock:
+        hooks = list(reversed(_exit_hooks))
+        _exit_hooks.clear()
+    for hook in hooks:
+        try:
+            hook()
+        except Exception:
+            logger.exception("a photoroom_bg exit hook failed")
 
 
 def _shutdown() -> None:
+    _run_exit_hooks()
     loop = _loop
-    if loop is not None and not loop.is_closed() and loop.is_running():
-        loop.call_soon_threadsafe(loop.stop)
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+    from ._perloop import close_loop_resources
+
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(close_loop_resources(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
 
 
-atexit.register(_shutdown)
+# Python stops accepting work in its thread pools (asyncio.to_thread) before plain atexit
+# functions run. threading's own exit hooks run first, the latest registered first: the
+# thread pools' hook is registered on import, so importing it here puts ours before it.
+import concurrent.futures.thread  # noqa: E402, F401
+
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_shutdown)
+else:  # pragma: no cover - every supported Python has it
+    atexit.register(_shutdown)

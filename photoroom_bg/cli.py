@@ -1,15 +1,20 @@
 """The ``photoroom-bg`` command: batch background removal from a shell.
 
 Needs the ``cli`` extra (``pip install 'photoroom-bg[cli]'``); ``--engine local`` also needs
-``local``. Exit codes: 0 every input done, 1 some inputs failed or were cancelled, 2 a usage
-or configuration error, 130 interrupted (Ctrl-C; the manifest is kept and a re-run resumes).
+``local``. Exit codes: 0 every input done, 1 some inputs failed or were cancelled (or there was
+nothing to do), 2 a usage or setup error, reported before any request is sent and before
+anything is created, 130 interrupted (Ctrl-C; the manifest is kept and a re-run resumes).
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,8 +26,10 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     raise SystemExit(2) from None
 
 from . import __version__
-from .batch import BatchRemover, BatchReport, JobResult, JobStatus
+from ._cli_checks import check_destination, check_inputs, check_manifest, printable
+from .batch import BatchRemover, BatchReport, JobResult
 from .batch._manifest import job_fields
+from .engines import check_engine_options
 from .errors import ConfigurationError, PhotoroomBGError, ValidationError
 from .options import EditOptions, SegmentOptions
 from .sources import SourceReader
@@ -34,11 +41,133 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MANIFEST_NAME = ".photoroom-bg-manifest.jsonl"
 
+#: Commands whose code needs an extra, imported only when used: name -> (module, attribute,
+#: extra). ``photoroom-bg --help`` still lists them when the extra is missing.
+LAZY_COMMANDS = {
+    "emulator": ("photoroom_bg.testing._cli", "emulator", "testing"),
+    "serve": ("photoroom_bg.service._cli", "serve", "service"),
+}
+
 
 class _UsageError(click.ClickException):
-    """A configuration problem: exit code 2, one clear line."""
+    """A usage or setup problem: ``Error: ...`` on one line, exit code 2."""
 
     exit_code = EXIT_USAGE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split("\n")))
+
+
+class _NothingToDo(click.ClickException):
+    """No image to process: ``Error: no images found in ...``, exit code 1."""
+
+    exit_code = EXIT_FAILED
+
+
+class _Group(click.Group):
+    """A group that also lists, and imports on use, the commands of :data:`LAZY_COMMANDS`."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
+            return _load_command(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+def _load_command(name: str) -> click.Command:
+    import importlib
+
+    module_name, attribute, extra = LAZY_COMMANDS[name]
+    try:
+        command: click.Command = getattr(importlib.import_module(module_name), attribute)
+    except ImportError:
+        hint = f"the {name} command needs the '{extra}' extra: pip install 'photoroom-bg[{extra}]'"
+
+        def missing(**_: object) -> None:
+            raise _UsageError(hint)
+
+        return click.Command(
+            name,
+            callback=missing,
+            help=f"Not installed: needs the '{extra}' extra.",
+            context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+            add_help_option=False,
+        )
+    return command
+
+
+# -- logging and warnings -----------------------------------------------------------------
+
+
+class _EchoHandler(logging.Handler):
+    """Log records as lines on stderr, with control characters escaped."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(printable(self.format(record)), err=True)
+        except Exception:  # pragma: no cover - logging must never break the command
+            self.handleError(record)
+
+
+def _enable_logging(ctx: click.Context, _param: click.Parameter, verbose: bool) -> None:
+    """``-v``: show photoroom_bg's own log (requests, retries, batch decisions) on stderr."""
+    if not verbose or ctx.resilient_parsing:
+        return
+    logger = logging.getLogger("photoroom_bg")
+    if any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        return  # -v given to the group and to the command
+    handler = _EchoHandler()
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+
+    def restore() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+    ctx.call_on_close(restore)
+
+
+def _verbose_option(func: F) -> F:
+    option = click.option(
+        "-v",
+        "--verbose",
+        is_flag=True,
+        expose_value=False,
+        callback=_enable_logging,
+        help="Log each request, retry and decision to stderr.",
+    )
+    return option(func)
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    click.echo(f"warning: {printable(str(message))}", err=True)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Print each warning once, as one ``warning: ...`` line (no file path, no source line)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+        warnings.showwarning = _show_warning
+        yield
+
+
+# -- options shared by the commands ---------------------------------------------------------
 
 
 def _read_key(api_key_file: str | None, api_key: str | None) -> str | None:
@@ -55,7 +184,7 @@ def _read_key(api_key_file: str | None, api_key: str | None) -> str | None:
         except OSError as exc:
             raise _UsageError(f"cannot read --api-key-file: {exc.strerror}") from None
         if not key:
-            raise _UsageError(f"--api-key-file {api_key_file} is empty")
+            raise _UsageError(f"--api-key-file {printable(api_key_file)} is empty")
         return key
     return os.environ.get("PHOTOROOM_API_KEY") or None
 
@@ -73,6 +202,7 @@ def _api_options(func: F) -> F:
             metavar="URL",
             help="Send API calls here instead of Photoroom (a proxy or the emulator).",
         ),
+        _verbose_option,
     ]
     for option in reversed(options):
         func = option(func)
@@ -102,11 +232,11 @@ def _batch_options(func: F) -> F:
             "--resume/--no-skip-existing",
             "skip_existing",
             default=True,
-            help="Skip inputs whose output already exists (default), or redo them.",
+            help="Skip inputs whose output is already stored (default), or make them again.",
         ),
         click.option(
             "--manifest",
-            type=click.Path(dir_okay=False),
+            metavar="PATH",
             help=f"JSON-lines record of every job (default: DEST/{MANIFEST_NAME} for folders).",
         ),
         click.option(
@@ -128,13 +258,19 @@ def _batch_options(func: F) -> F:
     return func
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# -- the commands ---------------------------------------------------------------------------
+
+
+@click.group("photoroom-bg", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="photoroom-bg")
-def main() -> None:
+@_verbose_option
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Remove image backgrounds at scale with Photoroom, or offline with --engine local."""
+    ctx.with_resource(_warnings_as_lines())
 
 
-@main.command()
+@main.command(short_help="Cut out images into a folder or a bucket.")
 @_batch_options
 @click.option(
     "--engine",
@@ -149,7 +285,7 @@ def main() -> None:
 @click.option("--bg-color", metavar="COLOR", help="Fill the background: a name or hex.")
 @click.option("--size", type=click.Choice(["preview", "medium", "hd", "full"]), default="full")
 @click.option("--crop", is_flag=True, help="Crop to the subject.")
-@click.option("--despill", is_flag=True, help="Remove green-screen spill.")
+@click.option("--despill", is_flag=True, help="Remove green-screen spill (API only).")
 def remove(
     *,
     sources: tuple[str, ...],
@@ -180,7 +316,7 @@ def remove(
     _run(sources, dest, options, engine=engine, model=model, **common)
 
 
-@main.command()
+@main.command(short_help="Edit images with Photoroom's /v2/edit.")
 @_batch_options
 @click.option("--background-color", metavar="COLOR", help="Background colour (hex or name).")
 @click.option("--background-prompt", metavar="TEXT", help="Generate an AI background.")
@@ -222,7 +358,7 @@ def edit(
     for item in params:
         name, sep, value = item.partition("=")
         if not sep or not name:
-            raise _UsageError(f"--param {item!r}: use KEY=VALUE")
+            raise _UsageError(f"--param {printable(item)!r}: use KEY=VALUE")
         extra[name] = value
     try:
         options = EditOptions(
@@ -265,7 +401,7 @@ def account(
         with PhotoroomClient(api_key=key, base_url=base_url) as client:
             info = client.account()
     except PhotoroomBGError as exc:
-        click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        click.echo(f"error: {type(exc).__name__}: {printable(str(exc))}", err=True)
         sys.exit(EXIT_FAILED)
     if json_out:
         payload = {
@@ -280,76 +416,62 @@ def account(
         click.echo(f"plan:                {info.plan or 'unknown'}")
 
 
-@main.command(
-    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-    add_help_option=False,
-)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def emulator(args: tuple[str, ...]) -> None:
-    """Run the offline Photoroom emulator (see ``photoroom-bg emulator --help``)."""
-    try:
-        from .testing._cli import run_emulator
-    except ImportError:
-        raise _UsageError(
-            "the emulator needs the 'testing' extra: pip install 'photoroom-bg[testing]'"
-        ) from None
-    sys.exit(run_emulator(list(args)))
-
-
-@main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=8000, show_default=True, help="Port to listen on.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Worker processes.")
-@click.option(
-    "--allow-unauthenticated",
-    is_flag=True,
-    help="Serve a non-loopback address without tokens (behind your own gateway only).",
-)
-@click.option("--log-level", default="info", show_default=True, help="uvicorn's log level.")
-def serve(host: str, port: int, workers: int, allow_unauthenticated: bool, log_level: str) -> None:
-    """Run the HTTP service (settings from PHOTOROOM_BG_* variables; see the service guide)."""
-    try:
-        from .service import serve as run_service
-    except ImportError:
-        raise _UsageError(
-            "the service needs the 'service' extra: pip install 'photoroom-bg[service]'"
-        ) from None
-    if allow_unauthenticated:
-        os.environ["PHOTOROOM_BG_ALLOW_UNAUTHENTICATED"] = "1"  # for every worker
-    try:
-        run_service(host=host, port=port, workers=workers, log_level=log_level)
-    except ConfigurationError as exc:
-        raise _UsageError(str(exc)) from None
-
-
 # -- the batch run ----------------------------------------------------------------------------
 
 
-def _stdin_lines() -> Iterator[str]:
-    for line in sys.stdin:
-        text = line.strip()
-        if text and not text.startswith("#"):
-            yield text
+def _stdin_sources() -> Iterator[str]:
+    """Source lines from stdin; refuses an empty list before anything is created."""
+    lines = (line.strip() for line in sys.stdin)
+    wanted = (text for text in lines if text and not text.startswith("#"))
+    first = next(wanted, None)
+    if first is None:
+        raise _NothingToDo("no sources on stdin (one path, URL or s3:// URI per line)")
+    return itertools.chain([first], wanted)
 
 
 def _sources(items: Sequence[str]) -> list[Any]:
     if items.count("-") > 1:
         raise _UsageError("'-' (read sources from stdin) may be given once")
-    return [_stdin_lines() if item == "-" else item for item in items]
+    return [_stdin_sources() if item == "-" else item for item in items]
 
 
-def _local_engine(name: str, model: str, key: str | None) -> Any:
-    """The LocalEngine for ``--engine local``; ``None`` means the API, which needs a key."""
-    if name == "local":
-        from .engines.local import LocalEngine
+def _engine(name: str, model: str, options: SegmentOptions | EditOptions) -> Any:
+    """The LocalEngine for ``--engine local``, its options checked; ``None`` means the API."""
+    if name != "local":
+        return None
+    from .engines.local import LocalEngine
 
-        return LocalEngine(model)
-    if not key:
+    local = LocalEngine(model)
+    try:
+        check_engine_options(local, options)
+    except ValidationError as exc:
+        _close(local)
+        raise _UsageError(f"--engine local cannot do this: {exc}") from None
+    return local
+
+
+def _check_setup(
+    sources: Sequence[str], dest: str, manifest: str | None, engine: str, key: str | None
+) -> None:
+    """Every check that needs no network, before anything is created or billed."""
+    if dest.startswith("memory://"):
+        raise _UsageError("memory:// keeps nothing once the command ends: use a folder or s3://")
+    if engine == "photoroom" and not key:
         raise _UsageError(
             "no API key: set PHOTOROOM_API_KEY or pass --api-key-file "
             "(or use --engine local to work offline)"
         )
-    return None
+    try:
+        empty = check_inputs(sources)
+        check_destination(dest)
+        if manifest is not None:
+            check_manifest(manifest)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    if empty and len(empty) == len(sources):
+        raise _NothingToDo(f"no images found in {', '.join(printable(s) for s in empty)}")
+    for item in empty:
+        click.echo(f"warning: no images found in {printable(item)}", err=True)
 
 
 def _run(
@@ -372,20 +494,26 @@ def _run(
     base_url: str | None,
     url_passthrough: bool = False,
 ) -> None:
-    if dest.startswith("memory://"):
-        raise _UsageError("memory:// keeps nothing once the command ends: use a folder or s3://")
     key = _read_key(api_key_file, api_key) if engine == "photoroom" else None
     if manifest is None and "://" not in dest:
         manifest = str(Path(dest) / MANIFEST_NAME)
+    _check_setup(sources, dest, manifest, engine, key)
+    specs = _sources(sources)
     s3_options = {"endpoint_url": endpoint_url} if endpoint_url else {}
+    try:
+        local = _engine(engine, model, options)
+    except ConfigurationError as exc:
+        raise _UsageError(str(exc)) from None
+    opened: list[Any] = [] if local is None else [local]  # closed on every way out
     try:
         from .sinks import open_sink
 
         sink = open_sink(dest, **(s3_options if dest.startswith("s3://") else {}))
+        opened.append(sink)
         reader = SourceReader(
             allow_private_networks=allow_private_networks, s3_options=s3_options or None
         )
-        local = _local_engine(engine, model, key)
+        opened.append(reader)
         batch = BatchRemover(
             local,  # None: the API engine, made and closed by the batch
             api_key=key,
@@ -401,38 +529,48 @@ def _run(
             reader=reader,
             url_passthrough=url_passthrough,
         )
-        handle = batch.submit(_sources(sources))
-    except (ConfigurationError, ValidationError) as exc:
+        handle = batch.submit(specs)
+    except (ConfigurationError, ValidationError, OSError) as exc:
+        _close(*opened)
         raise _UsageError(str(exc)) from None
     try:
-        _finish(handle, dest, manifest, json_out, quiet)
+        _finish(handle, sources, dest, manifest, json_out, quiet)
     finally:
-        _close(sink, reader, *([local] if local is not None else []))
+        _close(*opened)
 
 
-def _finish(handle: Any, dest: str, manifest: str | None, json_out: bool, quiet: bool) -> None:
+def _finish(
+    handle: Any,
+    sources: Sequence[str],
+    dest: str,
+    manifest: str | None,
+    json_out: bool,
+    quiet: bool,
+) -> None:
     try:
         report = handle.wait()
     except KeyboardInterrupt:
         handle.cancel("interrupted")
         report = _wait_out(handle)
-        _summary(report, json_out, quiet)
-        where = f" (manifest: {manifest})" if manifest else ""
+        _summary(report, dest, json_out, quiet)
+        where = f" (manifest: {printable(manifest)})" if manifest else ""
         click.echo(
             f"\ninterrupted: {report.stored_count} of {report.total_count} stored{where}. "
             "Run the same command again to finish the rest; stored outputs are skipped.",
             err=True,
         )
         sys.exit(EXIT_INTERRUPTED)
-    _summary(report, json_out, quiet)
+    if report.total_count == 0 and not report.stop_reason:
+        raise _NothingToDo(f"no images found in {', '.join(printable(s) for s in sources)}")
+    _summary(report, dest, json_out, quiet)
     if report.stop_reason and report.total_count == 0:
-        click.echo(f"error: {report.stop_reason}", err=True)
+        click.echo(f"Error: {printable(report.stop_reason)}", err=True)
         sys.exit(EXIT_USAGE)
     sys.exit(EXIT_OK if report.all_ok else EXIT_FAILED)
 
 
 def _close(*resources: Any) -> None:
-    """Close the sink and reader on the loop their connections live on."""
+    """Close engines, sinks and readers on the loop their connections live on."""
     from . import _loop
 
     for resource in resources:
@@ -471,13 +609,14 @@ def _print_job(job: JobResult) -> None:
     click.echo(json.dumps({name: fields[name] for name in _JSON_FIELDS}, ensure_ascii=False))
 
 
-def _summary(report: BatchReport, json_out: bool, quiet: bool) -> None:
+def _summary(report: BatchReport, dest: str, json_out: bool, quiet: bool) -> None:
     if json_out:
         click.echo(
             json.dumps(
                 {
                     "summary": {
                         "total": report.total_count,
+                        "stored": report.stored_count,
                         "succeeded": report.succeeded_count,
                         "skipped": report.skipped_count,
                         "failed": report.failed_count,
@@ -494,24 +633,28 @@ def _summary(report: BatchReport, json_out: bool, quiet: bool) -> None:
     for error_type, jobs in report.failures.items():
         for job in jobs[:20]:
             message = job.error.message if job.error else ""
-            click.echo(f"failed: {job.source}: {error_type}: {message}", err=True)
+            click.echo(
+                f"failed: {printable(job.source)}: {error_type}: {printable(message)}", err=True
+            )
         more = report.failure_counts.get(error_type, 0) - min(len(jobs), 20)
         if more > 0:
             click.echo(f"failed: ... and {more} more {error_type} (see the manifest)", err=True)
     if report.stop_reason and report.stop_reason != "interrupted":
-        click.echo(f"stopped early: {report.stop_reason}", err=True)
+        click.echo(f"stopped early: {printable(report.stop_reason)}", err=True)
     if quiet:
         return
     rows = [
-        (JobStatus.SUCCEEDED.value, report.succeeded_count),
-        (JobStatus.SKIPPED.value + " (already stored)", report.skipped_count),
-        (JobStatus.FAILED.value, report.failed_count),
-        (JobStatus.CANCELLED.value, report.cancelled_count),
-        ("total", report.total_count),
+        ("succeeded (made now)", report.succeeded_count),
+        ("skipped (already stored)", report.skipped_count),
+        ("failed", report.failed_count),
+        ("cancelled", report.cancelled_count),
     ]
     click.echo("")
     for label, count in rows:
         click.echo(f"  {label:<26}{count:>8}")
+    click.echo(
+        f"  {'stored':<26}{report.stored_count:>8} of {report.total_count} in {printable(dest)}"
+    )
     spent = f", {report.credits_spent:g} credits" if report.credits_spent is not None else ""
     click.echo(f"  {report.billed_calls} billed calls{spent} in {report.duration:.1f} s")
 

@@ -26,7 +26,8 @@ Every error the SDK raises derives from :class:`PhotoroomBGError`, split by caus
     │   ├── BucketNotFoundError         the bucket does not exist (and was not to be created)
     │   ├── ObjectNotFoundError         no object under that key
     │   ├── UnsafeKeyError              the key would escape the sink's root
-    │   └── StorageFullError            no space left / size cap reached
+    │   ├── StorageFullError            no space left / size cap reached
+    │   └── StorageUnavailableError     the storage server cannot be reached right now
     └── UnexpectedError                 a job met an exception that is none of the above
 
 No message produced by this module ever contains an API key or a storage secret: messages are
@@ -62,6 +63,7 @@ __all__ = [
     "StorageAuthError",
     "StorageError",
     "StorageFullError",
+    "StorageUnavailableError",
     "UnexpectedError",
     "UnsafeKeyError",
     "UnsafeURLError",
@@ -264,3 +266,8 @@ class UnsafeKeyError(StorageError, ValueError):
 
 class StorageFullError(StorageError):
     """No space is left on the device, or the sink's size cap was reached."""
+
+
+class StorageUnavailableError(StorageError):
+    """The storage server cannot be reached right now (connection refused or reset, DNS,
+    timeout): an outage, worth waiting out, not a verdict on the object."""

@@ -28,6 +28,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _own_spill_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test (and its children) keeps spilled cut-outs in its own folder, never in the
+    user's cache."""
+    folder = tmp_path / "spill"
+    monkeypatch.setenv("PHOTOROOM_BG_SPILL_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(autouse=True)
 def _loopback_only() -> Iterator[None]:
     """Fail any test during which this process, or a Python child, tried to leave loopback."""
     log = Path(os.environ[netguard.LOG_ENV])

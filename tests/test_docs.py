@@ -54,3 +54,27 @@ def test_public_name_is_documented(module_name: str, name: str) -> None:
         return
     assert inspect.getdoc(obj), f"{module_name}.{name} has no docstring"
     assert name in documented(), f"{module_name}.{name} is missing from docs/api/*.rst"
+
+
+def toctree_entries() -> list[str]:
+    """The pages of the index's toctrees, in the order the navigation shows them."""
+    entries = []
+    in_toctree = False
+    for line in (DOCS / "index.rst").read_text().splitlines():
+        if line.startswith(".. toctree::"):
+            in_toctree = True
+        elif in_toctree and line.startswith("   ") and not line.strip().startswith(":"):
+            entries.append(line.strip())
+        elif line and not line.startswith(" "):
+            in_toctree = False
+    return entries
+
+
+def test_the_navigation_follows_the_reading_order() -> None:
+    entries = toctree_entries()
+    assert entries[:2] == ["guides/installation", "guides/quickstart"]
+    guides = [e for e in entries if e.startswith("guides/")]
+    api = [e for e in entries if e.startswith("api/")]
+    assert entries.index(guides[-1]) < entries.index(api[0])  # guides, then the reference
+    assert sorted(guides) == sorted(f"guides/{p.stem}" for p in (DOCS / "guides").glob("*.rst"))
+    assert sorted(api) == sorted(f"api/{p.stem}" for p in (DOCS / "api").glob("*.rst"))

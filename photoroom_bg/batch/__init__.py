@@ -2,15 +2,8 @@
 
 from ._handle import BatchHandle
 from ._jobs import BatchReport, JobResult, JobStatus, Progress
-from ._limiter import RateGate
-from ._manifest import (
-    Manifest,
-    finished_keys_in,
-    load_finished_keys,
-    load_sources,
-    replayable_sources,
-)
-from ._remover import BatchRemover
+from ._manifest import load_sources
+from ._remover import BatchRemover, default_spill_dir
 
 __all__ = [
     "BatchHandle",
@@ -18,11 +11,7 @@ __all__ = [
     "BatchReport",
     "JobResult",
     "JobStatus",
-    "Manifest",
     "Progress",
-    "RateGate",
-    "finished_keys_in",
-    "load_finished_keys",
+    "default_spill_dir",
     "load_sources",
-    "replayable_sources",
 ]

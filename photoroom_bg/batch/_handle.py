@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -11,7 +12,21 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from .. import _loop
+from .._retry import is_retryable
+from ..errors import (
+    AuthenticationError,
+    OutOfCreditsError,
+    PhotoroomError,
+    SourceError,
+    SourceNotFoundError,
+    StorageError,
+    UnexpectedError,
+    UnsafeKeyError,
+    UnsafeURLError,
+)
 from ._jobs import BatchReport, JobResult, JobStatus, Progress
 
 if TYPE_CHECKING:
@@ -22,12 +37,53 @@ __all__ = ["BatchHandle"]
 logger = logging.getLogger("photoroom_bg.batch")
 
 
+def retry_can_fix(result: JobResult) -> bool:
+    """Whether running this job again may end differently: cancelled and spilled jobs,
+    transient API failures, running out of credits (they can be topped up), storage
+    failures, timeouts fetching a source, and the unexpected. Not a bad key, an image the API
+    refuses, a missing file or a refused URL."""
+    if result.status in (JobStatus.CANCELLED, JobStatus.SPILLED):
+        return True
+    if result.status is not JobStatus.FAILED:
+        return False
+    error = result.error
+    if error is None:
+        return False
+    if isinstance(error, OutOfCreditsError) or is_retryable(error):
+        return True
+    if isinstance(error, (AuthenticationError, PhotoroomError, UnsafeKeyError)):
+        return False
+    if isinstance(error, (SourceNotFoundError, UnsafeURLError)):
+        return False
+    return isinstance(error, (StorageError, SourceError, UnexpectedError))
+
+
+class _Subscriber:
+    """One consumer of finished jobs: a queue, and for async consumers their loop's event."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.queue: deque[JobResult] = deque()
+        self.loop = loop
+        self.event = asyncio.Event() if loop is not None else None
+
+    def wake(self) -> None:
+        if self.loop is not None and self.event is not None and not self.loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the consumer's loop closed meanwhile
+                self.loop.call_soon_threadsafe(self.event.set)
+
+
 class BatchHandle:
     """A batch in flight: progress, partial results, completion, cancellation.
 
-    Returned at once by :meth:`BatchRemover.submit`. From sync code use :attr:`progress`,
+    Returned at once by :meth:`BatchRemover.submit`. It follows the
+    :class:`concurrent.futures.Future` conventions (:meth:`done`, :meth:`result`,
+    :meth:`exception`, :meth:`cancel`). From sync code use :attr:`progress`,
     :meth:`results`, :meth:`as_completed` and :meth:`wait`; from async code the same plus
     ``await handle`` and ``async for job in handle``.
+
+    If the batch itself fails (not one of its jobs: its machinery), :meth:`wait` and
+    ``await`` raise that error, :meth:`as_completed` and ``async for`` raise it after the
+    jobs that finished, and a handle nobody waits on logs it.
     """
 
     def __init__(self, *, keep_results: bool | int = True) -> None:
@@ -38,15 +94,21 @@ class BatchHandle:
         self._failures: deque[JobResult] = deque(maxlen=limit)
         self._finished: list[JobResult] = []  # completion order, when nothing is dropped
         self._unbounded = limit is None
-        self._subscribers: list[deque[JobResult]] = []
-        self._failed_sources: deque[ImageSource] = deque(maxlen=limit)
-        self._failed_total = 0
+        self._subscribers: list[_Subscriber] = []
+        # inputs a retry may fix, without their bytes (in-memory inputs are not kept)
+        self._retryable: deque[ImageSource] = deque(maxlen=limit)
+        self._retryable_total = 0
+        self._not_retryable: Counter[str] = Counter()
         self._counts: Counter[JobStatus] = Counter()
         self._running = 0
         self._seen = 0
         self._total: int | None = None
+        self._stopped = False
         self._started = time.monotonic()
+        self._ended_at: float | None = None
         self._report: BatchReport | None = None
+        self._error: BaseException | None = None
+        self._waiters = 0
         self._future: Future[BatchReport] | None = None
         self._cancel: Callable[[str], None] | None = None
         self._retry: Callable[[list[ImageSource]], BatchHandle] | None = None
@@ -56,7 +118,8 @@ class BatchHandle:
         p = self.progress
         return (
             f"BatchHandle(total={p.total}, succeeded={p.succeeded}, skipped={p.skipped}, "
-            f"failed={p.failed}, cancelled={p.cancelled}, running={p.running}, done={self.done()})"
+            f"spilled={p.spilled}, failed={p.failed}, cancelled={p.cancelled}, "
+            f"running={p.running}, done={self.done()})"
         )
 
     # -- fed by the batch ------------------------------------------------------------------
@@ -70,6 +133,12 @@ class BatchHandle:
         self._future = future
         self._cancel = cancel
         self._retry = retry
+        future.add_done_callback(self._future_done)
+
+    def _future_done(self, future: Future[BatchReport]) -> None:
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            self._fail(error)
 
     def _source_seen(self) -> None:
         with self._cond:
@@ -84,6 +153,10 @@ class BatchHandle:
         with self._cond:
             self._running += 1
 
+    def _stopping(self) -> None:
+        with self._cond:
+            self._stopped = True
+
     def _job_finished(self, result: JobResult, source: ImageSource, was_running: bool) -> None:
         with self._cond:
             if was_running:
@@ -95,11 +168,17 @@ class BatchHandle:
                 self._failures.append(result)
             else:
                 self._kept.append(result)
-            if result.status is JobStatus.FAILED:
-                self._failed_sources.append(source)
-                self._failed_total += 1
-            for queue in self._subscribers:
-                queue.append(result)
+            if result.status in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.SPILLED):
+                if source.data is not None:
+                    self._not_retryable["in-memory input (its bytes are not kept)"] += 1
+                elif retry_can_fix(result):
+                    self._retryable.append(attrs.evolve(source, data=None))
+                    self._retryable_total += 1
+                else:
+                    self._not_retryable[result.error_type or "error"] += 1
+            for subscriber in self._subscribers:
+                subscriber.queue.append(result)
+                subscriber.wake()
             self._cond.notify_all()
 
     def _status_counts(self) -> Counter[JobStatus]:
@@ -110,14 +189,36 @@ class BatchHandle:
     def _finish(self, report: BatchReport) -> None:
         with self._cond:
             self._report = report
-            self._cond.notify_all()
+            self._ended_at = time.monotonic()
+            self._wake_all()
+
+    def _fail(self, error: BaseException) -> None:
+        with self._cond:
+            if self._error is not None or self._report is not None:
+                return
+            self._error = error
+            self._ended_at = time.monotonic()
+            self._running = 0
+            unwatched = self._waiters == 0
+            self._wake_all()
+        if unwatched:
+            logger.error("the batch failed: %s", error, exc_info=error)
+
+    def _wake_all(self) -> None:
+        for subscriber in self._subscribers:
+            subscriber.wake()
+        self._cond.notify_all()
+
+    def _ended(self) -> bool:
+        return self._report is not None or self._error is not None
 
     # -- public ----------------------------------------------------------------------------
 
     def done(self) -> bool:
         """True once the batch has ended (its report is ready, or it failed), as
         :meth:`concurrent.futures.Future.done`."""
-        return self._report is not None or (self._future is not None and self._future.done())
+        with self._cond:
+            return self._ended()
 
     def cancelled(self) -> bool:
         """True once the batch has ended after :meth:`cancel` was called."""
@@ -129,12 +230,17 @@ class BatchHandle:
         with self._cond:
             counts = dict(self._counts)
             running, seen, total = self._running, self._seen, self._total
-        elapsed = time.monotonic() - self._started
+            stopped, ended_at = self._stopped or self._ended(), self._ended_at
+        elapsed = (ended_at or time.monotonic()) - self._started
         finished = sum(counts.values())
-        rate = finished / elapsed if elapsed > 0 else 0.0
+        cancelled = counts.get(JobStatus.CANCELLED, 0)
+        processed = finished - cancelled
+        rate = processed / elapsed if elapsed > 0 else 0.0
         pending = max(0, seen - finished - running)
         eta = None
-        if total is not None:
+        if stopped:
+            eta = 0.0
+        elif total is not None:
             left = total - finished
             eta = 0.0 if left <= 0 else (left / rate if rate > 0 else None)
         return Progress(
@@ -143,8 +249,9 @@ class BatchHandle:
             running=running,
             succeeded=counts.get(JobStatus.SUCCEEDED, 0),
             skipped=counts.get(JobStatus.SKIPPED, 0),
+            spilled=counts.get(JobStatus.SPILLED, 0),
             failed=counts.get(JobStatus.FAILED, 0),
-            cancelled=counts.get(JobStatus.CANCELLED, 0),
+            cancelled=cancelled,
             elapsed=elapsed,
             rate=rate,
             eta=eta,
@@ -166,22 +273,32 @@ class BatchHandle:
             return list(self._finished)
         return [*self._failures, *self._kept]
 
-    def _subscribe(self) -> deque[JobResult]:
+    def _subscribe(self, loop: asyncio.AbstractEventLoop | None) -> _Subscriber:
+        subscriber = _Subscriber(loop)
         with self._cond:
-            queue = deque(self._retained())
-            self._subscribers.append(queue)
-            return queue
+            subscriber.queue.extend(self._retained())
+            self._subscribers.append(subscriber)
+            self._waiters += 1
+        return subscriber
 
-    def _unsubscribe(self, queue: deque[JobResult]) -> None:
+    def _unsubscribe(self, subscriber: _Subscriber) -> None:
         with self._cond:
-            self._subscribers.remove(queue)
+            self._subscribers.remove(subscriber)
+            self._waiters -= 1
 
-    def _next(self, queue: deque[JobResult], timeout: float | None) -> JobResult | None:
+    def _next(self, subscriber: _Subscriber, timeout: float | None) -> JobResult | None:
         with self._cond:
-            ready = self._cond.wait_for(lambda: bool(queue) or self._report is not None, timeout)
+            ready = self._cond.wait_for(lambda: bool(subscriber.queue) or self._ended(), timeout)
             if not ready:
                 raise TimeoutError("no job finished in time")
-            return queue.popleft() if queue else None
+            if subscriber.queue:
+                return subscriber.queue.popleft()
+            self._raise_if_failed()
+            return None
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
 
     def as_completed(self, timeout: float | None = None) -> Iterator[JobResult]:
         """Yield jobs as they finish until the batch ends: first those :meth:`results`
@@ -190,31 +307,37 @@ class BatchHandle:
 
         Args:
             timeout: the longest wait for the next job, in seconds.
+
+        Raises:
+            PhotoroomBGError: the batch itself failed (after the jobs that finished).
         """
         self._check_not_on_loop("as_completed()", "async for job in handle")
-        queue = self._subscribe()
+        subscriber = self._subscribe(None)
         try:
-            while (result := self._next(queue, timeout)) is not None:
+            while (result := self._next(subscriber, timeout)) is not None:
                 yield result
         finally:
-            self._unsubscribe(queue)
+            self._unsubscribe(subscriber)
 
     async def __aiter__(self) -> AsyncIterator[JobResult]:
-        queue = self._subscribe()
+        subscriber = self._subscribe(asyncio.get_running_loop())
+        assert subscriber.event is not None
         try:
             while True:
                 with self._cond:
-                    result = queue.popleft() if queue else None
-                    ended = self._report is not None
-                if result is None:
-                    if ended:
-                        return
-                    result = await asyncio.to_thread(self._next, queue, None)
-                    if result is None:
-                        return
-                yield result
+                    subscriber.event.clear()
+                    result = subscriber.queue.popleft() if subscriber.queue else None
+                    ended = self._ended()
+                if result is not None:
+                    yield result
+                    continue
+                if ended:
+                    with self._cond:
+                        self._raise_if_failed()
+                    return
+                await subscriber.event.wait()  # cancellable: no thread is left behind
         finally:
-            self._unsubscribe(queue)
+            self._unsubscribe(subscriber)
 
     def wait(self, timeout: float | None = None) -> BatchReport:
         """Block until the batch ends; return its :class:`BatchReport`.
@@ -224,9 +347,14 @@ class BatchHandle:
             PhotoroomBGError: the batch itself failed (not one of its jobs).
         """
         self._check_not_on_loop("wait()", "await handle")
-        if self._future is None:
-            raise RuntimeError("this handle is not bound to a batch")
-        return self._future.result(timeout)
+        future = self._bound()
+        with self._cond:
+            self._waiters += 1
+        try:
+            return future.result(timeout)
+        finally:
+            with self._cond:
+                self._waiters -= 1
 
     def result(self, timeout: float | None = None) -> BatchReport:
         """The :class:`BatchReport`, waiting for it: :meth:`wait` under the name
@@ -237,40 +365,69 @@ class BatchHandle:
         """The error that ended the batch itself, or ``None`` when it ran to its end (failed
         jobs are in the report, not here); waits like :meth:`wait`."""
         self._check_not_on_loop("exception()", "await handle")
-        if self._future is None:
-            raise RuntimeError("this handle is not bound to a batch")
-        return self._future.exception(timeout)
+        future = self._bound()
+        with self._cond:
+            self._waiters += 1
+        try:
+            return future.exception(timeout)
+        finally:
+            with self._cond:
+                self._waiters -= 1
 
     def __await__(self) -> Generator[Any, None, BatchReport]:
+        return self._await().__await__()
+
+    async def _await(self) -> BatchReport:
+        future = self._bound()
+        with self._cond:
+            self._waiters += 1
+        try:
+            return await asyncio.wrap_future(future)
+        finally:
+            with self._cond:
+                self._waiters -= 1
+
+    def _bound(self) -> Future[BatchReport]:
         if self._future is None:
             raise RuntimeError("this handle is not bound to a batch")
-        return asyncio.wrap_future(self._future).__await__()
+        return self._future
 
     def cancel(self, reason: str = "cancelled") -> bool:
-        """Stop starting jobs: pending ones end ``cancelled``; running ones finish.
+        """Start no new billed request: jobs not started, and jobs waiting for the rate
+        budget or to retry, end ``cancelled``; calls already sent finish and are stored.
 
         Returns ``False`` when the batch had already ended, else ``True``.
         """
         if self.done():
             return False
         self._cancel_requested = True
+        self._stopping()
         if self._cancel is not None:
             self._cancel(reason)
         return True
 
     def retry_failed(self) -> BatchHandle:
-        """Submit the inputs of the failed jobs again, as a new batch."""
+        """Submit again, as a new batch, the inputs a retry may fix: cancelled and spilled
+        jobs, and failures that were transient (connection errors, timeouts, 429, 5xx, out
+        of credits, storage). Inputs that cannot succeed as they are (an image the API
+        refuses, a missing file, a refused URL, a bad key) and in-memory inputs (the handle
+        keeps no input bytes) are left out, and a warning says how many and why.
+        """
         if not self.done():
             raise RuntimeError("retry_failed() needs a finished batch: wait for it first")
         if self._retry is None:
             raise RuntimeError("this handle is not bound to a batch")
         with self._cond:
-            sources = list(self._failed_sources)
-            dropped = self._failed_total - len(sources)
+            sources = list(self._retryable)
+            dropped = self._retryable_total - len(sources)
+            left_out = dict(self._not_retryable)
+        if left_out:
+            reasons = ", ".join(f"{count} {why}" for why, count in sorted(left_out.items()))
+            logger.warning("retry_failed() leaves out inputs a retry cannot fix: %s", reasons)
         if dropped:
             logger.warning(
-                "retrying the %d failed inputs kept (keep_results=%s); %d more failed: run the "
-                "whole batch again to retry them too (stored outputs are skipped)",
+                "retrying the %d inputs kept (keep_results=%s); %d more could be retried: run "
+                "the whole batch again to retry them too (stored outputs are skipped)",
                 len(sources),
                 self.keep_results,
                 dropped,

@@ -1,17 +1,28 @@
-"""The shared request gate: a requests-per-minute budget and a pause all workers honour."""
+"""What paces a batch's billed calls: a requests-per-minute budget, and a concurrency limit
+that shrinks when the server says "too many" and grows back as calls succeed."""
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
-__all__ = ["RateGate"]
+import anyio
+
+__all__ = ["AdaptiveLimit", "RateGate"]
+
+logger = logging.getLogger("photoroom_bg.batch")
+
+# cumulative seconds spent waiting for the budget before saying it holds the batch back
+_HELD_BACK_NOTICE = 5.0
 
 
 class RateGate:
-    """A token bucket (``requests_per_minute``, bursts of up to one second's worth) plus a
-    shared pause: when one job is told to slow down (429 ``Retry-After``), every job waits.
+    """A token bucket: ``requests_per_minute``, in bursts of up to one second's worth.
+
+    Waiting is cancellable (a stopped batch starts no new request). Once waits for the budget
+    add up to a few seconds, it logs once, at INFO, that the client-side budget is what holds
+    the batch back, and how to raise it.
 
     Args:
         requests_per_minute: the budget; ``None`` for no limit.
@@ -24,40 +35,97 @@ class RateGate:
         requests_per_minute: float | None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        sleep: Callable[[float], Awaitable[object]] = anyio.sleep,
     ) -> None:
         self._clock = clock
         self._sleep = sleep
+        self.requests_per_minute = requests_per_minute
         self.rate = requests_per_minute / 60.0 if requests_per_minute else None
         self.capacity = max(1.0, self.rate) if self.rate else 0.0
         self._tokens = self.capacity
         self._updated = clock()
-        self._paused_until = 0.0
-        self._lock = asyncio.Lock()
-        self.pauses = 0
-
-    def pause(self, seconds: float) -> None:
-        """Hold every worker for ``seconds`` from now (extends, never shortens, a pause)."""
-        until = self._clock() + max(0.0, seconds)
-        if until > self._paused_until:
-            self._paused_until = until
-            self.pauses += 1
+        self.waited = 0.0
+        self._noticed = False
 
     async def acquire(self) -> None:
-        """Wait for the pause to end and for a token."""
+        """Wait for a token (at once when there is no budget)."""
+        if self.rate is None:
+            return
         while True:
-            wait = self._paused_until - self._clock()
-            if wait > 0:
-                await self._sleep(wait)
-                continue
-            if self.rate is None:
+            now = self._clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+            if self._tokens >= 1:
+                self._tokens -= 1
                 return
-            async with self._lock:
-                now = self._clock()
-                self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
-                self._updated = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return
-                shortfall = (1 - self._tokens) / self.rate
+            shortfall = (1 - self._tokens) / self.rate
+            self.waited += shortfall
+            if self.waited >= _HELD_BACK_NOTICE and not self._noticed:
+                self._noticed = True
+                logger.info(
+                    "requests_per_minute=%g is what holds this batch back (%.1f images/s at "
+                    "most); if your Photoroom account allows more, raise it "
+                    "(BatchRemover(requests_per_minute=...), photoroom-bg --rpm)",
+                    self.requests_per_minute,
+                    self.rate,
+                )
             await self._sleep(shortfall)
+
+
+class AdaptiveLimit:
+    """How many billed calls may be in flight: ``maximum`` at first, halved (at most once per
+    ``window`` seconds, never below one) when the server answers 429, and grown back by about
+    one call per ``limit`` successes. Sporadic 429s cost little; a real server limit settles
+    the batch just under it instead of a storm of 429s.
+
+    Args:
+        maximum: the batch's concurrency.
+        window: seconds during which further 429s (from calls already in flight when the
+            first one came) do not shrink the limit again.
+        clock: a monotonic clock (for tests).
+    """
+
+    def __init__(
+        self,
+        maximum: int,
+        *,
+        window: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.maximum = maximum
+        self.limit = float(maximum)
+        self.window = window
+        self.in_use = 0
+        self.throttles = 0
+        self._clock = clock
+        self._last_cut = -window
+        self._freed = anyio.Event()
+
+    async def acquire(self) -> None:
+        """Wait for a free slot (cancellable)."""
+        while self.in_use >= int(self.limit):
+            await self._freed.wait()
+        self.in_use += 1
+
+    def release(self) -> None:
+        """Give a slot back."""
+        self.in_use -= 1
+        self._freed.set()
+        self._freed = anyio.Event()
+
+    def throttled(self) -> None:
+        """The server said "too many requests"."""
+        self.throttles += 1
+        now = self._clock()
+        if now - self._last_cut >= self.window:
+            self._last_cut = now
+            self.limit = max(1.0, self.limit / 2)
+
+    def succeeded(self) -> None:
+        """A call went through: grow back towards ``maximum``."""
+        if self.limit < self.maximum:
+            before = int(self.limit)
+            self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
+            if int(self.limit) > before:
+                self._freed.set()
+                self._freed = anyio.Event()

@@ -1,9 +1,14 @@
-"""The manifest: one JSON line per finished job, flushed and fsynced as jobs finish."""
+"""The manifest: one JSON line per finished job, appended and fsynced by one writer task.
+
+Reading is forgiving: a line torn by a crash (even inside a UTF-8 character) is skipped and
+counted, never a crash, and appending after a torn line starts on a new line.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
+import logging
+import math
 import os
 import time
 from collections.abc import Iterable
@@ -11,19 +16,29 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+import anyio
+import anyio.abc
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
 from ..errors import ConfigurationError
 from ._jobs import JobResult, JobStatus
 
 __all__ = [
     "Manifest",
+    "ManifestState",
     "finished_keys_in",
     "job_fields",
     "load_finished_keys",
     "load_sources",
+    "read_manifest",
     "replayable_sources",
 ]
 
+logger = logging.getLogger("photoroom_bg.batch")
+
 VERSION = 1
+_STORED = (JobStatus.SUCCEEDED.value, JobStatus.SKIPPED.value)
 
 
 def job_fields(result: JobResult) -> dict[str, Any]:
@@ -40,6 +55,7 @@ def job_fields(result: JobResult) -> dict[str, Any]:
         "reason": result.reason,
         "attempts": result.attempts,
         "billed": result.billed,
+        "possibly_billed": result.possibly_billed,
         "duration": round(result.duration, 4),
         "input_size": result.input_size,
         "output_size": result.output_size,
@@ -56,8 +72,87 @@ def _record(result: JobResult, engine: str, options_digest: str) -> dict[str, An
     }
 
 
+@attrs.define
+class ManifestState:
+    """What a manifest records, read back.
+
+    Attributes:
+        finished: output keys recorded as stored (``succeeded`` or ``skipped``).
+        spilled: output keys whose cut-out waits in the spill folder, with its ``file://``
+            URI (made and paid for, not stored yet).
+        sources: the re-openable sources of the latest run that recorded them (a
+            ``retry_failed()`` run does not replace the batch's own list), or ``None``.
+        runs: run headers seen.
+        torn: lines that could not be read (a crash mid-write).
+    """
+
+    finished: set[str] = attrs.field(factory=set)
+    spilled: dict[str, str] = attrs.field(factory=dict)
+    sources: list[str] | None = None
+    runs: int = 0
+    torn: int = 0
+
+    def feed(self, lines: Iterable[bytes | str]) -> ManifestState:
+        """Read more manifest lines into this state; return it."""
+        for raw in lines:
+            try:
+                text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+                if not text.strip():
+                    continue
+                record = json.loads(text)
+                if not isinstance(record, dict):
+                    raise ValueError("not a record")
+            except (UnicodeDecodeError, ValueError):
+                self.torn += 1
+                continue
+            if record.get("type") == "run":
+                self.runs += 1
+                if record.get("sources") is not None and not record.get("retry"):
+                    self.sources = [str(item) for item in record["sources"]]
+                continue
+            key = record.get("key")
+            if not key:
+                continue
+            key = str(key)
+            status = record.get("status")
+            if status in _STORED:
+                self.finished.add(key)
+                self.spilled.pop(key, None)
+            elif status == JobStatus.SPILLED.value and record.get("uri"):
+                self.spilled[key] = str(record["uri"])
+        return self
+
+
+def read_manifest(path: str | os.PathLike[str]) -> ManifestState:
+    """Read a manifest file (a missing one reads as empty)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return ManifestState()
+    state = ManifestState().feed(data.split(b"\n"))
+    if state.torn:
+        logger.warning("%s: skipped %d unreadable line(s) (a crash mid-write)", path, state.torn)
+    return state
+
+
+def load_finished_keys(path: str | os.PathLike[str]) -> set[str]:
+    """Output keys a manifest records as stored (``succeeded`` or ``skipped``); torn lines
+    are skipped."""
+    return read_manifest(path).finished
+
+
+def finished_keys_in(lines: Iterable[bytes | str]) -> set[str]:
+    """:func:`load_finished_keys` for manifest lines already in hand (e.g. from a sink)."""
+    return ManifestState().feed(lines).finished
+
+
 class Manifest:
-    """Appends job records to a JSON-lines file; a crash loses at most the jobs in flight.
+    """Appends job records to a JSON-lines file; a crash loses at most the records not yet
+    flushed (the outputs themselves are in the sink, which a re-run asks).
+
+    :meth:`open` creates the file (raising :class:`~photoroom_bg.errors.ConfigurationError`
+    when it cannot, before anything is billed); :meth:`writer` is the one task that appends
+    and fsyncs, in groups, off the event loop; :meth:`write` queues a record for it.
 
     Records hold the source without query string or credentials, the output key and URI,
     the status, the error type and message: never an API key or storage secret.
@@ -65,25 +160,50 @@ class Manifest:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._handle: IO[str] | None = None
-        self._lock = asyncio.Lock()
+        self._handle: IO[bytes] | None = None
+        self._send: MemoryObjectSendStream[bytes] | None = None
+        self._receive: MemoryObjectReceiveStream[bytes] | None = None
 
     def __repr__(self) -> str:
         return f"Manifest({str(self.path)!r})"
 
-    def _append(self, line: str) -> None:
-        if self._handle is None:
+    def open(self) -> None:
+        """Create (or reopen) the file for appending; a torn last line is ended first."""
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = self.path.open("a", encoding="utf-8")
-        self._handle.write(line + "\n")
+            handle = self.path.open("ab")
+            try:
+                if handle.tell() > 0:
+                    with self.path.open("rb") as reader:
+                        reader.seek(-1, os.SEEK_END)
+                        if reader.read(1) != b"\n":
+                            handle.write(b"\n")  # never glue a record to a torn one
+            except BaseException:
+                handle.close()
+                raise
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot write the manifest at {self.path}: {exc.strerror or exc}"
+            ) from None
+        self._handle = handle
+        self._send, self._receive = anyio.create_memory_object_stream[bytes](math.inf)
+
+    def _append(self, lines: list[bytes]) -> None:
+        assert self._handle is not None
+        self._handle.write(b"".join(lines))
         self._handle.flush()
         os.fsync(self._handle.fileno())
 
     async def write_header(
-        self, sources: list[str] | None, *, engine: str, options_digest: str
+        self,
+        sources: list[str] | None,
+        *,
+        engine: str,
+        options_digest: str,
+        retry: bool = False,
     ) -> None:
         """Append a record of the run itself: its re-creatable sources (or ``None``)."""
-        record = {
+        record: dict[str, Any] = {
             "v": VERSION,
             "type": "run",
             "time": round(time.time(), 3),
@@ -91,58 +211,73 @@ class Manifest:
             "engine": engine,
             "options_digest": options_digest,
         }
-        line = json.dumps(record, ensure_ascii=False)
-        async with self._lock:
-            await asyncio.to_thread(self._append, line)
+        if retry:
+            record["retry"] = True
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        await anyio.to_thread.run_sync(self._append, [line])
 
-    async def write(self, result: JobResult, *, engine: str, options_digest: str) -> None:
-        """Append one record (off the event loop)."""
+    def write(self, result: JobResult, *, engine: str, options_digest: str) -> None:
+        """Queue one record for the writer (never blocks)."""
+        assert self._send is not None, "open() the manifest first"
         line = json.dumps(_record(result, engine, options_digest), ensure_ascii=False)
-        async with self._lock:
-            await asyncio.to_thread(self._append, line)
+        # a name that is not valid UTF-8 keeps its escapes: \udcxx reads back as it was
+        self._send.send_nowait((line + "\n").encode("utf-8", "backslashreplace"))
+
+    def finish(self) -> None:
+        """No more records: the writer drains what is queued and ends."""
+        if self._send is not None:
+            self._send.close()
+
+    async def writer(self) -> None:
+        """Append queued records until :meth:`finish`; each group is fsynced once. When
+        cancelled, what is already queued is still written."""
+        assert self._receive is not None
+        receive = self._receive
+        try:
+            async for line in receive:
+                lines = [line]
+                while True:
+                    try:
+                        lines.append(receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                await anyio.to_thread.run_sync(self._append, lines)
+        finally:
+            rest: list[bytes] = []
+            while True:
+                try:
+                    rest.append(receive.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                    break
+            if rest:
+                self._append(rest)  # cancelled: written inline rather than lost
 
     def close(self) -> None:
         """Close the file."""
+        if self._send is not None:
+            self._send.close()
+        if self._receive is not None:
+            self._receive.close()
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-
-
-def load_finished_keys(path: str | os.PathLike[str]) -> set[str]:
-    """Output keys a manifest records as stored (``succeeded`` or ``skipped``).
-
-    A torn last line (a crash mid-write) is ignored.
-    """
-    target = Path(path)
-    if not target.exists():
-        return set()
-    with target.open(encoding="utf-8") as handle:
-        return finished_keys_in(handle)
-
-
-def finished_keys_in(lines: Iterable[str]) -> set[str]:
-    """:func:`load_finished_keys` for manifest lines already in hand (e.g. from a sink)."""
-    finished: set[str] = set()
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        ok = record.get("status") in (JobStatus.SUCCEEDED.value, JobStatus.SKIPPED.value)
-        if ok and record.get("key"):
-            finished.add(str(record["key"]))
-    return finished
 
 
 def replayable_sources(spec: object) -> list[str] | None:
     """The sources as strings a later run can open again, or ``None`` when they cannot be
     recorded: bytes, file objects, generators, or URLs carrying credentials or a query
     string (a presigned URL's signature must never reach the manifest)."""
-    items = [spec] if isinstance(spec, (str, os.PathLike)) else spec
+    from ..sources import ImageSource
+
+    items = [spec] if isinstance(spec, (str, os.PathLike, ImageSource)) else spec
     if not isinstance(items, (list, tuple)):
         return None
     out: list[str] = []
     for item in items:
+        if isinstance(item, ImageSource):
+            if item.kind not in ("path", "url", "s3"):
+                return None
+            item = item.location
         if not isinstance(item, (str, os.PathLike)):
             return None
         text = os.fspath(item)
@@ -159,29 +294,20 @@ def replayable_sources(spec: object) -> list[str] | None:
 
 
 def load_sources(path: str | os.PathLike[str]) -> list[str]:
-    """The sources the latest run recorded in a manifest, for :meth:`BatchRemover.resume`.
+    """The sources a manifest's batch recorded, for :meth:`BatchRemover.resume`: those of
+    the latest run that recorded them (a ``retry_failed()`` run does not count).
 
     Raises:
-        ConfigurationError: no such manifest, or its run's sources could not be recorded
+        ConfigurationError: no such manifest, or no run of it could record its sources
             (bytes, file objects, generators, signed URLs): pass them to ``resume`` again.
     """
     target = Path(path)
     if not target.exists():
         raise ConfigurationError(f"no manifest at {target}")
-    sources: list[str] | None = None
-    seen_run = False
-    with target.open(encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("type") == "run":
-                seen_run = True
-                sources = record.get("sources")
-    if not seen_run or sources is None:
+    state = read_manifest(target)
+    if state.sources is None:
         raise ConfigurationError(
             f"{target} does not record re-openable sources (bytes, file objects, generators "
             "or signed URLs are never written to it): pass the sources to resume() again"
         )
-    return [str(item) for item in sources]
+    return state.sources

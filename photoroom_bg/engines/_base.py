@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     from ..models import ImageResult
     from ..options import EditOptions, SegmentOptions
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "check_engine_options"]
 
 
 @runtime_checkable
@@ -18,6 +18,12 @@ class Engine(Protocol):
     :class:`~photoroom_bg.BatchRemover` drives any engine: the Photoroom API
     (:class:`~photoroom_bg.engines.PhotoroomEngine`), the offline model
     (:class:`~photoroom_bg.engines.LocalEngine`), or your own.
+
+    An engine may also define ``check_options(options) -> None``, raising
+    :class:`~photoroom_bg.errors.ValidationError` for options it can never accept (whatever
+    the image), so that a batch or the command refuses them before the first job instead of
+    failing every job alike. It is optional: :func:`check_engine_options` calls it when it
+    exists, and engines without it are asked nothing up front.
 
     Attributes:
         name: a short identifier recorded in manifests (``"photoroom"``, ``"local:u2netp"``).
@@ -34,3 +40,18 @@ class Engine(Protocol):
     async def aclose(self) -> None:
         """Release resources (HTTP pools, model sessions)."""
         ...
+
+
+def check_engine_options(engine: object, options: SegmentOptions | EditOptions) -> None:
+    """Refuse ``options`` that ``engine`` can never accept, before any image is processed.
+
+    Calls the engine's optional ``check_options(options)``; an engine without one accepts
+    every option up front (its :meth:`~Engine.process` may still refuse them per image).
+
+    Raises:
+        ValidationError: the engine cannot honour these options for any image (for example
+            ``despill=True`` or :class:`~photoroom_bg.EditOptions` on the local engine).
+    """
+    check = getattr(engine, "check_options", None)
+    if check is not None:
+        check(options)

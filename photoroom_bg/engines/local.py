@@ -132,6 +132,19 @@ class LocalEngine:
         result: list[str] = session.get_providers()
         return result
 
+    def check_options(self, options: object) -> None:
+        """Refuse options this engine can never honour, before any image is read.
+
+        :class:`~photoroom_bg.BatchRemover` and the ``photoroom-bg`` command call it up front
+        (see :func:`~photoroom_bg.engines.check_engine_options`), so a batch with such options
+        stops at once instead of failing every job alike.
+
+        Raises:
+            ValidationError: :class:`~photoroom_bg.EditOptions` (AI editing needs the API),
+                ``despill=True``, or a ``bg_color`` that is not a colour.
+        """
+        _plan(options)
+
     async def process(self, image: bytes, options: object) -> ImageResult:
         """Remove the background of one image, honouring ``options`` like ``/v1/segment``.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from types import TracebackType
 from typing import Any
 
@@ -41,21 +42,37 @@ class PhotoroomEngine:
     def __repr__(self) -> str:
         return f"PhotoroomEngine({self.client!r})"
 
+    def check_options(self, options: object) -> None:
+        """Refuse anything but :class:`~photoroom_bg.SegmentOptions` and
+        :class:`~photoroom_bg.EditOptions` (both are validated when built).
+
+        Raises:
+            ValidationError: ``options`` is of another type.
+        """
+        if not isinstance(options, (SegmentOptions, EditOptions)):
+            raise ValidationError(
+                f"PhotoroomEngine takes SegmentOptions or EditOptions, not {type(options).__name__}"
+            )
+
     async def process(self, image: bytes, options: SegmentOptions | EditOptions) -> ImageResult:
         """Remove the background (or edit) ``image`` with the API."""
+        self.check_options(options)
         if isinstance(options, EditOptions):
             return await self.client.edit(image, options)
-        if isinstance(options, SegmentOptions):
-            return await self.client.remove_background(image, options)
-        raise ValidationError(
-            f"PhotoroomEngine takes SegmentOptions or EditOptions, not {type(options).__name__}"
-        )
+        return await self.client.remove_background(image, options)
 
     async def process_url(self, url: str, options: EditOptions) -> ImageResult:
         """Let Photoroom fetch ``url`` itself (``GET /v2/edit?imageUrl=...``)."""
         if not isinstance(options, EditOptions):
             raise ValidationError("only EditOptions can pass an image URL straight to Photoroom")
         return await self.client.edit(url, options)
+
+    def _with_client(self, client: AsyncPhotoroomClient) -> PhotoroomEngine:
+        """A copy of this engine (subclass and overrides kept) that owns ``client``."""
+        clone = copy.copy(self)
+        clone.client = client
+        clone._owns_client = False  # whoever made ``client`` closes it
+        return clone
 
     async def aclose(self) -> None:
         """Close the client if the engine created it."""

@@ -1,7 +1,5 @@
 """``python -m photoroom_bg.service``: the same as ``photoroom-bg serve``."""
 
-import sys
+from ._cli import serve
 
-from ..cli import main
-
-main(["serve", *sys.argv[1:]], prog_name="photoroom-bg serve")
+serve(prog_name="photoroom-bg serve")

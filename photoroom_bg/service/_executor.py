@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 from .._client import AsyncPhotoroomClient
+from .._retry import RetryPolicy
 from ..batch import BatchRemover, BatchReport, JobResult, Progress
 from ..errors import ConfigurationError, ObjectNotFoundError
 from ..options import EditOptions, SegmentOptions
@@ -73,8 +74,10 @@ class ExecutorContext:
             concurrency=concurrency or s.concurrency,
             requests_per_minute=s.photoroom_requests_per_minute or None,
             max_retries=s.max_retries,
-            backoff=s.retry_backoff,
+            retry_policy=RetryPolicy(initial_delay=s.retry_backoff),
             key_template=OUTPUT_TEMPLATE,
+            # paid cut-outs the sink refused wait here, and a resumed job stores them
+            spill_dir=Path(s.state_dir) / "spill",
             reader=self.reader,
             track_credits=False,
             api_key=s.api_key,

@@ -41,6 +41,7 @@ PROBLEM_CODES: dict[str, tuple[int, str, str]] = {
     "PhotoroomError": (502, "photoroom_error", "Photoroom failed"),
     "StorageFullError": (507, "storage_full", "The storage is full"),
     "StorageAuthError": (503, "storage_auth_failed", "The storage refused the credentials"),
+    "StorageUnavailableError": (503, "storage_unreachable", "The storage cannot be reached"),
     "BucketNotFoundError": (503, "storage_bucket_missing", "The storage bucket does not exist"),
     "UnsafeKeyError": (500, "storage_unsafe_key", "An output key was refused"),
     "ObjectNotFoundError": (404, "output_not_found", "No such output"),
@@ -124,6 +125,8 @@ def retry_after(error: BaseException) -> int | None:
         return max(1, math.ceil(error.retry_after or 1))
     if isinstance(error, errors.APIStatusError) and error.status_code == 503:
         return 1
+    if isinstance(error, errors.StorageUnavailableError):  # an outage, worth waiting out
+        return 5
     return None
 
 

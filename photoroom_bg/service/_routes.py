@@ -216,7 +216,8 @@ def add_routes(router: APIRouter) -> None:
         if not result.ok:
             if result.error is not None:
                 raise problem_for(result.error)
-            raise Problem(503, "cancelled", "The image was not processed", result.reason)
+            # cancelled, or made but not stored (spilled): the status is the code
+            raise Problem(503, result.status.value, "The image was not stored", result.reason)
         if store:
             assert result.key is not None
             return JSONResponse(

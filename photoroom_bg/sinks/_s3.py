@@ -17,6 +17,7 @@ from ..errors import (
     ObjectNotFoundError,
     StorageAuthError,
     StorageError,
+    StorageUnavailableError,
 )
 from ._base import StoredObject
 from ._common import check_key, seconds
@@ -36,6 +37,10 @@ _AUTH_CODES = frozenset(
 )
 _MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _BUCKET_EXISTS = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})
+# the server is there but cannot serve now: an outage to wait out, like a refused connection
+_UNAVAILABLE_CODES = frozenset(
+    {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown"}
+)
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -130,13 +135,18 @@ class S3Sink:
                 "s3": {"addressing_style": "path" if self.endpoint_url else "auto"},
                 "retries": {"max_attempts": 3, "mode": "standard"},
                 "max_pool_connections": 64,
+                "connect_timeout": 10,
             },
             endpoint_url=self.endpoint_url,
             region_name=self.region,
             **credentials,
         )
         if self.create_bucket:
-            await self._ensure_bucket(client)
+            try:
+                await self._ensure_bucket(client)
+            except BaseException:  # not kept by PerLoop: close it, or its session leaks
+                await close_s3_client((context, client))
+                raise
         return context, client
 
     async def _ensure_bucket(self, client: Any) -> None:
@@ -152,11 +162,25 @@ class S3Sink:
                 raise self._error(exc, "create the bucket") from None
 
     def _error(self, exc: Exception, action: str, key: str | None = None) -> StorageError:
-        from botocore.exceptions import ClientError, NoCredentialsError
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionError,
+            HTTPClientError,
+            NoCredentialsError,
+            SSLError,
+        )
 
         where = f"s3://{self.bucket}/{self._object_key(key) if key else self.prefix}"
         if isinstance(exc, NoCredentialsError):
             return StorageAuthError(f"cannot {action} at {where}: no AWS credentials found")
+        if isinstance(exc, (ConnectionError, HTTPClientError)) and not isinstance(exc, SSLError):
+            return StorageUnavailableError(
+                f"cannot {action} at {where}: {type(exc).__name__} (is {self._server} up?)"
+            )
+        if isinstance(exc, ClientError) and _code(exc) in _UNAVAILABLE_CODES:
+            return StorageUnavailableError(
+                f"cannot {action} at {where}: S3 error {_code(exc)} (the server is unavailable)"
+            )
         if isinstance(exc, ClientError):
             code = _code(exc)
             if code == "NoSuchBucket":
@@ -226,6 +250,38 @@ class S3Sink:
             raise self._error(exc, "look up", key) from None
         return True
 
+    async def stat(self, key: str) -> StoredObject:
+        """Describe ``key`` with one HEAD request (the object is not downloaded).
+
+        Raises:
+            ObjectNotFoundError: nothing is stored under ``key``.
+        """
+        from botocore.exceptions import ClientError
+
+        object_key = self._object_key(key)
+        client = await self._s3()
+        try:
+            head = await client.head_object(Bucket=self.bucket, Key=object_key)
+        except ClientError as exc:
+            if _code(exc) in _MISSING_KEY_CODES:
+                await self._check_bucket(client)
+            raise self._error(exc, "look up", key) from None
+        except Exception as exc:
+            raise self._error(exc, "look up", key) from None
+        return StoredObject(
+            key=key,
+            size=int(head.get("ContentLength", 0)),
+            content_type=str(head.get("ContentType", "application/octet-stream")),
+            checksum=str(head.get("ETag", "")).strip('"'),
+            uri=self.uri(key),
+            url=await self._presign(client, object_key, self.url_expires),
+            metadata=dict(head.get("Metadata", {})),
+        )
+
+    @property
+    def _server(self) -> str:
+        return self.endpoint_url or "S3"
+
     async def _check_bucket(self, client: Any) -> None:
         from botocore.exceptions import ClientError
 
@@ -236,6 +292,8 @@ class S3Sink:
                 raise BucketNotFoundError(
                     f"bucket {self.bucket!r} does not exist (pass create_bucket=True to create it)"
                 ) from None
+            raise self._error(exc, "look up the bucket") from None
+        except Exception as exc:  # the server went away between two requests
             raise self._error(exc, "look up the bucket") from None
 
     async def get(self, key: str) -> bytes:

@@ -9,12 +9,13 @@ is installed) yields a running one. Needs the ``testing`` extra.
 
 from ._app import EmulatorApp, LoggedRequest
 from ._contract import EDIT_PARAMS, NOT_EMULATED, SEGMENT_PARAMS, Param
-from ._faults import FAULTS, Faults, parse_duration
+from ._faults import BILLED_FAULTS, FAULTS, Faults, parse_duration
 from ._imaging import BorderColorSegmenter, Segmenter
 from ._ledger import KeyAccount, Ledger
 from ._server import DEFAULT_API_KEY, PhotoroomEmulator
 
 __all__ = [
+    "BILLED_FAULTS",
     "DEFAULT_API_KEY",
     "EDIT_PARAMS",
     "FAULTS",

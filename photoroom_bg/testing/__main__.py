@@ -2,4 +2,4 @@
 
 from ._cli import run_emulator
 
-raise SystemExit(run_emulator())
+raise SystemExit(run_emulator(prog_name="python -m photoroom_bg.testing"))

@@ -116,7 +116,8 @@ class EmulatorApp:
             await asyncio.sleep(delay)
         fault = self.faults.pick(path, request.headers.get("x-emulator-fault"))
         host = "sdk" if path == "/v1/segment" else "image-api"
-        if fault is not None:
+        billed_fault = fault is not None and fault.startswith("bill-")
+        if fault is not None and not billed_fault:
             await self._inject(fault, host, method, path, send)
             return
         params: dict[str, str] = {}
@@ -125,11 +126,22 @@ class EmulatorApp:
             answer, params, sandbox = await self._route(request, host)
         except _Reject as reject:
             answer = reject.answer
+        if billed_fault and answer.status == 200:
+            # the work is done and billed: now lose the answer
+            assert fault is not None
+            self.requests.append(
+                LoggedRequest(method, path, params, _fault_status(fault), fault, sandbox)
+            )
+            await self._inject(fault.removeprefix("bill-"), host, method, path, send, log=False)
+            return
         self.requests.append(LoggedRequest(method, path, params, answer.status, None, sandbox))
         await _respond(send, answer)
 
-    async def _inject(self, fault: str, host: str, method: str, path: str, send: Send) -> None:
-        self.requests.append(LoggedRequest(method, path, {}, _fault_status(fault), fault))
+    async def _inject(
+        self, fault: str, host: str, method: str, path: str, send: Send, *, log: bool = True
+    ) -> None:
+        if log:
+            self.requests.append(LoggedRequest(method, path, {}, _fault_status(fault), fault))
         retry = str(int(self.faults.faults.retry_after))
         if fault == "stall":
             await asyncio.sleep(self.faults.faults.stall_seconds)
@@ -300,7 +312,8 @@ class EmulatorApp:
 
 
 def _fault_status(fault: str) -> int:
-    return int(fault) if fault.isdigit() else 0
+    code = fault.removeprefix("bill-")
+    return int(code) if code.isdigit() else 0
 
 
 def _unsupported(answer: _Answer, names: list[str]) -> None:

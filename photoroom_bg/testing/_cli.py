@@ -1,105 +1,154 @@
-"""``photoroom-bg emulator`` / ``python -m photoroom_bg.testing``: run the emulator."""
+"""``photoroom-bg emulator`` / ``python -m photoroom_bg.testing``: run the emulator.
+
+A click command like the others of ``photoroom-bg`` (click comes with uvicorn, so the
+``testing`` extra is enough).
+"""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import signal
-import sys
 import threading
 from collections.abc import Sequence
+
+import click
 
 from ._faults import FAULTS, Faults, parse_duration
 from ._server import DEFAULT_API_KEY, PhotoroomEmulator
 
-__all__ = ["build_parser", "run_emulator"]
+__all__ = ["emulator", "run_emulator"]
 
 
-def _fault(text: str) -> tuple[str, float]:
-    name, _, rate = text.partition(":")
-    if name not in FAULTS:
-        raise argparse.ArgumentTypeError(f"unknown fault {name!r}; use {', '.join(FAULTS)}")
-    try:
-        return name, float(rate or "1")
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad probability in {text!r}") from None
+def _fault(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, float]:
+    rates: dict[str, float] = {}
+    for text in values:
+        name, _, rate = text.partition(":")
+        if name not in FAULTS:
+            raise click.BadParameter(f"unknown fault {name!r}; use {', '.join(FAULTS)}")
+        try:
+            rates[name] = float(rate or "1")
+        except ValueError:
+            raise click.BadParameter(f"bad probability in {text!r}") from None
+    return rates
 
 
-def _latency(text: str) -> float | tuple[float, float]:
+def _latency(ctx: click.Context, param: click.Parameter, text: str) -> float | tuple[float, float]:
     try:
         if "-" in text:
             low, high = text.split("-", 1)
             return parse_duration(low), parse_duration(high)
         return parse_duration(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise click.BadParameter(str(exc)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The emulator command's arguments."""
-    parser = argparse.ArgumentParser(
-        prog="photoroom-bg emulator",
-        description="Run an offline Photoroom API emulator on a local port.",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8800, help="port (0: any free port)")
-    parser.add_argument(
-        "--key",
-        action="append",
-        dest="keys",
-        metavar="KEY",
-        help=f"an accepted API key (repeatable; default {DEFAULT_API_KEY})",
-    )
-    parser.add_argument("--credits", type=float, default=1000, help="credits per key")
-    parser.add_argument("--plan", choices=["basic", "plus"], default="basic")
-    parser.add_argument("--rpm", type=int, default=None, help="per-key requests per minute")
-    parser.add_argument(
-        "--latency", type=_latency, default=0.0, help="added latency: 300ms, 1s or 100ms-400ms"
-    )
-    parser.add_argument(
-        "--fault",
-        type=_fault,
-        action="append",
-        default=[],
-        metavar="NAME:P",
-        help=f"inject a fault with probability P ({', '.join(FAULTS)}), e.g. 503:0.1",
-    )
-    parser.add_argument("--stall", type=parse_duration, default=30.0, help="stall duration")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for faults")
-    parser.add_argument(
-        "--no-image-work",
-        action="store_true",
-        help="skip decoding; answer a 1x1 PNG (benchmarks)",
-    )
-    return parser
-
-
-def run_emulator(argv: Sequence[str] | None = None) -> int:
-    """Run until interrupted (Ctrl-C or SIGTERM); return the exit code."""
-    args = build_parser().parse_args(argv)
+def _duration(ctx: click.Context, param: click.Parameter, text: str) -> float:
     try:
-        faults = Faults(
-            latency=args.latency,
-            rates=dict(args.fault),
-            stall_seconds=args.stall,
-            seed=args.seed,
-        )
+        return parse_duration(text)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    emulator = PhotoroomEmulator(
-        args.keys or [DEFAULT_API_KEY],
-        credits=args.credits,
-        plan=args.plan,
-        requests_per_minute=args.rpm,
-        faults=faults,
-        image_work=not args.no_image_work,
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command(
+    short_help="Run an offline Photoroom emulator.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8800, show_default=True,
+    help="Port (0: any free port).",
+)  # fmt: skip
+@click.option(
+    "--key",
+    "keys",
+    multiple=True,
+    metavar="KEY",
+    help=f"An accepted API key (repeatable; default {DEFAULT_API_KEY}).",
+)
+@click.option("--credits", type=float, default=1000, show_default=True, help="Credits per key.")
+@click.option("--plan", type=click.Choice(["basic", "plus"]), default="basic", show_default=True)
+@click.option("--rpm", type=click.IntRange(1), help="Per-key requests per minute.")
+@click.option(
+    "--latency",
+    default="0",
+    callback=_latency,
+    metavar="DURATION",
+    help="Added latency: 300ms, 1s, or a range such as 100ms-400ms.",
+)
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    callback=_fault,
+    metavar="NAME:P",
+    help=f"Inject a fault with probability P ({', '.join(FAULTS)}), e.g. 503:0.1.",
+)
+@click.option(
+    "--stall",
+    default="30s",
+    show_default=True,
+    callback=_duration,
+    metavar="DURATION",
+    help="How long the 'stall' fault holds a request.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed for faults.")
+@click.option(
+    "--no-image-work",
+    is_flag=True,
+    help="Skip decoding and answer a 1x1 PNG (benchmarks); validation and billing stay.",
+)
+def emulator(
+    host: str,
+    port: int,
+    keys: tuple[str, ...],
+    credits: float,
+    plan: str,
+    rpm: int | None,
+    latency: float | tuple[float, float],
+    faults: dict[str, float],
+    stall: float,
+    seed: int,
+    no_image_work: bool,
+) -> None:
+    """Run an offline Photoroom API emulator on a local port, until Ctrl-C or SIGTERM.
+
+    Point any client at the URL it prints, with the key emulator-test-key (or your own
+    --key).
+    """
+    try:
+        settings = Faults(latency=latency, rates=faults, stall_seconds=stall, seed=seed)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    server = PhotoroomEmulator(
+        list(keys) or [DEFAULT_API_KEY],
+        credits=credits,
+        plan=plan,
+        requests_per_minute=rpm,
+        faults=settings,
+        image_work=not no_image_work,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with emulator.serve(args.host, args.port) as url:
-        print(f"Photoroom emulator listening on {url} (keys: {len(emulator.ledger.accounts)})")
-        sys.stdout.flush()
+    with server.serve(host, port) as url:
+        click.echo(f"Photoroom emulator listening on {url} (keys: {len(server.ledger.accounts)})")
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
+
+
+def run_emulator(
+    argv: Sequence[str] | None = None, prog_name: str = "photoroom-bg emulator"
+) -> int:
+    """Run the emulator command with ``argv`` (default: ``sys.argv[1:]``); return its exit
+    code instead of exiting (usage errors are printed and give 2)."""
+    try:
+        emulator.main(
+            list(argv) if argv is not None else None, prog_name=prog_name, standalone_mode=False
+        )
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:  # --help
+        return exc.exit_code
+    except click.Abort:
+        return 130
     return 0

@@ -10,10 +10,13 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
-__all__ = ["FAULTS", "Faults", "parse_duration"]
+__all__ = ["BILLED_FAULTS", "FAULTS", "Faults", "parse_duration"]
 
+#: Faults that make and bill the image, then lose the answer: the ambiguous failures a client
+#: cannot tell from unbilled ones (it must count them as possibly billed).
+BILLED_FAULTS = ("bill-reset", "bill-stall", "bill-truncate", "bill-500", "bill-502")
 #: Every fault the emulator can inject.
-FAULTS = ("429", "500", "502", "503", "reset", "truncate", "stall")
+FAULTS = ("429", "500", "502", "503", "reset", "truncate", "stall", *BILLED_FAULTS)
 
 
 def parse_duration(text: str | float) -> float:
@@ -46,7 +49,10 @@ class Faults:
         rates: probability of each fault per request, e.g. ``{"429": 0.1, "reset": 0.05}``;
             faults: ``429``, ``500``, ``502``, ``503``, ``reset`` (connection dropped after
             the headers), ``truncate`` (body shorter than its Content-Length), ``stall`` (no
-            answer for ``stall_seconds``).
+            answer for ``stall_seconds``), none of them billed; and ``bill-reset``,
+            ``bill-stall``, ``bill-truncate``, ``bill-500``, ``bill-502``, which make and bill
+            the image first and then fail the same way (a request that would not have been
+            billed, such as a 402, is answered normally).
         retry_after: the ``Retry-After`` seconds sent with injected 429s and 503s.
         stall_seconds: how long a stall lasts (set it past the client's timeout).
         paths: only requests to these paths get random faults (``None``: all).

@@ -16,7 +16,9 @@ from photoroom_bg import (
     JobResult,
     JobStatus,
     MemorySink,
+    RetryPolicy,
     SegmentOptions,
+    _loop,
 )
 from photoroom_bg.errors import (
     ConfigurationError,
@@ -35,7 +37,7 @@ from .conftest import photo
 
 def remover(emulator: PhotoroomEmulator, sink: Any, **kwargs: Any) -> BatchRemover:
     kwargs.setdefault("requests_per_minute", None)
-    kwargs.setdefault("backoff", 0.005)
+    kwargs.setdefault("retry_policy", RetryPolicy(initial_delay=0.005, max_delay=0.05))
     return BatchRemover(sink=sink, api_key=emulator.api_key, base_url=emulator.url, **kwargs)
 
 
@@ -83,6 +85,7 @@ def test_bad_inputs_fail_alone_with_typed_errors(
         handle = remover(emulator, MemorySink(), reader=reader).submit([*good, *bad])
         report = handle.wait()
     finally:
+        _loop.run_sync(reader.aclose())  # its pool lives on the loop submit() ran on
         server.stop()
     assert report.stored_count == 5
     assert report.failed_count == len(bad)
@@ -218,15 +221,12 @@ def test_manifest_records_every_job_without_secrets_and_resumes(
     server = ImageServer()
     server.start()
     url = f"{server.url}/img.png?X-Amz-Signature=s3cr3t&token=hidden"
+    reader = SourceReader(allow_networks=["127.0.0.1/32"])
     try:
-        batch = remover(
-            emulator,
-            tmp_path / "out",
-            manifest=manifest,
-            reader=SourceReader(allow_networks=["127.0.0.1/32"]),
-        )
+        batch = remover(emulator, tmp_path / "out", manifest=manifest, reader=reader)
         report = batch.submit([*images, url]).wait()
     finally:
+        _loop.run_sync(reader.aclose())
         server.stop()
     text = manifest.read_text()
     lines = [json.loads(line) for line in text.splitlines()]
@@ -255,7 +255,33 @@ def test_retry_failed_runs_only_the_failed_inputs(tmp_path: Path) -> None:
         assert (report.succeeded_count, report.failed_count) == (3, 1)
         emulator.ledger.accounts[emulator.api_key].credits += 10
         retried = handle.retry_failed().wait()
+    # the handle keeps no input bytes: an in-memory input cannot be submitted again
+    assert (retried.total_count, retried.succeeded_count) == (0, 0)
+
+
+def test_retry_failed_retries_what_a_retry_can_fix_and_says_what_it_leaves_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"ok{i}.png").write_bytes(photo())
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"corrupt" * 20)
+    emulator = PhotoroomEmulator(credits=3)
+    with emulator.serve():
+        batch = remover(emulator, tmp_path / "out", concurrency=1)
+        handle = batch.submit(sorted(str(p) for p in folder.iterdir()))
+        first = handle.wait()
+        assert first.credits_spent == 3
+        assert first.failure_counts == {"InvalidImageError": 1, "OutOfCreditsError": 1}
+        emulator.ledger.accounts[emulator.api_key].credits += 10
+        with caplog.at_level("WARNING", logger="photoroom_bg.batch"):
+            retried = handle.retry_failed().wait()
+    # out of credits can be fixed (by topping up); a corrupt image cannot
     assert (retried.total_count, retried.succeeded_count) == (1, 1)
+    assert retried.credits_spent == 1  # the retry reports its spending like any batch
+    assert "1 InvalidImageError" in caplog.text
+    assert emulator.ledger.calls() == 4
 
 
 class FlakySink(MemorySink):
@@ -374,7 +400,7 @@ def test_resume_from_the_manifest_alone(emulator: PhotoroomEmulator, tmp_path: P
         later.resume(manifest=tmp_path / "b.jsonl")
 
 
-def test_a_full_sink_fails_that_job_and_stops_paying_for_outputs_it_cannot_keep(
+def test_a_full_sink_spills_the_paid_cut_out_and_stops_paying_for_outputs_it_cannot_keep(
     emulator: PhotoroomEmulator, tmp_path: Path
 ) -> None:
     images = [photo() for _ in range(10)]
@@ -382,16 +408,26 @@ def test_a_full_sink_fails_that_job_and_stops_paying_for_outputs_it_cannot_keep(
     manifest = tmp_path / "run.jsonl"
     handle = remover(emulator, sink, concurrency=1, manifest=manifest).submit(images)
     report = handle.wait()
-    (failed,) = report.failures["StorageFullError"]
-    assert failed.billed  # Photoroom was paid for that one, and the job says so
-    assert "max_bytes" in str(failed.error)
+    assert report.spilled_count == 1
+    (spilled,) = [job for job in handle.results() if job.status is JobStatus.SPILLED]
+    assert spilled.billed  # Photoroom was paid for that one, and the job says so
+    assert "max_bytes" in str(spilled.error)
+    assert spilled.output is not None
+    assert spilled.output.uri.startswith("file://")  # the paid cut-out is kept on disk
     assert report.cancelled_count == 9
     assert report.stop_reason is not None
     assert report.stop_reason.startswith("StorageFullError")
     assert emulator.ledger.calls() == 1  # not one more credit for outputs that cannot be kept
     records = [json.loads(line) for line in manifest.read_text().splitlines()[1:]]
-    assert [r["status"] for r in records].count("failed") == 1
+    assert [r["status"] for r in records].count("spilled") == 1
     assert records[0]["error_type"] == "StorageFullError"
+    # with room again, the next run stores the kept cut-out without calling the engine
+    roomy = MemorySink()
+    again = remover(emulator, roomy, concurrency=1, manifest=manifest).submit(images).wait()
+    assert (again.stored_count, again.spilled_count) == (10, 0)
+    assert again.billed_calls == 9
+    assert set(emulator.ledger.billed_per_image().values()) == {1}  # each image paid once
+    assert spilled.key in roomy.objects
 
 
 async def test_a_client_of_the_callers_loop_can_drive_a_submitted_batch(
@@ -425,22 +461,28 @@ async def test_one_reader_serves_submitted_batches_and_the_callers_loop(
 
 
 def test_failures_are_bounded_too_with_exact_counts(
-    emulator: PhotoroomEmulator, caplog: pytest.LogCaptureFixture
+    emulator: PhotoroomEmulator, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    images: list[Any] = [b"not an image %d" % i for i in range(12)] + [photo()]
-    handle = remover(emulator, MemorySink(), keep_results=4).submit(images)
+    paths = []
+    for i in range(13):
+        paths.append(tmp_path / f"in{i:02d}.png")
+        paths[-1].write_bytes(photo())
+    emulator.inject(*["500"] * 12)
+    batch = remover(
+        emulator, MemorySink(), keep_results=4, max_retries=0, concurrency=1, track_credits=False
+    )
+    handle = batch.submit([str(path) for path in paths])
     report = handle.wait()
     assert report.failed_count == 12
-    assert report.failure_counts == {"InvalidImageError": 12}
-    assert len(report.failures["InvalidImageError"]) == 4  # memory does not grow with them
+    assert report.failure_counts == {"ServerError": 12}
+    assert len(report.failures["ServerError"]) == 4  # memory does not grow with them
     assert sum(job.status is JobStatus.FAILED for job in handle.results()) == 4
     retried = handle.retry_failed().wait()
     assert retried.total_count == 4
-    assert "8 more failed" in caplog.text
+    assert "8 more could be retried" in caplog.text
 
 
 def test_blocking_calls_refuse_to_run_on_the_batch_loop(emulator: PhotoroomEmulator) -> None:
-    from photoroom_bg import _loop
 
     handle = remover(emulator, MemorySink()).submit([photo()])
 

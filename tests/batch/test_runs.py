@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from photoroom_bg import BatchRemover, ImageResult, MemorySink, S3Sink, SegmentOptions
-from photoroom_bg.batch import RateGate
+from photoroom_bg.batch._limiter import AdaptiveLimit, RateGate
 from photoroom_bg.errors import RateLimitError
 from photoroom_bg.testing import Faults, PhotoroomEmulator
 
@@ -54,10 +54,10 @@ def test_a_killed_run_then_rerun_bills_nothing_twice(tmp_path: Path) -> None:
     env = {**os.environ, "PHOTOROOM_API_KEY": emulator.api_key}
     with emulator.serve() as url:
         args = [sys.executable, "-c", CHILD, str(source), str(out), str(manifest), url]
-        child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE)
-        wait_for_jobs(child, manifest, 15)
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+        with subprocess.Popen(args, env=env, stdout=subprocess.PIPE) as child:
+            wait_for_jobs(child, manifest, 15)
+            child.send_signal(signal.SIGKILL)
+            child.wait()
         assert child.returncode == -signal.SIGKILL
         before_kill = {r["key"] for r in job_records(manifest) if r["status"] == "succeeded"}
         assert 15 <= len(before_kill) < 60  # killed part-way
@@ -162,21 +162,40 @@ class FakeClock:
         self.now += seconds
 
 
-async def test_rate_gate_spaces_requests_and_holds_everyone_during_a_pause() -> None:
+async def test_rate_gate_spaces_requests_and_says_once_when_it_holds_the_batch_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     clock = FakeClock()
     gate = RateGate(60, clock=clock, sleep=clock.sleep)  # one request per second
-    await gate.acquire()
-    await gate.acquire()
-    assert clock.slept == [1.0]
-    gate.pause(5)
-    gate.pause(2)  # a shorter pause never shortens the current one
-    await gate.acquire()
-    assert clock.slept[1] == 5.0
-    assert gate.pauses == 1
+    with caplog.at_level(logging.INFO, logger="photoroom_bg.batch"):
+        for _ in range(10):
+            await gate.acquire()
+    assert clock.slept == [1.0] * 9
+    notices = [r for r in caplog.records if "holds this batch back" in r.getMessage()]
+    assert len(notices) == 1  # once, after a few seconds of waiting, not per request
+    assert "requests_per_minute=60" in notices[0].getMessage()
     unlimited = RateGate(None, clock=clock, sleep=clock.sleep)
     for _ in range(100):
         await unlimited.acquire()
-    assert len(clock.slept) == 2
+    assert len(clock.slept) == 9
+
+
+async def test_adaptive_limit_halves_on_429_once_per_window_and_grows_back() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(16, window=1.0, clock=clock)
+    limit.throttled()
+    limit.throttled()  # the same burst: calls already in flight when the first 429 came
+    assert limit.limit == 8
+    clock.now += 1.0
+    limit.throttled()
+    assert limit.limit == 4
+    for _ in range(3):
+        limit.throttled()
+        clock.now += 1.0
+    assert limit.limit == 1  # never below one
+    for _ in range(200):
+        limit.succeeded()
+    assert limit.limit == 16  # grown back, capped at the batch's concurrency
 
 
 class RateLimitedOnce:
@@ -203,16 +222,16 @@ class RateLimitedOnce:
         pass
 
 
-async def test_a_429_pauses_every_worker_for_its_retry_after() -> None:
-    engine = RateLimitedOnce(retry_after=0.3)
+async def test_a_sporadic_429_delays_its_own_job_not_every_worker() -> None:
+    engine = RateLimitedOnce(retry_after=0.5)
     batch = BatchRemover(engine, sink=MemorySink(), concurrency=4, requests_per_minute=None)
     report = await batch.run([photo() for _ in range(12)])
     assert report.succeeded_count == 12
     assert engine.limited_at is not None
-    later = [start for start in engine.starts if start > engine.limited_at]
-    # calls already on the wire when the 429 came back may finish; none starts in the pause
-    assert all(start - engine.limited_at >= 0.3 or start in engine.starts[:4] for start in later)
-    assert sum(start - engine.limited_at >= 0.3 for start in later) >= 12 - 4
+    retried = [start for start in engine.starts[1:] if start - engine.limited_at >= 0.5]
+    assert len(retried) == 1  # only the throttled job waited its Retry-After
+    # the other eleven went on meanwhile, at a concurrency halved to two
+    assert sum(start < retried[0] for start in engine.starts[1:]) == 11
 
 
 def test_no_secret_reaches_reprs_logs_or_errors(

@@ -9,12 +9,11 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 from PIL import Image
 
 from photoroom_bg.cli import MANIFEST_NAME, main
@@ -22,33 +21,7 @@ from photoroom_bg.testing import Faults, PhotoroomEmulator
 
 from ..batch.conftest import photo, wait_for_jobs
 from ..s3server import S3Server
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
-
-
-@pytest.fixture
-def emulator() -> Iterator[PhotoroomEmulator]:
-    emu = PhotoroomEmulator(credits=1000, image_work=False)
-    with emu.serve():
-        yield emu
-
-
-@pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    source = tmp_path / "in"
-    source.mkdir()
-    for i in range(6):
-        (source / f"p{i}.png").write_bytes(photo())
-    return source
-
-
-def run(*args: str, key: str | None = None, stdin: str | None = None) -> Result:
-    env = {"PHOTOROOM_API_KEY": key} if key else {"PHOTOROOM_API_KEY": ""}
-    return CliRunner().invoke(main, list(args), env=env, input=stdin)
-
-
-def outputs(dest: Path) -> list[Path]:
-    return sorted(p for p in dest.iterdir() if not p.name.startswith("."))
+from .conftest import EXAMPLES, outputs, run
 
 
 def test_remove_offline_with_the_local_engine_then_resume(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from photoroom_bg.errors import (
     BadRequestError,
     OutOfCreditsError,
     RateLimitError,
+    ServerError,
 )
 from photoroom_bg.testing import Faults, PhotoroomEmulator, parse_duration
 
@@ -42,6 +43,42 @@ async def test_without_retries_each_fault_is_a_typed_error(
     expected = APIConnectionError if fault == "reset" else Exception
     with pytest.raises(expected):
         await twin.call("remove_background", product_photo(), max_retries=0)
+
+
+@pytest.mark.parametrize("fault", ["bill-reset", "bill-truncate", "bill-500", "bill-502"])
+async def test_billed_faults_charge_then_fail_and_the_client_says_possibly_billed(
+    twin: Twin, emulator: PhotoroomEmulator, fault: str
+) -> None:
+    photo = unique_photo()
+    emulator.inject(fault)
+    with pytest.raises(Exception) as caught:  # noqa: PT011 - the class depends on the fault
+        await twin.call("remove_background", photo, max_retries=0)
+    error = caught.value
+    assert isinstance(error, (APIConnectionError, ServerError))
+    assert error.possibly_billed is True
+    assert emulator.ledger.billed_per_image()[hashlib.sha256(photo).hexdigest()] == 1
+
+
+async def test_a_billed_fault_is_answered_normally_when_nothing_was_billed() -> None:
+    emulator = PhotoroomEmulator({"poor": 0})
+    with emulator.serve():
+        emulator.inject("bill-reset")
+        async with emulator.async_client(max_retries=0) as client:
+            with pytest.raises(OutOfCreditsError):
+                await client.remove_background(product_photo())
+    assert emulator.ledger.calls() == 0
+
+
+async def test_a_billed_stall_past_the_timeout_is_a_possibly_billed_timeout() -> None:
+    emulator = PhotoroomEmulator(faults=Faults(stall_seconds=3))
+    photo = unique_photo()
+    with emulator.serve():
+        emulator.inject("bill-stall")
+        async with emulator.async_client(timeout=0.3, max_retries=0) as client:
+            with pytest.raises(APITimeoutError) as caught:
+                await client.remove_background(photo)
+    assert caught.value.possibly_billed is True
+    assert emulator.ledger.billed_per_image() == {hashlib.sha256(photo).hexdigest(): 1}
 
 
 async def test_a_stall_past_the_timeout_is_a_timeout() -> None:

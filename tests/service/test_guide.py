@@ -59,6 +59,7 @@ def test_the_curl_examples_run_against_a_live_service(
         **os.environ,
         "SERVICE": service.url,
         "TOKEN": ALICE,
+        "AUTH": f"Authorization: Bearer {ALICE}",
         "IMAGE_URL": images.image(70),
         "IMAGE_URL2": images.image(71),
     }
@@ -74,9 +75,12 @@ def test_the_curl_examples_run_against_a_live_service(
     assert run.returncode == 0, run.stderr + run.stdout[-2000:]
     assert '"status":"ready"' in run.stdout
     assert '"code":"unsafe_url"' in run.stdout
-    assert Image.open(tmp_path / "cutout.png").mode == "RGBA"
-    assert Image.open(tmp_path / "rocket.webp").format == "WEBP"
-    assert Image.open(tmp_path / "first.png").format == "PNG"
+    for name, kind, mode in (("cutout.png", "PNG", "RGBA"), ("rocket.webp", "WEBP", None)):
+        with Image.open(tmp_path / name) as image:
+            assert image.format == kind
+            assert mode is None or image.mode == mode
+    with Image.open(tmp_path / "first.png") as image:
+        assert image.format == "PNG"
     for archive in ("cutouts.zip", "job.zip"):
         names = zipfile.ZipFile(io.BytesIO((tmp_path / archive).read_bytes())).namelist()
         assert "errors.json" in names

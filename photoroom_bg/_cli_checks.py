@@ -1,0 +1,134 @@
+"""What the ``photoroom-bg`` command checks before it creates or bills anything.
+
+Each check raises :class:`ValueError` with a one-line message naming the path (control
+characters escaped), or returns what the command needs to know. None of them writes to disk:
+writability is probed with an anonymous temporary file that never gets a name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import tempfile
+import unicodedata
+from collections.abc import AsyncGenerator, Sequence
+from pathlib import Path
+from typing import cast
+from urllib.parse import unquote, urlsplit
+
+from . import _loop
+from .sources import iter_sources
+
+__all__ = ["check_destination", "check_inputs", "check_manifest", "printable"]
+
+# control characters, bidi and zero-width formatting, line and paragraph separators,
+# surrogates (undecodable bytes of a file name) and unassigned code points
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that could move the cursor, rewrite the terminal or
+    reorder the line shown as a Python escape (``\\x1b``, ``\\n``, ``\\u202e``)."""
+    if text.isprintable():  # the common case: nothing to escape (spaces are printable)
+        return text
+    return "".join(
+        char.encode("unicode_escape", "backslashreplace").decode("ascii")
+        if unicodedata.category(char) in _UNPRINTABLE
+        else char
+        for char in text
+    )
+
+
+def _is_remote(item: str) -> bool:
+    return "://" in item or item.startswith("data:")
+
+
+async def _has_images(item: str) -> bool:
+    """Whether ``item`` lists at least one image, read as the batch would read it."""
+    sources = cast("AsyncGenerator[object, None]", iter_sources(item))
+    async with contextlib.aclosing(sources):  # stop the folder walk at the first image
+        async for _ in sources:
+            return True
+    return False
+
+
+def check_inputs(items: Sequence[str]) -> list[str]:
+    """Refuse local paths that do not exist; return the folders and globs with no image.
+
+    URLs, ``s3://`` URIs and ``-`` (stdin) are left to the batch: checking them needs the
+    network or consumes them.
+    """
+    empty = []
+    for item in items:
+        if item == "-" or _is_remote(item):
+            continue
+        if os.path.isdir(item) or (glob.has_magic(item) and not os.path.lexists(item)):
+            if not _loop.run_sync(_has_images(item)):
+                empty.append(item)
+        elif not os.path.exists(item):
+            raise ValueError(f"no such file or folder: {printable(item)}")
+    return empty
+
+
+def _local_path(dest: str) -> Path | None:
+    if dest.startswith("file://"):
+        return Path(unquote(urlsplit(dest).path))
+    if _is_remote(dest):
+        return None
+    return Path(dest).expanduser()
+
+
+def _existing_ancestor(path: Path) -> Path:
+    for candidate in path.absolute().parents:
+        if candidate.exists():
+            return candidate
+    return Path(path.absolute().anchor)  # pragma: no cover - the root always exists
+
+
+def _probe_writable(folder: Path, failure: str) -> None:
+    """Create and drop an unnamed file in ``folder`` (O_TMPFILE where the OS has it)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{failure}: {exc.strerror or exc}") from None
+
+
+def _check_creatable(path: Path, what: str) -> None:
+    """``path`` does not exist; its nearest existing ancestor is a folder we can write."""
+    shown = printable(str(path))
+    ancestor = _existing_ancestor(path)
+    if not ancestor.is_dir():
+        raise ValueError(f"cannot create {what} {shown}: {printable(str(ancestor))} is a file")
+    _probe_writable(ancestor, f"cannot create {what} {shown} in {printable(str(ancestor))}")
+
+
+def check_destination(dest: str) -> None:
+    """A folder destination exists as a writable folder, or can be created; ``s3://`` and
+    other remote destinations are checked by the batch."""
+    path = _local_path(dest)
+    if path is None:
+        return
+    shown = printable(str(path))
+    if not path.exists():
+        _check_creatable(path, "output folder")
+    elif not path.is_dir():
+        raise ValueError(f"output folder {shown} is a file, not a folder")
+    else:
+        _probe_writable(path, f"cannot write to output folder {shown}")
+
+
+def check_manifest(manifest: str) -> None:
+    """The manifest file can be appended to, or created."""
+    path = Path(manifest).expanduser()
+    shown = printable(manifest)
+    if not path.exists():
+        _check_creatable(path, "manifest")
+    elif path.is_dir():
+        raise ValueError(f"manifest {shown} is a folder, not a file")
+    else:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+        except OSError as exc:
+            raise ValueError(f"cannot write to manifest {shown}: {exc.strerror or exc}") from None

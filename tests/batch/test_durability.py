@@ -1,0 +1,350 @@
+"""Durable records and real outages: torn manifests, resumes, a sink that goes away and comes
+back, an interpreter that exits under a running batch, resources of loops that ended."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from photoroom_bg import BatchRemover, JobStatus, MemorySink, RetryPolicy, S3Sink, SyncSink
+from photoroom_bg.batch import load_sources
+from photoroom_bg.batch._manifest import load_finished_keys, read_manifest
+from photoroom_bg.testing import Faults, PhotoroomEmulator
+
+from ..s3server import S3Server
+from ..tcpproxy import running_proxy
+from .conftest import job_records, photo
+
+FAST = RetryPolicy(initial_delay=0.005, max_delay=0.05)
+
+
+def remover(emulator: PhotoroomEmulator, sink: Any, **kwargs: Any) -> BatchRemover:
+    kwargs.setdefault("requests_per_minute", None)
+    kwargs.setdefault("retry_policy", FAST)
+    kwargs.setdefault("track_credits", False)
+    return BatchRemover(sink=sink, api_key=emulator.api_key, base_url=emulator.url, **kwargs)
+
+
+# -- the manifest -----------------------------------------------------------------------
+
+
+def record(key: str, status: str = "succeeded") -> str:
+    return json.dumps(
+        {"v": 1, "key": key, "status": status, "name": "é-" + key}, ensure_ascii=False
+    )
+
+
+def test_a_manifest_torn_inside_a_utf8_character_is_read_and_the_tear_counted(
+    tmp_path: Path,
+) -> None:
+    manifest = tmp_path / "m.jsonl"
+    whole = (record("a") + "\n" + record("b") + "\n").encode()
+    torn = record("c").encode()
+    cut = torn.index("é".encode()) + 1  # half of a two-byte character
+    manifest.write_bytes(whole + torn[:cut])
+    assert load_finished_keys(manifest) == {"a", "b"}
+    assert read_manifest(manifest).torn == 1
+
+
+def test_appending_after_a_torn_line_starts_on_a_new_line(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes((record("a") + "\n").encode() + record("b").encode()[:25])
+    images = [photo() for _ in range(3)]
+    report = remover(emulator, MemorySink(), manifest=manifest).submit(images).wait()
+    assert report.succeeded_count == 3
+    state = read_manifest(manifest)
+    assert state.torn == 1  # only the old tear: every record of this run reads back
+    assert len(job_records(manifest)) == 1 + 3
+
+
+def test_resume_after_retry_failed_finds_the_batch_sources_in_an_earlier_run(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"p{i}.png").write_bytes(photo())
+    emulator = PhotoroomEmulator(credits=1000)
+    manifest = tmp_path / "m.jsonl"
+    with emulator.serve():
+        emulator.inject(*["500"] * 2)
+        batch = remover(emulator, tmp_path / "out", manifest=manifest, max_retries=0,
+                        concurrency=1)  # fmt: skip
+        handle = batch.submit(str(folder))
+        assert handle.wait().failed_count == 2
+        emulator.inject("500")
+        retried = handle.retry_failed().wait()
+        assert (retried.total_count, retried.failed_count) == (2, 1)
+        assert load_sources(manifest) == [str(folder.resolve())]  # not the retry's subset
+        final = batch.resume().wait()
+    assert (final.total_count, final.stored_count) == (5, 5)
+    assert emulator.ledger.calls() == 5
+
+
+# -- the sink goes away -------------------------------------------------------------------
+
+
+def proxied_sink(s3_server: S3Server, prefix: str, url: str) -> S3Sink:
+    options = {**s3_server.sink_options(), "endpoint_url": url}
+    return S3Sink(prefix, **options)
+
+
+def test_a_sink_outage_pauses_the_batch_and_it_goes_on_when_the_sink_is_back(
+    s3_server: S3Server, s3_prefix: str
+) -> None:
+    host, port = s3_server.endpoint_url.rsplit("/", 1)[1].split(":")
+    emulator = PhotoroomEmulator(credits=10_000, faults=Faults(latency=0.01), image_work=False)
+    images = [photo() for _ in range(200)]
+    with running_proxy((host, int(port))) as proxy, emulator.serve():
+        sink = proxied_sink(s3_server, s3_prefix, proxy.url)
+        batch = remover(emulator, sink, concurrency=8, sink_outage_budget=60)
+        handle = batch.submit(images)
+        stored = 0
+        for job in handle.as_completed(timeout=60):
+            stored += job.ok
+            if stored == 50:
+                proxy.cut()  # the S3 server is gone: refused connections, reset streams
+                cut_at = len(emulator.requests)
+                threading.Timer(2.0, proxy.restore).start()
+        report = handle.wait(timeout=120)
+        from photoroom_bg import _loop
+
+        _loop.run_sync(sink.aclose())
+    assert report.stored_count == 200  # a pause, not a massacre
+    assert report.failed_count == 0
+    assert emulator.ledger.calls() == 200
+    assert len(emulator.requests) - cut_at <= 150 + 8  # nobody kept calling the API blindly
+
+
+def test_a_sink_gone_for_longer_than_the_budget_stops_the_batch_and_keeps_paid_cut_outs(
+    s3_server: S3Server, s3_prefix: str, tmp_path: Path
+) -> None:
+    host, port = s3_server.endpoint_url.rsplit("/", 1)[1].split(":")
+    emulator = PhotoroomEmulator(credits=10_000, faults=Faults(latency=0.02), image_work=False)
+    images = [photo() for _ in range(60)]
+    with running_proxy((host, int(port))) as proxy, emulator.serve():
+        sink = proxied_sink(s3_server, s3_prefix, proxy.url)
+        batch = remover(emulator, sink, concurrency=4, sink_outage_budget=1.0,
+                        spill_dir=tmp_path / "spill")  # fmt: skip
+        handle = batch.submit(images)
+        for count, _ in enumerate(handle.as_completed(timeout=60), start=1):
+            if count == 10:
+                proxy.cut()
+                break
+        report = handle.wait(timeout=60)
+        from photoroom_bg import _loop
+
+        _loop.run_sync(sink.aclose())
+    assert report.stop_reason is not None
+    assert "unreachable for 1 s" in report.stop_reason
+    billed = emulator.ledger.calls()
+    # every paid cut-out is either in the bucket or in the spill folder
+    assert report.succeeded_count + report.spilled_count == billed
+    spilled = [p for p in (tmp_path / "spill").rglob("*.png")]
+    assert len(spilled) == report.spilled_count
+    assert report.cancelled_count + report.failed_count + billed == 60 - report.skipped_count
+
+
+# -- interpreter exit ---------------------------------------------------------------------
+
+SCRIPT = textwrap.dedent(
+    """
+    import logging, sys
+    from photoroom_bg import BatchRemover
+
+    logging.basicConfig(level=logging.WARNING)
+    url, out, manifest = sys.argv[1:4]
+    images = [open(p, "rb").read() for p in sys.argv[4:]]
+    batch = BatchRemover(sink=out, base_url=url, manifest=manifest, concurrency=4,
+                         requests_per_minute=None, track_credits=False)
+    handle = batch.submit(images)
+    while handle.progress.done < 6:
+        pass
+    print("leaving", flush=True)
+    # no wait(): the script ends with the batch running
+    """
+)
+
+
+def test_an_interpreter_exit_lets_running_jobs_store_and_says_how_to_resume(
+    tmp_path: Path,
+) -> None:
+    inputs = []
+    for i in range(40):
+        inputs.append(tmp_path / f"in{i}.png")
+        inputs[-1].write_bytes(photo())
+    out, manifest = tmp_path / "out", tmp_path / "m.jsonl"
+    emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.3), image_work=False)
+    env = {**os.environ, "PHOTOROOM_API_KEY": emulator.api_key}
+    with emulator.serve() as url:
+        done = subprocess.run(
+            [sys.executable, "-c", SCRIPT, url, str(out), str(manifest), *map(str, inputs)],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    billed = emulator.ledger.calls()
+    assert 6 <= billed < 40  # it stopped starting jobs
+    stored = [p for p in out.iterdir() if not p.name.startswith(".")]
+    assert len(stored) == billed  # every call paid for was stored before the exit
+    recorded = [r for r in job_records(manifest) if r["status"] == "succeeded"]
+    assert len(recorded) == billed  # and the manifest was flushed
+    assert "interpreter exited before the batch ended" in done.stderr
+    assert "resume" in done.stderr
+
+
+# -- resources of loops, notebooks --------------------------------------------------------
+
+
+def test_resources_of_a_loop_that_ended_are_closed_not_dropped(
+    s3_server: S3Server, s3_prefix: str
+) -> None:
+    sink = S3Sink(s3_prefix, **s3_server.sink_options())
+
+    async def forgetful() -> bool:
+        return await sink.exists("nothing-here")  # a client made on this loop, never closed
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert asyncio.run(forgetful()) is False
+        gc.collect()
+    assert [str(w.message) for w in caught if "nclosed" in str(w.message)] == []
+    assert len(sink._clients) == 1
+    assert asyncio.run(forgetful()) is False
+    assert len(sink._clients) == 1  # the dead loop's entry was let go
+
+
+def test_closing_a_sync_sink_used_with_await_on_the_notebook_loop_does_not_deadlock(
+    s3_server: S3Server, s3_prefix: str
+) -> None:
+    facade = SyncSink(S3Sink(s3_prefix, **s3_server.sink_options()))
+    finished = threading.Event()
+
+    async def cell() -> None:
+        await facade.sink.put("a.png", b"data")  # a client on the notebook's own loop
+        assert facade.get("a.png") == b"data"  # and one on the background loop
+        facade.close()  # used to wait for the notebook loop, which waits for it
+        finished.set()
+
+    thread = threading.Thread(target=asyncio.run, args=(cell(),), daemon=True)
+    thread.start()
+    assert finished.wait(30), "SyncSink.close() deadlocked"
+    thread.join(30)
+
+
+def test_a_skipped_s3_output_is_described_by_a_head_not_a_download(
+    s3_server: S3Server, s3_prefix: str, emulator: PhotoroomEmulator
+) -> None:
+    images = [photo() for _ in range(3)]
+    sink = S3Sink(s3_prefix, **s3_server.sink_options())
+    batch = remover(emulator, sink, keep_results=True)
+    first = batch.submit(images).wait()
+    handle = batch.submit(images)
+    second = handle.wait()
+    assert (first.succeeded_count, second.skipped_count) == (3, 3)
+    skipped = [job for job in handle.results() if job.status is JobStatus.SKIPPED]
+    assert all(job.output is not None and job.output.url.startswith("http") for job in skipped)
+    assert all(job.output is not None and job.output.size > 0 for job in skipped)
+    from photoroom_bg import _loop
+
+    _loop.run_sync(sink.aclose())
+
+
+# -- progress -----------------------------------------------------------------------------
+
+
+def test_progress_after_a_cancel_tells_what_happened(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.05), image_work=False)
+    with emulator.serve():
+        batch = remover(emulator, MemorySink(), concurrency=2, progress=True)
+        handle = batch.submit([photo() for _ in range(100)])
+        for count, _ in enumerate(handle.as_completed(timeout=60), start=1):
+            if count == 10:
+                handle.cancel()
+        report = handle.wait()
+    progress = handle.progress
+    assert progress.total == 100  # known once the listing ended
+    assert progress.processed == report.stored_count
+    assert progress.cancelled == 100 - report.stored_count
+    assert progress.rate == pytest.approx(progress.processed / progress.elapsed)
+    assert progress.eta == 0
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
+    assert f"{report.stored_count}/100" in bar  # not 100/100 with a few stored
+    assert f"cancelled={report.cancelled_count}" in bar
+    assert "stopped" in bar
+
+
+def test_the_bar_shows_the_total_once_the_listing_ends(
+    capsys: pytest.CaptureFixture[str], emulator: PhotoroomEmulator
+) -> None:
+    images = (photo() for _ in range(5))  # a generator: the total is unknown at first
+    remover(emulator, MemorySink(), progress=True).submit(images).wait()
+    final = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
+    assert "5/5" in final
+
+
+def test_a_submitted_batch_shows_its_bar_in_a_jupyter_kernel(tmp_path: Path) -> None:
+    jupyter_client = pytest.importorskip("jupyter_client")
+    pytest.importorskip("ipykernel")
+    pytest.importorskip("ipywidgets")
+    emulator = PhotoroomEmulator(credits=100, faults=Faults(latency=0.05), image_work=False)
+    images = tmp_path / "in"
+    images.mkdir()
+    for i in range(4):
+        (images / f"p{i}.png").write_bytes(photo())
+    with emulator.serve() as url:
+        manager = jupyter_client.KernelManager(kernel_name="python3")
+        manager.start_kernel(
+            env={**os.environ, "PHOTOROOM_API_KEY": emulator.api_key}, cwd=str(tmp_path)
+        )
+        client = manager.client()
+        client.start_channels()
+        try:
+            client.wait_for_ready(timeout=60)
+            cell = (
+                "from photoroom_bg import BatchRemover\n"
+                f"batch = BatchRemover(sink='out', base_url={url!r}, progress=True,\n"
+                "                     requests_per_minute=None, track_credits=False)\n"
+                f"handle = batch.submit({str(images)!r})\n"
+            )
+            outputs: list[dict[str, Any]] = []
+            reply = client.execute_interactive(cell, timeout=60, output_hook=outputs.append)
+            assert reply["content"]["status"] == "ok", reply["content"]
+            waited = client.execute_interactive(
+                "print(handle.wait().stored_count)", timeout=60, output_hook=outputs.append
+            )
+            assert waited["content"]["status"] == "ok"
+        finally:
+            client.stop_channels()
+            manager.shutdown_kernel(now=True)
+    kinds = [m["msg_type"] for m in outputs]
+    widgets = [
+        m for m in outputs
+        if m["msg_type"] == "display_data"
+        and "application/vnd.jupyter.widget-view+json" in m["content"]["data"]
+    ]  # fmt: skip
+    assert widgets, f"no progress widget was displayed in the cell: {kinds}"
+    printed = "".join(m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream")
+    assert "4" in printed
+
+
+def wait_until(condition: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)

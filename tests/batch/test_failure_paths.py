@@ -1,0 +1,449 @@
+"""Failures stay inside their job, the batch never hangs, and cancel() means no new billed call."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import os
+import socket
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from photoroom_bg import (
+    AsyncPhotoroomClient,
+    BatchRemover,
+    ImageResult,
+    JobStatus,
+    MemorySink,
+    PhotoroomEngine,
+    RetryPolicy,
+    SegmentOptions,
+)
+from photoroom_bg.batch import _manifest
+from photoroom_bg.errors import (
+    ConfigurationError,
+    ServerError,
+    SourceError,
+    StorageUnavailableError,
+    UnexpectedError,
+    ValidationError,
+)
+from photoroom_bg.sinks import S3Sink
+from photoroom_bg.sources import ImageSource, SourceReader
+from photoroom_bg.testing import Faults, PhotoroomEmulator
+
+from .conftest import photo
+
+FAST = RetryPolicy(initial_delay=0.005, max_delay=0.05)
+
+
+def remover(emulator: PhotoroomEmulator, sink: Any, **kwargs: Any) -> BatchRemover:
+    kwargs.setdefault("requests_per_minute", None)
+    kwargs.setdefault("retry_policy", FAST)
+    kwargs.setdefault("track_credits", False)
+    return BatchRemover(sink=sink, api_key=emulator.api_key, base_url=emulator.url, **kwargs)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (connections are refused at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- cancel() means no new billed request -----------------------------------------------------
+
+
+def test_cancel_wakes_jobs_waiting_for_the_request_budget(emulator: PhotoroomEmulator) -> None:
+    # one request every 10 seconds: without cancellation reaching the budget's wait, the
+    # 19 other jobs would sit in it for three minutes
+    batch = remover(emulator, MemorySink(), requests_per_minute=6, concurrency=4)
+    handle = batch.submit([photo() for _ in range(20)])
+    first = next(iter(handle.as_completed(timeout=30)))
+    assert first.status is JobStatus.SUCCEEDED
+    handle.cancel()
+    report = handle.wait(timeout=10)
+    assert report.cancelled_count == 19
+    assert emulator.ledger.calls() == 1
+
+
+def test_cancel_wakes_jobs_in_a_retry_after_pause_and_in_backoff() -> None:
+    faults = Faults(retry_after=600)  # a server asking for ten minutes
+    emulator = PhotoroomEmulator(credits=100, faults=faults)
+    patient = RetryPolicy(initial_delay=300, max_delay=300, max_retry_after=600)
+    with emulator.serve():
+        emulator.inject("429", "503", "500", "502")
+        batch = remover(emulator, MemorySink(), concurrency=4, retry_policy=patient)
+        handle = batch.submit([photo() for _ in range(4)])
+        deadline = time.monotonic() + 30
+        while len(emulator.requests) < 4:
+            assert time.monotonic() < deadline, "the four jobs never made their first call"
+            time.sleep(0.01)
+        handle.cancel("enough")
+        report = handle.wait(timeout=10)
+    assert report.cancelled_count == 4
+    assert report.stop_reason == "enough"
+    assert emulator.ledger.calls() == 0  # no call went out after cancel()
+    assert len(emulator.requests) == 4
+
+
+def test_a_retry_after_longer_than_the_policy_allows_is_capped() -> None:
+    emulator = PhotoroomEmulator(credits=100, faults=Faults(retry_after=3600))
+    capped = RetryPolicy(initial_delay=0.005, max_retry_after=0.1)
+    with emulator.serve():
+        emulator.inject("429", "503")
+        batch = remover(emulator, MemorySink(), concurrency=1, retry_policy=capped)
+        report = batch.submit([photo()]).wait(timeout=30)  # not an hour
+    assert report.succeeded_count == 1
+
+
+# -- an API that cannot be reached --------------------------------------------------------
+
+
+def test_an_unreachable_api_stops_the_batch_after_the_first_wave() -> None:
+    batch = BatchRemover(
+        sink=MemorySink(), api_key="k", base_url=f"http://127.0.0.1:{closed_port()}",
+        concurrency=8, requests_per_minute=None, track_credits=False, keep_results=True,
+        retry_policy=RetryPolicy(initial_delay=0.5, max_delay=2),
+    )  # fmt: skip
+    handle = batch.submit([photo() for _ in range(300)])
+    report = handle.wait(timeout=30)
+    assert report.stop_reason is not None
+    assert "cannot be reached" in report.stop_reason
+    assert report.stored_count == 0
+    attempts = sum(job.attempts for job in handle.results())
+    assert attempts <= 2 * 8  # the first wave, not 300 images times their retries
+    assert report.cancelled_count + report.failed_count == 300
+
+
+# -- one input's surprise stays in its job ------------------------------------------------
+
+
+class OddReader(SourceReader):
+    """Reads files, but one of them hits an OSError no one mapped to a typed error."""
+
+    async def read(self, source: ImageSource) -> bytes:
+        if source.name == "cursed":
+            raise OSError(5, "Input/output error")
+        return await super().read(source)
+
+
+def test_any_exception_while_handling_one_input_fails_only_that_job(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    good = tmp_path / "good.png"
+    good.write_bytes(photo())
+    cursed = tmp_path / "cursed.png"
+    cursed.write_bytes(photo())
+    odd_name = os.fsdecode(bytes(tmp_path / "bad") + b"-\xff\xfe.png")
+    Path(odd_name).write_bytes(photo())
+    sources = [
+        str(good),
+        str(cursed),
+        odd_name,
+        "http://999.1.1.1/x.png",
+        "http://127.0.0.1:99999/y",
+    ]
+    batch = remover(emulator, tmp_path / "out", reader=OddReader(), keep_results=True)
+    handle = batch.submit(sources)
+    report = handle.wait(timeout=60)
+    by_source = {job.index: job for job in handle.results()}
+    assert by_source[0].status is JobStatus.SUCCEEDED
+    assert isinstance(by_source[1].error, UnexpectedError)
+    assert isinstance(by_source[1].error.__cause__, OSError)  # the cause is kept
+    assert by_source[2].status is JobStatus.SUCCEEDED  # a name that is not UTF-8 is a name
+    for index in (3, 4):
+        assert by_source[index].status is JobStatus.FAILED
+        assert isinstance(by_source[index].error, SourceError)
+    assert report.total_count == 5
+
+
+def test_a_source_iterator_that_raises_ends_the_listing_and_the_rest_completes(
+    emulator: PhotoroomEmulator,
+) -> None:
+    def sources() -> Iterator[bytes]:
+        for _ in range(3):
+            yield photo()
+        raise RuntimeError("the database cursor went away")
+
+    report = remover(emulator, MemorySink()).submit(sources()).wait(timeout=60)
+    assert (report.total_count, report.succeeded_count) == (3, 3)
+    assert report.listing_error is not None
+    assert "the database cursor went away" in report.listing_error
+    assert not report.all_ok  # the listing did not finish: say so
+
+
+# -- the batch's own machinery ------------------------------------------------------------
+
+
+def test_a_manifest_that_cannot_be_created_is_refused_before_anything_is_billed(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    batch = remover(emulator, MemorySink(), manifest=blocker / "run.jsonl")
+    with pytest.raises(ConfigurationError, match="cannot write the manifest"):
+        batch.submit([photo()])
+    with pytest.raises(ConfigurationError, match="cannot write the manifest"):
+        asyncio.run(batch.run([photo()]))
+    assert emulator.requests == []
+
+
+def test_an_unreachable_sink_is_refused_before_anything_is_billed(
+    emulator: PhotoroomEmulator,
+) -> None:
+    sink = S3Sink(
+        "s3://nowhere/out", endpoint_url=f"http://127.0.0.1:{closed_port()}",
+        aws_access_key_id="k", aws_secret_access_key="s",
+    )  # fmt: skip
+    batch = remover(emulator, sink)
+    with pytest.raises(StorageUnavailableError, match="the sink is not usable"):
+        batch.submit([photo()])
+    assert emulator.requests == []
+    asyncio.run(sink.aclose())
+
+
+def test_options_the_engine_cannot_take_are_refused_at_submit() -> None:
+    pytest.importorskip("onnxruntime")
+    from photoroom_bg import LocalEngine
+
+    batch = BatchRemover(LocalEngine(), sink=MemorySink(), options=SegmentOptions(despill=True))
+    with pytest.raises(ValidationError, match="despill"):
+        batch.submit([photo()])
+
+
+class ExplodingManifest(_manifest.Manifest):
+    """A manifest whose disk fails after its run header and ``healthy`` groups of records."""
+
+    healthy = 2
+
+    def _append(self, lines: list[bytes]) -> None:
+        self.writes = getattr(self, "writes", 0) + 1
+        if self.writes > 1 + self.healthy:
+            raise OSError(5, "Input/output error")
+        super()._append(lines)
+
+
+def test_a_batch_whose_machinery_dies_stops_billing_and_its_handle_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from photoroom_bg.batch import _run
+
+    monkeypatch.setattr(_run, "Manifest", ExplodingManifest)
+    emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.05))
+    with emulator.serve():
+        batch = remover(emulator, MemorySink(), manifest=tmp_path / "m.jsonl", concurrency=2)
+        handle = batch.submit([photo() for _ in range(200)])
+        with pytest.raises(OSError, match="Input/output error"):
+            list(handle.as_completed(timeout=30))  # ends, does not block forever
+        with pytest.raises(OSError, match="Input/output error"):
+            handle.wait(timeout=30)
+        assert handle.done()
+        assert isinstance(handle.exception(), OSError)
+
+        async def iterate() -> None:
+            async for _ in handle:
+                pass
+
+        with pytest.raises(OSError, match="Input/output error"):
+            asyncio.run(iterate())
+        calls = emulator.ledger.calls()
+        time.sleep(0.3)  # nothing is running any more: the ledger must not move
+        assert emulator.ledger.calls() == calls
+    assert calls < 20  # the siblings were cancelled, not left billing 200 images
+
+
+def test_an_unwatched_failed_batch_logs_its_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from photoroom_bg.batch import _run
+
+    monkeypatch.setattr(ExplodingManifest, "healthy", 0)
+    monkeypatch.setattr(_run, "Manifest", ExplodingManifest)
+    batch = BatchRemover(CountingEngine(), sink=MemorySink(), manifest=tmp_path / "m.jsonl")
+    with caplog.at_level("ERROR", logger="photoroom_bg.batch"):
+        handle = batch.submit([photo() for _ in range(50)])
+        deadline = time.monotonic() + 30
+        while not handle.done():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    assert "the batch failed" in caplog.text
+
+
+def test_a_cancelled_async_for_does_not_keep_asyncio_run_from_returning() -> None:
+    emulator = PhotoroomEmulator(credits=100, faults=Faults(latency=5))
+    with emulator.serve():
+        handle = remover(emulator, MemorySink(), concurrency=2).submit([photo() for _ in range(4)])
+
+        async def consume() -> None:
+            async def loop() -> None:
+                async for _ in handle:
+                    pass
+
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(loop(), 0.2)
+
+        finished = threading.Event()
+
+        def script() -> None:
+            asyncio.run(consume())
+            finished.set()
+
+        thread = threading.Thread(target=script, daemon=True)
+        thread.start()
+        assert finished.wait(20), "asyncio.run() did not return after the loop was cancelled"
+        handle.cancel()
+        handle.wait(timeout=30)
+
+
+# -- engines and clients ------------------------------------------------------------------
+
+
+def test_a_client_with_its_own_http_client_is_refused_by_submit_and_works_with_run(
+    emulator: PhotoroomEmulator,
+) -> None:
+    async def main() -> int:
+        async with (
+            httpx.AsyncClient() as http,
+            AsyncPhotoroomClient(
+                api_key=emulator.api_key, base_url=emulator.url, http_client=http
+            ) as client,
+        ):
+            batch = BatchRemover(client, sink=MemorySink(), requests_per_minute=None)
+            with pytest.raises(ConfigurationError, match="http_client"):
+                batch.submit([photo()])
+            assert emulator.requests == []  # refused before anything was sent
+            return (await batch.run([photo()])).succeeded_count
+
+    assert asyncio.run(main()) == 1
+
+
+class CountingPhotoroomEngine(PhotoroomEngine):
+    """A caller's engine subclass: its override must run."""
+
+    calls = 0
+
+    async def process(self, image: bytes, options: Any) -> ImageResult:
+        type(self).calls += 1
+        return await super().process(image, options)
+
+
+def test_a_photoroom_engine_subclass_is_kept_by_submit_and_run(
+    emulator: PhotoroomEmulator,
+) -> None:
+    engine = CountingPhotoroomEngine(api_key=emulator.api_key, base_url=emulator.url)
+    batch = BatchRemover(engine, sink=MemorySink(), requests_per_minute=None)
+    assert batch.submit([photo() for _ in range(3)]).wait().succeeded_count == 3
+
+    async def on_my_loop() -> int:
+        async with engine:  # its pool is used on this loop: close it here
+            return (await batch.run([photo(), photo()])).succeeded_count
+
+    assert asyncio.run(on_my_loop()) == 2
+    assert CountingPhotoroomEngine.calls == 5
+
+
+class RecordingPolicy(RetryPolicy):
+    """A policy whose backoff delays are observed."""
+
+    def delays(self) -> Iterator[float]:
+        _delays_used.append(self.initial_delay)
+        while True:
+            yield 0.0
+
+
+_delays_used: list[float] = []
+
+
+class FlakyEngine:
+    """Fails every call once with a 5xx, then succeeds."""
+
+    name = "flaky"
+    bills = False
+
+    def __init__(self) -> None:
+        self.seen: set[bytes] = set()
+
+    async def process(self, image: bytes, options: Any) -> ImageResult:
+        if image not in self.seen:
+            self.seen.add(image)
+            raise ServerError("flaky", status_code=500)
+        return ImageResult(image)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_the_batch_backs_off_with_the_retry_policy_it_is_given(
+    emulator: PhotoroomEmulator,
+) -> None:
+    _delays_used.clear()
+    batch = BatchRemover(FlakyEngine(), sink=MemorySink(), retry_policy=RecordingPolicy(
+        initial_delay=7.5))  # fmt: skip
+    assert batch.submit([photo(), photo()]).wait(timeout=30).succeeded_count == 2
+    assert _delays_used == [7.5, 7.5]  # its delays, not a backoff of the batch's own
+    _delays_used.clear()
+    client = emulator.async_client(retry_policy=RecordingPolicy(initial_delay=2.5))
+    emulator.inject("503")
+    batch = BatchRemover(client, sink=MemorySink(), requests_per_minute=None, track_credits=False)
+    assert batch.submit([photo()]).wait(timeout=30).succeeded_count == 1
+    assert 2.5 in _delays_used  # the client's policy is the batch's default
+    asyncio.run(client.aclose())
+
+
+# -- memory -----------------------------------------------------------------------------------
+
+
+def big_photo(seed: int) -> bytes:
+    noise = Image.effect_noise((900, 900), 64 + seed).convert("RGB")
+    out = io.BytesIO()
+    noise.save(out, "PNG")
+    return out.getvalue()
+
+
+def test_the_handle_keeps_no_input_bytes_of_failed_jobs(tmp_path: Path) -> None:
+    emulator = PhotoroomEmulator({"poor": 0})  # every call: 402, with the request behind it
+    paths = []
+    for i in range(12):
+        paths.append(str(tmp_path / f"big{i}.png"))
+        Path(paths[-1]).write_bytes(big_photo(i))
+    size = sum(os.path.getsize(p) for p in paths)
+    assert size > 8_000_000
+    with emulator.serve():
+        batch = BatchRemover(
+            sink=MemorySink(), api_key="poor", base_url=emulator.url, concurrency=1,
+            requests_per_minute=None, track_credits=False, keep_results=True,
+        )  # fmt: skip
+        gc.collect()
+        tracemalloc.start()
+        try:
+            handle = batch.submit(paths)
+            report = handle.wait(timeout=60)
+            gc.collect()
+            held, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert report.failed_count + report.cancelled_count == 12
+    assert report.failed_count >= 1
+    assert held < size / 4  # the failed inputs' bytes were let go
+
+
+class CountingEngine:
+    name = "counting"
+    bills = False
+
+    async def process(self, image: bytes, options: Any) -> ImageResult:
+        await asyncio.sleep(0)
+        return ImageResult(image)
+
+    async def aclose(self) -> None:
+        pass

@@ -1,0 +1,236 @@
+"""One image, one charge, or an honest count: ambiguous failures, duplicates in flight,
+cut-outs the sink did not take, outputs of another engine."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from photoroom_bg import (
+    BatchRemover,
+    ImageResult,
+    MemorySink,
+    PhotoroomEngine,
+    RetryPolicy,
+)
+from photoroom_bg.errors import StorageError
+from photoroom_bg.testing import BILLED_FAULTS, PhotoroomEmulator
+
+from .conftest import photo
+
+FAST = RetryPolicy(initial_delay=0.005, max_delay=0.05)
+
+
+def remover(emulator: PhotoroomEmulator, sink: Any, **kwargs: Any) -> BatchRemover:
+    kwargs.setdefault("requests_per_minute", None)
+    kwargs.setdefault("retry_policy", FAST)
+    kwargs.setdefault("track_credits", False)
+    return BatchRemover(sink=sink, api_key=emulator.api_key, base_url=emulator.url, **kwargs)
+
+
+@pytest.fixture
+def fast_stall_emulator() -> Any:
+    from photoroom_bg.testing import Faults
+
+    emu = PhotoroomEmulator(credits=1000, faults=Faults(stall_seconds=2))
+    with emu.serve():
+        yield emu
+
+
+def test_failures_the_server_may_have_billed_are_retried_and_counted(
+    fast_stall_emulator: PhotoroomEmulator,
+) -> None:
+    emulator = fast_stall_emulator
+    images = [photo() for _ in range(len(BILLED_FAULTS) + 3)]
+    for fault in BILLED_FAULTS:  # one per job: billed and lost, then made on the retry
+        emulator.inject(fault, None)
+    engine = PhotoroomEngine(
+        emulator.async_client(timeout=0.5, max_retries=0)  # a stall outlasts the timeout
+    )
+    batch = BatchRemover(
+        engine, sink=MemorySink(), concurrency=1, requests_per_minute=None, track_credits=False,
+        retry_policy=FAST, keep_results=True,
+    )  # fmt: skip
+    handle = batch.submit(images)
+    report = handle.wait()
+    assert report.stored_count == len(images)  # retried by default: every image is made
+    billed = emulator.ledger.calls()
+    assert billed == len(images) + len(BILLED_FAULTS)  # the faults were billed, then lost
+    # the report says so: at least the successes, at most everything, never less than paid
+    assert report.billed_calls == len(images)
+    assert report.possibly_billed_calls == len(BILLED_FAULTS)
+    assert report.billed_calls <= billed <= report.billed_calls + report.possibly_billed_calls
+    assert report.possibly_billed_twice == len(BILLED_FAULTS)
+    twice = [job for job in handle.results() if job.possibly_billed]
+    assert [job.charges for job in twice] == [(1, 2)] * len(BILLED_FAULTS)
+    _loop_close(engine)
+
+
+def _loop_close(engine: PhotoroomEngine) -> None:
+    from photoroom_bg import _loop
+
+    _loop.run_sync(engine.client.aclose())
+
+
+def test_retry_possibly_billed_off_fails_those_jobs_instead(emulator: PhotoroomEmulator) -> None:
+    images = [photo() for _ in range(4)]
+    emulator.inject("bill-reset", None, "bill-500")
+    strict = RetryPolicy(initial_delay=0.005, retry_possibly_billed=False)
+    report = remover(emulator, MemorySink(), concurrency=1, retry_policy=strict).submit(images)
+    result = report.wait()
+    assert (result.stored_count, result.failed_count) == (2, 2)
+    assert result.possibly_billed_calls == 2
+    assert emulator.ledger.calls() == 4  # two made, two billed and lost: never a third try
+    assert set(result.failure_counts) == {"APIConnectionError", "ServerError"}
+
+
+def test_the_same_input_twice_in_flight_is_billed_once(emulator: PhotoroomEmulator) -> None:
+    from photoroom_bg.testing import Faults
+
+    slow = PhotoroomEmulator(credits=100, faults=Faults(latency=0.2))
+    image, other = photo(), photo()
+    with slow.serve():
+        handle = remover(slow, MemorySink(), concurrency=8, keep_results=True).submit(
+            [image, image, other, image, other]
+        )
+        report = handle.wait()
+    assert slow.ledger.calls() == 2
+    # in-memory inputs are named image-1, image-2...: the copies get keys of their own
+    assert (report.succeeded_count, report.stored_count) == (5, 5)
+    reasons = [job.reason or "" for job in handle.results()]
+    assert sum(reason.startswith("the same image as #") for reason in reasons) == 3
+
+
+def test_a_folder_and_a_glob_over_it_bill_each_image_once(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"p{i}.png").write_bytes(photo())
+    report = remover(emulator, tmp_path / "out").submit([folder, str(folder / "*.png")]).wait()
+    assert report.total_count == 12
+    assert (report.succeeded_count, report.skipped_count) == (6, 6)
+    assert emulator.ledger.calls() == 6
+
+
+def test_the_same_content_under_another_name_is_stored_again_from_the_first_cut_out(
+    tmp_path: Path,
+) -> None:
+    from photoroom_bg.testing import Faults
+
+    slow = PhotoroomEmulator(credits=100, faults=Faults(latency=0.2))
+    data = photo()
+    (tmp_path / "a.png").write_bytes(data)
+    (tmp_path / "b.png").write_bytes(data)
+    sink = MemorySink()
+    with slow.serve():
+        report = remover(slow, sink, concurrency=2).submit(
+            [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+        )
+        result = report.wait()
+    assert slow.ledger.calls() == 1
+    assert result.succeeded_count == 2
+    a, b = sorted(sink.objects)
+    assert a.startswith("a-")
+    assert b.startswith("b-")
+    assert sink.objects[a] == sink.objects[b]
+
+
+class FailingPuts(MemorySink):
+    """A sink whose puts fail with an ordinary storage error until it is fixed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = True
+        self.attempts = 0
+
+    async def put(self, key: str, data: bytes, **kwargs: Any) -> Any:
+        if self.broken:
+            self.attempts += 1
+            raise StorageError("the disk is being replaced")
+        return await super().put(key, data, **kwargs)
+
+
+def test_a_sink_that_fails_after_billing_keeps_the_cut_out_for_the_next_run(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    images = []
+    for i in range(3):
+        images.append(str(tmp_path / f"in{i}.png"))
+        Path(images[-1]).write_bytes(photo())
+    sink = FailingPuts()
+    spill = tmp_path / "spill"
+    batch = remover(emulator, sink, store_retry_budget=0.3, spill_dir=spill, concurrency=1)
+    handle = batch.submit(images)
+    first = handle.wait()
+    assert first.spilled_count == 3
+    assert sink.attempts > 3  # the put was retried within its budget before spilling
+    assert len([p for p in spill.rglob("*") if p.is_file()]) == 3
+    assert emulator.ledger.calls() == 3
+    sink.broken = False
+    again = handle.retry_failed().wait()  # spilled jobs are retried: stored, not re-made
+    assert (again.succeeded_count, again.billed_calls) == (3, 0)
+    assert emulator.ledger.calls() == 3
+    assert len(sink.objects) == 3
+    assert [p for p in spill.rglob("*") if p.is_file()] == []  # stored, then let go
+
+
+class PreviewEngine:
+    """Stands in for an offline model: free, named like the local engine."""
+
+    name = "local:u2netp"
+    bills = False
+
+    async def process(self, image: bytes, options: Any) -> ImageResult:
+        return ImageResult(b"\x89PNG preview " + hashlib.sha256(image).digest())
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_a_preview_from_another_engine_never_stands_in_for_a_photoroom_cut_out(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    images = [photo() for _ in range(4)]
+    out = tmp_path / "out"
+    preview = BatchRemover(PreviewEngine(), sink=out).submit(images).wait()
+    assert preview.succeeded_count == 4
+    real = remover(emulator, out).submit(images).wait()
+    assert (real.succeeded_count, real.skipped_count) == (4, 0)
+    assert emulator.ledger.calls() == 4
+    again = BatchRemover(PreviewEngine(), sink=out).submit(images).wait()
+    assert again.skipped_count == 4  # and each engine still finds its own outputs
+    assert len(list(out.iterdir())) == 8
+
+
+def test_the_photoroom_engine_keeps_the_keys_outputs_always_had() -> None:
+    from photoroom_bg.sinks import KeyTemplate
+
+    old = hashlib.sha256(b"c0ffee:0pt10ns").hexdigest()[:12]
+    key = KeyTemplate().render(
+        stem="shoe", content_digest="c0ffee", options_digest="0pt10ns", ext="png"
+    )
+    assert key == f"shoe-{old}.png"  # a re-run after an upgrade skips what is stored
+
+
+def test_a_memory_sink_given_as_a_string_keeps_its_outputs(emulator: PhotoroomEmulator) -> None:
+    images = [photo() for _ in range(3)]
+    batch = remover(emulator, "memory://")
+    first = batch.submit(images).wait()
+    second = batch.submit(images).wait()
+    assert (first.succeeded_count, second.skipped_count) == (3, 3)
+    assert isinstance(batch.sink, MemorySink)
+    assert len(batch.sink.objects) == 3  # the outputs can be read
+    assert emulator.ledger.calls() == 3
+
+
+def test_spilled_cut_outs_wait_in_a_folder_named_by_output_key(tmp_path: Path) -> None:
+    from photoroom_bg.batch import default_spill_dir
+
+    assert default_spill_dir() == Path(str(tmp_path / "spill"))  # the tests' own folder
+    shutil.rmtree(tmp_path / "spill", ignore_errors=True)

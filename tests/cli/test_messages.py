@@ -1,0 +1,152 @@
+"""What the command prints: help, warnings, log lines, summaries and hostile file names."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import click
+import pytest
+
+from photoroom_bg import cli
+from photoroom_bg.cli import main
+from photoroom_bg.testing import PhotoroomEmulator
+
+from .conftest import run, tree
+
+RST_MARKUP = re.compile(r"``|:(class|func|meth|mod|doc|attr|data|exc|ref):`|`[^`]+`_")
+
+
+def all_commands() -> list[tuple[str, ...]]:
+    ctx = click.Context(main)
+    return [(), *((name,) for name in main.list_commands(ctx))]
+
+
+@pytest.mark.parametrize("command", all_commands(), ids=lambda c: " ".join(c) or "main")
+def test_help_has_no_restructuredtext_markup(command: tuple[str, ...]) -> None:
+    result = run(*command, "--help")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"Usage: photoroom-bg {' '.join(command)}".rstrip() + " ")
+    assert "-h, --help" in result.output  # the same framework and style for every command
+    assert not RST_MARKUP.search(result.output), result.output
+
+
+def test_the_emulator_command_keeps_its_options() -> None:
+    text = run("emulator", "--help").output
+    for option in ("--host", "--port", "--key", "--credits", "--plan", "--rpm", "--latency",
+                   "--fault", "--stall", "--seed", "--no-image-work"):  # fmt: skip
+        assert option in text
+
+
+def test_a_command_whose_extra_is_missing_says_which_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(cli.LAZY_COMMANDS, "emulator", ("no_such_module_here", "x", "testing"))
+    listing = run("--help")
+    assert "emulator  Not installed: needs the 'testing' extra." in listing.output
+    result = run("emulator", "--port", "0")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "Error: the emulator command needs the 'testing' extra: pip install 'photoroom-bg[testing]'"
+    ]
+
+
+def test_a_photoroom_warning_prints_as_one_line(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    result = run(
+        "edit", str(folder), "-o", str(tmp_path / "out"), "--base-url", str(emulator.url),
+        "--param", "madeUpThing=1", "-q", key=emulator.api_key,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    # six images got the same answer: one line, no file path, no source line, no class name
+    assert result.stderr.splitlines() == [
+        "warning: Photoroom ignored unsupported parameters: madeUpThing"
+    ]
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_logs_requests_to_stderr_and_only_while_it_runs(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path, where: str
+) -> None:
+    args = ["remove", str(folder / "p0.png"), "-o", str(tmp_path / "out"), "-q",
+            "--base-url", str(emulator.url)]  # fmt: skip
+    args = ["-v", *args] if where == "before" else [*args, "--verbose"]
+    logger = logging.getLogger("photoroom_bg")
+    handlers, level = list(logger.handlers), logger.level
+    result = run(*args, key=emulator.api_key)
+    assert result.exit_code == 0, result.stderr
+    assert re.search(r"DEBUG photoroom_bg: POST /v1/segment -> 200 \(attempt 1", result.stderr)
+    assert emulator.api_key not in result.stderr
+    assert (logger.handlers, logger.level) == (handlers, level)
+    quiet = run(*[a for a in args if a not in ("-v", "--verbose")], key=emulator.api_key)
+    assert "POST /v1/segment" not in quiet.stderr
+
+
+HOSTILE_NAMES = [
+    "title\x1b]0;owned\x07.png",  # would rename the terminal window
+    "forged\n[ok] all-good.png",  # would print a line of its own
+    "right-to-left\u202egnp.exe.png",  # would display reversed
+]
+
+
+def test_file_names_are_printed_with_control_characters_escaped(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in HOSTILE_NAMES:
+        (source / name).write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    result = run("remove", str(source), "-o", str(tmp_path / "out"), "-q",
+                 "--base-url", str(emulator.url), key=emulator.api_key)  # fmt: skip
+    assert result.exit_code == 1
+    printed = result.stderr
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]", printed)
+    lines = printed.splitlines()
+    assert len(lines) == len(HOSTILE_NAMES)
+    assert all(line.startswith("failed: ") for line in lines)
+    assert r"title\x1b]0;owned\x07.png: InvalidImageError" in printed
+    assert r"forged\n[ok] all-good.png: InvalidImageError" in printed
+    assert r"right-to-left\u202egnp.exe.png: InvalidImageError" in printed
+
+
+def test_a_missing_input_with_a_newline_in_its_name_stays_on_one_line(tmp_path: Path) -> None:
+    before = tree(tmp_path)
+    name = str(tmp_path / "a\nError: forged.jpg")
+    result = run("remove", name, "-o", str(tmp_path / "out"), key="k")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"Error: no such file or folder: {tmp_path}/a\\nError: forged.jpg"
+    ]
+    assert tree(tmp_path) == before
+
+
+def test_the_summary_counts_made_skipped_and_stored(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "out"
+    base = ["--base-url", str(emulator.url)]
+    first = run("remove", str(folder / "p0.png"), str(folder / "p1.png"), "-o", str(dest), *base,
+                key=emulator.api_key)  # fmt: skip
+    assert first.exit_code == 0, first.stderr
+    second = run("remove", str(folder), "-o", str(dest), *base, key=emulator.api_key)
+    assert second.exit_code == 0, second.stderr
+    table = second.stdout
+    assert re.search(r"succeeded \(made now\)\s+4\n", table)
+    assert re.search(r"skipped \(already stored\)\s+2\n", table)
+    assert re.search(rf"stored\s+6 of 6 in {re.escape(str(dest))}\n", table)
+    assert "4 billed calls, 4 credits" in table
+    as_json = run("remove", str(folder), "-o", str(dest), *base, "--json", key=emulator.api_key)
+    summary = json.loads(as_json.stdout.splitlines()[-1])["summary"]
+    assert (summary["stored"], summary["succeeded"], summary["skipped"]) == (6, 0, 6)
+
+
+def test_the_progress_bar_uses_the_summary_words(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    result = run("remove", str(folder), "-o", str(tmp_path / "out"),
+                 "--base-url", str(emulator.url), key=emulator.api_key)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "failed=0, made=6, skipped=0]" in result.stderr

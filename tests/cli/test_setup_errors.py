@@ -1,0 +1,229 @@
+"""Setup problems stop the command on one ``Error:`` line, before anything is created or billed.
+
+Each test checks the exit code, that stderr is exactly one line, that the folder the user
+gave holds nothing new, and that the emulator saw no request at all.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+
+from photoroom_bg.testing import PhotoroomEmulator
+
+from .conftest import EXAMPLES, run, tree
+
+
+def assert_refused(result: Result, code: int, message: str) -> None:
+    assert result.exit_code == code, result.output + result.stderr
+    assert result.stderr.splitlines() == [f"Error: {message}"]
+    assert result.stdout == ""
+
+
+def api_args(emulator: PhotoroomEmulator) -> list[str]:
+    return ["--base-url", str(emulator.url), "-q"]
+
+
+def test_a_missing_input_is_refused_and_the_output_folder_is_not_created(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    before = tree(tmp_path)
+    dest = tmp_path / "out"
+    result = run(
+        "remove", str(folder), str(tmp_path / "nope.jpg"), "-o", str(dest), *api_args(emulator),
+        key=emulator.api_key,
+    )  # fmt: skip
+    assert_refused(result, 2, f"no such file or folder: {tmp_path / 'nope.jpg'}")
+    assert tree(tmp_path) == before
+    assert emulator.requests == []
+    assert emulator.ledger.calls() == 0
+
+
+def test_an_output_path_that_is_a_file_is_refused(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    existing = tmp_path / "cutouts.png"
+    existing.write_bytes(b"not a folder")
+    before = tree(tmp_path)
+    result = run("remove", str(folder), "-o", str(existing), *api_args(emulator), key="k")
+    assert_refused(result, 2, f"output folder {existing} is a file, not a folder")
+    assert tree(tmp_path) == before
+    assert existing.read_bytes() == b"not a folder"
+    assert emulator.requests == []
+
+
+def test_an_output_folder_below_a_file_is_refused(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    existing = tmp_path / "notes.txt"
+    existing.write_text("hello")
+    before = tree(tmp_path)
+    dest = existing / "cutouts"
+    result = run("remove", str(folder), "-o", str(dest), *api_args(emulator), key="k")
+    assert_refused(result, 2, f"cannot create output folder {dest}: {existing} is a file")
+    assert tree(tmp_path) == before
+    assert emulator.requests == []
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A temporary folder any user can enter (pytest's own are private to their owner)."""
+    path = Path(tempfile.mkdtemp(prefix="photoroom-bg-cli-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for inner in path.rglob("*"):
+            if inner.is_dir():
+                inner.chmod(0o755)
+        shutil.rmtree(path)
+
+
+def run_unprivileged(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the command as a user that cannot write where root could (root ignores modes)."""
+    command = [sys.executable, "-m", "photoroom_bg.cli", *args]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: cannot drop privileges")
+        command = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    return subprocess.run(
+        command, env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize("dest_name", ["locked", "locked/cutouts"])
+def test_an_output_folder_that_cannot_be_written_is_refused(
+    emulator: PhotoroomEmulator, shared_tmp: Path, dest_name: str
+) -> None:
+    source = shared_tmp / "in"
+    source.mkdir(mode=0o755)
+    shutil.copy(EXAMPLES / "coffee.jpg", source / "coffee.jpg")
+    (source / "coffee.jpg").chmod(0o644)
+    locked = shared_tmp / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    before = tree(shared_tmp)
+    dest = shared_tmp / dest_name
+    result = run_unprivileged(
+        ["remove", str(source), "-o", str(dest), "--base-url", str(emulator.url)],
+        {"PHOTOROOM_API_KEY": emulator.api_key},
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    if dest == locked:
+        assert line == f"Error: cannot write to output folder {dest}: Permission denied"
+    else:
+        assert line == f"Error: cannot create output folder {dest} in {locked}: Permission denied"
+    assert "Traceback" not in result.stderr
+    assert tree(shared_tmp) == before
+    assert emulator.requests == []
+
+
+def test_a_manifest_that_is_a_folder_is_refused(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    before = tree(tmp_path)
+    dest = tmp_path / "out"
+    result = run(
+        "remove", str(folder), "-o", str(dest), "--manifest", str(folder), *api_args(emulator),
+        key="k",
+    )  # fmt: skip
+    assert_refused(result, 2, f"manifest {folder} is a folder, not a file")
+    assert tree(tmp_path) == before
+    assert emulator.requests == []
+
+
+def test_a_manifest_that_cannot_be_created_is_refused(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    existing = tmp_path / "notes.txt"
+    existing.write_text("hello")
+    before = tree(tmp_path)
+    manifest = existing / "run.jsonl"
+    result = run(
+        "remove", str(folder), "-o", str(tmp_path / "out"), "--manifest", str(manifest),
+        *api_args(emulator), key="k",
+    )  # fmt: skip
+    assert_refused(result, 2, f"cannot create manifest {manifest}: {existing} is a file")
+    assert tree(tmp_path) == before
+    assert emulator.requests == []
+
+
+@pytest.mark.parametrize("pattern", ["{empty}", "{empty}/*.jpg", "{folder}/*.gif"])
+def test_a_folder_or_glob_without_images_says_so_and_exits_1(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path, pattern: str
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    (folder / "anim.gif").write_bytes(b"GIF89a")  # not an extension a batch reads
+    before = tree(tmp_path)
+    source = pattern.format(empty=empty, folder=folder)
+    result = run("remove", source, "-o", str(tmp_path / "out"), *api_args(emulator), key="k")
+    assert_refused(result, 1, f"no images found in {source}")
+    assert tree(tmp_path) == before
+    assert emulator.requests == []
+
+
+def test_an_empty_folder_beside_images_is_a_warning_and_the_rest_runs(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    dest = tmp_path / "out"
+    result = run("remove", str(folder), str(empty), "-o", str(dest), *api_args(emulator),
+                 key=emulator.api_key)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.splitlines() == [f"warning: no images found in {empty}"]
+    assert emulator.ledger.calls() == 6
+
+
+def test_an_empty_list_on_stdin_says_so_and_exits_1(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    before = tree(tmp_path)
+    result = run("remove", "-", "-o", str(tmp_path / "out"), *api_args(emulator), key="k",
+                 stdin="\n# only a comment\n\n")  # fmt: skip
+    assert_refused(result, 1, "no sources on stdin (one path, URL or s3:// URI per line)")
+    assert tree(tmp_path) == before
+    assert emulator.requests == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--despill"], "despill=True is not available offline"),
+    ],
+)
+def test_options_the_local_engine_can_never_accept_are_refused_before_any_job(
+    folder: Path, tmp_path: Path, options: list[str], message: str
+) -> None:
+    pytest.importorskip("onnxruntime")
+    before = tree(tmp_path)
+    result = run("remove", str(folder), "-o", str(tmp_path / "out"), "--engine", "local",
+                 *options)  # fmt: skip
+    assert result.exit_code == 2, result.output + result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Error: --engine local cannot do this: ")
+    assert message in line
+    assert tree(tmp_path) == before
+
+
+def test_a_missing_key_is_refused_before_the_output_folder_is_created(
+    folder: Path, tmp_path: Path
+) -> None:
+    before = tree(tmp_path)
+    result = run("remove", str(folder), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Error: no API key: set PHOTOROOM_API_KEY")
+    assert tree(tmp_path) == before
