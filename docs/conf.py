@@ -6,6 +6,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(".."))
+sys.path.insert(0, os.path.abspath("_ext"))
 
 project = "photoroom_bg"
 author = "photoroom_bg developers"
@@ -16,6 +17,8 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
+    "sphinx.ext.doctest",
+    "photoroom_rules",
 ]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
