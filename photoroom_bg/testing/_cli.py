@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from ._faults import FAULTS, Faults, parse_duration
 from ._server import DEFAULT_API_KEY, PhotoroomEmulator
 
-__all__ = ["build_parser", "run_emulator"]
+__all__ = ["banner", "build_parser", "run_emulator"]
 
 
 def _fault(text: str) -> tuple[str, float]:
@@ -74,6 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def banner(url: str, keys: Sequence[str]) -> str:
+    """What the emulator prints on start: where it listens, and the lines to paste into
+    another shell so the SDK, the command and the examples use it."""
+    others = f" (other keys: {', '.join(keys[1:])})" if len(keys) > 1 else ""
+    return (
+        f"Photoroom emulator listening on {url}\n"
+        f"Point photoroom_bg at it from another shell{others}:\n"
+        f"\n"
+        f"    export PHOTOROOM_BASE_URL={url}\n"
+        f"    export PHOTOROOM_API_KEY={keys[0]}\n"
+        f"\n"
+        f"Ctrl-C stops it."
+    )
+
+
 def run_emulator(argv: Sequence[str] | None = None) -> int:
     """Run until interrupted (Ctrl-C or SIGTERM); return the exit code."""
     args = build_parser().parse_args(argv)
@@ -98,7 +113,7 @@ def run_emulator(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with emulator.serve(args.host, args.port) as url:
-        print(f"Photoroom emulator listening on {url} (keys: {len(emulator.ledger.accounts)})")
+        print(banner(url, args.keys or [DEFAULT_API_KEY]))
         sys.stdout.flush()
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
