@@ -19,7 +19,7 @@ its bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, NoReturn, TypeVar
 
 import attrs
@@ -309,7 +309,7 @@ class PromptImage:
     """An image generated from a prompt, for an :class:`ImageLayer`
     (``layers.<name>.image.imageFromPrompt.*``)."""
 
-    prompt: str = _field("prompt", default=attrs.NOTHING)
+    prompt: str = attrs.field(validator=_STR, metadata={"wire": "prompt"})
     seed: float | None = _field("seed", _NUM)
     size: PromptSize | None = _field("size")
 
@@ -319,7 +319,7 @@ class LayerSegmentation:
     """Text-guided segmentation of an :class:`ImageLayer`'s image
     (``layers.<name>.image.segmentation.*``)."""
 
-    prompt: str = _field("prompt", default=attrs.NOTHING)
+    prompt: str = attrs.field(validator=_STR, metadata={"wire": "prompt"})
     negative_prompt: str | None = _field("negativePrompt")
     mode: Literal["keepSalientObject", "ignoreSalientObject"] | None = _field("mode")
 
@@ -617,7 +617,7 @@ class EditOptions:
     virtual_model_scene: SceneName | CustomImage | None = _field(
         "virtualModel.scene", _preset_or_custom("scene"), encode="preset_or_custom"
     )
-    virtual_model_additional_product_images: tuple[str, ...] | None = _field(
+    virtual_model_additional_product_images: Sequence[str] | None = _field(
         "virtualModel.additionalProductImages", _strings, converter=_tuple
     )
     # layers
