@@ -723,3 +723,25 @@ def test_object_parameters_are_accepted_flattened(
         answer = http.get("/v2/edit", params={"imageUrl": image_url, name: value})
         assert answer.status_code == 200, answer.text
         assert "pr-unsupported-attributes" not in answer.headers
+
+
+def _context_for(wire: str, value: str) -> dict[str, Any]:
+    if wire == "shadow.mode":
+        return SHADOWS if value.startswith(("ai.preset", "ai.auto")) else {}
+    return {k: v for k, v in CONTEXT.get(wire, {}).items() if k != "extra_params"}
+
+
+def test_every_enumerated_value_passes_the_sdk_and_the_emulator(
+    served: tuple[PhotoroomEmulator, str, PhotoroomClient, httpx.Client],
+) -> None:
+    _, image_url, client, _ = served
+    typed = _typed_attributes(EditOptions)
+    sent = 0
+    for wire, param in EDIT_PARAMS.items():
+        if not param.enum or wire not in typed or wire == "background.expandPrompt":
+            continue
+        for value in param.enum:
+            options = EditOptions(**_context_for(wire, value), **{typed[wire]: value})
+            assert client.edit(image_url, options).content, (wire, value)
+            sent += 1
+    assert sent > 100
