@@ -337,16 +337,53 @@ def _good_and_bad(rule: Rule, param: Param) -> tuple[Any, Any]:
     raise AssertionError(f"no generated example for {rule.id}")
 
 
+def _typed_object(cls: type, path: str, value: Any) -> Any:
+    """Build ``cls`` (an ImageLayer, a PromptImage...) with ``value`` at the dotted wire
+    ``path``, its required prompts filled in."""
+    from typing import get_args, get_type_hints
+
+    import photoroom_bg.options as module
+
+    head, _, rest = path.partition(".")
+    fields = {f.metadata.get("wire"): f for f in attrs.fields(cls)}
+    field = fields[head]
+    if rest:
+        (inner,) = [
+            t for t in get_args(get_type_hints(cls, vars(module))[field.name]) if attrs.has(t)
+        ]
+        value = _typed_object(inner, rest, value)
+    kwargs = {field.name: value}
+    if "prompt" in fields and field.name != "prompt":
+        kwargs["prompt"] = "the logo"
+    return cls(**kwargs)
+
+
+def _typed_nested(wire: str, value: Any) -> tuple[str, Any] | None:
+    """Typed options that send ``value`` under a nested wire name, as ``(option, value)``."""
+    if wire in ("virtualModel.model.preset.name", "virtualModel.scene.preset.name"):
+        return ("virtual_model_model" if ".model." in wire else "virtual_model_scene"), value
+    if wire == "background.expandPrompt.mode":
+        return "background_expand_prompt", value if value.startswith("ai.") else f"ai.{value}"
+    if wire.startswith("layers.{name}.image."):
+        layer = _typed_object(ImageLayer, wire.removeprefix("layers.{name}.image."), value)
+        return "layers", {"x": layer}
+    return None
+
+
 def _value_case(rule: Rule, cls: type, params: Mapping[str, Param]) -> Case:
     """A generated case: the typed option when one sends this very field, else extra_params."""
     (wire,) = rule.params
     good, bad = _good_and_bad(rule, params[wire])
+    name = wire.replace("{name}", "x").replace("{key}", "x")
+    if wire in OBJECT_PARAMS and (typed := _typed_nested(wire, good)) is not None:
+        typed_bad = _typed_nested(wire, bad)
+        assert typed_bad is not None
+        return Case(dict([typed]), dict([typed_bad]), typed[0])
     context = dict(CONTEXT.get(wire, {}))
     extra = dict(context.pop("extra_params", {}))
-    name = wire.replace("{name}", "x").replace("{key}", "x")
     attribute = _typed_attributes(cls).get(wire)
-    if wire == "background.expandPrompt" or wire in ("crop", "despill"):
-        attribute = None  # typed, these are encoded (object form, a bool): not this value
+    if wire in ("crop", "despill"):
+        attribute = None  # typed, these are bools: sent as true/false, never this value
 
     def build(value: Any, typed: bool) -> dict[str, Any]:
         if typed:
@@ -354,6 +391,7 @@ def _value_case(rule: Rule, cls: type, params: Mapping[str, Param]) -> Case:
             return {**context, attribute: value, **({"extra_params": extra} if extra else {})}
         return {**context, "extra_params": {**extra, name: value}}
 
+    # a typed bool cannot hold a wrong value: that one can only come through extra_params
     bad_typed = attribute is not None and not rule.id.endswith(":boolean")
     return Case(
         build(good, attribute is not None),
