@@ -302,6 +302,9 @@ class BaseClient:
         headers = self._auth_headers()
         fields, extra = _wire.segment_fields(options)
         headers.update(extra)
+        blobs: FileParts = [
+            (field, (field, blob, None)) for field, blob in _wire.encode(options).files.items()
+        ]
 
         def load() -> tuple[bytes, str, str]:
             data, name = load_image(image)
@@ -313,7 +316,7 @@ class BaseClient:
                 method="POST",
                 url=f"{self.segment_base_url}/v1/segment",
                 data=dict(fields),
-                files=[("image_file", (name, data, mime))],
+                files=[("image_file", (name, data, mime)), *blobs],
                 headers=headers,
             )
 

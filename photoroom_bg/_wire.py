@@ -269,13 +269,14 @@ def check_options(options: Any, rules: tuple[_spec.Rule, ...]) -> None:
     raise_or_warn(_spec.violations(rules, request, per_call=False), encoded, request)
 
 
-def segment_fields(options: Any) -> tuple[dict[str, str], dict[str, str]]:
-    """Return ``(form fields, headers)`` for ``POST /v1/segment``."""
+def segment_fields(options: Any) -> tuple[dict[str, str | list[str]], dict[str, str]]:
+    """Return ``(form fields, headers)`` for ``POST /v1/segment`` (file fields given through
+    ``extra_params`` are in :func:`encode`'s ``files``)."""
     encoded = encode(options)
     headers = dict(encoded.headers)
     if options.base64:
         headers["accept"] = "application/json"
-    return {k: v for k, v in encoded.texts.items() if isinstance(v, str)}, headers
+    return encoded.texts, headers
 
 
 def edit_fields(

@@ -286,3 +286,19 @@ async def test_a_get_only_url_with_a_local_image_is_sent_with_a_warning(
     with pytest.warns(PhotoroomWarning, match=r"\[rule urls:get-only\]"):
         await twin.call("edit", png(), EditOptions(background_image_url="https://x/bg.png"))
     assert text_fields(route.calls.last.request) == {"background.imageUrl": "https://x/bg.png"}
+
+
+async def test_segment_extra_params_keep_lists_and_files(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    route = respx_mock.post(SEGMENT).respond(
+        200, content=b"x", headers={"content-type": "image/png"}
+    )
+    await twin.call(
+        "remove_background",
+        png(),
+        SegmentOptions(extra_params={"future_list": ["a", "b"], "future_file": b"blob"}),
+    )
+    request = route.calls.last.request
+    assert request.content.count(b'name="future_list"') == 2
+    assert multipart_fields(request)["future_file"] == ("future_file", b"blob")
