@@ -559,3 +559,18 @@ def test_odd_bodies_reach_the_message_not_a_crash() -> None:
     error = _base_client.BaseClient._status_error(response)
     assert isinstance(error, BadRequestError)
     assert error.message == "1; m"
+
+
+def test_a_hand_made_or_unread_response_still_pickles() -> None:
+    bare = ServerError("x", status_code=500, response=httpx.Response(500, content=b"oops"))
+    copy = pickle.loads(pickle.dumps(bare))  # noqa: S301 - our own bytes
+    assert copy.response.content == b"oops"
+    streamed = httpx.Response(
+        502,
+        stream=httpx.ByteStream(b"never read"),
+        request=httpx.Request("GET", ACCOUNT, headers={"x-api-key": API_KEY}),
+    )
+    unread = ServerError("x", status_code=502, response=streamed)
+    data = pickle.dumps(unread)
+    assert API_KEY.encode() not in data
+    assert pickle.loads(data).response.content == b""  # noqa: S301

@@ -207,6 +207,26 @@ UUID = str(uuid.uuid4())
             "colorSpace:original-conflicts",
         ),
         (
+            {"color_space": "original", "keep_existing_alpha_channel": "auto"},
+            "keep_existing_alpha_channel",
+            "colorSpace:original-conflicts",
+        ),
+        (
+            {"color_space": "original", "preserve_metadata": "exifSubset"},
+            "preserve_metadata",
+            "colorSpace:original-conflicts",
+        ),
+        (
+            {"color_space": "original", "export_dpi": 300},
+            "export_dpi",
+            "colorSpace:original-conflicts",
+        ),
+        (
+            {"color_space": "original", "lighting_mode": "ai.auto"},
+            "lighting_mode",
+            "colorSpace:original-conflicts",
+        ),
+        (
             {"beautify_mode": "ai.auto", "beautify_on_subject_mismatch": "error"},
             "beautify_on_subject_mismatch",
             "beautify.onSubjectMismatch:needs-food",
