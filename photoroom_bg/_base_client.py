@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 import attrs
 import httpx
 
-from . import _spec, _wire
+from . import _rules, _wire
 from ._images import ImageInput, load_image, validate_image
 from ._retry import RetryPolicy, parse_retry_after
 from ._warnings import PhotoroomWarning, warn
@@ -179,9 +179,9 @@ def _heavy(image: object, blobs: list[bytes]) -> bool:
 
 
 def _check_call(
-    rules: tuple[_spec.Rule, ...], encoded: _wire.Encoded, request: _spec.WireRequest
+    rules: tuple[_rules.Rule, ...], encoded: _wire.Encoded, request: _rules.WireRequest
 ) -> None:
-    found = list(_spec.violations(rules, request, per_call=True))
+    found = list(_rules.violations(rules, request, per_call=True))
     no_input = any(rule.id == "input:required" for rule, _ in found)
     error = InvalidImageError if no_input else ValidationError
     _wire.raise_or_warn(
@@ -342,7 +342,7 @@ class BaseClient:
 
             def build_get(_: FileParts) -> RequestSpec:
                 _check_call(
-                    _spec.EDIT_RULES,
+                    _rules.EDIT_RULES,
                     encoded,
                     encoded.request(method="GET", texts={"imageUrl": image_url}),
                 )
@@ -363,7 +363,7 @@ class BaseClient:
 
         def build_post(files: FileParts) -> RequestSpec:
             _check_call(
-                _spec.EDIT_RULES,
+                _rules.EDIT_RULES,
                 encoded,
                 encoded.request(method="POST", files=["imageFile"] if image is not None else []),
             )
@@ -396,8 +396,8 @@ class BaseClient:
             origins={"templateId": "template_id", "imageUrl": "image", "imageFile": "image"},
         )
 
-        def check(request: _spec.WireRequest) -> None:
-            _wire.raise_or_warn(_spec.violations(_spec.RENDER_RULES, request), encoded, request)
+        def check(request: _rules.WireRequest) -> None:
+            _wire.raise_or_warn(_rules.violations(_rules.RENDER_RULES, request), encoded, request)
 
         if _is_url(image):
             image_url = str(image)

@@ -6,7 +6,7 @@ Every wire-format decision lives here: lowercase booleans, plain decimals, ``#``
 flattened into dotted names (``virtualModel.model.preset.name``), lists sent as one field per
 item, file-typed fields split off for multipart bodies, and model-version options turned into
 request headers. The options are checked here too, on this wire form, against the rules of
-``_spec``.
+``_rules``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
-from . import _spec
+from . import _rules
 from ._warnings import warn
 from .errors import APIStatusError, ValidationError
 from .models import Account, Credits
@@ -156,13 +156,13 @@ class Encoded:
         method: str | None = None,
         texts: Mapping[str, str] | None = None,
         files: Iterable[str] = (),
-    ) -> _spec.WireRequest:
-        """The :class:`~photoroom_bg._spec.WireRequest` the rules look at."""
+    ) -> _rules.WireRequest:
+        """The :class:`~photoroom_bg._rules.WireRequest` the rules look at."""
         fields = {
             name: tuple(value) if isinstance(value, list) else (value,)
             for name, value in {**self.texts, **(texts or {})}.items()
         }
-        return _spec.WireRequest(
+        return _rules.WireRequest(
             fields=fields,
             files=frozenset([*self.files, *files]),
             headers={k.lower(): v for k, v in self.headers.items()},
@@ -207,9 +207,9 @@ def encode(options: Any) -> Encoded:
 
 
 def raise_or_warn(
-    violations: Iterable[tuple[_spec.Rule, str]],
+    violations: Iterable[tuple[_rules.Rule, str]],
     encoded: Encoded,
-    request: _spec.WireRequest,
+    request: _rules.WireRequest,
     *,
     error: type[ValidationError] = ValidationError,
 ) -> None:
@@ -246,7 +246,7 @@ def _origin(name: str, encoded: Encoded) -> str:
     return encoded.origins.get(name) or encoded.origins.get(name.lower()) or name
 
 
-def _message(rule: _spec.Rule, name: str, encoded: Encoded, request: _spec.WireRequest) -> str:
+def _message(rule: _rules.Rule, name: str, encoded: Encoded, request: _rules.WireRequest) -> str:
     origin = _origin(name, encoded)
     sent = request.fields.get(name)
     shown = sent[0] if sent and len(sent) == 1 else (list(sent) if sent else request.header(name))
@@ -262,11 +262,11 @@ def _message(rule: _spec.Rule, name: str, encoded: Encoded, request: _spec.WireR
     return f"{subject} {verb} {rule.message} [rule {rule.id}]"
 
 
-def check_options(options: Any, rules: tuple[_spec.Rule, ...]) -> None:
+def check_options(options: Any, rules: tuple[_rules.Rule, ...]) -> None:
     """Check ``options`` alone (the input is not known yet) against ``rules``."""
     encoded = encode(options)
     request = encoded.request()
-    raise_or_warn(_spec.violations(rules, request, per_call=False), encoded, request)
+    raise_or_warn(_rules.violations(rules, request, per_call=False), encoded, request)
 
 
 def segment_fields(options: Any) -> tuple[dict[str, str | list[str]], dict[str, str]]:

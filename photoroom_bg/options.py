@@ -3,7 +3,7 @@
 (:class:`CustomImage`, :class:`TextLayer`, :class:`ImageLayer`...).
 
 Options are checked when they are built, against the rules of Photoroom's spec (the table in
-``photoroom_bg._spec``, listed in the client guide): what the spec forbids raises
+``photoroom_bg._rules``, listed in the client guide): what the spec forbids raises
 :class:`~photoroom_bg.errors.ValidationError` naming the option and the rule, so a typo never
 costs a request or a credit; what only Photoroom's documentation describes is sent with a
 :class:`~photoroom_bg.PhotoroomWarning`. Anything the API adds later can be passed through
@@ -24,7 +24,7 @@ from typing import Any, Literal, NoReturn, TypeVar
 
 import attrs
 
-from . import _spec, _wire
+from . import _rules, _spec, _wire
 from ._images import sniff_format
 from .errors import ValidationError
 
@@ -276,7 +276,7 @@ def _repr(self: Any) -> str:
     return f"{type(self).__name__}({', '.join(shown)})"
 
 
-def _check(options: Any, rules: tuple[_spec.Rule, ...]) -> None:
+def _check(options: Any, rules: tuple[_rules.Rule, ...]) -> None:
     if not attrs.validators.get_disabled():
         _wire.check_options(options, rules)
 
@@ -428,7 +428,7 @@ class SegmentOptions:
     extra_headers: Mapping[str, str] = _mapping()
 
     def __attrs_post_init__(self) -> None:
-        _check(self, _spec.SEGMENT_RULES)
+        _check(self, _rules.SEGMENT_RULES)
 
 
 # -- /v2/edit ------------------------------------------------------------------------------------
@@ -645,7 +645,7 @@ class EditOptions:
     extra_headers: Mapping[str, str] = _mapping()
 
     def __attrs_post_init__(self) -> None:
-        _check(self, _spec.EDIT_RULES)
+        _check(self, _rules.EDIT_RULES)
 
 
 for _cls in (

@@ -1,6 +1,6 @@
 """``.. photoroom-rules:: edit|segment|render``: the spec rules the SDK checks, as a table.
 
-The table is rendered from ``photoroom_bg._spec`` at build time, the same rules the options
+The table is rendered from ``photoroom_bg._rules`` at build time, the same rules the options
 and the emulator enforce, so the documentation cannot drift from the code. Options:
 ``:kind: value`` (one parameter's values) or ``:kind: combination`` (several parameters).
 """
@@ -19,12 +19,12 @@ OUTCOME = {"error": "refused", "warning": "sent, with a warning"}
 
 def rule_rows(endpoint: str, kind: str | None) -> list[list[str]]:
     """``[[rule, requirement, outcome], ...]`` for an endpoint's rules (reStructuredText)."""
-    from photoroom_bg import _spec
+    from photoroom_bg import _rules
 
     rules = {
-        "edit": _spec.EDIT_RULES,
-        "segment": _spec.SEGMENT_RULES,
-        "render": _spec.RENDER_RULES,
+        "edit": _rules.EDIT_RULES,
+        "segment": _rules.SEGMENT_RULES,
+        "render": _rules.RENDER_RULES,
     }[endpoint]
     rows = []
     for rule in rules:

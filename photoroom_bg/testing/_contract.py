@@ -1,5 +1,6 @@
 """The request contract the emulator enforces: Photoroom's published spec, as transcribed in
-:mod:`photoroom_bg._spec` (the same tables and rules the SDK checks before sending).
+:mod:`photoroom_bg._spec` and :mod:`photoroom_bg._rules` (the same tables and rules the SDK
+checks before sending).
 
 ``EDIT_PARAMS`` lists every ``/v2/edit`` parameter with its type, its enumerated values and
 where it may travel (query string for GET, multipart body for POST); ``EDIT_RULES`` every
@@ -9,19 +10,14 @@ and each rule on both sides, so neither can drift silently.
 
 from __future__ import annotations
 
+from .._rules import EDIT_RULES, RENDER_RULES, SEGMENT_RULES, Rule, WireRequest, violations
 from .._spec import (
     EDIT_PARAMS,
-    EDIT_RULES,
     OBJECT_PARAMS,
     RENDER_PARAMS,
-    RENDER_RULES,
     SEGMENT_PARAMS,
-    SEGMENT_RULES,
     Param,
-    Rule,
-    WireRequest,
     lookup_edit_param,
-    violations,
 )
 
 __all__ = [

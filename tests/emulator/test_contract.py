@@ -32,17 +32,8 @@ from photoroom_bg import (
     SegmentOptions,
     TextLayer,
 )
-from photoroom_bg._spec import (
-    EDIT_PARAMS,
-    EDIT_RULES,
-    OBJECT_PARAMS,
-    RENDER_PARAMS,
-    RENDER_RULES,
-    SEGMENT_PARAMS,
-    SEGMENT_RULES,
-    Param,
-    Rule,
-)
+from photoroom_bg._rules import EDIT_RULES, RENDER_RULES, SEGMENT_RULES, Rule
+from photoroom_bg._spec import EDIT_PARAMS, OBJECT_PARAMS, RENDER_PARAMS, SEGMENT_PARAMS, Param
 from photoroom_bg._wire import edit_fields, segment_fields
 from photoroom_bg.errors import BadRequestError, InvalidImageError, ValidationError
 from photoroom_bg.testing import NOT_EMULATED, PhotoroomEmulator
