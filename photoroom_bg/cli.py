@@ -324,8 +324,23 @@ def remove(
 @click.option(
     "--shadow",
     "shadow_mode",
-    type=click.Choice(["ai.soft", "ai.hard", "ai.floating", "ai.preset-soft", "ai.preset-hard"]),
-    help="Add an AI shadow.",
+    type=click.Choice(
+        [
+            "ai.soft",
+            "ai.hard",
+            "ai.floating",
+            "ai.preset-soft",
+            "ai.preset-hard",
+            "ai.auto-with-overrides",
+        ]
+    ),
+    help="Add an AI shadow (ai.preset-*, ai.auto-with-overrides: with --shadow-model 2026-04-15).",
+)
+@click.option(
+    "--shadow-model",
+    "ai_shadows_model_version",
+    type=click.Choice(["2026-04-15"]),
+    help="AI Shadows model to use (sent as the pr-ai-shadows-model-version header).",
 )
 @click.option(
     "--export-format", type=click.Choice(["png", "jpeg", "jpg", "webp", "avif"]), default="png"
@@ -347,6 +362,7 @@ def edit(
     output_size: str | None,
     padding: str | None,
     shadow_mode: str | None,
+    ai_shadows_model_version: str | None,
     export_format: str,
     params: tuple[str, ...],
     url_passthrough: bool,
@@ -366,6 +382,7 @@ def edit(
             output_size=output_size,
             padding=_number_or_text(padding),
             shadow_mode=shadow_mode,  # type: ignore[arg-type]
+            ai_shadows_model_version=ai_shadows_model_version,  # type: ignore[arg-type]
             export_format=export_format,  # type: ignore[arg-type]
             extra_params=extra,
         )

@@ -36,7 +36,7 @@ built from status codes, server-provided text and caller-visible names only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import httpx
@@ -72,7 +72,12 @@ __all__ = [
 
 
 class PhotoroomBGError(Exception):
-    """Base class of every exception raised by photoroom_bg."""
+    """Base class of every exception raised by photoroom_bg.
+
+    Every error pickles and unpickles with its attributes (a batch's results can cross a
+    process boundary). A pickled :class:`APIStatusError` keeps its response, with the API key
+    removed from the request headers it carries.
+    """
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -80,6 +85,52 @@ class PhotoroomBGError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception pickles as cls(*args): keyword-only arguments (status_code...) would be lost
+        state = {name: _without_key(value) for name, value in self.__dict__.items()}
+        return (_rebuild, (type(self), self.message), state)
+
+
+def _rebuild(cls: type[PhotoroomBGError], message: str) -> PhotoroomBGError:
+    error = cls.__new__(cls)
+    PhotoroomBGError.__init__(error, message)
+    return error
+
+
+_KEY_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization"})
+
+
+def _without_key(value: object) -> object:
+    """A copy of an httpx request or response whose request headers hold no credential."""
+    import httpx
+
+    if isinstance(value, httpx.Request):
+        headers = [
+            (k, "[redacted]" if k.lower() in _KEY_HEADERS else v)
+            for k, v in value.headers.multi_items()
+        ]
+        return httpx.Request(value.method, value.url, headers=headers)
+    if isinstance(value, httpx.Response):
+        try:
+            request: object = _without_key(value.request)
+        except RuntimeError:  # a response built by hand may have no request
+            request = None
+        try:
+            content = value.content
+        except httpx.ResponseNotRead:
+            content = b""
+        # the body is kept decoded, so the headers that describe its encoding go
+        headers = [
+            (k, v)
+            for k, v in value.headers.multi_items()
+            if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        copy = httpx.Response(value.status_code, headers=headers, content=content)
+        if isinstance(request, httpx.Request):
+            copy.request = request
+        return copy
+    return value
 
 
 class PhotoroomError(PhotoroomBGError):
@@ -209,7 +260,21 @@ class ServerError(APIStatusError):
 
 
 class ValidationError(PhotoroomBGError, ValueError):
-    """A value was rejected locally; no request was sent and no credit spent."""
+    """A value was rejected locally; no request was sent and no credit spent.
+
+    Attributes:
+        parameter: the option at fault as you wrote it (``background_blur_radius``,
+            ``extra_params['shadow.mode']``), when one is.
+        rule: the id of the broken rule (``background.blur.radius:range``), listed with every
+            rule in the client guide; ``type`` for a value of the wrong Python type.
+    """
+
+    def __init__(
+        self, message: str, *, parameter: str | None = None, rule: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+        self.rule = rule
 
 
 class InvalidImageError(ValidationError):

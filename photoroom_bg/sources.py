@@ -24,7 +24,7 @@ import stat
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import attrs
 import httpx
@@ -48,9 +48,6 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".heic", ".heif"
 _IMAGE_KINDS = frozenset({"png", "jpeg", "webp", "heic", "avif", "gif"})
 _WALK_CHUNK = 256
 SourceKind = Literal["path", "bytes", "file", "url", "s3"]
-#: What ``submit()`` and :func:`iter_sources` accept: a path, folder, glob, URL, ``s3://`` URI,
-#: ``bytes``, binary file object, or any (async) iterable of these.
-SourceSpec = Any
 
 
 @attrs.frozen(repr=False)
@@ -81,6 +78,17 @@ class ImageSource:
 
     def __repr__(self) -> str:
         return f"ImageSource(kind={self.kind!r}, location={self.display!r})"
+
+
+#: One source: a path, folder, glob, URL or ``s3://`` URI, ``bytes``, a binary file object, or
+#: an :class:`ImageSource`.
+SourceItem = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes] | ImageSource
+#: What ``submit()`` and :func:`iter_sources` accept: a source, or any (async) iterable of
+#: sources, nested as deep as you like.
+SourceSpec = SourceItem | Iterable["SourceSpec"] | AsyncIterable["SourceSpec"]
+SourceSpec.__doc__ = """What ``submit()`` and :func:`iter_sources` accept: a path, folder, glob,
+URL, ``s3://`` URI, ``bytes``, binary file object or :class:`ImageSource`, or any (async)
+iterable of these, nested as deep as you like. ``submit(42)`` is a type error."""
 
 
 def _stem(text: str) -> str:

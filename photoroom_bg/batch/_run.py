@@ -45,7 +45,7 @@ from ..errors import (
 )
 from ..sinks import FileSystemSink, Sink, StoredObject
 from ..sinks._common import check_key
-from ..sources import ImageSource, SourceReader, iter_sources
+from ..sources import ImageSource, SourceReader, SourceSpec, iter_sources
 from ._handle import BatchHandle
 from ._jobs import BatchReport, JobResult, JobStatus
 from ._limiter import AdaptiveLimit, RateGate
@@ -157,7 +157,7 @@ class Batch:
     def __init__(
         self,
         remover: BatchRemover,
-        spec: object,
+        spec: SourceSpec,
         handle: BatchHandle,
         *,
         retry: bool = False,
