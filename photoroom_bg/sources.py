@@ -527,9 +527,7 @@ class SourceReader:
         options = dict(self._s3_options)
         path_style = options.get("endpoint_url") and "config" not in options
         config = {"s3": {"addressing_style": "path"}} if path_style else None
-        entry = await open_s3_client("s3:// sources need", config, **options)
-        install_log_redaction()  # botocore's loggers exist now
-        return entry
+        return await open_s3_client("s3:// sources need", config, **options)
 
     async def _open_http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
