@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from ._redact import printable
 from .errors import ValidationError
 
 __all__ = ["DEFAULT_TEMPLATE", "KeyTemplate", "content_digest", "options_digest", "safe_stem"]
@@ -52,11 +53,21 @@ def options_digest(options: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def safe_stem(name: str, *, max_length: int = 80) -> str:
-    """A file-name stem safe in any sink: no separators, ``?``, ``#``, ``%`` or control chars."""
-    text = unicodedata.normalize("NFC", name)
-    text = _UNSAFE.sub("_", text).strip("._-")
-    return text[:max_length] or "image"
+def safe_stem(name: str, *, max_length: int = 80, max_bytes: int = 160) -> str:
+    """A file-name stem safe in any sink.
+
+    No separators, ``?``, ``#``, ``%``, whitespace or control characters; no invisible format
+    characters (Unicode category Cf: bidirectional overrides such as U+202E, which make
+    ``photo\u202egnp.exe`` look like ``photoexe.png``, zero-width spaces...); undecodable
+    file-name bytes shown as ``_xNN``; at most ``max_length`` characters and ``max_bytes``
+    UTF-8 bytes, so a key fits a file system's 255-byte names.
+    """
+    text = unicodedata.normalize("NFC", printable(name))
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    text = _UNSAFE.sub("_", text).strip("._-")[:max_length]
+    while len(text.encode("utf-8")) > max_bytes:
+        text = text[:-1]
+    return text.rstrip("._-") or "image"
 
 
 KeyFunction = Callable[..., str]

@@ -241,7 +241,12 @@ def _batch_options(func: F) -> F:
         click.option(
             "--allow-private-networks",
             is_flag=True,
-            help="Let URL sources point at private or loopback addresses.",
+            help=(
+                "Let URL sources reach non-public addresses: loopback, private (10/8, "
+                "172.16/12, 192.168/16, fc00::/7), link-local, CGNAT and reserved ranges. "
+                "Cloud metadata addresses (169.254.169.254, fd00:ec2::254, 100.100.100.200...), "
+                "multicast and unspecified addresses stay refused."
+            ),
         ),
         click.option(
             "--endpoint-url",

@@ -19,6 +19,8 @@ Every error the SDK raises derives from :class:`PhotoroomBGError`, split by caus
     ├── ConfigurationError              missing API key, client used after close, bad setup
     ├── SourceError                     an input could not be read or fetched
     │   ├── UnsafeURLError              URL refused by the SSRF guard (scheme, address, redirect)
+    │   ├── InvalidSourceError          malformed URL; a FIFO, device or socket instead of a file
+    │   ├── SourceTimeoutError          the fetch overran its deadline or went too slowly
     │   ├── SourceTooLargeError         the source exceeds the byte cap
     │   └── SourceNotFoundError         404 / missing file / missing object
     ├── StorageError                    a sink could not store or read an object
@@ -50,6 +52,7 @@ __all__ = [
     "BucketNotFoundError",
     "ConfigurationError",
     "InvalidImageError",
+    "InvalidSourceError",
     "NotFoundError",
     "ObjectNotFoundError",
     "OutOfCreditsError",
@@ -59,6 +62,7 @@ __all__ = [
     "ServerError",
     "SourceError",
     "SourceNotFoundError",
+    "SourceTimeoutError",
     "SourceTooLargeError",
     "StorageAuthError",
     "StorageError",
@@ -296,6 +300,16 @@ class SourceError(PhotoroomBGError):
 
 class UnsafeURLError(SourceError):
     """A URL was refused: not http(s), or it resolves to a private/loopback/link-local address."""
+
+
+class InvalidSourceError(SourceError):
+    """A source cannot be used as given: a malformed URL (bad address, port out of range), or
+    a path naming a FIFO, device or socket rather than a file (refused before any read)."""
+
+
+class SourceTimeoutError(SourceError):
+    """Fetching a source overran its total deadline, or its body arrived more slowly than the
+    minimum transfer rate."""
 
 
 class SourceTooLargeError(SourceError):
