@@ -21,6 +21,7 @@ import httpx
 
 from . import _rules, _wire
 from ._images import ImageInput, load_image, validate_image
+from ._redact import install_log_redaction
 from ._retry import RetryPolicy, parse_retry_after
 from ._warnings import PhotoroomWarning, warn
 from .errors import (
@@ -208,6 +209,9 @@ class BaseClient:
     ) -> None:
         if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
             raise ConfigurationError("max_retries must be an integer >= 0")
+        # httpx logs every request's URL: a GET /v2/edit carries the image URL (perhaps
+        # presigned) in its query string
+        install_log_redaction()
         self._api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
         env = os.environ
         self.segment_base_url = (

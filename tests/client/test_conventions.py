@@ -574,3 +574,17 @@ def test_a_hand_made_or_unread_response_still_pickles() -> None:
     data = pickle.dumps(unread)
     assert API_KEY.encode() not in data
     assert pickle.loads(data).response.content == b""  # noqa: S301
+
+
+def test_the_clients_keep_signed_image_urls_out_of_httpx_log_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    signed = "https://bucket.example/shoe.jpg?X-Amz-Signature=s3cr3tsig&X-Amz-Credential=AKID"
+    with respx.mock(assert_all_called=True) as router:
+        router.get("https://image-api.photoroom.com/v2/edit").respond(200, content=b"\x89PNG")
+        with caplog.at_level("DEBUG"), PhotoroomClient(api_key="sk_live_0123") as client:
+            client.edit(signed, EditOptions(background_color="FFFFFF"))
+    lines = [record.getMessage() for record in caplog.records]
+    assert any("HTTP Request: GET" in line for line in lines)  # httpx did log the call
+    assert all("s3cr3tsig" not in line and "AKID" not in line for line in lines)
+    assert all("sk_live_0123" not in line for line in lines)

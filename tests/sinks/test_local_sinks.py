@@ -209,6 +209,9 @@ async def test_a_killed_writers_temporary_file_is_left_alone_while_it_lives_then
     finally:
         child.kill()
         child.wait(timeout=60)
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 async def test_temporary_file_names_are_never_keys(tmp_path: Path) -> None:

@@ -233,11 +233,14 @@ async def test_names_that_are_not_utf8_can_be_shown_read_and_recorded(undecodabl
     async with SourceReader() as reader:
         assert await reader.read(source) == png_bytes()
     manifest = Manifest(undecodable / "manifest.jsonl")
-    await manifest.write(
+    manifest.open()
+    manifest.write(
         JobResult(0, source.display, source.name, JobStatus.FAILED),
         engine="e",
         options_digest="d",
     )
+    manifest.finish()
+    await manifest.writer()
     manifest.close()
     [line] = (undecodable / "manifest.jsonl").read_text("utf-8").splitlines()
     assert json.loads(line)["name"] == "caf\\xe9-\\xff"
