@@ -34,9 +34,22 @@ def content_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _default(field: attrs.Attribute[Any]) -> Any:
+    default: Any = field.default
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        return default.factory(None) if default.takes_self else default.factory()
+    return default
+
+
 def _canonical(value: Any) -> Any:
     if attrs.has(type(value)):
-        return {f.name: _canonical(getattr(value, f.name)) for f in attrs.fields(type(value))}
+        # only what differs from the defaults: a field added in a later version (with a
+        # default that changes nothing) leaves every stored output's key as it was
+        return {
+            f.name: _canonical(getattr(value, f.name))
+            for f in attrs.fields(type(value))
+            if getattr(value, f.name) != _default(f)
+        }
     if isinstance(value, bytes):
         return {"sha256": hashlib.sha256(value).hexdigest()}
     if isinstance(value, dict):
@@ -47,7 +60,9 @@ def _canonical(value: Any) -> Any:
 
 
 def options_digest(options: object) -> str:
-    """SHA-256 of the options as canonical JSON (sorted keys; file options by their hash)."""
+    """SHA-256 of the options as canonical JSON: the fields set to something other than their
+    default, sorted, file options by their hash. Options that mean the same thing digest the
+    same, and new fields in later versions do not change the digest of existing options."""
     payload = {"type": type(options).__name__, "fields": _canonical(options)}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()

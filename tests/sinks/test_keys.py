@@ -96,3 +96,15 @@ def test_stems_fit_a_file_name_in_bytes_not_only_characters() -> None:
     assert len(stem.encode("utf-8")) <= 160
     rendered = key(b"x", SegmentOptions(), stem="写真" * 100)
     assert len(rendered.encode("utf-8")) < 255 - len("..0123456789ab.tmp.meta.json")
+
+
+def test_the_options_digest_covers_only_what_was_set() -> None:
+    import attrs
+
+    # the same meaning, the same digest; a field added later with a neutral default changes
+    # nothing for options that do not set it
+    assert options_digest(SegmentOptions()) == options_digest(SegmentOptions(crop=False))
+    assert options_digest(SegmentOptions()) != options_digest(SegmentOptions(crop=True))
+    grown = attrs.make_class("EditOptions", {"new_feature": attrs.field(default=None)})
+    assert options_digest(grown()) == options_digest(EditOptions())
+    assert options_digest(grown(new_feature="on")) != options_digest(EditOptions())
