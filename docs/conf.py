@@ -27,6 +27,7 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
     "doc_examples",
+    "photoroom_rules",
 ]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"

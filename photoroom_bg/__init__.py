@@ -11,8 +11,16 @@ from ._client import AsyncPhotoroomClient, PhotoroomClient
 from ._retry import RetryPolicy
 from .batch import BatchHandle, BatchRemover, BatchReport, JobResult, JobStatus, Progress
 from .engines import Engine, LocalEngine, PhotoroomEngine
-from .models import Account, ImageResult
-from .options import EditOptions, SegmentOptions
+from .models import Account, Credits, ImageResult
+from .options import (
+    CustomImage,
+    EditOptions,
+    ImageLayer,
+    LayerSegmentation,
+    PromptImage,
+    SegmentOptions,
+    TextLayer,
+)
 from .sinks import (
     FileSystemSink,
     KeyTemplate,
@@ -33,25 +41,31 @@ __all__ = [
     "BatchHandle",
     "BatchRemover",
     "BatchReport",
+    "Credits",
+    "CustomImage",
     "EditOptions",
     "Engine",
     "FileSystemSink",
+    "ImageLayer",
     "ImageResult",
     "JobResult",
     "JobStatus",
     "KeyTemplate",
+    "LayerSegmentation",
     "LocalEngine",
     "MemorySink",
     "PhotoroomClient",
     "PhotoroomEngine",
     "PhotoroomWarning",
     "Progress",
+    "PromptImage",
     "RetryPolicy",
     "S3Sink",
     "SegmentOptions",
     "Sink",
     "StoredObject",
     "SyncSink",
+    "TextLayer",
     "__version__",
     "errors",
     "open_sink",

@@ -1,20 +1,29 @@
 """Everything the two clients share that does no I/O: configuration, request building,
-response parsing and error mapping."""
+response parsing and error mapping.
+
+A request is prepared in two steps so the async client can keep the event loop free: a
+blocking ``load`` (reading the input file, decoding its header with Pillow) that the async
+client runs in a worker thread when it may take time, and a pure ``build`` that checks the
+request against the spec's rules and assembles it, on the caller's thread (so warnings point
+at the caller's line).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import warnings
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 
 import attrs
 import httpx
 
-from . import _wire
+from . import _rules, _wire
 from ._images import ImageInput, load_image, validate_image
+from ._redact import install_log_redaction
 from ._retry import RetryPolicy, parse_retry_after
+from ._warnings import PhotoroomWarning, warn
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -29,26 +38,43 @@ from .errors import (
     ServerError,
     ValidationError,
 )
-from .models import Account, ImageResult
+from .models import Account, Credits, ImageResult
 from .options import EditOptions, SegmentOptions
 
-__all__ = ["NOT_GIVEN", "BaseClient", "NotGiven", "PhotoroomWarning", "RequestSpec"]
+__all__ = [
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_TIMEOUT",
+    "NOT_GIVEN",
+    "BaseClient",
+    "NotGiven",
+    "PhotoroomWarning",
+    "Prepared",
+    "RequestSpec",
+    "parse_error_body",
+]
 
 logger = logging.getLogger("photoroom_bg")
 
 SEGMENT_BASE_URL = "https://sdk.photoroom.com"
 IMAGE_API_BASE_URL = "https://image-api.photoroom.com"
+#: 120 s overall (AI features and large images are slow), 10 s to connect.
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
+#: Retries of a failure a retry may fix, per call.
 DEFAULT_MAX_RETRIES = 2
 USER_AGENT = "photoroom-bg/0.1.0"
+#: Inputs up to this size are checked on the event loop; larger ones, and every file read,
+#: in a worker thread.
+INLINE_BYTES = 64 * 1024
 
-
-class PhotoroomWarning(UserWarning):
-    """Photoroom accepted a call but said something worth knowing (ignored parameters...)."""
+ENV_API_KEY = "PHOTOROOM_API_KEY"
+ENV_BASE_URL = "PHOTOROOM_BASE_URL"
+ENV_SEGMENT_BASE_URL = "PHOTOROOM_SEGMENT_BASE_URL"
+ENV_IMAGE_API_BASE_URL = "PHOTOROOM_IMAGE_API_BASE_URL"
 
 
 class NotGiven:
-    """Sentinel type: "use the client's default" for a per-call argument."""
+    """Sentinel type: "use the client's default" for an argument where ``None`` means
+    something (``timeout=None`` is no timeout)."""
 
     def __bool__(self) -> bool:
         return False
@@ -59,7 +85,9 @@ class NotGiven:
 
 NOT_GIVEN = NotGiven()
 
-Host = Literal["sdk", "image-api"]
+Timeout = float | httpx.Timeout | None
+FileParts = list[tuple[str, tuple[str | None, bytes, str | None]]]
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -68,12 +96,21 @@ class RequestSpec:
 
     method: str
     url: str
-    host: Host
-    params: dict[str, str] | None = None
-    data: dict[str, str] | None = None
-    files: dict[str, tuple[str | None, bytes, str | None]] | None = None
+    params: dict[str, str | list[str]] | None = None
+    data: dict[str, str | list[str]] | None = None
+    files: FileParts | None = None
     headers: dict[str, str] = attrs.field(factory=dict)
-    endpoint: str = ""
+
+
+@attrs.frozen
+class Prepared(Generic[T]):
+    """A request whose inputs are still to be read: ``load()`` may block (file I/O, Pillow),
+    ``build(loaded)`` does not. ``heavy`` says whether ``load`` is worth a worker thread."""
+
+    load: Callable[[], T]
+    build: Callable[[T], RequestSpec]
+    heavy: bool
+    base64: bool = False
 
 
 def _status_error_class(status: int) -> type[APIStatusError]:
@@ -92,21 +129,65 @@ def _status_error_class(status: int) -> type[APIStatusError]:
     return APIStatusError
 
 
+def _text_of(value: Any, depth: int = 0) -> str | None:
+    """Readable text from a piece of an error body, whatever its shape; never raises."""
+    if value is None or value == "" or depth > 4:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float)):
+        return str(value)
+    if isinstance(value, Mapping):
+        for key in ("message", "detail", "msg", "error", "title"):
+            text = _text_of(value.get(key), depth + 1)
+            if text:
+                location = value.get("loc")
+                if isinstance(location, list) and location:
+                    return f"{'.'.join(str(p) for p in location)}: {text}"
+                return text
+        return json.dumps(value, default=str)[:300] if value else None
+    if isinstance(value, (list, tuple)):
+        parts = [t for t in (_text_of(item, depth + 1) for item in value) if t]
+        return "; ".join(parts) or None
+    return str(value)
+
+
 def parse_error_body(body: Any) -> tuple[str | None, str | None]:
-    """Return ``(message, error_type)`` from either Photoroom error envelope."""
-    if not isinstance(body, Mapping):
-        return None, None
-    nested = body.get("error")
-    if isinstance(nested, Mapping):
-        message = nested.get("message") or nested.get("detail")
-        return (str(message) if message else None), None
-    if isinstance(nested, str):
-        return nested, None
-    detail = body.get("detail") or body.get("message")
-    if isinstance(detail, list):  # validation error lists
-        detail = "; ".join(str(item.get("msg", item)) for item in detail if item)
-    kind = body.get("type")
-    return (str(detail) if detail else None), (str(kind) if kind else None)
+    """Return ``(message, error_type)`` from either Photoroom error envelope.
+
+    Never raises: a body of another shape (a ``detail`` list, a bare string or list, an
+    empty object) gives whatever text it holds, or ``None``.
+    """
+    if isinstance(body, Mapping):
+        nested = body.get("error")
+        if nested is not None:
+            return _text_of(nested), None
+        kind = body.get("type")
+        message = _text_of(body.get("detail")) or _text_of(body.get("message"))
+        return message, (kind if isinstance(kind, str) and kind else None)
+    return _text_of(body), None
+
+
+def _is_url(image: object) -> bool:
+    return isinstance(image, str) and image[:8].lower().startswith(("http://", "https://"))
+
+
+def _heavy(image: object, blobs: list[bytes]) -> bool:
+    if image is not None and not isinstance(image, (bytes, bytearray, memoryview)):
+        return True  # a path or a file object: reading it is I/O
+    size = (len(image) if image is not None else 0) + sum(len(b) for b in blobs)
+    return size > INLINE_BYTES
+
+
+def _check_call(
+    rules: tuple[_rules.Rule, ...], encoded: _wire.Encoded, request: _rules.WireRequest
+) -> None:
+    found = list(_rules.violations(rules, request, per_call=True))
+    no_input = any(rule.id == "input:required" for rule, _ in found)
+    error = InvalidImageError if no_input else ValidationError
+    _wire.raise_or_warn(
+        sorted(found, key=lambda f: f[0].id != "input:required"), encoded, request, error=error
+    )
 
 
 class BaseClient:
@@ -121,20 +202,31 @@ class BaseClient:
         base_url: str | None = None,
         segment_base_url: str | None = None,
         image_api_base_url: str | None = None,
-        timeout: float | httpx.Timeout | None = None,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
         max_retries: int = DEFAULT_MAX_RETRIES,
         retry_policy: RetryPolicy | None = None,
         default_headers: Mapping[str, str] | None = None,
     ) -> None:
-        if max_retries < 0:
-            raise ConfigurationError("max_retries must be >= 0")
-        self._api_key = api_key if api_key is not None else os.environ.get("PHOTOROOM_API_KEY")
-        env_base = os.environ.get("PHOTOROOM_BASE_URL")
+        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+            raise ConfigurationError("max_retries must be an integer >= 0")
+        # httpx logs every request's URL: a GET /v2/edit carries the image URL (perhaps
+        # presigned) in its query string
+        install_log_redaction()
+        self._api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
+        env = os.environ
         self.segment_base_url = (
-            segment_base_url or base_url or env_base or SEGMENT_BASE_URL
+            segment_base_url
+            or base_url
+            or env.get(ENV_SEGMENT_BASE_URL)
+            or env.get(ENV_BASE_URL)
+            or SEGMENT_BASE_URL
         ).rstrip("/")
         self.image_api_base_url = (
-            image_api_base_url or base_url or env_base or IMAGE_API_BASE_URL
+            image_api_base_url
+            or base_url
+            or env.get(ENV_IMAGE_API_BASE_URL)
+            or env.get(ENV_BASE_URL)
+            or IMAGE_API_BASE_URL
         ).rstrip("/")
         self.timeout = self._as_timeout(timeout)
         self.max_retries = max_retries
@@ -143,11 +235,17 @@ class BaseClient:
         self._closed = False
 
     @staticmethod
-    def _as_timeout(timeout: float | httpx.Timeout | None) -> httpx.Timeout:
-        if timeout is None:
+    def _as_timeout(timeout: Timeout | NotGiven) -> httpx.Timeout:
+        if isinstance(timeout, NotGiven):
             return DEFAULT_TIMEOUT
+        if timeout is None:
+            return httpx.Timeout(None)
         if isinstance(timeout, httpx.Timeout):
             return timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ConfigurationError(
+                f"timeout must be seconds > 0, an httpx.Timeout or None, not {timeout!r}"
+            )
         return httpx.Timeout(float(timeout), connect=min(10.0, float(timeout)))
 
     @property
@@ -163,8 +261,10 @@ class BaseClient:
             f"max_retries={self.max_retries})"
         )
 
-    def _copy_kwargs(self) -> dict[str, Any]:
-        return {
+    def _copy_kwargs(self, **changes: Any) -> dict[str, Any]:
+        """This client's settings with ``changes`` (``NOT_GIVEN`` values ignored) applied."""
+        given = {k: v for k, v in changes.items() if not isinstance(v, NotGiven)}
+        kwargs: dict[str, Any] = {
             "api_key": self._api_key,
             "segment_base_url": self.segment_base_url,
             "image_api_base_url": self.image_api_base_url,
@@ -173,6 +273,13 @@ class BaseClient:
             "retry_policy": self.retry_policy,
             "default_headers": self.default_headers,
         }
+        base_url = given.pop("base_url", None)
+        if base_url is not None:  # one URL for both hosts, unless a host is named as well
+            kwargs["segment_base_url"] = kwargs["image_api_base_url"] = base_url
+        if "default_headers" in given:
+            given["default_headers"] = {**self.default_headers, **given["default_headers"]}
+        kwargs.update(given)
+        return kwargs
 
     # -- request building ------------------------------------------------------------------
 
@@ -186,92 +293,172 @@ class BaseClient:
             )
         return {"x-api-key": self._api_key, "user-agent": USER_AGENT, **self.default_headers}
 
-    def _segment_request(
+    def _prepare_segment(
         self, image: ImageInput, options: SegmentOptions | None
-    ) -> tuple[RequestSpec, bool]:
-        options = options or SegmentOptions()
+    ) -> Prepared[tuple[bytes, str, str]]:
+        options = SegmentOptions() if options is None else options
         if not isinstance(options, SegmentOptions):
             raise ValidationError(
-                "remove_background() takes SegmentOptions; use edit() for EditOptions"
+                "remove_background() takes SegmentOptions; use edit() for EditOptions",
+                parameter="options",
+                rule="type",
             )
         headers = self._auth_headers()
-        data, name = load_image(image)
-        mime = validate_image(data, "segment", name=name)
         fields, extra = _wire.segment_fields(options)
         headers.update(extra)
-        spec = RequestSpec(
-            method="POST",
-            url=f"{self.segment_base_url}/v1/segment",
-            host="sdk",
-            data=fields,
-            files={"image_file": (name, data, mime)},
-            headers=headers,
-            endpoint="segment",
-        )
-        return spec, options.base64
+        blobs: FileParts = [
+            (field, (field, blob, None)) for field, blob in _wire.encode(options).files.items()
+        ]
 
-    def _edit_request(self, image: ImageInput | None, options: EditOptions | None) -> RequestSpec:
-        options = options or EditOptions()
+        def load() -> tuple[bytes, str, str]:
+            data, name = load_image(image)
+            return data, name, validate_image(data, "segment", name=name)
+
+        def build(loaded: tuple[bytes, str, str]) -> RequestSpec:
+            data, name, mime = loaded
+            return RequestSpec(
+                method="POST",
+                url=f"{self.segment_base_url}/v1/segment",
+                data=dict(fields),
+                files=[("image_file", (name, data, mime)), *blobs],
+                headers=headers,
+            )
+
+        return Prepared(load, build, _heavy(image, []), options.base64)
+
+    def _prepare_edit(
+        self, image: ImageInput | None, options: EditOptions | None
+    ) -> Prepared[FileParts]:
+        options = EditOptions() if options is None else options
         if not isinstance(options, EditOptions):
             raise ValidationError(
-                "edit() takes EditOptions; use remove_background() for SegmentOptions"
+                "edit() takes EditOptions; use remove_background() for SegmentOptions",
+                parameter="options",
+                rule="type",
             )
         headers = self._auth_headers()
-        texts, file_fields, extra = _wire.edit_fields(options)
-        headers.update(extra)
+        encoded = _wire.encode(options)
+        encoded.origins.update(imageUrl="image", imageFile="image")
+        headers.update(encoded.headers)
         url = f"{self.image_api_base_url}/v2/edit"
-        if isinstance(image, str) and image.startswith(("http://", "https://")):
-            if file_fields:
-                raise ValidationError(
-                    f"{', '.join(sorted(file_fields))} are image files: they can only be sent "
-                    "with a local input image (POST), not with an image URL"
+        if _is_url(image):
+            image_url = str(image)
+
+            def build_get(_: FileParts) -> RequestSpec:
+                _check_call(
+                    _rules.EDIT_RULES,
+                    encoded,
+                    encoded.request(method="GET", texts={"imageUrl": image_url}),
                 )
-            return RequestSpec(
-                method="GET",
-                url=url,
-                host="image-api",
-                params={"imageUrl": image, **texts},
-                headers=headers,
-                endpoint="edit",
+                return RequestSpec(
+                    "GET", url, params={"imageUrl": image_url, **encoded.texts}, headers=headers
+                )
+
+            return Prepared(list, build_get, heavy=False)
+
+        def load() -> FileParts:
+            files: FileParts = []
+            if image is not None:
+                data, name = load_image(image)
+                files.append(("imageFile", (name, data, validate_image(data, "edit", name=name))))
+            for field, blob in encoded.files.items():
+                files.append((field, (field, blob, validate_image(blob, "edit", name=field))))
+            return files
+
+        def build_post(files: FileParts) -> RequestSpec:
+            _check_call(
+                _rules.EDIT_RULES,
+                encoded,
+                encoded.request(method="POST", files=["imageFile"] if image is not None else []),
             )
-        files: dict[str, tuple[str | None, bytes, str | None]] = {}
-        if image is not None:
-            data, name = load_image(image)
-            files["imageFile"] = (name, data, validate_image(data, "edit", name=name))
-        elif "imageFromPrompt.prompt" not in texts:
-            raise InvalidImageError("edit() needs an image (path, bytes, file or URL)")
-        for field, blob in file_fields.items():
-            files[field] = (field, blob, validate_image(blob, "edit", name=field))
-        if not files:  # still multipart: the API reads form-data, never urlencoded bodies
-            files = {name: (None, value.encode(), None) for name, value in texts.items()}
-            texts = {}
-        return RequestSpec(
-            method="POST",
-            url=url,
-            host="image-api",
-            data=texts,
-            files=files or None,
-            headers=headers,
-            endpoint="edit",
+            texts: dict[str, str | list[str]] = dict(encoded.texts)
+            if not files:  # still multipart: the API reads form-data, never urlencoded bodies
+                files = [
+                    (name, (None, value.encode(), None))
+                    for name, values in texts.items()
+                    for value in ([values] if isinstance(values, str) else values)
+                ]
+                texts = {}
+            return RequestSpec("POST", url, data=texts, files=files, headers=headers)
+
+        return Prepared(load, build_post, _heavy(image, list(encoded.files.values())))
+
+    def _prepare_render(self, image: ImageInput | None, template_id: str) -> Prepared[FileParts]:
+        if template_id is not None and not isinstance(template_id, str):
+            raise ValidationError(
+                f"template_id must be a string, got {type(template_id).__name__}",
+                parameter="template_id",
+                rule="type",
+            )
+        headers = self._auth_headers()
+        url = f"{self.image_api_base_url}/v1/render"
+        texts: dict[str, str | list[str]] = (
+            {} if template_id is None else {"templateId": template_id}
         )
+        encoded = _wire.Encoded(
+            texts=texts,
+            origins={"templateId": "template_id", "imageUrl": "image", "imageFile": "image"},
+        )
+
+        def check(request: _rules.WireRequest) -> None:
+            _wire.raise_or_warn(_rules.violations(_rules.RENDER_RULES, request), encoded, request)
+
+        if _is_url(image):
+            image_url = str(image)
+
+            def build_get(_: FileParts) -> RequestSpec:
+                check(encoded.request(method="GET", texts={"imageUrl": image_url}))
+                return RequestSpec(
+                    "GET", url, params={**texts, "imageUrl": image_url}, headers=headers
+                )
+
+            return Prepared(list, build_get, heavy=False)
+
+        def load() -> FileParts:
+            if image is None:
+                return []
+            data, name = load_image(image)
+            return [("imageFile", (name, data, validate_image(data, "edit", name=name)))]
+
+        def build_post(files: FileParts) -> RequestSpec:
+            check(encoded.request(method="POST", files=[name for name, _ in files]))
+            return RequestSpec("POST", url, data=texts, files=files, headers=headers)
+
+        return Prepared(load, build_post, _heavy(image, []))
 
     def _account_request(self) -> RequestSpec:
         return RequestSpec(
-            method="GET",
-            url=f"{self.image_api_base_url}/v2/account",
-            host="image-api",
-            headers=self._auth_headers(),
-            endpoint="account",
+            "GET", f"{self.image_api_base_url}/v2/account", headers=self._auth_headers()
+        )
+
+    def _credits_request(self) -> RequestSpec:
+        return RequestSpec(
+            "GET", f"{self.image_api_base_url}/v1/account", headers=self._auth_headers()
         )
 
     def _retries(self, max_retries: int | NotGiven) -> int:
         value = self.max_retries if isinstance(max_retries, NotGiven) else max_retries
-        if value < 0:
-            raise ConfigurationError("max_retries must be >= 0")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigurationError("max_retries must be an integer >= 0")
         return value
 
-    def _timeout(self, timeout: float | httpx.Timeout | NotGiven | None) -> httpx.Timeout:
+    def _timeout(self, timeout: Timeout | NotGiven) -> httpx.Timeout:
         return self.timeout if isinstance(timeout, NotGiven) else self._as_timeout(timeout)
+
+    @staticmethod
+    def _check_http_client(http_client: object, expected: type) -> None:
+        if http_client is not None and not isinstance(http_client, expected):
+            raise ConfigurationError(
+                f"http_client must be an {expected.__module__}.{expected.__qualname__}, not "
+                f"{type(http_client).__name__}"
+            )
+
+    def _check_pool(self, http: httpx.Client | httpx.AsyncClient) -> None:
+        if http.is_closed and not self._closed:
+            raise ConfigurationError(
+                f"the connection pool of this {type(self).__name__} was closed (by the client it "
+                "was copied from with with_options(), or by its owner)"
+            )
 
     # -- response handling -----------------------------------------------------------------
 
@@ -301,7 +488,7 @@ class BaseClient:
         body: Any = None
         try:
             body = response.json()
-        except (ValueError, UnicodeDecodeError):
+        except ValueError:  # not JSON (HTML from a proxy, an empty body), or not UTF-8
             body = None
         message, kind = parse_error_body(body)
         if not message:
@@ -333,11 +520,7 @@ class BaseClient:
             content_type = kind or content_type
         unsupported = _split_unsupported(headers.get("pr-unsupported-attributes"))
         if unsupported:
-            warnings.warn(
-                f"Photoroom ignored unsupported parameters: {', '.join(unsupported)}",
-                PhotoroomWarning,
-                stacklevel=4,
-            )
+            warn(f"Photoroom ignored unsupported parameters: {', '.join(unsupported)}")
         return ImageResult(
             content=content,
             content_type=content_type,
@@ -350,15 +533,23 @@ class BaseClient:
         )
 
     @staticmethod
-    def _account(response: httpx.Response) -> Account:
+    def _structure(response: httpx.Response, cls: type[T]) -> T:
         try:
-            return _wire.converter.structure(response.json(), Account)
+            return _wire.converter.structure(response.json(), cls)
         except (ValueError, TypeError, KeyError) as exc:
             raise APIStatusError(
-                f"unexpected /v2/account body: {exc}",
+                f"unexpected {cls.__name__.lower()} body: {exc}",
                 status_code=response.status_code,
                 response=response,
-            ) from None
+            ) from exc
+
+    @classmethod
+    def _account(cls, response: httpx.Response) -> Account:
+        return cls._structure(response, Account)
+
+    @classmethod
+    def _credits(cls, response: httpx.Response) -> Credits:
+        return cls._structure(response, Credits)
 
     @staticmethod
     def _log(spec: RequestSpec, status: int | str, attempt: int, elapsed: float) -> None:

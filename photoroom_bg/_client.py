@@ -11,19 +11,26 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ._base_client import NOT_GIVEN, BaseClient, NotGiven, RequestSpec
+from ._base_client import (
+    DEFAULT_MAX_RETRIES,
+    NOT_GIVEN,
+    BaseClient,
+    NotGiven,
+    Prepared,
+    RequestSpec,
+    Timeout,
+)
 from ._images import ImageInput
 from ._retry import RetryPolicy, is_retryable
 from .errors import PhotoroomError
-from .models import Account, ImageResult
+from .models import Account, Credits, ImageResult
 from .options import EditOptions, SegmentOptions
 
 __all__ = ["AsyncPhotoroomClient", "PhotoroomClient"]
 
 _S = TypeVar("_S", bound="PhotoroomClient")
 _A = TypeVar("_A", bound="AsyncPhotoroomClient")
-
-_Timeout = float | httpx.Timeout | None
+T = TypeVar("T")
 
 
 def _request_kwargs(spec: RequestSpec, extra_headers: Mapping[str, str] | None) -> dict[str, Any]:
@@ -46,19 +53,25 @@ class PhotoroomClient(BaseClient):
     Args:
         api_key: the API key; defaults to ``$PHOTOROOM_API_KEY``. A missing key is reported
             at the first request, not here. ``sandbox_`` keys give watermarked results.
-        base_url: one base URL for both Photoroom hosts (an emulator, a proxy).
-        segment_base_url: base URL of ``/v1/segment`` (default ``https://sdk.photoroom.com``).
-        image_api_base_url: base URL of ``/v2/edit`` and ``/v2/account``
-            (default ``https://image-api.photoroom.com``).
-        timeout: seconds or an :class:`httpx.Timeout` (default 120 s, 10 s to connect).
+        base_url: one base URL for both Photoroom hosts (an emulator, a proxy); defaults to
+            ``$PHOTOROOM_BASE_URL``.
+        segment_base_url: base URL of ``/v1/segment``; defaults to
+            ``$PHOTOROOM_SEGMENT_BASE_URL``, then ``base_url``, then
+            ``https://sdk.photoroom.com``.
+        image_api_base_url: base URL of ``/v2/edit``, ``/v1/render`` and the account
+            endpoints; defaults to ``$PHOTOROOM_IMAGE_API_BASE_URL``, then ``base_url``, then
+            ``https://image-api.photoroom.com``.
+        timeout: seconds or an :class:`httpx.Timeout`; ``None`` waits forever. By default
+            120 s, 10 s to connect (:data:`~photoroom_bg._base_client.DEFAULT_TIMEOUT`).
         max_retries: retries of failures a retry may fix (connection errors, timeouts, 408,
-            429, 5xx); 0 disables them. Failures the server may have billed (see
+            429, 5xx but 501/505); 0 disables them. Failures the server may have billed (see
             :attr:`~photoroom_bg.errors.PhotoroomError.possibly_billed`) are retried too
             unless ``retry_policy`` says ``retry_possibly_billed=False``.
         retry_policy: backoff delays and the ``Retry-After`` cap.
         default_headers: headers sent with every request.
         http_client: an :class:`httpx.Client` to use instead of creating one; it is not
-            closed by :meth:`close`.
+            closed by :meth:`close`. Anything else raises
+            :class:`~photoroom_bg.errors.ConfigurationError`.
 
     Use it as a context manager, or call :meth:`close`.
     """
@@ -70,8 +83,8 @@ class PhotoroomClient(BaseClient):
         base_url: str | None = None,
         segment_base_url: str | None = None,
         image_api_base_url: str | None = None,
-        timeout: _Timeout = None,
-        max_retries: int = 2,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         retry_policy: RetryPolicy | None = None,
         default_headers: Mapping[str, str] | None = None,
         http_client: httpx.Client | None = None,
@@ -86,21 +99,51 @@ class PhotoroomClient(BaseClient):
             retry_policy=retry_policy,
             default_headers=default_headers,
         )
+        self._check_http_client(http_client, httpx.Client)
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(timeout=self.timeout, follow_redirects=False)
 
-    def with_options(self: _S, **changes: Any) -> _S:
-        """A copy with some settings changed (``timeout``, ``max_retries``...), sharing the pool."""
-        kwargs = {**self._copy_kwargs(), **changes}
-        clone = type(self)(http_client=self._http, **kwargs)
-        return clone
+    def with_options(
+        self: _S,
+        *,
+        api_key: str | NotGiven = NOT_GIVEN,
+        base_url: str | NotGiven = NOT_GIVEN,
+        segment_base_url: str | NotGiven = NOT_GIVEN,
+        image_api_base_url: str | NotGiven = NOT_GIVEN,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        retry_policy: RetryPolicy | NotGiven = NOT_GIVEN,
+        default_headers: Mapping[str, str] | NotGiven = NOT_GIVEN,
+        http_client: httpx.Client | NotGiven = NOT_GIVEN,
+    ) -> _S:
+        """A copy with some settings changed; the others, and the connection pool, are shared.
+
+        Every argument of the constructor can be changed. ``base_url`` sets both hosts
+        (``segment_base_url`` / ``image_api_base_url`` given as well win for their host);
+        ``default_headers`` are added to the current ones; ``timeout=None`` means no
+        timeout; ``http_client`` gives the copy another pool (not closed by the copy).
+        Closing the original closes the shared pool: the copy then raises
+        :class:`~photoroom_bg.errors.ConfigurationError`.
+        """
+        kwargs = self._copy_kwargs(
+            api_key=api_key,
+            base_url=base_url,
+            segment_base_url=segment_base_url,
+            image_api_base_url=image_api_base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_policy=retry_policy,
+            default_headers=default_headers,
+        )
+        pool = self._http if isinstance(http_client, NotGiven) else http_client
+        return type(self)(http_client=pool, **kwargs)
 
     def remove_background(
         self,
         image: ImageInput,
         options: SegmentOptions | None = None,
         *,
-        timeout: _Timeout | NotGiven = NOT_GIVEN,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
         max_retries: int | NotGiven = NOT_GIVEN,
         extra_headers: Mapping[str, str] | None = None,
     ) -> ImageResult:
@@ -109,7 +152,7 @@ class PhotoroomClient(BaseClient):
         Args:
             image: a path, bytes or a binary file object (PNG, JPEG, WEBP or HEIC).
             options: :class:`SegmentOptions`; defaults give a full-size transparent PNG.
-            timeout: per-call timeout; ``max_retries``: per-call retries.
+            timeout: per-call timeout (``None``: none); ``max_retries``: per-call retries.
             extra_headers: extra headers for this call.
 
         Raises:
@@ -117,21 +160,21 @@ class PhotoroomClient(BaseClient):
             APIStatusError: a subclass per status (400, 401/403, 402, 404, 429, 5xx).
             APIConnectionError: no response (after retries).
         """
-        spec, base64 = self._segment_request(image, options)
-        response = self._send(spec, timeout, max_retries, extra_headers)
-        return self._image_result(response, base64)
+        prepared = self._prepare_segment(image, options)
+        response = self._send(self._build(prepared), timeout, max_retries, extra_headers)
+        return self._image_result(response, prepared.base64)
 
     def edit(
         self,
         image: ImageInput | None,
         options: EditOptions | None = None,
         *,
-        timeout: _Timeout | NotGiven = NOT_GIVEN,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
         max_retries: int | NotGiven = NOT_GIVEN,
         extra_headers: Mapping[str, str] | None = None,
     ) -> ImageResult:
-        """Edit ``image`` with ``/v2/edit``: GET with ``imageUrl`` for an http(s) URL,
-        multipart POST with ``imageFile`` otherwise.
+        """Edit ``image`` with ``/v2/edit``: GET with ``imageUrl`` for an http(s) URL (the
+        scheme in any case), multipart POST with ``imageFile`` otherwise.
 
         Args:
             image: an ``http(s)://`` URL, a path, bytes or a binary file (PNG, JPEG, WEBP);
@@ -139,42 +182,79 @@ class PhotoroomClient(BaseClient):
             options: :class:`EditOptions`.
 
         Raises:
-            Same as :meth:`remove_background`.
+            ValidationError: the request breaks a rule of the spec (nothing is sent).
+            InvalidImageError, APIStatusError, APIConnectionError: as
+                :meth:`remove_background`.
         """
-        spec = self._edit_request(image, options)
-        response = self._send(spec, timeout, max_retries, extra_headers)
+        prepared = self._prepare_edit(image, options)
+        response = self._send(self._build(prepared), timeout, max_retries, extra_headers)
+        return self._image_result(response, False)
+
+    def render(
+        self,
+        image: ImageInput,
+        template_id: str,
+        *,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> ImageResult:
+        """Render ``image`` into the Photoroom template ``template_id`` with the legacy
+        ``/v1/render`` (GET with ``imageUrl`` for a URL, multipart POST otherwise).
+
+        Photoroom deprecates this endpoint: ``edit(image, EditOptions(template_id=...))``
+        does the same on ``/v2/edit``.
+        """
+        prepared = self._prepare_render(image, template_id)
+        response = self._send(self._build(prepared), timeout, max_retries, extra_headers)
         return self._image_result(response, False)
 
     def account(
         self,
         *,
-        timeout: _Timeout | NotGiven = NOT_GIVEN,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
         max_retries: int | NotGiven = NOT_GIVEN,
     ) -> Account:
         """Images left and plan of the key, from ``GET /v2/account``."""
         response = self._send(self._account_request(), timeout, max_retries, None)
         return self._account(response)
 
+    def credits(
+        self,
+        *,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+    ) -> Credits:
+        """Credits left in the older credit view, from ``GET /v1/account``."""
+        response = self._send(self._credits_request(), timeout, max_retries, None)
+        return self._credits(response)
+
+    @staticmethod
+    def _build(prepared: Prepared[T]) -> RequestSpec:
+        return prepared.build(prepared.load())
+
     def _send(
         self,
         spec: RequestSpec,
-        timeout: _Timeout | NotGiven,
+        timeout: Timeout | NotGiven,
         max_retries: int | NotGiven,
         extra_headers: Mapping[str, str] | None,
     ) -> httpx.Response:
         retries = self._retries(max_retries)
         kwargs = _request_kwargs(spec, extra_headers)
         kwargs["timeout"] = self._timeout(timeout)
+        self._check_pool(self._http)
         delays = self.retry_policy.delays()
         attempt = 0
         while True:
             attempt += 1
             started = time.monotonic()
             error: PhotoroomError
+            cause: Exception | None = None
             try:
                 response = self._http.request(**kwargs)
             except httpx.TransportError as exc:
-                error = self._transport_error(exc, spec)
+                error, cause = self._transport_error(exc, spec), exc
                 self._log(spec, type(exc).__name__, attempt, time.monotonic() - started)
             else:
                 self._log(spec, response.status_code, attempt, time.monotonic() - started)
@@ -182,7 +262,7 @@ class PhotoroomClient(BaseClient):
                     return response
                 error = self._status_error(response)
             if attempt > retries or not is_retryable(error, self.retry_policy):
-                raise error
+                raise error from cause
             self._sleep(self.retry_policy.delay_for(error, next(delays)))
 
     def _sleep(self, seconds: float) -> None:
@@ -210,7 +290,8 @@ class AsyncPhotoroomClient(BaseClient):
     """The asynchronous twin of :class:`PhotoroomClient`, over one :class:`httpx.AsyncClient`.
 
     Same arguments and methods; methods are coroutines, and :meth:`aclose` closes it. Use it
-    with ``async with``.
+    with ``async with``. It never blocks the event loop: reading an input file and checking
+    an image larger than 64 KiB happen in a worker thread.
     """
 
     def __init__(
@@ -220,8 +301,8 @@ class AsyncPhotoroomClient(BaseClient):
         base_url: str | None = None,
         segment_base_url: str | None = None,
         image_api_base_url: str | None = None,
-        timeout: _Timeout = None,
-        max_retries: int = 2,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         retry_policy: RetryPolicy | None = None,
         default_headers: Mapping[str, str] | None = None,
         http_client: httpx.AsyncClient | None = None,
@@ -236,6 +317,7 @@ class AsyncPhotoroomClient(BaseClient):
             retry_policy=retry_policy,
             default_headers=default_headers,
         )
+        self._check_http_client(http_client, httpx.AsyncClient)
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(
             timeout=self.timeout,
@@ -243,10 +325,32 @@ class AsyncPhotoroomClient(BaseClient):
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
 
-    def with_options(self: _A, **changes: Any) -> _A:
-        """A copy with some settings changed (``timeout``, ``max_retries``...), sharing the pool."""
-        kwargs = {**self._copy_kwargs(), **changes}
-        return type(self)(http_client=self._http, **kwargs)
+    def with_options(
+        self: _A,
+        *,
+        api_key: str | NotGiven = NOT_GIVEN,
+        base_url: str | NotGiven = NOT_GIVEN,
+        segment_base_url: str | NotGiven = NOT_GIVEN,
+        image_api_base_url: str | NotGiven = NOT_GIVEN,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        retry_policy: RetryPolicy | NotGiven = NOT_GIVEN,
+        default_headers: Mapping[str, str] | NotGiven = NOT_GIVEN,
+        http_client: httpx.AsyncClient | NotGiven = NOT_GIVEN,
+    ) -> _A:
+        """A copy with some settings changed; see :meth:`PhotoroomClient.with_options`."""
+        kwargs = self._copy_kwargs(
+            api_key=api_key,
+            base_url=base_url,
+            segment_base_url=segment_base_url,
+            image_api_base_url=image_api_base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_policy=retry_policy,
+            default_headers=default_headers,
+        )
+        pool = self._http if isinstance(http_client, NotGiven) else http_client
+        return type(self)(http_client=pool, **kwargs)
 
     def _copy_with_own_pool(self: _A, **changes: Any) -> _A:
         """A copy with its own connection pool, for use on another event loop: pooled
@@ -254,66 +358,106 @@ class AsyncPhotoroomClient(BaseClient):
         ``http_client`` is the caller's to manage, so it is shared as it is."""
         if not self._owns_http:
             return self.with_options(**changes)
-        return type(self)(**{**self._copy_kwargs(), **changes})
+        return type(self)(**self._copy_kwargs(**changes))
 
     async def remove_background(
         self,
         image: ImageInput,
         options: SegmentOptions | None = None,
         *,
-        timeout: _Timeout | NotGiven = NOT_GIVEN,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
         max_retries: int | NotGiven = NOT_GIVEN,
         extra_headers: Mapping[str, str] | None = None,
     ) -> ImageResult:
         """Remove the background of ``image``; see :meth:`PhotoroomClient.remove_background`."""
-        spec, base64 = self._segment_request(image, options)
-        response = await self._send(spec, timeout, max_retries, extra_headers)
-        return self._image_result(response, base64)
+        prepared = self._prepare_segment(image, options)
+        response = await self._send(
+            await self._build(prepared), timeout, max_retries, extra_headers
+        )
+        return self._image_result(response, prepared.base64)
 
     async def edit(
         self,
         image: ImageInput | None,
         options: EditOptions | None = None,
         *,
-        timeout: _Timeout | NotGiven = NOT_GIVEN,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
         max_retries: int | NotGiven = NOT_GIVEN,
         extra_headers: Mapping[str, str] | None = None,
     ) -> ImageResult:
         """Edit ``image`` with ``/v2/edit``; see :meth:`PhotoroomClient.edit`."""
-        spec = self._edit_request(image, options)
-        response = await self._send(spec, timeout, max_retries, extra_headers)
+        prepared = self._prepare_edit(image, options)
+        response = await self._send(
+            await self._build(prepared), timeout, max_retries, extra_headers
+        )
+        return self._image_result(response, False)
+
+    async def render(
+        self,
+        image: ImageInput,
+        template_id: str,
+        *,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> ImageResult:
+        """Render into a template with the legacy ``/v1/render``; see
+        :meth:`PhotoroomClient.render`."""
+        prepared = self._prepare_render(image, template_id)
+        response = await self._send(
+            await self._build(prepared), timeout, max_retries, extra_headers
+        )
         return self._image_result(response, False)
 
     async def account(
         self,
         *,
-        timeout: _Timeout | NotGiven = NOT_GIVEN,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
         max_retries: int | NotGiven = NOT_GIVEN,
     ) -> Account:
         """Images left and plan of the key, from ``GET /v2/account``."""
         response = await self._send(self._account_request(), timeout, max_retries, None)
         return self._account(response)
 
+    async def credits(
+        self,
+        *,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+    ) -> Credits:
+        """Credits left in the older credit view, from ``GET /v1/account``."""
+        response = await self._send(self._credits_request(), timeout, max_retries, None)
+        return self._credits(response)
+
+    @staticmethod
+    async def _build(prepared: Prepared[T]) -> RequestSpec:
+        # reading files and decoding large images in a worker thread; building (and any
+        # warning) back on the loop, so warnings point at the caller's line
+        loaded = await asyncio.to_thread(prepared.load) if prepared.heavy else prepared.load()
+        return prepared.build(loaded)
+
     async def _send(
         self,
         spec: RequestSpec,
-        timeout: _Timeout | NotGiven,
+        timeout: Timeout | NotGiven,
         max_retries: int | NotGiven,
         extra_headers: Mapping[str, str] | None,
     ) -> httpx.Response:
         retries = self._retries(max_retries)
         kwargs = _request_kwargs(spec, extra_headers)
         kwargs["timeout"] = self._timeout(timeout)
+        self._check_pool(self._http)
         delays = self.retry_policy.delays()
         attempt = 0
         while True:
             attempt += 1
             started = time.monotonic()
             error: PhotoroomError
+            cause: Exception | None = None
             try:
                 response = await self._http.request(**kwargs)
             except httpx.TransportError as exc:
-                error = self._transport_error(exc, spec)
+                error, cause = self._transport_error(exc, spec), exc
                 self._log(spec, type(exc).__name__, attempt, time.monotonic() - started)
             else:
                 self._log(spec, response.status_code, attempt, time.monotonic() - started)
@@ -321,7 +465,7 @@ class AsyncPhotoroomClient(BaseClient):
                     return response
                 error = self._status_error(response)
             if attempt > retries or not is_retryable(error, self.retry_policy):
-                raise error
+                raise error from cause
             await self._sleep(self.retry_policy.delay_for(error, next(delays)))
 
     async def _sleep(self, seconds: float) -> None:

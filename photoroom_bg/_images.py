@@ -7,26 +7,40 @@ WEBP; HEIC for segment only), decodable, and at most 6,000 px on its longest sid
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import re
+import stat
 import warnings
 from pathlib import Path
 from typing import IO, Literal, Union
 
 from PIL import Image, UnidentifiedImageError
 
+from ._redact import printable
 from .errors import InvalidImageError, SourceNotFoundError
 
-__all__ = ["ImageInput", "load_image", "sniff_format", "validate_image"]
+__all__ = [
+    "FileTooLarge",
+    "ImageInput",
+    "NotARegularFile",
+    "load_image",
+    "read_regular_file",
+    "sniff_format",
+    "validate_image",
+]
 
 ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
 
 MB = 1024 * 1024
 SIZE_CAPS = {"segment": 50 * MB, "edit": 30 * MB}
+MAX_INPUT_BYTES = max(SIZE_CAPS.values())
 MAX_SIDE = 6000
 _FORMATS = {"segment": ("png", "jpeg", "webp", "heic"), "edit": ("png", "jpeg", "webp")}
 _MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "heic": "image/heic"}
 Endpoint = Literal["segment", "edit"]
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -50,42 +64,145 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def load_image(image: ImageInput) -> tuple[bytes, str]:
-    """Read ``image`` (path, bytes or binary file object) into ``(bytes, filename)``."""
+class NotARegularFile(Exception):
+    """The path names a FIFO, device, socket or other non-file: reading it could block forever
+    or never end, so it is refused before it is opened for reading."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+class FileTooLarge(Exception):
+    """The file holds more than the cap: ``size`` bytes as ``stat`` said (``exact``), or at
+    least ``size`` when it grew while being read."""
+
+    def __init__(self, size: int, *, exact: bool = True) -> None:
+        super().__init__(size)
+        self.size = size
+        self.exact = exact
+
+
+def _kind(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def read_regular_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+    """Read a regular file of at most ``max_bytes``, refusing anything else before reading.
+
+    The target (after symlinks) is checked with ``stat`` first, so a FIFO, a device such as
+    ``/dev/zero`` or a socket is never opened for reading; the file is then opened without
+    blocking and checked again (it may have been swapped in between), and its size is checked
+    before a byte is read. Reads at most ``max_bytes + 1`` bytes even if the file grows.
+
+    Raises:
+        NotARegularFile: not a regular file (a directory raises :class:`IsADirectoryError`).
+        FileTooLarge: larger than ``max_bytes``.
+        OSError: any other failure (``FileNotFoundError``...).
+    """
+    kind = _kind(os.stat(path).st_mode)
+    if kind == "a directory":
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", os.fspath(path))
+    if kind is not None:
+        raise NotARegularFile(kind)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        info = os.fstat(handle.fileno())
+        kind = _kind(info.st_mode)
+        if kind is not None:
+            raise NotARegularFile(kind)
+        if info.st_size > max_bytes:
+            raise FileTooLarge(info.st_size)
+        limit = max_bytes + 1
+        data = handle.read(min(info.st_size + 1, limit)) or b""
+        if len(data) == info.st_size + 1 and len(data) < limit:  # it grew while we read
+            data += handle.read(limit - len(data)) or b""
+    if len(data) > max_bytes:
+        raise FileTooLarge(len(data), exact=False)
+    return data
+
+
+def load_image(image: ImageInput, *, max_bytes: int = MAX_INPUT_BYTES) -> tuple[bytes, str]:
+    """Read ``image`` (path, bytes or binary file object) into ``(bytes, filename)``.
+
+    A path must name a regular file (FIFOs, devices and sockets are refused before any read)
+    and a file or file object may hold at most ``max_bytes`` (Photoroom's largest cap): larger
+    inputs are refused without being read into memory. The file name is only a name: the
+    format is read from the bytes (see :func:`validate_image`).
+    """
     if isinstance(image, (bytes, bytearray, memoryview)):
         return bytes(image), "image"
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
+        shown = printable(str(path))
+        name = printable(path.name) or "image"
         try:
-            return path.read_bytes(), path.name
+            data = read_regular_file(path, max_bytes)
         except FileNotFoundError:
-            raise SourceNotFoundError(f"image file not found: {path}") from None
+            raise SourceNotFoundError(f"image file not found: {shown}") from None
         except IsADirectoryError:
-            raise InvalidImageError(f"{path} is a directory, not an image file") from None
+            raise InvalidImageError(f"{shown} is a directory, not an image file") from None
+        except NotARegularFile as exc:
+            raise InvalidImageError(
+                f"{shown} is {exc.kind}, not an image file: refused without reading it"
+            ) from None
+        except FileTooLarge as exc:
+            raise InvalidImageError(
+                _too_large(name, exc.size, max_bytes, "Photoroom", at_least=not exc.exact)
+            ) from None
         except OSError as exc:
-            raise InvalidImageError(f"cannot read {path}: {exc.strerror or exc}") from None
+            raise InvalidImageError(f"cannot read {shown}: {exc.strerror or exc}") from None
+        return data, name
     read = getattr(image, "read", None)
     if read is None:
         raise InvalidImageError(
             f"unsupported image input {type(image).__name__}: pass a path, bytes or a binary file"
         )
-    data = read()
+    name = printable(os.path.basename(str(getattr(image, "name", "") or ""))) or "image"
+    data = read(max_bytes + 1)
     if isinstance(data, str):
-        raise InvalidImageError("the file object is in text mode: open it with 'rb'")
-    name = os.path.basename(str(getattr(image, "name", "image")))
-    return bytes(data), name or "image"
+        raise InvalidImageError(f"{name}: the file object is in text mode: open it with 'rb'")
+    if len(data) > max_bytes:
+        raise InvalidImageError(_too_large(name, len(data), max_bytes, "Photoroom", at_least=True))
+    return bytes(data), name
+
+
+def _too_large(name: str, size: int, cap: int, who: str, *, at_least: bool = False) -> str:
+    """ "x is 50.3 MB; ... accepts at most 50 MB", in units that show the two differ."""
+    shown = f"{size / MB:,.1f} MB"
+    if round(size / MB, 1) <= cap / MB:  # rounding would hide the difference
+        shown = f"{size:,} bytes"
+    more = "more than " if at_least else ""
+    return (
+        f"{name} is {more}{shown}; {who} accepts at most {cap / MB:g} MB ({cap:,} bytes): "
+        "downscale or recompress it first"
+    )
 
 
 def validate_image(data: bytes, endpoint: Endpoint, *, name: str = "image") -> str:
-    """Check ``data`` for ``endpoint``; return its MIME type or raise :class:`InvalidImageError`."""
+    """Check ``data`` for ``endpoint``; return its MIME type or raise :class:`InvalidImageError`.
+
+    The MIME type comes from the bytes, never from a file name.
+    """
+    name = printable(name)
     if not data:
         raise InvalidImageError(f"{name} is empty (0 bytes)")
     cap = SIZE_CAPS[endpoint]
     if len(data) > cap:
-        raise InvalidImageError(
-            f"{name} is {len(data) / MB:.1f} MB; Photoroom's /{_path(endpoint)} accepts at most "
-            f"{cap // MB} MB: downscale or recompress it first"
-        )
+        raise InvalidImageError(_too_large(name, len(data), cap, f"Photoroom's /{_path(endpoint)}"))
     kind = sniff_format(data)
     allowed = _FORMATS[endpoint]
     if kind not in allowed:
@@ -96,6 +213,12 @@ def validate_image(data: bytes, endpoint: Endpoint, *, name: str = "image") -> s
     if kind != "heic":  # Pillow cannot read HEIC headers without a plugin
         _check_pixels(data, name)
     return _MIME[kind]
+
+
+def _pillow_message(exc: BaseException) -> str:
+    """Pillow's text without the ``<_io.BytesIO object at 0x...>`` it names its input by."""
+    text = _OBJECT_REPR.sub("", str(exc)).strip().rstrip(":").strip()
+    return text or type(exc).__name__
 
 
 def _check_pixels(data: bytes, name: str) -> None:
@@ -110,7 +233,7 @@ def _check_pixels(data: bytes, name: str) -> None:
             f"{name} has too many pixels; the longest side may be at most {MAX_SIDE} px"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InvalidImageError(f"{name} is corrupt or truncated: {exc}") from None
+        raise InvalidImageError(f"{name} is corrupt or truncated: {_pillow_message(exc)}") from None
     if max(width, height) > MAX_SIDE:
         raise InvalidImageError(
             f"{name} is {width}x{height} px; the longest side may be at most {MAX_SIDE} px: "

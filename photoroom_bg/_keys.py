@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from ._redact import printable
 from .errors import ValidationError
 
 __all__ = ["DEFAULT_TEMPLATE", "KeyTemplate", "content_digest", "options_digest", "safe_stem"]
@@ -33,9 +34,22 @@ def content_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _default(field: attrs.Attribute[Any]) -> Any:
+    default: Any = field.default
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        return default.factory(None) if default.takes_self else default.factory()
+    return default
+
+
 def _canonical(value: Any) -> Any:
     if attrs.has(type(value)):
-        return {f.name: _canonical(getattr(value, f.name)) for f in attrs.fields(type(value))}
+        # only what differs from the defaults: a field added in a later version (with a
+        # default that changes nothing) leaves every stored output's key as it was
+        return {
+            f.name: _canonical(getattr(value, f.name))
+            for f in attrs.fields(type(value))
+            if getattr(value, f.name) != _default(f)
+        }
     if isinstance(value, bytes):
         return {"sha256": hashlib.sha256(value).hexdigest()}
     if isinstance(value, dict):
@@ -46,17 +60,29 @@ def _canonical(value: Any) -> Any:
 
 
 def options_digest(options: object) -> str:
-    """SHA-256 of the options as canonical JSON (sorted keys; file options by their hash)."""
+    """SHA-256 of the options as canonical JSON: the fields set to something other than their
+    default, sorted, file options by their hash. Options that mean the same thing digest the
+    same, and new fields in later versions do not change the digest of existing options."""
     payload = {"type": type(options).__name__, "fields": _canonical(options)}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def safe_stem(name: str, *, max_length: int = 80) -> str:
-    """A file-name stem safe in any sink: no separators, ``?``, ``#``, ``%`` or control chars."""
-    text = unicodedata.normalize("NFC", name)
-    text = _UNSAFE.sub("_", text).strip("._-")
-    return text[:max_length] or "image"
+def safe_stem(name: str, *, max_length: int = 80, max_bytes: int = 160) -> str:
+    """A file-name stem safe in any sink.
+
+    No separators, ``?``, ``#``, ``%``, whitespace or control characters; no invisible format
+    characters (Unicode category Cf: bidirectional overrides such as U+202E, which make
+    ``photo\u202egnp.exe`` look like ``photoexe.png``, zero-width spaces...); undecodable
+    file-name bytes shown as ``_xNN``; at most ``max_length`` characters and ``max_bytes``
+    UTF-8 bytes, so a key fits a file system's 255-byte names.
+    """
+    text = unicodedata.normalize("NFC", printable(name))
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    text = _UNSAFE.sub("_", text).strip("._-")[:max_length]
+    while len(text.encode("utf-8")) > max_bytes:
+        text = text[:-1]
+    return text.rstrip("._-") or "image"
 
 
 KeyFunction = Callable[..., str]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ._redact import install_log_redaction
 from .errors import ConfigurationError
 
 __all__ = ["close_s3_client", "open_s3_client"]
@@ -29,7 +30,9 @@ async def open_s3_client(
     if config is not None:
         options["config"] = Config(**config)
     context = get_session().create_client("s3", **options)
-    return context, await context.__aenter__()
+    client = await context.__aenter__()
+    install_log_redaction()  # botocore's loggers exist now: no signature in their DEBUG lines
+    return context, client
 
 
 async def close_s3_client(entry: tuple[Any, Any]) -> None:

@@ -2,8 +2,11 @@
 
 Every wire-format decision lives here: lowercase booleans, plain decimals, ``#`` added for
 ``/v1/segment``'s ``bg_color`` and dropped from ``/v2/edit`` colours, dotted v2 field names
-(taken from each attribute's ``wire`` metadata by a hook factory), file-typed fields split off
-for multipart bodies, and model-version options turned into request headers.
+(taken from each attribute's ``wire`` metadata by a hook factory), object parameters
+flattened into dotted names (``virtualModel.model.preset.name``), lists sent as one field per
+item, file-typed fields split off for multipart bodies, and model-version options turned into
+request headers. The options are checked here too, on this wire form, against the rules of
+``_rules``.
 """
 
 from __future__ import annotations
@@ -11,39 +14,104 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
+from . import _rules
+from ._warnings import warn
 from .errors import APIStatusError, ValidationError
-from .models import Account
-from .options import EditOptions, SegmentOptions
+from .models import Account, Credits
 
-__all__ = ["converter", "decode_base64_image", "edit_fields", "segment_fields", "wire_value"]
+__all__ = [
+    "Encoded",
+    "check_options",
+    "converter",
+    "decode_base64_image",
+    "edit_fields",
+    "encode",
+    "raise_or_warn",
+    "segment_fields",
+    "wire_value",
+]
 
 converter = cattrs.Converter()
 
-_EDIT_COLOR_FIELDS = frozenset({"background.color", "outline.color"})
+
+def _edit_color(value: str) -> str:
+    return value.lstrip("#")
+
+
+def _segment_color(value: str) -> str:
+    bare = value.lstrip("#")
+    is_hex = bool(bare) and all(c in "0123456789abcdefABCDEF" for c in bare)
+    return f"#{bare}" if is_hex else value
+
+
+def _expand_prompt(value: str) -> Any:
+    # ai.auto / ai.never are the object form {mode: ...}; auto / never the legacy text
+    return {"mode": value} if value.startswith("ai.") else value
+
+
+def _preset_or_custom(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"preset": {"name": value}}
+    return {"custom": converter.unstructure(value)}
+
+
+def _layers(value: Mapping[str, Any]) -> Any:
+    kinds = {"TextLayer": "text", "ImageLayer": "image"}
+    return {
+        name: {kinds[type(layer).__name__]: converter.unstructure(layer)}
+        for name, layer in value.items()
+    }
+
+
+def _additional_images(value: Mapping[str, str | bytes]) -> Any:
+    return {
+        key: {"imageFile" if isinstance(image, bytes) else "imageUrl": image}
+        for key, image in value.items()
+    }
+
+
+_ENCODERS: dict[str, Callable[[Any], Any]] = {
+    "edit_color": _edit_color,
+    "segment_color": _segment_color,
+    "expand_prompt": _expand_prompt,
+    "preset_or_custom": _preset_or_custom,
+    "layers": _layers,
+    "additional_images": _additional_images,
+}
+
+
+def _has_wire_fields(cls: type[Any]) -> bool:
+    return attrs.has(cls) and any("wire" in f.metadata for f in attrs.fields(cls))
+
+
+def _skip_none(hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else hook(value)
 
 
 def _wire_name_hook(cls: type[Any]) -> Any:
     """Unstructure an options class to ``{wire name: value}``, leaving out unset fields."""
     overrides: dict[str, Any] = {}
     for field in attrs.fields(cls):
-        if "wire" in field.metadata:
-            overrides[field.name] = override(rename=field.metadata["wire"], omit_if_default=True)
-        else:
+        if "wire" not in field.metadata:
             overrides[field.name] = override(omit=True)
+            continue
+        hook = _ENCODERS.get(field.metadata.get("encode", ""))
+        overrides[field.name] = override(
+            rename=field.metadata["wire"],
+            omit_if_default=True,
+            unstruct_hook=_skip_none(hook) if hook else None,
+        )
     return make_dict_unstructure_fn(cls, converter, **overrides)
 
 
-converter.register_unstructure_hook_factory(
-    lambda cls: cls is EditOptions,
-    _wire_name_hook,
-)
+converter.register_unstructure_hook_factory(_has_wire_fields, _wire_name_hook)
 
 
 def wire_value(value: object) -> str:
@@ -51,84 +119,192 @@ def wire_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        text = f"{value:.10f}".rstrip("0").rstrip(".")
+        text = f"{value:.10f}".rstrip("0").rstrip(".") if value == value else "nan"
         return text if text not in ("", "-0") else "0"
     if isinstance(value, (int, str)):
         return str(value)
     raise ValidationError(f"cannot send {type(value).__name__} value {value!r} as a form field")
 
 
-def _headers_of(options: EditOptions | SegmentOptions) -> dict[str, str]:
-    headers = {
-        field.metadata["header"]: str(getattr(options, field.name))
-        for field in attrs.fields(type(options))
-        if "header" in field.metadata and getattr(options, field.name) is not None
+@attrs.define
+class Encoded:
+    """Options on the wire: text fields (a list for a repeated name), file fields, headers,
+    and for each wire name the option it came from (for error messages)."""
+
+    texts: dict[str, str | list[str]] = attrs.field(factory=dict)
+    files: dict[str, bytes] = attrs.field(factory=dict)
+    headers: dict[str, str] = attrs.field(factory=dict)
+    origins: dict[str, str] = attrs.field(factory=dict)
+    values: dict[str, object] = attrs.field(factory=dict)
+
+    def put(self, name: str, value: Any, origin: str, python: object) -> None:
+        """Add one flattened field (a list of scalars repeats the name)."""
+        self.texts.pop(name, None)
+        self.files.pop(name, None)
+        if isinstance(value, bytes):
+            self.files[name] = value
+        elif isinstance(value, (list, tuple)):
+            self.texts[name] = [wire_value(v) for v in value]
+        else:
+            self.texts[name] = wire_value(value)
+        self.origins[name] = origin
+        self.values[name] = python
+
+    def request(
+        self,
+        *,
+        method: str | None = None,
+        texts: Mapping[str, str] | None = None,
+        files: Iterable[str] = (),
+    ) -> _rules.WireRequest:
+        """The :class:`~photoroom_bg._rules.WireRequest` the rules look at."""
+        fields = {
+            name: tuple(value) if isinstance(value, list) else (value,)
+            for name, value in {**self.texts, **(texts or {})}.items()
+        }
+        return _rules.WireRequest(
+            fields=fields,
+            files=frozenset([*self.files, *files]),
+            headers={k.lower(): v for k, v in self.headers.items()},
+            method=method,  # type: ignore[arg-type]
+        )
+
+
+def _flatten(prefix: str, value: Any) -> Iterable[tuple[str, Any]]:
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            yield from _flatten(f"{prefix}.{key}" if prefix else str(key), inner)
+    else:
+        yield prefix, value
+
+
+def encode(options: Any) -> Encoded:
+    """Every field ``options`` sends, with its origin."""
+    encoded = Encoded()
+    raw: dict[str, Any] = converter.unstructure(options)
+    by_wire = {
+        f.metadata["wire"]: f.name for f in attrs.fields(type(options)) if "wire" in f.metadata
     }
-    headers.update(options.extra_headers)
-    return headers
+    for wire, value in raw.items():
+        attribute = by_wire[wire]
+        for name, item in _flatten(wire, value):
+            encoded.put(name, item, attribute, getattr(options, attribute))
+    for key, value in options.extra_params.items():
+        for name, item in _flatten(str(key), value):
+            encoded.put(name, item, f"extra_params[{key!r}]", value)
+    for field in attrs.fields(type(options)):
+        header = field.metadata.get("header")
+        value = getattr(options, field.name)
+        if header and value is not None:
+            encoded.headers[header] = str(value)
+            encoded.origins[header] = field.name
+            encoded.values[header] = value
+    for name, value in options.extra_headers.items():
+        encoded.headers[name] = value
+        encoded.origins[name.lower()] = f"extra_headers[{name!r}]"
+        encoded.values[name.lower()] = value
+    return encoded
 
 
-def segment_fields(options: SegmentOptions) -> tuple[dict[str, str], dict[str, str]]:
-    """Return ``(form fields, headers)`` for ``POST /v1/segment``."""
-    fields: dict[str, str] = {}
-    if options.format != "png":
-        fields["format"] = options.format
-    if options.channels != "rgba":
-        fields["channels"] = options.channels
-    if options.bg_color is not None:
-        color = options.bg_color
-        is_hex = all(c in "0123456789abcdefABCDEF" for c in color.lstrip("#"))
-        fields["bg_color"] = f"#{color.lstrip('#')}" if is_hex else color
-    if options.size != "full":
-        fields["size"] = options.size
-    if options.crop:
-        fields["crop"] = "true"
-    if options.despill:
-        fields["despill"] = "true"
-    for name, value in options.extra_params.items():
-        fields[name] = wire_value(value)
-    headers = _headers_of(options)
+def raise_or_warn(
+    violations: Iterable[tuple[_rules.Rule, str]],
+    encoded: Encoded,
+    request: _rules.WireRequest,
+    *,
+    error: type[ValidationError] = ValidationError,
+) -> None:
+    """Raise :class:`ValidationError` for the first broken ``error`` rule, else warn about each
+    broken ``warning`` rule.
+
+    A value given through ``extra_params`` / ``extra_headers`` is not refused: they are the
+    way to send what this release does not know yet (a new enumeration value...), so a rule
+    on values they break is a warning. Rules on the request's shape (an input image, files
+    only in a POST) hold for them too: such a request cannot be sent as asked.
+    """
+    found = list(violations)
+    for rule, name in found:
+        if rule.level == "error" and (rule.needs_request or not _passed_through(name, encoded)):
+            raise error(
+                _message(rule, name, encoded, request),
+                parameter=_origin(name, encoded),
+                rule=rule.id,
+            )
+    for rule, name in found:
+        note = (
+            " (sent as given: extra_params and extra_headers are not refused)"
+            if rule.level == "error"
+            else ""
+        )
+        warn(_message(rule, name, encoded, request) + note)
+
+
+def _passed_through(name: str, encoded: Encoded) -> bool:
+    return _origin(name, encoded).startswith(("extra_params[", "extra_headers["))
+
+
+def _origin(name: str, encoded: Encoded) -> str:
+    return encoded.origins.get(name) or encoded.origins.get(name.lower()) or name
+
+
+def _message(rule: _rules.Rule, name: str, encoded: Encoded, request: _rules.WireRequest) -> str:
+    origin = _origin(name, encoded)
+    sent = request.fields.get(name)
+    shown = sent[0] if sent and len(sent) == 1 else (list(sent) if sent else request.header(name))
+    python = encoded.values.get(name, encoded.values.get(name.lower()))
+    if origin != name and python is not None and not isinstance(python, (Mapping, bytes, tuple)):
+        same = isinstance(python, str) and python == shown
+        subject = f"{origin}={python!r}" + ("" if same else f" (sent as {name}={shown!r})")
+    elif shown is not None:
+        subject = f"{origin} ({name}={shown!r})" if origin != name else f"{name}={shown!r}"
+    else:
+        subject = origin if origin == name else f"{origin} ({name})"
+    verb = "must be" if rule.kind == "value" else "breaks the rule:"
+    return f"{subject} {verb} {rule.message} [rule {rule.id}]"
+
+
+def check_options(options: Any, rules: tuple[_rules.Rule, ...]) -> None:
+    """Check ``options`` alone (the input is not known yet) against ``rules``."""
+    encoded = encode(options)
+    request = encoded.request()
+    raise_or_warn(_rules.violations(rules, request, per_call=False), encoded, request)
+
+
+def segment_fields(options: Any) -> tuple[dict[str, str | list[str]], dict[str, str]]:
+    """Return ``(form fields, headers)`` for ``POST /v1/segment`` (file fields given through
+    ``extra_params`` are in :func:`encode`'s ``files``)."""
+    encoded = encode(options)
+    headers = dict(encoded.headers)
     if options.base64:
         headers["accept"] = "application/json"
-    return fields, headers
+    return encoded.texts, headers
 
 
 def edit_fields(
-    options: EditOptions,
-) -> tuple[dict[str, str], dict[str, bytes], dict[str, str]]:
+    options: Any,
+) -> tuple[dict[str, str | list[str]], dict[str, bytes], dict[str, str]]:
     """Return ``(text fields, file fields, headers)`` for ``/v2/edit``.
 
     File fields (``background.imageFile``...) can only travel in a multipart POST; the caller
     refuses them for GET.
     """
-    raw: dict[str, Any] = converter.unstructure(options)
-    texts: dict[str, str] = {}
-    files: dict[str, bytes] = {}
-    for name, value in raw.items():
-        if value is None:
-            continue
-        if isinstance(value, bytes):
-            files[name] = value
-        elif name in _EDIT_COLOR_FIELDS:
-            texts[name] = str(value).lstrip("#")
-        else:
-            texts[name] = wire_value(value)
-    for name, value in options.extra_params.items():
-        if isinstance(value, bytes):
-            files[name] = value
-        else:
-            texts[name] = wire_value(value)
-    return texts, files, _headers_of(options)
+    encoded = encode(options)
+    return encoded.texts, encoded.files, encoded.headers
+
+
+def _usage(data: Any, key: str) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise TypeError("account body is not an object")
+    usage = data.get(key)
+    if not isinstance(usage, Mapping):
+        raise TypeError(f"account body has no {key!r} object")
+    return usage
 
 
 def _structure_account(data: Any, _: type[Account]) -> Account:
-    if not isinstance(data, Mapping):
-        raise TypeError("account body is not an object")
-    usage = data.get("images")
-    if usage is None:
-        usage = data.get("credits")
-    if not isinstance(usage, Mapping):
-        raise TypeError("account body has no 'images' or 'credits' object")
+    # a proxy answering with the older {"credits": ...} view is read the same way
+    usage = _usage(
+        data, "credits" if isinstance(data, Mapping) and "images" not in data else "images"
+    )
     plan = data.get("plan")
     return Account(
         images_available=float(usage["available"]),
@@ -137,7 +313,13 @@ def _structure_account(data: Any, _: type[Account]) -> Account:
     )
 
 
+def _structure_credits(data: Any, _: type[Credits]) -> Credits:
+    usage = _usage(data, "credits")
+    return Credits(available=float(usage["available"]), subscription=float(usage["subscription"]))
+
+
 converter.register_structure_hook(Account, _structure_account)
+converter.register_structure_hook(Credits, _structure_credits)
 
 
 def decode_base64_image(body: bytes) -> bytes:

@@ -242,7 +242,12 @@ def _batch_options(func: F) -> F:
         click.option(
             "--allow-private-networks",
             is_flag=True,
-            help="Let URL sources point at private or loopback addresses.",
+            help=(
+                "Let URL sources reach non-public addresses: loopback, private (10/8, "
+                "172.16/12, 192.168/16, fc00::/7), link-local, CGNAT and reserved ranges. "
+                "Cloud metadata addresses (169.254.169.254, fd00:ec2::254, 100.100.100.200...), "
+                "multicast and unspecified addresses stay refused."
+            ),
         ),
         click.option(
             "--endpoint-url",
@@ -325,8 +330,23 @@ def remove(
 @click.option(
     "--shadow",
     "shadow_mode",
-    type=click.Choice(["ai.soft", "ai.hard", "ai.floating", "ai.preset-soft", "ai.preset-hard"]),
-    help="Add an AI shadow.",
+    type=click.Choice(
+        [
+            "ai.soft",
+            "ai.hard",
+            "ai.floating",
+            "ai.preset-soft",
+            "ai.preset-hard",
+            "ai.auto-with-overrides",
+        ]
+    ),
+    help="Add an AI shadow (ai.preset-*, ai.auto-with-overrides: with --shadow-model 2026-04-15).",
+)
+@click.option(
+    "--shadow-model",
+    "ai_shadows_model_version",
+    type=click.Choice(["2026-04-15"]),
+    help="AI Shadows model to use (sent as the pr-ai-shadows-model-version header).",
 )
 @click.option(
     "--export-format", type=click.Choice(["png", "jpeg", "jpg", "webp", "avif"]), default="png"
@@ -348,6 +368,7 @@ def edit(
     output_size: str | None,
     padding: str | None,
     shadow_mode: str | None,
+    ai_shadows_model_version: str | None,
     export_format: str,
     params: tuple[str, ...],
     url_passthrough: bool,
@@ -367,6 +388,7 @@ def edit(
             output_size=output_size,
             padding=_number_or_text(padding),
             shadow_mode=shadow_mode,  # type: ignore[arg-type]
+            ai_shadows_model_version=ai_shadows_model_version,  # type: ignore[arg-type]
             export_format=export_format,  # type: ignore[arg-type]
             extra_params=extra,
         )

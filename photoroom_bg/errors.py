@@ -19,6 +19,8 @@ Every error the SDK raises derives from :class:`PhotoroomBGError`, split by caus
     ├── ConfigurationError              missing API key, client used after close, bad setup
     ├── SourceError                     an input could not be read or fetched
     │   ├── UnsafeURLError              URL refused by the SSRF guard (scheme, address, redirect)
+    │   ├── InvalidSourceError          malformed URL; a FIFO, device or socket instead of a file
+    │   ├── SourceTimeoutError          the fetch overran its deadline or went too slowly
     │   ├── SourceTooLargeError         the source exceeds the byte cap
     │   └── SourceNotFoundError         404 / missing file / missing object
     ├── StorageError                    a sink could not store or read an object
@@ -36,7 +38,7 @@ built from status codes, server-provided text and caller-visible names only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import httpx
@@ -50,6 +52,7 @@ __all__ = [
     "BucketNotFoundError",
     "ConfigurationError",
     "InvalidImageError",
+    "InvalidSourceError",
     "NotFoundError",
     "ObjectNotFoundError",
     "OutOfCreditsError",
@@ -59,6 +62,7 @@ __all__ = [
     "ServerError",
     "SourceError",
     "SourceNotFoundError",
+    "SourceTimeoutError",
     "SourceTooLargeError",
     "StorageAuthError",
     "StorageError",
@@ -72,7 +76,12 @@ __all__ = [
 
 
 class PhotoroomBGError(Exception):
-    """Base class of every exception raised by photoroom_bg."""
+    """Base class of every exception raised by photoroom_bg.
+
+    Every error pickles and unpickles with its attributes (a batch's results can cross a
+    process boundary). A pickled :class:`APIStatusError` keeps its response, with the API key
+    removed from the request headers it carries.
+    """
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -80,6 +89,52 @@ class PhotoroomBGError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception pickles as cls(*args): keyword-only arguments (status_code...) would be lost
+        state = {name: _without_key(value) for name, value in self.__dict__.items()}
+        return (_rebuild, (type(self), self.message), state)
+
+
+def _rebuild(cls: type[PhotoroomBGError], message: str) -> PhotoroomBGError:
+    error = cls.__new__(cls)
+    PhotoroomBGError.__init__(error, message)
+    return error
+
+
+_KEY_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization"})
+
+
+def _without_key(value: object) -> object:
+    """A copy of an httpx request or response whose request headers hold no credential."""
+    import httpx
+
+    if isinstance(value, httpx.Request):
+        headers = [
+            (k, "[redacted]" if k.lower() in _KEY_HEADERS else v)
+            for k, v in value.headers.multi_items()
+        ]
+        return httpx.Request(value.method, value.url, headers=headers)
+    if isinstance(value, httpx.Response):
+        try:
+            request: object = _without_key(value.request)
+        except RuntimeError:  # a response built by hand may have no request
+            request = None
+        try:
+            content = value.content
+        except httpx.ResponseNotRead:
+            content = b""
+        # the body is kept decoded, so the headers that describe its encoding go
+        headers = [
+            (k, v)
+            for k, v in value.headers.multi_items()
+            if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        copy = httpx.Response(value.status_code, headers=headers, content=content)
+        if isinstance(request, httpx.Request):
+            copy.request = request
+        return copy
+    return value
 
 
 class PhotoroomError(PhotoroomBGError):
@@ -209,7 +264,21 @@ class ServerError(APIStatusError):
 
 
 class ValidationError(PhotoroomBGError, ValueError):
-    """A value was rejected locally; no request was sent and no credit spent."""
+    """A value was rejected locally; no request was sent and no credit spent.
+
+    Attributes:
+        parameter: the option at fault as you wrote it (``background_blur_radius``,
+            ``extra_params['shadow.mode']``), when one is.
+        rule: the id of the broken rule (``background.blur.radius:range``), listed with every
+            rule in the client guide; ``type`` for a value of the wrong Python type.
+    """
+
+    def __init__(
+        self, message: str, *, parameter: str | None = None, rule: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+        self.rule = rule
 
 
 class InvalidImageError(ValidationError):
@@ -231,6 +300,16 @@ class SourceError(PhotoroomBGError):
 
 class UnsafeURLError(SourceError):
     """A URL was refused: not http(s), or it resolves to a private/loopback/link-local address."""
+
+
+class InvalidSourceError(SourceError):
+    """A source cannot be used as given: a malformed URL (bad address, port out of range), or
+    a path naming a FIFO, device or socket rather than a file (refused before any read)."""
+
+
+class SourceTimeoutError(SourceError):
+    """Fetching a source overran its total deadline, or its body arrived more slowly than the
+    minimum transfer rate."""
 
 
 class SourceTooLargeError(SourceError):

@@ -1,4 +1,4 @@
-"""Results returned by the clients: :class:`ImageResult` and :class:`Account`."""
+"""Results returned by the clients: :class:`ImageResult`, :class:`Account` and :class:`Credits`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import attrs
 
-__all__ = ["Account", "ImageResult"]
+__all__ = ["Account", "Credits", "ImageResult"]
 
 _EXTENSIONS = {
     "image/png": ".png",
@@ -73,3 +73,16 @@ class Account:
     images_available: float
     images_subscription: float
     plan: str | None = None
+
+
+@attrs.frozen
+class Credits:
+    """The key's credits in the older credit view, from ``GET /v1/account``.
+
+    Attributes:
+        available: credits left this period; may be fractional.
+        subscription: credits included in the subscription per period.
+    """
+
+    available: float
+    subscription: float

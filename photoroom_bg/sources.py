@@ -6,51 +6,62 @@ lists the images under the prefix), or any iterable or async iterable of these.
 :func:`iter_sources` turns a spec into :class:`ImageSource` items one at a time, so a generator
 of a million URLs never sits in memory. A :class:`SourceReader` reads one source into bytes:
 
+- Paths must name regular files: FIFOs, devices and sockets (or links to them) are refused
+  before anything is read, and the size is checked before reading. Folder and glob listings
+  never loop through directory symlinks and stop when their consumer does.
 - URLs are fetched through one pooled :class:`httpx.AsyncClient`, guarded against
   server-side request forgery: http/https only; every resolved address checked
   (:class:`~photoroom_bg._netguard.NetworkPolicy`); the connection pinned to the checked
-  address; redirects followed by hand (at most ``max_redirects``), each re-checked; the body
-  capped by ``Content-Length`` and by bytes read; the first bytes sniffed as an image before
-  the rest is downloaded.
-- ``s3://`` objects are read with aiobotocore (the ``s3`` extra), with the same byte cap.
+  address; redirects followed by hand (at most ``max_redirects``), each re-checked, even on a
+  client of the caller's that follows redirects; the body capped by ``Content-Length``, by the
+  bytes received and by the bytes decoded; the first bytes sniffed as an image before the rest
+  is downloaded; the whole fetch bounded by a deadline and a minimum transfer rate.
+- ``s3://`` objects are read with aiobotocore (the ``s3`` extra), with the same byte cap and
+  deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
-import glob
+import ipaddress
 import os
-import stat
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
-from pathlib import Path
+import re
+import threading
+import time
+import zlib
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
+import anyio
 import attrs
 import httpx
 
-from ._images import sniff_format
+from ._images import FileTooLarge, NotARegularFile, read_regular_file, sniff_format
+from ._inflate import UnsupportedEncoding, decoder_for
+from ._listing import IMAGE_EXTENSIONS, glob_images, is_image_path, walk_images
 from ._netguard import NetworkPolicy, Resolver, default_resolver
 from ._perloop import PerLoop
+from ._redact import install_log_redaction, printable, redact_text, redact_url
 from ._s3client import close_s3_client, open_s3_client
 from .errors import (
     ConfigurationError,
     InvalidImageError,
+    InvalidSourceError,
     SourceError,
     SourceNotFoundError,
+    SourceTimeoutError,
     SourceTooLargeError,
     UnsafeURLError,
 )
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageSource", "SourceReader", "SourceSpec", "iter_sources"]
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".heic", ".heif"})
 _IMAGE_KINDS = frozenset({"png", "jpeg", "webp", "heic", "avif", "gif"})
 _WALK_CHUNK = 256
+_READ_CHUNK = 64 * 1024
+_DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 SourceKind = Literal["path", "bytes", "file", "url", "s3"]
-#: What ``submit()`` and :func:`iter_sources` accept: a path, folder, glob, URL, ``s3://`` URI,
-#: ``bytes``, binary file object, or any (async) iterable of these.
-SourceSpec = Any
 
 
 @attrs.frozen(repr=False)
@@ -73,18 +84,32 @@ class ImageSource:
 
     @property
     def display(self) -> str:
-        """``location`` without query string or credentials: safe to log and store."""
+        """``location`` without query string or credentials: safe to log and store.
+
+        Never raises, whatever the location holds (a malformed URL, a file name that is not
+        valid UTF-8: its bytes are shown as ``\\xNN``).
+        """
         if self.kind == "url":
-            url = httpx.URL(self.location)
-            return str(url.copy_with(query=None, fragment=None, userinfo=b""))
-        return self.location
+            return redact_url(self.location)
+        return printable(str(self.location))
 
     def __repr__(self) -> str:
         return f"ImageSource(kind={self.kind!r}, location={self.display!r})"
 
 
+#: One source: a path, folder, glob, URL or ``s3://`` URI, ``bytes``, a binary file object, or
+#: an :class:`ImageSource`.
+SourceItem = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes] | ImageSource
+#: What ``submit()`` and :func:`iter_sources` accept: a source, or any (async) iterable of
+#: sources, nested as deep as you like.
+SourceSpec = SourceItem | Iterable["SourceSpec"] | AsyncIterable["SourceSpec"]
+SourceSpec.__doc__ = """What ``submit()`` and :func:`iter_sources` accept: a path, folder, glob,
+URL, ``s3://`` URI, ``bytes``, binary file object or :class:`ImageSource`, or any (async)
+iterable of these, nested as deep as you like. ``submit(42)`` is a type error."""
+
+
 def _stem(text: str) -> str:
-    base = text.rstrip("/").rsplit("/", 1)[-1]
+    base = printable(text).rstrip("/").rsplit("/", 1)[-1]
     stem = os.path.splitext(base)[0]
     return stem or "image"
 
@@ -92,49 +117,53 @@ def _stem(text: str) -> str:
 def _url_source(text: str) -> ImageSource:
     try:
         path = httpx.URL(text).path
-    except httpx.InvalidURL:
-        path = text
+    except (httpx.InvalidURL, ValueError, TypeError):
+        path = redact_url(text).split("://", 1)[-1].partition("/")[2]
     return ImageSource("url", text, _stem(path))
-
-
-def _is_image_path(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
-
-
-def _walk(root: str) -> Iterator[str]:
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in sorted(files):
-            if _is_image_path(name):
-                yield os.path.join(folder, name)
 
 
 def _path_shape(text: str) -> str:
     if os.path.isdir(text):
         return "dir"
-    if glob.has_magic(text) and not os.path.exists(text):
+    if _has_magic(text) and not os.path.exists(text):
         return "glob"
     return "path"
 
 
-def _glob(pattern: str) -> Iterator[str]:
-    for path in glob.iglob(pattern, recursive=True):
-        if os.path.isfile(path) and _is_image_path(path):
-            yield path
+def _has_magic(text: str) -> bool:
+    return re.search(r"[*?[]", text) is not None
 
 
-async def _paths_off_loop(paths: Iterator[str]) -> AsyncIterator[ImageSource]:
-    """Pull paths from a blocking iterator in chunks, in a worker thread."""
+async def _paths_off_loop(
+    list_paths: Callable[[threading.Event], Iterator[str]],
+) -> AsyncIterator[ImageSource]:
+    """Pull paths from a blocking lister in chunks, in a worker thread.
+
+    When the consumer stops (cancelled, or done early), the lister is told to stop at its
+    next entry, so no thread keeps scanning a huge tree for nobody.
+    """
+    stop = threading.Event()
+    paths = list_paths(stop)
 
     def chunk() -> list[str]:
         return [p for _, p in zip(range(_WALK_CHUNK), paths, strict=False)]
 
-    while True:
-        batch = await asyncio.to_thread(chunk)
-        for path in batch:
-            yield ImageSource("path", path, _stem(path))
-        if len(batch) < _WALK_CHUNK:
-            return
+    try:
+        while True:
+            batch = await asyncio.to_thread(chunk)
+            for path in batch:
+                yield ImageSource("path", path, _stem(path))
+            if len(batch) < _WALK_CHUNK:
+                return
+    finally:
+        stop.set()
+
+
+async def _read_file_object(item: Any, name: str, cap: int) -> bytes:
+    data = await asyncio.to_thread(item.read, cap + 1)  # a byte over the cap is enough to refuse
+    if isinstance(data, str):
+        raise InvalidImageError(f"{name}: file opened in text mode; open it with 'rb'")
+    return bytes(data)
 
 
 async def iter_sources(
@@ -144,9 +173,11 @@ async def iter_sources(
 
     Args:
         spec: a source or an iterable / async iterable of sources (see the module docs).
-        reader: used to list ``s3://bucket/prefix/`` URIs (its S3 settings).
+        reader: used to list ``s3://bucket/prefix/`` URIs (its S3 settings); its ``max_bytes``
+            bounds what is read from a file object (one byte more, so the job is refused).
     """
     counter = 0
+    cap = reader.max_bytes if reader is not None else _DEFAULT_MAX_BYTES
 
     async def expand(item: Any) -> AsyncIterator[ImageSource]:
         nonlocal counter
@@ -157,6 +188,8 @@ async def iter_sources(
             yield ImageSource("bytes", f"<bytes #{counter}>", f"image-{counter}", bytes(item))
         elif isinstance(item, (str, os.PathLike)):
             text = os.fspath(item)
+            if isinstance(text, bytes):
+                text = os.fsdecode(text)
             if text.startswith("s3://"):
                 if text.endswith("/"):
                     if reader is None:
@@ -170,20 +203,19 @@ async def iter_sources(
             else:
                 shape = await asyncio.to_thread(_path_shape, text)
                 if shape == "dir":
-                    async for source in _paths_off_loop(_walk(text)):
+                    async for source in _paths_off_loop(lambda stop: walk_images(text, stop)):
                         yield source
                 elif shape == "glob":
-                    async for source in _paths_off_loop(_glob(text)):
+                    async for source in _paths_off_loop(lambda stop: glob_images(text, stop)):
                         yield source
                 else:
                     yield ImageSource("path", text, _stem(text))
         elif hasattr(item, "read"):
             counter += 1
-            name = str(getattr(item, "name", "") or f"file-{counter}")
-            data = await asyncio.to_thread(item.read)
-            if isinstance(data, str):
-                raise InvalidImageError(f"{name}: file opened in text mode; open it with 'rb'")
-            yield ImageSource("file", name, _stem(name), bytes(data))
+            raw_name = getattr(item, "name", "")
+            name = printable(raw_name) if isinstance(raw_name, str) and raw_name else ""
+            name = name or f"file-{counter}"
+            yield ImageSource("file", name, _stem(name), await _read_file_object(item, name, cap))
         elif isinstance(item, AsyncIterable):
             async for inner in item:
                 async for source in expand(inner):
@@ -199,36 +231,83 @@ async def iter_sources(
         yield source
 
 
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+_NUMERIC_LABEL = re.compile(r"^(?:0x[0-9a-f]*|[0-9]+)$", re.IGNORECASE)
+
+
+def _check_host(host: str, shown: str) -> None:
+    """Refuse host names no resolver should be asked about.
+
+    A name whose last label is a number is an IPv4 address to URL parsers and to
+    ``getaddrinfo`` (``2130706433``, ``0x7f.1``, ``127.1``, ``010.0.0.1`` all mean loopback
+    there): only the four-decimal form is accepted.
+    """
+    if ":" in host:  # an IPv6 literal, already validated by the URL parser
+        return
+    name = host[:-1] if host.endswith(".") else host
+    labels = name.split(".")
+    if _NUMERIC_LABEL.match(labels[-1]):
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            raise InvalidSourceError(
+                f"{shown}: {printable(host)!r} is not a valid IPv4 address (write it as four "
+                "decimal numbers, 0-255, without leading zeros)"
+            ) from None
+        return
+    if len(name) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        raise InvalidSourceError(f"{shown}: {printable(host)!r} is not a valid host name")
+
+
 class SourceReader:
     """Reads :class:`ImageSource` items into bytes, safely and with a byte cap.
 
     Args:
-        max_bytes: the largest source accepted (default 50 MB, Photoroom's own cap).
-        allow_private_networks: let URLs reach loopback/private/link-local addresses.
+        max_bytes: the largest source accepted (default 50 MB, Photoroom's own cap); counts
+            decoded bytes, so a compressed body cannot expand past it.
+        allow_private_networks: let URLs reach non-public addresses (loopback, private,
+            link-local, CGNAT, reserved). Cloud metadata addresses stay refused unless listed
+            in ``allow_networks``.
         allow_networks: networks allowed although not public (e.g. ``["10.1.2.0/24"]``).
         max_redirects: redirects followed, each re-checked (default 5).
-        timeout: seconds per HTTP request.
+        timeout: seconds to connect, and between two reads, per HTTP request.
+        deadline: seconds for one whole fetch, redirects and body included (default 60;
+            ``None`` for none); applies to ``s3://`` objects too.
+        min_transfer_rate: bytes per second a body must average once ``transfer_grace``
+            seconds have passed (default 4096; ``0`` turns the check off).
+        transfer_grace: seconds a body may take before the minimum rate applies (default 10).
         resolver: ``async (host, port) -> [addresses]``; defaults to the system resolver.
         s3_options: keyword arguments for the S3 client (``endpoint_url``, ``region_name``,
             ``aws_access_key_id``, ``aws_secret_access_key``...) used for ``s3://`` sources.
-        http_client: an :class:`httpx.AsyncClient` to use (not closed by :meth:`aclose`).
+        http_client: an :class:`httpx.AsyncClient` to use (not closed by :meth:`aclose`); the
+            reader still follows redirects itself, whatever the client's ``follow_redirects``.
     """
 
     def __init__(
         self,
         *,
-        max_bytes: int = 50 * 1024 * 1024,
+        max_bytes: int = _DEFAULT_MAX_BYTES,
         allow_private_networks: bool = False,
         allow_networks: Iterable[str] = (),
         max_redirects: int = 5,
         timeout: float = 30.0,
+        deadline: float | None = 60.0,
+        min_transfer_rate: float = 4096.0,
+        transfer_grace: float = 10.0,
         resolver: Resolver | None = None,
         s3_options: Mapping[str, Any] | None = None,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
+        if deadline is not None and deadline <= 0:
+            raise ConfigurationError(f"deadline must be positive or None, not {deadline!r}")
+        if min_transfer_rate < 0 or transfer_grace < 0:
+            raise ConfigurationError("min_transfer_rate and transfer_grace cannot be negative")
         self.max_bytes = max_bytes
         self.policy = NetworkPolicy(allow_private_networks, tuple(allow_networks))
         self.max_redirects = max_redirects
+        self.deadline = deadline
+        self.min_transfer_rate = min_transfer_rate
+        self.transfer_grace = transfer_grace
         self._resolve = resolver or default_resolver
         self._s3_options = dict(s3_options or {})
         self._timeout = timeout
@@ -236,11 +315,12 @@ class SourceReader:
         self._s3_clients: PerLoop[tuple[Any, Any]] = PerLoop(self._open_s3, close_s3_client)
         self._given_http = http_client
         self._https: PerLoop[httpx.AsyncClient] = PerLoop(self._open_http, _close_http)
+        install_log_redaction()
 
     def __repr__(self) -> str:
         return (
             f"SourceReader(max_bytes={self.max_bytes}, policy={self.policy!r}, "
-            f"s3_endpoint={self._s3_options.get('endpoint_url')!r})"
+            f"deadline={self.deadline!r}, s3_endpoint={self._s3_options.get('endpoint_url')!r})"
         )
 
     async def read(self, source: ImageSource) -> bytes:
@@ -251,29 +331,42 @@ class SourceReader:
         if source.kind == "path":
             return await asyncio.to_thread(self._read_path, source)
         if source.kind == "url":
-            return await self._fetch(source)
+            return await self._within_deadline(self._fetch(source), source)
         if source.kind == "s3":
-            return await self._read_s3(source)
+            return await self._within_deadline(self._read_s3(source), source)
         raise SourceError(f"{source.display}: nothing to read")
 
-    def _check_size(self, size: int, source: ImageSource) -> None:
+    async def _within_deadline(self, work: Any, source: ImageSource) -> bytes:
+        try:
+            with anyio.fail_after(self.deadline):
+                result: bytes = await work
+                return result
+        except TimeoutError:
+            raise SourceTimeoutError(
+                f"{source.display}: not fetched within the {self.deadline:g} s deadline"
+            ) from None
+
+    def _check_size(self, size: int, source: ImageSource, *, at_least: bool = False) -> None:
         if size > self.max_bytes:
+            more = "more than " if at_least else ""
             raise SourceTooLargeError(
-                f"{source.display} is {size:,} bytes; the limit is {self.max_bytes:,}"
+                f"{source.display} is {more}{size:,} bytes; the limit is {self.max_bytes:,}"
             )
 
     def _read_path(self, source: ImageSource) -> bytes:
-        path = Path(source.location)
         try:
-            info = path.stat()
-            if stat.S_ISDIR(info.st_mode):
-                raise IsADirectoryError
-            self._check_size(info.st_size, source)
-            return path.read_bytes()
+            return read_regular_file(source.location, self.max_bytes)
         except FileNotFoundError:
             raise SourceNotFoundError(f"{source.display}: no such file") from None
         except IsADirectoryError:
             raise SourceError(f"{source.display} is a directory") from None
+        except NotARegularFile as exc:
+            raise InvalidSourceError(
+                f"{source.display} is {exc.kind}, not a file: refused without reading it"
+            ) from None
+        except FileTooLarge as exc:
+            self._check_size(exc.size, source, at_least=not exc.exact)
+            raise AssertionError("unreachable: the size is over the cap") from None
         except OSError as exc:
             raise SourceError(f"{source.display}: {exc.strerror or exc}") from None
 
@@ -284,36 +377,51 @@ class SourceReader:
             response = await self._send_pinned(parsed, source)
             try:
                 if response.is_redirect:
-                    location = response.headers.get("location")
-                    if not location:
-                        raise SourceError(f"{source.display}: redirect without a Location")
-                    url = str(parsed.join(location))
+                    url = self._redirect_target(parsed, response, source)
                     continue
                 return await self._read_body(response, source)
             finally:
-                await response.aclose()
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
         raise SourceError(f"{source.display}: more than {self.max_redirects} redirects")
+
+    @staticmethod
+    def _redirect_target(url: httpx.URL, response: httpx.Response, source: ImageSource) -> str:
+        location = response.headers.get("location")
+        if not location:
+            raise SourceError(f"{source.display}: redirect without a Location")
+        try:
+            return str(url.join(location))
+        except (httpx.InvalidURL, ValueError, TypeError) as exc:
+            raise InvalidSourceError(
+                f"{source.display}: redirected to a malformed URL ({redact_text(str(exc))})"
+            ) from None
 
     @staticmethod
     def _parse(url: str, source: ImageSource) -> httpx.URL:
         try:
             parsed = httpx.URL(url)
-        except httpx.InvalidURL as exc:
-            raise UnsafeURLError(f"{source.display}: invalid URL ({exc})") from None
+        except (httpx.InvalidURL, ValueError, TypeError) as exc:
+            raise InvalidSourceError(
+                f"{source.display}: not a valid URL ({redact_text(str(exc))})"
+            ) from None
         if parsed.scheme not in ("http", "https"):
             raise UnsafeURLError(
                 f"{source.display}: only http and https URLs are fetched, not "
                 f"{parsed.scheme or 'this'}:"
             )
         if not parsed.host:
-            raise UnsafeURLError(f"{source.display}: URL has no host")
+            raise InvalidSourceError(f"{source.display}: URL has no host")
+        if parsed.port is not None and not 0 < parsed.port < 65536:
+            raise InvalidSourceError(f"{source.display}: port {parsed.port} is out of range")
+        _check_host(parsed.host, source.display)
         return parsed
 
     async def _send_pinned(self, url: httpx.URL, source: ImageSource) -> httpx.Response:
         port = url.port or (443 if url.scheme == "https" else 80)
         try:
             addresses = await self._resolve(url.host, port)
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:
             raise SourceError(f"{source.display}: cannot resolve {url.host} ({exc})") from None
         if not addresses:
             raise SourceError(f"{source.display}: {url.host} has no address")
@@ -325,13 +433,20 @@ class SourceReader:
         request = http.build_request(
             "GET",
             pinned,
-            headers={"host": host_header, "accept": "image/*"},
+            headers={"host": host_header, "accept": "image/*", "accept-encoding": "identity"},
             extensions=extensions,
         )
         try:
-            return await http.send(request, stream=True)
+            # follow_redirects=False per request: a client of the caller's may follow them
+            return await http.send(request, stream=True, follow_redirects=False)
         except httpx.TimeoutException:
             raise SourceError(f"{source.display}: timed out") from None
+        except httpx.RemoteProtocolError as exc:
+            if "location header" in str(exc).lower():  # httpx parses a redirect's target
+                raise InvalidSourceError(
+                    f"{source.display}: redirected to a malformed URL ({redact_text(str(exc))})"
+                ) from None
+            raise SourceError(f"{source.display}: {type(exc).__name__}") from None
         except httpx.HTTPError as exc:
             raise SourceError(f"{source.display}: {type(exc).__name__}") from None
 
@@ -340,23 +455,71 @@ class SourceReader:
             raise SourceNotFoundError(f"{source.display}: 404 Not Found")
         if response.status_code >= 400:
             raise SourceError(f"{source.display}: HTTP {response.status_code}")
-        declared = response.headers.get("content-length")
-        if declared and declared.isdigit():
+        declared = response.headers.get("content-length", "").strip()
+        if declared.isdigit():
             self._check_size(int(declared), source)
-        body = bytearray()
-        sniffed = False
         try:
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                self._check_size(len(body), source)
+            decoder = decoder_for(response.headers.get("content-encoding"))
+        except UnsupportedEncoding as exc:
+            raise SourceError(f"{source.display}: unsupported Content-Encoding {exc}") from None
+        body = bytearray()
+        received = 0
+        sniffed = False
+        started = time.monotonic()
+        chunks = response.aiter_raw()  # raw: decoded here, within the cap (see _inflate)
+        try:
+            while (chunk := await self._next_chunk(chunks, started, received, source)) is not None:
+                received += len(chunk)
+                self._check_size(received, source, at_least=True)
+                room = self.max_bytes + 1 - len(body)  # a byte over the cap is enough to refuse
+                body += decoder.feed(chunk, room) if decoder is not None else chunk
+                self._check_size(len(body), source, at_least=decoder is not None)
                 if not sniffed and len(body) >= 16:
-                    self._sniff(bytes(body), source)
+                    self._sniff(bytes(body[:32]), source)
                     sniffed = True
+            if decoder is not None:
+                body += decoder.flush(self.max_bytes + 1 - len(body))
+                self._check_size(len(body), source, at_least=True)
         except httpx.HTTPError as exc:
             raise SourceError(f"{source.display}: download failed ({type(exc).__name__})") from None
-        if not sniffed:
-            self._sniff(bytes(body), source)
+        except zlib.error:
+            encoding = decoder.encoding if decoder is not None else "compressed"
+            raise SourceError(f"{source.display}: the {encoding} body is corrupt") from None
+        finally:
+            with anyio.CancelScope(shield=True):
+                await chunks.aclose()  # type: ignore[attr-defined]
+        self._sniff(bytes(body[:32]), source)
         return bytes(body)
+
+    async def _next_chunk(
+        self, chunks: AsyncIterator[bytes], started: float, received: int, source: ImageSource
+    ) -> bytes | None:
+        """The next piece of the body, or ``None`` at its end; too slow a body is refused.
+
+        The wait for each piece ends when the body would fall below the minimum rate, so a
+        server sending a byte now and then cannot hold a job forever.
+        """
+        wait: float | None = None
+        if self.min_transfer_rate > 0:
+            due = started + self.transfer_grace + received / self.min_transfer_rate
+            wait = due - time.monotonic()
+            if wait <= 0:
+                raise self._too_slow(started, received, source)
+        try:
+            with anyio.fail_after(wait):
+                return await chunks.__anext__()
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            raise self._too_slow(started, received, source) from None
+
+    def _too_slow(self, started: float, received: int, source: ImageSource) -> SourceTimeoutError:
+        elapsed = time.monotonic() - started
+        return SourceTimeoutError(
+            f"{source.display}: too slow ({received:,} bytes in {elapsed:.1f} s; at least "
+            f"{self.min_transfer_rate:,.0f} bytes/s is required after the first "
+            f"{self.transfer_grace:g} s)"
+        )
 
     @staticmethod
     def _sniff(head: bytes, source: ImageSource) -> None:
@@ -380,20 +543,31 @@ class SourceReader:
         )
 
     @staticmethod
-    def _split_s3(uri: str) -> tuple[str, str]:
+    def _split_s3(uri: str, shown: str) -> tuple[str, str]:
         bucket, _, key = uri[len("s3://") :].partition("/")
+        if not bucket:
+            raise InvalidSourceError(f"{shown}: an s3:// URI names a bucket")
         return bucket, key
 
     async def _read_s3(self, source: ImageSource) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        bucket, key = self._split_s3(source.location)
+        bucket, key = self._split_s3(source.location, source.display)
+        if not key:
+            raise InvalidSourceError(f"{source.display}: names no object")
         client = await self._s3()
+        body = bytearray()
         try:
             response = await client.get_object(Bucket=bucket, Key=key)
-            self._check_size(int(response.get("ContentLength", 0)), source)
-            async with response["Body"] as stream:
-                data = await stream.read()
+            async with response["Body"] as stream:  # closed on every way out, refusals too
+                self._check_size(int(response.get("ContentLength") or 0), source)
+                sniffed = False
+                while chunk := await stream.read(_READ_CHUNK):
+                    body += chunk
+                    self._check_size(len(body), source, at_least=True)
+                    if not sniffed and len(body) >= 16:
+                        self._sniff(bytes(body[:32]), source)
+                        sniffed = True
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in ("NoSuchKey", "404", "NoSuchBucket"):
@@ -401,19 +575,18 @@ class SourceReader:
             raise SourceError(f"{source.display}: S3 error {code}") from None
         except BotoCoreError as exc:
             raise SourceError(f"{source.display}: {type(exc).__name__}") from None
-        self._check_size(len(data), source)
-        self._sniff(bytes(data[:32]), source)
-        return bytes(data)
+        self._sniff(bytes(body[:32]), source)
+        return bytes(body)
 
     async def list_s3(self, prefix_uri: str) -> AsyncIterator[ImageSource]:
         """Yield the image objects under ``s3://bucket/prefix/``, page by page."""
-        bucket, prefix = self._split_s3(prefix_uri)
+        bucket, prefix = self._split_s3(prefix_uri, redact_url(prefix_uri))
         client = await self._s3()
         paginator = client.get_paginator("list_objects_v2")
         async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 key = str(item["Key"])
-                if _is_image_path(key):
+                if is_image_path(key):
                     yield ImageSource("s3", f"s3://{bucket}/{key}", _stem(key))
 
     async def aclose(self) -> None:

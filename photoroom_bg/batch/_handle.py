@@ -196,13 +196,12 @@ class BatchHandle:
         with self._cond:
             if self._error is not None or self._report is not None:
                 return
+            if self._waiters == 0:  # said before the handle shows done, so no one misses it
+                logger.error("the batch failed: %s", error, exc_info=error)
             self._error = error
             self._ended_at = time.monotonic()
             self._running = 0
-            unwatched = self._waiters == 0
             self._wake_all()
-        if unwatched:
-            logger.error("the batch failed: %s", error, exc_info=error)
 
     def _wake_all(self) -> None:
         for subscriber in self._subscribers:

@@ -21,18 +21,22 @@ import anyio.abc
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, ObjectNotFoundError, PhotoroomBGError
+from ..sinks import Sink
 from ._jobs import JobResult, JobStatus
 
 __all__ = [
     "Manifest",
     "ManifestState",
+    "file_size",
     "finished_keys_in",
     "job_fields",
     "load_finished_keys",
     "load_sources",
+    "read_from_sink",
     "read_manifest",
     "replayable_sources",
+    "upload",
 ]
 
 logger = logging.getLogger("photoroom_bg.batch")
@@ -311,3 +315,45 @@ def load_sources(path: str | os.PathLike[str]) -> list[str]:
             "or signed URLs are never written to it): pass the sources to resume() again"
         )
     return state.sources
+
+
+def file_size(path: str | os.PathLike[str]) -> int:
+    """The size of a manifest file (0 if there is none yet)."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+async def read_from_sink(sink: Sink, key: str) -> bytes:
+    """The manifest a sink keeps under ``key`` (empty when there is none)."""
+    try:
+        return await sink.get(key)
+    except ObjectNotFoundError:
+        return b""
+
+
+async def upload(
+    sink: Sink, key: str, earlier: bytes, path: str | os.PathLike[str], offset: int
+) -> bool:
+    """Store the manifest in the sink: the records already there (``earlier``) plus this
+    run's (``path`` from ``offset``). A refusal is logged, not raised; returns whether it
+    was stored."""
+
+    def ours() -> bytes:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read()
+
+    try:
+        data = await anyio.to_thread.run_sync(ours)
+        await sink.put(key, earlier + data, content_type="application/x-ndjson", metadata={})
+    except (PhotoroomBGError, OSError) as exc:
+        logger.warning(
+            "could not store the manifest as %r in the sink (%s); it is kept at %s",
+            key,
+            exc,
+            path,
+        )
+        return False
+    return True

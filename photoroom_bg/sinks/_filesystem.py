@@ -1,4 +1,4 @@
-"""FileSystemSink: atomic writes under a root folder."""
+"""FileSystemSink: atomic, durable writes under a root folder."""
 
 from __future__ import annotations
 
@@ -8,51 +8,185 @@ import errno
 import json
 import mimetypes
 import os
+import re
 import secrets
-from collections.abc import Mapping
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
-from ..errors import ObjectNotFoundError, StorageError, StorageFullError, UnsafeKeyError
+from .._images import NotARegularFile, read_regular_file
+from .._redact import printable
+from ..errors import (
+    ObjectNotFoundError,
+    StorageAuthError,
+    StorageError,
+    StorageFullError,
+    UnsafeKeyError,
+)
 from ._base import StoredObject
 from ._common import check_key, sha256_checksum
 
 __all__ = ["FileSystemSink"]
 
+T = TypeVar("T")
+
 _META_SUFFIX = ".meta.json"
+_CHECKSUM_XATTR = "user.photoroom_bg.checksum"
+# ".<name>.<12 hex>.tmp": what _atomic_write makes; never a key, and removed when stale
+_TEMP_NAME = re.compile(r"\A\..+\.[0-9a-f]{12}\.tmp\Z", re.DOTALL)
+_TEMP_EXTRA = len("..123456789abc.tmp")
+#: A temporary file nobody holds a lock on is left alone this long after its last write (a
+#: writer in another process locks it right after creating it).
+STALE_UNLOCKED_AFTER = 10.0
+#: Where locks do not work, a temporary file is removed only once it is this old.
+STALE_ANYWAY_AFTER = 24 * 3600.0
+
+
+def _lock(fd: int) -> bool | None:
+    """Try to lock ``fd`` exclusively: True if got, False if someone holds it, None if unknown."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    return True
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (a rename, a new file or folder in it) survive power loss."""
+    if not hasattr(os, "O_DIRECTORY"):  # pragma: no cover - Windows cannot open folders
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _stamp(checksum: str, info: os.stat_result) -> str:
+    """A checksum tied to the file it describes: it is believed only while size and mtime match."""
+    return f"{checksum} {info.st_size} {info.st_mtime_ns}"
+
+
+def _unstamp(value: str, info: os.stat_result) -> str | None:
+    checksum, _, rest = value.partition(" ")
+    return checksum if rest == f"{info.st_size} {info.st_mtime_ns}" else None
 
 
 class FileSystemSink:
     """Stores objects as files under ``root``.
 
-    Writes are atomic: the bytes go to a temporary file in the same folder, are fsynced, then
-    renamed over the final name, so a crash never leaves a half-written image under a real
-    key. Folders are created as needed. Keys that would leave ``root`` (``..``, absolute
-    paths, NUL bytes, backslashes, symlinks pointing outside) are refused with
-    :class:`~photoroom_bg.errors.UnsafeKeyError`. A full disk raises
-    :class:`~photoroom_bg.errors.StorageFullError` and leaves no temporary file behind.
+    Writes are atomic and durable: the bytes go to a temporary file in the same folder
+    (``.<name>.<random>.tmp``), are fsynced, renamed over the final name, and the folder is
+    fsynced, so once :meth:`put` returns the object survives a crash or power loss, and a crash
+    never leaves a half-written image under a real key. Temporary files left by a killed
+    process are removed by a later put into the same folder once no writer holds them; they
+    are never taken for objects. Folders are created as needed. Keys that would leave ``root``
+    (``..``, absolute paths, NUL bytes, backslashes, symlinks pointing outside) or that the
+    file system cannot hold (a name over its length limit) are refused with
+    :class:`~photoroom_bg.errors.UnsafeKeyError`. Every failure is a
+    :class:`~photoroom_bg.errors.StorageError`: a full disk raises
+    :class:`~photoroom_bg.errors.StorageFullError` (and leaves no temporary file behind), a
+    permission or read-only file system :class:`~photoroom_bg.errors.StorageAuthError`.
+
+    The sha-256 of each object is recorded when it is written (in an extended attribute where
+    the file system has them, and in the metadata file), so :meth:`stat` never reads an
+    object back.
 
     Args:
         root: the folder (created if missing).
-        write_metadata: also store content type and metadata in a ``<key>.meta.json`` file.
+        write_metadata: also store content type, metadata and checksum in a
+            ``<key>.meta.json`` file.
     """
 
     def __init__(self, root: str | os.PathLike[str], *, write_metadata: bool = False) -> None:
         self.root = Path(root).expanduser().resolve()
         self.write_metadata = write_metadata
+        self._cleaned: set[Path] = set()
+        self._cleaned_lock = threading.Lock()
+        self._name_max_bytes: int | None = None
 
     def __repr__(self) -> str:
-        return f"FileSystemSink({str(self.root)!r})"
+        return f"FileSystemSink({printable(str(self.root))!r})"
 
     def path(self, key: str) -> Path:
-        """The file that holds ``key``; refuses keys that escape the root."""
+        """The file that holds ``key``; refuses keys that escape the root or cannot be stored."""
         check_key(key)
+        name = key.rsplit("/", 1)[-1]
         if key.endswith(_META_SUFFIX):
             raise UnsafeKeyError(f"key {key!r} uses the reserved suffix {_META_SUFFIX}")
-        target = (self.root / key).resolve()
+        if _TEMP_NAME.match(name):
+            raise UnsafeKeyError(f"key {key!r} is named like one of the sink's temporary files")
+        self._check_lengths(key)
+        try:
+            target = (self.root / key).resolve()
+        except OSError as exc:
+            raise self._error(exc, "resolve", key) from None
         if not target.is_relative_to(self.root):
-            raise UnsafeKeyError(f"key {key!r} resolves outside {self.root}")
+            raise UnsafeKeyError(f"key {key!r} resolves outside {printable(str(self.root))}")
         return target
+
+    def _name_max(self) -> int:
+        if self._name_max_bytes is None:
+            folder = next((p for p in (self.root, *self.root.parents) if p.is_dir()), None)
+            try:
+                self._name_max_bytes = int(os.pathconf(folder or "/", "PC_NAME_MAX"))
+            except (OSError, ValueError, AttributeError):
+                self._name_max_bytes = 255
+        return self._name_max_bytes
+
+    def _check_lengths(self, key: str) -> None:
+        name_max = self._name_max()
+        parts = key.split("/")
+        for index, part in enumerate(parts):
+            size = len(os.fsencode(part))
+            # the last part also names the temporary file and the metadata file beside it
+            room = name_max - (_TEMP_EXTRA + len(_META_SUFFIX) if index == len(parts) - 1 else 0)
+            if size > room:
+                raise UnsafeKeyError(
+                    f"key {key!r}: the name {printable(part)[:40]!r}... is {size} bytes; this "
+                    f"file system allows {room} here"
+                )
+
+    def _error(self, exc: OSError, action: str, key: str) -> StorageError:
+        """The typed error for an ``OSError`` met while doing ``action`` to ``key``."""
+        reason = exc.strerror or str(exc)
+        where = f"{action} {key!r} under {printable(str(self.root))}"
+        code = exc.errno
+        if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return StorageFullError(f"no space left to {where} ({reason})")
+        if code == errno.ENAMETOOLONG:
+            return UnsafeKeyError(f"key {key!r} is too long for this file system ({reason})")
+        if code == errno.ELOOP:
+            return UnsafeKeyError(f"key {key!r} runs into a symlink loop ({reason})")
+        if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return StorageAuthError(f"cannot {where}: {reason}")
+        if code in (errno.ENOENT, errno.ENOTDIR) and action in ("read", "describe"):
+            return ObjectNotFoundError(f"no object {key!r} under {printable(str(self.root))}")
+        if code == errno.EISDIR:
+            return UnsafeKeyError(f"key {key!r} names a folder ({reason})")
+        return StorageError(f"cannot {where}: {reason}")
+
+    async def _run(self, action: str, key: str, work: Callable[[], T]) -> T:
+        """Run blocking file work in a thread, every ``OSError`` made a typed error."""
+
+        def guarded() -> T:
+            try:
+                return work()
+            except OSError as exc:
+                raise self._error(exc, action, key) from None
+
+        return await asyncio.to_thread(guarded)
 
     async def put(
         self,
@@ -62,45 +196,77 @@ class FileSystemSink:
         content_type: str = "application/octet-stream",
         metadata: Mapping[str, str] | None = None,
     ) -> StoredObject:
-        """Write ``data`` to ``root/key`` atomically (replacing any previous file)."""
+        """Write ``data`` to ``root/key`` atomically and durably (replacing any previous file)."""
         target = self.path(key)
         meta = dict(metadata or {})
-        await asyncio.to_thread(self._write, target, data, content_type, meta)
-        return self._describe(key, target, len(data), content_type, sha256_checksum(data), meta)
+        checksum = sha256_checksum(data)
+        await self._run("write", key, lambda: self._write(target, data, content_type, meta))
+        return self._describe(key, target, len(data), content_type, checksum, meta)
 
     def _write(self, target: Path, data: bytes, content_type: str, meta: dict[str, str]) -> None:
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._atomic_write(target, data)
-            if self.write_metadata:
-                sidecar = {"content_type": content_type, "metadata": meta}
-                self._atomic_write(
-                    target.with_name(target.name + _META_SUFFIX), json.dumps(sidecar).encode()
-                )
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise StorageFullError(
-                    f"no space left to write {target.name} under {self.root}"
-                ) from None
-            raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from None
+        self._make_folders(target.parent)
+        self._remove_stale_temporaries(target.parent)
+        checksum = sha256_checksum(data)
+        info = self._atomic_write(target, data, checksum)
+        if self.write_metadata:
+            sidecar = {
+                "content_type": content_type,
+                "metadata": meta,
+                "checksum": _stamp(checksum, info),
+            }
+            self._atomic_write(
+                target.with_name(target.name + _META_SUFFIX), json.dumps(sidecar).encode()
+            )
+
+    def _make_folders(self, folder: Path) -> None:
+        """Create ``folder`` and its missing parents, each one's entry made durable."""
+        missing: list[Path] = []
+        while not folder.is_dir():
+            missing.append(folder)
+            if folder.parent == folder:
+                break
+            folder = folder.parent
+        for made in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # another writer made it first
+                made.mkdir()
+            _fsync_dir(made.parent)
 
     @staticmethod
-    def _atomic_write(target: Path, data: bytes) -> None:
+    def _atomic_write(target: Path, data: bytes, checksum: str | None = None) -> os.stat_result:
         # Not mkstemp: its files are 0600. Created like open() would, so the umask decides
         # who may read the cut-outs (0644 under the usual umask).
         temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-        fd = os.open(temp, flags, 0o666)
+        fd = os.open(temp, flags | getattr(os, "O_CLOEXEC", 0), 0o666)
+        # the fd stays open (and locked) until the rename is durable, so a cleaner in another
+        # process can tell this file is being written
         try:
-            with os.fdopen(fd, "wb") as handle:
+            _lock(fd)
+            with os.fdopen(os.dup(fd), "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
+            info = os.fstat(fd)
+            if checksum is not None:
+                _set_xattr(fd, _stamp(checksum, info))
             os.replace(temp, target)
+            _fsync_dir(target.parent)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise
+        finally:
+            os.close(fd)
+        return info
+
+    def _remove_stale_temporaries(self, folder: Path) -> None:
+        """Remove the temporary files a killed writer left in ``folder`` (once per folder)."""
+        with self._cleaned_lock:
+            if folder in self._cleaned:
+                return
+            self._cleaned.add(folder)
+        for path in _temporaries(folder):
+            _remove_if_stale(path)
 
     def _describe(
         self,
@@ -124,43 +290,125 @@ class FileSystemSink:
 
     async def exists(self, key: str) -> bool:
         """True when ``root/key`` is a file."""
-        return await asyncio.to_thread(self.path(key).is_file)
+        target = self.path(key)
+        return await self._run("check", key, lambda: _is_regular(target))
 
     async def get(self, key: str) -> bytes:
         """The bytes of ``root/key``."""
         target = self.path(key)
-        try:
-            return await asyncio.to_thread(target.read_bytes)
-        except (FileNotFoundError, IsADirectoryError):
-            raise ObjectNotFoundError(f"no object {key!r} under {self.root}") from None
-        except OSError as exc:
-            raise StorageError(f"cannot read {target}: {exc.strerror or exc}") from None
+
+        def read() -> bytes:
+            try:
+                return read_regular_file(target, sys.maxsize - 1)
+            except IsADirectoryError:
+                raise ObjectNotFoundError(f"no object {key!r} under {self.root}") from None
+            except NotARegularFile as exc:
+                raise StorageError(f"{key!r} under {self.root} is {exc.kind}") from None
+
+        return await self._run("read", key, read)
 
     async def stat(self, key: str) -> StoredObject:
-        """Describe ``root/key`` (checksum computed from the file)."""
+        """Describe ``root/key`` from the file's status, without reading it.
+
+        ``checksum`` is the sha-256 recorded when the object was written, if the extended
+        attribute or metadata file holding it still matches the file's size and mtime; else a
+        weak validator ``W/"<size>-<mtime>"`` (hex), as web servers make ETags for files.
+        """
         target = self.path(key)
-        data = await self.get(key)
+        return await self._run("describe", key, lambda: self._stat(key, target))
+
+    def _stat(self, key: str, target: Path) -> StoredObject:
+        info = os.stat(target)
+        if not stat.S_ISREG(info.st_mode):
+            raise ObjectNotFoundError(f"no object {key!r} under {self.root}")
         content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         meta: dict[str, str] = {}
+        checksum = _unstamp(_get_xattr(target), info)
         sidecar = target.with_name(target.name + _META_SUFFIX)
-        if await asyncio.to_thread(sidecar.is_file):
-            stored = json.loads(await asyncio.to_thread(sidecar.read_bytes))
-            content_type = stored.get("content_type", content_type)
-            meta = stored.get("metadata", {})
-        return self._describe(key, target, len(data), content_type, sha256_checksum(data), meta)
+        if sidecar.is_file():
+            try:
+                stored = json.loads(sidecar.read_bytes())
+            except ValueError:
+                stored = {}
+            if isinstance(stored, dict):
+                content_type = str(stored.get("content_type") or content_type)
+                meta = dict(stored.get("metadata") or {})
+                checksum = checksum or _unstamp(str(stored.get("checksum", "")), info)
+        if checksum is None:
+            checksum = f'W/"{info.st_size:x}-{info.st_mtime_ns:x}"'
+        return self._describe(key, target, info.st_size, content_type, checksum, meta)
 
     async def url(self, key: str, *, expires: float | timedelta = 3600) -> str:
         """The ``file://`` URI of ``root/key`` (``expires`` does not apply)."""
         target = self.path(key)
-        if not await asyncio.to_thread(target.is_file):
+        if not await self._run("check", key, lambda: _is_regular(target)):
             raise ObjectNotFoundError(f"no object {key!r} under {self.root}")
         return target.as_uri()
 
     async def delete(self, key: str) -> None:
         """Remove ``root/key`` (and its metadata file) if present."""
         target = self.path(key)
-        for path in (target, target.with_name(target.name + _META_SUFFIX)):
-            await asyncio.to_thread(path.unlink, missing_ok=True)
+
+        def remove() -> None:
+            for path in (target, target.with_name(target.name + _META_SUFFIX)):
+                path.unlink(missing_ok=True)
+
+        await self._run("delete", key, remove)
 
     async def aclose(self) -> None:
         """Nothing to release."""
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def _set_xattr(fd: int, value: str) -> None:
+    setxattr: Any = getattr(os, "setxattr", None)
+    if setxattr is not None:
+        with contextlib.suppress(OSError):  # the file system has no user attributes
+            setxattr(fd, _CHECKSUM_XATTR, value.encode())
+
+
+def _get_xattr(path: Path) -> str:
+    getxattr: Any = getattr(os, "getxattr", None)
+    if getxattr is None:
+        return ""
+    try:
+        return bytes(getxattr(path, _CHECKSUM_XATTR)).decode("ascii", "replace")
+    except OSError:
+        return ""
+
+
+def _temporaries(folder: Path) -> Iterator[str]:
+    try:
+        with os.scandir(folder) as entries:
+            names = [e.path for e in entries if _TEMP_NAME.match(e.name)]
+    except OSError:
+        return
+    yield from names
+
+
+def _remove_if_stale(path: str) -> None:
+    """Remove a temporary file its writer is gone from; leave one still being written."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return
+        age = time.time() - info.st_mtime
+        free = _lock(fd)  # a live writer holds its lock until the rename
+        stale = (free and age > STALE_UNLOCKED_AFTER) or (free is None and age > STALE_ANYWAY_AFTER)
+        if stale and os.lstat(path).st_ino == info.st_ino:  # still the file we judged
+            os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

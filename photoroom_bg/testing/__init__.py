@@ -1,7 +1,8 @@
 """Offline tools for testing code that uses photoroom_bg: the Photoroom emulator.
 
 :class:`PhotoroomEmulator` speaks Photoroom's API on a loopback port (``/v1/segment``,
-``/v2/edit``, ``/v1/account``, ``/v2/account``), does real image work with a model-free
+``/v2/edit``, ``/v1/render``, ``/v1/account``, ``/v2/account``), holds requests to the same
+rules of the spec as the SDK, does real image work with a model-free
 segmenter, keeps a credit ledger, enforces a rate limit and injects the faults real networks
 produce. The ``photoroom_emulator`` pytest fixture (registered automatically when this package
 is installed) yields a running one. Needs the ``testing`` extra.

@@ -13,7 +13,17 @@ from typing import Any
 import attrs
 
 from . import _imaging
-from ._contract import SEGMENT_PARAMS, Param, lookup_edit_param
+from ._contract import (
+    EDIT_RULES,
+    RENDER_PARAMS,
+    RENDER_RULES,
+    SEGMENT_PARAMS,
+    SEGMENT_RULES,
+    Rule,
+    WireRequest,
+    lookup_edit_param,
+    violations,
+)
 from ._faults import FaultPicker
 from ._ledger import Ledger
 
@@ -180,6 +190,8 @@ class EmulatorApp:
             ("POST", "/v2/edit"): self._edit,
             ("GET", "/v1/account"): self._account,
             ("GET", "/v2/account"): self._account,
+            ("GET", "/v1/render"): self._render_template,
+            ("POST", "/v1/render"): self._render_template,
         }
         handler = routes.get((method, path))
         if handler is None:
@@ -187,6 +199,8 @@ class EmulatorApp:
             status = 405 if known else 404
             return _error(host, status, "Method not allowed" if known else "Not found"), {}, False
         key = request.headers.get("x-api-key")
+        if not key and (method, path) == ("GET", "/v1/render"):
+            key = request.query_params.get("apiKey")  # the legacy GET may carry it [spec]
         if not key and path.endswith("/account"):
             raise _Reject(_nested(400, "apiKey: Required"))
         if not self.ledger.known(key):
@@ -213,13 +227,13 @@ class EmulatorApp:
         return _Answer(200, json.dumps(body).encode(), {"content-type": "application/json"}), {}
 
     async def _segment(self, request: Any, key: str, host: str) -> tuple[_Answer, dict[str, str]]:
-        fields, files = await _form(request, host)
-        params = dict(fields)
-        unknown = sorted(n for n in [*fields, *files] if n not in SEGMENT_PARAMS)
+        multi, files = await _form(request, host)
+        params = _first(multi)
+        unknown = sorted(n for n in [*multi, *files] if n not in SEGMENT_PARAMS)
         for name in unknown:
-            fields.pop(name, None)
-        for name, value in fields.items():
-            _check_enum(host, name, value, SEGMENT_PARAMS[name])
+            multi.pop(name, None)
+        _enforce(SEGMENT_RULES, _wire_request(multi, files, request, "POST"), host)
+        fields = _first(multi)
         image = files.get("image_file")
         if not image:
             raise _Reject(_flat(400, "Please provide an image.", "missing_image"))
@@ -237,33 +251,28 @@ class EmulatorApp:
     async def _edit(self, request: Any, key: str, host: str) -> tuple[_Answer, dict[str, str]]:
         method = "get" if request.method == "GET" else "post"
         if method == "get":
-            fields = dict(request.query_params)
+            multi = _multi(request.query_params.multi_items())
             files: dict[str, bytes] = {}
         else:
-            fields, files = await _form(request, host)
-        params = dict(fields)
+            multi, files = await _form(request, host)
+        params = _first(multi)
         unknown: list[str] = []
-        for name in [*fields, *files]:
+        for name in [*multi, *files]:
             found = lookup_edit_param(name)
             if found is None or found[1].where not in (method, "both"):
                 unknown.append(name)
         for name in unknown:
-            fields.pop(name, None)
-        for name, value in fields.items():
-            entry = lookup_edit_param(name)
-            if entry is not None:
-                _check_value(host, name, value, entry[1])
+            multi.pop(name, None)
+            files.pop(name, None)
+        _enforce(EDIT_RULES, _wire_request(multi, files, request, method.upper()), host)
+        fields = _first(multi)
         image = files.get("imageFile")
         if image is None and "imageUrl" in fields:
             image = await self._download(fields["imageUrl"])
-        if image is None:
-            raise _Reject(_nested(400, "imageFile or imageUrl is required"))
+        if image is None:  # imageFromPrompt: no model here, a plain generated picture
+            image = _prompt_image()
         if len(image) > MAX_EDIT_BYTES:
             raise _Reject(_nested(400, "Image file is too large (max 30MB)."))
-        if "background.prompt" in fields and (
-            "background.imageUrl" in fields or "background.imageFile" in files
-        ):
-            raise _Reject(_nested(400, "background.prompt and background.image are exclusive"))
         answer = self._render("edit", image, fields, host, key)
         if "background.prompt" in fields:
             seed = fields.get("background.seed") or str(
@@ -273,6 +282,39 @@ class EmulatorApp:
         if method == "get":
             answer.headers["pr-edit-further-url"] = "https://app.photoroom.com/emulated-edit"
         _unsupported(answer, sorted(unknown))
+        self.ledger.charge(key, "edit", hashlib.sha256(image).hexdigest())
+        return answer, params
+
+    async def _render_template(
+        self, request: Any, key: str, host: str
+    ) -> tuple[_Answer, dict[str, str]]:
+        """Legacy ``/v1/render``: the emulator has no templates, so the cut-out comes back."""
+        method = request.method
+        if method == "GET":
+            multi = _multi(request.query_params.multi_items())
+            files: dict[str, bytes] = {}
+        else:
+            multi, files = await _form(request, host)
+        multi.pop("apiKey", None)
+        params = _first(multi)
+        unknown = sorted(
+            n
+            for n in [*multi, *files]
+            if n not in RENDER_PARAMS or RENDER_PARAMS[n].where not in (method.lower(), "both")
+        )
+        for name in unknown:
+            multi.pop(name, None)
+            files.pop(name, None)
+        _enforce(RENDER_RULES, _wire_request(multi, files, request, method), host)
+        fields = _first(multi)
+        image = files.get("imageFile")
+        url = fields.get("imageUrl") or fields.get("conceptUrl")
+        if image is None and url:
+            image = await self._download(url)
+        if image is None:
+            raise _Reject(_nested(400, "imageFile: must be provided"))
+        answer = self._render("edit", image, {}, host, key)
+        _unsupported(answer, unknown)
         self.ledger.charge(key, "edit", hashlib.sha256(image).hexdigest())
         return answer, params
 
@@ -321,31 +363,56 @@ def _unsupported(answer: _Answer, names: list[str]) -> None:
         answer.headers["pr-unsupported-attributes"] = "Unsupported attributes: " + ", ".join(names)
 
 
-def _check_enum(host: str, name: str, value: str, spec: Param) -> None:
-    if spec.enum and value not in spec.enum:
-        raise _Reject(_error(host, 400, f"{name} must be one of {', '.join(spec.enum)}"))
+def _prompt_image() -> bytes:
+    """A stand-in for an image generated from a prompt: a dark square on a light ground."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    picture = Image.new("RGB", (64, 64), (235, 235, 235))
+    picture.paste((40, 60, 160), (16, 16, 48, 48))
+    out = BytesIO()
+    picture.save(out, "PNG")
+    return out.getvalue()
 
 
-def _check_value(host: str, name: str, value: str, spec: Param) -> None:
-    kinds = set(spec.kind.split("|"))
-    if spec.enum and value in spec.enum:
-        return
-    if "boolean" in kinds and value not in ("true", "false"):
-        raise _Reject(_nested(400, f"{name} must be boolean"))
-    if kinds == {"number"} or (kinds == {"number", "string"} and spec.enum):
-        try:
-            float(value)
-        except ValueError:
-            if spec.enum:
-                raise _Reject(
-                    _nested(400, f"{name} must be a number or one of {', '.join(spec.enum)}")
-                ) from None
-            raise _Reject(_nested(400, f"{name} must be a number")) from None
-        return
-    _check_enum(host, name, value, spec)
+def _multi(items: Any) -> dict[str, list[str]]:
+    multi: dict[str, list[str]] = {}
+    for name, value in items:
+        multi.setdefault(name, []).append(value)
+    return multi
 
 
-async def _form(request: Any, host: str) -> tuple[dict[str, str], dict[str, bytes]]:
+def _first(multi: dict[str, list[str]]) -> dict[str, str]:
+    return {name: values[0] for name, values in multi.items()}
+
+
+def _wire_request(
+    multi: dict[str, list[str]], files: dict[str, bytes], request: Any, method: str
+) -> WireRequest:
+    return WireRequest(
+        fields={name: tuple(values) for name, values in multi.items()},
+        files=frozenset(files),
+        headers={k.lower(): v for k, v in request.headers.items()},
+        method=method,  # type: ignore[arg-type]
+    )
+
+
+def _enforce(rules: tuple[Rule, ...], wire: WireRequest, host: str) -> None:
+    """Refuse, as Photoroom does, the first broken rule (warnings are Photoroom's to ignore)."""
+    for rule, name in violations(rules, wire):
+        if rule.level != "error":
+            continue
+        if rule.kind == "value":
+            message = f"{name} must be {rule.message}"
+        else:
+            message = f"{name}: {rule.message}"
+        answer = _error(host, 400, message)
+        answer.headers["x-emulator-rule"] = rule.id
+        raise _Reject(answer)
+
+
+async def _form(request: Any, host: str) -> tuple[dict[str, list[str]], dict[str, bytes]]:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise _Reject(_error(host, 400, "Expected a multipart/form-data body"))
@@ -353,11 +420,11 @@ async def _form(request: Any, host: str) -> tuple[dict[str, str], dict[str, byte
         form = await request.form(max_files=32, max_fields=512, max_part_size=64 * 1024 * 1024)
     except Exception:
         raise _Reject(_error(host, 400, "Malformed multipart body")) from None
-    fields: dict[str, str] = {}
+    fields: dict[str, list[str]] = {}
     files: dict[str, bytes] = {}
     for name, value in form.multi_items():
         if isinstance(value, str):
-            fields[name] = value
+            fields.setdefault(name, []).append(value)
         else:
             files[name] = await value.read()
     await form.close()

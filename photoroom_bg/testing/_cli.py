@@ -16,7 +16,7 @@ import click
 from ._faults import FAULTS, Faults, parse_duration
 from ._server import DEFAULT_API_KEY, PhotoroomEmulator
 
-__all__ = ["emulator", "run_emulator"]
+__all__ = ["banner", "emulator", "run_emulator"]
 
 
 def _fault(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, float]:
@@ -130,9 +130,24 @@ def emulator(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with server.serve(host, port) as url:
-        click.echo(f"Photoroom emulator listening on {url} (keys: {len(server.ledger.accounts)})")
+        click.echo(banner(url, list(server.ledger.accounts)))
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
+
+
+def banner(url: str, keys: Sequence[str]) -> str:
+    """What the emulator prints on start: where it listens, and the lines to paste into
+    another shell so the SDK, the command and the examples use it."""
+    others = f" (other keys: {', '.join(keys[1:])})" if len(keys) > 1 else ""
+    return (
+        f"Photoroom emulator listening on {url}\n"
+        f"Point photoroom_bg at it from another shell{others}:\n"
+        f"\n"
+        f"    export PHOTOROOM_BASE_URL={url}\n"
+        f"    export PHOTOROOM_API_KEY={keys[0]}\n"
+        f"\n"
+        f"Ctrl-C stops it."
+    )
 
 
 def run_emulator(

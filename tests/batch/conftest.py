@@ -15,7 +15,11 @@ from typing import Any
 import pytest
 from PIL import Image, ImageDraw
 
+from photoroom_bg import BatchRemover, RetryPolicy
 from photoroom_bg.testing import PhotoroomEmulator
+
+#: retries that do not make a test wait
+FAST = RetryPolicy(initial_delay=0.005, max_delay=0.05)
 
 _counter = itertools.count()
 
@@ -57,3 +61,11 @@ def wait_for_jobs(child: subprocess.Popen[Any], manifest: Path, count: int) -> N
     while len(job_records(manifest)) < count and child.poll() is None:
         assert time.monotonic() < deadline, "the child made no progress"
         time.sleep(0.01)
+
+
+def remover(emulator: PhotoroomEmulator, sink: Any, **kwargs: Any) -> BatchRemover:
+    """A BatchRemover pointed at ``emulator``: no rate budget, fast retries, no account calls."""
+    kwargs.setdefault("requests_per_minute", None)
+    kwargs.setdefault("retry_policy", FAST)
+    kwargs.setdefault("track_credits", False)
+    return BatchRemover(sink=sink, api_key=emulator.api_key, base_url=emulator.url, **kwargs)

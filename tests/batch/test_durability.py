@@ -18,24 +18,14 @@ from typing import Any
 
 import pytest
 
-from photoroom_bg import BatchRemover, JobStatus, MemorySink, RetryPolicy, S3Sink, SyncSink
+from photoroom_bg import JobStatus, MemorySink, S3Sink, SyncSink
 from photoroom_bg.batch import load_sources
 from photoroom_bg.batch._manifest import load_finished_keys, read_manifest
 from photoroom_bg.testing import Faults, PhotoroomEmulator
 
 from ..s3server import S3Server
 from ..tcpproxy import running_proxy
-from .conftest import job_records, photo
-
-FAST = RetryPolicy(initial_delay=0.005, max_delay=0.05)
-
-
-def remover(emulator: PhotoroomEmulator, sink: Any, **kwargs: Any) -> BatchRemover:
-    kwargs.setdefault("requests_per_minute", None)
-    kwargs.setdefault("retry_policy", FAST)
-    kwargs.setdefault("track_credits", False)
-    return BatchRemover(sink=sink, api_key=emulator.api_key, base_url=emulator.url, **kwargs)
-
+from .conftest import job_records, photo, remover
 
 # -- the manifest -----------------------------------------------------------------------
 

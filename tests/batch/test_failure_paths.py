@@ -41,16 +41,7 @@ from photoroom_bg.sinks import S3Sink
 from photoroom_bg.sources import ImageSource, SourceReader
 from photoroom_bg.testing import Faults, PhotoroomEmulator
 
-from .conftest import photo
-
-FAST = RetryPolicy(initial_delay=0.005, max_delay=0.05)
-
-
-def remover(emulator: PhotoroomEmulator, sink: Any, **kwargs: Any) -> BatchRemover:
-    kwargs.setdefault("requests_per_minute", None)
-    kwargs.setdefault("retry_policy", FAST)
-    kwargs.setdefault("track_credits", False)
-    return BatchRemover(sink=sink, api_key=emulator.api_key, base_url=emulator.url, **kwargs)
+from .conftest import photo, remover
 
 
 def closed_port() -> int:

@@ -20,16 +20,7 @@ from photoroom_bg import (
 from photoroom_bg.errors import StorageError
 from photoroom_bg.testing import BILLED_FAULTS, PhotoroomEmulator
 
-from .conftest import photo
-
-FAST = RetryPolicy(initial_delay=0.005, max_delay=0.05)
-
-
-def remover(emulator: PhotoroomEmulator, sink: Any, **kwargs: Any) -> BatchRemover:
-    kwargs.setdefault("requests_per_minute", None)
-    kwargs.setdefault("retry_policy", FAST)
-    kwargs.setdefault("track_credits", False)
-    return BatchRemover(sink=sink, api_key=emulator.api_key, base_url=emulator.url, **kwargs)
+from .conftest import FAST, photo, remover
 
 
 @pytest.fixture

@@ -226,3 +226,79 @@ async def test_result_save_writes_the_bytes(
     assert saved.read_bytes() == b"cut"
     assert "cut" not in repr(result)
     assert json.dumps(len(result.content)) == "3"
+
+
+async def test_lists_travel_as_one_field_per_item(twin: Twin, respx_mock: respx.MockRouter) -> None:
+    get = respx_mock.get(EDIT).respond(200, content=b"x", headers={"content-type": "image/png"})
+    post = respx_mock.post(EDIT).respond(200, content=b"x", headers={"content-type": "image/png"})
+    urls = ["https://example.com/back.jpg", "https://example.com/side.jpg"]
+    options = EditOptions(
+        virtual_model_mode="ai.auto", virtual_model_additional_product_images=urls
+    )
+    await twin.call("edit", "https://example.com/front.jpg", options)
+    params = get.calls.last.request.url.params
+    assert params.get_list("virtualModel.additionalProductImages") == urls
+    await twin.call("edit", png(), options)
+    body = post.calls.last.request.content
+    assert body.count(b'name="virtualModel.additionalProductImages"') == 2
+    for url in urls:
+        assert url.encode() in body
+
+
+async def test_object_options_with_files_become_multipart_parts(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    from photoroom_bg import CustomImage
+
+    route = respx_mock.post(EDIT).respond(200, content=b"x", headers={"content-type": "image/png"})
+    scene = jpeg(5, 5)
+    await twin.call(
+        "edit",
+        png(),
+        EditOptions(
+            virtual_model_mode="ai.auto", virtual_model_scene=CustomImage(image_file=scene)
+        ),
+    )
+    fields = multipart_fields(route.calls.last.request)
+    assert fields["virtualModel.scene.custom.imageFile"][1] == scene
+    assert text_fields(route.calls.last.request) == {"virtualModel.mode": "ai.auto"}
+
+
+async def test_rules_on_the_call_refuse_before_sending(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    from photoroom_bg.errors import InvalidImageError, ValidationError
+
+    route = respx_mock.post(EDIT)
+    with pytest.raises(ValidationError) as refused:
+        await twin.call("edit", None, EditOptions(image_from_prompt_prompt="a shoe", scaling="fit"))
+    assert (refused.value.parameter, refused.value.rule) == ("scaling", "scaling:needs-input")
+    with pytest.raises(InvalidImageError) as missing:
+        await twin.call("edit", None, EditOptions(padding=0.1))
+    assert missing.value.rule == "input:required"
+    assert not route.called
+
+
+async def test_a_get_only_url_with_a_local_image_is_sent_with_a_warning(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    route = respx_mock.post(EDIT).respond(200, content=b"x", headers={"content-type": "image/png"})
+    with pytest.warns(PhotoroomWarning, match=r"\[rule urls:get-only\]"):
+        await twin.call("edit", png(), EditOptions(background_image_url="https://x/bg.png"))
+    assert text_fields(route.calls.last.request) == {"background.imageUrl": "https://x/bg.png"}
+
+
+async def test_segment_extra_params_keep_lists_and_files(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    route = respx_mock.post(SEGMENT).respond(
+        200, content=b"x", headers={"content-type": "image/png"}
+    )
+    await twin.call(
+        "remove_background",
+        png(),
+        SegmentOptions(extra_params={"future_list": ["a", "b"], "future_file": b"blob"}),
+    )
+    request = route.calls.last.request
+    assert request.content.count(b'name="future_list"') == 2
+    assert multipart_fields(request)["future_file"] == ("future_file", b"blob")

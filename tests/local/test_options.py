@@ -96,7 +96,7 @@ async def test_bg_color_with_alpha_keeps_a_translucent_background(
 
 @pytest.mark.parametrize("color", ["not-a-colour", "#12345", ""])
 def test_a_malformed_bg_color_is_refused_when_options_are_built(color: str) -> None:
-    with pytest.raises(ValidationError, match=r"is not a colour: use hex"):
+    with pytest.raises(ValidationError, match=r"must be a hex colour .* or a colour name"):
         SegmentOptions(bg_color=color)
 
 

@@ -74,3 +74,37 @@ def test_templates_can_make_folders_or_be_callables() -> None:
 def test_templates_that_could_collide_are_refused(template: str, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         KeyTemplate(template)
+
+
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [
+        ("invoice\u202egnp.exe", "invoicegnp.exe"),  # RIGHT-TO-LEFT OVERRIDE
+        ("a\u2066b\u2069c", "abc"),  # isolates
+        ("zero\u200bwidth\ufeff", "zerowidth"),  # zero-width space, BOM
+        ("soft\u00adhyphen", "softhyphen"),
+        ("caf\udce9", "caf_xe9"),  # an undecodable byte from os.listdir
+    ],
+)
+def test_stems_drop_invisible_format_characters(name: str, stem: str) -> None:
+    assert safe_stem(name) == stem
+    safe_stem(name).encode("utf-8")
+
+
+def test_stems_fit_a_file_name_in_bytes_not_only_characters() -> None:
+    stem = safe_stem("写真" * 100)  # 3 bytes a character
+    assert len(stem.encode("utf-8")) <= 160
+    rendered = key(b"x", SegmentOptions(), stem="写真" * 100)
+    assert len(rendered.encode("utf-8")) < 255 - len("..0123456789ab.tmp.meta.json")
+
+
+def test_the_options_digest_covers_only_what_was_set() -> None:
+    import attrs
+
+    # the same meaning, the same digest; a field added later with a neutral default changes
+    # nothing for options that do not set it
+    assert options_digest(SegmentOptions()) == options_digest(SegmentOptions(crop=False))
+    assert options_digest(SegmentOptions()) != options_digest(SegmentOptions(crop=True))
+    grown = attrs.make_class("EditOptions", {"new_feature": attrs.field(default=None)})
+    assert options_digest(grown()) == options_digest(EditOptions())
+    assert options_digest(grown(new_feature="on")) != options_digest(EditOptions())

@@ -5,13 +5,20 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from photoroom_bg.errors import (
     ConfigurationError,
     ObjectNotFoundError,
+    StorageAuthError,
     StorageError,
     StorageFullError,
     UnsafeKeyError,
@@ -142,3 +149,222 @@ def test_sync_sink_works_inside_a_running_loop(tmp_path: Path) -> None:
         return data
 
     assert asyncio.run(notebook_cell()) == b"sync"
+
+
+def _temp_name(name: str) -> str:
+    return f".{name}.{'0123456789ab'}.tmp"
+
+
+def _age(path: Path, seconds: float) -> None:
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+async def test_stale_temporary_files_are_removed_by_the_next_put(tmp_path: Path) -> None:
+    stale = tmp_path / _temp_name("a.png")
+    fresh = tmp_path / ".b.png.ba9876543210.tmp"
+    stale.write_bytes(b"half an image")
+    fresh.write_bytes(b"maybe being written right now")
+    _age(stale, 3600)
+    other = tmp_path / ".notes.txt.tmp"  # not of the sink's naming: never touched
+    other.write_bytes(b"x")
+    _age(other, 3600)
+    await FileSystemSink(tmp_path).put("c.png", b"data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, other.name, "c.png"]
+
+
+_WRITER = """
+import asyncio, os, sys
+from photoroom_bg.sinks import FileSystemSink
+
+def stuck(src, dst):  # the process is killed between the write and the rename
+    print("writing", flush=True)
+    sys.stdin.read()
+
+os.replace = stuck
+asyncio.run(FileSystemSink(sys.argv[1]).put("killed.png", b"x" * 1000))
+"""
+
+
+async def test_a_killed_writers_temporary_file_is_left_alone_while_it_lives_then_removed(
+    tmp_path: Path,
+) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"writing\n"
+        [temp] = [p for p in tmp_path.iterdir() if p.name.startswith(".killed.png.")]
+        _age(temp, 3600)  # old, but its writer is alive and holds it: keep it
+        await FileSystemSink(tmp_path).put("other.png", b"data")
+        assert temp.exists()
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+        await FileSystemSink(tmp_path).put("later.png", b"data")
+        assert not temp.exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["later.png", "other.png"]
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+async def test_temporary_file_names_are_never_keys(tmp_path: Path) -> None:
+    sink = FileSystemSink(tmp_path)
+    (tmp_path / _temp_name("x.png")).write_bytes(b"half")
+    for call in (sink.exists, sink.get, sink.stat, sink.url, sink.delete):
+        with pytest.raises(UnsafeKeyError, match="temporary"):
+            await call(_temp_name("x.png"))  # type: ignore[operator]
+    with pytest.raises(UnsafeKeyError, match="temporary"):
+        await sink.put(f"sub/{_temp_name('x.png')}", b"x")
+
+
+async def test_a_put_is_durable_once_it_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def replace(src: Any, dst: Any) -> None:
+        real_replace(src, dst)
+        events.append(("rename", str(dst)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    root = tmp_path / "out"
+    await FileSystemSink(root).put("new/deeper/x.png", b"data")
+    target = root / "new" / "deeper" / "x.png"
+    renamed = events.index(("rename", str(target)))
+    assert ("fsync", str(target.parent)) in events[renamed + 1 :]  # the rename is on disk
+    for made in (root, root / "new", root / "new" / "deeper"):  # so are the new folders
+        assert ("fsync", str(made.parent)) in events[:renamed]
+
+
+async def test_stat_reads_no_object_back_and_uses_the_checksum_kept_at_write_time(
+    tmp_path: Path,
+) -> None:
+    import hashlib
+    import tracemalloc
+
+    data = os.urandom(16 * 1024 * 1024)
+    expected = "sha256:" + hashlib.sha256(data).hexdigest()
+    sink = FileSystemSink(tmp_path)
+    await sink.put("big.png", data, content_type="image/png")
+    del data
+    tracemalloc.start()
+    try:
+        described = await sink.stat("big.png")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024  # the 16 MB object was not read
+    assert described.size == 16 * 1024 * 1024
+    assert described.content_type == "image/png"
+    xattrs = hasattr(os, "getxattr")
+    assert described.checksum == (expected if xattrs else described.checksum)
+    assert described.checksum.startswith("sha256:" if xattrs else 'W/"')
+
+
+async def test_stat_falls_back_to_the_sidecar_then_to_a_weak_validator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_xattrs(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOTSUP, "Operation not supported")
+
+    monkeypatch.setattr(os, "setxattr", no_xattrs, raising=False)
+    with_sidecar = FileSystemSink(tmp_path, write_metadata=True)
+    stored = await with_sidecar.put("a.png", b"abc", content_type="image/png")
+    assert (await with_sidecar.stat("a.png")).checksum == stored.checksum
+    plain = FileSystemSink(tmp_path / "plain")
+    await plain.put("b.png", b"abc")
+    weak = (await plain.stat("b.png")).checksum
+    assert re.fullmatch(r'W/"3-[0-9a-f]+"', weak)
+    # an object changed behind the sink's back is not described by its old checksum
+    monkeypatch.undo()
+    stored = await plain.put("c.png", b"abc")
+    (tmp_path / "plain" / "c.png").write_bytes(b"abcd")
+    assert (await plain.stat("c.png")).checksum.startswith('W/"4-')
+
+
+async def test_keys_the_file_system_cannot_hold_are_typed_errors_everywhere(
+    tmp_path: Path,
+) -> None:
+    sink = FileSystemSink(tmp_path)
+    too_long = "x" * 300 + ".png"
+    for call in (sink.exists, sink.get, sink.stat, sink.url, sink.delete):
+        with pytest.raises(UnsafeKeyError, match="bytes"):
+            await call(too_long)  # type: ignore[operator]
+    with pytest.raises(UnsafeKeyError, match="bytes"):
+        await sink.put(too_long, b"x")
+    with pytest.raises(UnsafeKeyError, match="bytes"):
+        await sink.put("x" * 240 + ".png", b"x")  # fits, but its temporary file would not
+    deep = "/".join(["d" * 200] * 25) + "/x.png"  # each name fits; the whole path does not
+    for call in (sink.exists, sink.get, sink.stat, sink.url, sink.delete):
+        with pytest.raises(StorageError):
+            await call(deep)  # type: ignore[operator]
+    with pytest.raises(UnsafeKeyError, match="too long"):
+        await sink.put(deep, b"x")
+    assert [p.name for p in tmp_path.iterdir()] in ([], ["d" * 200])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+async def test_a_folder_the_sink_may_not_write_is_a_typed_error(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "x.png").write_bytes(b"x")
+    locked.chmod(0o500)
+    try:
+        sink = FileSystemSink(locked)
+        with pytest.raises(StorageAuthError, match="Permission denied"):
+            await sink.put("y.png", b"data")
+        with pytest.raises(StorageAuthError):
+            await sink.delete("x.png")
+        assert await sink.get("x.png") == b"x"
+    finally:
+        locked.chmod(0o700)
+
+
+async def test_a_special_file_under_a_key_is_never_read(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.png")
+    sink = FileSystemSink(tmp_path)
+    assert not await sink.exists("pipe.png")
+    with pytest.raises(StorageError, match="FIFO"):
+        await sink.get("pipe.png")
+    with pytest.raises(ObjectNotFoundError):
+        await sink.stat("pipe.png")
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (errno.EACCES, StorageAuthError),
+        (errno.EROFS, StorageAuthError),
+        (errno.EDQUOT, StorageFullError),
+        (errno.ENAMETOOLONG, UnsafeKeyError),
+        (errno.EIO, StorageError),
+    ],
+)
+async def test_every_os_error_of_a_write_is_typed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, error: type[Exception]
+) -> None:
+    sink = FileSystemSink(tmp_path)
+    await sink.put("x.png", b"old")
+
+    def failing_open(*args: object, **kwargs: object) -> int:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "open", failing_open)
+    with pytest.raises(error) as caught:
+        await sink.put("x.png", b"new")
+    assert type(caught.value) is error
+    monkeypatch.undo()
+    assert await sink.get("x.png") == b"old"

@@ -1,4 +1,4 @@
-"""A real HTTP server on 127.0.0.1 for the fetch tests."""
+"""Real HTTP servers on 127.0.0.1 for the fetch tests: a well-behaved one and a hostile one."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import io
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -98,6 +99,17 @@ class ImageServer:
 @pytest.fixture(scope="module")
 def image_server() -> Iterator[ImageServer]:
     server = ImageServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[Any]:
+    """A :class:`~tests.sources.hostile.HostileServer` for one test module."""
+    from .hostile import HostileServer
+
+    server = HostileServer()
     server.start()
     yield server
     server.stop()

@@ -50,3 +50,50 @@ async def test_s3_errors_and_caps(s3_server: S3Server, s3_prefix: str) -> None:
         ]:
             with pytest.raises(error):
                 await reader.read(ImageSource("s3", f"{s3_prefix}/{name}", name))
+
+
+async def test_an_object_over_the_cap_has_its_response_body_closed(
+    s3_server: S3Server, s3_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiobotocore.response import AioStreamingBody
+
+    async with S3Sink(s3_prefix, **s3_server.sink_options()) as sink:
+        await sink.put("big.png", png_bytes() + b"\x00" * 5000)
+        await sink.put("ok.png", png_bytes())
+    closed: list[object] = []
+    real_close = AioStreamingBody.close
+
+    def close(self: AioStreamingBody) -> None:
+        closed.append(self)
+        real_close(self)
+
+    monkeypatch.setattr(AioStreamingBody, "close", close)
+    async with reader_for(s3_server, max_bytes=2000) as reader:
+        for _ in range(3):
+            with pytest.raises(SourceTooLargeError, match="limit is 2,000"):
+                await reader.read(ImageSource("s3", f"{s3_prefix}/big.png", "big"))
+            assert closed, "the refused object's body was left open"
+            assert closed.pop().raw_stream.closed  # type: ignore[attr-defined]
+        assert await reader.read(ImageSource("s3", f"{s3_prefix}/ok.png", "ok")) == png_bytes()
+
+
+async def test_s3_reads_have_a_deadline(
+    s3_server: S3Server, s3_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from photoroom_bg.errors import SourceTimeoutError
+
+    async with S3Sink(s3_prefix, **s3_server.sink_options()) as sink:
+        await sink.put("slow.png", png_bytes())
+    async with reader_for(s3_server, deadline=0.2) as reader:
+        client = await reader._s3()
+        never = asyncio.Event()
+
+        async def hanging_get_object(**kwargs: object) -> object:
+            await never.wait()  # a server that accepted the request and went silent
+            raise AssertionError("unreachable")
+
+        monkeypatch.setattr(client, "get_object", hanging_get_object)
+        with pytest.raises(SourceTimeoutError, match=r"0\.2 s deadline"):
+            await reader.read(ImageSource("s3", f"{s3_prefix}/slow.png", "slow"))

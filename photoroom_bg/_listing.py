@@ -1,0 +1,155 @@
+"""Listing image files under folders and globs: no loops, no special files, stoppable.
+
+Directory symlinks are followed, but a directory is entered at most once per walk (by its
+``(st_dev, st_ino)``), so a link such as ``a -> .`` or ``a -> ..`` cannot make a walk loop or
+list a file twice. Only regular files (after symlinks) are listed, so a FIFO or a link to
+``/dev/zero`` named ``x.png`` is never handed on. The walkers run in a worker thread and check a
+:class:`threading.Event` between entries: setting it stops them promptly.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+
+__all__ = ["IMAGE_EXTENSIONS", "glob_images", "is_image_path", "walk_images"]
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".heic", ".heif"})
+
+Identity = tuple[int, int]
+
+
+def is_image_path(path: str) -> bool:
+    """Whether ``path`` has one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _scandir(folder: str) -> list[os.DirEntry[str]]:
+    """The entries of ``folder`` sorted by name; empty when it cannot be listed."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(entries, key=lambda e: e.name)
+    except OSError:
+        return []
+
+
+def _identity(path: str) -> Identity | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _is_image_file(entry: os.DirEntry[str]) -> bool:
+    try:
+        return is_image_path(entry.name) and entry.is_file()  # is_file: regular, after links
+    except OSError:
+        return False
+
+
+def walk_images(root: str, stop: threading.Event) -> Iterator[str]:
+    """Image files under ``root``, depth first, each folder's files before its subfolders."""
+    seen: set[Identity] = set()
+    pending = [root]
+    while pending and not stop.is_set():
+        folder = pending.pop()
+        identity = _identity(folder)
+        if identity is None or identity in seen:
+            continue
+        seen.add(identity)
+        subfolders = []
+        for entry in _scandir(folder):
+            if stop.is_set():
+                return
+            if _is_dir(entry):
+                subfolders.append(entry.path)
+            elif _is_image_file(entry):
+                yield entry.path
+        pending.extend(reversed(subfolders))
+
+
+def _split(pattern: str) -> tuple[str, list[str]]:
+    """``("base/folder", ["**", "*.png"])``: the literal leading folders, then the rest."""
+    parts = re.split(r"[/" + re.escape(os.sep) + r"]", pattern)
+    base: list[str] = []
+    while parts and not glob.has_magic(parts[0]) and len(parts) > 1:
+        base.append(parts.pop(0))
+    folder = "/".join(base) if base != [""] else "/"
+    return folder, [p for p in parts if p]
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _matcher(segment: str) -> Callable[[str], bool]:
+    regex = re.compile(fnmatch.translate(segment))
+    shows_hidden = _hidden(segment)
+    return lambda name: (shows_hidden or not _hidden(name)) and regex.match(name) is not None
+
+
+def glob_images(pattern: str, stop: threading.Event) -> Iterator[str]:
+    """Image files matching ``pattern`` (``*``, ``?``, ``[...]`` and recursive ``**``).
+
+    Follows :func:`glob.glob`'s rules (wildcards and ``**`` skip hidden names), but enters
+    each folder at most once per ``**``, so directory symlinks cannot make it loop.
+    """
+    base, segments = _split(pattern)
+    if not segments:
+        return
+    matchers = [None if s == "**" else _matcher(s) for s in segments]
+    seen: set[tuple[Identity, int]] = set()
+    pending: list[tuple[str, int]] = [(base, 0)]
+    while pending and not stop.is_set():
+        folder, index = pending.pop()
+        last = index == len(segments) - 1
+        match = matchers[index]
+        later: list[tuple[str, int]] = []
+        if match is None:  # "**": this folder and every folder below it
+            identity = _identity(folder or ".")
+            if identity is None or (identity, index) in seen:
+                continue
+            seen.add((identity, index))
+            for entry in _scandir(folder or "."):
+                if stop.is_set():
+                    return
+                path = os.path.join(folder, entry.name)
+                if _is_dir(entry):
+                    if not _hidden(entry.name):
+                        later.append((path, index))
+                elif last and not _hidden(entry.name) and _is_image_file(entry):
+                    yield path
+            if not last:
+                later.insert(0, (folder, index + 1))
+        elif not glob.has_magic(segments[index]):
+            path = os.path.join(folder, segments[index])
+            if last:
+                if is_image_path(path) and os.path.isfile(path):
+                    yield path
+            elif os.path.isdir(path):
+                later.append((path, index + 1))
+        else:
+            for entry in _scandir(folder or "."):
+                if stop.is_set():
+                    return
+                if not match(entry.name):
+                    continue
+                path = os.path.join(folder, entry.name)
+                if last:
+                    if _is_image_file(entry):
+                        yield path
+                elif _is_dir(entry):
+                    later.append((path, index + 1))
+        pending.extend(reversed(later))

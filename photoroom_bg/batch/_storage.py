@@ -1,0 +1,238 @@
+"""Where a batch's outputs go: the sink, waited for through an outage, and the spill folder
+for paid cut-outs the sink does not take."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import attrs
+
+from .._retry import RetryPolicy
+from ..errors import (
+    BucketNotFoundError,
+    ObjectNotFoundError,
+    PhotoroomBGError,
+    StorageAuthError,
+    StorageError,
+    StorageFullError,
+    StorageUnavailableError,
+    UnsafeKeyError,
+)
+from ..sinks import FileSystemSink, Sink, StoredObject
+from ._jobs import JobStatus
+
+__all__ = ["STOPPING_STORAGE_ERRORS", "Storage", "Unstored"]
+
+logger = logging.getLogger("photoroom_bg.batch")
+
+# the sink cannot take any output: every later job would pay for a cut-out it cannot keep
+STOPPING_STORAGE_ERRORS = (StorageFullError, StorageAuthError, BucketNotFoundError)
+PROBE_KEY = ".photoroom-bg-probe"
+_MIME = {"jpg": "image/jpeg", "webp": "image/webp", "avif": "image/avif"}
+
+
+@attrs.frozen
+class Unstored:
+    """A paid cut-out the sink did not take: kept in the spill folder (or, failing that,
+    lost), and why."""
+
+    status: JobStatus
+    output: StoredObject | None
+    error: StorageError
+    reason: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The job result fields that say so."""
+        return {"output": self.output, "error": self.error, "reason": self.reason}
+
+
+class Storage:
+    """The sink as one batch sees it.
+
+    While the sink is unreachable (:class:`~photoroom_bg.errors.StorageUnavailableError`),
+    every worker waits and one prober checks it with backoff for up to ``outage_budget``
+    seconds; past that, the batch stops (``stop``) and paid cut-outs go to the spill folder.
+
+    Args:
+        sink: where outputs go.
+        spill_dir: where paid cut-outs wait when the sink does not take them.
+        policy: the backoff of put retries and probes.
+        retry_budget: seconds a put is retried after an ordinary storage error.
+        outage_budget: seconds an outage is waited out.
+        stop: stops the batch, with a reason.
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        spill_dir: Any,
+        policy: RetryPolicy,
+        *,
+        retry_budget: float,
+        outage_budget: float,
+        stop: Callable[[str], None],
+    ) -> None:
+        self.sink = sink
+        self.spill = FileSystemSink(spill_dir)
+        self.policy = policy
+        self.retry_budget = retry_budget
+        self.outage_budget = outage_budget
+        self._stop = stop
+        self._available = anyio.Event()
+        self._available.set()
+        self._outage_since: float | None = None
+        self._gone: StorageError | None = None
+        self.task_group: anyio.abc.TaskGroup | None = None  # where the prober runs
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def describe(self, key: str) -> StoredObject | None:
+        """The stored object's description by a stat, never a download; ``None`` if the
+        sink cannot tell cheaply."""
+        stat = getattr(self.sink, "stat", None)
+        if stat is None:
+            return None
+        try:
+            return await stat(key)  # type: ignore[no-any-return]
+        except PhotoroomBGError:
+            return None
+
+    async def lookup(self, key: str) -> StoredObject | bool:
+        """What is stored under ``key`` (``True`` when the sink cannot describe it), or
+        ``False``; an outage is waited out."""
+        stat = getattr(self.sink, "stat", None)
+        while True:
+            await self.available()
+            try:
+                if stat is not None:
+                    try:
+                        return await stat(key)  # type: ignore[no-any-return]
+                    except ObjectNotFoundError:
+                        return False
+                return await self.sink.exists(key)
+            except StorageUnavailableError as exc:
+                self.outage(exc)
+
+    async def from_spill(self, key: str) -> tuple[bytes, str] | None:
+        """A cut-out an earlier run paid for and spilled, with its content type."""
+        try:
+            if not await self.spill.exists(key):
+                return None
+            data = await self.spill.get(key)
+        except PhotoroomBGError:
+            return None
+        return data, _MIME.get(key.rsplit(".", 1)[-1].lower(), "image/png")
+
+    async def unspill(self, key: str) -> None:
+        """Forget a spilled cut-out once the sink holds it."""
+        with contextlib.suppress(PhotoroomBGError):
+            await self.spill.delete(key)
+
+    # -- storing -------------------------------------------------------------------------
+
+    async def store(
+        self, key: str, content: bytes, content_type: str, metadata: dict[str, str]
+    ) -> StoredObject | Unstored:
+        """Put a paid cut-out in the sink: retried for ``retry_budget`` seconds and through
+        an outage of up to ``outage_budget``; if the sink still does not take it, kept in
+        the spill folder. Never abandoned when the batch stops or is cancelled."""
+        deadline = time.monotonic() + self.retry_budget
+        delays = self.policy.delays()
+        with anyio.CancelScope(shield=True):  # paid for: finish storing it, whatever happens
+            while True:
+                await self.available()
+                if self._gone is not None:
+                    return await self._spill(key, content, content_type, self._gone)
+                try:
+                    return await self.sink.put(
+                        key, content, content_type=content_type, metadata=metadata
+                    )
+                except StorageUnavailableError as exc:
+                    self.outage(exc)
+                except (UnsafeKeyError, *STOPPING_STORAGE_ERRORS) as exc:
+                    self.stop_if_gone(exc)
+                    return await self._spill(key, content, content_type, exc)
+                except StorageError as exc:
+                    delay = next(delays)
+                    if time.monotonic() + delay > deadline:
+                        return await self._spill(key, content, content_type, exc)
+                    logger.debug("retrying the put of %s after %s", key, exc)
+                    await anyio.sleep(delay)
+        raise AssertionError("unreachable: the store loop ends by returning")
+
+    async def _spill(
+        self, key: str, content: bytes, content_type: str, error: StorageError
+    ) -> Unstored:
+        try:
+            kept = await self.spill.put(key, content, content_type=content_type)
+        except PhotoroomBGError as spill_error:
+            logger.error(
+                "could not keep the cut-out for %s in %s either: %s",
+                key,
+                self.spill.root,
+                spill_error,
+            )
+            error.__cause__ = spill_error
+            return Unstored(JobStatus.FAILED, None, error, "paid for, but neither stored nor kept")
+        logger.warning("the sink did not take %s (%s); kept at %s", key, error, kept.uri)
+        return Unstored(
+            JobStatus.SPILLED,
+            kept,
+            error,
+            f"the sink did not take it ({type(error).__name__}); kept in the spill folder "
+            "until a later run (resume(), retry_failed() or the same batch again) stores it "
+            "without calling the engine",
+        )
+
+    def stop_if_gone(self, exc: StorageError) -> None:
+        """Stop the batch when the sink can take no output at all (full, refusing us)."""
+        if isinstance(exc, STOPPING_STORAGE_ERRORS):
+            self._stop(f"{type(exc).__name__}: {exc}")
+
+    # -- outages -------------------------------------------------------------------------
+
+    async def available(self) -> None:
+        """Return once the sink is not known to be unreachable."""
+        await self._available.wait()
+
+    def outage(self, exc: StorageUnavailableError) -> None:
+        """The sink stopped answering: every worker waits while one prober checks it."""
+        if self._outage_since is not None or self._gone is not None:
+            return
+        self._outage_since = time.monotonic()
+        self._available = anyio.Event()
+        logger.warning("the sink is unreachable (%s); pausing until it answers", exc)
+        assert self.task_group is not None
+        self.task_group.start_soon(self._probe, exc)
+
+    async def _probe(self, first: StorageUnavailableError) -> None:
+        delays = self.policy.delays()
+        last: StorageError = first
+        since = self._outage_since
+        assert since is not None
+        try:
+            while time.monotonic() - since < self.outage_budget:
+                await anyio.sleep(min(next(delays), 5.0))
+                try:
+                    await self.sink.exists(PROBE_KEY)
+                except StorageUnavailableError as exc:
+                    last = exc
+                    continue
+                except StorageError as exc:  # it answers, but refuses us now
+                    self._gone = exc
+                    self._stop(f"the sink answers again but refuses: {type(exc).__name__}: {exc}")
+                    return
+                waited = time.monotonic() - since
+                logger.warning("the sink answers again after %.1f s; going on", waited)
+                return
+            self._gone = last
+            self._stop(f"the sink has been unreachable for {self.outage_budget:g} s: {last}")
+        finally:
+            self._outage_since = None
+            self._available.set()
