@@ -24,6 +24,8 @@ PROBLEM_CODES: dict[str, tuple[int, str, str]] = {
     "UnsafeURLError": (422, "unsafe_url", "The URL was refused"),
     "SourceTooLargeError": (422, "source_too_large", "The image is too large"),
     "SourceNotFoundError": (422, "source_not_found", "The image was not found"),
+    "InvalidSourceError": (422, "invalid_source", "The image URL is not valid"),
+    "SourceTimeoutError": (422, "source_timeout", "The image took too long to fetch"),
     "SourceError": (422, "source_unreadable", "The image could not be read"),
     "OutOfCreditsError": (
         503,
