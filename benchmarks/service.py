@@ -243,7 +243,7 @@ def job_efficiency(
             status = http.get(job["status_url"], params={"limit": 1}).json()
             if status["status"] != "running":
                 break
-            time.sleep(0.2)
+            time.sleep(0.5)
         through = time.perf_counter() - started
         service_cpu = process_cpu(service_pid) - cpu
     assert status["stored_count"] == n, status

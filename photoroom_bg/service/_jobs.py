@@ -46,6 +46,9 @@ __all__ = ["JobService"]
 logger = logging.getLogger("photoroom_bg.service")
 
 
+_FINISHED_CACHE = 32  # finished jobs whose items are kept parsed
+
+
 def _not_found(job_id: str) -> Problem:
     return Problem(404, "job_not_found", "No such job", f"no job {job_id!r} for this token")
 
@@ -67,6 +70,8 @@ class JobService:
         self._owners: dict[str, str] = {}  # running job -> owner, for the per-token cap
         self._lock = asyncio.Lock()
         self._writing = asyncio.Lock()  # record writes of the jobs running here
+        self._tails: dict[str, tuple[int, list[dict[str, Any]]]] = {}  # local manifests read
+        self._finished_items: dict[str, list[dict[str, Any]]] = {}  # finished jobs' items
 
     def __repr__(self) -> str:
         return f"JobService(executor={self.executor!r}, running={len(self._owners)})"
@@ -127,6 +132,7 @@ class JobService:
 
     async def _ended(self, live: LiveJob) -> None:
         self._owners.pop(live.job_id, None)
+        self._tails.pop(live.job_id, None)
         async with self._writing:  # a heartbeat must not write "running" over the end
             await self._record_end(live)
         self.claims.release(live.job_id, finished=True)
@@ -243,10 +249,36 @@ class JobService:
     async def items(self, record: JobRecord) -> list[dict[str, Any]]:
         """One item per input, in input order: what the manifests record, ``pending`` for
         inputs not finished yet, ``cancelled`` for inputs a finished job never started."""
-        lines = await self.store.manifest_lines(record)
-        lines += await self.claims.aread_manifest(record.job_id)
+        cached = self._finished_items.get(record.job_id)
+        if cached is not None and record.finished:
+            return [dict(item) for item in cached]
+        if self.executor.live(record.job_id) is not None:
+            # running here: its local manifest holds every record, read incrementally
+            records = await self._local_records(record.job_id)
+        else:
+            lines = await self.store.manifest_lines(record)
+            lines += await self.claims.aread_manifest(record.job_id)
+            records = list(job_lines(lines))
+        items = self._merge(record, records)
+        if record.finished:
+            while len(self._finished_items) >= _FINISHED_CACHE:
+                self._finished_items.pop(next(iter(self._finished_items)))
+            self._finished_items[record.job_id] = items
+            return [dict(item) for item in items]
+        return items
+
+    async def _local_records(self, job_id: str) -> list[dict[str, Any]]:
+        """The job records of this host's manifest, parsing only the lines added since the
+        last call (a client polling a 2,000-image job must not re-read it all each time)."""
+        offset, records = self._tails.get(job_id, (0, []))
+        lines, offset = await asyncio.to_thread(self.claims.read_manifest_from, job_id, offset)
+        records.extend(job_lines(lines))
+        self._tails[job_id] = (offset, records)
+        return records
+
+    def _merge(self, record: JobRecord, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         merged: dict[int, dict[str, Any]] = {}
-        for line in job_lines(lines):
+        for line in records:
             index = int(line["index"])
             earlier = merged.get(index)
             # a resumed run sees outputs made before the restart as "skipped": keep the

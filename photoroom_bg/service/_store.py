@@ -235,3 +235,16 @@ class LocalClaims:
     async def aread_manifest(self, job_id: str) -> list[str]:
         """:meth:`read_manifest` off the event loop."""
         return await asyncio.to_thread(self.read_manifest, job_id)
+
+    def read_manifest_from(self, job_id: str, offset: int) -> tuple[list[str], int]:
+        """The whole lines the local manifest gained since byte ``offset``, and the offset
+        after them (a line still being written is left for the next call)."""
+        try:
+            with open(self.manifest_path(job_id), "rb") as handle:
+                handle.seek(offset)
+                data = handle.read()
+        except OSError:
+            return [], offset
+        end = data.rfind(b"\n") + 1
+        text = data[:end].decode("utf-8", "replace")
+        return text.splitlines(), offset + end
