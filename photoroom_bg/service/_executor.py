@@ -63,12 +63,14 @@ class ExecutorContext:
         *,
         sink: Sink | None = None,
         concurrency: int | None = None,
+        own_client: bool = False,
         **kwargs: Any,
     ) -> BatchRemover:
-        """A BatchRemover with the service's settings, sharing its HTTP pool and reader."""
+        """A BatchRemover with the service's settings and reader, sharing the service's
+        Photoroom client, or with a client of its own (``own_client``, for a long job)."""
         s = self.settings
         return BatchRemover(
-            self.client,
+            None if own_client else self.client,
             sink=sink if sink is not None else self.sink,
             options=options,
             concurrency=concurrency or s.concurrency,
@@ -247,6 +249,7 @@ class LocalExecutor:
         live = LiveJob(spec.job_id, len(spec.sources))
         remover = self.context.remover(
             spec.options,
+            own_client=True,  # its pool serves this job's workers alone, closed with it
             manifest=spec.manifest_path,
             manifest_key=spec.manifest_key,
             on_result=live.add_result,
