@@ -96,9 +96,13 @@ class ImageServer:
         return self.server.hits  # type: ignore[attr-defined, no-any-return]
 
 
+class _ImageHTTPServer(ThreadingHTTPServer):
+    request_queue_size = 256  # the default backlog of 5 refuses connections under load
+
+
 @contextlib.contextmanager
 def image_server() -> Iterator[ImageServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Images)
+    server = _ImageHTTPServer(("127.0.0.1", 0), _Images)
     server.daemon_threads = True
     server.hits = {}  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)

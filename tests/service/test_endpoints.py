@@ -17,6 +17,7 @@ from .live import ALICE, API_KEY, BOB, ImageServer, ServiceProcess, photo, poll
 
 def wait_for_job(client: httpx.Client, job_id: str, **params: Any) -> dict[str, Any]:
     """Poll a job's status until it has finished; return the last answer."""
+    params.setdefault("limit", 1000)
 
     def finished() -> dict[str, Any] | None:
         body = client.get(f"/api/v2/remove-backgrounds/{job_id}", params=params).json()
@@ -171,7 +172,9 @@ def test_v2_job_runs_to_completion_with_per_item_status(
         assert len(job["flow_ids"]) == 7
         done = wait_for_job(client, job["job_id"])
         assert done["status"] == "completed"
-        assert done["counts"] == {"succeeded": 6, "failed": 1}
+        assert done["counts"] == {"succeeded": 6, "failed": 1}, [
+            (i["index"], i["status"], i["error"], i.get("reason")) for i in done["items"]
+        ]
         assert done["report"]["total_count"] == 7
         assert done["eta_seconds"] == 0
         failed = client.get(job["status_url"], params={"status": "failed"}).json()
@@ -197,7 +200,7 @@ def test_v2_upload_job_and_results_by_id_in_the_original_shape(service: ServiceP
         answer = client.post("/api/v2/remove-backgrounds/results", json={"flow_ids": ids})
         assert answer.status_code == 200, answer.text
         body = answer.json()
-        assert body["success_count"] == 2
+        assert body["success_count"] == 2, body
         results = body["results"]
         assert results[job["flow_ids"][0]]["success"] is True
         assert results[job["flow_ids"][0]]["processed_url"]
