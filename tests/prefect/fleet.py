@@ -26,6 +26,9 @@ _IDLE_SERVICES = {
 }
 
 
+_PREFECT = [sys.executable, "-m", "prefect"]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -125,7 +128,7 @@ def child(args: list[str], env: Mapping[str, str], log: Path) -> Iterator[subpro
 
 def task_worker(fleet: Fleet, name: str, env: Mapping[str, str], limit: int) -> Any:
     """``prefect task serve -m photoroom_bg.prefect --limit N`` (a context manager)."""
-    args = [sys.executable, "-m", "prefect", "task", "serve", "-m", "photoroom_bg.prefect"]
+    args = [*_PREFECT, "task", "serve", "-m", "photoroom_bg.prefect"]
     return child([*args, "--limit", str(limit)], {**fleet.env, **env}, fleet.home / f"{name}.log")
 
 
