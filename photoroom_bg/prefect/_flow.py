@@ -469,8 +469,10 @@ class _Coordinator:
         if control.stop is not None and not self.stopping:
             await self._stop(control.stop, control.kind or "stopped")
         flights = list(self.flights.values())
-        records = await asyncio.gather(*(self.store.read_shard(f.shard) for f in flights))
+        # states first: a shard writes its final record before its task run ends, so a final
+        # state read now means the record read next is final too
         states = await self._states(flights)
+        records = await asyncio.gather(*(self.store.read_shard(f.shard) for f in flights))
         now = time.monotonic()
         lost: list[_Flight] = []
         for flight, record in zip(flights, records, strict=True):

@@ -10,6 +10,7 @@ a second store of jobs.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -20,7 +21,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from ..errors import ConfigurationError, ObjectNotFoundError
+from ..errors import ConfigurationError, ObjectNotFoundError, PhotoroomBGError
 from ..options import EditOptions, SegmentOptions
 from ..sinks import Sink
 from ._environment import open_worker_sink
@@ -35,6 +36,7 @@ __all__ = ["JobInfo", "JobState", "PrefectJobs"]
 #: ran it died); :meth:`PrefectJobs.resume` finishes it.
 JobState = Literal["scheduled", "running", "completed", "failed", "cancelled", "crashed"]
 _FINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "crashed"})
+_FINAL_PREFECT = frozenset({None, "COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 # a coordinator writes the job record at least every few seconds; this many heartbeat
 # timeouts without a write and a flow run Prefect still calls running is taken for dead
 _STALE_FACTOR = 3
@@ -49,7 +51,8 @@ class JobInfo:
         state: ``scheduled``, ``running``, ``completed``, ``failed``, ``cancelled`` or
             ``crashed`` (:data:`JobState`).
         flow_run_id: its Prefect flow run (``None`` before it exists).
-        flow_run_state: the flow run's Prefect state name (``"Running"``, ``"Failed"``...).
+        flow_run_state: the flow run's Prefect state type (``"SCHEDULED"``, ``"RUNNING"``,
+            ``"COMPLETED"``, ``"FAILED"``, ``"CANCELLED"``, ``"CRASHED"``...).
         counts: inputs of finished shards per status (``total_count``, ``stored_count``,
             ``failed_count``...); the final totals once the job is done.
         shards_dispatched: shards handed out so far.
@@ -111,7 +114,7 @@ class PrefectJobs:
         self.deployment = deployment
         self.defaults = defaults
         self._group: anyio.abc.TaskGroup | None = None
-        self._local: dict[str, anyio.Event] = {}
+        self._local: dict[str, tuple[anyio.Event, str]] = {}  # job id: (ended, sink)
 
     def __repr__(self) -> str:
         return (
@@ -131,7 +134,17 @@ class PrefectJobs:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._group is not None
-        self._group.cancel_scope.cancel()  # local flows ask their shards to stop, then end
+        # jobs coordinated here cannot outlive this block: ask them to stop (their shards
+        # finish the images in hand), then wait for their flow runs to end cleanly
+        for job_id, (ended, sink) in list(self._local.items()):
+            if not ended.is_set():
+                with contextlib.suppress(PhotoroomBGError):
+                    async with self._store(job_id, sink) as store:
+                        await store.request_stop(
+                            "the process running this job stopped", "cancelled"
+                        )
+        if exc_type is not None:
+            self._group.cancel_scope.cancel()
         try:
             return await self._group.__aexit__(exc_type, exc, tb)
         finally:
@@ -224,7 +237,7 @@ class PrefectJobs:
                         remove_backgrounds, parameters=params.flow_parameters()
                     )
                 done = anyio.Event()
-                self._local[job_id] = done
+                self._local[job_id] = (done, params.sink)
                 self._group.start_soon(self._run_local, flow_run, params, done)
             record["flow_run_id"] = str(flow_run.id)
             await store.write(store.job_key, record)
@@ -265,12 +278,16 @@ class PrefectJobs:
         sink: str | None = None,
         interval: float = 0.5,
     ) -> JobInfo:
-        """Poll :meth:`status` every ``interval`` seconds until the job is done (bound the
-        wait with ``anyio.fail_after`` / ``asyncio.timeout``)."""
+        """Poll :meth:`status` every ``interval`` seconds until the job is done and its flow
+        run has ended (bound the wait with ``anyio.fail_after`` / ``asyncio.timeout``)."""
+        done_at: float | None = None
         while True:
             info = await self.status(job_id, sink=sink)
             if info.done:
-                return info
+                done_at = done_at if done_at is not None else time.monotonic()
+                # the flow run ends just after it records the job's summary
+                if info.flow_run_state in _FINAL_PREFECT or time.monotonic() - done_at > 30:
+                    return info
             await anyio.sleep(interval)
 
     async def results(
@@ -338,7 +355,7 @@ class PrefectJobs:
             job_id=store.job_id,
             state=state,
             flow_run_id=flow_run_id,
-            flow_run_state=prefect_state.name if prefect_state is not None else None,
+            flow_run_state=prefect_state.type.value if prefect_state is not None else None,
             counts=dict(summary.counts if summary else record.get("counts") or {}),
             shards_dispatched=int(record.get("shards_dispatched") or 0),
             shards_running=0 if summary else int(record.get("shards_running") or 0),
@@ -348,7 +365,7 @@ class PrefectJobs:
 
     def _coordinator_gone(self, job_id: str, record: Mapping[str, Any]) -> bool:
         local = self._local.get(job_id)
-        if local is not None and not local.is_set():
+        if local is not None and not local[0].is_set():
             return False  # ours, and still running
         timeout = float(record.get("heartbeat_timeout") or 60.0)
         updated = float(record.get("updated") or 0.0)

@@ -349,3 +349,38 @@ def test_shards_taken_by_a_worker_but_never_started_are_found_first_in_first_out
         3: flight(3, 4, False),  # nothing later started: it may just be queued
     }
     assert [f.shard for f in coordinator._stranded()] == [1]
+
+
+def test_a_shard_that_ends_between_two_reads_is_counted_from_its_final_record(
+    tmp_path: Path,
+) -> None:
+    """The flow reads task states, then records: a shard finishing in between (its record
+    written, then its task run completed) must not look like one that ended without one."""
+    from prefect.states import Completed
+
+    params = JobParameters(sources=["a.jpg"], sink=str(tmp_path / "out"), job_id="race")
+    coordinator = _Coordinator(params, "run:1", "run")
+    coordinator.store = store = _job_store(tmp_path / "out", "race")
+    summary = ShardSummary(
+        job_id="race",
+        shard=0,
+        size=1,
+        outcome="completed",
+        counts={"total_count": 1, "stored_count": 1},
+    )
+    asyncio.run(store.write_shard(0, {"lease": "l", "state": "running", "beat": 1}))
+    coordinator.flights = {0: _Flight(0, ["a.jpg"], "l", 1, "t0", None, 0, 0.0)}
+
+    async def states(flights: list[_Flight]) -> dict[str, Any]:
+        # the shard finishes now: final record first, then its task run completes
+        await store.write_shard(
+            0, {"lease": "l", "state": "completed", "summary": summary.to_dict()}
+        )
+        return {"t0": Completed()}
+
+    coordinator._states = states  # type: ignore[method-assign]
+    asyncio.run(coordinator._poll())
+    assert coordinator.flights == {}
+    assert coordinator.totals.shard_outcomes == {"completed": 1}
+    assert coordinator.totals.counts["stored_count"] == 1
+    assert not coordinator.stopping
