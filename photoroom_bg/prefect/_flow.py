@@ -309,7 +309,7 @@ class _Coordinator:
         self.dispatched = 0
         self._seq = 0
         self.heartbeat = max(0.2, params.heartbeat_timeout / 6)
-        self.poll = min(1.0, max(0.1, params.heartbeat_timeout / 20))
+        self.poll = min(0.5, max(0.1, params.heartbeat_timeout / 20))
         self._last_job_write = 0.0
         self.log: Any = logger
 
