@@ -6,6 +6,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(".."))
+# The scale-out examples start Prefect's temporary server: no usage reports from it or from
+# Prefect's SDK (set before autodoc imports prefect, which reads its settings once)
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 project = "photoroom_bg"
 author = "photoroom_bg developers"
@@ -14,6 +18,7 @@ release = "0.1.0"
 
 extensions = [
     "sphinx.ext.autodoc",
+    "sphinx.ext.doctest",
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
 ]

@@ -23,7 +23,7 @@ from ._artifacts import artifact_key, render_markdown
 from ._engine import RateLimitedEngine, ensure_rate_limit, prefect_rate_limit
 from ._environment import open_worker_sink, worker_reader
 from ._flow import DEFAULT_RATE_LIMIT, JobParameters, remove_backgrounds, remove_shard
-from ._jobs import JobInfo, JobState, PrefectJobs
+from ._jobs import JobInfo, PrefectJobs
 from ._jobstore import JOBS_PREFIX, Control, JobStore, check_job_id
 from ._options import options_from_dict, options_to_dict
 from ._secrets import resolve_api_key
@@ -38,7 +38,6 @@ __all__ = [
     "JobFailed",
     "JobInfo",
     "JobParameters",
-    "JobState",
     "JobStore",
     "PrefectJobs",
     "RateLimitedEngine",

@@ -29,7 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.states import Cancelled, Crashed, Failed
 
-from ..errors import ConfigurationError, PhotoroomBGError
+from ..errors import AuthenticationError, ConfigurationError, PhotoroomBGError
 from ..sources import SourceReader, iter_sources
 from ._artifacts import publish_artifacts
 from ._engine import ensure_rate_limit
@@ -312,6 +312,7 @@ class _Coordinator:
         self.poll = min(0.5, max(0.1, params.heartbeat_timeout / 20))
         self._last_job_write = 0.0
         self.log: Any = logger
+        self.refused: str | None = None
 
     async def run(self) -> RunSummary:
         from prefect.client.orchestration import get_client
@@ -323,10 +324,13 @@ class _Coordinator:
         reader = worker_reader()
         try:
             await self.store.start_attempt(self.attempt)
+            await self.store.write(self.store.parameters_key, self.p.flow_parameters())
             await self._write_job("running", force=True)
             if self.p.requests_per_minute and self.p.limit_name:
                 await ensure_rate_limit(self.p.limit_name, self.p.requests_per_minute)
             balance = await self._balance()
+            if self.refused is not None:  # every shard would meet the same 401/403
+                await self._stop(self.refused, "stopped")
             async with get_client() as client:
                 self.client = client
                 try:
@@ -468,6 +472,9 @@ class _Coordinator:
         control = await self.store.control()
         if control.stop is not None and not self.stopping:
             await self._stop(control.stop, control.kind or "stopped")
+        elif control.attempt not in (None, self.attempt) and not self.stopping:
+            # the same job was started again elsewhere: its shards supersede ours
+            await self._stop("a newer attempt of this job took over", "cancelled")
         flights = list(self.flights.values())
         # states first: a shard writes its final record before its task run ends, so a final
         # state read now means the record read next is final too
@@ -641,7 +648,6 @@ class _Coordinator:
             "flow_run_id": self.flow_run_id,
             "attempt": self.attempt,
             "state": state,
-            "parameters": self.p.flow_parameters(),
             "shards_dispatched": self.dispatched,
             "shards_running": len(self.flights),
             "counts": dict(self.totals.counts),
@@ -665,12 +671,22 @@ class _Coordinator:
             return None
         from .._client import AsyncPhotoroomClient
 
+        key: str | None = None
         try:
             key = await resolve_api_key(self.p.api_key_secret)
             if not key:
                 return None
             async with AsyncPhotoroomClient(api_key=key, max_retries=1) as client:
                 return (await client.account()).images_available
+        except AuthenticationError as exc:
+            # the Secret block's key is every shard's key: a refusal here is theirs too
+            # (sandbox keys may not see the account: their refusal proves nothing)
+            if self.p.api_key_secret and key and not key.startswith("sandbox_"):
+                self.refused = (
+                    f"the key in Secret block {self.p.api_key_secret!r} is refused: {exc}"
+                )
+            self.log.info("account balance not available: %s", exc)
+            return None
         except PhotoroomBGError as exc:
             self.log.info("account balance not available: %s", exc)
             return None

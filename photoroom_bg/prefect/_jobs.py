@@ -49,7 +49,8 @@ class JobInfo:
     Attributes:
         job_id: the job.
         state: ``scheduled``, ``running``, ``completed``, ``failed``, ``cancelled`` or
-            ``crashed`` (:data:`JobState`).
+            ``crashed`` (its flow run stopped without finishing: the process running it
+            died; :meth:`PrefectJobs.resume` finishes the job).
         flow_run_id: its Prefect flow run (``None`` before it exists).
         flow_run_state: the flow run's Prefect state type (``"SCHEDULED"``, ``"RUNNING"``,
             ``"COMPLETED"``, ``"FAILED"``, ``"CANCELLED"``, ``"CRASHED"``...).
@@ -192,8 +193,8 @@ class PrefectJobs:
             ConfigurationError: the job is still running.
         """
         async with self._store(job_id, sink) as store:
-            record = await self._record(store)
-        params = dict(record.get("parameters") or {})
+            await self._record(store)
+            params = await store.read(store.parameters_key) or {}
         params["job_id"] = job_id
         return await self._start(JobParameters(**params))
 
@@ -208,10 +209,10 @@ class PrefectJobs:
                 info = await self._info(store, existing)
                 if not info.done:
                     raise ConfigurationError(f"job {job_id} is {info.state}; cancel it first")
+            await store.write(store.parameters_key, params.flow_parameters())
             record: dict[str, Any] = {
                 "job_id": job_id,
                 "state": "scheduled",
-                "parameters": params.flow_parameters(),
                 "flow_run_id": None,
                 "updated": time.time(),
                 "heartbeat_timeout": params.heartbeat_timeout,

@@ -2,8 +2,9 @@
 
 Under ``_photoroom_bg/jobs/<job id>/`` in the sink::
 
-    job.json                    the job: parameters (references only), flow run, running totals,
-                                and its summary once done
+    parameters.json             the job's parameters (references only), for resuming it
+    job.json                    the job: its flow run, state, running totals, and its summary
+                                once done
     control.json                the current attempt, and a stop request (402, 401/403, cancel)
     shards/000012.json          shard 12: its lease, state, heartbeat, progress, summary
     shards/000012.manifest.jsonl  shard 12's BatchRemover manifest: one line per input
@@ -98,6 +99,11 @@ class JobStore:
     def job_key(self) -> str:
         """Key of ``job.json``."""
         return f"{self.prefix}/job.json"
+
+    @property
+    def parameters_key(self) -> str:
+        """Key of ``parameters.json``."""
+        return f"{self.prefix}/parameters.json"
 
     @property
     def control_key(self) -> str:

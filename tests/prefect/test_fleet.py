@@ -155,8 +155,9 @@ def test_a_fleet_finishes_a_job_when_a_worker_dies_mid_shard_without_paying_twic
             output = submitter_log.read_text()
             assert submitter.returncode == 0, output[-4000:]
             result = json.loads(output.rsplit("SUMMARY ", 1)[1])
-            flow_run, task_runs = flow_and_task_runs(fleet, _flow_run_id(fleet, job_id))
-            leaked = everything_recorded(fleet, flow_run, task_runs)
+        # the workers have stopped and shipped their last logs: read back what Prefect holds
+        flow_run, task_runs = flow_and_task_runs(fleet, _flow_run_id(fleet, job_id))
+        leaked = everything_recorded(fleet, flow_run, task_runs)
         keys = asyncio.run(output_keys(s3_server, sink))
     elapsed = time.monotonic() - started
 

@@ -198,10 +198,16 @@ def everything_prefect_recorded(flow_run_id: Any) -> str:
                 assert state is not None
                 with contextlib.suppress(MissingResult):  # not persisted: nothing to leak
                     parts.append(repr(await state.aresult(raise_on_failure=False)))
-            logs = await client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
-            )
-            assert logs, "the flow's logs reached the API"
+            # logs are shipped in batches: wait for the flow's last line to arrive
+            deadline = time.monotonic() + 60
+            while True:
+                logs = await client.read_logs(
+                    log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+                )
+                if any("images stored" in log.message for log in logs):
+                    break
+                assert time.monotonic() < deadline, "the flow's logs never reached the API"
+                await asyncio.sleep(0.2)
             parts += [log.message for log in logs]
             parts += [a.model_dump_json() for a in await client.read_artifacts()]
         return "\n".join(parts)
@@ -344,3 +350,22 @@ def test_a_shard_that_stops_the_job_is_visibly_failed(tmp_path: Path) -> None:
     record = asyncio.run(store.read_shard(0))
     assert record is not None
     assert record["state"] == "stopped"
+
+
+def test_a_refused_key_in_the_secret_block_stops_the_job_before_any_shard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emu = PhotoroomEmulator(["the-real-key"])
+    block = f"revoked-{uuid.uuid4().hex[:8]}"
+    asyncio.run(Secret(value="a-revoked-key").asave(block))
+    photos = photo_folder(tmp_path / "in", 6)
+    with emu.serve() as url:
+        monkeypatch.setenv("PHOTOROOM_BASE_URL", url)
+        state = run_flow(
+            sources=str(photos), sink=str(tmp_path / "out"), shard_size=2, api_key_secret=block
+        )
+    assert state.is_failed()
+    summary = summary_of(state)
+    assert f"Secret block {block!r} is refused" in (summary.stop_reason or "")
+    assert summary.count("cancelled_count") == 6
+    assert [r.path for r in emu.requests] == ["/v2/account"]  # no shard called Photoroom
