@@ -22,10 +22,11 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from ._artifacts import artifact_key, render_markdown
 from ._engine import RateLimitedEngine, ensure_rate_limit, prefect_rate_limit
 from ._environment import open_worker_sink, worker_reader
-from ._flow import DEFAULT_RATE_LIMIT, JobParameters, remove_backgrounds, remove_shard
+from ._flow import remove_backgrounds, remove_shard
 from ._jobs import JobInfo, PrefectJobs
 from ._jobstore import JOBS_PREFIX, Control, JobStore, check_job_id
 from ._options import options_from_dict, options_to_dict
+from ._parameters import DEFAULT_RATE_LIMIT, JobParameters
 from ._secrets import resolve_api_key
 from ._shard import ShardStopped, run_shard, should_retry
 from ._summary import FailureNote, JobFailed, RunSummary, ShardSummary, shard_summary

@@ -25,9 +25,10 @@ from ..errors import ConfigurationError, ObjectNotFoundError, PhotoroomBGError
 from ..options import EditOptions, SegmentOptions
 from ..sinks import Sink
 from ._environment import open_worker_sink
-from ._flow import JobParameters, remove_backgrounds
+from ._flow import remove_backgrounds
 from ._jobstore import JobStore, check_job_id
 from ._options import options_to_dict
+from ._parameters import JobParameters
 from ._summary import RunSummary
 
 __all__ = ["JobInfo", "JobState", "PrefectJobs"]

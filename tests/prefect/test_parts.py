@@ -38,7 +38,7 @@ from photoroom_bg.prefect import (
     shard_summary,
     should_retry,
 )
-from photoroom_bg.prefect._flow import _Coordinator, _Flight
+from photoroom_bg.prefect._coordinator import Coordinator, _Flight
 from photoroom_bg.prefect._summary import RunTotals
 from photoroom_bg.testing import PhotoroomEmulator
 
@@ -337,7 +337,7 @@ def test_a_stale_duplicate_or_stopped_shard_ends_without_calling_photoroom(
 
 def test_shards_taken_by_a_worker_but_never_started_are_found_first_in_first_out() -> None:
     params = JobParameters(sources=["s3://b/x.jpg"], sink="s3://b/out", deferred=True, job_id="j")
-    coordinator = _Coordinator(params, "a:1", "a")
+    coordinator = Coordinator(params, "a:1", "a", None)
 
     def flight(shard: int, seq: int, started: bool) -> _Flight:
         return _Flight(shard, [], "l", seq, shard, None, 0, 0.0, started=started)
@@ -359,7 +359,7 @@ def test_a_shard_that_ends_between_two_reads_is_counted_from_its_final_record(
     from prefect.states import Completed
 
     params = JobParameters(sources=["a.jpg"], sink=str(tmp_path / "out"), job_id="race")
-    coordinator = _Coordinator(params, "run:1", "run")
+    coordinator = Coordinator(params, "run:1", "run", None)
     coordinator.store = store = _job_store(tmp_path / "out", "race")
     summary = ShardSummary(
         job_id="race",
