@@ -146,16 +146,31 @@ def wait_for_workers(env: dict[str, str], count: int) -> None:
 
 
 @contextmanager
-def task_workers(env: dict[str, str], workdir: Path, count: int, limit: int) -> Iterator[None]:
+def task_workers(
+    env: dict[str, str], workdir: Path, count: int, limit: int
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     """``count`` ``prefect task serve -m photoroom_bg.prefect`` processes, once connected."""
     args = [sys.executable, "-m", "prefect", "task", "serve", "-m", "photoroom_bg.prefect"]
     with ExitStack() as stack:
+        workers = []
         for i in range(count):
             log = workdir / f"worker-{time.monotonic_ns()}-{i}.log"
-            stack.enter_context(process([*args, "--limit", str(limit)], env, log, ""))
+            workers.append(
+                stack.enter_context(process([*args, "--limit", str(limit)], env, log, ""))
+            )
         wait_for_workers(env, count)
-        yield
+        yield workers
     wait_for_workers(env, 0)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds used so far by these processes (Linux /proc)."""
+    total = 0.0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def plain_batch(url: str, sources: str, out: str, concurrency: int) -> float:
@@ -300,23 +315,30 @@ def overhead(workdir: Path, env: dict[str, str], n: int, originals: int) -> None
 def throughput(workdir: Path, env: dict[str, str], n: int) -> None:
     print(f"2. throughput with 1 and 2 task workers, emulator latency 300 ms (N={n})")
     sources = make_images(workdir / "throughput-in", n, offset=10**6)
-    parameters = {"shard_size": 100, "concurrency": 16, "max_running_shards": 4}
+    # every shard handed out at once, so that no worker ever waits for the flow to create one
+    parameters = {"shard_size": 50, "concurrency": 16, "max_running_shards": n // 50}
     results = {}
     with emulator(0.3, workdir) as url:
         os.environ.update(PHOTOROOM_BASE_URL=url, PHOTOROOM_API_KEY=DEFAULT_API_KEY)
         env = {**env, "PHOTOROOM_BASE_URL": url, "PHOTOROOM_API_KEY": DEFAULT_API_KEY}
         for workers in (1, 2):
-            with task_workers(env, workdir, workers, limit=2):
+            with task_workers(env, workdir, workers, limit=2) as children:
+                pids = [child.pid for child in children]
+                before = cpu_seconds(pids)
                 elapsed = flow_run(sources, str(workdir / f"out-{workers}"), **parameters)
+                used = cpu_seconds(pids) - before
             results[workers] = n / elapsed
+            load = os.getloadavg()[0]
             print(
                 f"   {workers} worker{'s' if workers > 1 else ' '}: {elapsed:6.1f} s, "
-                f"{n / elapsed:6.1f} images/s"
+                f"{n / elapsed:6.1f} images/s; workers' CPU {used:.1f} s "
+                f"({used / n * 1e3:.1f} ms/image); load average {load:.1f}"
             )
     print(
         f"   ratio 2 workers / 1 worker: {results[2] / results[1]:.2f}"
-        "  (ideal 2.0: each worker runs 2 shards of 16 at once)"
+        "  (ideal 2.0: each worker runs 2 shards of 50 images, 16 at a time)"
     )
+    print(f"   ({os.cpu_count()} CPUs for the workers, the server, the emulator and this flow)")
 
 
 def main() -> None:

@@ -157,19 +157,22 @@ class Coordinator:
         listed_all = False
         try:
             while True:
+                batch: list[tuple[int, list[str]]] = []
                 while (
                     not self.stopping
                     and not listed_all
-                    and len(self.flights) < self.p.max_running_shards
+                    and len(self.flights) + len(batch) < self.p.max_running_shards
                 ):
                     if pending is None:
                         pending = await self._next_shard(shards)
                         if pending is None:
                             listed_all = True
                             break
-                    await self._submit(self.dispatched, pending, resubmits=0)
+                    batch.append((self.dispatched, pending))
                     self.dispatched += 1
                     pending = None
+                # creating a deferred task run is a few round trips: make them side by side
+                await asyncio.gather(*(self._submit(i, s, resubmits=0) for i, s in batch))
                 if not self.flights and (listed_all or self.stopping):
                     break
                 await asyncio.sleep(self.poll)
@@ -189,8 +192,11 @@ class Coordinator:
             return await shards.__anext__()
         except StopAsyncIteration:
             return None
-        except PhotoroomBGError as exc:
-            await self._stop(f"could not list the sources: {exc}", "stopped")
+        except Exception as exc:  # a missing bucket, a folder that is not there...
+            message = (
+                str(exc) if isinstance(exc, PhotoroomBGError) else f"{type(exc).__name__}: {exc}"
+            )
+            await self._stop(f"could not list the sources: {message}", "stopped")
             return None
 
     def _params(self, shard: int, sources: list[str], lease: str) -> dict[str, Any]:

@@ -167,25 +167,25 @@ async def run_shard(
         api_key = await resolve_api_key(api_key_secret) if engine == "photoroom" else None
         engine_obj = build_engine(engine, api_key, rate_limit)
         reader = worker_reader()
-        remover = BatchRemover(
-            engine_obj,
-            sink=sink_obj,
-            options=parsed,
-            concurrency=concurrency,
-            requests_per_minute=None if rate_limit else requests_per_minute,
-            manifest_key=store.manifest_key(shard),
-            reader=reader,
-            keep_results=max(1, max_failures),
-            track_credits=False,  # shards share an account: the flow measures the balance
-        )
         base = {
             "lease": lease,
             "attempt": attempt,
             "task_run_id": task_run_id,
             "size": len(sources),
         }
-        await store.write_shard(shard, {**base, "state": "running", "beat": 0})
         try:
+            remover = BatchRemover(
+                engine_obj,
+                sink=sink_obj,
+                options=parsed,
+                concurrency=concurrency,
+                requests_per_minute=None if rate_limit else requests_per_minute,
+                manifest_key=store.manifest_key(shard),
+                reader=reader,
+                keep_results=max(1, max_failures),
+                track_credits=False,  # shards share an account: the flow measures the balance
+            )
+            await store.write_shard(shard, {**base, "state": "running", "beat": 0})
             beat = _Beat(store, shard, base, attempt, heartbeat, run_logger)
             report, ours = await beat.watch(remover.submit(sources))
         finally:

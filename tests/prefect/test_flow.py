@@ -35,6 +35,7 @@ from photoroom_bg.prefect import (
 from photoroom_bg.sinks import FileSystemSink
 from photoroom_bg.testing import PhotoroomEmulator
 
+from ..s3server import S3Server
 from .conftest import photo_folder
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -369,3 +370,20 @@ def test_a_refused_key_in_the_secret_block_stops_the_job_before_any_shard(
     assert f"Secret block {block!r} is refused" in (summary.stop_reason or "")
     assert summary.count("cancelled_count") == 6
     assert [r.path for r in emu.requests] == ["/v2/account"]  # no shard called Photoroom
+
+
+@pytest.mark.s3
+def test_sources_that_cannot_be_listed_fail_the_job_without_calling_photoroom(
+    tmp_path: Path,
+    emulator: PhotoroomEmulator,
+    s3_server: S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    monkeypatch.setenv("AWS_REGION", s3_server.region)
+    state = run_flow(sources=f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/raw/", sink=str(tmp_path))
+    assert state.is_failed()
+    assert "could not list the sources" in (summary_of(state).stop_reason or "")
+    assert [r.path for r in emulator.requests if r.path != "/v2/account"] == []
