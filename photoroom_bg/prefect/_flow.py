@@ -143,7 +143,9 @@ async def remove_backgrounds(
             shard takes a slot of before each billed call.
         deferred: send shards to ``prefect task serve`` workers (``remove_shard.delay``)
             instead of this flow's task runner.
-        max_running_shards: shards in flight at once (listing waits for room).
+        max_running_shards: shards handed out and not finished, running or waiting for a
+            worker (listing waits for room); about twice the workers' total ``--limit``
+            keeps every worker busy.
         job_id: the job's id (default: this flow run's id); reuse it to resume a job.
         heartbeat_timeout: seconds without a beat after which a running shard's worker is
             taken for dead and the shard is given to another.
