@@ -384,3 +384,68 @@ def test_a_shard_that_ends_between_two_reads_is_counted_from_its_final_record(
     assert coordinator.totals.shard_outcomes == {"completed": 1}
     assert coordinator.totals.counts["stored_count"] == 1
     assert not coordinator.stopping
+
+
+class _FakeTask:
+    """Stands in for remove_shard: records deferrals, hands out task run ids."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def delay(self, **params: Any) -> Any:
+        self.calls.append(params)
+        return type("Future", (), {"task_run_id": f"run-{len(self.calls)}"})()
+
+
+class _FakeClient:
+    def __init__(self) -> None:
+        self.forced: list[tuple[str, str]] = []
+
+    async def set_task_run_state(self, task_run_id: str, state: Any, force: bool) -> None:
+        assert force
+        self.forced.append((task_run_id, state.type.value))
+
+
+def test_a_shard_whose_worker_stopped_beating_is_crashed_and_handed_over(tmp_path: Path) -> None:
+    """A running shard whose beats stop is marked Crashed and submitted again with a new
+    lease; a shard a worker took but never started (a later one did start) goes too."""
+    from prefect.states import Running, Scheduled
+
+    params = JobParameters(
+        sources=["a.jpg"],
+        sink=str(tmp_path / "out"),
+        job_id="lost",
+        deferred=True,
+        heartbeat_timeout=0.3,
+    )
+    task, client = _FakeTask(), _FakeClient()
+    coordinator = Coordinator(params, "run:1", "run", task)
+    coordinator.store = store = _job_store(tmp_path / "out", "lost")
+    coordinator.client = client
+
+    async def scenario() -> None:
+        await coordinator._submit(0, ["a.jpg"], resubmits=0)  # taken, never started
+        await coordinator._submit(1, ["b.jpg"], resubmits=0)  # running, then silent
+        await store.write_shard(
+            1, {"lease": coordinator.flights[1].lease, "state": "running", "beat": 3}
+        )
+
+        async def states(flights: list[_Flight]) -> dict[str, Any]:
+            return {"run-1": Scheduled(), "run-2": Running()}
+
+        coordinator._states = states  # type: ignore[method-assign]
+        await coordinator._poll()  # sees shard 1 alive
+        assert len(task.calls) == 2
+        await asyncio.sleep(0.6)  # longer than heartbeat_timeout, and no beat meanwhile
+        await coordinator._poll()
+
+    asyncio.run(scenario())
+    assert sorted(client.forced) == [("run-1", "CANCELLED"), ("run-2", "CRASHED")]
+    resubmitted = {call["shard"]: call["lease"] for call in task.calls[2:]}
+    assert sorted(resubmitted) == [0, 1]
+    for shard, lease in resubmitted.items():
+        record = asyncio.run(store.read_shard(shard))
+        assert record is not None
+        assert record["lease"] == lease  # the lost copies, should they wake up, stand down
+        assert record["state"] == "queued"
+    assert coordinator.flights[1].resubmits == 1
