@@ -101,13 +101,15 @@ class Coordinator:
         self.store = JobStore(sink, self.job_id)
         reader = worker_reader()
         try:
-            await self.store.start_attempt(self.attempt)
+            control = await self.store.start_attempt(self.attempt, self.flow_run_id)
             await self.store.write(self.store.parameters_key, self.p.flow_parameters())
             await self._write_job("running", force=True)
             if self.p.requests_per_minute and self.p.limit_name:
                 await ensure_rate_limit(self.p.limit_name, self.p.requests_per_minute)
             balance = await self._balance()
-            if self.refused is not None:  # every shard would meet the same 401/403
+            if control.stop is not None:  # cancelled before it began
+                await self._stop(control.stop, control.kind or "cancelled")
+            elif self.refused is not None:  # every shard would meet the same 401/403
                 await self._stop(self.refused, "stopped")
             async with get_client() as client:
                 self.client = client

@@ -320,7 +320,7 @@ class PrefectJobs:
             info = await self._info(store, record)
             if info.done:
                 return False
-            await store.request_stop(reason, "cancelled")
+            await store.request_stop(reason, "cancelled", run=info.flow_run_id)
             if info.state == "scheduled" and info.flow_run_id and self.deployment is not None:
                 await self._set_flow_run_state(info.flow_run_id, "cancelled", reason)
             return True

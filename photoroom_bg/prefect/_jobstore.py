@@ -57,15 +57,18 @@ class Control:
             that start late see they are stale and end without calling Photoroom.
         stop: why the job must stop, or ``None``.
         kind: ``"stopped"`` (a shard met a 402, 401/403 or lost storage) or ``"cancelled"``.
+        run: the flow run a cancel was aimed at, when it was asked for before that run began
+            (a new attempt clears any other stop request).
     """
 
     attempt: str | None = None
     stop: str | None = None
     kind: StopKind | None = None
+    run: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
-        return {"attempt": self.attempt, "stop": self.stop, "kind": self.kind}
+        return {"attempt": self.attempt, "stop": self.stop, "kind": self.kind, "run": self.run}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Control:
@@ -76,6 +79,7 @@ class Control:
             attempt=data.get("attempt"),
             stop=data.get("stop"),
             kind=kind if kind in ("stopped", "cancelled") else None,
+            run=data.get("run"),
         )
 
 
@@ -139,19 +143,31 @@ class JobStore:
         """The job's control record."""
         return Control.from_dict(await self.read(self.control_key))
 
-    async def start_attempt(self, attempt: str) -> Control:
+    async def start_attempt(self, attempt: str, flow_run_id: str | None = None) -> Control:
         """Begin a new attempt: shards of older attempts become stale, and an earlier stop
-        request is cleared (a re-run after topping up credits, or after a cancel, goes on)."""
-        control = Control(attempt=attempt)
+        request is cleared (a re-run after topping up credits, or after a cancel, goes on),
+        unless it was a cancel aimed at this very flow run before it began."""
+        current = await self.control()
+        if current.stop is not None and flow_run_id is not None and current.run == flow_run_id:
+            control = attrs.evolve(current, attempt=attempt)
+        else:
+            control = Control(attempt=attempt)
         await self.write(self.control_key, control.to_dict())
         return control
 
-    async def request_stop(self, reason: str, kind: StopKind) -> Control:
-        """Ask every shard of the job to stop; an earlier stop request keeps its reason."""
+    async def request_stop(self, reason: str, kind: StopKind, *, run: str | None = None) -> Control:
+        """Ask every shard of the job to stop; an earlier stop request keeps its reason.
+
+        Args:
+            reason: why (it becomes the job's stop reason).
+            kind: ``"stopped"`` or ``"cancelled"``.
+            run: the flow run the request is aimed at, so that it holds even if that run has
+                not begun yet.
+        """
         current = await self.control()
         if current.stop is not None:
             return current
-        control = attrs.evolve(current, stop=reason, kind=kind)
+        control = attrs.evolve(current, stop=reason, kind=kind, run=run)
         await self.write(self.control_key, control.to_dict())
         return control
 

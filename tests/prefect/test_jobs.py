@@ -150,3 +150,25 @@ async def test_jobs_can_run_as_flow_runs_of_a_deployment(tmp_path: Path) -> None
     info = await jobs.status(job.job_id)
     assert info.state == "cancelled"  # it never started: Prefect cancels the run itself
     assert info.flow_run_state == "CANCELLED"
+
+
+async def test_a_job_cancelled_before_its_flow_run_begins_never_calls_photoroom(
+    tmp_path: Path, emulator: PhotoroomEmulator
+) -> None:
+    from prefect.flow_engine import run_flow_async
+
+    photos = sources(photo_folder(tmp_path / "in", 4))
+    parameters = {"sources": photos, "sink": str(tmp_path / "out"), "job_id": "early"}
+    async with get_client() as client:
+        flow_run = await client.create_flow_run(remove_backgrounds, parameters=parameters)
+    store = JobStore(FileSystemSink(tmp_path / "out"), "early")
+    await store.write(
+        store.job_key, {"job_id": "early", "state": "scheduled", "flow_run_id": str(flow_run.id)}
+    )
+    assert await PrefectJobs(str(tmp_path / "out")).cancel("early", "changed my mind")
+    state = await run_flow_async(
+        remove_backgrounds, flow_run=flow_run, parameters=parameters, return_type="state"
+    )
+    assert state.is_cancelled()
+    assert "changed my mind" in (state.message or "")
+    assert [r.path for r in emulator.requests if r.path != "/v2/account"] == []

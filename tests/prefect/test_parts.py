@@ -449,3 +449,24 @@ def test_a_shard_whose_worker_stopped_beating_is_crashed_and_handed_over(tmp_pat
         assert record["lease"] == lease  # the lost copies, should they wake up, stand down
         assert record["state"] == "queued"
     assert coordinator.flights[1].resubmits == 1
+
+
+def test_a_new_attempt_clears_old_stops_but_keeps_a_cancel_aimed_at_its_own_run(
+    tmp_path: Path,
+) -> None:
+    store = _job_store(tmp_path / "out", "cancel-early")
+
+    async def scenario() -> list[Any]:
+        await store.request_stop("out of credits", "stopped")  # an earlier attempt's stop
+        resumed = await store.start_attempt("fr-1:1", "fr-1")
+        await store.request_stop("cancelled by the user", "cancelled", run="fr-2")
+        other = await store.start_attempt("fr-3:1", "fr-3")  # another run: goes on
+        await store.request_stop("cancelled by the user", "cancelled", run="fr-4")
+        aimed = await store.start_attempt("fr-4:1", "fr-4")  # the run the cancel was for
+        return [resumed, other, aimed]
+
+    resumed, other, aimed = asyncio.run(scenario())
+    assert resumed.stop is None
+    assert other.stop is None
+    assert aimed.stop == "cancelled by the user"
+    assert aimed.attempt == "fr-4:1"
