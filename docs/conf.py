@@ -7,6 +7,7 @@ docs/_build/doctest`` runs every Python example in them against the emulator (se
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE / "_ext"))
+# The scale-out examples start Prefect's temporary server: no usage reports from it or from
+# Prefect's SDK (set before autodoc imports prefect, which reads its settings once)
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 project = "photoroom_bg"
 author = "photoroom_bg developers"

@@ -19,6 +19,7 @@ MODULES = [
     "photoroom_bg.sources",
     "photoroom_bg.testing",
     "photoroom_bg.cli",
+    "photoroom_bg.prefect",
 ]
 
 

@@ -1,0 +1,57 @@
+"""What a worker takes from its own environment, never from a run's parameters.
+
+A parameter names *where* (``s3://bucket/prefix``, a folder); the worker decides *how*: the S3
+endpoint, region and credentials come from the standard AWS variables (``AWS_ENDPOINT_URL_S3``
+or ``AWS_ENDPOINT_URL``, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID``...), the Photoroom base URL from
+``PHOTOROOM_BASE_URL``. A parameter that could redirect a worker's API key or storage
+credentials to another server would be a way to steal them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import ConfigurationError
+from ..sinks import Sink, open_sink
+from ..sources import SourceReader
+
+__all__ = ["check_shared_sink", "open_worker_sink", "s3_endpoint", "worker_reader"]
+
+
+def s3_endpoint() -> str | None:
+    """The S3 endpoint of this worker: ``$AWS_ENDPOINT_URL_S3``, else ``$AWS_ENDPOINT_URL``."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def check_shared_sink(uri: str) -> str:
+    """Refuse sinks that the shards of a job cannot share.
+
+    Raises:
+        ConfigurationError: ``memory://`` (each process, and each shard, would get its own)
+            or an empty string.
+    """
+    if not isinstance(uri, str) or not uri.strip():
+        raise ConfigurationError("a job needs a sink: an s3:// URI or a folder")
+    if uri.startswith("memory://"):
+        raise ConfigurationError(
+            "a memory:// sink cannot be shared by the shards of a job: use s3:// or a folder "
+            "every worker can reach"
+        )
+    return uri
+
+
+def open_worker_sink(uri: str) -> Sink:
+    """Open the sink ``uri`` with this worker's storage settings."""
+    options: dict[str, Any] = {}
+    endpoint = s3_endpoint()
+    if uri.startswith("s3://") and endpoint:
+        options["endpoint_url"] = endpoint
+    return open_sink(check_shared_sink(uri), **options)
+
+
+def worker_reader() -> SourceReader:
+    """A :class:`~photoroom_bg.sources.SourceReader` with this worker's S3 settings (and the
+    default SSRF policy: URLs to private networks are refused)."""
+    endpoint = s3_endpoint()
+    return SourceReader(s3_options={"endpoint_url": endpoint} if endpoint else None)

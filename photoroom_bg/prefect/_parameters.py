@@ -1,0 +1,87 @@
+"""JobParameters: a job's parameters, validated before anything is listed or billed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ..errors import ConfigurationError
+from ._environment import check_shared_sink
+from ._jobstore import check_job_id
+from ._options import options_to_dict
+
+__all__ = ["DEFAULT_RATE_LIMIT", "JobParameters"]
+
+#: The global concurrency limit a flow creates when given ``requests_per_minute``.
+DEFAULT_RATE_LIMIT = "photoroom-bg"
+
+
+@attrs.frozen(kw_only=True)
+class JobParameters:
+    """The validated parameters of a job (what ``remove_backgrounds`` takes).
+
+    Checked when built: a bad value fails before anything is listed or billed.
+    """
+
+    sources: list[str]
+    sink: str
+    options: dict[str, Any] = attrs.field(factory=dict)
+    shard_size: int = 100
+    concurrency: int = 8
+    engine: str = "photoroom"
+    api_key_secret: str | None = None
+    requests_per_minute: float | None = None
+    rate_limit: str | None = None
+    deferred: bool = False
+    max_running_shards: int = 8
+    job_id: str | None = None
+    heartbeat_timeout: float = 60.0
+    max_failures: int = 50
+
+    def __attrs_post_init__(self) -> None:
+        check_shared_sink(self.sink)
+        if not self.sources or not all(isinstance(s, str) and s for s in self.sources):
+            raise ConfigurationError("sources must be a non-empty list of references (strings)")
+        for name in ("shard_size", "concurrency", "max_running_shards"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be at least 1")
+        if self.heartbeat_timeout <= 0:
+            raise ConfigurationError("heartbeat_timeout must be positive")
+        if self.requests_per_minute is not None and self.requests_per_minute <= 0:
+            raise ConfigurationError("requests_per_minute must be positive")
+        if self.engine != "photoroom" and not (
+            self.engine == "local" or self.engine.startswith("local:")
+        ):
+            raise ConfigurationError(
+                f"unknown engine {self.engine!r}: use 'photoroom', 'local' or 'local:<model>'"
+            )
+        if self.job_id is not None:
+            check_job_id(self.job_id)
+        options_to_dict(self.options)  # validates
+
+    @property
+    def limit_name(self) -> str | None:
+        """The fleet rate limit shards take slots of (``None``: none)."""
+        if self.rate_limit:
+            return self.rate_limit
+        return DEFAULT_RATE_LIMIT if self.requests_per_minute else None
+
+    def flow_parameters(self) -> dict[str, Any]:
+        """The parameters of a ``remove_backgrounds`` flow run."""
+        return {
+            "sources": list(self.sources),
+            "sink": self.sink,
+            "options": dict(self.options),
+            "shard_size": self.shard_size,
+            "concurrency": self.concurrency,
+            "engine": self.engine,
+            "api_key_secret": self.api_key_secret,
+            "requests_per_minute": self.requests_per_minute,
+            "rate_limit": self.rate_limit,
+            "deferred": self.deferred,
+            "max_running_shards": self.max_running_shards,
+            "job_id": self.job_id,
+            "heartbeat_timeout": self.heartbeat_timeout,
+            "max_failures": self.max_failures,
+        }

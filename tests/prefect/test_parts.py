@@ -1,0 +1,472 @@
+"""The parts of photoroom_bg.prefect that need no Prefect server: options as parameters,
+summaries, the rate-limited engine, the retry rule, the job records."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from prefect.states import Failed
+
+from photoroom_bg import BatchRemover, EditOptions, FileSystemSink, SegmentOptions, _loop
+from photoroom_bg.errors import (
+    APIConnectionError,
+    BucketNotFoundError,
+    ConfigurationError,
+    InvalidImageError,
+    StorageAuthError,
+    StorageError,
+    ValidationError,
+)
+from photoroom_bg.prefect import (
+    FailureNote,
+    JobFailed,
+    JobParameters,
+    JobStore,
+    RateLimitedEngine,
+    RunSummary,
+    ShardStopped,
+    ShardSummary,
+    check_job_id,
+    options_from_dict,
+    options_to_dict,
+    run_shard,
+    shard_summary,
+    should_retry,
+)
+from photoroom_bg.prefect._coordinator import Coordinator, _Flight
+from photoroom_bg.prefect._summary import RunTotals
+from photoroom_bg.testing import PhotoroomEmulator
+
+from .conftest import photo_folder
+
+# -- options travel as dicts -----------------------------------------------------------------
+
+
+def test_options_round_trip_through_a_json_ready_dict() -> None:
+    edit = EditOptions(background_color="FFFFFF", output_size="1000x1000", padding=0.1)
+    data = options_to_dict(edit)
+    assert data == {
+        "type": "edit",
+        "background_color": "FFFFFF",
+        "output_size": "1000x1000",
+        "padding": 0.1,
+    }
+    assert options_from_dict(data) == edit
+    assert options_from_dict(None) == SegmentOptions()
+    assert options_to_dict(None) == {"type": "segment"}
+    assert options_from_dict({"size": "hd", "crop": True}) == SegmentOptions(size="hd", crop=True)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"type": "resize"}, "not one of"),
+        ({"sise": "hd"}, "unknown segment option"),
+        ({"size": "huge"}, "size="),
+        ({"type": "edit", "background_image_file": "..."}, "cannot travel"),
+        ({"type": "edit", "output_size": "big"}, "output_size"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        options_from_dict(data)
+
+
+def test_image_bytes_never_become_a_parameter() -> None:
+    with pytest.raises(ValidationError, match="cannot travel"):
+        options_to_dict(EditOptions(background_image_file=b"\x89PNG..."))
+
+
+# -- summaries -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _FutureReport:
+    """A BatchReport with a count that does not exist yet: summaries must carry it anyway."""
+
+    total_count: int
+    stored_count: int
+    failed_count: int
+    possibly_billed_count: int
+    billed_calls: int
+    failures: dict[str, tuple[Any, ...]]
+    failure_counts: dict[str, int]
+    credits_spent: float | None = None
+    stop_reason: str | None = None
+    duration: float = 1.5
+
+
+@attrs.frozen
+class _Job:
+    source: str
+    error_type: str
+    error: Any
+    reason: str | None = None
+
+
+def test_shard_summaries_carry_every_count_of_the_report_even_new_ones() -> None:
+    failures = {
+        "InvalidImageError": tuple(
+            _Job(f"s3://b/{i}.jpg", "InvalidImageError", InvalidImageError("x" * 500))
+            for i in range(30)
+        )
+    }
+    report = _FutureReport(
+        total_count=40,
+        stored_count=10,
+        failed_count=30,
+        possibly_billed_count=2,
+        billed_calls=10,
+        failures=failures,
+        failure_counts={"InvalidImageError": 30},
+    )
+    summary = shard_summary(
+        report, job_id="j", shard=3, size=40, outcome="completed", manifest_key="m", max_failures=5
+    )
+    assert summary.count("possibly_billed_count") == 2
+    assert summary.count("billed_calls") == 10
+    assert len(summary.failures) == 5  # bounded
+    assert all(len(note.message) <= 300 for note in summary.failures)
+    assert ShardSummary.from_dict(summary.to_dict()) == summary
+
+    totals = RunTotals(max_failures=3)
+    totals.add(summary)
+    totals.add(summary)
+    run = totals.summary(
+        job_id="j",
+        sink="s3://b/out",
+        manifests="m/",
+        cancelled=False,
+        credits_spent=None,
+        duration=2,
+    )
+    assert run.count("possibly_billed_count") == 4  # summed without knowing the field
+    assert run.state == "failed"
+    assert len(run.failures) == 3
+    assert "20 of 80 images stored" in run.message
+    assert RunSummary.from_dict(run.to_dict()) == run
+
+
+def test_a_job_failure_survives_pickling_with_its_summary() -> None:
+    totals = RunTotals()
+    totals.add_unfinished(shard=0, size=5, outcome="failed", error_type="ShardFailed", message="x")
+    run = totals.summary(
+        job_id="j", sink="out", manifests="m/", cancelled=False, credits_spent=None, duration=1
+    )
+    error = pickle.loads(pickle.dumps(JobFailed(run)))  # noqa: S301 (our own bytes)
+    assert isinstance(error, JobFailed)
+    assert error.summary == run
+    assert error.summary.failures == (FailureNote("shard 0 (5 sources)", "ShardFailed", "x"),)
+
+
+# -- the retry rule --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "retry"),
+    [
+        (StorageError("sink hiccup"), True),
+        (APIConnectionError("reset"), True),
+        (ConnectionResetError(), True),
+        (StorageAuthError("denied"), False),
+        (BucketNotFoundError("gone"), False),
+        (ConfigurationError("no key"), False),
+        (ValidationError("bad option"), False),
+        (ShardStopped("402"), False),
+        (RuntimeError("bug"), False),
+    ],
+)
+def test_shards_are_retried_only_for_failures_a_retry_can_fix(
+    error: BaseException, retry: bool
+) -> None:
+    state: Any = Failed(data=error)
+    assert should_retry(None, None, state) is retry  # type: ignore[arg-type]
+
+
+# -- parameters ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"sink": "memory://"}, "cannot be shared"),
+        ({"sources": []}, "non-empty"),
+        ({"shard_size": 0}, "shard_size"),
+        ({"engine": "rembg"}, "unknown engine"),
+        ({"job_id": "../escape"}, "job id"),
+        ({"options": {"size": "giant"}}, "size"),
+        ({"requests_per_minute": 0}, "positive"),
+    ],
+)
+def test_job_parameters_are_checked_before_anything_runs(
+    changes: dict[str, Any], message: str
+) -> None:
+    base: dict[str, Any] = {"sources": ["s3://b/a.jpg"], "sink": "s3://b/out"}
+    with pytest.raises((ConfigurationError, ValidationError), match=message):
+        JobParameters(**{**base, **changes})
+
+
+def test_job_ids_must_be_safe_key_segments() -> None:
+    assert check_job_id("2026-11_run.3") == "2026-11_run.3"
+    for bad in ("", "a/b", "..", ".hidden", "x" * 129, "a b"):
+        with pytest.raises(ValidationError):
+            check_job_id(bad)
+
+
+# -- the rate-limited engine -----------------------------------------------------------------
+
+
+class _CountingAcquire:
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    async def __call__(self, name: str) -> None:
+        self.names.append(name)
+
+
+def test_every_billed_attempt_takes_a_fleet_slot_retries_included(tmp_path: Path) -> None:
+    emu = PhotoroomEmulator(credits=100)
+    acquire = _CountingAcquire()
+    with emu.serve() as url:
+        from photoroom_bg import PhotoroomEngine
+
+        engine = RateLimitedEngine(
+            PhotoroomEngine(api_key=emu.api_key, base_url=url, max_retries=0),
+            "fleet",
+            acquire=acquire,
+        )
+        emu.inject("503", "429")  # two unbilled failures, retried by the batch
+        remover = BatchRemover(
+            engine,
+            sink=FileSystemSink(tmp_path / "out"),
+            requests_per_minute=None,
+            backoff=0.01,
+            track_credits=False,
+            concurrency=1,
+        )
+        report = remover.submit(str(photo_folder(tmp_path / "in", 3))).wait(60)
+        _loop.run_sync(engine.aclose())
+    assert report.stored_count == 3
+    assert emu.ledger.calls() == 3
+    assert acquire.names == ["fleet"] * 5  # 3 billed calls + 2 retried attempts
+    assert engine.name == "photoroom"  # keys and manifests name the real engine
+    assert engine.bills is True
+
+
+def test_engines_that_do_not_bill_take_no_slot() -> None:
+    class Local:
+        name = "local:test"
+        bills = False
+
+        async def process(self, image: bytes, options: Any) -> Any:
+            return image
+
+        async def aclose(self) -> None:
+            pass
+
+    acquire = _CountingAcquire()
+    engine = RateLimitedEngine(Local(), "fleet", acquire=acquire)
+    assert asyncio.run(engine.process(b"x", SegmentOptions())) == b"x"
+    assert acquire.names == []
+
+
+def test_the_wrapped_engine_is_closed_on_the_loop_that_used_it() -> None:
+    closed_on: list[asyncio.AbstractEventLoop] = []
+
+    class Tracked:
+        name = "tracked"
+        bills = False
+
+        async def process(self, image: bytes, options: Any) -> Any:
+            return image
+
+        async def aclose(self) -> None:
+            closed_on.append(asyncio.get_running_loop())
+
+    engine = RateLimitedEngine(Tracked(), "fleet")
+    _loop.run_sync(engine.process(b"x", SegmentOptions()))  # used on the background loop
+    asyncio.run(engine.aclose())  # closed from another loop
+    assert closed_on == [_loop.background_loop()]
+
+
+# -- shards that must not run ------------------------------------------------------------------
+
+
+def _job_store(sink: Path, job_id: str = "job") -> JobStore:
+    return JobStore(FileSystemSink(sink), job_id)
+
+
+@pytest.mark.parametrize(
+    ("control", "record", "outcome"),
+    [
+        ({"attempt": "run:2", "stop": None}, None, "superseded"),
+        ({"attempt": "run:1", "stop": None}, {"lease": "newer"}, "superseded"),
+        ({"attempt": "run:1", "stop": "out of credits", "kind": "stopped"}, None, "cancelled"),
+    ],
+)
+def test_a_stale_duplicate_or_stopped_shard_ends_without_calling_photoroom(
+    tmp_path: Path,
+    emulator: PhotoroomEmulator,
+    control: dict[str, Any],
+    record: dict[str, Any] | None,
+    outcome: str,
+) -> None:
+    store = _job_store(tmp_path / "out")
+    asyncio.run(store.write(store.control_key, control))
+    if record is not None:
+        asyncio.run(store.write_shard(0, record))
+    sources = [str(p) for p in sorted(photo_folder(tmp_path / "in", 4).iterdir())]
+    summary, reason = asyncio.run(
+        run_shard(
+            sources, str(tmp_path / "out"), job_id="job", shard=0, lease="mine", attempt="run:1"
+        )
+    )
+    assert summary.outcome == outcome
+    assert summary.count("cancelled_count") == 4
+    assert reason
+    assert emulator.requests == []  # not even one request
+
+
+# -- stranded shards ---------------------------------------------------------------------------
+
+
+def test_shards_taken_by_a_worker_but_never_started_are_found_first_in_first_out() -> None:
+    params = JobParameters(sources=["s3://b/x.jpg"], sink="s3://b/out", deferred=True, job_id="j")
+    coordinator = Coordinator(params, "a:1", "a", None)
+
+    def flight(shard: int, seq: int, started: bool) -> _Flight:
+        return _Flight(shard, [], "l", seq, shard, None, 0, 0.0, started=started)
+
+    coordinator.flights = {
+        0: flight(0, 1, True),
+        1: flight(1, 2, False),  # a later shard started: this one was handed out and stuck
+        2: flight(2, 3, True),
+        3: flight(3, 4, False),  # nothing later started: it may just be queued
+    }
+    assert [f.shard for f in coordinator._stranded()] == [1]
+
+
+def test_a_shard_that_ends_between_two_reads_is_counted_from_its_final_record(
+    tmp_path: Path,
+) -> None:
+    """The flow reads task states, then records: a shard finishing in between (its record
+    written, then its task run completed) must not look like one that ended without one."""
+    from prefect.states import Completed
+
+    params = JobParameters(sources=["a.jpg"], sink=str(tmp_path / "out"), job_id="race")
+    coordinator = Coordinator(params, "run:1", "run", None)
+    coordinator.store = store = _job_store(tmp_path / "out", "race")
+    summary = ShardSummary(
+        job_id="race",
+        shard=0,
+        size=1,
+        outcome="completed",
+        counts={"total_count": 1, "stored_count": 1},
+    )
+    asyncio.run(store.write_shard(0, {"lease": "l", "state": "running", "beat": 1}))
+    coordinator.flights = {0: _Flight(0, ["a.jpg"], "l", 1, "t0", None, 0, 0.0)}
+
+    async def states(flights: list[_Flight]) -> dict[str, Any]:
+        # the shard finishes now: final record first, then its task run completes
+        await store.write_shard(
+            0, {"lease": "l", "state": "completed", "summary": summary.to_dict()}
+        )
+        return {"t0": Completed()}
+
+    coordinator._states = states  # type: ignore[method-assign]
+    asyncio.run(coordinator._poll())
+    assert coordinator.flights == {}
+    assert coordinator.totals.shard_outcomes == {"completed": 1}
+    assert coordinator.totals.counts["stored_count"] == 1
+    assert not coordinator.stopping
+
+
+class _FakeTask:
+    """Stands in for remove_shard: records deferrals, hands out task run ids."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def delay(self, **params: Any) -> Any:
+        self.calls.append(params)
+        return type("Future", (), {"task_run_id": f"run-{len(self.calls)}"})()
+
+
+class _FakeClient:
+    def __init__(self) -> None:
+        self.forced: list[tuple[str, str]] = []
+
+    async def set_task_run_state(self, task_run_id: str, state: Any, force: bool) -> None:
+        assert force
+        self.forced.append((task_run_id, state.type.value))
+
+
+def test_a_shard_whose_worker_stopped_beating_is_crashed_and_handed_over(tmp_path: Path) -> None:
+    """A running shard whose beats stop is marked Crashed and submitted again with a new
+    lease; a shard a worker took but never started (a later one did start) goes too."""
+    from prefect.states import Running, Scheduled
+
+    params = JobParameters(
+        sources=["a.jpg"],
+        sink=str(tmp_path / "out"),
+        job_id="lost",
+        deferred=True,
+        heartbeat_timeout=0.3,
+    )
+    task, client = _FakeTask(), _FakeClient()
+    coordinator = Coordinator(params, "run:1", "run", task)
+    coordinator.store = store = _job_store(tmp_path / "out", "lost")
+    coordinator.client = client
+
+    async def scenario() -> None:
+        await coordinator._submit(0, ["a.jpg"], resubmits=0)  # taken, never started
+        await coordinator._submit(1, ["b.jpg"], resubmits=0)  # running, then silent
+        await store.write_shard(
+            1, {"lease": coordinator.flights[1].lease, "state": "running", "beat": 3}
+        )
+
+        async def states(flights: list[_Flight]) -> dict[str, Any]:
+            return {"run-1": Scheduled(), "run-2": Running()}
+
+        coordinator._states = states  # type: ignore[method-assign]
+        await coordinator._poll()  # sees shard 1 alive
+        assert len(task.calls) == 2
+        await asyncio.sleep(0.6)  # longer than heartbeat_timeout, and no beat meanwhile
+        await coordinator._poll()
+
+    asyncio.run(scenario())
+    assert sorted(client.forced) == [("run-1", "CANCELLED"), ("run-2", "CRASHED")]
+    resubmitted = {call["shard"]: call["lease"] for call in task.calls[2:]}
+    assert sorted(resubmitted) == [0, 1]
+    for shard, lease in resubmitted.items():
+        record = asyncio.run(store.read_shard(shard))
+        assert record is not None
+        assert record["lease"] == lease  # the lost copies, should they wake up, stand down
+        assert record["state"] == "queued"
+    assert coordinator.flights[1].resubmits == 1
+
+
+def test_a_new_attempt_clears_old_stops_but_keeps_a_cancel_aimed_at_its_own_run(
+    tmp_path: Path,
+) -> None:
+    store = _job_store(tmp_path / "out", "cancel-early")
+
+    async def scenario() -> list[Any]:
+        await store.request_stop("out of credits", "stopped")  # an earlier attempt's stop
+        resumed = await store.start_attempt("fr-1:1", "fr-1")
+        await store.request_stop("cancelled by the user", "cancelled", run="fr-2")
+        other = await store.start_attempt("fr-3:1", "fr-3")  # another run: goes on
+        await store.request_stop("cancelled by the user", "cancelled", run="fr-4")
+        aimed = await store.start_attempt("fr-4:1", "fr-4")  # the run the cancel was for
+        return [resumed, other, aimed]
+
+    resumed, other, aimed = asyncio.run(scenario())
+    assert resumed.stop is None
+    assert other.stop is None
+    assert aimed.stop == "cancelled by the user"
+    assert aimed.attempt == "fr-4:1"
