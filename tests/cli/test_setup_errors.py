@@ -88,13 +88,18 @@ def shared_tmp() -> Iterator[Path]:
 
 
 def run_unprivileged(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run the command as a user that cannot write where root could (root ignores modes)."""
+    """Run the command so that file modes bind it, even when the tests run as root.
+
+    Root ignores modes through two capabilities; the command keeps uid 0 (so it still reads
+    the root-owned environment it runs from, whatever that environment's modes) but loses
+    those two, so a folder without write permission refuses it as it would anyone.
+    """
     command = [sys.executable, "-m", "photoroom_bg.cli", *args]
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
         if setpriv is None:
             pytest.skip("running as root without setpriv: cannot drop privileges")
-        command = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        command = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--", *command]
     return subprocess.run(
         command, env={**os.environ, **env}, capture_output=True, text=True, timeout=120
     )
