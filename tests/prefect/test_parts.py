@@ -12,7 +12,14 @@ import attrs
 import pytest
 from prefect.states import Failed
 
-from photoroom_bg import BatchRemover, EditOptions, FileSystemSink, SegmentOptions, _loop
+from photoroom_bg import (
+    BatchRemover,
+    EditOptions,
+    FileSystemSink,
+    RetryPolicy,
+    SegmentOptions,
+    _loop,
+)
 from photoroom_bg.errors import (
     APIConnectionError,
     BucketNotFoundError,
@@ -245,7 +252,7 @@ def test_every_billed_attempt_takes_a_fleet_slot_retries_included(tmp_path: Path
             engine,
             sink=FileSystemSink(tmp_path / "out"),
             requests_per_minute=None,
-            backoff=0.01,
+            retry_policy=RetryPolicy(initial_delay=0.01, max_delay=0.05),
             track_credits=False,
             concurrency=1,
         )
