@@ -237,24 +237,27 @@ class Manifest:
         cancelled, what is already queued is still written."""
         assert self._receive is not None
         receive = self._receive
+        lines: list[bytes] = []  # taken from the queue, not yet on disk
         try:
             async for line in receive:
-                lines = [line]
+                lines.append(line)
                 while True:
                     try:
                         lines.append(receive.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
+                # a cancel may land before the thread starts (e.g. while every worker
+                # thread is busy): the group stays in ``lines`` for the finally below
                 await anyio.to_thread.run_sync(self._append, lines)
+                lines = []
         finally:
-            rest: list[bytes] = []
             while True:
                 try:
-                    rest.append(receive.receive_nowait())
+                    lines.append(receive.receive_nowait())
                 except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                     break
-            if rest:
-                self._append(rest)  # cancelled: written inline rather than lost
+            if lines:
+                self._append(lines)  # cancelled: written inline rather than lost
 
     def close(self) -> None:
         """Close the file."""

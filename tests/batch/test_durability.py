@@ -61,6 +61,47 @@ def test_appending_after_a_torn_line_starts_on_a_new_line(
     assert len(job_records(manifest)) == 1 + 3
 
 
+def test_records_the_writer_holds_when_it_is_cancelled_are_written(tmp_path: Path) -> None:
+    """A cancel that lands while the writer waits for a worker thread (all of them busy on a
+    loaded machine) must not drop the records it has already taken from its queue."""
+    import anyio
+
+    from photoroom_bg.batch._manifest import Manifest
+
+    async def main() -> None:
+        manifest = Manifest(tmp_path / "m.jsonl")
+        manifest.open()
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = 1
+        release = threading.Event()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(anyio.to_thread.run_sync, release.wait)  # the only thread
+                await until(lambda: limiter.borrowed_tokens == 1)
+                tg.start_soon(manifest.writer)
+                for n in range(3):
+                    manifest._send.send_nowait(f'{{"n": {n}}}\n'.encode())  # type: ignore[union-attr]
+                await until(lambda: manifest._receive.statistics().current_buffer_used == 0)  # type: ignore[union-attr]
+                tg.cancel_scope.cancel()
+                release.set()
+        finally:
+            limiter.total_tokens = 40
+            manifest.close()
+        assert (tmp_path / "m.jsonl").read_text().splitlines() == [
+            f'{{"n": {n}}}' for n in range(3)
+        ]
+
+    asyncio.run(main())
+
+
+async def until(condition: Any) -> None:
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the condition never held")
+
+
 def test_resume_after_retry_failed_finds_the_batch_sources_in_an_earlier_run(
     tmp_path: Path,
 ) -> None:
