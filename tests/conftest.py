@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +35,23 @@ def _own_spill_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "spill"
     monkeypatch.setenv("PHOTOROOM_BG_SPILL_DIR", str(folder))
     return folder
+
+
+#: Loopback ports of servers whose *own* client libraries keep connections this suite cannot
+#: close (Prefect's API: its background services and per-thread task contexts hold clients
+#: for the life of the process). A socket to one of these, found unclosed by the garbage
+#: collector, is that library's and is not an error; every other unclosed socket still is.
+FOREIGN_CLIENT_PORTS: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _foreign_sockets_are_not_ours() -> None:
+    for port in FOREIGN_CLIENT_PORTS:
+        warnings.filterwarnings(
+            "ignore",
+            message=rf"unclosed <socket\.socket .*raddr=\('127\.0\.0\.1', {port}\)>",
+            category=ResourceWarning,
+        )
 
 
 @pytest.fixture(autouse=True)

@@ -11,13 +11,17 @@ import itertools
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from PIL import Image, ImageDraw
 
 from photoroom_bg.testing import PhotoroomEmulator
+
+from ..conftest import FOREIGN_CLIENT_PORTS
 
 #: Settings that keep Prefect (server, workers, client) on this machine and quiet.
 QUIET_PREFECT = {
@@ -58,13 +62,26 @@ def photo_folder(root: Path, count: int) -> Path:
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[None]:
     """An ephemeral Prefect API (a loopback server process over a temporary SQLite file)."""
+    import prefect.settings
     from prefect.testing.utilities import prefect_test_harness
 
     try:
         with prefect_test_harness(server_startup_timeout=180):
+            port = urlsplit(str(prefect.settings.PREFECT_API_URL.value())).port
+            assert port is not None
+            FOREIGN_CLIENT_PORTS.add(port)
             yield
     finally:
         shutil.rmtree(_HOME, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _prefects_transports() -> None:
+    """The asyncio transports under those sockets (see ``FOREIGN_CLIENT_PORTS``) warn too,
+    with no address to tell them apart: here, among Prefect's own, they are not errors."""
+    warnings.filterwarnings(
+        "ignore", message="unclosed transport <_SelectorSocketTransport", category=ResourceWarning
+    )
 
 
 @pytest.fixture
