@@ -276,7 +276,8 @@ def one_flow_run_per_image(
 
 
 def overhead(workdir: Path, env: dict[str, str], n: int, originals: int) -> None:
-    print(f"1. orchestration overhead per image, emulator latency 0 (N={n}; original: {originals})")
+    print("1. orchestration overhead per image, emulator latency 0")
+    print(f"   (N={n}; original design: {originals})")
     sources = make_images(workdir / "overhead-in", n)
     paths = sorted(Path(sources).iterdir())[:originals]
     concurrency = 16
@@ -301,12 +302,12 @@ def overhead(workdir: Path, env: dict[str, str], n: int, originals: int) -> None
         f"   plain BatchRemover:            {plain_per_image * 1e3:8.2f} ms/image ({plain:.1f} s)"
     )
     print(
-        f"   remove_backgrounds, 4 shards:  {ours / n * 1e3:8.2f} ms/image ({ours:.1f} s); "
-        f"overhead {ours_overhead * 1e3:.2f} ms/image"
+        f"   remove_backgrounds, 4 shards:  {ours / n * 1e3:8.2f} ms/image ({ours:.1f} s)\n"
+        f"      overhead {ours_overhead * 1e3:.2f} ms/image"
     )
     print(
         f"   one flow run per image (x4):   {original / originals * 1e3:8.2f} ms/image "
-        f"({original:.1f} s); overhead {original_overhead * 1e3:.2f} ms/image"
+        f"({original:.1f} s)\n      overhead {original_overhead * 1e3:.2f} ms/image"
     )
     print(
         f"   overhead ratio original/ours:  {original_overhead / ours_overhead:.0f}x"
@@ -316,8 +317,9 @@ def overhead(workdir: Path, env: dict[str, str], n: int, originals: int) -> None
 
 def throughput(workdir: Path, env: dict[str, str], n: int, concurrency: int) -> None:
     print(
-        f"2. throughput with 1 and 2 task workers, emulator latency 300 ms (N={n}, shards of "
-        f"50, {concurrency} images at a time per shard, 2 shards at a time per worker)"
+        f"2. throughput with 1 and 2 task workers, emulator latency 300 ms\n"
+        f"   (N={n}, shards of 50, {concurrency} images at a time per shard,\n"
+        f"   2 shards at a time per worker)"
     )
     sources = make_images(workdir / "throughput-in", n, offset=10**6)
     # every shard handed out at once, so that no worker ever waits for the flow to create one
@@ -336,11 +338,11 @@ def throughput(workdir: Path, env: dict[str, str], n: int, concurrency: int) -> 
             load = os.getloadavg()[0]
             print(
                 f"   {workers} worker{'s' if workers > 1 else ' '}: {elapsed:6.1f} s, "
-                f"{n / elapsed:6.1f} images/s; workers' CPU {used:.1f} s "
-                f"({used / n * 1e3:.1f} ms/image); load average {load:.1f}"
+                f"{n / elapsed:6.1f} images/s; load average {load:.1f}\n"
+                f"      workers' CPU {used:.1f} s ({used / n * 1e3:.1f} ms/image)"
             )
     print(f"   ratio 2 workers / 1 worker: {results[2] / results[1]:.2f}  (ideal 2.0)")
-    print(f"   ({os.cpu_count()} CPUs for the workers, the server, the emulator and this flow)")
+    print(f"   ({os.cpu_count()} CPUs for the workers, the server, the emulator, this flow)")
 
 
 def main() -> None:
@@ -377,10 +379,8 @@ def main() -> None:
         for name in ("prefect", "httpx", "httpcore", "anyio")
     )
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(
-        f"python {sys.version.split()[0]}, {versions}; {os.cpu_count()} CPUs, load average {load}",
-        flush=True,
-    )
+    print(f"python {sys.version.split()[0]}, {versions}", flush=True)
+    print(f"{os.cpu_count()} CPUs, load average {load}", flush=True)
     with ExitStack() as stack:
         if args.workdir:  # keep the logs and outputs
             workdir = Path(tempfile.mkdtemp(prefix="photoroom-bg-prefect-bench-", dir=args.workdir))
