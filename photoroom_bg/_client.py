@@ -13,6 +13,7 @@ import httpx
 
 from ._base_client import NOT_GIVEN, BaseClient, NotGiven, RequestSpec
 from ._images import ImageInput
+from ._pool import DEFAULT_LIMITS, ShardedTransport
 from ._retry import RetryPolicy, is_retryable
 from .errors import PhotoroomError
 from .models import Account, ImageResult
@@ -240,7 +241,7 @@ class AsyncPhotoroomClient(BaseClient):
         self._http = http_client or httpx.AsyncClient(
             timeout=self.timeout,
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            transport=ShardedTransport(DEFAULT_LIMITS),  # many small pools: see _pool.py
         )
 
     def with_options(self: _A, **changes: Any) -> _A:
