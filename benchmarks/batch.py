@@ -5,13 +5,16 @@ the same requests, so the ceiling of this machine and this emulator is visible t
 
 1. ``efficiency``: wall-time efficiency = ideal time (N x latency / concurrency) / measured
    time, for N = 2,000 at concurrency 8, 64 and 256, with the client's and the emulator's CPU
-   (100 % = one core; an emulator near 100 % per process is what limits the run);
+   (100 % = one core; an emulator near 100 % per process is what limits the run). The bare
+   loop runs twice: on one httpx pool, and on the SDK's sharded pool (``--shards`` to try
+   other shard counts);
 2. ``cpu``: client CPU seconds per image at latency 0, BatchRemover / a bare loop (tiny
-   synthetic PNGs, results kept in memory);
+   synthetic PNGs, results kept in memory), on one pool and sharded;
 3. ``rss``: peak RSS of a whole batch process at N = 1,000 and N = 20,000 (filesystem sink);
 4. ``photos``: client CPU per image with real photos (``examples/images`` cut into 64-128 px
    crops, and full-size copies), read from files and stored as files, BatchRemover / a hand
-   loop, at concurrency 8 and 64, against an emulator doing real image work;
+   loop (on one pool and sharded), at concurrency 8 and 64, against an emulator doing real
+   image work;
 5. ``faults``: sporadic faults (about 20 %: 429 and 503 with ``Retry-After: 1``, 500, 502,
    resets, truncations) and a server-side rate limit, BatchRemover / a plain loop with one
    shared ``httpx.AsyncClient``, a semaphore and 5 retries honouring ``Retry-After``: wall time
@@ -26,6 +29,7 @@ run and lower the others' share of it, and run each configuration twice::
     python benchmarks/batch.py --only photos faults     # the others
     python benchmarks/batch.py --only efficiency --latency 1.0 --concurrency 64 256
     python benchmarks/batch.py --only efficiency --emulator-workers 2
+    python benchmarks/batch.py --only efficiency --concurrency 64 256 --shards 2 4 8 16 32
 """
 
 from __future__ import annotations
@@ -52,13 +56,14 @@ import httpx
 from PIL import Image
 
 from photoroom_bg import BatchRemover, MemorySink
+from photoroom_bg._pool import ShardedTransport
 from photoroom_bg.testing import DEFAULT_API_KEY
 
 KEY = DEFAULT_API_KEY
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT / "examples" / "images"
-# the SDK's own pool settings; a keep-alive pool as large as 256 costs httpcore ~16 ms of CPU
-# per request (it scans every idle connection), so the bare loop would be an unfair floor
+# one httpx pool's keep-alive share: httpcore counts idle connections in quadratic time, so a
+# keep-alive pool as large as 256 would make the one-pool loop an unfair floor
 KEEPALIVE = 64
 HOT_PATH = ("httpx", "httpcore", "anyio", "h11", "sniffio", "uvicorn", "starlette")
 # about 20 % of segment requests fail, in the ways real networks and servers fail
@@ -249,6 +254,18 @@ def photo_files(folder: Path, n: int, full_size: bool, seed: int = 0) -> list[Pa
 # --- what is measured ------------------------------------------------------------------------
 
 
+def http_client(url: str, concurrency: int, pool: str) -> httpx.AsyncClient:
+    """The loops' one shared client: ``pool`` is ``"1 pool"`` (one httpx pool, as httpx makes
+    it), ``"sharded"`` (the SDK's :class:`ShardedTransport`) or ``"<k> shards"``."""
+    if pool == "1 pool":
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=KEEPALIVE)
+        return httpx.AsyncClient(base_url=url, limits=limits, timeout=60)
+    shards = None if pool == "sharded" else int(pool.split()[0])
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    transport = ShardedTransport(limits, shards=shards)
+    return httpx.AsyncClient(base_url=url, transport=transport, timeout=60)
+
+
 def sdk_batch(
     url: str,
     data: Sequence[bytes] | Sequence[Path],
@@ -274,12 +291,11 @@ def sdk_batch(
     return time.perf_counter() - started, report
 
 
-def bare_loop(url: str, data: Sequence[bytes], concurrency: int) -> float:
+def bare_loop(url: str, data: Sequence[bytes], concurrency: int, pool: str = "1 pool") -> float:
     """What the same requests cost with nothing but httpx: the floor we compare with."""
 
     async def run() -> None:
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=KEEPALIVE)
-        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        async with http_client(url, concurrency, pool) as client:
             queue: asyncio.Queue[bytes] = asyncio.Queue()
             for item in data:
                 queue.put_nowait(item)
@@ -302,14 +318,15 @@ def bare_loop(url: str, data: Sequence[bytes], concurrency: int) -> float:
     return time.perf_counter() - started
 
 
-def hand_loop(url: str, paths: Sequence[Path], concurrency: int, out: Path) -> int:
+def hand_loop(
+    url: str, paths: Sequence[Path], concurrency: int, out: Path, pool: str = "1 pool"
+) -> int:
     """What a user writes by hand: read each file, post it, store the cut-out as a file.
     Returns the number of images stored."""
 
     async def run() -> int:
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=KEEPALIVE)
         stored = 0
-        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        async with http_client(url, concurrency, pool) as client:
             queue: asyncio.Queue[Path] = asyncio.Queue()
             for path in paths:
                 queue.put_nowait(path)
@@ -379,7 +396,7 @@ def cpu(fn: Callable[..., object], *args: object) -> float:
 # --- the sections ----------------------------------------------------------------------------
 
 
-def efficiency(latency: float, n: int, levels: list[int], workers: int) -> None:
+def efficiency(latency: float, n: int, levels: list[int], workers: int, pools: list[str]) -> None:
     processes = f"{workers} emulator process{'es' if workers > 1 else ''}"
     print(f"1. wall-time efficiency: N={n}, emulator latency {latency * 1000:.0f} ms, {processes}")
     print(
@@ -389,7 +406,7 @@ def efficiency(latency: float, n: int, levels: list[int], workers: int) -> None:
     data = list(images(n))
     runners: list[tuple[str, Callable[[str, list[bytes], int], float]]] = [
         ("BatchRemover", lambda url, d, c: sdk_batch(url, d, c)[0]),
-        ("bare httpx loop", bare_loop),
+        *((f"bare loop, {pool}", _bare(pool)) for pool in ["1 pool", *pools]),
     ]
     with Emulator(latency, workers=workers) as emu:
         sdk_batch(emu.url, data[:50], 8)  # warm up the emulator and the imports
@@ -407,6 +424,10 @@ def efficiency(latency: float, n: int, levels: list[int], workers: int) -> None:
                 )
 
 
+def _bare(pool: str) -> Callable[[str, list[bytes], int], float]:
+    return lambda url, data, concurrency: bare_loop(url, data, concurrency, pool)
+
+
 def cpu_ratio(n: int) -> None:
     print(f"2. client CPU per image: N={n}, concurrency 64, emulator latency 0")
     data = list(images(n, offset=10**6))
@@ -414,10 +435,15 @@ def cpu_ratio(n: int) -> None:
         sdk_batch(emu.url, data[:100], 64)
         bare_loop(emu.url, data[:100], 64)
         sdk = min(cpu(sdk_batch, emu.url, data, 64) for _ in range(3))
-        bare = min(cpu(bare_loop, emu.url, data, 64) for _ in range(3))
-    print(f"   bare httpx loop: {bare / n * 1e3:.3f} ms CPU/image")
-    print(f"   BatchRemover:    {sdk / n * 1e3:.3f} ms CPU/image")
-    print(f"   ratio sdk/bare:  {sdk / bare:.2f}  (target <= 1.5)")
+        bare = {
+            pool: min(cpu(bare_loop, emu.url, data, 64, pool) for _ in range(3))
+            for pool in ("1 pool", "sharded")
+        }
+    for pool, seconds in bare.items():
+        print(f"   bare httpx loop, {pool + ':':<9} {seconds / n * 1e3:.3f} ms CPU/image")
+    print(f"   BatchRemover:              {sdk / n * 1e3:.3f} ms CPU/image")
+    ratios = ", ".join(f"{sdk / seconds:.2f} ({pool})" for pool, seconds in bare.items())
+    print(f"   ratio sdk/bare: {ratios}  (target <= 1.5)")
 
 
 def rss_child(url: str, n: int, out: str, keep: int) -> None:
@@ -458,35 +484,38 @@ def photos(crops: int, full: int, levels: list[int], repeat: int) -> None:
         "emulator latency 0 with image work"
     )
     print(
-        f"   {'images':<26} {'concurrency':>11} {'hand loop':>10} {'BatchRemover':>13} {'ratio':>6}"
+        f"   {'images':<24} {'concurrency':>11} {'loop, 1 pool':>13} {'loop, sharded':>14} "
+        f"{'BatchRemover':>13} {'ratio':>6}"
     )
     with tempfile.TemporaryDirectory() as tmp, Emulator(0.0, image_work=True) as emu:
-        for label, n, full_size in (
-            (f"{crops} crops 64-128 px", crops, False),
-            (f"{full} full-size 448 px", full, True),
-        ):
+        kinds = ((f"{crops} crops 64-128 px", crops, False), (f"{full} full-size", full, True))
+        for label, n, full_size in kinds:
             folder = Path(tmp, "full" if full_size else "crops")
             folder.mkdir()
             paths = photo_files(folder, n, full_size)
             for concurrency in levels:
-                loop_cpu, sdk_cpu = [], []
+                used: dict[str, list[float]] = {"1 pool": [], "sharded": [], "sdk": []}
                 for attempt in range(repeat + 1):  # the first one warms up
-                    out = Path(tmp, f"loop-{label[:4]}-{concurrency}-{attempt}")
-                    out.mkdir()
-                    before = time.process_time()
-                    assert hand_loop(emu.url, paths, concurrency, out) == n
-                    loop_cpu.append(time.process_time() - before)
-                    out = Path(tmp, f"sdk-{label[:4]}-{concurrency}-{attempt}")
-                    before = time.process_time()
-                    _, report = sdk_batch(emu.url, paths, concurrency, sink=str(out))
-                    sdk_cpu.append(time.process_time() - before)
-                    assert report.succeeded_count == n, report
-                loop, sdk = min(loop_cpu[1:]) / n * 1e3, min(sdk_cpu[1:]) / n * 1e3
+                    for runner in used:
+                        out = Path(tmp, f"{runner}-{full_size}-{concurrency}-{attempt}")
+                        out.mkdir()
+                        before = time.process_time()
+                        if runner == "sdk":
+                            _, report = sdk_batch(emu.url, paths, concurrency, sink=str(out))
+                            assert report.succeeded_count == n, report
+                        else:
+                            stored = hand_loop(emu.url, paths, concurrency, out, runner)
+                            assert stored == n
+                        used[runner].append(time.process_time() - before)
+                one, sharded, sdk = (min(times[1:]) / n * 1e3 for times in used.values())
                 print(
-                    f"   {label:<26} {concurrency:>11} {loop:>7.2f} ms {sdk:>10.2f} ms "
-                    f"{sdk / loop:>6.2f}"
+                    f"   {label:<24} {concurrency:>11} {one:>10.2f} ms {sharded:>11.2f} ms "
+                    f"{sdk:>10.2f} ms {sdk / sharded:>6.2f}"
                 )
-    print(f"   (ms of client CPU per image, the least of {repeat} runs after a warm-up)")
+    print(
+        f"   (ms of client CPU per image, the least of {repeat} runs after a warm-up; "
+        "ratio: BatchRemover / the sharded loop)"
+    )
 
 
 def faults(n: int, concurrency: int, latency: float, rate_n: int, rpm: int, repeat: int) -> None:
@@ -558,6 +587,13 @@ def main() -> None:
     parser.add_argument(
         "--emulator-workers", type=int, default=1, help="emulator processes (efficiency)"
     )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        nargs="+",
+        default=None,
+        help="shard counts of the sharded bare loop (default: ShardedTransport's own)",
+    )
     parser.add_argument("--rss-small", type=int, default=1000)
     parser.add_argument("--rss-large", type=int, default=20000)
     parser.add_argument("--photo-crops", type=int, default=2000, help="crops per photo run")
@@ -588,7 +624,11 @@ def main() -> None:
     print(environment())
     steps: dict[str, Callable[[], None]] = {
         "efficiency": lambda: efficiency(
-            args.latency, args.n, args.concurrency, args.emulator_workers
+            args.latency,
+            args.n,
+            args.concurrency,
+            args.emulator_workers,
+            [f"{k} shards" for k in args.shards] if args.shards else ["sharded"],
         ),
         "cpu": lambda: cpu_ratio(args.n),
         "rss": lambda: rss(args.rss_small, args.rss_large),
