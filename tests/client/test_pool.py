@@ -103,7 +103,7 @@ def test_the_budget_is_split_into_shares_differing_by_at_most_one() -> None:
 def test_there_are_never_more_shards_than_connections() -> None:
     transport = ShardedTransport(httpx.Limits(max_connections=3), shards=8)
     assert len(transport.load) == 3
-    assert len(ShardedTransport().load) == 32  # 256 connections, 8 per shard
+    assert len(ShardedTransport().load) == 64  # 256 connections, 4 per shard
     with pytest.raises(ValueError, match="at least 1"):
         ShardedTransport(shards=0)
 
