@@ -1,18 +1,35 @@
-"""Measure BatchRemover against the emulator running in its own process.
+"""Measure BatchRemover against the emulator running in its own process(es).
 
-Prints three ratios, each measured in this one run:
+Every section prints ratios measured within the one run, next to a plain httpx loop sending
+the same requests, so the ceiling of this machine and this emulator is visible too:
 
-1. wall-time efficiency = ideal time (N x latency / concurrency) / measured time, for
-   N = 2,000 at concurrency 8, 64 and 256 (a bare httpx loop is measured beside it, so the
-   ceiling of this machine and emulator is visible too);
-2. client CPU seconds per image, BatchRemover / a bare ``httpx.AsyncClient`` loop sending the
-   same requests;
-3. peak RSS of a whole batch process at N = 1,000 and N = 20,000 with the filesystem sink.
+1. ``efficiency``: wall-time efficiency = ideal time (N x latency / concurrency) / measured
+   time, for N = 2,000 at concurrency 8, 64 and 256, with the client's and the emulator's CPU
+   (100 % = one core; an emulator near 100 % per process is what limits the run). The bare
+   loop runs twice: on one httpx pool, and on the SDK's sharded pool (``--shards`` to try
+   other shard counts);
+2. ``cpu``: client CPU seconds per image at latency 0, BatchRemover / a bare loop (tiny
+   synthetic PNGs, results kept in memory), on one pool and sharded;
+3. ``rss``: peak RSS of a whole batch process at N = 1,000 and N = 20,000 (filesystem sink);
+4. ``photos``: client CPU per image with real photos (``examples/images`` cut into 64-128 px
+   crops, and full-size copies), read from files and stored as files, BatchRemover / a hand
+   loop (on one pool and sharded), at concurrency 8 and 64, against an emulator doing real
+   image work;
+5. ``faults``: sporadic faults (about 20 %: 429 and 503 with ``Retry-After: 1``, 500, 502,
+   resets, truncations) and a server-side rate limit, BatchRemover / a plain loop with one
+   shared ``httpx.AsyncClient``, a semaphore and 5 retries honouring ``Retry-After``: wall time
+   ratio and the 429s each one met.
 
-Usage::
+The first line gives the versions of everything on the hot path (Python, httpx, httpcore,
+anyio, h11, sniffio; uvicorn and starlette serve the emulator), the CPUs this process may use
+and the load average, so that a quoted number can be reproduced. On a shared machine pin the
+run and lower the others' share of it, and run each configuration twice::
 
-    python benchmarks/batch.py                 # everything, as quoted in the docs
-    python benchmarks/batch.py --latency 0.5   # another emulator latency
+    python benchmarks/batch.py                          # sections 1, 2 and 3
+    python benchmarks/batch.py --only photos faults     # the others
+    python benchmarks/batch.py --only efficiency --latency 1.0 --concurrency 64 256
+    python benchmarks/batch.py --only efficiency --emulator-workers 2
+    python benchmarks/batch.py --only efficiency --concurrency 64 256 --shards 2 4 8 16 32
 """
 
 from __future__ import annotations
@@ -20,44 +37,188 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
-import re
+import random
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
 
 import httpx
 from PIL import Image
 
 from photoroom_bg import BatchRemover, MemorySink
+from photoroom_bg._pool import ShardedTransport
 from photoroom_bg.testing import DEFAULT_API_KEY
 
 KEY = DEFAULT_API_KEY
-# the SDK's own pool settings; a keep-alive pool as large as 256 costs httpcore ~16 ms of CPU
-# per request (it scans every idle connection), so the bare loop would be an unfair floor
+ROOT = Path(__file__).resolve().parent.parent
+PHOTOS = ROOT / "examples" / "images"
+# one httpx pool's keep-alive share: httpcore counts idle connections in quadratic time, so a
+# keep-alive pool as large as 256 would make the one-pool loop an unfair floor
 KEEPALIVE = 64
+HOT_PATH = ("httpx", "httpcore", "anyio", "h11", "sniffio", "uvicorn", "starlette")
+# about 20 % of segment requests fail, in the ways real networks and servers fail
+SPORADIC = {"429": 0.06, "503": 0.04, "500": 0.03, "502": 0.03, "reset": 0.02, "truncate": 0.02}
+RETRIED = {408, 429, 500, 502, 503, 504}
 
 
-@contextmanager
-def emulator(latency: float) -> Iterator[str]:
-    """The emulator as a separate process on a free port, with fixed latency, no image work."""
-    args = [sys.executable, "-m", "photoroom_bg.testing", "--port", "0", "--credits", "1e9"]
-    args += ["--latency", f"{latency}s", "--no-image-work"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+def environment() -> str:
+    """One line: the versions on the hot path, the CPUs we may use and the load average."""
+    names = []
+    for name in HOT_PATH:
+        try:
+            names.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            names.append(f"{name} -")
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"python {sys.version.split()[0]}, {', '.join(names)}; "
+        f"{os.cpu_count()} CPUs ({usable} usable), load average {load}"
+    )
+
+
+# --- the emulator, in processes of its own -------------------------------------------------
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (Linux ``/proc``)."""
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        match = re.search(r"(http://\S+)", line)
-        if not match:
-            raise RuntimeError(f"the emulator did not start: {line!r}")
-        yield match.group(1)
-    finally:
-        proc.terminate()
-        proc.wait()
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Emulator:
+    """The Photoroom emulator in ``workers`` processes sharing one loopback port.
+
+    Each process has its own ledger and rate-limit window (``SO_REUSEPORT`` spreads the
+    connections), so a server-side rate limit is only exact with one worker. ``statuses``
+    and ``faults`` (of ``/v1/segment`` requests) are filled in when the block ends.
+    """
+
+    def __init__(
+        self,
+        latency: float,
+        *,
+        workers: int = 1,
+        rpm: int | None = None,
+        faults: dict[str, float] | None = None,
+        image_work: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.seed = seed
+        self.config: dict[str, Any] = {
+            "latency": latency,
+            "rpm": rpm,
+            "faults": faults or {},
+            "image_work": image_work,
+        }
+        self.workers = workers
+        self.procs: list[subprocess.Popen[str]] = []
+        self.url = ""
+        self.statuses: Counter[int] = Counter()
+        self.faults: Counter[str] = Counter()
+
+    def __enter__(self) -> Emulator:
+        reserve = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reserve.bind(("127.0.0.1", 0))  # bound, never listening: takes no connections
+        port = reserve.getsockname()[1]
+        try:
+            for worker in range(self.workers):
+                config = {**self.config, "port": port, "seed": self.seed + worker}
+                args = [sys.executable, __file__, "--emulator-child", json.dumps(config)]
+                proc = subprocess.Popen(
+                    args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+                )
+                self.procs.append(proc)
+            for proc in self.procs:
+                assert proc.stdout is not None
+                line = proc.stdout.readline()
+                if not line.startswith("listening"):
+                    raise RuntimeError(f"the emulator did not start: {line!r}")
+        except BaseException:
+            self.__exit__()
+            raise
+        finally:
+            reserve.close()
+        self.url = f"http://127.0.0.1:{port}"
+        asyncio.run(self._warm_up())
+        return self
+
+    async def _warm_up(self) -> None:
+        # unknown key: a 403 before the rate limit counts it or a fault is drawn
+        async with httpx.AsyncClient(base_url=self.url) as client:
+            for _ in range(4 * self.workers):
+                await client.get("/v1/account", headers={"x-api-key": "warm-up"})
+
+    def cpu(self) -> float:
+        """CPU seconds used so far by all emulator processes."""
+        return sum(_proc_cpu(proc.pid) for proc in self.procs)
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            if proc.stdin is not None:
+                proc.stdin.close()  # end of input: the child stops and reports
+        for proc in self.procs:
+            out = proc.stdout.read() if proc.stdout is not None else ""
+            proc.wait(timeout=60)
+            for line in out.splitlines():
+                if line.startswith("{"):
+                    stats = json.loads(line)
+                    self.statuses.update({int(k): v for k, v in stats["statuses"].items()})
+                    self.faults.update(stats["faults"])
+        self.procs.clear()
+
+
+def emulator_child(config: dict[str, Any]) -> None:
+    """Serve the emulator on ``config["port"]`` (shared with ``SO_REUSEPORT``) until stdin
+    closes; then print what ``/v1/segment`` answered, as JSON."""
+    from photoroom_bg.testing import Faults, PhotoroomEmulator, _server
+
+    def shared_socket(host: str, port: int) -> socket.socket:
+        # as the emulator's own listen_socket (IPPROTO_TCP, so that asyncio turns Nagle's
+        # algorithm off), plus a port shared by every worker
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        return sock
+
+    _server.listen_socket = shared_socket
+    emulator = PhotoroomEmulator(
+        credits=1e9,
+        requests_per_minute=config["rpm"],
+        faults=Faults(
+            latency=config["latency"],
+            rates=config["faults"],
+            paths=("/v1/segment",),
+            seed=config["seed"],
+        ),
+        image_work=config["image_work"],
+    )
+    with emulator.serve("127.0.0.1", config["port"]):
+        print("listening", flush=True)
+        sys.stdin.read()
+    segment = [r for r in emulator.requests if r.path == "/v1/segment"]
+    statuses = Counter(str(r.status) for r in segment if r.fault is None)
+    faults = Counter(r.fault for r in segment if r.fault is not None)
+    print(json.dumps({"statuses": statuses, "faults": faults}), flush=True)
+
+
+# --- inputs ----------------------------------------------------------------------------------
 
 
 def images(n: int, offset: int = 0) -> Iterator[bytes]:
@@ -69,29 +230,72 @@ def images(n: int, offset: int = 0) -> Iterator[bytes]:
         yield out.getvalue()
 
 
-def sdk_batch(url: str, data: list[bytes], concurrency: int) -> float:
+def photo_files(folder: Path, n: int, full_size: bool, seed: int = 0) -> list[Path]:
+    """``n`` distinct JPEG files in ``folder`` made from the example photos: random 64-128 px
+    crops, or full-size copies (each with one pixel changed, so that no two are alike)."""
+    rng = random.Random(seed)
+    sources = [Image.open(p).convert("RGB") for p in sorted(PHOTOS.glob("*.jpg"))]
+    paths = []
+    for i in range(n):
+        photo = sources[i % len(sources)]
+        if full_size:
+            image = photo.copy()
+            image.putpixel((i // len(sources) % image.width, 0), (i % 256, i // 256 % 256, 0))
+        else:
+            w, h = rng.randint(64, 128), rng.randint(64, 128)
+            x, y = rng.randint(0, photo.width - w), rng.randint(0, photo.height - h)
+            image = photo.crop((x, y, x + w, y + h))
+        path = folder / f"photo-{i:05d}.jpg"
+        image.save(path, "JPEG", quality=90)
+        paths.append(path)
+    return paths
+
+
+# --- what is measured ------------------------------------------------------------------------
+
+
+def http_client(url: str, concurrency: int, pool: str) -> httpx.AsyncClient:
+    """The loops' one shared client: ``pool`` is ``"1 pool"`` (one httpx pool, as httpx makes
+    it), ``"sharded"`` (the SDK's :class:`ShardedTransport`) or ``"<k> shards"``."""
+    if pool == "1 pool":
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=KEEPALIVE)
+        return httpx.AsyncClient(base_url=url, limits=limits, timeout=60)
+    shards = None if pool == "sharded" else int(pool.split()[0])
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    transport = ShardedTransport(limits, shards=shards)
+    return httpx.AsyncClient(base_url=url, transport=transport, timeout=60)
+
+
+def sdk_batch(
+    url: str,
+    data: Sequence[bytes] | Sequence[Path],
+    concurrency: int,
+    *,
+    sink: Any = None,
+    requests_per_minute: float | None = None,
+    track_credits: bool = True,
+) -> tuple[float, Any]:
+    """One BatchRemover run; its wall time and report."""
     batch = BatchRemover(
-        sink=MemorySink(),
+        sink=sink if sink is not None else MemorySink(),
         api_key=KEY,
         base_url=url,
         concurrency=concurrency,
-        requests_per_minute=None,
-        skip_existing=False,
+        requests_per_minute=requests_per_minute,
+        skip_existing=sink is not None,
         keep_results=False,
+        track_credits=track_credits,
     )
     started = time.perf_counter()
-    report = asyncio.run(batch.run(data))
-    elapsed = time.perf_counter() - started
-    assert report.succeeded_count == len(data), report
-    return elapsed
+    report = asyncio.run(batch.run(list(data)))
+    return time.perf_counter() - started, report
 
 
-def bare_loop(url: str, data: list[bytes], concurrency: int) -> float:
+def bare_loop(url: str, data: Sequence[bytes], concurrency: int, pool: str = "1 pool") -> float:
     """What the same requests cost with nothing but httpx: the floor we compare with."""
 
     async def run() -> None:
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=KEEPALIVE)
-        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        async with http_client(url, concurrency, pool) as client:
             queue: asyncio.Queue[bytes] = asyncio.Queue()
             for item in data:
                 queue.put_nowait(item)
@@ -114,39 +318,132 @@ def bare_loop(url: str, data: list[bytes], concurrency: int) -> float:
     return time.perf_counter() - started
 
 
-def cpu(fn: object, *args: object) -> float:
+def hand_loop(
+    url: str, paths: Sequence[Path], concurrency: int, out: Path, pool: str = "1 pool"
+) -> int:
+    """What a user writes by hand: read each file, post it, store the cut-out as a file.
+    Returns the number of images stored."""
+
+    async def run() -> int:
+        stored = 0
+        async with http_client(url, concurrency, pool) as client:
+            queue: asyncio.Queue[Path] = asyncio.Queue()
+            for path in paths:
+                queue.put_nowait(path)
+
+            async def worker() -> None:
+                nonlocal stored
+                while not queue.empty():
+                    path = queue.get_nowait()
+                    response = await client.post(
+                        "/v1/segment",
+                        headers={"x-api-key": KEY},
+                        files={"image_file": (path.name, path.read_bytes(), "image/jpeg")},
+                    )
+                    response.raise_for_status()
+                    (out / f"{path.stem}.png").write_bytes(response.content)
+                    stored += 1
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return stored
+
+    return asyncio.run(run())
+
+
+def retry_loop(url: str, data: Sequence[bytes], concurrency: int, retries: int = 5) -> int:
+    """A plain loop: one shared client, a semaphore, ``retries`` retries per request on
+    429, 5xx and transport errors, sleeping ``Retry-After`` when given (else exponential
+    backoff with full jitter). Returns the number of images that came back."""
+
+    async def run() -> int:
+        semaphore = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
+            async def one(image: bytes) -> bool:
+                async with semaphore:
+                    for attempt in range(retries + 1):
+                        delay = 0.5 * 2**attempt * random.random()
+                        try:
+                            response = await client.post(
+                                "/v1/segment",
+                                headers={"x-api-key": KEY},
+                                files={"image_file": ("image.png", image, "image/png")},
+                            )
+                        except httpx.TransportError:
+                            pass
+                        else:
+                            if response.is_success:
+                                return True
+                            if response.status_code not in RETRIED:
+                                return False
+                            if "retry-after" in response.headers:
+                                delay = float(response.headers["retry-after"])
+                        if attempt < retries:
+                            await asyncio.sleep(delay)
+                    return False
+
+            return sum(await asyncio.gather(*(one(image) for image in data)))
+
+    return asyncio.run(run())
+
+
+def cpu(fn: Callable[..., object], *args: object) -> float:
     before = time.process_time()
-    fn(*args)  # type: ignore[operator]
+    fn(*args)
     return time.process_time() - before
 
 
-def efficiency(latency: float, n: int, levels: list[int]) -> None:
-    print(f"1. wall-time efficiency: N={n}, emulator latency {latency * 1000:.0f} ms")
-    print(f"   {'concurrency':>11} {'ideal s':>8} {'sdk s':>7} {'sdk eff':>8} {'bare eff':>9}")
+# --- the sections ----------------------------------------------------------------------------
+
+
+def efficiency(latency: float, n: int, levels: list[int], workers: int, pools: list[str]) -> None:
+    processes = f"{workers} emulator process{'es' if workers > 1 else ''}"
+    print(f"1. wall-time efficiency: N={n}, emulator latency {latency * 1000:.0f} ms, {processes}")
+    print(
+        f"   {'concurrency':>11}  {'':<22} {'wall s':>7} {'efficiency':>10} "
+        f"{'client CPU':>10} {'emulator CPU':>12}"
+    )
     data = list(images(n))
-    with emulator(latency) as url:
-        sdk_batch(url, data[:50], 8)  # warm up the emulator and the imports
+    runners: list[tuple[str, Callable[[str, list[bytes], int], float]]] = [
+        ("BatchRemover", lambda url, d, c: sdk_batch(url, d, c)[0]),
+        *((f"bare loop, {pool}", _bare(pool)) for pool in ["1 pool", *pools]),
+    ]
+    with Emulator(latency, workers=workers) as emu:
+        sdk_batch(emu.url, data[:50], 8)  # warm up the emulator and the imports
         for concurrency in levels:
             ideal = n * latency / concurrency
-            sdk = sdk_batch(url, data, concurrency)
-            bare = bare_loop(url, data, concurrency)
-            print(
-                f"   {concurrency:>11} {ideal:>8.2f} {sdk:>7.2f} {ideal / sdk:>8.3f} "
-                f"{ideal / bare:>9.3f}"
-            )
+            print(f"   {concurrency:>11}  {'ideal':<22} {ideal:>7.2f}")
+            for name, runner in runners:
+                emu_before, cpu_before = emu.cpu(), time.process_time()
+                wall = runner(emu.url, data, concurrency)
+                client_cpu = time.process_time() - cpu_before
+                emu_cpu = emu.cpu() - emu_before
+                print(
+                    f"   {concurrency:>11}  {name:<22} {wall:>7.2f} {ideal / wall:>10.3f} "
+                    f"{client_cpu / wall:>9.0%} {emu_cpu / wall:>12.0%}"
+                )
+
+
+def _bare(pool: str) -> Callable[[str, list[bytes], int], float]:
+    return lambda url, data, concurrency: bare_loop(url, data, concurrency, pool)
 
 
 def cpu_ratio(n: int) -> None:
     print(f"2. client CPU per image: N={n}, concurrency 64, emulator latency 0")
     data = list(images(n, offset=10**6))
-    with emulator(0.0) as url:
-        sdk_batch(url, data[:100], 64)
-        bare_loop(url, data[:100], 64)
-        sdk = min(cpu(sdk_batch, url, data, 64) for _ in range(3))
-        bare = min(cpu(bare_loop, url, data, 64) for _ in range(3))
-    print(f"   bare httpx loop: {bare / n * 1e3:.3f} ms CPU/image")
-    print(f"   BatchRemover:    {sdk / n * 1e3:.3f} ms CPU/image")
-    print(f"   ratio sdk/bare:  {sdk / bare:.2f}  (target <= 1.5)")
+    with Emulator(0.0) as emu:
+        sdk_batch(emu.url, data[:100], 64)
+        bare_loop(emu.url, data[:100], 64)
+        sdk = min(cpu(sdk_batch, emu.url, data, 64) for _ in range(3))
+        bare = {
+            pool: min(cpu(bare_loop, emu.url, data, 64, pool) for _ in range(3))
+            for pool in ("1 pool", "sharded")
+        }
+    for pool, seconds in bare.items():
+        print(f"   bare httpx loop, {pool + ':':<9} {seconds / n * 1e3:.3f} ms CPU/image")
+    print(f"   BatchRemover:              {sdk / n * 1e3:.3f} ms CPU/image")
+    ratios = ", ".join(f"{sdk / seconds:.2f} ({pool})" for pool, seconds in bare.items())
+    print(f"   ratio sdk/bare: {ratios}  (target <= 1.5)")
 
 
 def rss_child(url: str, n: int, out: str, keep: int) -> None:
@@ -167,13 +464,13 @@ def rss_child(url: str, n: int, out: str, keep: int) -> None:
 
 def rss(small: int, large: int) -> None:
     print("3. peak RSS of a batch process, FileSystemSink + manifest, concurrency 64")
-    with emulator(0.0) as url:
+    with Emulator(0.0) as emu:
         for keep in (1000, 10_000):
             peaks = {}
             for n in (small, large):
                 with tempfile.TemporaryDirectory() as out:
-                    args = [sys.executable, __file__, "--rss-child", str(n), url, out, str(keep)]
-                    run = subprocess.run(args, check=True, capture_output=True)
+                    args = [sys.executable, __file__, "--rss-child", str(n), emu.url, out]
+                    run = subprocess.run([*args, str(keep)], check=True, capture_output=True)
                     peaks[n] = int(run.stdout)
             sizes = ", ".join(f"N={n}: {kib / 1024:.1f} MiB" for n, kib in peaks.items())
             growth = peaks[large] / peaks[small] - 1
@@ -181,29 +478,176 @@ def rss(small: int, large: int) -> None:
     print("   (target: growth < 10 %; keep_results=1000 is the default, ~1 KB per kept job)")
 
 
+def photos(crops: int, full: int, levels: list[int], repeat: int) -> None:
+    print(
+        "4. client CPU per image with real photos, read from files and stored as files, "
+        "emulator latency 0 with image work"
+    )
+    print(
+        f"   {'images':<24} {'concurrency':>11} {'loop, 1 pool':>13} {'loop, sharded':>14} "
+        f"{'BatchRemover':>13} {'ratio':>6}"
+    )
+    with tempfile.TemporaryDirectory() as tmp, Emulator(0.0, image_work=True) as emu:
+        kinds = ((f"{crops} crops 64-128 px", crops, False), (f"{full} full-size", full, True))
+        for label, n, full_size in kinds:
+            folder = Path(tmp, "full" if full_size else "crops")
+            folder.mkdir()
+            paths = photo_files(folder, n, full_size)
+            for concurrency in levels:
+                used: dict[str, list[float]] = {"1 pool": [], "sharded": [], "sdk": []}
+                for attempt in range(repeat + 1):  # the first one warms up
+                    for runner in used:
+                        out = Path(tmp, f"{runner}-{full_size}-{concurrency}-{attempt}")
+                        out.mkdir()
+                        before = time.process_time()
+                        if runner == "sdk":
+                            _, report = sdk_batch(emu.url, paths, concurrency, sink=str(out))
+                            assert report.succeeded_count == n, report
+                        else:
+                            stored = hand_loop(emu.url, paths, concurrency, out, runner)
+                            assert stored == n
+                        used[runner].append(time.process_time() - before)
+                one, sharded, sdk = (min(times[1:]) / n * 1e3 for times in used.values())
+                print(
+                    f"   {label:<24} {concurrency:>11} {one:>10.2f} ms {sharded:>11.2f} ms "
+                    f"{sdk:>10.2f} ms {sdk / sharded:>6.2f}"
+                )
+    print(
+        f"   (ms of client CPU per image, the least of {repeat} runs after a warm-up; "
+        "ratio: BatchRemover / the sharded loop)"
+    )
+
+
+def faults(n: int, concurrency: int, latency: float, rate_n: int, rpm: int, repeat: int) -> None:
+    mix = ", ".join(f"{name} {p:.0%}" for name, p in SPORADIC.items())
+    print(
+        f"5a. sporadic faults: N={n}, concurrency {concurrency}, emulator latency "
+        f"{latency * 1000:.0f} ms, {sum(SPORADIC.values()):.0%} of requests fail ({mix}), "
+        "Retry-After: 1"
+    )
+    fault_runs(n, concurrency, repeat, dict(latency=latency, faults=SPORADIC), [None])
+    print(
+        f"5b. server rate limit: N={rate_n}, concurrency {concurrency}, the emulator allows "
+        f"{rpm} requests a minute per key (sliding window), latency {latency * 1000:.0f} ms"
+    )
+    fault_runs(rate_n, concurrency, repeat, dict(latency=latency, rpm=rpm), [None, rpm])
+
+
+def fault_runs(
+    n: int,
+    concurrency: int,
+    repeat: int,
+    emulator: dict[str, Any],
+    budgets: list[int | None],
+) -> None:
+    print(f"   {'':<40} {'wall s':>7} {'stored':>7} {'429s':>6} {'other faults':>13}")
+    data = list(images(n, offset=3 * 10**6))
+    for attempt in range(repeat):
+        rows: list[tuple[str, float, int, Counter[int], Counter[str]]] = []
+        runs: list[tuple[str, Callable[[str], int]]] = [
+            ("plain retry loop", lambda url: retry_loop(url, data, concurrency))
+        ]
+        for budget in budgets:
+            name = f"BatchRemover, requests_per_minute={budget}"
+
+            def run(url: str, budget: int | None = budget) -> int:
+                _, report = sdk_batch(
+                    url, data, concurrency, requests_per_minute=budget, track_credits=False
+                )
+                return int(report.succeeded_count)
+
+            runs.append((name, run))
+        for name, runner in runs:
+            with Emulator(seed=attempt, **emulator) as emu:
+                started = time.perf_counter()
+                stored = runner(emu.url)
+                wall = time.perf_counter() - started
+            rows.append((name, wall, stored, emu.statuses, emu.faults))
+        loop_wall, loop_429 = rows[0][1], rows[0][3][429] + rows[0][4]["429"]
+        for name, wall, stored, statuses, injected in rows:
+            met = statuses[429] + injected["429"]
+            other = sum(injected.values()) - injected["429"]
+            print(f"   {name:<40} {wall:>7.1f} {stored:>7} {met:>6} {other:>13}")
+        for name, wall, _, statuses, injected in rows[1:]:
+            met = statuses[429] + injected["429"]
+            print(
+                f"   run {attempt + 1}: {name} / loop: wall time {wall / loop_wall:.2f}x, "
+                f"429s {met} vs {loop_429}"
+            )
+
+
 def main() -> None:
+    sections = ["efficiency", "cpu", "rss", "photos", "faults"]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.3, help="emulator latency, seconds")
     parser.add_argument(
         "--concurrency", type=int, nargs="+", default=[8, 64, 256], help="efficiency levels"
     )
     parser.add_argument("--n", type=int, default=2000, help="images per efficiency run")
+    parser.add_argument(
+        "--emulator-workers", type=int, default=1, help="emulator processes (efficiency)"
+    )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        nargs="+",
+        default=None,
+        help="shard counts of the sharded bare loop (default: ShardedTransport's own)",
+    )
     parser.add_argument("--rss-small", type=int, default=1000)
     parser.add_argument("--rss-large", type=int, default=20000)
-    parser.add_argument("--only", choices=["efficiency", "cpu", "rss"], default=None)
+    parser.add_argument("--photo-crops", type=int, default=2000, help="crops per photo run")
+    parser.add_argument("--photo-full", type=int, default=400, help="full-size photos per run")
+    parser.add_argument(
+        "--photo-concurrency", type=int, nargs="+", default=[8, 64], help="photo levels"
+    )
+    parser.add_argument("--fault-n", type=int, default=2000, help="images per sporadic run")
+    parser.add_argument("--fault-concurrency", type=int, default=16)
+    parser.add_argument("--fault-latency", type=float, default=0.1, help="seconds")
+    parser.add_argument("--rate-n", type=int, default=900, help="images per rate-limit run")
+    parser.add_argument("--rate-rpm", type=int, default=600, help="the emulator's limit")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of sections 4 and 5")
+    parser.add_argument(
+        "--only", nargs="+", choices=sections, default=None, help="default: 1, 2 and 3"
+    )
     parser.add_argument("--rss-child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--emulator-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.emulator_child:
+        emulator_child(json.loads(args.emulator_child))
+        return
     if args.rss_child:
         n, url, out, keep = args.rss_child
         rss_child(url, int(n), out, int(keep))
         return
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
-    if args.only in (None, "efficiency"):
-        efficiency(args.latency, args.n, args.concurrency)
-    if args.only in (None, "cpu"):
-        cpu_ratio(args.n)
-    if args.only in (None, "rss"):
-        rss(args.rss_small, args.rss_large)
+    only = args.only or sections[:3]
+    print(environment())
+    steps: dict[str, Callable[[], None]] = {
+        "efficiency": lambda: efficiency(
+            args.latency,
+            args.n,
+            args.concurrency,
+            args.emulator_workers,
+            [f"{k} shards" for k in args.shards] if args.shards else ["sharded"],
+        ),
+        "cpu": lambda: cpu_ratio(args.n),
+        "rss": lambda: rss(args.rss_small, args.rss_large),
+        "photos": lambda: photos(
+            args.photo_crops, args.photo_full, args.photo_concurrency, args.repeat
+        ),
+        "faults": lambda: faults(
+            args.fault_n,
+            args.fault_concurrency,
+            args.fault_latency,
+            args.rate_n,
+            args.rate_rpm,
+            args.repeat,
+        ),
+    }
+    for name in sections:
+        if name in only:
+            steps[name]()
+    print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from ._base_client import (
     Timeout,
 )
 from ._images import ImageInput
+from ._pool import DEFAULT_LIMITS, ShardedTransport
 from ._retry import RetryPolicy, is_retryable
 from .errors import PhotoroomError
 from .models import Account, Credits, ImageResult
@@ -322,7 +323,7 @@ class AsyncPhotoroomClient(BaseClient):
         self._http = http_client or httpx.AsyncClient(
             timeout=self.timeout,
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            transport=ShardedTransport(DEFAULT_LIMITS),  # many small pools: see _pool.py
         )
 
     def with_options(

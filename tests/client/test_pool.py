@@ -1,0 +1,181 @@
+"""ShardedTransport: one connection budget over several httpx pools, against a loopback server
+that counts the TCP connections it accepts."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import warnings
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+
+from photoroom_bg import AsyncPhotoroomClient
+from photoroom_bg._pool import ShardedTransport, split_budget
+
+DEADLINE = 30.0  # generous: only a broken pool gets anywhere near it
+
+
+class CountingServer:
+    """A minimal HTTP/1.1 keep-alive server on loopback: answers ``ok`` to every request,
+    holding each answer until :attr:`release` is set, and counts connections."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.closed = 0
+        self.open = 0
+        self.peak_open = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.release = asyncio.Event()
+        self.changed = asyncio.Event()
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> CountingServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds, failing after the deadline."""
+
+        async def until() -> None:
+            while not predicate():
+                await self.changed.wait()
+
+        await asyncio.wait_for(until(), DEADLINE)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.open += 1
+        self.peak_open = max(self.peak_open, self.open)
+        self._notify()
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                self.in_flight += 1
+                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                self._notify()
+                await self.release.wait()
+                self.in_flight -= 1
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client closed the connection
+        finally:
+            self.open -= 1
+            self.closed += 1
+            self._notify()
+            writer.close()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[CountingServer]:
+    async with CountingServer() as running:
+        yield running
+
+
+def test_the_budget_is_split_into_shares_differing_by_at_most_one() -> None:
+    assert split_budget(7, 3) == [3, 2, 2]
+    assert split_budget(256, 32) == [8] * 32
+    assert split_budget(None, 2) == [None, None]
+    assert sum(split_budget(255, 32)) == 255
+
+
+def test_there_are_never_more_shards_than_connections() -> None:
+    transport = ShardedTransport(httpx.Limits(max_connections=3), shards=8)
+    assert len(transport.load) == 3
+    assert len(ShardedTransport().load) == 64  # 256 connections, 4 per shard
+    with pytest.raises(ValueError, match="at least 1"):
+        ShardedTransport(shards=0)
+
+
+async def test_concurrent_requests_spread_evenly_over_the_shards(server: CountingServer) -> None:
+    transport = ShardedTransport(
+        httpx.Limits(max_connections=6, max_keepalive_connections=6), shards=3
+    )
+    async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
+        sent = [asyncio.create_task(client.get("/")) for _ in range(6)]
+        await server.wait_for(lambda: server.in_flight == 6)
+        assert transport.load == (2, 2, 2)
+        server.release.set()
+        responses = await asyncio.gather(*sent)
+    assert [r.text for r in responses] == ["ok"] * 6
+    assert transport.load == (0, 0, 0)
+
+
+async def test_the_pool_never_opens_more_connections_than_its_budget_and_closes_them_all(
+    server: CountingServer,
+) -> None:
+    budget = 7
+    transport = ShardedTransport(
+        httpx.Limits(max_connections=budget, max_keepalive_connections=budget), shards=3
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        client = httpx.AsyncClient(transport=transport, base_url=server.url)
+        sent = [asyncio.create_task(client.post("/", content=b"x" * 100)) for _ in range(60)]
+        # every connection of the budget is busy before any answer is given
+        await server.wait_for(lambda: server.in_flight == budget)
+        assert server.open == budget
+        server.release.set()
+        responses = await asyncio.gather(*sent)
+        assert all(r.status_code == 200 for r in responses)
+        assert server.peak_open == budget
+        assert server.peak_in_flight == budget
+        assert server.accepted == budget  # kept alive, never reopened
+        await client.aclose()
+        await server.wait_for(lambda: server.closed == server.accepted)
+        assert server.open == 0
+        del client, transport, responses, sent
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+async def test_failed_and_cancelled_requests_give_their_connection_back(
+    server: CountingServer,
+) -> None:
+    transport = ShardedTransport(
+        httpx.Limits(max_connections=2, max_keepalive_connections=2), shards=2
+    )
+    async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
+        waiting = asyncio.create_task(client.get("/"))
+        await server.wait_for(lambda: server.in_flight == 1)
+        assert sorted(transport.load) == [0, 1]
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert transport.load == (0, 0)
+        with pytest.raises(httpx.ConnectError):
+            await client.get("http://127.0.0.1:1/")  # nothing listens on port 1
+        assert transport.load == (0, 0)
+        server.release.set()
+        async with client.stream("GET", "/") as streamed:
+            assert sorted(transport.load) == [0, 1]  # busy until the body is closed
+            await streamed.aread()
+        assert transport.load == (0, 0)
+
+
+async def test_the_async_client_sends_through_a_sharded_pool() -> None:
+    async with AsyncPhotoroomClient(api_key="k", base_url="http://127.0.0.1:1") as client:
+        transport = client._http._transport
+        assert isinstance(transport, ShardedTransport)
+        assert len(transport.load) > 1
