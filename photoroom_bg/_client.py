@@ -48,6 +48,22 @@ def _request_kwargs(spec: RequestSpec, extra_headers: Mapping[str, str] | None) 
     }
 
 
+def _build_request(
+    http: httpx.Client | httpx.AsyncClient,
+    spec: RequestSpec,
+    extra_headers: Mapping[str, str] | None,
+    timeout: Any,
+) -> httpx.Request:
+    """The request, built once for every attempt. A multipart body is joined into one buffer
+    here: streamed part by part, httpcore writes each of its pieces to the socket on its own
+    (six writes for one image and a few fields, where one does)."""
+    kwargs = _request_kwargs(spec, extra_headers)
+    request = http.build_request(**kwargs, timeout=timeout)
+    if spec.files or spec.data:
+        request.read()
+    return request
+
+
 class PhotoroomClient(BaseClient):
     """A synchronous Photoroom client over one pooled :class:`httpx.Client`.
 
@@ -242,8 +258,7 @@ class PhotoroomClient(BaseClient):
         extra_headers: Mapping[str, str] | None,
     ) -> httpx.Response:
         retries = self._retries(max_retries)
-        kwargs = _request_kwargs(spec, extra_headers)
-        kwargs["timeout"] = self._timeout(timeout)
+        request = _build_request(self._http, spec, extra_headers, self._timeout(timeout))
         self._check_pool(self._http)
         delays = self.retry_policy.delays()
         attempt = 0
@@ -253,7 +268,7 @@ class PhotoroomClient(BaseClient):
             error: PhotoroomError
             cause: Exception | None = None
             try:
-                response = self._http.request(**kwargs)
+                response = self._http.send(request)
             except httpx.TransportError as exc:
                 error, cause = self._transport_error(exc, spec), exc
                 self._log(spec, type(exc).__name__, attempt, time.monotonic() - started)
@@ -445,8 +460,7 @@ class AsyncPhotoroomClient(BaseClient):
         extra_headers: Mapping[str, str] | None,
     ) -> httpx.Response:
         retries = self._retries(max_retries)
-        kwargs = _request_kwargs(spec, extra_headers)
-        kwargs["timeout"] = self._timeout(timeout)
+        request = _build_request(self._http, spec, extra_headers, self._timeout(timeout))
         self._check_pool(self._http)
         delays = self.retry_policy.delays()
         attempt = 0
@@ -456,7 +470,7 @@ class AsyncPhotoroomClient(BaseClient):
             error: PhotoroomError
             cause: Exception | None = None
             try:
-                response = await self._http.request(**kwargs)
+                response = await self._http.send(request)
             except httpx.TransportError as exc:
                 error, cause = self._transport_error(exc, spec), exc
                 self._log(spec, type(exc).__name__, attempt, time.monotonic() - started)

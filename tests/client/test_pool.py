@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import warnings
 from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
+from PIL import Image
 
-from photoroom_bg import AsyncPhotoroomClient
+from photoroom_bg import AsyncPhotoroomClient, SegmentOptions
 from photoroom_bg._pool import ShardedTransport, split_budget
 
 DEADLINE = 30.0  # generous: only a broken pool gets anywhere near it
@@ -179,3 +181,38 @@ async def test_the_async_client_sends_through_a_sharded_pool() -> None:
         transport = client._http._transport
         assert isinstance(transport, ShardedTransport)
         assert len(transport.load) > 1
+
+
+class _Writes(httpx.AsyncBaseTransport):
+    """Records how many pieces each request body arrives in; the first answer is a 503."""
+
+    def __init__(self) -> None:
+        self.pieces: list[int] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.pieces.append(len([chunk async for chunk in request.stream]))  # type: ignore[union-attr]
+        if len(self.pieces) == 1:
+            return httpx.Response(503, json={"detail": "busy"}, headers={"retry-after": "0"})
+        return httpx.Response(200, content=_png(), headers={"content-type": "image/png"})
+
+
+def _png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGBA", (8, 8)).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_a_multipart_body_goes_out_in_one_piece_on_every_attempt() -> None:
+    # streamed part by part, httpcore writes each piece of a form to the socket on its own
+    writes = _Writes()
+
+    async def main() -> None:
+        http = httpx.AsyncClient(transport=writes)
+        async with AsyncPhotoroomClient(
+            api_key="k", base_url="http://127.0.0.1:9", http_client=http, max_retries=1
+        ) as client:
+            await client.remove_background(_png(), SegmentOptions(size="medium"))
+        await http.aclose()
+
+    asyncio.run(main())
+    assert writes.pieces == [1, 1]
