@@ -128,13 +128,31 @@ class FileSystemSink:
         if _TEMP_NAME.match(name):
             raise UnsafeKeyError(f"key {key!r} is named like one of the sink's temporary files")
         self._check_lengths(key)
+        # The root is resolved once, and keys have no ``..``: only a symlink under the root
+        # can lead elsewhere. Look at the parts that exist (usually one or two ``lstat``);
+        # resolve the whole path only when one of them is a symlink.
+        target = self.root.joinpath(*key.split("/"))
+        current = self.root
+        for part in target.parts[len(self.root.parts) :]:
+            current = current / part
+            try:
+                mode = os.lstat(current).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                return target  # nothing below exists yet: no symlink to follow
+            except OSError as exc:
+                raise self._error(exc, "resolve", key) from None
+            if stat.S_ISLNK(mode):
+                return self._resolved(key, target)
+        return target
+
+    def _resolved(self, key: str, target: Path) -> Path:
         try:
-            target = (self.root / key).resolve()
+            resolved = target.resolve()
         except OSError as exc:
             raise self._error(exc, "resolve", key) from None
-        if not target.is_relative_to(self.root):
+        if not resolved.is_relative_to(self.root):
             raise UnsafeKeyError(f"key {key!r} resolves outside {printable(str(self.root))}")
-        return target
+        return resolved
 
     def _name_max(self) -> int:
         if self._name_max_bytes is None:
@@ -200,13 +218,16 @@ class FileSystemSink:
         target = self.path(key)
         meta = dict(metadata or {})
         checksum = sha256_checksum(data)
-        await self._run("write", key, lambda: self._write(target, data, content_type, meta))
+        await self._run(
+            "write", key, lambda: self._write(target, data, content_type, meta, checksum)
+        )
         return self._describe(key, target, len(data), content_type, checksum, meta)
 
-    def _write(self, target: Path, data: bytes, content_type: str, meta: dict[str, str]) -> None:
+    def _write(
+        self, target: Path, data: bytes, content_type: str, meta: dict[str, str], checksum: str
+    ) -> None:
         self._make_folders(target.parent)
         self._remove_stale_temporaries(target.parent)
-        checksum = sha256_checksum(data)
         info = self._atomic_write(target, data, checksum)
         if self.write_metadata:
             sidecar = {
