@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -89,6 +91,10 @@ class Storage:
         self._outage_since: float | None = None
         self._gone: StorageError | None = None
         self.task_group: anyio.abc.TaskGroup | None = None  # where the prober runs
+        # the spill folder's keys, listed once: most batches have nothing spilled, and a look
+        # in the folder for every image would cost a worker-thread round trip each
+        self._spilled: set[str] | None = None
+        self._spilled_lock = anyio.Lock()
 
     # -- reading -------------------------------------------------------------------------
 
@@ -121,9 +127,9 @@ class Storage:
 
     async def from_spill(self, key: str) -> tuple[bytes, str] | None:
         """A cut-out an earlier run paid for and spilled, with its content type."""
+        if key not in await self._spilled_keys():
+            return None
         try:
-            if not await self.spill.exists(key):
-                return None
             data = await self.spill.get(key)
         except PhotoroomBGError:
             return None
@@ -133,6 +139,14 @@ class Storage:
         """Forget a spilled cut-out once the sink holds it."""
         with contextlib.suppress(PhotoroomBGError):
             await self.spill.delete(key)
+            if self._spilled is not None:
+                self._spilled.discard(key)
+
+    async def _spilled_keys(self) -> set[str]:
+        async with self._spilled_lock:
+            if self._spilled is None:
+                self._spilled = await anyio.to_thread.run_sync(_keys_in, self.spill.root)
+            return self._spilled
 
     # -- storing -------------------------------------------------------------------------
 
@@ -171,6 +185,8 @@ class Storage:
     ) -> Unstored:
         try:
             kept = await self.spill.put(key, content, content_type=content_type)
+            if self._spilled is not None:
+                self._spilled.add(key)
         except PhotoroomBGError as spill_error:
             logger.error(
                 "could not keep the cut-out for %s in %s either: %s",
@@ -236,3 +252,16 @@ class Storage:
         finally:
             self._outage_since = None
             self._available.set()
+
+
+def _keys_in(root: Path) -> set[str]:
+    """The keys of the files under ``root`` (none when it does not exist); the sink's own
+    metadata and temporary files are left out, and a key that turns out to be neither is
+    simply not found when read."""
+    keys: set[str] = set()
+    for folder, _dirs, files in os.walk(root):
+        base = Path(folder).relative_to(root)
+        for name in files:
+            if not name.endswith(".meta.json") and not name.endswith(".tmp"):
+                keys.add((base / name).as_posix())
+    return keys
