@@ -45,6 +45,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -81,10 +82,10 @@ def environment() -> str:
             names.append(f"{name} -")
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"python {sys.version.split()[0]}, {', '.join(names)}; "
-        f"{os.cpu_count()} CPUs ({usable} usable), load average {load}"
-    )
+    # wrapped to 84 columns, so that the output can be quoted as it is
+    text = f"python {sys.version.split()[0]}, {', '.join(names)}; "
+    text += f"{os.cpu_count()} CPUs ({usable} usable), load average {load}"
+    return "\n".join(textwrap.wrap(text, 84, break_on_hyphens=False))
 
 
 # --- the emulator, in processes of its own -------------------------------------------------
@@ -480,11 +481,11 @@ def rss(small: int, large: int) -> None:
 
 def photos(crops: int, full: int, levels: list[int], repeat: int) -> None:
     print(
-        "4. client CPU per image with real photos, read from files and stored as files, "
-        "emulator latency 0 with image work"
+        "4. client CPU per image with real photos, read from files and stored as files,\n"
+        "   emulator latency 0 with image work"
     )
     print(
-        f"   {'images':<24} {'concurrency':>11} {'loop, 1 pool':>13} {'loop, sharded':>14} "
+        f"   {'images':<21} {'conc.':>5} {'loop, 1 pool':>13} {'loop, sharded':>14} "
         f"{'BatchRemover':>13} {'ratio':>6}"
     )
     with tempfile.TemporaryDirectory() as tmp, Emulator(0.0, image_work=True) as emu:
@@ -509,12 +510,12 @@ def photos(crops: int, full: int, levels: list[int], repeat: int) -> None:
                         used[runner].append(time.process_time() - before)
                 one, sharded, sdk = (min(times[1:]) / n * 1e3 for times in used.values())
                 print(
-                    f"   {label:<24} {concurrency:>11} {one:>10.2f} ms {sharded:>11.2f} ms "
+                    f"   {label:<21} {concurrency:>5} {one:>10.2f} ms {sharded:>11.2f} ms "
                     f"{sdk:>10.2f} ms {sdk / sharded:>6.2f}"
                 )
     print(
-        f"   (ms of client CPU per image, the least of {repeat} runs after a warm-up; "
-        "ratio: BatchRemover / the sharded loop)"
+        f"   (ms of client CPU per image, the least of {repeat} runs after a warm-up;\n"
+        "   ratio: BatchRemover / the sharded loop)"
     )
 
 
@@ -522,13 +523,14 @@ def faults(n: int, concurrency: int, latency: float, rate_n: int, rpm: int, repe
     mix = ", ".join(f"{name} {p:.0%}" for name, p in SPORADIC.items())
     print(
         f"5a. sporadic faults: N={n}, concurrency {concurrency}, emulator latency "
-        f"{latency * 1000:.0f} ms, {sum(SPORADIC.values()):.0%} of requests fail ({mix}), "
-        "Retry-After: 1"
+        f"{latency * 1000:.0f} ms,\n    {sum(SPORADIC.values()):.0%} of requests fail "
+        f"({mix}),\n    Retry-After: 1"
     )
     fault_runs(n, concurrency, repeat, dict(latency=latency, faults=SPORADIC), [None])
     print(
-        f"5b. server rate limit: N={rate_n}, concurrency {concurrency}, the emulator allows "
-        f"{rpm} requests a minute per key (sliding window), latency {latency * 1000:.0f} ms"
+        f"5b. server rate limit: N={rate_n}, concurrency {concurrency}, latency "
+        f"{latency * 1000:.0f} ms,\n    the emulator allows {rpm} requests a minute per key "
+        "(sliding window)"
     )
     fault_runs(rate_n, concurrency, repeat, dict(latency=latency, rpm=rpm), [None, rpm])
 
@@ -571,8 +573,8 @@ def fault_runs(
         for name, wall, _, statuses, injected in rows[1:]:
             met = statuses[429] + injected["429"]
             print(
-                f"   run {attempt + 1}: {name} / loop: wall time {wall / loop_wall:.2f}x, "
-                f"429s {met} vs {loop_429}"
+                f"   run {attempt + 1}: {name} / loop:\n"
+                f"      wall time {wall / loop_wall:.2f}x, 429s {met} vs {loop_429}"
             )
 
 
