@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -27,6 +25,7 @@ from ..errors import (
     UnsafeKeyError,
 )
 from ..sinks import FileSystemSink, Sink, StoredObject
+from ..sinks._filesystem import stored_keys
 from ._jobs import JobStatus
 
 __all__ = ["STOPPING_STORAGE_ERRORS", "Storage", "Unstored"]
@@ -145,7 +144,7 @@ class Storage:
     async def _spilled_keys(self) -> set[str]:
         async with self._spilled_lock:
             if self._spilled is None:
-                self._spilled = await anyio.to_thread.run_sync(_keys_in, self.spill.root)
+                self._spilled = await anyio.to_thread.run_sync(stored_keys, self.spill.root)
             return self._spilled
 
     # -- storing -------------------------------------------------------------------------
@@ -252,16 +251,3 @@ class Storage:
         finally:
             self._outage_since = None
             self._available.set()
-
-
-def _keys_in(root: Path) -> set[str]:
-    """The keys of the files under ``root`` (none when it does not exist); the sink's own
-    metadata and temporary files are left out, and a key that turns out to be neither is
-    simply not found when read."""
-    keys: set[str] = set()
-    for folder, _dirs, files in os.walk(root):
-        base = Path(folder).relative_to(root)
-        for name in files:
-            if not name.endswith(".meta.json") and not name.endswith(".tmp"):
-                keys.add((base / name).as_posix())
-    return keys

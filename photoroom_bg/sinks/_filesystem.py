@@ -404,6 +404,19 @@ def _get_xattr(path: Path) -> str:
         return ""
 
 
+def stored_keys(root: Path) -> set[str]:
+    """The keys of the objects a :class:`FileSystemSink` keeps under ``root`` (none when it
+    does not exist): its metadata and temporary files left out. Blocking: call it off the
+    event loop."""
+    keys: set[str] = set()
+    for folder, _dirs, files in os.walk(root):
+        base = Path(folder).relative_to(root)
+        for name in files:
+            if not name.endswith(_META_SUFFIX) and not _TEMP_NAME.match(name):
+                keys.add((base / name).as_posix())
+    return keys
+
+
 def _temporaries(folder: Path) -> Iterator[str]:
     try:
         with os.scandir(folder) as entries:
