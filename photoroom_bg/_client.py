@@ -34,20 +34,6 @@ _A = TypeVar("_A", bound="AsyncPhotoroomClient")
 T = TypeVar("T")
 
 
-def _request_kwargs(spec: RequestSpec, extra_headers: Mapping[str, str] | None) -> dict[str, Any]:
-    headers = dict(spec.headers)
-    if extra_headers:
-        headers.update(extra_headers)
-    return {
-        "method": spec.method,
-        "url": spec.url,
-        "params": spec.params,
-        "data": spec.data,
-        "files": spec.files,
-        "headers": headers,
-    }
-
-
 def _build_request(
     http: httpx.Client | httpx.AsyncClient,
     spec: RequestSpec,
@@ -56,9 +42,19 @@ def _build_request(
 ) -> httpx.Request:
     """The request, built once for every attempt. A multipart body is joined into one buffer
     here: streamed part by part, httpcore writes each of its pieces to the socket on its own
-    (six writes for one image and a few fields, where one does)."""
-    kwargs = _request_kwargs(spec, extra_headers)
-    request = http.build_request(**kwargs, timeout=timeout)
+    (nine writes for one image and a few fields, where one does)."""
+    headers = dict(spec.headers)
+    if extra_headers:
+        headers.update(extra_headers)
+    request = http.build_request(
+        spec.method,
+        spec.url,
+        params=spec.params,
+        data=spec.data,
+        files=spec.files,
+        headers=headers,
+        timeout=timeout,
+    )
     if spec.files or spec.data:
         request.read()
     return request
