@@ -4,6 +4,7 @@ the guard that keeps every test, and every Python process a test starts, on loop
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -35,6 +36,18 @@ def _own_spill_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "spill"
     monkeypatch.setenv("PHOTOROOM_BG_SPILL_DIR", str(folder))
     return folder
+
+
+def modes_bind(command: list[str]) -> list[str]:
+    """``command``, run so that file modes bind it even when the tests run as root: it keeps
+    uid 0 (so it still reads the root-owned environment it runs from, whatever that
+    environment's modes) but loses the two capabilities that let root ignore modes."""
+    if os.geteuid() != 0:
+        return command
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot drop privileges")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--", *command]
 
 
 #: Loopback ports of servers whose *own* client libraries keep connections this suite cannot

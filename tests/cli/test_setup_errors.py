@@ -19,6 +19,7 @@ from click.testing import Result
 
 from photoroom_bg.testing import PhotoroomEmulator
 
+from ..conftest import modes_bind
 from .conftest import EXAMPLES, run, tree
 
 
@@ -88,18 +89,8 @@ def shared_tmp() -> Iterator[Path]:
 
 
 def run_unprivileged(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run the command so that file modes bind it, even when the tests run as root.
-
-    Root ignores modes through two capabilities; the command keeps uid 0 (so it still reads
-    the root-owned environment it runs from, whatever that environment's modes) but loses
-    those two, so a folder without write permission refuses it as it would anyone.
-    """
-    command = [sys.executable, "-m", "photoroom_bg.cli", *args]
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root without setpriv: cannot drop privileges")
-        command = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--", *command]
+    """Run the command so that file modes bind it, even when the tests run as root."""
+    command = modes_bind([sys.executable, "-m", "photoroom_bg.cli", *args])
     return subprocess.run(
         command, env={**os.environ, **env}, capture_output=True, text=True, timeout=120
     )

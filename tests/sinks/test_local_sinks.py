@@ -6,7 +6,6 @@ import asyncio
 import errno
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from photoroom_bg.errors import (
     UnsafeKeyError,
 )
 from photoroom_bg.sinks import FileSystemSink, MemorySink, S3Sink, SyncSink, open_sink
+
+from ..conftest import modes_bind
 
 
 async def test_memory_sink_size_cap() -> None:
@@ -324,12 +325,8 @@ async def test_a_folder_the_sink_may_not_write_is_a_typed_error(tmp_path: Path) 
     if os.geteuid() == 0 and _MODES_BIND not in os.environ:
         # root ignores file modes: run this test again in a pytest that keeps uid 0 but
         # has lost the two capabilities that bypass them
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root without setpriv: cannot drop privileges")
         test = f"{__file__}::test_a_folder_the_sink_may_not_write_is_a_typed_error"
-        child = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
-        child += [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
+        child = modes_bind([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test])
         done = subprocess.run(
             child,
             env={**os.environ, _MODES_BIND: "1"},
