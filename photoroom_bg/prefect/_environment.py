@@ -3,7 +3,8 @@
 A parameter names *where* (``s3://bucket/prefix``, a folder); the worker decides *how*: the S3
 endpoint, region and credentials come from the standard AWS variables (``AWS_ENDPOINT_URL_S3``
 or ``AWS_ENDPOINT_URL``, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID``...), the Photoroom base URL from
-``PHOTOROOM_BASE_URL``. A parameter that could redirect a worker's API key or storage
+``PHOTOROOM_BASE_URL``, the networks image URLs may reach although not public from
+``PHOTOROOM_BG_ALLOW_NETWORKS``. A parameter that could redirect a worker's API key or storage
 credentials to another server would be a way to steal them.
 """
 
@@ -50,8 +51,18 @@ def open_worker_sink(uri: str) -> Sink:
     return open_sink(check_shared_sink(uri), **options)
 
 
+#: networks image URLs may reach although not public (the service's variable too)
+ALLOW_NETWORKS_VARIABLE = "PHOTOROOM_BG_ALLOW_NETWORKS"
+
+
 def worker_reader() -> SourceReader:
-    """A :class:`~photoroom_bg.sources.SourceReader` with this worker's S3 settings (and the
-    default SSRF policy: URLs to private networks are refused)."""
+    """A :class:`~photoroom_bg.sources.SourceReader` with this worker's S3 settings and the
+    default SSRF policy: URLs to loopback, private or link-local addresses are refused, except
+    in the networks ``$PHOTOROOM_BG_ALLOW_NETWORKS`` lists (``10.1.0.0/16``, comma or space
+    separated), which only the worker's environment can set."""
     endpoint = s3_endpoint()
-    return SourceReader(s3_options={"endpoint_url": endpoint} if endpoint else None)
+    allowed = os.environ.get(ALLOW_NETWORKS_VARIABLE, "").replace(",", " ").split()
+    return SourceReader(
+        s3_options={"endpoint_url": endpoint} if endpoint else None,
+        allow_networks=allowed,
+    )

@@ -325,6 +325,24 @@ class PrefectJobs:
                 await self._set_flow_run_state(info.flow_run_id, "cancelled", reason)
             return True
 
+    async def mark_crashed(self, job_id: str, reason: str, *, sink: str | None = None) -> JobInfo:
+        """Declare that nothing coordinates the job any more (the caller knows its process
+        died, e.g. it held the job's lock): its flow run becomes ``Crashed`` at once instead
+        of after the heartbeat timeouts :meth:`status` waits for, so :meth:`resume` may run it
+        again. A job that has already ended is left as it is.
+
+        Raises:
+            ObjectNotFoundError: no such job in the sink.
+        """
+        async with self._store(job_id, sink) as store:
+            record = await self._record(store)
+            info = await self._info(store, record)
+            if info.done:
+                return info
+            if info.flow_run_id:
+                await self._set_flow_run_state(info.flow_run_id, "crashed", reason)
+            return await self._info(store, record)
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _store(self, job_id: str, sink: str | None) -> _OpenStore:

@@ -18,6 +18,7 @@ from ._executor import (
     make_executor,
 )
 from ._jobs import JobService
+from ._prefect import JobEndedWithoutSummary, PrefectExecutor, shared_sink_uri
 from ._problems import PROBLEM_CODES, Problem, error_code, problem_for
 from ._server import check_bind, serve
 from ._settings import ENVIRONMENT, ServiceSettings
@@ -31,6 +32,7 @@ __all__ = [
     "PROBLEM_CODES",
     "Executor",
     "ExecutorContext",
+    "JobEndedWithoutSummary",
     "JobRecord",
     "JobService",
     "JobSpec",
@@ -38,6 +40,7 @@ __all__ = [
     "LiveJob",
     "LocalClaims",
     "LocalExecutor",
+    "PrefectExecutor",
     "Problem",
     "RateLimiter",
     "ServiceSettings",
@@ -49,5 +52,6 @@ __all__ = [
     "make_executor",
     "problem_for",
     "serve",
+    "shared_sink_uri",
     "token_owner",
 ]

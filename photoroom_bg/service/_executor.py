@@ -2,11 +2,11 @@
 
 The service hands an executor a :class:`JobSpec` (sources, options, where the manifest goes);
 the executor runs it with :class:`~photoroom_bg.BatchRemover` and tells the service when it has
-ended. :class:`LocalExecutor` runs jobs in this process, on the service's event loop; another
-executor (one that hands shards to task workers) implements the same :class:`Executor`
-protocol and is registered in :data:`EXECUTORS` under the name ``PHOTOROOM_BG_EXECUTOR``
-selects. Per-item status is never kept by an executor: it is what BatchRemover records, in the
-manifest.
+ended. :class:`LocalExecutor` runs jobs in this process, on the service's event loop;
+:class:`~photoroom_bg.service.PrefectExecutor` (``prefect``) hands them to Prefect task
+workers. Another executor implements the same :class:`Executor` protocol and is registered in
+:data:`EXECUTORS` under the name ``PHOTOROOM_BG_EXECUTOR`` selects. Per-item status is never
+kept by an executor: it is what BatchRemover records, in manifests.
 """
 
 from __future__ import annotations
@@ -118,6 +118,7 @@ class LiveJob:
         self.results: list[JobResult] = []
         self.progress: Progress | None = None
         self.report: BatchReport | None = None
+        self.summary: dict[str, Any] | None = None  # the report of a job run elsewhere
         self.error: BaseException | None = None
         self.cancel_requested = False
         self.ended = False
@@ -183,6 +184,12 @@ class Executor(Protocol):
         """
         ...
 
+    async def follow(self, spec: JobSpec, on_end: OnEnd) -> LiveJob | None:
+        """Watch a job this executor started before (on any replica) and call ``on_end``
+        when it ends; never starts it again. Only called when :attr:`in_process` is
+        ``False`` (in-process jobs are claimed and resumed instead)."""
+        ...
+
     def live(self, job_id: str) -> LiveJob | None:
         """The in-process view of a running job, if this process runs it."""
         ...
@@ -193,6 +200,11 @@ class Executor(Protocol):
 
     async def cancel(self, job_id: str) -> bool:
         """Ask a job this executor runs to stop; ``False`` when it does not run it."""
+        ...
+
+    async def records(self, job_id: str) -> list[dict[str, Any]] | None:
+        """The job's per-input records (manifest fields, ``index`` = the input's index) when
+        this executor keeps them elsewhere; ``None``: the service's manifest holds them."""
         ...
 
     async def check(self) -> str | None:
@@ -282,6 +294,10 @@ class LocalExecutor:
         finally:
             live.recorded.set()
 
+    async def follow(self, spec: JobSpec, on_end: OnEnd) -> None:
+        """Nothing to follow: local jobs are claimed and resumed on their host."""
+        return None
+
     def live(self, job_id: str) -> LiveJob | None:
         """The job's in-process view while it runs here."""
         entry = self._jobs.get(job_id)
@@ -299,6 +315,10 @@ class LocalExecutor:
         live.request_cancel()
         return True
 
+    async def records(self, job_id: str) -> None:
+        """``None``: BatchRemover's manifest in the service's sink holds every record."""
+        return None
+
     async def check(self) -> str | None:
         """Always ready: jobs run in this process."""
         return None
@@ -313,8 +333,17 @@ class LocalExecutor:
                 await task
 
 
+def _prefect_executor(context: ExecutorContext) -> Executor:
+    from ._prefect import PrefectExecutor  # imports Prefect only when chosen
+
+    return PrefectExecutor(context)
+
+
 #: executor name -> factory; ``PHOTOROOM_BG_EXECUTOR`` picks one
-EXECUTORS: dict[str, Callable[[ExecutorContext], Executor]] = {"local": LocalExecutor}
+EXECUTORS: dict[str, Callable[[ExecutorContext], Executor]] = {
+    "local": LocalExecutor,
+    "prefect": _prefect_executor,
+}
 
 
 def make_executor(context: ExecutorContext) -> Executor:

@@ -148,6 +148,8 @@ class JobService:
             record.state = CANCELLED if live.cancel_requested else COMPLETED
         if live.report is not None:
             record.report = report_json(live.report)
+        elif live.summary is not None:
+            record.report = jsonable(live.summary)
         if live.progress is not None:
             record.progress = progress_json(live.progress, expected_total=record.image_count)
         await self.store.save(record)
@@ -189,11 +191,11 @@ class JobService:
     async def _maybe_adopt(self, record: JobRecord) -> None:
         """Take over a running job nobody runs any more: one whose process on this host
         died (its lock is free) or whose replica stopped reporting for ``lease_seconds``."""
-        if (
-            not self.executor.in_process
-            or record.finished
-            or self.executor.live(record.job_id) is not None
-        ):
+        if record.finished or self.executor.live(record.job_id) is not None:
+            return
+        if not self.executor.in_process:
+            if record.executor == self.executor.name:
+                await self._follow(record)
             return
         ours = record.replica == self.settings.replica_id
         stale = time.time() - record.updated > self.settings.lease_seconds
@@ -206,6 +208,20 @@ class JobService:
             raise
         if not adopted:
             self.claims.release(record.job_id, finished=True)
+
+    async def _follow(self, record: JobRecord) -> None:
+        """Watch a job that runs elsewhere (its flow run, its workers) until it ends, so
+        that its record is updated even when the replica that started it has gone."""
+        if record.job_id in self.executor.running():
+            return
+        spec = JobSpec(
+            job_id=record.job_id,
+            sources=await self.store.load_sources(record.job_id),
+            options=build_options(record.options),
+            manifest_key=record.manifest_key,
+        )
+        if await self.executor.follow(spec, self._ended) is not None:
+            self._owners[record.job_id] = record.owner
 
     async def heartbeat(self) -> None:
         """Update the records of the jobs running here (progress, liveness) and pick up
@@ -252,7 +268,14 @@ class JobService:
         cached = self._finished_items.get(record.job_id)
         if cached is not None and record.finished:
             return [dict(item) for item in cached]
-        if self.executor.live(record.job_id) is not None:
+        elsewhere = (
+            await self.executor.records(record.job_id)
+            if record.executor == self.executor.name
+            else None
+        )
+        if elsewhere is not None:
+            records = elsewhere  # kept by the executor (e.g. in shard manifests)
+        elif self.executor.live(record.job_id) is not None:
             # running here: its local manifest holds every record, read incrementally
             records = await self._local_records(record.job_id)
         else:
@@ -291,21 +314,26 @@ class JobService:
             ):
                 continue
             merged[index] = line
-        missing = CANCELLED if record.finished else "pending"
         items = []
         for index in range(record.image_count):
             if index in merged:
                 items.append(item_from_record(merged[index]))
+            elif record.finished:
+                # the same item a manifest's "cancelled" line gives, error code included
+                reason = "the job ended before this image was started"
+                items.append(
+                    item_from_record(
+                        {"index": index, "status": CANCELLED, "key": None, "reason": reason}
+                    )
+                )
             else:
                 items.append(
                     {
                         "index": index,
-                        "status": missing,
+                        "status": "pending",
                         "key": None,
                         "error": None,
-                        "reason": "the job ended before this image was started"
-                        if missing == CANCELLED
-                        else None,
+                        "reason": None,
                         "stored": False,
                     }
                 )

@@ -42,6 +42,10 @@ ENVIRONMENT: dict[str, str] = {
     "retry_backoff": "PHOTOROOM_BG_RETRY_BACKOFF",
     "allow_networks": "PHOTOROOM_BG_ALLOW_NETWORKS",
     "executor": "PHOTOROOM_BG_EXECUTOR",
+    "prefect_deferred": "PHOTOROOM_BG_PREFECT_DEFERRED",
+    "prefect_deployment": "PHOTOROOM_BG_PREFECT_DEPLOYMENT",
+    "prefect_shard_size": "PHOTOROOM_BG_PREFECT_SHARD_SIZE",
+    "prefect_api_key_secret": "PHOTOROOM_BG_PREFECT_API_KEY_SECRET",
     "url_expires": "PHOTOROOM_BG_URL_EXPIRES",
     "replica_id": "PHOTOROOM_BG_REPLICA_ID",
     "lease_seconds": "PHOTOROOM_BG_LEASE_SECONDS",
@@ -94,7 +98,18 @@ class ServiceSettings:
         max_retries, retry_backoff: retries of unbilled Photoroom failures, base delay (s).
         allow_networks: networks image URLs may reach although not public (``10.0.0.0/8``);
             everything else that is not public is refused.
-        executor: what runs ``/api/v2`` jobs: ``local`` (in this process).
+        executor: what runs ``/api/v2`` jobs: ``local`` (in this process) or ``prefect``
+            (Prefect flow runs whose shards go to ``prefect task serve`` workers; needs the
+            ``prefect`` extra, ``PREFECT_API_URL``, and a sink every worker can reach).
+        prefect_deferred: with ``executor=prefect``, send shards to task workers (default);
+            ``false`` runs them in the service's own process.
+        prefect_deployment: with ``executor=prefect``, run each job's flow as a run of this
+            deployment (``remove-backgrounds/<name>``) instead of coordinating it in the
+            service's process.
+        prefect_shard_size: with ``executor=prefect``, images per shard (one task run).
+        prefect_api_key_secret: with ``executor=prefect``, the name of the Prefect ``Secret``
+            block holding the Photoroom key; without it, workers read ``PHOTOROOM_API_KEY``
+            from their own environment. The key itself never becomes a parameter.
         url_expires: lifetime in seconds of presigned output URLs.
         replica_id: this replica's name in job records (default: the host name); unique per
             host, as a job whose replica id is this one's is resumed from this host's claims.
@@ -123,6 +138,10 @@ class ServiceSettings:
     retry_backoff: float = 0.5
     allow_networks: tuple[str, ...] = attrs.field(default=(), converter=_words)
     executor: str = "local"
+    prefect_deferred: bool = True
+    prefect_deployment: str | None = None
+    prefect_shard_size: int = attrs.field(default=100, validator=_positive)
+    prefect_api_key_secret: str | None = None
     url_expires: int = attrs.field(default=3600, validator=_positive)
     replica_id: str = attrs.field(factory=socket.gethostname)
     lease_seconds: float = attrs.field(default=60.0, validator=_positive)

@@ -249,6 +249,12 @@ def test_v2_cancel_stops_starting_images(
         assert done["status"] == "cancelled"
         assert done["counts"].get("cancelled", 0) > 0
         assert sum(done["counts"].values()) == 40
+        # every input that never ran says so the same way, error code included, whether its
+        # manifest has a line for it or the job ended before reaching it
+        unstarted = client.get(job["status_url"], params={"status": "cancelled", "limit": 100})
+        for item in unstarted.json()["items"]:
+            assert item["error"]["code"] == "cancelled", item
+            assert not item["stored"]
         assert client.delete(job["status_url"]).json()["status"] == "cancelled"
 
 

@@ -417,6 +417,7 @@ async def test_jobs_of_an_executor_running_elsewhere_are_never_taken_over(tmp_pa
     from photoroom_bg.service import JobService, JobStore
 
     started: list[str] = []
+    followed: list[str] = []
 
     class Remote:
         name = "remote"
@@ -424,6 +425,9 @@ async def test_jobs_of_an_executor_running_elsewhere_are_never_taken_over(tmp_pa
 
         async def start(self, spec: object, on_end: object) -> None:
             started.append(str(getattr(spec, "job_id", "")))
+
+        async def follow(self, spec: object, on_end: object) -> None:
+            followed.append(str(getattr(spec, "job_id", "")))
 
         def live(self, job_id: str) -> None:
             return None
@@ -444,5 +448,6 @@ async def test_jobs_of_an_executor_running_elsewhere_are_never_taken_over(tmp_pa
     await store.sink.put(f"jobs/{record.job_id}/job.json", record.to_json())
     again = await service.get("owner", record.job_id)
     assert again.state == "running"
-    assert started == [record.job_id]  # not started a second time
+    assert started == [record.job_id]  # not started a second time,
+    assert followed == [record.job_id]  # but watched by the replica asked about it
     assert await service.resume_orphans() == []
