@@ -46,6 +46,23 @@ def app_from_env() -> Any:
     return create_app(ServiceSettings.from_env())
 
 
+def log_config(level: str = "info") -> dict[str, Any]:
+    """uvicorn's logging configuration, with the SDK's own loggers (``photoroom_bg``: the
+    service's job events, resumed jobs, failures) on the same handler at ``level``;
+    without it they would reach only Python's last-resort handler, warnings and above."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["photoroom_bg"] = {
+        "handlers": ["default"],
+        "level": level.upper(),
+        "propagate": False,
+    }
+    return config
+
+
 def serve(
     settings: ServiceSettings | None = None,
     *,
@@ -76,6 +93,7 @@ def serve(
         # the standard asyncio loop (not uvloop): DNS lookups of image URLs go through
         # Python's resolver, where the SSRF guard and test harnesses can see them
         "loop": "asyncio",
+        "log_config": log_config(log_level),
     }
     if workers > 1:
         if settings is not None:

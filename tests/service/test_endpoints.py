@@ -408,6 +408,14 @@ def test_upstream_errors_get_distinct_codes(
         assert failing.json()["code"] == "photoroom_server_error"
 
 
+def test_the_service_logs_its_own_events_at_the_level_it_was_given(
+    service: ServiceProcess,
+) -> None:
+    """``--log-level info`` shows the service's own INFO lines, not only uvicorn's."""
+    assert "photoroom-bg service ready (sink " in service.log_text()
+    assert "executor local, auth on)" in service.log_text()
+
+
 def test_the_api_key_never_leaves_the_service(service: ServiceProcess) -> None:
     """After every other test of the module: no response, log line or stored file has it."""
     with service.client() as client:
