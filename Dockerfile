@@ -11,10 +11,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml README.rst LICENSE ./
 COPY photoroom_bg ./photoroom_bg
-RUN pip install ".[service,s3]" \
+# the extras: add prefect for PHOTOROOM_BG_EXECUTOR=prefect (docker-compose.yaml does)
+ARG EXTRAS=service,s3
+RUN pip install ".[${EXTRAS}]" \
     && useradd --system --uid 10001 --home-dir /nonexistent photoroom \
-    && mkdir -p /var/lib/photoroom-bg \
-    && chown photoroom /var/lib/photoroom-bg
+    && mkdir -p /var/lib/photoroom-bg /var/lib/prefect-shared/storage \
+    && chown photoroom /var/lib/photoroom-bg /var/lib/prefect-shared /var/lib/prefect-shared/storage
 
 USER photoroom
 WORKDIR /var/lib/photoroom-bg

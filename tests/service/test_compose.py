@@ -16,6 +16,9 @@ yaml = pytest.importorskip("yaml")
 ROOT = Path(__file__).parents[2]
 SERVICE_VARIABLES = set(ENVIRONMENT.values()) | set(FILE_VARIANTS.values())
 AWS_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"}
+# what the prefect executor's Prefect client reads (its server, where deferred shards'
+# parameters go, and its usage events turned off)
+PREFECT_VARIABLES = {"PREFECT_API_URL", "PREFECT_RESULTS_LOCAL_STORAGE_PATH", "DO_NOT_TRACK"}
 
 
 def compose() -> dict[str, Any]:
@@ -31,7 +34,7 @@ def test_the_stack_has_minio_and_the_service_built_from_this_repository() -> Non
     services = compose()["services"]
     assert {"minio", "service"} <= set(services)
     service = services["service"]
-    assert service["build"] == "."
+    assert service["build"]["context"] == "."
     assert (ROOT / "Dockerfile").is_file()
     assert service["depends_on"]["minio"]["condition"] == "service_healthy"
 
@@ -46,7 +49,8 @@ def test_every_published_port_is_on_loopback() -> None:
 def test_service_environment_names_are_settings_the_service_reads() -> None:
     environment = compose()["services"]["service"]["environment"]
     names = set(environment)
-    assert names <= SERVICE_VARIABLES | AWS_VARIABLES, names - SERVICE_VARIABLES - AWS_VARIABLES
+    known = SERVICE_VARIABLES | AWS_VARIABLES | PREFECT_VARIABLES
+    assert names <= known, names - known
     for required in ("PHOTOROOM_API_KEY", "PHOTOROOM_BG_TOKENS", "PHOTOROOM_BG_SINK"):
         assert required in names
     assert str(environment["PHOTOROOM_BG_SINK"]).split(":-")[-1].startswith("s3://")
@@ -72,13 +76,39 @@ def test_the_service_reaches_minio_on_its_s3_port_and_listens_where_published() 
         services["service"]["volumes"]
     )
     assert "/health/ready" in str(services["service"]["healthcheck"]["test"])
-    assert 'pip install ".[service,s3]"' in dockerfile
+    assert 'pip install ".[${EXTRAS}]"' in dockerfile
+    assert "ARG EXTRAS=service,s3\n" in dockerfile
+    assert set(services["service"]["build"]["args"]["EXTRAS"].split(",")) == {
+        "service",
+        "s3",
+        "prefect",
+    }
+
+
+def test_the_service_can_hand_jobs_to_the_prefect_workers() -> None:
+    """With PHOTOROOM_BG_EXECUTOR=prefect the service reaches the workers' Prefect server and
+    shares their volume (deferred shards' parameters) and their storage."""
+    services = compose()["services"]
+    service = services["service"]["environment"]
+    worker = services["prefect-worker-1"]["environment"]
+    assert service["PHOTOROOM_BG_EXECUTOR"] == "${PHOTOROOM_BG_EXECUTOR:-local}"
+    assert service["PREFECT_API_URL"] == worker["PREFECT_API_URL"]
+    shared = service["PREFECT_RESULTS_LOCAL_STORAGE_PATH"]
+    assert shared == worker["PREFECT_RESULTS_LOCAL_STORAGE_PATH"]
+    volume = "prefect-shared:" + shared.rsplit("/", 1)[0]
+    assert volume in services["service"]["volumes"]
+    assert volume in services["prefect-worker-1"]["volumes"]
+    assert service["PHOTOROOM_BG_S3_ENDPOINT_URL"] == worker["AWS_ENDPOINT_URL_S3"]
 
 
 def test_phone_homes_are_off() -> None:
     minio = compose()["services"]["minio"]["environment"]
     assert minio["MINIO_UPDATE"] == "off"
     assert minio["MINIO_CALLHOME_ENABLE"] == "off"
+    services = compose()["services"]
+    assert services["prefect-server"]["environment"]["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    for name in ("service", "prefect-server", "prefect-worker-1"):
+        assert services[name]["environment"]["DO_NOT_TRACK"] == "1", name
 
 
 def test_env_example_defines_what_compose_interpolates_and_names_every_setting() -> None:
