@@ -112,12 +112,33 @@ class JobService:
             await self.store.save(record)
             if self.executor.in_process:
                 self.claims.claim(record.job_id)
-            await self._start(record, sources)
+            try:
+                await self._start(record, sources)
+            except Exception as exc:
+                raise await self._not_started(record, exc) from None
         except BaseException:
             self._owners.pop(record.job_id, None)
             self.claims.release(record.job_id, finished=True)
             raise
         return record
+
+    async def _not_started(self, record: JobRecord, error: Exception) -> Problem:
+        """Record a job its executor could not start as failed (never left "running" with
+        nothing running it) and say so: 503, try again later."""
+        logger.error("job %s could not start", record.job_id, exc_info=error)
+        detail = f"the {self.executor.name} executor could not start the job: {_message(error)}"
+        record.state = FAILED
+        record.error = {"code": "executor_unavailable", "message": detail}
+        with contextlib.suppress(PhotoroomBGError):
+            await self.store.save(record)
+        return Problem(
+            503,
+            "executor_unavailable",
+            "Jobs cannot start now",
+            detail,
+            headers={"Retry-After": "5"},
+            extra={"job_id": record.job_id},
+        )
 
     async def _start(self, record: JobRecord, sources: list[dict[str, str]]) -> None:
         self._owners[record.job_id] = record.owner

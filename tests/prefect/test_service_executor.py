@@ -227,6 +227,36 @@ async def test_readiness_names_an_unreachable_prefect_api(service: Service) -> N
     assert "Prefect" in problem
 
 
+async def test_a_job_prefect_cannot_take_is_refused_and_recorded_failed_never_running(
+    service: Service, images: ImageServer
+) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from photoroom_bg.service import Problem
+
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    with (
+        temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{closed}/api"}),
+        pytest.raises(Problem) as raised,
+    ):
+        await service.jobs.create(
+            "alice", url_sources(images, range(400, 402)), {"kind": "segment", "fields": {}}
+        )
+    problem = raised.value
+    assert problem.status == 503
+    assert problem.code == "executor_unavailable"
+    assert problem.headers["Retry-After"] == "5"
+    record = await service.store.load(problem.extra["job_id"])
+    assert record is not None
+    assert record.state == "failed"
+    assert record.error is not None
+    assert record.error["code"] == "executor_unavailable"
+    assert service.jobs.running_for("alice") == 0  # the per-token cap is not held by it
+    assert service.claims.held() == []
+
+
 def test_workers_must_reach_the_sink(tmp_path: Path) -> None:
     assert shared_sink_uri("s3://bucket/prefix/") == "s3://bucket/prefix"
     assert shared_sink_uri("file://" + str(tmp_path)) == str(tmp_path)

@@ -93,7 +93,13 @@ def test_the_guide_names_every_setting_and_error_code() -> None:
         assert f"``{variable}``" in text, variable
     for _, code, _ in PROBLEM_CODES.values():
         assert f"``{code}``" in text, code
-    for code in ("unauthorized", "rate_limited", "too_many_jobs", "body_too_large"):
+    for code in (
+        "unauthorized",
+        "rate_limited",
+        "too_many_jobs",
+        "body_too_large",
+        "executor_unavailable",
+    ):
         assert f"``{code}``" in text, code
 
 
