@@ -23,16 +23,22 @@ def _sse(event: str, data: Any) -> bytes:
 async def event_stream(
     state: ServiceState, record: JobRecord, url_for: Callable[[int], str]
 ) -> AsyncIterator[bytes]:
-    """The event stream: live results as they come when this process runs the job, else
-    the record polled until the job ends, then its items."""
+    """The event stream: live results as they come when this process runs the job; items
+    as their records appear when the executor keeps them elsewhere (shard manifests); else
+    the record polled until the job ends; then the remaining items."""
     jobs = state.jobs
     yield _sse("job", {"job_id": record.job_id, "image_count": record.image_count})
     sent: set[int] = set()
-    live: LiveJob | None = state.executor.live(record.job_id)
+    elsewhere = (
+        record.executor == state.executor.name
+        and await state.executor.records(record.job_id) is not None
+    )
+    live: LiveJob | None = None if elsewhere else state.executor.live(record.job_id)
     seen = 0
     last_beat = time.monotonic()
     while True:
-        live = state.executor.live(record.job_id) or live
+        if not elsewhere:
+            live = state.executor.live(record.job_id) or live
         if live is not None:
             for result in live.results[seen:]:
                 seen += 1
@@ -53,6 +59,14 @@ async def event_stream(
             fresh = await jobs.store.load(record.job_id)
             if fresh is None or fresh.finished:
                 break
+            if elsewhere:
+                for item in await jobs.items(fresh):
+                    if item["index"] in sent or item["status"] in ("pending", "running"):
+                        continue
+                    if item.get("stored"):
+                        item["output_url"] = url_for(item["index"])
+                    sent.add(item["index"])
+                    yield _sse("item", item)
             if fresh.progress:
                 yield _sse("progress", fresh.progress)
             await asyncio.sleep(1.0)

@@ -39,6 +39,8 @@ logger = logging.getLogger("photoroom_bg.service")
 # many times in a row before the job is recorded as failed
 _POLL_SECONDS = 1.0
 _MAX_RESUMES = 3
+# how long closing waits for the flow runs coordinated here to stop by themselves
+_CLOSE_SECONDS = 30.0
 
 
 class JobEndedWithoutSummary(PhotoroomBGError):
@@ -313,7 +315,12 @@ class PrefectExecutor:
                 await task
         self._closing.set()
         if self._holder is not None:
-            with contextlib.suppress(Exception):
+            # the flow runs coordinated here stop after their shards' images in hand; one
+            # that takes longer is cancelled (it is resumed at the next start all the same)
+            done, _ = await asyncio.wait({self._holder}, timeout=_CLOSE_SECONDS)
+            if not done:
+                self._holder.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._holder
             self._holder = None
 

@@ -214,6 +214,55 @@ async def test_a_cancelled_job_stops_and_says_which_inputs_never_ran(
     assert all(i["error"]["code"] == "cancelled" for i in never)
 
 
+async def test_the_event_stream_sends_each_item_as_its_shard_finishes(
+    tmp_path: Path, images: ImageServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from photoroom_bg.service._auth import RateLimiter, TokenAuth
+    from photoroom_bg.service._events import event_stream
+    from photoroom_bg.service._state import ServiceState
+
+    emu = PhotoroomEmulator(credits=1_000, faults=Faults(latency=0.25))
+    with emu.serve() as url:
+        monkeypatch.setenv("PHOTOROOM_BASE_URL", url)
+        monkeypatch.setenv("PHOTOROOM_API_KEY", emu.api_key)
+        svc = Service(tmp_path, prefect_shard_size=3, concurrency=1)
+        svc.executor.jobs.defaults["max_running_shards"] = 1  # one shard after another
+        state = ServiceState(
+            settings=svc.settings,
+            auth=TokenAuth(()),
+            limiter=RateLimiter(600),
+            sink=svc.sink,
+            client=None,
+            reader=svc.reader,
+            executor=svc.executor,
+            jobs=svc.jobs,
+            context=svc.executor.context,
+        )
+        try:
+            sources = url_sources(images, range(600, 612))
+            record = await svc.jobs.create("alice", sources, {"kind": "segment", "fields": {}})
+            events: list[tuple[str, Any]] = []
+            first_item_while_running = None
+            with anyio.fail_after(120):
+                async for chunk in event_stream(state, record, lambda i: f"/out/{i}"):
+                    if chunk.startswith(b":"):
+                        continue  # a keep-alive
+                    name, _, data = chunk.decode().partition("\ndata: ")
+                    events.append((name.removeprefix("event: "), json.loads(data)))
+                    if events[-1][0] == "item" and first_item_while_running is None:
+                        fresh = await svc.store.load(record.job_id)
+                        assert fresh is not None
+                        first_item_while_running = not fresh.finished
+        finally:
+            await svc.close()
+    items = [data for name, data in events if name == "item"]
+    assert sorted(i["index"] for i in items) == list(range(12))  # each once
+    assert all(i["stored"] and i["output_url"] == f"/out/{i['index']}" for i in items)
+    assert first_item_while_running  # items came as shards finished, not all at the end
+    assert events[-1][0] == "done"
+    assert events[-1][1]["status"] == "completed"
+
+
 async def test_readiness_names_an_unreachable_prefect_api(service: Service) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
