@@ -200,6 +200,16 @@ class JobService:
         record = await self.store.load(job_id)
         if record is None or record.finished:
             return False
+        if record.executor != self.executor.name:
+            # its items and state live where that executor keeps them: running it here
+            # would pay again and report nothing; it waits for a service running that one
+            logger.warning(
+                "job %s was started by the %s executor, not %s: left as it is",
+                job_id,
+                record.executor,
+                self.executor.name,
+            )
+            return False
         sources = await self.store.load_sources(job_id)
         record.replica = self.settings.replica_id
         await self.store.save(record)

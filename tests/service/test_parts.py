@@ -451,3 +451,51 @@ async def test_jobs_of_an_executor_running_elsewhere_are_never_taken_over(tmp_pa
     assert started == [record.job_id]  # not started a second time,
     assert followed == [record.job_id]  # but watched by the replica asked about it
     assert await service.resume_orphans() == []
+
+
+async def test_a_job_of_another_executor_is_never_resumed_by_this_one(tmp_path: Path) -> None:
+    """Switching PHOTOROOM_BG_EXECUTOR with jobs unfinished: the new executor does not run
+    them (their items live where the old one keeps them; running them again would pay)."""
+    from photoroom_bg.service import JobRecord, JobService, JobStore
+
+    started: list[str] = []
+
+    class Other:
+        name = "prefect"
+        in_process = True
+
+        async def start(self, spec: object, on_end: object) -> None:
+            started.append(str(getattr(spec, "job_id", "")))
+
+        def live(self, job_id: str) -> None:
+            return None
+
+        def running(self) -> list[str]:
+            return []
+
+    store = JobStore(MemorySink())
+    claims = LocalClaims(tmp_path)
+    claims.prepare()
+    settings = ServiceSettings(replica_id="here")
+    job_id = "a" * 32
+    await store.save_sources(job_id, [{"kind": "url", "url": "https://x/y.png"}])
+    await store.save(
+        JobRecord(
+            job_id=job_id,
+            owner="o",
+            created=1.0,
+            image_count=1,
+            options={"kind": "segment", "fields": {}},
+            replica="here",
+            executor="local",
+        )
+    )
+    assert claims.claim(job_id)
+    claims.release(job_id, finished=False)  # its process died
+    service = JobService(settings, store, claims, Other())  # type: ignore[arg-type]
+    assert await service.resume_orphans() == []
+    assert await service.get("o", job_id) is not None  # asked about: still not taken over
+    assert started == []
+    record = await store.load(job_id)
+    assert record is not None
+    assert record.state == "running"
