@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 from datetime import timedelta
@@ -37,10 +38,12 @@ _AUTH_CODES = frozenset(
 )
 _MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _BUCKET_EXISTS = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})
+_CREATE_ATTEMPTS = 4
 # the server is there but cannot serve now: an outage to wait out, like a refused connection
 _UNAVAILABLE_CODES = frozenset(
     {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown"}
 )
+_CREATE_RACE_CODES = _UNAVAILABLE_CODES | {"NoSuchBucket", "OperationAborted", "404"}
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -155,11 +158,31 @@ class S3Sink:
         kwargs: dict[str, Any] = {"Bucket": self.bucket}
         if self.region != "us-east-1" and self.endpoint_url is None:
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        for attempt in range(_CREATE_ATTEMPTS):
+            try:
+                await client.create_bucket(**kwargs)
+                return
+            except ClientError as exc:
+                code = _code(exc)
+                if code in _BUCKET_EXISTS:
+                    return
+                # workers racing to create the same bucket: some servers answer the losers
+                # with a transient error (NoSuchBucket, OperationAborted, 5xx) while the
+                # winner's bucket comes into being; the bucket is what matters
+                if await self._bucket_exists(client):
+                    return
+                if code not in _CREATE_RACE_CODES or attempt == _CREATE_ATTEMPTS - 1:
+                    raise self._error(exc, "create the bucket") from None
+            await asyncio.sleep(0.05 * 2**attempt)
+
+    async def _bucket_exists(self, client: Any) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         try:
-            await client.create_bucket(**kwargs)
-        except ClientError as exc:
-            if _code(exc) not in _BUCKET_EXISTS:
-                raise self._error(exc, "create the bucket") from None
+            await client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError):
+            return False
+        return True
 
     def _error(self, exc: Exception, action: str, key: str | None = None) -> StorageError:
         from botocore.exceptions import (

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from photoroom_bg.errors import BucketNotFoundError, StorageAuthError
+from photoroom_bg.errors import BucketNotFoundError, StorageAuthError, StorageError
 from photoroom_bg.sinks import S3Sink, SyncSink, open_sink
 
 from ..s3server import S3Server
@@ -90,6 +90,61 @@ async def test_buckets_are_created_when_asked_even_by_racing_workers(
     assert [s.uri for s in stored] == [f"s3://{s3_new_bucket}/w{i}/x.png" for i in range(20)]
     assert [await s.get("x.png") for s in sinks] == [f"{i}".encode() for i in range(20)]
     await asyncio.gather(*(s.aclose() for s in sinks))
+
+
+class _RacingClient:
+    """A bucket creation that loses a race: the server answers ``codes`` first, one per
+    call, while the winner's bucket appears after ``exists_after`` head calls."""
+
+    def __init__(self, codes: list[str], exists_after: int | None) -> None:
+        self.codes = codes
+        self.exists_after = exists_after
+        self.creates = 0
+        self.heads = 0
+
+    async def create_bucket(self, **kwargs: object) -> None:
+        from botocore.exceptions import ClientError
+
+        self.creates += 1
+        if self.codes:
+            code = self.codes.pop(0)
+            raise ClientError({"Error": {"Code": code, "Message": code}}, "CreateBucket")
+
+    async def head_bucket(self, **kwargs: object) -> None:
+        from botocore.exceptions import ClientError
+
+        self.heads += 1
+        if self.exists_after is None or self.heads <= self.exists_after:
+            raise ClientError({"Error": {"Code": "404", "Message": "Not Found"}}, "HeadBucket")
+
+
+@pytest.mark.parametrize("code", ["NoSuchBucket", "OperationAborted", "InternalError"])
+async def test_a_worker_losing_the_bucket_creation_race_uses_the_winners_bucket(
+    code: str,
+) -> None:
+    sink = S3Sink("s3://raced/out", create_bucket=True, endpoint_url="http://127.0.0.1:9")
+    client = _RacingClient([code], exists_after=0)
+    await sink._ensure_bucket(client)  # no error: the bucket is there
+    assert client.creates == 1
+
+
+async def test_a_transient_answer_to_bucket_creation_is_tried_again() -> None:
+    sink = S3Sink("s3://raced/out", create_bucket=True, endpoint_url="http://127.0.0.1:9")
+    client = _RacingClient(["OperationAborted", "503"], exists_after=None)
+    await sink._ensure_bucket(client)
+    assert client.creates == 3  # two transient refusals, then created
+
+
+async def test_a_bucket_creation_refused_for_good_is_a_typed_error() -> None:
+    sink = S3Sink("s3://raced/out", create_bucket=True, endpoint_url="http://127.0.0.1:9")
+    client = _RacingClient(["InvalidBucketName"], exists_after=None)
+    with pytest.raises(StorageError):
+        await sink._ensure_bucket(client)
+    assert client.creates == 1  # not retried
+    always = _RacingClient(["NoSuchBucket"] * 10, exists_after=None)
+    with pytest.raises(StorageError):
+        await sink._ensure_bucket(always)
+    assert always.creates == 4  # bounded
 
 
 async def test_one_client_is_reused_and_closed(s3_server: S3Server, s3_prefix: str) -> None:
