@@ -39,6 +39,8 @@ logger = logging.getLogger("photoroom_bg.service")
 # many times in a row before the job is recorded as failed
 _POLL_SECONDS = 1.0
 _MAX_RESUMES = 3
+# summary fields that name server-side places (the sink's path, inputs as sink objects)
+_SERVER_SIDE_FIELDS = frozenset({"sink", "manifests", "failures"})
 # how long closing waits for the flow runs coordinated here to stop by themselves
 _CLOSE_SECONDS = 30.0
 
@@ -334,7 +336,11 @@ def _end_from(live: LiveJob, info: JobInfo | None) -> None:
         live.cancel_requested = True
     error: BaseException | None = None
     if info.summary is not None:
-        live.summary = info.summary.to_dict()
+        # where the sink and the inputs are on the servers is not the client's business: the
+        # items say, per input and in the client's own terms, what failed
+        live.summary = {
+            k: v for k, v in info.summary.to_dict().items() if k not in _SERVER_SIDE_FIELDS
+        }
     elif info.state in ("failed", "crashed"):
         error = JobEndedWithoutSummary(
             f"the job's Prefect flow run ended {info.flow_run_state or info.state} before "
