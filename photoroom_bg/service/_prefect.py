@@ -281,7 +281,9 @@ class PrefectExecutor:
             sources = await self.store.load_sources(job_id)
             self._sources[job_id] = sources
         records: list[dict[str, Any]] = []
-        for shard in range(int(record.get("shards_dispatched") or 0)):
+        # every service source is one input, so shard n holds inputs n*size... (the job
+        # record's count of dispatched shards is only written every few seconds)
+        for shard in range(-(-len(sources) // shard_size)):
             for line in await store.read_manifest(shard):
                 if "index" not in line:
                     continue
