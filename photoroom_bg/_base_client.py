@@ -553,6 +553,8 @@ class BaseClient:
 
     @staticmethod
     def _log(spec: RequestSpec, status: int | str, attempt: int, elapsed: float) -> None:
+        if not logger.isEnabledFor(logging.DEBUG):
+            return  # the URL is parsed only for a line that someone reads
         logger.debug(
             "%s %s -> %s (attempt %d, %.3fs)",
             spec.method,

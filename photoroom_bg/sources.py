@@ -29,7 +29,15 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
 from typing import IO, Any, Literal
 
@@ -134,6 +142,24 @@ def _has_magic(text: str) -> bool:
     return re.search(r"[*?[]", text) is not None
 
 
+def _local_path(item: Any) -> str | None:
+    """The text of ``item`` when it names a local path (not a URL or ``s3://`` URI)."""
+    if not isinstance(item, (str, os.PathLike)):
+        return None
+    text = os.fspath(item)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if text.startswith("s3://") or "://" in text or text.startswith("data:"):
+        return None
+    return text
+
+
+def _path_shapes(items: Sequence[Any]) -> dict[int, str]:
+    """:func:`_path_shape` of each local path among ``items``, by position: one trip to a
+    worker thread for a whole chunk of a list, rather than one per path."""
+    return {i: _path_shape(text) for i, item in enumerate(items) if (text := _local_path(item))}
+
+
 async def _paths_off_loop(
     list_paths: Callable[[threading.Event], Iterator[str]],
 ) -> AsyncIterator[ImageSource]:
@@ -179,7 +205,7 @@ async def iter_sources(
     counter = 0
     cap = reader.max_bytes if reader is not None else _DEFAULT_MAX_BYTES
 
-    async def expand(item: Any) -> AsyncIterator[ImageSource]:
+    async def expand(item: Any, shape: str | None = None) -> AsyncIterator[ImageSource]:
         nonlocal counter
         if isinstance(item, ImageSource):
             yield item
@@ -201,7 +227,8 @@ async def iter_sources(
             elif "://" in text or text.startswith("data:"):
                 yield _url_source(text)
             else:
-                shape = await asyncio.to_thread(_path_shape, text)
+                if shape is None:
+                    shape = await asyncio.to_thread(_path_shape, text)
                 if shape == "dir":
                     async for source in _paths_off_loop(lambda stop: walk_images(text, stop)):
                         yield source
@@ -220,6 +247,16 @@ async def iter_sources(
             async for inner in item:
                 async for source in expand(inner):
                     yield source
+        elif isinstance(item, Sequence):
+            # already in memory: its paths are checked a chunk at a time
+            for start in range(0, len(item), _WALK_CHUNK):
+                chunk = item[start : start + _WALK_CHUNK]
+                shapes: dict[int, str] = {}
+                if any(_local_path(inner) is not None for inner in chunk):
+                    shapes = await asyncio.to_thread(_path_shapes, chunk)
+                for i, inner in enumerate(chunk):
+                    async for source in expand(inner, shapes.get(i)):
+                        yield source
         elif isinstance(item, Iterable):
             for inner in item:
                 async for source in expand(inner):

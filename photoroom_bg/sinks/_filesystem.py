@@ -73,6 +73,50 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+class _FolderSyncs:
+    """Folder fsyncs shared by the puts that renamed into the same folder meanwhile.
+
+    A put takes a ticket after its rename and returns only once an fsync of the folder that
+    began after that rename has ended: whichever put finds no fsync under way starts one,
+    covering every ticket taken so far, and the others wait for it (or start the next one).
+    So at most one fsync per folder runs at a time, and concurrent puts share it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = threading.Condition(self._lock)
+        self._tickets: dict[Path, int] = {}  # renames into the folder so far
+        self._synced: dict[Path, int] = {}  # tickets covered by a finished fsync
+        self._running: set[Path] = set()
+        self._users: dict[Path, int] = {}  # puts waiting on the folder: its entries live on
+
+    def after_rename(self, folder: Path) -> None:
+        """Return once an fsync of ``folder`` begun after this call has ended."""
+        with self._lock:
+            ticket = self._tickets[folder] = self._tickets.get(folder, 0) + 1
+            self._users[folder] = self._users.get(folder, 0) + 1
+            try:
+                while self._synced.get(folder, 0) < ticket:
+                    if folder in self._running:
+                        self._done.wait()
+                        continue
+                    self._running.add(folder)
+                    covered = self._tickets[folder]  # renamed before this fsync begins
+                    self._lock.release()
+                    try:
+                        _fsync_dir(folder)
+                    finally:
+                        self._lock.acquire()
+                        self._running.discard(folder)
+                        self._done.notify_all()
+                    self._synced[folder] = max(self._synced.get(folder, 0), covered)
+            finally:
+                self._users[folder] -= 1
+                if not self._users[folder]:  # no put of this folder left: forget it
+                    del self._users[folder], self._tickets[folder]
+                    self._synced.pop(folder, None)
+
+
 def _stamp(checksum: str, info: os.stat_result) -> str:
     """A checksum tied to the file it describes: it is believed only while size and mtime match."""
     return f"{checksum} {info.st_size} {info.st_mtime_ns}"
@@ -89,11 +133,13 @@ class FileSystemSink:
     Writes are atomic and durable: the bytes go to a temporary file in the same folder
     (``.<name>.<random>.tmp``), are fsynced, renamed over the final name, and the folder is
     fsynced, so once :meth:`put` returns the object survives a crash or power loss, and a crash
-    never leaves a half-written image under a real key. Temporary files left by a killed
-    process are removed by a later put into the same folder once no writer holds them; they
-    are never taken for objects. Folders are created as needed. Keys that would leave ``root``
-    (``..``, absolute paths, NUL bytes, backslashes, symlinks pointing outside) or that the
-    file system cannot hold (a name over its length limit) are refused with
+    never leaves a half-written image under a real key. Puts into one folder at the same time
+    share its fsync: each returns after an fsync of the folder begun after its own rename.
+    Temporary files left by a killed process are removed by a later put into the same folder
+    once no writer holds them; they are never taken for objects. Folders are created as
+    needed. Keys that would leave ``root`` (``..``, absolute paths, NUL bytes, backslashes,
+    symlinks pointing outside) or that the file system cannot hold (a name over its length
+    limit) are refused with
     :class:`~photoroom_bg.errors.UnsafeKeyError`. Every failure is a
     :class:`~photoroom_bg.errors.StorageError`: a full disk raises
     :class:`~photoroom_bg.errors.StorageFullError` (and leaves no temporary file behind), a
@@ -115,6 +161,7 @@ class FileSystemSink:
         self._cleaned: set[Path] = set()
         self._cleaned_lock = threading.Lock()
         self._name_max_bytes: int | None = None
+        self._folder_syncs = _FolderSyncs()
 
     def __repr__(self) -> str:
         return f"FileSystemSink({printable(str(self.root))!r})"
@@ -215,13 +262,16 @@ class FileSystemSink:
         metadata: Mapping[str, str] | None = None,
     ) -> StoredObject:
         """Write ``data`` to ``root/key`` atomically and durably (replacing any previous file)."""
-        target = self.path(key)
         meta = dict(metadata or {})
-        checksum = sha256_checksum(data)
-        await self._run(
-            "write", key, lambda: self._write(target, data, content_type, meta, checksum)
-        )
-        return self._describe(key, target, len(data), content_type, checksum, meta)
+
+        def write() -> StoredObject:
+            # the key checked, hashed and written in one trip to a worker thread
+            target = self.path(key)
+            checksum = sha256_checksum(data)
+            self._write(target, data, content_type, meta, checksum)
+            return self._describe(key, target, len(data), content_type, checksum, meta)
+
+        return await self._run("write", key, write)
 
     def _write(
         self, target: Path, data: bytes, content_type: str, meta: dict[str, str], checksum: str
@@ -252,8 +302,9 @@ class FileSystemSink:
                 made.mkdir()
             _fsync_dir(made.parent)
 
-    @staticmethod
-    def _atomic_write(target: Path, data: bytes, checksum: str | None = None) -> os.stat_result:
+    def _atomic_write(
+        self, target: Path, data: bytes, checksum: str | None = None
+    ) -> os.stat_result:
         # Not mkstemp: its files are 0600. Created like open() would, so the umask decides
         # who may read the cut-outs (0644 under the usual umask).
         temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
@@ -271,7 +322,7 @@ class FileSystemSink:
             if checksum is not None:
                 _set_xattr(fd, _stamp(checksum, info))
             os.replace(temp, target)
-            _fsync_dir(target.parent)
+            self._folder_syncs.after_rename(target.parent)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
@@ -311,8 +362,7 @@ class FileSystemSink:
 
     async def exists(self, key: str) -> bool:
         """True when ``root/key`` is a file."""
-        target = self.path(key)
-        return await self._run("check", key, lambda: _is_regular(target))
+        return await self._run("check", key, lambda: _is_regular(self.path(key)))
 
     async def get(self, key: str) -> bytes:
         """The bytes of ``root/key``."""
@@ -335,8 +385,7 @@ class FileSystemSink:
         attribute or metadata file holding it still matches the file's size and mtime; else a
         weak validator ``W/"<size>-<mtime>"`` (hex), as web servers make ETags for files.
         """
-        target = self.path(key)
-        return await self._run("describe", key, lambda: self._stat(key, target))
+        return await self._run("describe", key, lambda: self._stat(key, self.path(key)))
 
     def _stat(self, key: str, target: Path) -> StoredObject:
         info = os.stat(target)

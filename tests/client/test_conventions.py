@@ -588,3 +588,20 @@ def test_the_clients_keep_signed_image_urls_out_of_httpx_log_lines(
     assert any("HTTP Request: GET" in line for line in lines)  # httpx did log the call
     assert all("s3cr3tsig" not in line and "AKID" not in line for line in lines)
     assert all("sk_live_0123" not in line for line in lines)
+
+
+def test_a_request_line_is_only_built_when_debug_logging_is_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from photoroom_bg._base_client import BaseClient, RequestSpec
+
+    spec = RequestSpec("POST", "http://host:notaport/v1/segment")  # parsing it would raise
+    with caplog.at_level("INFO", logger="photoroom_bg"):
+        BaseClient._log(spec, 200, 1, 0.01)  # per request: no URL parsed for nothing
+    assert caplog.records == []
+    good = RequestSpec("POST", "https://sdk.photoroom.com/v1/segment?x=1")
+    with caplog.at_level("DEBUG", logger="photoroom_bg"):
+        BaseClient._log(good, 200, 1, 0.01)
+    assert [r.getMessage() for r in caplog.records] == [
+        "POST /v1/segment -> 200 (attempt 1, 0.010s)"
+    ]

@@ -9,7 +9,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +251,65 @@ async def test_a_put_is_durable_once_it_returns(
     assert ("fsync", str(target.parent)) in events[renamed + 1 :]  # the rename is on disk
     for made in (root, root / "new", root / "new" / "deeper"):  # so are the new folders
         assert ("fsync", str(made.parent)) in events[:renamed]
+
+
+async def test_concurrent_puts_into_one_folder_share_its_fsync_once_their_renames_are_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = threading.Lock()
+    events: list[tuple[str, str]] = []
+    renamed = threading.Condition(lock)
+    real_fsync, real_replace = os.fsync, os.replace
+    folder = tmp_path / "out"
+    folder.mkdir()
+
+    def log(*event: str) -> None:
+        with lock:
+            events.append(event)
+            renamed.notify_all()
+
+    def fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if path != str(folder):
+            real_fsync(fd)
+            return
+        with lock:
+            first = not any(e[0] == "fsync-start" for e in events)
+        log("fsync-start", path)
+        if first:  # held until the three other puts have renamed: they must wait for it
+            with lock:
+                assert renamed.wait_for(lambda: sum(e[0] == "rename" for e in events) == 4, 30)
+        real_fsync(fd)
+        log("fsync-end", path)
+
+    def replace(src: Any, dst: Any) -> None:
+        real_replace(src, dst)
+        log("rename", str(dst))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(8))
+    sink = FileSystemSink(tmp_path / "out")
+
+    async def put(key: str) -> None:
+        await sink.put(key, key.encode())
+        log("returned", str(folder / key))
+
+    await asyncio.gather(*(put(f"{i}.png") for i in range(4)))
+    fsyncs = [i for i, e in enumerate(events) if e[0] == "fsync-start"]
+    assert len(fsyncs) == 2  # one each before: 4
+    for i in range(4):
+        target = str(folder / f"{i}.png")
+        after = events.index(("rename", target))
+        returned = events.index(("returned", target))
+        # an fsync of the folder began after the rename and ended before the put returned
+        covering = [
+            start
+            for start in fsyncs
+            if after < start and events.index(("fsync-end", str(folder)), start) < returned
+        ]
+        assert covering, (target, events)
+    assert sink._folder_syncs._tickets == {}  # nothing kept once every put has returned
 
 
 async def test_stat_reads_no_object_back_and_uses_the_checksum_kept_at_write_time(

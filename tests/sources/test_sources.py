@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from photoroom_bg import sources as sources_module
 from photoroom_bg.errors import SourceError, SourceNotFoundError, SourceTooLargeError
 from photoroom_bg.sources import ImageSource, SourceReader, iter_sources
 
@@ -69,6 +72,32 @@ async def test_bytes_files_and_nested_iterables() -> None:
     assert "secret" not in sources[2].display
     assert "secret" not in repr(sources[2])
     assert sources[0].name != sources[3].name
+
+
+async def test_a_list_of_paths_is_checked_a_chunk_at_a_time(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # each trip to a worker thread costs far more than the check it makes
+    hops = 0
+    to_thread = asyncio.to_thread
+
+    async def counting(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        nonlocal hops
+        hops += 1
+        return await to_thread(func, *args, **kwargs)
+
+    monkeypatch.setattr(sources_module.asyncio, "to_thread", counting)
+    files = [str(tree / "one.png"), tree / "two.JPG", str(tree / "nope.png")] * 200
+    spec = [*files, str(tree / "a"), str(tree / "*.png"), "https://example.com/x.png", b"raw"]
+    found = await collect(spec)
+    assert [s.location for s in found[:600]] == [str(f) for f in files]
+    assert {s.kind for s in found[:600]} == {"path"}
+    walked = sorted(Path(s.location).name for s in found[600:603])
+    assert walked == ["five.HEIC", "four.jpeg", "three.webp"]
+    assert Path(found[603].location).name == "one.png"  # the glob
+    assert [s.kind for s in found[604:]] == ["url", "bytes"]
+    # 606 items in 3 chunks, then a hop per listing chunk of the folder and of the glob
+    assert hops == 3 + 2
 
 
 async def test_a_huge_generator_is_consumed_lazily() -> None:
