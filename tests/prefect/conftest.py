@@ -6,6 +6,7 @@ anything imports it: no analytics, no UI, a throwaway PREFECT_HOME.
 
 from __future__ import annotations
 
+import gc
 import io
 import itertools
 import os
@@ -75,13 +76,23 @@ def prefect_api() -> Iterator[None]:
         shutil.rmtree(_HOME, ignore_errors=True)
 
 
+_TRANSPORT_WARNING = "unclosed transport <_SelectorSocketTransport"
+
+
 @pytest.fixture(autouse=True)
-def _prefects_transports() -> None:
+def _prefects_transports() -> Iterator[None]:
     """The asyncio transports under those sockets (see ``FOREIGN_CLIENT_PORTS``) warn too,
-    with no address to tell them apart: here, among Prefect's own, they are not errors."""
-    warnings.filterwarnings(
-        "ignore", message="unclosed transport <_SelectorSocketTransport", category=ResourceWarning
-    )
+    with no address to tell them apart: here, among Prefect's own, they are not errors.
+
+    What a test leaves for the garbage collector is collected before the next test begins,
+    here, so that a transport Prefect dropped is not found later, during a test elsewhere,
+    where an unclosed transport is an error."""
+    warnings.filterwarnings("ignore", message=_TRANSPORT_WARNING, category=ResourceWarning)
+    yield
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_TRANSPORT_WARNING, category=ResourceWarning)
+        warnings.filterwarnings("ignore", message="unclosed <socket", category=ResourceWarning)
+        gc.collect()
 
 
 @pytest.fixture
