@@ -8,6 +8,7 @@ the live service tests cover the same parts across processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -115,6 +116,16 @@ def url_sources(images: ImageServer, numbers: range) -> list[dict[str, str]]:
     return [{"kind": "url", "url": images.image(n)} for n in numbers]
 
 
+@contextlib.contextmanager
+def photoroom(monkeypatch: pytest.MonkeyPatch, latency: float) -> Iterator[PhotoroomEmulator]:
+    """An emulator answering after ``latency`` seconds, which the shards in this process use."""
+    emu = PhotoroomEmulator(credits=1_000, faults=Faults(latency=latency))
+    with emu.serve() as url:
+        monkeypatch.setenv("PHOTOROOM_BASE_URL", url)
+        monkeypatch.setenv("PHOTOROOM_API_KEY", emu.api_key)
+        yield emu
+
+
 async def test_a_job_runs_on_prefect_and_each_item_is_its_own_input(
     service: Service, images: ImageServer, emulator: PhotoroomEmulator
 ) -> None:
@@ -158,10 +169,7 @@ async def test_a_job_runs_on_prefect_and_each_item_is_its_own_input(
 async def test_a_job_the_service_stopped_is_resumed_at_its_next_start_without_paying_twice(
     tmp_path: Path, images: ImageServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    emu = PhotoroomEmulator(credits=1_000, faults=Faults(latency=0.15))
-    with emu.serve() as url:
-        monkeypatch.setenv("PHOTOROOM_BASE_URL", url)
-        monkeypatch.setenv("PHOTOROOM_API_KEY", emu.api_key)
+    with photoroom(monkeypatch, 0.15) as emu:
         first = Service(tmp_path, prefect_shard_size=4, concurrency=2)
         sources = url_sources(images, range(200, 260))
         record = await first.jobs.create("alice", sources, {"kind": "segment", "fields": {}})
@@ -191,10 +199,7 @@ async def test_a_job_the_service_stopped_is_resumed_at_its_next_start_without_pa
 async def test_a_cancelled_job_stops_and_says_which_inputs_never_ran(
     tmp_path: Path, images: ImageServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    emu = PhotoroomEmulator(credits=1_000, faults=Faults(latency=0.15))
-    with emu.serve() as url:
-        monkeypatch.setenv("PHOTOROOM_BASE_URL", url)
-        monkeypatch.setenv("PHOTOROOM_API_KEY", emu.api_key)
+    with photoroom(monkeypatch, 0.15) as emu:
         svc = Service(tmp_path, prefect_shard_size=3, concurrency=1)
         try:
             sources = url_sources(images, range(300, 330))
@@ -222,10 +227,7 @@ async def test_the_event_stream_sends_each_item_as_its_shard_finishes(
     from photoroom_bg.service._events import event_stream
     from photoroom_bg.service._state import ServiceState
 
-    emu = PhotoroomEmulator(credits=1_000, faults=Faults(latency=0.25))
-    with emu.serve() as url:
-        monkeypatch.setenv("PHOTOROOM_BASE_URL", url)
-        monkeypatch.setenv("PHOTOROOM_API_KEY", emu.api_key)
+    with photoroom(monkeypatch, 0.25):
         svc = Service(tmp_path, prefect_shard_size=3, concurrency=1)
         svc.executor.jobs.defaults["max_running_shards"] = 1  # one shard after another
         state = ServiceState(

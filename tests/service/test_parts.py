@@ -411,35 +411,40 @@ async def test_a_heartbeat_never_writes_running_over_a_jobs_end(tmp_path: Path) 
     assert record.state == "completed"
 
 
+class RecordingExecutor:
+    """An executor that runs nothing and records the jobs it was asked to start or follow."""
+
+    def __init__(self, name: str, *, in_process: bool) -> None:
+        self.name = name
+        self.in_process = in_process
+        self.started: list[str] = []
+        self.followed: list[str] = []
+
+    async def start(self, spec: object, on_end: object) -> None:
+        self.started.append(str(getattr(spec, "job_id", "")))
+
+    async def follow(self, spec: object, on_end: object) -> None:
+        self.followed.append(str(getattr(spec, "job_id", "")))
+
+    def live(self, job_id: str) -> None:
+        return None
+
+    def running(self) -> list[str]:
+        return []
+
+
 async def test_jobs_of_an_executor_running_elsewhere_are_never_taken_over(tmp_path: Path) -> None:
     """Only in-process jobs are claimed and resumed by the service; a job that another
     executor runs stays with it, however old its record looks."""
     from photoroom_bg.service import JobService, JobStore
 
-    started: list[str] = []
-    followed: list[str] = []
-
-    class Remote:
-        name = "remote"
-        in_process = False
-
-        async def start(self, spec: object, on_end: object) -> None:
-            started.append(str(getattr(spec, "job_id", "")))
-
-        async def follow(self, spec: object, on_end: object) -> None:
-            followed.append(str(getattr(spec, "job_id", "")))
-
-        def live(self, job_id: str) -> None:
-            return None
-
-        def running(self) -> list[str]:
-            return []
-
+    remote = RecordingExecutor("remote", in_process=False)
+    started, followed = remote.started, remote.followed
     store = JobStore(MemorySink())
     claims = LocalClaims(tmp_path)
     claims.prepare()
     settings = ServiceSettings(lease_seconds=0.001, replica_id="here")
-    service = JobService(settings, store, claims, Remote())  # type: ignore[arg-type]
+    service = JobService(settings, store, claims, remote)  # type: ignore[arg-type]
     options = {"kind": "segment", "fields": {}}
     record = await service.create("owner", [{"kind": "url", "url": "https://x/y.png"}], options)
     assert started == [record.job_id]
@@ -458,21 +463,8 @@ async def test_a_job_of_another_executor_is_never_resumed_by_this_one(tmp_path: 
     them (their items live where the old one keeps them; running them again would pay)."""
     from photoroom_bg.service import JobRecord, JobService, JobStore
 
-    started: list[str] = []
-
-    class Other:
-        name = "prefect"
-        in_process = True
-
-        async def start(self, spec: object, on_end: object) -> None:
-            started.append(str(getattr(spec, "job_id", "")))
-
-        def live(self, job_id: str) -> None:
-            return None
-
-        def running(self) -> list[str]:
-            return []
-
+    other = RecordingExecutor("prefect", in_process=True)
+    started = other.started
     store = JobStore(MemorySink())
     claims = LocalClaims(tmp_path)
     claims.prepare()
@@ -492,7 +484,7 @@ async def test_a_job_of_another_executor_is_never_resumed_by_this_one(tmp_path: 
     )
     assert claims.claim(job_id)
     claims.release(job_id, finished=False)  # its process died
-    service = JobService(settings, store, claims, Other())  # type: ignore[arg-type]
+    service = JobService(settings, store, claims, other)  # type: ignore[arg-type]
     assert await service.resume_orphans() == []
     assert await service.get("o", job_id) is not None  # asked about: still not taken over
     assert started == []
