@@ -176,8 +176,9 @@ class PrefectExecutor:
             return self._watchers[spec.job_id][1]
         await self._ensure_open()
         live = LiveJob(spec.job_id, len(spec.sources))
-        if await self._exists(spec.job_id):
-            await self._take_over(spec.job_id, live)
+        existing = await self._status(spec.job_id)
+        if existing is not None:
+            await self._take_over(existing, live)
         elif create:
             refs = [_reference(self.sink_uri, ref) for ref in spec.sources]
             await self.jobs.start(refs, spec.options, job_id=spec.job_id)
@@ -188,18 +189,18 @@ class PrefectExecutor:
         self._watchers[spec.job_id] = (task, live)
         return live
 
-    async def _exists(self, job_id: str) -> bool:
+    async def _status(self, job_id: str) -> JobInfo | None:
+        """The job's status on Prefect, ``None`` when Prefect has never had it."""
         from ..errors import ObjectNotFoundError
 
         try:
-            await self.jobs.status(job_id)
+            return await self.jobs.status(job_id)
         except ObjectNotFoundError:
-            return False
-        return True
+            return None
 
-    async def _take_over(self, job_id: str, live: LiveJob) -> None:
+    async def _take_over(self, info: JobInfo, live: LiveJob) -> None:
         """A job this service started before: resume it when nobody coordinates it."""
-        info = await self.jobs.status(job_id)
+        job_id = info.job_id
         user_cancelled = await self.store.cancel_requested(job_id)
         live.cancel_requested = user_cancelled
         if self.in_process and not info.done:
