@@ -163,6 +163,43 @@ class LiveJob:
 OnEnd = Callable[[LiveJob], Awaitable[None]]
 
 
+class JobTasks:
+    """An executor's tasks, one per job it runs or follows in this process, with each job's
+    in-process view; :meth:`cancel_all` is how the executor stops them all."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, tuple[asyncio.Task[None], LiveJob]] = {}
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def add(self, task: asyncio.Task[None], live: LiveJob) -> None:
+        """Keep the task of ``live``'s job."""
+        self._jobs[live.job_id] = (task, live)
+
+    def discard(self, job_id: str) -> None:
+        """Forget the job (its task is ending)."""
+        self._jobs.pop(job_id, None)
+
+    def live(self, job_id: str) -> LiveJob | None:
+        """The job's in-process view, if it has a task here."""
+        entry = self._jobs.get(job_id)
+        return entry[1] if entry else None
+
+    def ids(self) -> list[str]:
+        """The jobs with a task here."""
+        return list(self._jobs)
+
+    async def cancel_all(self) -> None:
+        """Cancel every task and wait for each to end (closing what it holds)."""
+        tasks = [task for task, _ in self._jobs.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
 @runtime_checkable
 class Executor(Protocol):
     """Runs jobs; see the module docs.
@@ -251,7 +288,7 @@ class LocalExecutor:
 
     def __init__(self, context: ExecutorContext) -> None:
         self.context = context
-        self._jobs: dict[str, tuple[asyncio.Task[None], LiveJob]] = {}
+        self._jobs = JobTasks()
 
     def __repr__(self) -> str:
         return f"LocalExecutor(running={len(self._jobs)})"
@@ -270,7 +307,7 @@ class LocalExecutor:
         )
         sources = open_sources(spec.sources, self.context.sink, lambda: live.cancel_requested)
         task = asyncio.create_task(self._run(remover, sources, live, on_end))
-        self._jobs[spec.job_id] = (task, live)
+        self._jobs.add(task, live)
         return live
 
     async def _run(
@@ -285,7 +322,7 @@ class LocalExecutor:
             logger.error("job %s failed", live.job_id, exc_info=exc)
             error = exc
         finally:
-            self._jobs.pop(live.job_id, None)
+            self._jobs.discard(live.job_id)
         live.end(report, error)
         try:
             await on_end(live)
@@ -300,12 +337,11 @@ class LocalExecutor:
 
     def live(self, job_id: str) -> LiveJob | None:
         """The job's in-process view while it runs here."""
-        entry = self._jobs.get(job_id)
-        return entry[1] if entry else None
+        return self._jobs.live(job_id)
 
     def running(self) -> list[str]:
         """Jobs running here."""
-        return list(self._jobs)
+        return self._jobs.ids()
 
     async def cancel(self, job_id: str) -> bool:
         """Stop starting images of the job."""
@@ -325,12 +361,7 @@ class LocalExecutor:
 
     async def aclose(self) -> None:
         """Cancel every running job and wait for each to close its resources."""
-        tasks = [task for task, _ in self._jobs.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._jobs.cancel_all()
 
 
 def _prefect_executor(context: ExecutorContext) -> Executor:

@@ -25,7 +25,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, PhotoroomBGError
-from ._executor import ExecutorContext, JobSpec, LiveJob, OnEnd
+from ._executor import ExecutorContext, JobSpec, JobTasks, LiveJob, OnEnd
 from ._store import JobStore as ServiceJobStore
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class PrefectExecutor:
             **defaults,
         )
         self.store = ServiceJobStore(context.sink)
-        self._watchers: dict[str, tuple[asyncio.Task[None], LiveJob]] = {}
+        self._watchers = JobTasks()
         self._sources: dict[str, list[dict[str, str]]] = {}
         self._holder: asyncio.Task[None] | None = None
         self._opened = asyncio.Event()
@@ -172,8 +172,9 @@ class PrefectExecutor:
         return await self._open_job(spec, on_end, create=False)
 
     async def _open_job(self, spec: JobSpec, on_end: OnEnd, *, create: bool) -> LiveJob | None:
-        if spec.job_id in self._watchers:
-            return self._watchers[spec.job_id][1]
+        following = self._watchers.live(spec.job_id)
+        if following is not None:
+            return following
         await self._ensure_open()
         live = LiveJob(spec.job_id, len(spec.sources))
         existing = await self._status(spec.job_id)
@@ -186,7 +187,7 @@ class PrefectExecutor:
             return None
         self._sources[spec.job_id] = list(spec.sources)
         task = asyncio.create_task(self._watch(live, on_end))
-        self._watchers[spec.job_id] = (task, live)
+        self._watchers.add(task, live)
         return live
 
     async def _status(self, job_id: str) -> JobInfo | None:
@@ -235,7 +236,7 @@ class PrefectExecutor:
         else:
             _end_from(live, info)
         finally:
-            self._watchers.pop(job_id, None)
+            self._watchers.discard(job_id)
         try:
             await on_end(live)
         except Exception:
@@ -245,12 +246,11 @@ class PrefectExecutor:
 
     def live(self, job_id: str) -> LiveJob | None:
         """The view of a job this process follows."""
-        entry = self._watchers.get(job_id)
-        return entry[1] if entry else None
+        return self._watchers.live(job_id)
 
     def running(self) -> list[str]:
         """Jobs this process follows."""
-        return list(self._watchers)
+        return self._watchers.ids()
 
     async def cancel(self, job_id: str) -> bool:
         """Ask the job to stop, wherever its shards run: none starts any more, running ones
@@ -312,12 +312,7 @@ class PrefectExecutor:
     async def aclose(self) -> None:
         """Stop following jobs and stop the flow runs coordinated here (their shards finish
         the images in hand); the next start resumes them."""
-        tasks = [task for task, _ in self._watchers.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._watchers.cancel_all()
         self._closing.set()
         if self._holder is not None:
             # the flow runs coordinated here stop after their shards' images in hand; one
