@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from . import _threads
 from ._base_client import (
     DEFAULT_MAX_RETRIES,
     NOT_GIVEN,
@@ -445,7 +446,7 @@ class AsyncPhotoroomClient(BaseClient):
     async def _build(prepared: Prepared[T]) -> RequestSpec:
         # reading files and decoding large images in a worker thread; building (and any
         # warning) back on the loop, so warnings point at the caller's line
-        loaded = await asyncio.to_thread(prepared.load) if prepared.heavy else prepared.load()
+        loaded = await _threads.run_sync(prepared.load) if prepared.heavy else prepared.load()
         return prepared.build(loaded)
 
     async def _send(

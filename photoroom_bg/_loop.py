@@ -138,8 +138,11 @@ def _shutdown() -> None:
 
 # Python stops accepting work in its thread pools (asyncio.to_thread) before plain atexit
 # functions run. threading's own exit hooks run first, the latest registered first: the
-# thread pools' hook is registered on import, so importing it here puts ours before it.
+# thread pools' hook and that of our worker threads (which finishes the calls queued) are
+# registered on import, so importing them here puts ours before both.
 import concurrent.futures.thread  # noqa: E402, F401
+
+from . import _threads  # noqa: E402, F401
 
 _register = getattr(threading, "_register_atexit", None)
 if _register is not None:

@@ -22,7 +22,6 @@ of a million URLs never sits in memory. A :class:`SourceReader` reads one source
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import re
@@ -45,6 +44,7 @@ import anyio
 import attrs
 import httpx
 
+from . import _threads
 from ._images import FileTooLarge, NotARegularFile, read_regular_file, sniff_format
 from ._inflate import UnsupportedEncoding, decoder_for
 from ._listing import IMAGE_EXTENSIONS, glob_images, is_image_path, walk_images
@@ -176,7 +176,7 @@ async def _paths_off_loop(
 
     try:
         while True:
-            batch = await asyncio.to_thread(chunk)
+            batch = await _threads.run_sync(chunk)
             for path in batch:
                 yield ImageSource("path", path, _stem(path))
             if len(batch) < _WALK_CHUNK:
@@ -186,7 +186,7 @@ async def _paths_off_loop(
 
 
 async def _read_file_object(item: Any, name: str, cap: int) -> bytes:
-    data = await asyncio.to_thread(item.read, cap + 1)  # a byte over the cap is enough to refuse
+    data = await _threads.run_sync(item.read, cap + 1)  # a byte over the cap is enough to refuse
     if isinstance(data, str):
         raise InvalidImageError(f"{name}: file opened in text mode; open it with 'rb'")
     return bytes(data)
@@ -228,7 +228,7 @@ async def iter_sources(
                 yield _url_source(text)
             else:
                 if shape is None:
-                    shape = await asyncio.to_thread(_path_shape, text)
+                    shape = await _threads.run_sync(_path_shape, text)
                 if shape == "dir":
                     async for source in _paths_off_loop(lambda stop: walk_images(text, stop)):
                         yield source
@@ -253,7 +253,7 @@ async def iter_sources(
                 chunk = item[start : start + _WALK_CHUNK]
                 shapes: dict[int, str] = {}
                 if any(_local_path(inner) is not None for inner in chunk):
-                    shapes = await asyncio.to_thread(_path_shapes, chunk)
+                    shapes = await _threads.run_sync(_path_shapes, chunk)
                 for i, inner in enumerate(chunk):
                     async for source in expand(inner, shapes.get(i)):
                         yield source
@@ -366,7 +366,7 @@ class SourceReader:
             self._check_size(len(source.data), source)
             return source.data
         if source.kind == "path":
-            return await asyncio.to_thread(self._read_path, source)
+            return await _threads.run_sync(self._read_path, source)
         if source.kind == "url":
             return await self._within_deadline(self._fetch(source), source)
         if source.kind == "s3":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import json
@@ -19,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .. import _threads
 from .._images import NotARegularFile, read_regular_file
 from .._redact import printable
 from ..errors import (
@@ -251,7 +251,7 @@ class FileSystemSink:
             except OSError as exc:
                 raise self._error(exc, action, key) from None
 
-        return await asyncio.to_thread(guarded)
+        return await _threads.run_sync(guarded)
 
     async def put(
         self,

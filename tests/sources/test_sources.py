@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from photoroom_bg import sources as sources_module
+from photoroom_bg import _threads
 from photoroom_bg.errors import SourceError, SourceNotFoundError, SourceTooLargeError
 from photoroom_bg.sources import ImageSource, SourceReader, iter_sources
 
@@ -79,14 +78,14 @@ async def test_a_list_of_paths_is_checked_a_chunk_at_a_time(
 ) -> None:
     # each trip to a worker thread costs far more than the check it makes
     hops = 0
-    to_thread = asyncio.to_thread
+    run_sync = _threads.run_sync
 
-    async def counting(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+    async def counting(func: Any, /, *args: Any) -> Any:
         nonlocal hops
         hops += 1
-        return await to_thread(func, *args, **kwargs)
+        return await run_sync(func, *args)
 
-    monkeypatch.setattr(sources_module.asyncio, "to_thread", counting)
+    monkeypatch.setattr(_threads, "run_sync", counting)
     files = [str(tree / "one.png"), tree / "two.JPG", str(tree / "nope.png")] * 200
     spec = [*files, str(tree / "a"), str(tree / "*.png"), "https://example.com/x.png", b"raw"]
     found = await collect(spec)
