@@ -84,6 +84,8 @@ class EngineCalls:
         self.limit = AdaptiveLimit(concurrency)
         self.concurrency = concurrency
         self.total: int | None = None  # inputs, once listed: a small batch's first wave
+        #: set when paid calls may begin (the account balance before them has been read)
+        self.ready: anyio.Event | None = None
         self._stoppable = stoppable
         self._stop = stop
         self._answered = False
@@ -132,6 +134,8 @@ class EngineCalls:
             return result, attempt, possibly
 
     async def _take_turn(self) -> None:
+        if self.ready is not None and not self.ready.is_set():
+            await self.ready.wait()
         await self.limit.acquire()
         try:
             await self.gate.acquire()

@@ -229,8 +229,6 @@ class Batch:
                 options_digest=r._options_digest,
                 retry=self.retry,
             )
-        if r.track_credits:
-            self._account_before = await self._account()
 
     async def _open_manifest(self) -> ManifestState:
         """Open the manifest (a temporary one when it lives in the sink) and read it."""
@@ -281,6 +279,12 @@ class Batch:
             return PhotoroomEngine(own)
         return engine._with_client(own)  # keeps the caller's subclass and its overrides
 
+    async def _balance_before(self, done: anyio.Event) -> None:
+        try:
+            self._account_before = await self._account()
+        finally:
+            done.set()
+
     async def _account(self) -> float | None:
         client = getattr(self.engine, "client", None)
         if not self.engine.bills or not isinstance(client, AsyncPhotoroomClient):
@@ -304,6 +308,14 @@ class Batch:
                 self.storage.task_group = tg  # where an outage prober runs
                 if self._manifest is not None:
                     tg.start_soon(self._manifest.writer)
+                balance_read = anyio.Event()
+                if self.r.track_credits:
+                    # read while the first jobs read and check their inputs; they wait for
+                    # it before their first paid call
+                    self.calls.ready = balance_read
+                    tg.start_soon(self._balance_before, balance_read)
+                else:
+                    balance_read.set()
                 async with anyio.create_task_group() as jobs:
                     jobs.start_soon(self._list, send)
                     async with receive:
@@ -311,6 +323,7 @@ class Batch:
                             jobs.start_soon(self._work, receive.clone())
                 if self._manifest is not None:
                     self._manifest.finish()
+                await balance_read.wait()  # even when no job called the engine
                 tg.cancel_scope.cancel()  # the outage prober, if one is still waiting
             account_after = await self._account() if self._account_before is not None else None
         finally:

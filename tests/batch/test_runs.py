@@ -342,3 +342,41 @@ def test_an_unforeseen_exception_fails_its_job_only(caplog: pytest.LogCaptureFix
     assert isinstance(failure.error, UnexpectedError)
     assert isinstance(failure.error.__cause__, KeyError)
     assert "failed unexpectedly" in caplog.text
+
+
+async def test_the_balance_is_read_while_the_first_inputs_are_checked(
+    respx_mock: Any,
+) -> None:
+    # The balance before the batch is read while the jobs read their inputs and look for
+    # stored outputs (an S3 HEAD, a download: tens of ms each); no paid call starts before it.
+    lookups: list[str] = []
+    checked = asyncio.Event()
+    order: list[str] = []
+
+    class Watched(MemorySink):
+        async def stat(self, key: str) -> Any:
+            lookups.append(key)
+            if len(lookups) == 3:
+                checked.set()
+            return await super().stat(key)
+
+    async def account(request: httpx.Request) -> httpx.Response:
+        order.append("account")
+        await asyncio.wait_for(checked.wait(), 10)  # the jobs go on meanwhile
+        balance = 100 - order.count("segment")
+        return httpx.Response(200, json={"images": {"available": balance, "subscription": 0}})
+
+    def segment(request: httpx.Request) -> httpx.Response:
+        order.append("segment")
+        return httpx.Response(200, content=photo(), headers={"content-type": "image/png"})
+
+    base = "http://127.0.0.1:9"
+    respx_mock.get(f"{base}/v2/account").mock(side_effect=account)
+    respx_mock.post(f"{base}/v1/segment").mock(side_effect=segment)
+    batch = BatchRemover(
+        sink=Watched(), api_key="sk_test", base_url=base, concurrency=3, skip_existing=True
+    )
+    report = await batch.run([photo() for _ in range(5)])
+    assert report.succeeded_count == 5
+    assert order == ["account", *["segment"] * 5, "account"]
+    assert report.credits_spent == 5
