@@ -15,10 +15,10 @@ Here each event loop has a small set of worker threads sharing one queue of call
   result finished since the last one.
 
 Semantics are ``asyncio.to_thread``'s: the caller's context variables are visible in the
-call, its exception is raised to the awaiting task, and cancelling that task stops the wait
-but not the call. Idle workers end after :data:`IDLE_SECONDS`; at interpreter exit the calls
-already queued are finished before Python goes down (a write half done would otherwise be
-cut short).
+call, its exception is raised to the awaiting task, and cancelling that task stops the wait:
+a call not yet begun is then dropped, one under way runs to its end. Idle workers end after
+:data:`IDLE_SECONDS`; at interpreter exit the calls under way or queued are finished before
+Python goes down (a write half done would otherwise be cut short).
 """
 
 from __future__ import annotations
@@ -131,6 +131,9 @@ class _Workers:
                     return
             _, context, fn, args, future = call
             del call
+            if future.cancelled():  # nobody waits for it any more, and it has not begun
+                del future, fn, args, context
+                continue
             try:
                 result: _Result = (future, context.run(fn, *args), None)
             except BaseException as exc:

@@ -92,22 +92,41 @@ async def test_threads_stay_within_the_limit(monkeypatch: pytest.MonkeyPatch) ->
 
 
 async def test_cancelling_the_caller_stops_the_wait_not_the_call() -> None:
+    started = threading.Event()
     release = threading.Event()
     finished = threading.Event()
 
     def slow() -> str:
+        started.set()
         release.wait(30)
         finished.set()
         return "done"
 
     task = asyncio.ensure_future(_threads.run_sync(slow))
-    await asyncio.sleep(0)
+    assert await asyncio.get_running_loop().run_in_executor(None, started.wait, 30)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     release.set()
     assert await _threads.run_sync(finished.wait, 30) is True
     assert await _threads.run_sync(pow, 2, 3) == 8  # and the workers still serve
+
+
+async def test_a_call_cancelled_before_it_begins_never_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_workers(), "max_threads", 1)
+    release = threading.Event()
+    ran: list[str] = []
+    blocking = asyncio.ensure_future(_threads.run_sync(release.wait, 30))
+    queued = asyncio.ensure_future(_threads.run_sync(ran.append, "queued"))
+    await asyncio.sleep(0)
+    queued.cancel()
+    release.set()
+    assert await blocking is True
+    await _threads.run_sync(ran.append, "later")  # runs after the cancelled one was taken
+    assert ran == ["later"]
+    assert queued.cancelled()
 
 
 async def test_idle_workers_end(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,8 +152,8 @@ def _python(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_queued_calls_finish_before_the_interpreter_exits(tmp_path: Path) -> None:
-    # the loop ends without waiting for the calls: exit still lets them finish, as it does
-    # for asyncio.to_thread, so a write under way is never cut short
+    # the loop ends without waiting for the calls: exit still lets those under way finish,
+    # as it does for asyncio.to_thread, so a write under way is never cut short
     run = _python(
         """
         import asyncio, sys, threading, time
@@ -142,17 +161,21 @@ def test_queued_calls_finish_before_the_interpreter_exits(tmp_path: Path) -> Non
         from photoroom_bg import _threads
 
         out = Path(sys.argv[1])
-        started = threading.Event()
+        started = threading.Semaphore(0)
 
         def write(name):
-            started.set()
+            started.release()
             time.sleep(0.3)  # a slow disk
             (out / name).write_text("kept")
+
+        def all_started():
+            for _ in range(3):
+                started.acquire()
 
         async def main():
             for name in ("a", "b", "c"):
                 asyncio.ensure_future(_threads.run_sync(write, name))
-            await asyncio.get_running_loop().run_in_executor(None, started.wait)
+            await asyncio.get_running_loop().run_in_executor(None, all_started)
 
         asyncio.run(main())
         """,
