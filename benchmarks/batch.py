@@ -21,7 +21,9 @@ the same requests, so the ceiling of this machine and this emulator is visible t
 5. ``faults``: sporadic faults (about 20 %: 429 and 503 with ``Retry-After: 1``, 500, 502,
    resets, truncations) and a server-side rate limit, BatchRemover / a plain loop with one
    shared ``httpx.AsyncClient``, a semaphore and 5 retries honouring ``Retry-After``: wall time
-   ratio and the 429s each one met.
+   ratio and the 429s each one met;
+6. ``threads``: CPU per blocking call run off the event loop, ``asyncio.to_thread`` against
+   the worker threads that read and store files for the batch, from 1, 8 and 64 tasks at once.
 
 The first line gives the versions of everything on the hot path (Python, httpx, httpcore,
 anyio, h11, sniffio; uvicorn and starlette serve the emulator), the CPUs this process may use
@@ -29,7 +31,7 @@ and the load average, so that a quoted number can be reproduced. On a shared mac
 run and lower the others' share of it, and run each configuration twice::
 
     python benchmarks/batch.py                          # sections 1, 2 and 3
-    python benchmarks/batch.py --only photos faults     # the others
+    python benchmarks/batch.py --only photos faults threads   # the others
     python benchmarks/batch.py --only efficiency --latency 1.0 --concurrency 64 256
     python benchmarks/batch.py --only efficiency --emulator-workers 2
     python benchmarks/batch.py --only efficiency --concurrency 64 256 --shards 2 4 8 16 32
@@ -59,7 +61,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from photoroom_bg import BatchRemover, MemorySink
+from photoroom_bg import BatchRemover, MemorySink, _threads
 from photoroom_bg._pool import ShardedTransport
 from photoroom_bg.testing import DEFAULT_API_KEY
 
@@ -560,6 +562,31 @@ def photos(crops: int, full: int, levels: list[int], repeat: int) -> None:
     )
 
 
+def thread_calls(n: int, repeat: int) -> None:
+    print(
+        f"6. CPU per blocking call run off the event loop: {n} calls of os.stat made by\n"
+        "   1, 8 or 64 tasks at once (as a batch reads and stores files)"
+    )
+    print(f"   {'tasks':>8} {'asyncio.to_thread':>18} {'worker threads':>15} {'ratio':>6}")
+    folder = tempfile.gettempdir()
+
+    async def calls(runner: Callable[..., Any], tasks: int) -> None:
+        async def one() -> None:
+            for _ in range(n // tasks):
+                await runner(os.stat, folder)
+
+        await asyncio.gather(*(one() for _ in range(tasks)))
+
+    for tasks in (1, 8, 64):
+        used = {
+            name: min(cpu(asyncio.run, calls(runner, tasks)) for _ in range(repeat + 1))
+            for name, runner in (("to_thread", asyncio.to_thread), ("ours", _threads.run_sync))
+        }
+        theirs, ours = (used[k] / n * 1e6 for k in ("to_thread", "ours"))
+        print(f"   {tasks:>8} {theirs:>15.1f} us {ours:>12.1f} us {ours / theirs:>6.2f}")
+    print(f"   (us of CPU per call, the least of {repeat + 1} runs; ratio: ours / to_thread)")
+
+
 def faults(n: int, concurrency: int, latency: float, rate_n: int, rpm: int, repeat: int) -> None:
     mix = ", ".join(f"{name} {p:.0%}" for name, p in SPORADIC.items())
     print(
@@ -620,7 +647,7 @@ def fault_runs(
 
 
 def main() -> None:
-    sections = ["efficiency", "cpu", "rss", "photos", "faults"]
+    sections = ["efficiency", "cpu", "rss", "photos", "faults", "threads"]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.3, help="emulator latency, seconds")
     parser.add_argument(
@@ -687,6 +714,7 @@ def main() -> None:
             args.repeat,
         ),
     }
+    steps["threads"] = lambda: thread_calls(6400, args.repeat)
     for name in sections:
         if name in only:
             steps[name]()
