@@ -54,7 +54,8 @@ class _Workers:
     """The worker threads of one event loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, max_threads: int) -> None:
-        self.loop = loop
+        # weakly: the table of workers is keyed by the loop, which must be free to go
+        self.loop = weakref.ref(loop)
         self.max_threads = max_threads
         self.calls: collections.deque[_Call] = collections.deque()
         self.results: collections.deque[_Result] = collections.deque()
@@ -68,7 +69,8 @@ class _Workers:
         self.exiting = False
 
     def submit(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> asyncio.Future[Any]:
-        future = self.loop.create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         now = time.monotonic()
         with self.lock:
             self.calls.append((now, contextvars.copy_context(), fn, args, future))
@@ -76,7 +78,7 @@ class _Workers:
                 self._more()
         if not self.check_due:  # if the awake workers block, look again soon
             self.check_due = True
-            self.loop.call_later(WAIT_SECONDS, self._check)
+            loop.call_later(WAIT_SECONDS, self._check)
         return future
 
     def _check(self) -> None:
@@ -86,7 +88,7 @@ class _Workers:
                 self._more()
             again = bool(self.calls)
         if again:
-            self.loop.call_later(WAIT_SECONDS, self._check)
+            asyncio.get_running_loop().call_later(WAIT_SECONDS, self._check)
         else:
             self.check_due = False
 
@@ -102,6 +104,7 @@ class _Workers:
         elif len(self.threads) < self.max_threads:
             thread = threading.Thread(target=self._work, name="photoroom_bg-worker", daemon=True)
             self.threads.add(thread)
+            _live.add(self)
             thread.start()
 
     def _next(self) -> _Call | None:
@@ -128,6 +131,8 @@ class _Workers:
                 call = self._next()
                 if call is None:
                     self.threads.discard(me)
+                    if not self.threads:
+                        _live.discard(self)
                     return
             _, context, fn, args, future = call
             del call
@@ -144,10 +149,14 @@ class _Workers:
                 if self.delivery_due:
                     continue
                 self.delivery_due = True
+            loop = self.loop()
             try:
-                self.loop.call_soon_threadsafe(self._deliver)
+                if loop is None:
+                    raise RuntimeError("the event loop is gone")
+                loop.call_soon_threadsafe(self._deliver)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 self.results.clear()
+            del loop
 
     def _deliver(self) -> None:
         with self.lock:
@@ -176,6 +185,8 @@ _workers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Workers] = (
     weakref.WeakKeyDictionary()
 )
 _workers_lock = threading.Lock()
+# every set of workers with a thread alive, its loop gone or not: finished at exit
+_live: set[_Workers] = set()
 
 
 def _for(loop: asyncio.AbstractEventLoop) -> _Workers:
@@ -197,17 +208,18 @@ async def run_sync(fn: Callable[..., T], *args: Any) -> T:
 
 def thread_count() -> int:
     """Worker threads alive, over every event loop (for tests)."""
-    return sum(len(workers.threads) for workers in list(_workers.values()))
+    return sum(len(workers.threads) for workers in list(_live))
 
 
 def _at_exit() -> None:
-    for workers in list(_workers.values()):
+    for workers in list(_live):
         workers.finish()
 
 
 def _after_fork() -> None:  # pragma: no cover - exercised in a forked child only
     global _workers_lock
     _workers.clear()
+    _live.clear()
     _workers_lock = threading.Lock()
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import subprocess
 import sys
 import textwrap
 import threading
+import weakref
 from pathlib import Path
 
 import pytest
@@ -140,6 +142,18 @@ async def test_idle_workers_end(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not any(thread.is_alive() for thread in threads)
     assert not _workers().threads
     assert await _threads.run_sync(pow, 2, 5) == 32  # a new worker starts for new work
+
+
+def test_an_event_loop_that_ended_is_not_kept_alive() -> None:
+    # one set of workers per loop, kept in a table keyed by the loop: the workers must not
+    # keep their loop (and so their own entry) alive, or every asyncio.run() would leak one
+    async def main() -> weakref.ref[asyncio.AbstractEventLoop]:
+        await _threads.run_sync(pow, 2, 2)
+        return weakref.ref(asyncio.get_running_loop())
+
+    gone = [asyncio.run(main()) for _ in range(3)]
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None, None]
 
 
 def _python(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
