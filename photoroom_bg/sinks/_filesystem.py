@@ -276,7 +276,6 @@ class FileSystemSink:
     def _write(
         self, target: Path, data: bytes, content_type: str, meta: dict[str, str], checksum: str
     ) -> None:
-        self._make_folders(target.parent)
         self._remove_stale_temporaries(target.parent)
         info = self._atomic_write(target, data, checksum)
         if self.write_metadata:
@@ -309,15 +308,20 @@ class FileSystemSink:
         # who may read the cut-outs (0644 under the usual umask).
         temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-        fd = os.open(temp, flags | getattr(os, "O_CLOEXEC", 0), 0o666)
+        flags |= getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(temp, flags, 0o666)
+        except FileNotFoundError:  # a new folder: make it (and its parents), then write
+            self._make_folders(target.parent)
+            fd = os.open(temp, flags, 0o666)
         # the fd stays open (and locked) until the rename is durable, so a cleaner in another
         # process can tell this file is being written
         try:
             _lock(fd)
-            with os.fdopen(os.dup(fd), "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            view = memoryview(data)
+            while view:  # straight to the file: no buffered copy, no second descriptor
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
             info = os.fstat(fd)
             if checksum is not None:
                 _set_xattr(fd, _stamp(checksum, info))

@@ -77,22 +77,17 @@ async def test_a_full_disk_is_a_typed_error_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sink = FileSystemSink(tmp_path)
-    real_fdopen = os.fdopen
+    real_write = os.write
+    calls = 0
 
-    class Full:
-        def __init__(self, handle: object) -> None:
-            self.handle = handle
+    def full(fd: int, data: bytes) -> int:  # two bytes fit, then the disk is full
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return real_write(fd, bytes(data[:2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-        def __enter__(self) -> Full:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.handle.close()  # type: ignore[attr-defined]
-
-        def write(self, data: bytes) -> int:
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
+    monkeypatch.setattr(os, "write", full)
     with pytest.raises(StorageFullError, match="no space left"):
         await sink.put("x.png", b"data")
     assert list(tmp_path.iterdir()) == []
