@@ -168,6 +168,10 @@ class FileSystemSink:
 
     def path(self, key: str) -> Path:
         """The file that holds ``key``; refuses keys that escape the root or cannot be stored."""
+        return self._locate(key)[0]
+
+    def _locate(self, key: str) -> tuple[Path, bool]:
+        """:meth:`path`, and whether something may be there (False: a part of it is missing)."""
         check_key(key)
         name = key.rsplit("/", 1)[-1]
         if key.endswith(_META_SUFFIX):
@@ -185,12 +189,12 @@ class FileSystemSink:
             try:
                 mode = os.lstat(current).st_mode
             except (FileNotFoundError, NotADirectoryError):
-                return target  # nothing below exists yet: no symlink to follow
+                return target, False  # nothing below exists yet: no symlink to follow
             except OSError as exc:
                 raise self._error(exc, "resolve", key) from None
             if stat.S_ISLNK(mode):
-                return self._resolved(key, target)
-        return target
+                return self._resolved(key, target), True
+        return target, True
 
     def _resolved(self, key: str, target: Path) -> Path:
         try:
@@ -389,9 +393,11 @@ class FileSystemSink:
         attribute or metadata file holding it still matches the file's size and mtime; else a
         weak validator ``W/"<size>-<mtime>"`` (hex), as web servers make ETags for files.
         """
-        return await self._run("describe", key, lambda: self._stat(key, self.path(key)))
+        return await self._run("describe", key, lambda: self._stat(key, *self._locate(key)))
 
-    def _stat(self, key: str, target: Path) -> StoredObject:
+    def _stat(self, key: str, target: Path, present: bool = True) -> StoredObject:
+        if not present:  # the lstat of the path already said so: no second look
+            raise ObjectNotFoundError(f"no object {key!r} under {printable(str(self.root))}")
         info = os.stat(target)
         if not stat.S_ISREG(info.st_mode):
             raise ObjectNotFoundError(f"no object {key!r} under {self.root}")
