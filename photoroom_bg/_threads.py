@@ -17,8 +17,8 @@ Here each event loop has a small set of worker threads sharing one queue of call
 Semantics are ``asyncio.to_thread``'s: the caller's context variables are visible in the
 call, its exception is raised to the awaiting task, and cancelling that task stops the wait:
 a call not yet begun is then dropped, one under way runs to its end. Idle workers end after
-:data:`IDLE_SECONDS`; at interpreter exit the calls under way or queued are finished before
-Python goes down (a write half done would otherwise be cut short).
+:data:`IDLE_SECONDS`; at interpreter exit the calls under way, and those queued that are still
+awaited, are finished before Python goes down (a write half done would otherwise be cut short).
 """
 
 from __future__ import annotations
