@@ -68,8 +68,10 @@ class _Workers:
         self.check_due = False  # a look at the queue is scheduled on the loop
         self.exiting = False
 
-    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
+    def submit(
+        self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], args: tuple[Any, ...]
+    ) -> asyncio.Future[Any]:
+        """Queue ``fn(*args)``; called on ``loop``, this set's own loop."""
         future = loop.create_future()
         now = time.monotonic()
         with self.lock:
@@ -202,7 +204,7 @@ def _for(loop: asyncio.AbstractEventLoop) -> _Workers:
 async def run_sync(fn: Callable[..., T], *args: Any) -> T:
     """``await run_sync(fn, *args)``: ``fn(*args)`` in a worker thread of the running loop."""
     loop = asyncio.get_running_loop()
-    result: T = await _for(loop).submit(fn, args)
+    result: T = await _for(loop).submit(loop, fn, args)
     return result
 
 
