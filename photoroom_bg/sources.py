@@ -142,16 +142,22 @@ def _has_magic(text: str) -> bool:
     return re.search(r"[*?[]", text) is not None
 
 
+def _fs_text(item: str | os.PathLike[Any]) -> str:
+    text = os.fspath(item)
+    return os.fsdecode(text) if isinstance(text, bytes) else text
+
+
+def _is_uri(text: str) -> bool:
+    """An ``s3://`` or other URL, or a ``data:`` URI: anything but a local path."""
+    return "://" in text or text.startswith("data:")
+
+
 def _local_path(item: Any) -> str | None:
     """The text of ``item`` when it names a local path (not a URL or ``s3://`` URI)."""
     if not isinstance(item, (str, os.PathLike)):
         return None
-    text = os.fspath(item)
-    if isinstance(text, bytes):
-        text = os.fsdecode(text)
-    if text.startswith("s3://") or "://" in text or text.startswith("data:"):
-        return None
-    return text
+    text = _fs_text(item)
+    return None if _is_uri(text) else text
 
 
 def _path_shapes(items: Sequence[Any]) -> dict[int, str]:
@@ -213,9 +219,7 @@ async def iter_sources(
             counter += 1
             yield ImageSource("bytes", f"<bytes #{counter}>", f"image-{counter}", bytes(item))
         elif isinstance(item, (str, os.PathLike)):
-            text = os.fspath(item)
-            if isinstance(text, bytes):
-                text = os.fsdecode(text)
+            text = _fs_text(item)
             if text.startswith("s3://"):
                 if text.endswith("/"):
                     if reader is None:
@@ -224,7 +228,7 @@ async def iter_sources(
                         yield source
                 else:
                     yield ImageSource("s3", text, _stem(text))
-            elif "://" in text or text.startswith("data:"):
+            elif _is_uri(text):
                 yield _url_source(text)
             else:
                 if shape is None:
