@@ -395,7 +395,7 @@ class FileSystemSink:
         """
         return await self._run("describe", key, lambda: self._stat(key, *self._locate(key)))
 
-    def _stat(self, key: str, target: Path, present: bool = True) -> StoredObject:
+    def _stat(self, key: str, target: Path, present: bool) -> StoredObject:
         if not present:  # the lstat of the path already said so: no second look
             raise ObjectNotFoundError(f"no object {key!r} under {printable(str(self.root))}")
         info = os.stat(target)
