@@ -270,8 +270,8 @@ class PrefectJobs:
         Raises:
             ObjectNotFoundError: no such job in the sink.
         """
-        async with self._store(job_id, sink) as store:
-            return await self._info(store, await self._record(store))
+        async with self._job(job_id, sink) as (_, _, info):
+            return info
 
     async def wait(
         self,
@@ -315,9 +315,7 @@ class PrefectJobs:
         Raises:
             ObjectNotFoundError: no such job in the sink.
         """
-        async with self._store(job_id, sink) as store:
-            record = await self._record(store)
-            info = await self._info(store, record)
+        async with self._job(job_id, sink) as (store, _, info):
             if info.done:
                 return False
             await store.request_stop(reason, "cancelled", run=info.flow_run_id)
@@ -334,9 +332,7 @@ class PrefectJobs:
         Raises:
             ObjectNotFoundError: no such job in the sink.
         """
-        async with self._store(job_id, sink) as store:
-            record = await self._record(store)
-            info = await self._info(store, record)
+        async with self._job(job_id, sink) as (store, record, info):
             if info.done:
                 return info
             if info.flow_run_id:
@@ -347,6 +343,15 @@ class PrefectJobs:
 
     def _store(self, job_id: str, sink: str | None) -> _OpenStore:
         return _OpenStore(open_worker_sink(sink or self.sink), check_job_id(job_id))
+
+    @contextlib.asynccontextmanager
+    async def _job(
+        self, job_id: str, sink: str | None
+    ) -> AsyncIterator[tuple[JobStore, dict[str, Any], JobInfo]]:
+        """The job's store (open while in the block), its record and its status."""
+        async with self._store(job_id, sink) as store:
+            record = await self._record(store)
+            yield store, record, await self._info(store, record)
 
     @staticmethod
     async def _record(store: JobStore) -> dict[str, Any]:
