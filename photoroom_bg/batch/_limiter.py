@@ -3,6 +3,7 @@ that shrinks when the server says "too many" and grows back as calls succeed."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,9 +21,13 @@ _HELD_BACK_NOTICE = 5.0
 class RateGate:
     """A token bucket: ``requests_per_minute``, in bursts of up to one second's worth.
 
-    Waiting is cancellable (a stopped batch starts no new request). Once waits for the budget
-    add up to a few seconds, it logs once, at INFO, that the client-side budget is what holds
-    the batch back, and how to raise it.
+    Each call waiting for the budget is given its own turn when it asks (first come, first
+    served) and sleeps once, until that turn: a hundred calls waiting cost a hundred sleeps,
+    not a wake-up of every waiter each time one of them may go. Waiting is cancellable (a
+    stopped batch starts no new request); a cancelled call's turn is not given to another, so
+    the budget is never exceeded. Once the budget has held calls back for a few seconds in
+    all, it logs once, at INFO, that the client-side budget is what holds the batch back, and
+    how to raise it.
 
     Args:
         requests_per_minute: the budget; ``None`` for no limit.
@@ -42,34 +47,37 @@ class RateGate:
         self.requests_per_minute = requests_per_minute
         self.rate = requests_per_minute / 60.0 if requests_per_minute else None
         self.capacity = max(1.0, self.rate) if self.rate else 0.0
-        self._tokens = self.capacity
-        self._updated = clock()
+        # when the next call would go if no burst were left; a full bucket at first
+        self._due = clock()
+        #: seconds during which the budget held at least one call back
         self.waited = 0.0
+        self._held_until = self._due
         self._noticed = False
 
     async def acquire(self) -> None:
-        """Wait for a token (at once when there is no budget)."""
+        """Wait for this call's turn (at once when there is no budget)."""
         if self.rate is None:
             return
-        while True:
-            now = self._clock()
-            self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
-            self._updated = now
-            if self._tokens >= 1:
-                self._tokens -= 1
-                return
-            shortfall = (1 - self._tokens) / self.rate
-            self.waited += shortfall
-            if self.waited >= _HELD_BACK_NOTICE and not self._noticed:
-                self._noticed = True
-                logger.info(
-                    "requests_per_minute=%g is what holds this batch back (%.1f images/s at "
-                    "most); if your Photoroom account allows more, raise it "
-                    "(BatchRemover(requests_per_minute=...), photoroom-bg --rpm)",
-                    self.requests_per_minute,
-                    self.rate,
-                )
-            await self._sleep(shortfall)
+        interval = 1.0 / self.rate
+        now = self._clock()
+        due = max(self._due, now)
+        self._due = due + interval  # the turn is taken now: later callers queue behind it
+        go = due - (self.capacity - 1.0) * interval  # a full bucket lets a burst through
+        if go <= now:
+            return
+        if go > self._held_until:  # count each held-back second once, however many wait
+            self.waited += go - max(now, self._held_until)
+            self._held_until = go
+        if self.waited >= _HELD_BACK_NOTICE and not self._noticed:
+            self._noticed = True
+            logger.info(
+                "requests_per_minute=%g is what holds this batch back (%.1f images/s at "
+                "most); if your Photoroom account allows more, raise it "
+                "(BatchRemover(requests_per_minute=...), photoroom-bg --rpm)",
+                self.requests_per_minute,
+                self.rate,
+            )
+        await self._sleep(go - now)
 
 
 class AdaptiveLimit:
@@ -77,6 +85,9 @@ class AdaptiveLimit:
     ``window`` seconds, never below one) when the server answers 429, and grown back by about
     one call per ``limit`` successes. Sporadic 429s cost little; a real server limit settles
     the batch just under it instead of a storm of 429s.
+
+    Calls waiting for a slot queue first come, first served; a freed slot wakes the one
+    call it goes to, not every waiter.
 
     Args:
         maximum: the batch's concurrency.
@@ -99,19 +110,33 @@ class AdaptiveLimit:
         self.throttles = 0
         self._clock = clock
         self._last_cut = -window
-        self._freed = anyio.Event()
+        self._waiting: collections.deque[anyio.Event] = collections.deque()
 
     async def acquire(self) -> None:
         """Wait for a free slot (cancellable)."""
-        while self.in_use >= int(self.limit):
-            await self._freed.wait()
-        self.in_use += 1
+        if not self._waiting and self.in_use < int(self.limit):
+            self.in_use += 1
+            return
+        granted = anyio.Event()
+        self._waiting.append(granted)
+        try:
+            await granted.wait()
+        except BaseException:
+            if granted.is_set():  # the slot came with the cancellation: pass it on
+                self.release()
+            else:
+                self._waiting.remove(granted)
+            raise
 
     def release(self) -> None:
         """Give a slot back."""
         self.in_use -= 1
-        self._freed.set()
-        self._freed = anyio.Event()
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting and self.in_use < int(self.limit):
+            self.in_use += 1
+            self._waiting.popleft().set()
 
     def throttled(self) -> None:
         """The server said "too many requests"."""
@@ -124,8 +149,5 @@ class AdaptiveLimit:
     def succeeded(self) -> None:
         """A call went through: grow back towards ``maximum``."""
         if self.limit < self.maximum:
-            before = int(self.limit)
             self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
-            if int(self.limit) > before:
-                self._freed.set()
-                self._freed = anyio.Event()
+            self._grant()

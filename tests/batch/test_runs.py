@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from PIL import Image
@@ -178,6 +179,90 @@ async def test_rate_gate_spaces_requests_and_says_once_when_it_holds_the_batch_b
     for _ in range(100):
         await unlimited.acquire()
     assert len(clock.slept) == 9
+
+
+async def test_calls_waiting_for_the_budget_each_sleep_once_until_their_turn() -> None:
+    # 260 calls at once against a budget of 200 a second (a burst of 200): the 60 over the
+    # burst wait. Each sleeps once until its own turn, instead of every waiter waking up
+    # each time one of them may go (which cost more CPU than the calls themselves).
+    sleepers: list[object] = []
+    durations: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleepers.append(asyncio.current_task())
+        durations.append(seconds)
+        await anyio.sleep(seconds)
+
+    gate = RateGate(200 * 60, sleep=sleep)
+    async with anyio.create_task_group() as tg:
+        for _ in range(260):
+            tg.start_soon(gate.acquire)
+    assert len(sleepers) == len(set(sleepers))  # nobody slept twice
+    assert 0 < len(sleepers) <= 60
+    assert max(durations) <= 60 / 200 + 0.01  # the last turn: 60 calls past the burst
+
+
+async def test_a_freed_slot_wakes_the_one_call_it_goes_to() -> None:
+    waits = 0
+
+    make_event = anyio.Event
+
+    class CountingEvent:
+        def __init__(self) -> None:
+            self.event = make_event()
+
+        def set(self) -> None:
+            self.event.set()
+
+        def is_set(self) -> bool:
+            return self.event.is_set()
+
+        async def wait(self) -> None:
+            nonlocal waits
+            waits += 1
+            await self.event.wait()
+
+    order: list[int] = []
+
+    async def call(index: int) -> None:
+        await limit.acquire()
+        order.append(index)
+        await anyio.sleep(0)
+        limit.release()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(anyio, "Event", CountingEvent)
+        limit = AdaptiveLimit(2)
+        async with anyio.create_task_group() as tg:
+            for index in range(20):
+                tg.start_soon(call, index)
+    assert sorted(order) == list(range(20))
+    assert waits == 18  # one wait per call that had to queue, not one per waiter per slot
+    assert limit.in_use == 0
+
+
+async def test_a_call_cancelled_as_its_slot_comes_passes_the_slot_on() -> None:
+    limit = AdaptiveLimit(1)
+    await limit.acquire()
+    got: list[str] = []
+    scopes: list[anyio.CancelScope] = []
+
+    async def call(name: str) -> None:
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            await limit.acquire()
+            got.append(name)
+            limit.release()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call, "first")
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(call, "second")
+        await anyio.wait_all_tasks_blocked()
+        scopes[0].cancel()  # the first in the queue is cancelled, and before it runs...
+        limit.release()  # ...the freed slot goes to it
+    assert got == ["second"]
+    assert limit.in_use == 0
 
 
 async def test_adaptive_limit_halves_on_429_once_per_window_and_grows_back() -> None:
