@@ -242,7 +242,7 @@ class BaseClient:
             return httpx.Timeout(None)
         if isinstance(timeout, httpx.Timeout):
             return timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ConfigurationError(
                 f"timeout must be seconds > 0, an httpx.Timeout or None, not {timeout!r}"
             )

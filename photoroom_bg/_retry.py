@@ -13,18 +13,34 @@ possibly billed. ``RetryPolicy(retry_possibly_billed=False)`` fails them instead
 from __future__ import annotations
 
 import email.utils
+import math
+import re
 import time
 from collections.abc import Iterator
 
 import attrs
 import backoff
 
-from .errors import APIConnectionError, APIStatusError, PhotoroomError, RateLimitError
+from .errors import (
+    APIConnectionError,
+    APIStatusError,
+    ConfigurationError,
+    PhotoroomError,
+    RateLimitError,
+)
 
 __all__ = ["RetryPolicy", "is_retryable", "parse_retry_after"]
 
 # 501 Not Implemented and 505 HTTP Version Not Supported are answers, not accidents
 _FINAL_SERVER_STATUS = frozenset({501, 505})
+# delta-seconds: digits (a fraction is tolerated); nothing float() would also take
+_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
+
+
+def _seconds(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    # a negative or NaN delay would retry at once, in a loop, or fail at the first sleep
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigurationError(f"{attribute.name} must be seconds >= 0, not {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -41,9 +57,9 @@ class RetryPolicy:
             failed image would cost anyway; ``False`` fails such calls at once instead.
     """
 
-    initial_delay: float = 0.5
-    max_delay: float = 30.0
-    max_retry_after: float = 60.0
+    initial_delay: float = attrs.field(default=0.5, validator=_seconds)
+    max_delay: float = attrs.field(default=30.0, validator=_seconds)
+    max_retry_after: float = attrs.field(default=60.0, validator=_seconds)
     retry_possibly_billed: bool = True
 
     def delays(self) -> Iterator[float]:
@@ -56,6 +72,8 @@ class RetryPolicy:
     def delay_for(self, error: PhotoroomError, fallback: float) -> float:
         """The wait before retrying after ``error``: ``Retry-After`` (capped), else ``fallback``."""
         if isinstance(error, RateLimitError) and error.retry_after is not None:
+            if not math.isfinite(error.retry_after):  # say, an engine's own RateLimitError
+                return fallback
             return min(max(error.retry_after, 0.0), self.max_retry_after)
         if isinstance(error, APIStatusError) and error.response is not None:
             after = parse_retry_after(error.response.headers.get("retry-after"))
@@ -79,14 +97,13 @@ def is_retryable(error: BaseException, policy: RetryPolicy | None = None) -> boo
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Parse a ``Retry-After`` header: delta-seconds or an HTTP-date. ``None`` if absent/invalid."""
+    """Parse a ``Retry-After`` header: delta-seconds or an HTTP-date. ``None`` if absent/invalid
+    (``nan``, ``inf``, ``-5`` or ``1e3`` are not delta-seconds: the caller's backoff applies)."""
     if not value:
         return None
     value = value.strip()
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
+    if _DELTA_SECONDS.fullmatch(value):
+        return float(value)
     try:
         moment = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

@@ -6,6 +6,7 @@ import email.utils
 import io
 import logging
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -131,6 +132,47 @@ async def test_retry_after_http_date_is_honoured_and_capped(
     await twin.call("remove_background", png())
     assert twin.sleeps == [5.0]
     await twin.close()
+
+
+@pytest.mark.parametrize("header", ["nan", "inf", "1e3", "-3"])
+async def test_a_retry_after_that_is_not_delta_seconds_falls_back_to_the_backoff(
+    header: str, respx_mock: respx.MockRouter
+) -> None:
+    # "nan" once reached the sleep (a ValueError outside the SDK's errors); "inf" and "1e3"
+    # waited the longest Retry-After allowed
+    twin = make_twin("async", retry_policy=RetryPolicy(initial_delay=0.01, max_delay=0.01))
+    route = respx_mock.post(SEGMENT)
+    route.side_effect = [
+        httpx.Response(429, headers={"retry-after": header}, json={"detail": "slow down"}),
+        httpx.Response(200, content=b"ok", headers={"content-type": "image/png"}),
+    ]
+    result = await twin.call("remove_background", png())
+    assert result.content == b"ok"
+    assert len(twin.sleeps) == 1
+    assert 0 <= twin.sleeps[0] <= 0.01
+    await twin.close()
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"initial_delay": -1},
+        {"max_delay": float("nan")},
+        {"max_retry_after": -5},
+        {"initial_delay": "1"},
+    ],
+)
+def test_a_retry_policy_with_nonsense_delays_is_refused(setting: dict[str, Any]) -> None:
+    (name,) = setting
+    with pytest.raises(ConfigurationError, match=name):
+        RetryPolicy(**setting)
+
+
+def test_a_nan_timeout_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="timeout"):
+        AsyncPhotoroomClient(api_key=API_KEY, timeout=float("nan"))
+    with pytest.raises(ConfigurationError, match="timeout"):
+        PhotoroomClient(api_key=API_KEY, timeout=float("nan"))
 
 
 async def test_retries_exhaust_with_the_last_error(
@@ -359,7 +401,9 @@ async def test_the_key_never_appears_in_repr_errors_or_logs(
 
 def test_retry_after_parsing() -> None:
     assert parse_retry_after("2.5") == 2.5
-    assert parse_retry_after("-3") == 0.0
+    assert parse_retry_after("-3") is None  # not delta-seconds: the backoff applies
+    for text in ("nan", "inf", "1e3", "\uff11\uff12", "1_0"):  # float() takes every one
+        assert parse_retry_after(text) is None
     assert parse_retry_after(None) is None
     assert parse_retry_after("not a date") is None
     date = email.utils.formatdate(1_000_060, usegmt=True)
