@@ -352,6 +352,30 @@ def test_bad_configuration_is_refused() -> None:
         BatchRemover(sink=MemorySink(), url_passthrough=True)
 
 
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"concurrency": 2.5},
+        {"concurrency": True},
+        {"max_retries": -1},
+        # each of these would silently have meant "no limit"
+        {"requests_per_minute": 0},
+        {"requests_per_minute": -5},
+        {"requests_per_minute": float("nan")},
+        {"store_retry_budget": -1.0},
+        {"store_retry_budget": float("nan")},
+        {"sink_outage_budget": float("nan")},
+        {"exit_timeout": -1},
+        {"keep_results": -1},
+    ],
+    ids=lambda setting: "=".join(map(str, next(iter(setting.items())))),
+)
+def test_a_nonsense_number_is_refused_with_its_name(setting: dict[str, object]) -> None:
+    (name,) = setting
+    with pytest.raises(ConfigurationError, match=name):
+        BatchRemover(sink=MemorySink(), **setting)  # type: ignore[arg-type]
+
+
 def test_bounded_results_keep_failures_and_as_completed_misses_nothing(
     emulator: PhotoroomEmulator,
 ) -> None:
