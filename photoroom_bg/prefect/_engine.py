@@ -134,7 +134,7 @@ async def ensure_rate_limit(name: str, requests_per_minute: float) -> None:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectAlreadyExists
 
-    if not requests_per_minute or requests_per_minute <= 0:
+    if not requests_per_minute or not requests_per_minute > 0:  # NaN too
         raise ConfigurationError("requests_per_minute must be positive")
     decay = requests_per_minute / 60.0
     burst = max(1, math.ceil(decay))

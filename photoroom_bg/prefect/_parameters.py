@@ -46,10 +46,12 @@ class JobParameters:
         for name in ("shard_size", "concurrency", "max_running_shards"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1")
-        if self.heartbeat_timeout <= 0:
+        if not self.heartbeat_timeout > 0:  # NaN too
             raise ConfigurationError("heartbeat_timeout must be positive")
-        if self.requests_per_minute is not None and self.requests_per_minute <= 0:
+        if self.requests_per_minute is not None and not self.requests_per_minute > 0:
             raise ConfigurationError("requests_per_minute must be positive")
+        if self.max_failures < 0:
+            raise ConfigurationError("max_failures must be 0 or more")
         if self.engine != "photoroom" and not (
             self.engine == "local" or self.engine.startswith("local:")
         ):

@@ -65,8 +65,13 @@ def _words(value: Any) -> tuple[str, ...]:
 
 
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
+    if not value > 0:  # NaN too
         raise ConfigurationError(f"{attribute.name} must be positive, not {value}")
+
+
+def _not_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value >= 0:  # NaN too
+        raise ConfigurationError(f"{attribute.name} must be 0 or more, not {value}")
 
 
 @attrs.frozen(kw_only=True)
@@ -133,9 +138,9 @@ class ServiceSettings:
     max_jobs_per_token: int = attrs.field(default=4, validator=_positive)
     requests_per_minute_per_token: int = attrs.field(default=600, validator=_positive)
     concurrency: int = attrs.field(default=16, validator=_positive)
-    photoroom_requests_per_minute: float = 500
-    max_retries: int = 5
-    retry_backoff: float = 0.5
+    photoroom_requests_per_minute: float = attrs.field(default=500, validator=_not_negative)
+    max_retries: int = attrs.field(default=5, validator=_not_negative)
+    retry_backoff: float = attrs.field(default=0.5, validator=_not_negative)
     allow_networks: tuple[str, ...] = attrs.field(default=(), converter=_words)
     executor: str = "local"
     prefect_deferred: bool = True

@@ -208,6 +208,9 @@ def test_shards_are_retried_only_for_failures_a_retry_can_fix(
         ({"job_id": "../escape"}, "job id"),
         ({"options": {"size": "giant"}}, "size"),
         ({"requests_per_minute": 0}, "positive"),
+        ({"requests_per_minute": float("nan")}, "positive"),
+        ({"heartbeat_timeout": float("nan")}, "heartbeat_timeout"),
+        ({"max_failures": -1}, "max_failures"),
     ],
 )
 def test_job_parameters_are_checked_before_anything_runs(

@@ -72,6 +72,16 @@ def test_bad_settings_are_configuration_errors(tmp_path: Path) -> None:
         ServiceSettings.from_env({"PHOTOROOM_BG_CONCURRENCY": "0"})
     with pytest.raises(ConfigurationError, match="PHOTOROOM_BG_TOKENS_FILE"):
         ServiceSettings.from_env({"PHOTOROOM_BG_TOKENS_FILE": str(tmp_path / "missing")})
+    # each of these once passed, and failed every job (or meant "no limit") later
+    for name, value in [
+        ("PHOTOROOM_BG_LEASE_SECONDS", "nan"),
+        ("PHOTOROOM_BG_PHOTOROOM_REQUESTS_PER_MINUTE", "-5"),
+        ("PHOTOROOM_BG_PHOTOROOM_REQUESTS_PER_MINUTE", "nan"),
+        ("PHOTOROOM_BG_MAX_RETRIES", "-1"),
+        ("PHOTOROOM_BG_RETRY_BACKOFF", "-0.5"),
+    ]:
+        with pytest.raises(ConfigurationError, match="must be"):
+            ServiceSettings.from_env({name: value})
     with pytest.raises(ConfigurationError, match="PHOTOROOM_BG_EXECUTOR"):
         make_executor(_context(ServiceSettings(executor="nope")))
 
