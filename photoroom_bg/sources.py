@@ -22,6 +22,7 @@ of a million URLs never sits in memory. A :class:`SourceReader` reads one source
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -56,6 +57,7 @@ from .errors import (
     ConfigurationError,
     InvalidImageError,
     InvalidSourceError,
+    PhotoroomBGError,
     SourceError,
     SourceNotFoundError,
     SourceTimeoutError,
@@ -103,6 +105,34 @@ class ImageSource:
 
     def __repr__(self) -> str:
         return f"ImageSource(kind={self.kind!r}, location={self.display!r})"
+
+
+@attrs.frozen(repr=False)
+class _Unlisted(ImageSource):
+    """An item of a list (or other collection) that could not be turned into sources: an
+    ``s3://`` URI without a bucket, ``None``, a file object whose ``read`` fails, a listing
+    that broke off. It stands for that one item, so the items after it are still listed;
+    reading it raises :attr:`error`, which fails its job alone."""
+
+    error: PhotoroomBGError = attrs.field(kw_only=True, eq=False)
+
+
+def _unlisted(item: Any, exc: Exception, listed: int) -> _Unlisted:
+    kind: SourceKind = "file"
+    text = f"<{type(item).__name__}>"
+    with contextlib.suppress(Exception):  # a PathLike whose __fspath__ fails keeps that
+        if isinstance(item, (str, os.PathLike)):
+            text = _fs_text(item)
+            kind = "s3" if text.startswith("s3://") else "url" if _is_uri(text) else "path"
+    if isinstance(exc, PhotoroomBGError) and not listed:
+        error = exc
+    else:
+        shown = redact_url(text) if kind == "url" else printable(text)
+        after = f" after {listed} source{'s' if listed != 1 else ''}" if listed else ""
+        reason = str(exc) if isinstance(exc, PhotoroomBGError) else f"{type(exc).__name__}: {exc}"
+        error = SourceError(f"{shown}: listing it stopped{after}: {reason}")
+        error.__cause__ = exc
+    return _Unlisted(kind, text, _stem(text), error=error)
 
 
 #: One source: a path, folder, glob, URL or ``s3://`` URI, ``bytes``, a binary file object, or
@@ -156,7 +186,10 @@ def _local_path(item: Any) -> str | None:
     """The text of ``item`` when it names a local path (not a URL or ``s3://`` URI)."""
     if not isinstance(item, (str, os.PathLike)):
         return None
-    text = _fs_text(item)
+    try:
+        text = _fs_text(item)
+    except Exception:  # expanding the item fails it, alone
+        return None
     return None if _is_uri(text) else text
 
 
@@ -249,7 +282,7 @@ async def iter_sources(
             yield ImageSource("file", name, _stem(name), await _read_file_object(item, name, cap))
         elif isinstance(item, AsyncIterable):
             async for inner in item:
-                async for source in expand(inner):
+                async for source in each(inner):
                     yield source
         elif isinstance(item, Sequence):
             # already in memory: its paths are checked a chunk at a time
@@ -259,14 +292,25 @@ async def iter_sources(
                 if any(_local_path(inner) is not None for inner in chunk):
                     shapes = await _threads.run_sync(_path_shapes, chunk)
                 for i, inner in enumerate(chunk):
-                    async for source in expand(inner, shapes.get(i)):
+                    async for source in each(inner, shapes.get(i)):
                         yield source
         elif isinstance(item, Iterable):
             for inner in item:
-                async for source in expand(inner):
+                async for source in each(inner):
                     yield source
         else:
             raise SourceError(f"not an image source: {type(item).__name__}")
+
+    async def each(item: Any, shape: str | None = None) -> AsyncIterator[ImageSource]:
+        """:func:`expand` one item of a collection: what goes wrong with it is that item's
+        failure (a source that fails when read), and the items after it are still listed."""
+        listed = 0
+        try:
+            async for source in expand(item, shape):
+                listed += 1
+                yield source
+        except Exception as exc:
+            yield _unlisted(item, exc, listed)
 
     async for source in expand(spec):
         yield source
@@ -366,6 +410,8 @@ class SourceReader:
 
     async def read(self, source: ImageSource) -> bytes:
         """Return the bytes of ``source``; raise a :class:`~photoroom_bg.errors.SourceError`."""
+        if isinstance(source, _Unlisted):
+            raise source.error
         if source.data is not None:
             self._check_size(len(source.data), source)
             return source.data
@@ -410,6 +456,8 @@ class SourceReader:
             raise AssertionError("unreachable: the size is over the cap") from None
         except OSError as exc:
             raise SourceError(f"{source.display}: {exc.strerror or exc}") from None
+        except ValueError as exc:  # a NUL byte: no file system takes the path
+            raise InvalidSourceError(f"{source.display}: not a usable path ({exc})") from None
 
     async def _fetch(self, source: ImageSource) -> bytes:
         url = source.location

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 import tracemalloc
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from photoroom_bg import (
 from photoroom_bg.batch import _manifest
 from photoroom_bg.errors import (
     ConfigurationError,
+    InvalidSourceError,
     ServerError,
     SourceError,
     StorageUnavailableError,
@@ -171,6 +173,58 @@ def test_a_source_iterator_that_raises_ends_the_listing_and_the_rest_completes(
     assert report.listing_error is not None
     assert "the database cursor went away" in report.listing_error
     assert not report.all_ok  # the listing did not finish: say so
+
+
+class _BrokenPath(os.PathLike[str]):
+    def __fspath__(self) -> str:
+        raise RuntimeError("this path object is broken")
+
+
+def _closed_file() -> io.BytesIO:
+    file = io.BytesIO(photo())
+    file.close()
+    return file
+
+
+def _half_a_listing() -> Iterator[bytes]:
+    yield photo()
+    raise RuntimeError("the cursor went away")
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "message"),
+    [
+        ("s3://", InvalidSourceError, "names a bucket"),
+        (None, SourceError, "not an image source: NoneType"),
+        (42, SourceError, "not an image source: int"),
+        ("a\x00b.png", InvalidSourceError, "not a usable path"),
+        (_BrokenPath(), SourceError, "this path object is broken"),
+        (_closed_file(), SourceError, "closed file"),
+        (_half_a_listing(), SourceError, "listing it stopped after 1 source"),
+    ],
+    ids=[
+        "s3-without-bucket",
+        "none",
+        "int",
+        "nul-byte",
+        "broken-pathlike",
+        "closed-file",
+        "nested-generator",
+    ],
+)
+def test_one_bad_item_of_a_list_fails_alone_and_the_items_after_it_are_made(
+    emulator: PhotoroomEmulator, bad: Any, error: type[Exception], message: str
+) -> None:
+    # Such an item used to end the listing (every later input silently left out of the
+    # batch and its report) or, for a NUL byte, fail with an error outside the SDK's
+    handle = remover(emulator, MemorySink(), keep_results=True).submit([photo(), bad, photo()])
+    report = handle.wait(timeout=60)
+    assert report.listing_error is None
+    assert report.succeeded_count == 2 + isinstance(bad, types.GeneratorType)  # its one image
+    assert report.total_count == report.succeeded_count + 1
+    (failed,) = [job for job in handle.results() if job.status is JobStatus.FAILED]
+    assert type(failed.error) is error
+    assert message in str(failed.error)
 
 
 # -- the batch's own machinery ------------------------------------------------------------

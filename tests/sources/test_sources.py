@@ -132,4 +132,10 @@ async def test_reading_paths_bytes_and_errors(tree: Path) -> None:
 
 async def test_unknown_objects_are_refused() -> None:
     with pytest.raises(SourceError, match="not an image source: int"):
-        await collect([42])
+        await collect(42)
+    # in a list, the item stands for itself and fails when read; the rest is listed
+    bad, good = await collect([42, png_bytes()])
+    assert good.data == png_bytes()
+    async with SourceReader() as reader:
+        with pytest.raises(SourceError, match="not an image source: int"):
+            await reader.read(bad)
