@@ -317,10 +317,12 @@ class Batch:
                 else:
                     balance_read.set()
                 async with anyio.create_task_group() as jobs:
-                    jobs.start_soon(self._list, send)
-                    async with receive:
-                        for _ in range(self.r.concurrency):
-                            jobs.start_soon(self._work, receive.clone())
+                    # a worker per input listed, up to the concurrency: a batch of three
+                    # inputs at concurrency=100_000 starts three
+                    def spawn() -> None:
+                        jobs.start_soon(self._work, receive.clone())
+
+                    jobs.start_soon(self._list, send, receive, spawn)
                 if self._manifest is not None:
                     self._manifest.finish()
                 await balance_read.wait()  # even when no job called the engine
@@ -371,17 +373,24 @@ class Batch:
         self.handle._finish(report)
         return report
 
-    async def _list(self, send: MemoryObjectSendStream[tuple[int, ImageSource]]) -> None:
+    async def _list(
+        self,
+        send: MemoryObjectSendStream[tuple[int, ImageSource]],
+        receive: MemoryObjectReceiveStream[tuple[int, ImageSource]],
+        spawn: Callable[[], None],
+    ) -> None:
         # Collections (lists, paths, folders) are listed to the end so that every input left
         # over after a stop is reported as cancelled; one-shot iterators are not drained.
         one_shot = not isinstance(self.spec, (str, bytes, os.PathLike, Collection))
         total = 0
-        async with send:
+        async with send, receive:  # the workers hold clones of receive
             try:
                 async for source in iter_sources(self.spec, reader=self.reader):
                     if self.stop_reason is not None and one_shot:
                         break  # a generator may never end: stop pulling from it
                     self.handle._source_seen()
+                    if total < self.r.concurrency:
+                        spawn()
                     await send.send((total, source))
                     total += 1
             except Exception as exc:  # the listing ends; what it listed is processed

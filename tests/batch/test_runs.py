@@ -283,6 +283,40 @@ async def test_adaptive_limit_halves_on_429_once_per_window_and_grows_back() -> 
     assert limit.limit == 16  # grown back, capped at the batch's concurrency
 
 
+class Instant:
+    """An engine that answers at once."""
+
+    name = "instant"
+    bills = False
+
+    async def process(self, image: bytes, options: Any) -> ImageResult:
+        await asyncio.sleep(0)
+        return ImageResult(image)
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_small_batch_at_a_huge_concurrency_starts_a_worker_per_input() -> None:
+    # concurrency=10_000 started 10,000 workers for 3 inputs (100_000: 11 s and 800 MB)
+    loop = asyncio.get_running_loop()
+    created = 0
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        nonlocal created
+        created += 1
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(counting)
+    try:
+        batch = BatchRemover(Instant(), sink=MemorySink(), concurrency=10_000)
+        report = await batch.run([photo() for _ in range(3)])
+    finally:
+        loop.set_task_factory(None)
+    assert report.succeeded_count == 3
+    assert created < 50
+
+
 class RateLimitedOnce:
     """An engine that answers the first call with a 429 and records when calls start."""
 
