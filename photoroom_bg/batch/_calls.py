@@ -62,6 +62,7 @@ class EngineCalls:
         concurrency: the batch's concurrency, the limit's maximum and the first wave's size.
         stoppable: runs a wait that ends with :class:`Stopped` when the batch stops.
         stop: stops the batch, with a reason.
+        stopped: whether the batch has stopped.
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class EngineCalls:
         concurrency: int,
         stoppable: Stoppable,
         stop: Callable[[str], None],
+        stopped: Callable[[], bool],
     ) -> None:
         self.engine = engine
         self.options = options
@@ -88,6 +90,7 @@ class EngineCalls:
         self.ready: anyio.Event | None = None
         self._stoppable = stoppable
         self._stop = stop
+        self._stopped = stopped
         self._answered = False
         self._unreachable: set[int] = set()
 
@@ -103,7 +106,8 @@ class EngineCalls:
         attempt = possibly = 0
         while True:
             try:
-                await self._stoppable(self._take_turn)
+                if not self._turn_now():
+                    await self._stoppable(self._take_turn)
             except Stopped as stopped:
                 raise Stopped(str(stopped), attempt, possibly) from None
             attempt += 1
@@ -132,6 +136,17 @@ class EngineCalls:
             self.limit.succeeded()
             self._answered = True
             return result, attempt, possibly
+
+    def _turn_now(self) -> bool:
+        """Take a turn if one is free at once (no wait, so nothing a stop must interrupt)."""
+        if self._stopped() or (self.ready is not None and not self.ready.is_set()):
+            return False
+        if not self.limit.try_acquire():
+            return False
+        if not self.gate.try_acquire():
+            self.limit.release()
+            return False
+        return True
 
     async def _take_turn(self) -> None:
         if self.ready is not None and not self.ready.is_set():

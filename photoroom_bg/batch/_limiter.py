@@ -54,6 +54,17 @@ class RateGate:
         self._held_until = self._due
         self._noticed = False
 
+    def try_acquire(self) -> bool:
+        """Take a turn if it is free now; ``False`` (and nothing taken) if it means waiting."""
+        if self.rate is None:
+            return True
+        now = self._clock()
+        due = max(self._due, now)
+        if due - (self.capacity - 1.0) / self.rate > now:
+            return False
+        self._due = due + 1.0 / self.rate
+        return True
+
     async def acquire(self) -> None:
         """Wait for this call's turn (at once when there is no budget)."""
         if self.rate is None:
@@ -112,10 +123,16 @@ class AdaptiveLimit:
         self._last_cut = -window
         self._waiting: collections.deque[anyio.Event] = collections.deque()
 
-    async def acquire(self) -> None:
-        """Wait for a free slot (cancellable)."""
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free now and nobody queues for one."""
         if not self._waiting and self.in_use < int(self.limit):
             self.in_use += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        """Wait for a free slot (cancellable)."""
+        if self.try_acquire():
             return
         granted = anyio.Event()
         self._waiting.append(granted)

@@ -211,6 +211,7 @@ class Batch:
             concurrency=r.concurrency,
             stoppable=self._stoppable,
             stop=self.stop,
+            stopped=lambda: self.stop_reason is not None,
         )
         state = await self._open_manifest()
         try:
@@ -391,7 +392,10 @@ class Batch:
                     self.handle._source_seen()
                     if total < self.r.concurrency:
                         spawn()
-                    await send.send((total, source))
+                    try:  # no yield to the loop while there is room (send() always yields)
+                        send.send_nowait((total, source))
+                    except anyio.WouldBlock:
+                        await send.send((total, source))
                     total += 1
             except Exception as exc:  # the listing ends; what it listed is processed
                 error = typed(exc, SourceError, "listing the sources")
@@ -406,7 +410,16 @@ class Batch:
 
     async def _work(self, receive: MemoryObjectReceiveStream[tuple[int, ImageSource]]) -> None:
         async with receive:
-            async for index, source in receive:
+            while True:
+                try:  # no yield to the loop when an input is waiting (receive() always yields)
+                    index, source = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        index, source = await receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
                 job = _Job(index, source, time.monotonic())
                 running = self.stop_reason is None
                 if running:
@@ -461,7 +474,12 @@ class Batch:
         r, source = self.r, job.source
         passthrough = r.url_passthrough and source.kind == "url"
         try:
-            data = b"" if passthrough else await self._stoppable(lambda: self.reader.read(source))
+            if passthrough:
+                data = b""
+            elif source.data is not None:  # in memory: nothing to wait for, nothing to stop
+                data = await self.reader.read(source)
+            else:
+                data = await self._stoppable(lambda: self.reader.read(source))
             digest = content_digest(source.location.encode() if passthrough else data)
             key = r.key_template.render(
                 stem=source.name,

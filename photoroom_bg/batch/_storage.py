@@ -142,6 +142,8 @@ class Storage:
                 self._spilled.discard(key)
 
     async def _spilled_keys(self) -> set[str]:
+        if self._spilled is not None:  # listed already: no lock (each take yields the loop)
+            return self._spilled
         async with self._spilled_lock:
             if self._spilled is None:
                 self._spilled = await anyio.to_thread.run_sync(stored_keys, self.spill.root)
