@@ -77,8 +77,10 @@ def safe_stem(name: str, *, max_length: int = 80, max_bytes: int = 160) -> str:
     file-name bytes shown as ``_xNN``; at most ``max_length`` characters and ``max_bytes``
     UTF-8 bytes, so a key fits a file system's 255-byte names.
     """
-    text = unicodedata.normalize("NFC", printable(name))
-    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    text = printable(name)
+    if not text.isascii():  # ASCII is NFC already, and has no format characters
+        text = unicodedata.normalize("NFC", text)
+        text = "".join(c for c in text if unicodedata.category(c) != "Cf")
     text = _UNSAFE.sub("_", text).strip("._-")[:max_length]
     while len(text.encode("utf-8")) > max_bytes:
         text = text[:-1]

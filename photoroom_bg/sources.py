@@ -65,7 +65,14 @@ from .errors import (
     UnsafeURLError,
 )
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageSource", "SourceReader", "SourceSpec", "iter_sources"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageSource",
+    "SourceReader",
+    "SourceSpec",
+    "UnlistedSource",
+    "iter_sources",
+]
 
 _IMAGE_KINDS = frozenset({"png", "jpeg", "webp", "heic", "avif", "gif"})
 _WALK_CHUNK = 256
@@ -108,16 +115,21 @@ class ImageSource:
 
 
 @attrs.frozen(repr=False)
-class _Unlisted(ImageSource):
+class UnlistedSource(ImageSource):
     """An item of a list (or other collection) that could not be turned into sources: an
     ``s3://`` URI without a bucket, ``None``, a file object whose ``read`` fails, a listing
     that broke off. It stands for that one item, so the items after it are still listed;
-    reading it raises :attr:`error`, which fails its job alone."""
+    reading it raises :attr:`error`, which fails its job alone.
+
+    Attributes:
+        error: why the item could not be listed (a
+            :class:`~photoroom_bg.errors.SourceError`, or the SDK error met).
+    """
 
     error: PhotoroomBGError = attrs.field(kw_only=True, eq=False)
 
 
-def _unlisted(item: Any, exc: Exception, listed: int) -> _Unlisted:
+def _unlisted(item: Any, exc: Exception, listed: int) -> UnlistedSource:
     kind: SourceKind = "file"
     text = f"<{type(item).__name__}>"
     with contextlib.suppress(Exception):  # a PathLike whose __fspath__ fails keeps that
@@ -132,7 +144,7 @@ def _unlisted(item: Any, exc: Exception, listed: int) -> _Unlisted:
         reason = str(exc) if isinstance(exc, PhotoroomBGError) else f"{type(exc).__name__}: {exc}"
         error = SourceError(f"{shown}: listing it stopped{after}: {reason}")
         error.__cause__ = exc
-    return _Unlisted(kind, text, _stem(text), error=error)
+    return UnlistedSource(kind, text, _stem(text), error=error)
 
 
 #: One source: a path, folder, glob, URL or ``s3://`` URI, ``bytes``, a binary file object, or
@@ -410,7 +422,7 @@ class SourceReader:
 
     async def read(self, source: ImageSource) -> bytes:
         """Return the bytes of ``source``; raise a :class:`~photoroom_bg.errors.SourceError`."""
-        if isinstance(source, _Unlisted):
+        if isinstance(source, UnlistedSource):
             raise source.error
         if source.data is not None:
             self._check_size(len(source.data), source)

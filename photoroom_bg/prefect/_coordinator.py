@@ -27,7 +27,7 @@ from prefect.client.schemas.objects import State
 from prefect.states import Cancelled, Crashed
 
 from ..errors import AuthenticationError, PhotoroomBGError
-from ..sources import SourceReader, iter_sources
+from ..sources import SourceReader, UnlistedSource, iter_sources
 from ._artifacts import publish_artifacts
 from ._engine import ensure_rate_limit
 from ._environment import open_worker_sink, worker_reader
@@ -146,6 +146,8 @@ class Coordinator:
     async def _shards(self, reader: SourceReader) -> AsyncGenerator[list[str], None]:
         chunk: list[str] = []
         async for source in iter_sources(self.p.sources, reader=reader):
+            if isinstance(source, UnlistedSource):  # a job's sources all list, or it stops
+                raise source.error
             chunk.append(source.location)
             if len(chunk) == self.p.shard_size:
                 yield chunk
