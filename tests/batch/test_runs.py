@@ -283,20 +283,6 @@ async def test_adaptive_limit_halves_on_429_once_per_window_and_grows_back() -> 
     assert limit.limit == 16  # grown back, capped at the batch's concurrency
 
 
-class Instant:
-    """An engine that answers at once."""
-
-    name = "instant"
-    bills = False
-
-    async def process(self, image: bytes, options: Any) -> ImageResult:
-        await asyncio.sleep(0)
-        return ImageResult(image)
-
-    async def aclose(self) -> None:
-        pass
-
-
 async def test_a_small_batch_at_a_huge_concurrency_starts_a_worker_per_input() -> None:
     # concurrency=10_000 started 10,000 workers for 3 inputs (100_000: 11 s and 800 MB)
     loop = asyncio.get_running_loop()
@@ -309,7 +295,7 @@ async def test_a_small_batch_at_a_huge_concurrency_starts_a_worker_per_input() -
 
     loop.set_task_factory(counting)
     try:
-        batch = BatchRemover(Instant(), sink=MemorySink(), concurrency=10_000)
+        batch = BatchRemover(CountingEngine(), sink=MemorySink(), concurrency=10_000)
         report = await batch.run([photo() for _ in range(3)])
     finally:
         loop.set_task_factory(None)
