@@ -142,6 +142,7 @@ def _unlisted(item: Any, exc: Exception, listed: int) -> UnlistedSource:
         shown = redact_url(text) if kind == "url" else printable(text)
         after = f" after {listed} source{'s' if listed != 1 else ''}" if listed else ""
         reason = str(exc) if isinstance(exc, PhotoroomBGError) else f"{type(exc).__name__}: {exc}"
+        reason = redact_text(reason)  # a URL in a foreign error keeps no credentials or query
         error = SourceError(f"{shown}: listing it stopped{after}: {reason}")
         error.__cause__ = exc
     return UnlistedSource(kind, text, _stem(text), error=error)

@@ -130,6 +130,21 @@ async def test_reading_paths_bytes_and_errors(tree: Path) -> None:
             await reader.read(ImageSource("bytes", "<bytes #1>", "x", b"\x00" * 2000))
 
 
+async def test_a_nested_listing_that_breaks_off_fails_alone_without_leaking_its_url() -> None:
+    def rows() -> Iterator[bytes]:
+        yield png_bytes()
+        raise RuntimeError("GET https://user:hunter2@127.0.0.1/page?sig=s3cret failed")
+
+    first, broken, last = await collect([rows(), png_bytes(9)])
+    assert first.data == png_bytes()
+    assert last.data == png_bytes(9)
+    async with SourceReader() as reader:
+        with pytest.raises(SourceError, match="listing it stopped after 1 source") as caught:
+            await reader.read(broken)
+    assert "hunter2" not in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+
+
 async def test_unknown_objects_are_refused() -> None:
     with pytest.raises(SourceError, match="not an image source: int"):
         await collect(42)
