@@ -54,13 +54,19 @@ class RateGate:
         self._held_until = self._due
         self._noticed = False
 
+    def _next_turn(self, rate: float, now: float) -> tuple[float, float]:
+        """The next turn's place in the queue, and when it may go (a full bucket lets a
+        burst through early)."""
+        due = max(self._due, now)
+        return due, due - (self.capacity - 1.0) / rate
+
     def try_acquire(self) -> bool:
         """Take a turn if it is free now; ``False`` (and nothing taken) if it means waiting."""
         if self.rate is None:
             return True
         now = self._clock()
-        due = max(self._due, now)
-        if due - (self.capacity - 1.0) / self.rate > now:
+        due, go = self._next_turn(self.rate, now)
+        if go > now:
             return False
         self._due = due + 1.0 / self.rate
         return True
@@ -69,11 +75,9 @@ class RateGate:
         """Wait for this call's turn (at once when there is no budget)."""
         if self.rate is None:
             return
-        interval = 1.0 / self.rate
         now = self._clock()
-        due = max(self._due, now)
-        self._due = due + interval  # the turn is taken now: later callers queue behind it
-        go = due - (self.capacity - 1.0) * interval  # a full bucket lets a burst through
+        due, go = self._next_turn(self.rate, now)
+        self._due = due + 1.0 / self.rate  # taken now: later callers queue behind it
         if go <= now:
             return
         if go > self._held_until:  # count each held-back second once, however many wait

@@ -411,13 +411,11 @@ class Batch:
     async def _work(self, receive: MemoryObjectReceiveStream[tuple[int, ImageSource]]) -> None:
         async with receive:
             while True:
-                try:  # no yield to the loop when an input is waiting (receive() always yields)
-                    index, source = receive.receive_nowait()
-                except anyio.WouldBlock:
-                    try:
+                try:
+                    try:  # no yield to the loop when an input waits (receive() always yields)
+                        index, source = receive.receive_nowait()
+                    except anyio.WouldBlock:
                         index, source = await receive.receive()
-                    except anyio.EndOfStream:
-                        return
                 except anyio.EndOfStream:
                     return
                 job = _Job(index, source, time.monotonic())
