@@ -506,10 +506,9 @@ def cpu_ratio(n: int) -> None:
     ratios = ", ".join(f"{sdk / seconds:.2f} ({pool})" for pool, seconds in bare.items())
     print(f"   ratio sdk/bare: {ratios}  (target <= 1.5)")
     print(
-        f"   held to requests_per_minute={PACED_RPM} (BatchRemover's default), N={paced_n}, "
-        f"ms CPU/image:\n   BatchRemover {paced / paced_n * 1e3:.3f}, bare loop (sharded, one "
-        f"sleep per request until its turn) {paced_bare / paced_n * 1e3:.3f}, "
-        f"ratio {paced / paced_bare:.2f}"
+        f"   held to requests_per_minute={PACED_RPM} (the default), N={paced_n}, ms CPU/image:\n"
+        f"   BatchRemover {paced / paced_n * 1e3:.3f}, bare loop (sharded, one sleep per turn) "
+        f"{paced_bare / paced_n * 1e3:.3f}, ratio {paced / paced_bare:.2f}"
     )
 
 
