@@ -22,6 +22,7 @@ from .. import _threads
 from .._images import NotARegularFile, read_regular_file
 from .._redact import printable
 from ..errors import (
+    ConfigurationError,
     ObjectNotFoundError,
     StorageAuthError,
     StorageError,
@@ -156,7 +157,13 @@ class FileSystemSink:
     """
 
     def __init__(self, root: str | os.PathLike[str], *, write_metadata: bool = False) -> None:
-        self.root = Path(root).expanduser().resolve()
+        if not os.fspath(root):  # an unset variable, most often: not "this folder"
+            raise ConfigurationError("the sink's folder is an empty path: name one ('.' is here)")
+        try:
+            self.root = Path(root).expanduser().resolve()
+        except (ValueError, OSError) as exc:  # a NUL byte, a symlink loop...
+            shown = printable(os.fspath(root))
+            raise ConfigurationError(f"{shown!r}: not a usable folder ({exc})") from None
         self.write_metadata = write_metadata
         self._cleaned: set[Path] = set()
         self._cleaned_lock = threading.Lock()
@@ -369,8 +376,34 @@ class FileSystemSink:
         )
 
     async def exists(self, key: str) -> bool:
-        """True when ``root/key`` is a file."""
-        return await self._run("check", key, lambda: _is_regular(self.path(key)))
+        """True when ``root/key`` is a file.
+
+        Raises:
+            StorageError: the root cannot be a folder (it, or a folder above it, is a file).
+        """
+
+        def check() -> bool:
+            if _is_regular(self.path(key)):
+                return True
+            self._check_root()
+            return False
+
+        return await self._run("check", key, check)
+
+    def _check_root(self) -> None:
+        """Refuse a root that no put could ever write to: it, or the nearest part of its path
+        that exists, is not a folder."""
+        for folder in (self.root, *self.root.parents):
+            try:
+                mode = os.stat(folder).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if not stat.S_ISDIR(mode):
+                raise StorageError(
+                    f"{printable(str(self.root))} cannot be the sink's folder: "
+                    f"{printable(str(folder))} is a file"
+                )
+            return
 
     async def get(self, key: str) -> bytes:
         """The bytes of ``root/key``."""

@@ -35,6 +35,7 @@ from photoroom_bg.errors import (
     InvalidSourceError,
     ServerError,
     SourceError,
+    StorageError,
     StorageUnavailableError,
     UnexpectedError,
     ValidationError,
@@ -241,6 +242,20 @@ def test_a_manifest_that_cannot_be_created_is_refused_before_anything_is_billed(
     with pytest.raises(ConfigurationError, match="cannot write the manifest"):
         asyncio.run(batch.run([photo()]))
     assert emulator.requests == []
+
+
+@pytest.mark.parametrize("below", [False, True], ids=["the-file", "a-folder-under-it"])
+def test_a_sink_folder_that_is_a_file_is_refused_before_anything_is_billed(
+    emulator: PhotoroomEmulator, tmp_path: Path, below: bool
+) -> None:
+    # both images used to be billed, then spilled: no put into that folder could succeed
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    batch = remover(emulator, blocker / "out" if below else blocker, spill_dir=tmp_path / "spill")
+    with pytest.raises(StorageError, match="is a file"):
+        asyncio.run(batch.run([photo(), photo()]))
+    assert emulator.ledger.calls() == 0
+    assert not (tmp_path / "spill").exists() or not any((tmp_path / "spill").iterdir())
 
 
 def test_an_unreachable_sink_is_refused_before_anything_is_billed(

@@ -136,6 +136,21 @@ def test_open_sink_from_strings(tmp_path: Path) -> None:
         open_sink("s3://")
 
 
+async def test_a_root_that_cannot_be_a_folder_is_refused(tmp_path: Path) -> None:
+    # "" once meant the current folder, a NUL byte raised a ValueError, and a file as the
+    # root answered exists() with False, so a batch paid for cut-outs it could never store
+    for root in ("", "a\x00b"):
+        with pytest.raises(ConfigurationError, match="folder"):
+            open_sink(root)
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"x")
+    for root in (blocker, blocker / "below"):
+        sink = FileSystemSink(root)
+        with pytest.raises(StorageError, match="is a file"):
+            await sink.exists("x.png")
+    assert await FileSystemSink(tmp_path / "not-yet" / "made").exists("x.png") is False
+
+
 def test_sync_sink_works_inside_a_running_loop(tmp_path: Path) -> None:
     async def notebook_cell() -> bytes:
         sink = SyncSink(str(tmp_path))
