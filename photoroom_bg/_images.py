@@ -99,7 +99,13 @@ def _kind(mode: int) -> str | None:
     return "not a regular file"
 
 
-def read_regular_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+class LargerThan(Exception):
+    """Raised by :func:`read_regular_file` for a file over its ``large`` size, unread."""
+
+
+def read_regular_file(
+    path: str | os.PathLike[str], max_bytes: int, *, large: int | None = None
+) -> bytes:
     """Read a regular file of at most ``max_bytes``, refusing anything else before reading.
 
     The target (after symlinks) is checked with ``stat`` first, so a FIFO, a device such as
@@ -110,6 +116,7 @@ def read_regular_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
     Raises:
         NotARegularFile: not a regular file (a directory raises :class:`IsADirectoryError`).
         FileTooLarge: larger than ``max_bytes``.
+        LargerThan: larger than ``large`` (nothing read: the caller reads it elsewhere).
         OSError: any other failure (``FileNotFoundError``...).
     """
     kind = _kind(os.stat(path).st_mode)
@@ -126,6 +133,8 @@ def read_regular_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
             raise NotARegularFile(kind)
         if info.st_size > max_bytes:
             raise FileTooLarge(info.st_size)
+        if large is not None and info.st_size > large:
+            raise LargerThan(large)
         limit = max_bytes + 1
         data = handle.read(min(info.st_size + 1, limit)) or b""
         if len(data) == info.st_size + 1 and len(data) < limit:  # it grew while we read

@@ -46,7 +46,7 @@ import attrs
 import httpx
 
 from . import _threads
-from ._images import FileTooLarge, NotARegularFile, read_regular_file, sniff_format
+from ._images import FileTooLarge, LargerThan, NotARegularFile, read_regular_file, sniff_format
 from ._inflate import UnsupportedEncoding, decoder_for
 from ._listing import IMAGE_EXTENSIONS, glob_images, is_image_path, walk_images
 from ._netguard import NetworkPolicy, Resolver, default_resolver
@@ -78,6 +78,8 @@ _IMAGE_KINDS = frozenset({"png", "jpeg", "webp", "heic", "avif", "gif"})
 _WALK_CHUNK = 256
 _READ_CHUNK = 64 * 1024
 _DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+#: Local files up to this size are read on the event loop while reads are quick.
+_QUICK_READ_BYTES = 1 << 20
 SourceKind = Literal["path", "bytes", "file", "url", "s3"]
 
 
@@ -413,6 +415,7 @@ class SourceReader:
         self._s3_clients: PerLoop[tuple[Any, Any]] = PerLoop(self._open_s3, close_s3_client)
         self._given_http = http_client
         self._https: PerLoop[httpx.AsyncClient] = PerLoop(self._open_http, _close_http)
+        self._quick_reads = _threads.QuickCalls("reads of local files")
         install_log_redaction()
 
     def __repr__(self) -> str:
@@ -429,6 +432,9 @@ class SourceReader:
             self._check_size(len(source.data), source)
             return source.data
         if source.kind == "path":
+            if not self._quick_reads.threaded:  # a small file in place while reads are quick
+                with contextlib.suppress(LargerThan):  # a large one goes to a thread
+                    return await self._quick_reads.run(self._read_path, source, _QUICK_READ_BYTES)
             return await _threads.run_sync(self._read_path, source)
         if source.kind == "url":
             return await self._within_deadline(self._fetch(source), source)
@@ -453,9 +459,9 @@ class SourceReader:
                 f"{source.display} is {more}{size:,} bytes; the limit is {self.max_bytes:,}"
             )
 
-    def _read_path(self, source: ImageSource) -> bytes:
+    def _read_path(self, source: ImageSource, large: int | None = None) -> bytes:
         try:
-            return read_regular_file(source.location, self.max_bytes)
+            return read_regular_file(source.location, self.max_bytes, large=large)
         except FileNotFoundError:
             raise SourceNotFoundError(f"{source.display}: no such file") from None
         except IsADirectoryError:

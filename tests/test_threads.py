@@ -198,3 +198,62 @@ def test_queued_calls_finish_before_the_interpreter_exits(tmp_path: Path) -> Non
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]
     assert run.stderr == ""
+
+
+# -- calls run in place while they are quick -------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_quick_calls_run_in_place_and_go_to_threads_for_a_while_after_a_slow_one() -> None:
+    clock = _Clock()
+    calls = _threads.QuickCalls("test calls")
+    calls.clock = clock
+    here = threading.current_thread()
+
+    def call(takes: float = 0.0) -> threading.Thread:
+        clock.now += takes
+        return threading.current_thread()
+
+    assert await calls.run(call) is here
+    assert await calls.run(call, 0.001) is here  # under QUICK_SECONDS: still quick
+    assert await calls.run(call, 0.5) is here  # this one held the loop up...
+    assert calls.threaded
+    assert (await calls.run(call)).name == "photoroom_bg-worker"  # ...the next ones do not
+    clock.now += _threads.HOLD_SECONDS
+    assert not calls.threaded
+    assert await calls.run(call, 0.5) is here  # a probe in place, slow again: a longer hold
+    assert calls.until - clock.now == 2 * _threads.HOLD_SECONDS
+    clock.now = calls.until
+    assert await calls.run(call) is here  # a quick probe: back in place, the hold forgotten
+    await calls.run(call, 0.5)
+    assert calls.until - clock.now == _threads.HOLD_SECONDS
+    for _ in range(10):  # storage that stays slow: a probe a minute at most
+        clock.now = calls.until
+        await calls.run(call, 0.5)
+    assert calls.until - clock.now == _threads.MAX_HOLD_SECONDS
+
+
+async def test_a_quick_call_raises_its_own_error_and_a_slow_failure_counts_too() -> None:
+    clock = _Clock()
+    calls = _threads.QuickCalls("test calls")
+    calls.clock = clock
+
+    def fail(takes: float) -> None:
+        clock.now += takes
+        raise FileNotFoundError("gone")
+
+    with pytest.raises(FileNotFoundError, match="gone"):
+        await calls.run(fail, 0.0)
+    assert not calls.threaded
+    with pytest.raises(FileNotFoundError, match="gone"):
+        await calls.run(fail, 1.0)  # a call that hung, then failed, held the loop up too
+    assert calls.threaded
+    with pytest.raises(FileNotFoundError, match="gone"):
+        await calls.run(fail, 0.0)  # from a worker thread, the same error

@@ -46,6 +46,9 @@ _TEMP_EXTRA = len("..123456789abc.tmp")
 STALE_UNLOCKED_AFTER = 10.0
 #: Where locks do not work, a temporary file is removed only once it is this old.
 STALE_ANYWAY_AFTER = 24 * 3600.0
+#: Puts of more bytes than this always go to a worker thread; smaller ones (and look-ups) run
+#: on the event loop while they are quick (see :class:`.._threads.QuickCalls`).
+QUICK_PUT_BYTES = 1 << 20
 
 
 def _lock(fd: int) -> bool | None:
@@ -169,6 +172,9 @@ class FileSystemSink:
         self._cleaned_lock = threading.Lock()
         self._name_max_bytes: int | None = None
         self._folder_syncs = _FolderSyncs()
+        # separately: a slow fsync sends puts to threads, and leaves look-ups where they are
+        self._quick_puts = _threads.QuickCalls("puts of FileSystemSink")
+        self._quick_lookups = _threads.QuickCalls("look-ups of FileSystemSink")
 
     def __repr__(self) -> str:
         return f"FileSystemSink({printable(str(self.root))!r})"
@@ -253,8 +259,15 @@ class FileSystemSink:
             return UnsafeKeyError(f"key {key!r} names a folder ({reason})")
         return StorageError(f"cannot {where}: {reason}")
 
-    async def _run(self, action: str, key: str, work: Callable[[], T]) -> T:
-        """Run blocking file work in a thread, every ``OSError`` made a typed error."""
+    async def _run(
+        self,
+        action: str,
+        key: str,
+        work: Callable[[], T],
+        quick: _threads.QuickCalls | None = None,
+    ) -> T:
+        """Run blocking file work in a thread (or in place while ``quick`` calls are quick),
+        every ``OSError`` made a typed error."""
 
         def guarded() -> T:
             try:
@@ -262,6 +275,8 @@ class FileSystemSink:
             except OSError as exc:
                 raise self._error(exc, action, key) from None
 
+        if quick is not None:
+            return await quick.run(guarded)
         return await _threads.run_sync(guarded)
 
     async def put(
@@ -282,7 +297,8 @@ class FileSystemSink:
             self._write(target, data, content_type, meta, checksum)
             return self._describe(key, target, len(data), content_type, checksum, meta)
 
-        return await self._run("write", key, write)
+        quick = self._quick_puts if len(data) <= QUICK_PUT_BYTES else None
+        return await self._run("write", key, write, quick)
 
     def _write(
         self, target: Path, data: bytes, content_type: str, meta: dict[str, str], checksum: str
@@ -388,7 +404,7 @@ class FileSystemSink:
             self._check_root()
             return False
 
-        return await self._run("check", key, check)
+        return await self._run("check", key, check, self._quick_lookups)
 
     def _check_root(self) -> None:
         """Refuse a root that no put could ever write to: it, or the nearest part of its path
@@ -426,7 +442,9 @@ class FileSystemSink:
         attribute or metadata file holding it still matches the file's size and mtime; else a
         weak validator ``W/"<size>-<mtime>"`` (hex), as web servers make ETags for files.
         """
-        return await self._run("describe", key, lambda: self._stat(key, *self._locate(key)))
+        return await self._run(
+            "describe", key, lambda: self._stat(key, *self._locate(key)), self._quick_lookups
+        )
 
     def _stat(self, key: str, target: Path, present: bool) -> StoredObject:
         if not present:  # the lstat of the path already said so: no second look

@@ -300,6 +300,7 @@ async def test_concurrent_puts_into_one_folder_share_its_fsync_once_their_rename
     monkeypatch.setattr(os, "replace", replace)
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(8))
     sink = FileSystemSink(tmp_path / "out")
+    sink._quick_puts.until = float("inf")  # the puts in worker threads, as on a slow disk
 
     async def put(key: str) -> None:
         await sink.put(key, key.encode())
@@ -458,3 +459,51 @@ async def test_every_os_error_of_a_write_is_typed(
     assert type(caught.value) is error
     monkeypatch.undo()
     assert await sink.get("x.png") == b"old"
+
+
+async def test_small_puts_and_look_ups_run_in_place_large_or_slow_ones_in_worker_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from photoroom_bg.sinks._filesystem import QUICK_PUT_BYTES
+
+    here = threading.current_thread()
+    seen: list[tuple[str, threading.Thread]] = []
+    real_fsync, real_lstat = os.fsync, os.lstat
+    now = [0.0]
+    slow = [False]
+
+    def fsync(fd: int) -> None:
+        seen.append(("fsync", threading.current_thread()))
+        if slow[0]:
+            now[0] += 1.0  # as a disk busy writing back would take
+        real_fsync(fd)
+
+    def lstat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        seen.append(("lstat", threading.current_thread()))
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "lstat", lstat)
+    sink = FileSystemSink(tmp_path / "out")
+    sink._quick_puts.clock = sink._quick_lookups.clock = lambda: now[0]
+
+    def where() -> set[bool]:
+        places = {thread is here for _, thread in seen}
+        seen.clear()
+        return places
+
+    await sink.put("small.png", b"small")
+    assert await sink.exists("small.png")
+    assert not await sink.exists("missing.png")
+    assert where() == {True}  # no hand-over to a thread for a few system calls
+    await sink.put("large.png", b"x" * (QUICK_PUT_BYTES + 1))
+    assert where() == {False}  # it may take a while: never on the event loop
+    slow[0] = True
+    await sink.put("slow.png", b"slow")
+    assert where() == {True}
+    slow[0] = False
+    await sink.put("next.png", b"next")  # the put after a slow one goes to a thread
+    assert where() == {False}
+    assert await sink.exists("next.png")  # look-ups were quick: still in place
+    assert where() == {True}
+    assert (tmp_path / "out" / "next.png").read_bytes() == b"next"

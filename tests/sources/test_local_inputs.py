@@ -300,3 +300,28 @@ async def test_the_client_sends_nothing_for_a_special_file(
         with anyio.fail_after(30), pytest.raises(InvalidImageError):
             await client.remove_background(path)
     assert not route.called
+
+
+async def test_small_files_are_read_in_place_and_large_ones_in_a_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from photoroom_bg import sources
+
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    small.write_bytes(png_bytes())
+    large.write_bytes(png_bytes() + b"\0" * sources._QUICK_READ_BYTES)
+    read_in: list[threading.Thread] = []
+    real_fstat = os.fstat
+
+    def fstat(fd: int) -> os.stat_result:  # of the file opened for reading
+        read_in.append(threading.current_thread())
+        return real_fstat(fd)
+
+    monkeypatch.setattr(os, "fstat", fstat)
+    reader = SourceReader()
+    assert await reader.read(ImageSource("path", str(small), "small")) == small.read_bytes()
+    assert [t is threading.current_thread() for t in read_in] == [True]
+    read_in.clear()
+    assert await reader.read(ImageSource("path", str(large), "large")) == large.read_bytes()
+    # sized up in place, then opened again and read in a worker thread
+    assert [t is threading.current_thread() for t in read_in] == [True, False]
