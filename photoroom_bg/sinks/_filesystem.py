@@ -348,10 +348,10 @@ class FileSystemSink:
             view = memoryview(data)
             while view:  # straight to the file: no buffered copy, no second descriptor
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
             info = os.fstat(fd)
-            if checksum is not None:
+            if checksum is not None:  # before the fsync, which then makes it durable too
                 _set_xattr(fd, _stamp(checksum, info))
+            os.fsync(fd)
             os.replace(temp, target)
             self._folder_syncs.after_rename(target.parent)
         except BaseException:

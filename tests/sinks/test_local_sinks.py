@@ -507,3 +507,30 @@ async def test_small_puts_and_look_ups_run_in_place_large_or_slow_ones_in_worker
     assert await sink.exists("next.png")  # look-ups were quick: still in place
     assert where() == {True}
     assert (tmp_path / "out" / "next.png").read_bytes() == b"next"
+
+
+async def test_the_checksum_stamp_is_on_the_file_before_its_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stamp is what lets ``stat`` give the checksum without reading the file back: set
+    after the fsync, it would be lost with a power cut while the file survived."""
+    if not hasattr(os, "setxattr"):
+        pytest.skip("no extended attributes here")
+    events: list[str] = []
+    real_fsync, real_setxattr = os.fsync, os.setxattr
+
+    def fsync(fd: int) -> None:
+        if os.path.isfile(f"/proc/self/fd/{fd}"):
+            events.append("fsync")
+        real_fsync(fd)
+
+    def setxattr(*args: Any, **kwargs: Any) -> None:
+        events.append("setxattr")
+        real_setxattr(*args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "setxattr", setxattr)
+    sink = FileSystemSink(tmp_path)
+    stored = await sink.put("a.png", b"abc")
+    assert events == ["setxattr", "fsync"]
+    assert (await sink.stat("a.png")).checksum == stored.checksum
