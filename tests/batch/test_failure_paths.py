@@ -40,7 +40,7 @@ from photoroom_bg.errors import (
     UnexpectedError,
     ValidationError,
 )
-from photoroom_bg.sinks import S3Sink
+from photoroom_bg.sinks import FileSystemSink, S3Sink
 from photoroom_bg.sources import ImageSource, SourceReader
 from photoroom_bg.testing import Faults, PhotoroomEmulator
 
@@ -507,3 +507,31 @@ class CountingEngine:
 
     async def aclose(self) -> None:
         pass
+
+
+def test_a_disk_that_turns_slow_mid_batch_gets_the_puts_off_the_event_loop_and_loses_nothing(
+    tmp_path: Path, emulator: PhotoroomEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = FileSystemSink(tmp_path / "out")
+    now = [0.0]
+    fsynced_in: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.path.isfile(f"/proc/self/fd/{fd}"):  # a cut-out's file, not its folder
+            fsynced_in.append(threading.current_thread().name)
+            if len(fsynced_in) > 5:
+                now[0] += 1.0  # the disk turns slow: each fsync takes a second
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    sink._quick_puts.clock = lambda: now[0]
+    images = [photo() for _ in range(20)]
+    report = asyncio.run(remover(emulator, sink, concurrency=4).run(images))
+    assert report.succeeded_count == 20
+    assert len(list((tmp_path / "out").iterdir())) == 20
+    assert emulator.ledger.calls() == 20  # each paid once
+    here = threading.current_thread().name
+    assert fsynced_in[:5] == [here] * 5  # quick: on the event loop
+    # after the first slow one, in worker threads (a probe in place now and then)
+    assert fsynced_in[6:].count("photoroom_bg-worker") >= len(fsynced_in[6:]) // 2
