@@ -38,7 +38,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["IDLE_SECONDS", "QUICK_SECONDS", "QuickCalls", "run_sync", "thread_count"]
+__all__ = ["IDLE_SECONDS", "QUICK_BYTES", "QUICK_SECONDS", "QuickCalls", "run_sync", "thread_count"]
 
 T = TypeVar("T")
 
@@ -55,6 +55,8 @@ QUICK_SECONDS = 0.01
 #: :data:`MAX_HOLD_SECONDS`).
 HOLD_SECONDS = 1.0
 MAX_HOLD_SECONDS = 60.0
+#: Files larger than this are read or written in worker threads, never in place.
+QUICK_BYTES = 1 << 20
 
 logger = logging.getLogger("photoroom_bg")
 
@@ -233,8 +235,8 @@ class QuickCalls:
     writing back, a hiccup of the machine), the calls after it go to :func:`run_sync` for
     :data:`HOLD_SECONDS`; the next call then runs in place again, as a probe. A probe that is
     slow too doubles the hold, up to :data:`MAX_HOLD_SECONDS`: on storage that stays slow, the
-    loop is held up once a minute at most. A call that must never hold the loop up (a large
-    file) is given to :func:`run_sync` by its caller.
+    loop is held up once a minute at most. A call that must never hold the loop up (a file
+    over :data:`QUICK_BYTES`) is given to :func:`run_sync` by its caller.
     """
 
     def __init__(self, what: str, quick_seconds: float = QUICK_SECONDS) -> None:

@@ -78,8 +78,6 @@ _IMAGE_KINDS = frozenset({"png", "jpeg", "webp", "heic", "avif", "gif"})
 _WALK_CHUNK = 256
 _READ_CHUNK = 64 * 1024
 _DEFAULT_MAX_BYTES = 50 * 1024 * 1024
-#: Local files up to this size are read on the event loop while reads are quick.
-_QUICK_READ_BYTES = 1 << 20
 SourceKind = Literal["path", "bytes", "file", "url", "s3"]
 
 
@@ -434,7 +432,9 @@ class SourceReader:
         if source.kind == "path":
             if not self._quick_reads.threaded:  # a small file in place while reads are quick
                 with contextlib.suppress(LargerThan):  # a large one goes to a thread
-                    return await self._quick_reads.run(self._read_path, source, _QUICK_READ_BYTES)
+                    return await self._quick_reads.run(
+                        self._read_path, source, _threads.QUICK_BYTES
+                    )
             return await _threads.run_sync(self._read_path, source)
         if source.kind == "url":
             return await self._within_deadline(self._fetch(source), source)

@@ -46,9 +46,6 @@ _TEMP_EXTRA = len("..123456789abc.tmp")
 STALE_UNLOCKED_AFTER = 10.0
 #: Where locks do not work, a temporary file is removed only once it is this old.
 STALE_ANYWAY_AFTER = 24 * 3600.0
-#: Puts of more bytes than this always go to a worker thread; smaller ones (and look-ups) run
-#: on the event loop while they are quick (see :class:`.._threads.QuickCalls`).
-QUICK_PUT_BYTES = 1 << 20
 
 
 def _lock(fd: int) -> bool | None:
@@ -297,7 +294,7 @@ class FileSystemSink:
             self._write(target, data, content_type, meta, checksum)
             return self._describe(key, target, len(data), content_type, checksum, meta)
 
-        quick = self._quick_puts if len(data) <= QUICK_PUT_BYTES else None
+        quick = self._quick_puts if len(data) <= _threads.QUICK_BYTES else None
         return await self._run("write", key, write, quick)
 
     def _write(

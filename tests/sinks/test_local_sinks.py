@@ -464,7 +464,7 @@ async def test_every_os_error_of_a_write_is_typed(
 async def test_small_puts_and_look_ups_run_in_place_large_or_slow_ones_in_worker_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from photoroom_bg.sinks._filesystem import QUICK_PUT_BYTES
+    from photoroom_bg._threads import QUICK_BYTES
 
     here = threading.current_thread()
     seen: list[tuple[str, threading.Thread]] = []
@@ -496,7 +496,7 @@ async def test_small_puts_and_look_ups_run_in_place_large_or_slow_ones_in_worker
     assert await sink.exists("small.png")
     assert not await sink.exists("missing.png")
     assert where() == {True}  # no hand-over to a thread for a few system calls
-    await sink.put("large.png", b"x" * (QUICK_PUT_BYTES + 1))
+    await sink.put("large.png", b"x" * (QUICK_BYTES + 1))
     assert where() == {False}  # it may take a while: never on the event loop
     slow[0] = True
     await sink.put("slow.png", b"slow")

@@ -305,11 +305,11 @@ async def test_the_client_sends_nothing_for_a_special_file(
 async def test_small_files_are_read_in_place_and_large_ones_in_a_worker_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from photoroom_bg import sources
+    from photoroom_bg._threads import QUICK_BYTES
 
     small, large = tmp_path / "small.png", tmp_path / "large.png"
     small.write_bytes(png_bytes())
-    large.write_bytes(png_bytes() + b"\0" * sources._QUICK_READ_BYTES)
+    large.write_bytes(png_bytes() + b"\0" * QUICK_BYTES)
     read_in: list[threading.Thread] = []
     real_fstat = os.fstat
 
