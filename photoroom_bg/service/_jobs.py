@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..batch._manifest import job_fields
 from ..errors import PhotoroomBGError
 from ._executor import Executor, JobSpec, LiveJob
 from ._options import build_options
@@ -71,6 +72,7 @@ class JobService:
         self._lock = asyncio.Lock()
         self._writing = asyncio.Lock()  # record writes of the jobs running here
         self._tails: dict[str, tuple[int, list[dict[str, Any]]]] = {}  # local manifests read
+        self._reported: dict[str, list[dict[str, Any]]] = {}  # live results, as records
         self._finished_items: dict[str, list[dict[str, Any]]] = {}  # finished jobs' items
 
     def __repr__(self) -> str:
@@ -154,6 +156,7 @@ class JobService:
     async def _ended(self, live: LiveJob) -> None:
         self._owners.pop(live.job_id, None)
         self._tails.pop(live.job_id, None)
+        self._reported.pop(live.job_id, None)
         async with self._writing:  # a heartbeat must not write "running" over the end
             await self._record_end(live)
         self.claims.release(live.job_id, finished=True)
@@ -306,9 +309,12 @@ class JobService:
         )
         if elsewhere is not None:
             records = elsewhere  # kept by the executor (e.g. in shard manifests)
-        elif self.executor.live(record.job_id) is not None:
-            # running here: its local manifest holds every record, read incrementally
-            records = await self._local_records(record.job_id)
+        elif (live := self.executor.live(record.job_id)) is not None:
+            # running here: its local manifest holds every record, read incrementally. The
+            # batch reports a result (to the event stream) a moment before its writer puts it
+            # there, so the results reported so far come after the manifest's lines: an item
+            # the events announced is never "pending" here
+            records = await self._local_records(record.job_id) + self._live_records(live)
         else:
             lines = await self.store.manifest_lines(record)
             lines += await self.claims.aread_manifest(record.job_id)
@@ -320,6 +326,12 @@ class JobService:
             self._finished_items[record.job_id] = items
             return [dict(item) for item in items]
         return items
+
+    def _live_records(self, live: LiveJob) -> list[dict[str, Any]]:
+        """The results a job running here has reported, as manifest records (each made once)."""
+        made = self._reported.setdefault(live.job_id, [])
+        made.extend(job_fields(result) for result in live.results[len(made) :])
+        return made
 
     async def _local_records(self, job_id: str) -> list[dict[str, Any]]:
         """The job records of this host's manifest, parsing only the lines added since the

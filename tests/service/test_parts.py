@@ -4,6 +4,7 @@ serialization of results (including fields and statuses added later), job record
 from __future__ import annotations
 
 import gc
+import json
 import socket
 import subprocess
 import sys
@@ -501,3 +502,41 @@ async def test_a_job_of_another_executor_is_never_resumed_by_this_one(tmp_path: 
     record = await store.load(job_id)
     assert record is not None
     assert record.state == "running"
+
+
+async def test_an_item_the_batch_reported_is_stored_before_its_manifest_line_is_written(
+    tmp_path: Path,
+) -> None:
+    """The event stream announces an item (with its output URL) from the batch's live result;
+    the batch's manifest writer puts the same record on disk a moment later. A client that
+    follows the URL at once must get the cut-out, not "item 1 is pending"."""
+    from photoroom_bg import JobResult, JobStatus, StoredObject
+    from photoroom_bg.service import JobService, JobStore, LiveJob
+
+    job_id = "d" * 32
+    live = LiveJob(job_id, 2)
+
+    class OneJob:
+        name = "local"
+        in_process = True
+
+        def live(self, wanted: str) -> LiveJob | None:
+            return live if wanted == job_id else None
+
+        async def records(self, wanted: str) -> None:
+            return None
+
+    claims = LocalClaims(tmp_path)
+    claims.prepare()
+    service = JobService(ServiceSettings(), JobStore(MemorySink()), claims, OneJob())  # type: ignore[arg-type]
+    record = JobRecord(job_id=job_id, owner="o", created=1.0, image_count=2, options={})
+    key = "outputs/a-0123456789ab.png"
+    stored = StoredObject(key=key, size=3, content_type="image/png", checksum="c", uri="u", url="u")
+    live.add_result(JobResult(0, "a.png", "a", JobStatus.SUCCEEDED, key=key, output=stored))
+    assert not claims.manifest_path(job_id).exists()  # the writer has not caught up
+    first, second = await service.items(record)
+    assert (first["status"], first["stored"], first["key"]) == ("succeeded", True, key)
+    assert second["status"] == "pending"
+    line = json.dumps({"index": 0, "status": "succeeded", "key": key})
+    claims.manifest_path(job_id).write_text(line + "\n")  # it has now: the same item, once
+    assert [item["status"] for item in await service.items(record)] == ["succeeded", "pending"]
