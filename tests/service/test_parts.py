@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -370,6 +371,28 @@ def test_a_job_knows_its_total_and_eta_before_the_batch_has_listed_every_source(
     assert progress_json(listing)["eta"] is None
 
 
+class OneJob:
+    """An in-process executor running one live job (it starts nothing)."""
+
+    name = "local"
+    in_process = True
+
+    def __init__(self, job: Any) -> None:
+        self.job = job
+
+    def live(self, wanted: str) -> Any:
+        return self.job if wanted == self.job.job_id else None
+
+    async def records(self, wanted: str) -> None:
+        return None  # its records are in this host's manifest
+
+    def running(self) -> list[str]:
+        return [self.job.job_id]
+
+    async def cancel(self, wanted: str) -> bool:
+        return False
+
+
 async def test_a_heartbeat_never_writes_running_over_a_jobs_end(tmp_path: Path) -> None:
     """The heartbeat loads a running job's record and saves it with fresh progress; if the
     job ends in between, its "completed" record must be the one that stays."""
@@ -381,23 +404,9 @@ async def test_a_heartbeat_never_writes_running_over_a_jobs_end(tmp_path: Path) 
     sink = MemorySink()
     store = JobStore(sink)
     live = LiveJob(job_id, 1)
-
-    class OneJob:
-        name = "local"
-        in_process = True
-
-        def live(self, wanted: str) -> LiveJob | None:
-            return live if wanted == job_id else None
-
-        def running(self) -> list[str]:
-            return [job_id]
-
-        async def cancel(self, wanted: str) -> bool:
-            return False
-
     claims = LocalClaims(tmp_path)
     claims.prepare()
-    service = JobService(ServiceSettings(), store, claims, OneJob())  # type: ignore[arg-type]
+    service = JobService(ServiceSettings(), store, claims, OneJob(live))  # type: ignore[arg-type]
     await store.save(JobRecord(job_id=job_id, owner="o", created=1.0, image_count=1, options={}))
     in_save, go_on = asyncio.Event(), asyncio.Event()
     save = store.save
@@ -515,20 +524,9 @@ async def test_an_item_the_batch_reported_is_stored_before_its_manifest_line_is_
 
     job_id = "d" * 32
     live = LiveJob(job_id, 2)
-
-    class OneJob:
-        name = "local"
-        in_process = True
-
-        def live(self, wanted: str) -> LiveJob | None:
-            return live if wanted == job_id else None
-
-        async def records(self, wanted: str) -> None:
-            return None
-
     claims = LocalClaims(tmp_path)
     claims.prepare()
-    service = JobService(ServiceSettings(), JobStore(MemorySink()), claims, OneJob())  # type: ignore[arg-type]
+    service = JobService(ServiceSettings(), JobStore(MemorySink()), claims, OneJob(live))  # type: ignore[arg-type]
     record = JobRecord(job_id=job_id, owner="o", created=1.0, image_count=2, options={})
     key = "outputs/a-0123456789ab.png"
     stored = StoredObject(key=key, size=3, content_type="image/png", checksum="c", uri="u", url="u")
