@@ -23,6 +23,7 @@ from . import _rules, _wire
 from ._images import ImageInput, load_image, validate_image
 from ._redact import install_log_redaction
 from ._retry import RetryPolicy, parse_retry_after
+from ._seconds import wait_limit
 from ._warnings import PhotoroomWarning, warn
 from .errors import (
     APIConnectionError,
@@ -241,12 +242,13 @@ class BaseClient:
         if timeout is None:
             return httpx.Timeout(None)
         if isinstance(timeout, httpx.Timeout):
-            return timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ConfigurationError(
-                f"timeout must be seconds > 0, an httpx.Timeout or None, not {timeout!r}"
-            )
-        return httpx.Timeout(float(timeout), connect=min(10.0, float(timeout)))
+            # each phase checked as a number is; one too long for a socket means no limit
+            phases = ("connect", "read", "write", "pool")
+            checked = {name: _phase(f"timeout.{name}", getattr(timeout, name)) for name in phases}
+            return httpx.Timeout(**checked)
+        seconds = _phase("timeout", timeout)
+        connect = min(10.0, seconds) if seconds is not None else 10.0
+        return httpx.Timeout(seconds, connect=connect)
 
     @property
     def is_sandbox(self) -> bool:
@@ -600,3 +602,15 @@ def _int(value: str | None) -> int | None:
         return int(float(value)) if value is not None else None
     except ValueError:
         return None
+
+
+def _phase(name: str, seconds: object) -> float | None:
+    """A timeout in seconds: ``None`` or a number > 0 (``inf``, or one longer than a socket
+    can wait, means no limit)."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise ConfigurationError(
+            f"{name} must be seconds > 0, an httpx.Timeout or None, not {seconds!r}"
+        )
+    return wait_limit(name, seconds)

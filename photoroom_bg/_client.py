@@ -24,6 +24,7 @@ from ._base_client import (
 from ._images import ImageInput
 from ._pool import DEFAULT_LIMITS, ShardedTransport
 from ._retry import RetryPolicy, is_retryable
+from ._seconds import sleep_seconds
 from .errors import PhotoroomError
 from .models import Account, Credits, ImageResult
 from .options import EditOptions, SegmentOptions
@@ -75,8 +76,9 @@ class PhotoroomClient(BaseClient):
         image_api_base_url: base URL of ``/v2/edit``, ``/v1/render`` and the account
             endpoints; defaults to ``$PHOTOROOM_IMAGE_API_BASE_URL``, then ``base_url``, then
             ``https://image-api.photoroom.com``.
-        timeout: seconds or an :class:`httpx.Timeout`; ``None`` waits forever. By default
-            120 s, 10 s to connect (:data:`~photoroom_bg._base_client.DEFAULT_TIMEOUT`).
+        timeout: seconds or an :class:`httpx.Timeout`; ``None`` (or ``float("inf")``) waits
+            forever. By default 120 s, 10 s to connect
+            (:data:`~photoroom_bg._base_client.DEFAULT_TIMEOUT`).
         max_retries: retries of failures a retry may fix (connection errors, timeouts, 408,
             429, 5xx but 501/505); 0 disables them. Failures the server may have billed (see
             :attr:`~photoroom_bg.errors.PhotoroomError.possibly_billed`) are retried too
@@ -279,7 +281,7 @@ class PhotoroomClient(BaseClient):
             self._sleep(self.retry_policy.delay_for(error, next(delays)))
 
     def _sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
+        time.sleep(sleep_seconds(seconds))  # a Retry-After allowed to be huge
 
     def close(self) -> None:
         """Close the connection pool (unless it was passed in as ``http_client``)."""

@@ -43,12 +43,19 @@ def _seconds(instance: object, attribute: attrs.Attribute[float], value: float) 
         raise ConfigurationError(f"{attribute.name} must be seconds >= 0, not {value!r}")
 
 
+def _finite_seconds(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    _seconds(instance, attribute, value)
+    if math.isinf(value):  # every backoff would be endless: a job that never ends
+        raise ConfigurationError(f"{attribute.name} must be a finite number of seconds, not inf")
+
+
 @attrs.frozen(kw_only=True)
 class RetryPolicy:
     """How retries wait.
 
     Attributes:
-        initial_delay: first backoff delay in seconds (doubled each attempt, with full jitter).
+        initial_delay: first backoff delay in seconds (doubled each attempt, with full
+            jitter); finite.
         max_delay: the longest backoff delay.
         max_retry_after: a server's ``Retry-After`` is honoured up to this many seconds.
         retry_possibly_billed: retry failures the server may have billed (read timeouts,
@@ -57,7 +64,7 @@ class RetryPolicy:
             failed image would cost anyway; ``False`` fails such calls at once instead.
     """
 
-    initial_delay: float = attrs.field(default=0.5, validator=_seconds)
+    initial_delay: float = attrs.field(default=0.5, validator=_finite_seconds)
     max_delay: float = attrs.field(default=30.0, validator=_seconds)
     max_retry_after: float = attrs.field(default=60.0, validator=_seconds)
     retry_possibly_billed: bool = True

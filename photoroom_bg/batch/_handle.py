@@ -16,6 +16,7 @@ import attrs
 
 from .. import _loop
 from .._retry import is_retryable
+from .._seconds import wait_limit
 from ..errors import (
     AuthenticationError,
     OutOfCreditsError,
@@ -305,15 +306,17 @@ class BatchHandle:
         the loop consumes them.
 
         Args:
-            timeout: the longest wait for the next job, in seconds.
+            timeout: the longest wait for the next job, in seconds (``None`` or
+                ``float("inf")``: no limit).
 
         Raises:
             PhotoroomBGError: the batch itself failed (after the jobs that finished).
         """
         self._check_not_on_loop("as_completed()", "async for job in handle")
+        limit = wait_limit("timeout", timeout)
         subscriber = self._subscribe(None)
         try:
-            while (result := self._next(subscriber, timeout)) is not None:
+            while (result := self._next(subscriber, limit)) is not None:
                 yield result
         finally:
             self._unsubscribe(subscriber)
@@ -342,7 +345,8 @@ class BatchHandle:
         """Block until the batch ends; return its :class:`BatchReport`.
 
         Raises:
-            TimeoutError: the batch did not end within ``timeout`` seconds.
+            TimeoutError: the batch did not end within ``timeout`` seconds (``None`` or
+                ``float("inf")``: no limit).
             PhotoroomBGError: the batch itself failed (not one of its jobs).
         """
         self._check_not_on_loop("wait()", "await handle")
@@ -350,7 +354,7 @@ class BatchHandle:
         with self._cond:
             self._waiters += 1
         try:
-            return future.result(timeout)
+            return future.result(wait_limit("timeout", timeout))
         finally:
             with self._cond:
                 self._waiters -= 1
@@ -368,7 +372,7 @@ class BatchHandle:
         with self._cond:
             self._waiters += 1
         try:
-            return future.exception(timeout)
+            return future.exception(wait_limit("timeout", timeout))
         finally:
             with self._cond:
                 self._waiters -= 1

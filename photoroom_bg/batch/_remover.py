@@ -19,6 +19,7 @@ from .. import _loop
 from .._client import AsyncPhotoroomClient
 from .._keys import KeyTemplate, options_digest
 from .._retry import RetryPolicy
+from .._seconds import wait_limit
 from ..engines._base import Engine
 from ..errors import ConfigurationError
 from ..options import EditOptions, SegmentOptions
@@ -94,7 +95,8 @@ class BatchRemover:
         sink_outage_budget: seconds the batch waits for an unreachable sink, all workers
             paused, before it stops with that reason.
         exit_timeout: at interpreter exit with a submitted batch still running, seconds
-            granted to the jobs in flight to store what they made.
+            granted to the jobs in flight to store what they made (``float("inf")``: as
+            long as they take).
         progress: show a progress bar (terminal or Jupyter; needs ``tqdm``).
         on_result: called with each :class:`JobResult` as it finishes.
         on_progress: called with a :class:`Progress` after each job.
@@ -364,7 +366,7 @@ def _finish_at_exit() -> None:
         loop.call_soon_threadsafe(batch.stop, "the interpreter is exiting")
     for batch, (future, timeout) in running:
         with contextlib.suppress(Exception):  # reported below from the handle's counts
-            future.result(timeout)
+            future.result(wait_limit("exit_timeout", timeout))  # inf: wait for every job
         if not future.done():
             future.cancel()  # past the grace period: cancel what is left (stores are shielded)
             with contextlib.suppress(Exception):

@@ -158,6 +158,21 @@ def test_the_handle_follows_the_future_convention(emulator: PhotoroomEmulator) -
     assert handle.progress.stored == 3
 
 
+@pytest.mark.parametrize("forever", [float("inf"), 1e12], ids=repr)
+def test_waiting_on_the_handle_with_an_endless_timeout_waits_for_the_batch(
+    emulator: PhotoroomEmulator, forever: float
+) -> None:
+    # these timeouts reached Future.result and Condition.wait as given: OverflowError
+    handle = remover(emulator, MemorySink()).submit([photo() for _ in range(3)])
+    assert len(list(handle.as_completed(timeout=forever))) == 3
+    assert handle.wait(timeout=forever).stored_count == 3
+    assert handle.result(timeout=forever).stored_count == 3
+    assert handle.exception(timeout=forever) is None
+    for call in (handle.wait, handle.exception, lambda timeout: list(handle.as_completed(timeout))):
+        with pytest.raises(ConfigurationError, match="timeout"):
+            call(timeout=float("nan"))
+
+
 def test_sync_use_inside_a_running_event_loop(emulator: PhotoroomEmulator) -> None:
     async def notebook_cell() -> tuple[int, int]:
         handle = remover(emulator, MemorySink()).submit([photo() for _ in range(6)])

@@ -198,10 +198,11 @@ SCRIPT = textwrap.dedent(
     from photoroom_bg import BatchRemover
 
     logging.basicConfig(level=logging.WARNING)
-    url, out, manifest = sys.argv[1:4]
-    images = [open(p, "rb").read() for p in sys.argv[4:]]
+    url, out, manifest, exit_timeout = sys.argv[1:5]
+    images = [open(p, "rb").read() for p in sys.argv[5:]]
     batch = BatchRemover(sink=out, base_url=url, manifest=manifest, concurrency=4,
-                         requests_per_minute=None, track_credits=False)
+                         requests_per_minute=None, track_credits=False,
+                         exit_timeout=float(exit_timeout))
     handle = batch.submit(images)
     while handle.progress.done < 6:
         pass
@@ -211,8 +212,11 @@ SCRIPT = textwrap.dedent(
 )
 
 
+# inf: wait as long as the jobs take (it once reached Future.result as is, which raised
+# OverflowError there, so the exit cancelled the jobs at once instead of waiting at all)
+@pytest.mark.parametrize("exit_timeout", ["30", "inf"])
 def test_an_interpreter_exit_lets_running_jobs_store_and_says_how_to_resume(
-    tmp_path: Path,
+    tmp_path: Path, exit_timeout: str
 ) -> None:
     inputs = []
     for i in range(40):
@@ -223,7 +227,8 @@ def test_an_interpreter_exit_lets_running_jobs_store_and_says_how_to_resume(
     env = {**os.environ, "PHOTOROOM_API_KEY": emulator.api_key}
     with emulator.serve() as url:
         done = subprocess.run(
-            [sys.executable, "-c", SCRIPT, url, str(out), str(manifest), *map(str, inputs)],
+            [sys.executable, "-c", SCRIPT, url, str(out), str(manifest), exit_timeout,
+             *map(str, inputs)],
             env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import io
 import logging
@@ -15,6 +16,7 @@ from PIL import Image
 
 from photoroom_bg import AsyncPhotoroomClient, EditOptions, PhotoroomClient, SegmentOptions
 from photoroom_bg._retry import RetryPolicy, is_retryable, parse_retry_after
+from photoroom_bg._seconds import LONGEST_WAIT
 from photoroom_bg.errors import (
     APIConnectionError,
     APIStatusError,
@@ -30,6 +32,7 @@ from photoroom_bg.errors import (
     ServerError,
     SourceNotFoundError,
 )
+from photoroom_bg.testing import PhotoroomEmulator
 
 from .conftest import ACCOUNT, API_KEY, EDIT, SEGMENT, Twin, make_twin, png
 
@@ -160,6 +163,7 @@ async def test_a_retry_after_that_is_not_delta_seconds_falls_back_to_the_backoff
         {"max_delay": float("nan")},
         {"max_retry_after": -5},
         {"initial_delay": "1"},
+        {"initial_delay": float("inf")},  # every retry would wait forever
     ],
 )
 def test_a_retry_policy_with_nonsense_delays_is_refused(setting: dict[str, Any]) -> None:
@@ -173,6 +177,63 @@ def test_a_nan_timeout_is_refused() -> None:
         AsyncPhotoroomClient(api_key=API_KEY, timeout=float("nan"))
     with pytest.raises(ConfigurationError, match="timeout"):
         PhotoroomClient(api_key=API_KEY, timeout=float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("timeout", "phase"),
+    [
+        (httpx.Timeout(5.0, read=float("nan")), "timeout.read"),
+        (httpx.Timeout(5.0, connect=-1.0), "timeout.connect"),
+        (httpx.Timeout(5.0, write=-0.5), "timeout.write"),
+    ],
+)
+def test_an_httpx_timeout_with_a_nonsense_phase_is_refused(
+    timeout: httpx.Timeout, phase: str
+) -> None:
+    # taken as given before: each request then failed with a ValueError (outside the SDK's
+    # errors) or, async with a negative connect timeout, an instant ConnectTimeout
+    for cls in (PhotoroomClient, AsyncPhotoroomClient):
+        with pytest.raises(ConfigurationError, match=phase):
+            cls(api_key=API_KEY, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "timeout", [float("inf"), 1e12, httpx.Timeout(5.0, read=float("inf"))], ids=repr
+)
+def test_a_timeout_longer_than_a_socket_can_wait_means_no_limit(timeout: Any) -> None:
+    # it reached the socket as given: the sync client's first request raised OverflowError
+    emulator = PhotoroomEmulator(image_work=False)
+    with emulator.serve() as url:
+        with PhotoroomClient(api_key=emulator.api_key, base_url=url, timeout=timeout) as client:
+            assert client.timeout.read is None
+            assert client.account().images_available > 0
+            assert client.remove_background(png()).content.startswith(b"\x89PNG")
+
+        async def run() -> float:
+            async with AsyncPhotoroomClient(
+                api_key=emulator.api_key, base_url=url, timeout=timeout
+            ) as client:
+                return (await client.account()).images_available
+
+        assert asyncio.run(run()) > 0
+
+
+def test_a_huge_retry_after_allowed_by_the_policy_is_slept_within_what_the_platform_can(
+    respx_mock: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # max_retry_after=inf honours any Retry-After; 10^11 s went to time.sleep as is, which
+    # raises OverflowError there
+    slept: list[float] = []
+    monkeypatch.setattr("photoroom_bg._client.time.sleep", slept.append)
+    route = respx_mock.post(SEGMENT)
+    route.side_effect = [
+        httpx.Response(429, headers={"retry-after": "100000000000"}, json={"detail": "later"}),
+        httpx.Response(200, content=b"ok", headers={"content-type": "image/png"}),
+    ]
+    policy = RetryPolicy(max_retry_after=float("inf"))
+    with PhotoroomClient(api_key=API_KEY, retry_policy=policy) as client:
+        assert client.remove_background(png()).content == b"ok"
+    assert slept == [LONGEST_WAIT]
 
 
 async def test_retries_exhaust_with_the_last_error(
