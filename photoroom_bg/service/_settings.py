@@ -7,6 +7,7 @@ Settings are read when the app is created (never at import time), from arguments
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Mapping
@@ -72,6 +73,11 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
 def _not_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value >= 0:  # NaN too
         raise ConfigurationError(f"{attribute.name} must be 0 or more, not {value}")
+
+
+def _finite(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if math.isinf(value):  # a delay or a lease of forever: a job never retried or recovered
+        raise ConfigurationError(f"{attribute.name} must be finite seconds, not {value}")
 
 
 @attrs.frozen(kw_only=True)
@@ -140,7 +146,7 @@ class ServiceSettings:
     concurrency: int = attrs.field(default=16, validator=_positive)
     photoroom_requests_per_minute: float = attrs.field(default=500, validator=_not_negative)
     max_retries: int = attrs.field(default=5, validator=_not_negative)
-    retry_backoff: float = attrs.field(default=0.5, validator=_not_negative)
+    retry_backoff: float = attrs.field(default=0.5, validator=[_not_negative, _finite])
     allow_networks: tuple[str, ...] = attrs.field(default=(), converter=_words)
     executor: str = "local"
     prefect_deferred: bool = True
@@ -149,8 +155,17 @@ class ServiceSettings:
     prefect_api_key_secret: str | None = None
     url_expires: int = attrs.field(default=3600, validator=_positive)
     replica_id: str = attrs.field(factory=socket.gethostname)
-    lease_seconds: float = attrs.field(default=60.0, validator=_positive)
-    heartbeat_seconds: float = attrs.field(default=2.0, validator=_positive)
+    lease_seconds: float = attrs.field(default=60.0, validator=[_positive, _finite])
+    heartbeat_seconds: float = attrs.field(default=2.0, validator=[_positive, _finite])
+
+    def __attrs_post_init__(self) -> None:
+        # a replica that beats less often than this looks gone to the others between two
+        # beats: another one would take its running job over and pay for its images again
+        if self.heartbeat_seconds > self.lease_seconds / 2:
+            raise ConfigurationError(
+                f"PHOTOROOM_BG_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}) must be at most "
+                f"half of PHOTOROOM_BG_LEASE_SECONDS ({self.lease_seconds:g})"
+            )
 
     @property
     def auth_required(self) -> bool:

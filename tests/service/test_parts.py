@@ -81,9 +81,19 @@ def test_bad_settings_are_configuration_errors(tmp_path: Path) -> None:
         ("PHOTOROOM_BG_PHOTOROOM_REQUESTS_PER_MINUTE", "nan"),
         ("PHOTOROOM_BG_MAX_RETRIES", "-1"),
         ("PHOTOROOM_BG_RETRY_BACKOFF", "-0.5"),
+        ("PHOTOROOM_BG_RETRY_BACKOFF", "inf"),  # every job failed at its first retry
+        ("PHOTOROOM_BG_LEASE_SECONDS", "inf"),  # a job of a gone replica never taken over
+        ("PHOTOROOM_BG_HEARTBEAT_SECONDS", "inf"),
     ]:
         with pytest.raises(ConfigurationError, match="must be"):
             ServiceSettings.from_env({name: value})
+    # beats further apart than the lease: other replicas took a live job over, paying twice
+    for heartbeat, lease in [("90", "60"), ("31", "60")]:
+        with pytest.raises(ConfigurationError, match="PHOTOROOM_BG_HEARTBEAT_SECONDS"):
+            ServiceSettings.from_env(
+                {"PHOTOROOM_BG_HEARTBEAT_SECONDS": heartbeat, "PHOTOROOM_BG_LEASE_SECONDS": lease}
+            )
+    assert ServiceSettings.from_env({"PHOTOROOM_BG_HEARTBEAT_SECONDS": "30"}).lease_seconds == 60
     with pytest.raises(ConfigurationError, match="PHOTOROOM_BG_EXECUTOR"):
         make_executor(_context(ServiceSettings(executor="nope")))
 
@@ -463,7 +473,7 @@ async def test_jobs_of_an_executor_running_elsewhere_are_never_taken_over(tmp_pa
     store = JobStore(MemorySink())
     claims = LocalClaims(tmp_path)
     claims.prepare()
-    settings = ServiceSettings(lease_seconds=0.001, replica_id="here")
+    settings = ServiceSettings(lease_seconds=0.001, heartbeat_seconds=0.0005, replica_id="here")
     service = JobService(settings, store, claims, remote)  # type: ignore[arg-type]
     options = {"kind": "segment", "fields": {}}
     record = await service.create("owner", [{"kind": "url", "url": "https://x/y.png"}], options)
