@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
@@ -43,15 +44,17 @@ class JobParameters:
         check_shared_sink(self.sink)
         if not self.sources or not all(isinstance(s, str) and s for s in self.sources):
             raise ConfigurationError("sources must be a non-empty list of references (strings)")
-        for name in ("shard_size", "concurrency", "max_running_shards"):
-            if getattr(self, name) < 1:
-                raise ConfigurationError(f"{name} must be at least 1")
-        if not self.heartbeat_timeout > 0:  # NaN too
-            raise ConfigurationError("heartbeat_timeout must be positive")
-        if self.requests_per_minute is not None and not self.requests_per_minute > 0:
-            raise ConfigurationError("requests_per_minute must be positive")
-        if self.max_failures < 0:
-            raise ConfigurationError("max_failures must be 0 or more")
+        for name, least in (
+            ("shard_size", 1), ("concurrency", 1), ("max_running_shards", 1), ("max_failures", 0)
+        ):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigurationError(f"{name} must be a whole number >= {least}, not {value!r}")
+        # NaN too; inf: a lost worker's shard would never be run again (and it is no JSON)
+        if not 0 < self.heartbeat_timeout < math.inf:
+            raise ConfigurationError("heartbeat_timeout must be positive, finite seconds")
+        if self.requests_per_minute is not None and not 0 < self.requests_per_minute < math.inf:
+            raise ConfigurationError("requests_per_minute must be positive and finite (or None)")
         if self.engine != "photoroom" and not (
             self.engine == "local" or self.engine.startswith("local:")
         ):

@@ -211,6 +211,14 @@ def test_shards_are_retried_only_for_failures_a_retry_can_fix(
         ({"requests_per_minute": float("nan")}, "positive"),
         ({"heartbeat_timeout": float("nan")}, "heartbeat_timeout"),
         ({"max_failures": -1}, "max_failures"),
+        # each of these once passed: inf never declared a lost worker lost (and is no JSON
+        # for a flow run's parameters); a fraction or a bool is not a count
+        ({"heartbeat_timeout": float("inf")}, "heartbeat_timeout"),
+        ({"requests_per_minute": float("inf")}, "requests_per_minute"),
+        ({"concurrency": 2.5}, "concurrency"),
+        ({"shard_size": True}, "shard_size"),
+        ({"max_running_shards": 1.5}, "max_running_shards"),
+        ({"max_failures": 0.5}, "max_failures"),
     ],
 )
 def test_job_parameters_are_checked_before_anything_runs(
