@@ -222,6 +222,10 @@ class Batch:
                 await r.sink.exists(PROBE_KEY)
         except StorageError as exc:
             raise type(exc)(f"the sink is not usable: {exc}") from exc
+        try:  # where a paid cut-out goes when the sink does not take it
+            await self.storage.spill.exists(PROBE_KEY)
+        except StorageError as exc:
+            raise type(exc)(f"the spill folder is not usable (give spill_dir=): {exc}") from exc
         self._finished_keys = set(state.finished)
         if self._manifest is not None:
             await self._manifest.write_header(

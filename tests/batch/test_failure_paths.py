@@ -36,11 +36,12 @@ from photoroom_bg.errors import (
     ServerError,
     SourceError,
     StorageError,
+    StorageFullError,
     StorageUnavailableError,
     UnexpectedError,
     ValidationError,
 )
-from photoroom_bg.sinks import FileSystemSink, S3Sink
+from photoroom_bg.sinks import FileSystemSink, S3Sink, StoredObject
 from photoroom_bg.sources import ImageSource, SourceReader
 from photoroom_bg.testing import Faults, PhotoroomEmulator
 
@@ -256,6 +257,24 @@ def test_a_sink_folder_that_is_a_file_is_refused_before_anything_is_billed(
         asyncio.run(batch.run([photo(), photo()]))
     assert emulator.ledger.calls() == 0
     assert not (tmp_path / "spill").exists() or not any((tmp_path / "spill").iterdir())
+
+
+def test_a_spill_folder_that_is_a_file_is_refused_before_anything_is_billed(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # a full sink then meant three images paid for, "neither stored nor kept"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for spill in (blocker, blocker / "spill"):
+        batch = remover(emulator, FullSink(), spill_dir=spill)
+        with pytest.raises(StorageError, match=r"spill folder is not usable.*is a file"):
+            asyncio.run(batch.run([photo() for _ in range(3)]))
+    assert emulator.ledger.calls() == 0
+
+
+class FullSink(MemorySink):
+    async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+        raise StorageFullError(f"no space left to write {key!r}")
 
 
 def test_an_unreachable_sink_is_refused_before_anything_is_billed(
