@@ -21,9 +21,9 @@ import httpx
 
 from . import _rules, _wire
 from ._images import ImageInput, load_image, validate_image
+from ._numbers import wait_limit
 from ._redact import install_log_redaction
 from ._retry import RetryPolicy, parse_retry_after
-from ._seconds import wait_limit
 from ._warnings import PhotoroomWarning, warn
 from .errors import (
     APIConnectionError,

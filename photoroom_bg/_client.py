@@ -22,9 +22,9 @@ from ._base_client import (
     Timeout,
 )
 from ._images import ImageInput
+from ._numbers import sleep_seconds
 from ._pool import DEFAULT_LIMITS, ShardedTransport
 from ._retry import RetryPolicy, is_retryable
-from ._seconds import sleep_seconds
 from .errors import PhotoroomError
 from .models import Account, Credits, ImageResult
 from .options import EditOptions, SegmentOptions

@@ -50,6 +50,7 @@ from ._images import FileTooLarge, LargerThan, NotARegularFile, read_regular_fil
 from ._inflate import UnsupportedEncoding, decoder_for
 from ._listing import IMAGE_EXTENSIONS, glob_images, is_image_path, walk_images
 from ._netguard import NetworkPolicy, Resolver, default_resolver
+from ._numbers import check_count, check_number, wait_limit
 from ._perloop import PerLoop
 from ._redact import install_log_redaction, printable, redact_text, redact_url
 from ._s3client import close_s3_client, open_s3_client
@@ -396,10 +397,14 @@ class SourceReader:
         s3_options: Mapping[str, Any] | None = None,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
-        if deadline is not None and deadline <= 0:
-            raise ConfigurationError(f"deadline must be positive or None, not {deadline!r}")
-        if min_transfer_rate < 0 or transfer_grace < 0:
-            raise ConfigurationError("min_transfer_rate and transfer_grace cannot be negative")
+        check_count("max_bytes", max_bytes, 1)
+        check_count("max_redirects", max_redirects, 0)
+        check_number("timeout", timeout, positive=True)  # inf: none (below)
+        if deadline is not None:
+            check_number("deadline", deadline, positive=True)
+        # inf would make every transfer too slow; an infinite grace turns the check off
+        check_number("min_transfer_rate", min_transfer_rate, finite=True)
+        check_number("transfer_grace", transfer_grace)
         self.max_bytes = max_bytes
         self.policy = NetworkPolicy(allow_private_networks, tuple(allow_networks))
         self.max_redirects = max_redirects
@@ -647,7 +652,9 @@ class SourceReader:
 
     async def _open_http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
-            timeout=httpx.Timeout(self._timeout), follow_redirects=False, trust_env=False
+            timeout=httpx.Timeout(wait_limit("timeout", self._timeout)),
+            follow_redirects=False,
+            trust_env=False,
         )
 
     @staticmethod

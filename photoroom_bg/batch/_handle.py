@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .. import _loop
+from .._numbers import wait_limit
 from .._retry import is_retryable
-from .._seconds import wait_limit
 from ..errors import (
     AuthenticationError,
     OutOfCreditsError,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 import os
 import threading
 import weakref
@@ -18,8 +17,8 @@ from typing import Any
 from .. import _loop
 from .._client import AsyncPhotoroomClient
 from .._keys import KeyTemplate, options_digest
+from .._numbers import check_count, check_number, wait_limit
 from .._retry import RetryPolicy
-from .._seconds import wait_limit
 from ..engines._base import Engine
 from ..errors import ConfigurationError
 from ..options import EditOptions, SegmentOptions
@@ -146,16 +145,16 @@ class BatchRemover:
         base_url: str | None = None,
         track_credits: bool = True,
     ) -> None:
-        _check_count("concurrency", concurrency, 1)
-        _check_count("max_retries", max_retries, 0)
+        check_count("concurrency", concurrency, 1)
+        check_count("max_retries", max_retries, 0)
         if requests_per_minute is not None:
             # 0, a negative number or NaN would silently mean "no limit"
-            _check_number("requests_per_minute", requests_per_minute, positive=True)
-        _check_number("store_retry_budget", store_retry_budget)
-        _check_number("sink_outage_budget", sink_outage_budget)
-        _check_number("exit_timeout", exit_timeout)
+            check_number("requests_per_minute", requests_per_minute, positive=True)
+        check_number("store_retry_budget", store_retry_budget)
+        check_number("sink_outage_budget", sink_outage_budget)
+        check_number("exit_timeout", exit_timeout)
         if not isinstance(keep_results, bool):
-            _check_count("keep_results", keep_results, 0)
+            check_count("keep_results", keep_results, 0)
         if url_passthrough and not isinstance(options, EditOptions):
             raise ConfigurationError("url_passthrough needs EditOptions (GET /v2/edit)")
         self.engine = engine
@@ -389,17 +388,3 @@ def _finish_at_exit() -> None:
             else progress.cancelled + progress.pending,
             where,
         )
-
-
-def _check_count(name: str, value: object, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ConfigurationError(f"{name} must be a whole number >= {least}, not {value!r}")
-
-
-def _check_number(name: str, value: object, *, positive: bool = False) -> None:
-    """A number of seconds (or requests): not NaN, not negative (not 0 when ``positive``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ConfigurationError(f"{name} must be a number, not {value!r}")
-    if value < 0 or (positive and value == 0):
-        least = "greater than 0" if positive else ">= 0"
-        raise ConfigurationError(f"{name} must be {least}, not {value!r}")

@@ -91,6 +91,12 @@ class LocalEngine:
         except ImportError as exc:  # numpy missing
             raise ConfigurationError(_MISSING_EXTRA) from exc
         cpus = _cpu_count()
+        for name, given in (
+            ("max_workers", max_workers),
+            ("threads_per_worker", threads_per_worker),
+        ):
+            if given is not None and (isinstance(given, bool) or not isinstance(given, int)):
+                raise ValidationError(f"{name} must be a whole number, not {given!r}")
         if max_workers is not None and max_workers < 1:
             raise ValidationError(f"max_workers must be at least 1, not {max_workers}")
         workers = max_workers if max_workers is not None else min(4, cpus)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from datetime import timedelta
 
+from .._numbers import check_number
 from ..errors import UnsafeKeyError
 
 __all__ = ["check_key", "seconds", "sha256_checksum"]
@@ -33,7 +34,7 @@ def sha256_checksum(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def seconds(expires: float | timedelta) -> int:
-    """An expiry in whole seconds (at least 1)."""
-    value = expires.total_seconds() if isinstance(expires, timedelta) else float(expires)
-    return max(int(value), 1)
+def seconds(expires: float | timedelta, name: str = "expires") -> int:
+    """An expiry in whole seconds (at least 1): a positive, finite number or timedelta."""
+    value = expires.total_seconds() if isinstance(expires, timedelta) else expires
+    return max(int(check_number(name, value, positive=True, finite=True)), 1)

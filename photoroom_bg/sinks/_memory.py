@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from urllib.parse import quote
 
+from .._numbers import check_count
 from ..errors import ObjectNotFoundError, StorageFullError
 from ._base import StoredObject
 from ._common import check_key, sha256_checksum
@@ -26,6 +27,8 @@ class MemorySink:
     """
 
     def __init__(self, *, max_bytes: int | None = None) -> None:
+        if max_bytes is not None:
+            check_count("max_bytes", max_bytes, 0)
         self.max_bytes = max_bytes
         self._objects: dict[str, tuple[bytes, StoredObject]] = {}
         self._lock = asyncio.Lock()

@@ -77,7 +77,8 @@ class S3Sink:
             given, the standard AWS chain is used (environment, ``~/.aws``, instance role).
         create_bucket: create the bucket on first use if it is missing (safe when many
             workers race for it).
-        url_expires: lifetime of the presigned URLs in :attr:`StoredObject.url`.
+        url_expires: lifetime of the presigned URLs in :attr:`StoredObject.url` (seconds or
+            a timedelta, at most 7 days: S3 refuses a presigned URL that lives longer).
 
     The secret never appears in ``repr()``, logs or error messages. One aiobotocore client is
     created on first use and reused; close it with :meth:`aclose` or ``async with``.
@@ -104,7 +105,7 @@ class S3Sink:
             or "us-east-1"
         )
         self.create_bucket = create_bucket
-        self.url_expires = seconds(url_expires)
+        self.url_expires = _presign_seconds(url_expires, "url_expires")
         self.__credentials = {
             "aws_access_key_id": aws_access_key_id,
             "aws_secret_access_key": aws_secret_access_key,
@@ -330,9 +331,9 @@ class S3Sink:
             raise self._error(exc, "read", key) from None
 
     async def url(self, key: str, *, expires: float | timedelta = 3600) -> str:
-        """A presigned (SigV4) GET URL for ``key``, valid for ``expires``."""
+        """A presigned (SigV4) GET URL for ``key``, valid for ``expires`` (at most 7 days)."""
         client = await self._s3()
-        return await self._presign(client, self._object_key(key), seconds(expires))
+        return await self._presign(client, self._object_key(key), _presign_seconds(expires))
 
     async def _presign(self, client: Any, object_key: str, expires: int) -> str:
         url = await client.generate_presigned_url(
@@ -366,3 +367,17 @@ class S3Sink:
 
 def _code(exc: Any) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+#: The longest a SigV4 presigned URL may live (S3 refuses a longer ``X-Amz-Expires``).
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+
+
+def _presign_seconds(expires: float | timedelta, name: str = "expires") -> int:
+    value = seconds(expires, name)
+    if value > MAX_PRESIGN_SECONDS:
+        raise ConfigurationError(
+            f"{name} may be at most 7 days ({MAX_PRESIGN_SECONDS} s) for a presigned URL, "
+            f"not {value} s"
+        )
+    return value

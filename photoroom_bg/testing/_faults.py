@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import threading
@@ -40,6 +41,29 @@ def _check_rates(_: object, __: object, rates: Mapping[str, float]) -> None:
         raise ValueError("fault probabilities add up to more than 1")
 
 
+def _seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be seconds, not {value!r}")
+    if not 0 <= value < math.inf:  # NaN too
+        raise ValueError(f"{name} must be finite seconds >= 0, not {value!r}")
+
+
+def _check_latency(_: object, __: object, latency: float | tuple[float, float]) -> None:
+    if isinstance(latency, tuple):
+        if len(latency) != 2:
+            raise ValueError(f"latency must be seconds or (low, high), not {latency!r}")
+        for value in latency:
+            _seconds("latency", value)
+        if latency[0] > latency[1]:
+            raise ValueError(f"latency (low, high) must have low <= high, not {latency!r}")
+    else:
+        _seconds("latency", latency)
+
+
+def _check_seconds(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    _seconds(attribute.name, value)
+
+
 @attrs.frozen(kw_only=True)
 class Faults:
     """What goes wrong, and how often. Deterministic for a given ``seed``.
@@ -59,10 +83,10 @@ class Faults:
         seed: the random seed.
     """
 
-    latency: float | tuple[float, float] = 0.0
+    latency: float | tuple[float, float] = attrs.field(default=0.0, validator=_check_latency)
     rates: Mapping[str, float] = attrs.field(factory=dict, validator=_check_rates)
-    retry_after: float = 1.0
-    stall_seconds: float = 30.0
+    retry_after: float = attrs.field(default=1.0, validator=_check_seconds)
+    stall_seconds: float = attrs.field(default=30.0, validator=_check_seconds)
     paths: tuple[str, ...] | None = None
     seed: int = 0
 

@@ -77,6 +77,18 @@ class PhotoroomEmulator:
         )
         if plan not in ("basic", "plus"):
             raise ValueError("plan must be 'basic' or 'plus'")
+        for balance in keys.values():
+            if not balance >= 0:  # NaN too; inf: never runs out
+                raise ValueError(f"credits must be >= 0, not {balance!r}")
+        if requests_per_minute is not None and (
+            isinstance(requests_per_minute, bool)
+            or not isinstance(requests_per_minute, int)
+            or requests_per_minute < 1
+        ):
+            raise ValueError(
+                f"requests_per_minute must be a whole number >= 1 or None, "
+                f"not {requests_per_minute!r}"
+            )
         self.ledger = Ledger(keys, plan=plan, requests_per_minute=requests_per_minute)
         self._faults = FaultPicker(faults or Faults())
         self.app = EmulatorApp(

@@ -15,8 +15,8 @@ import respx
 from PIL import Image
 
 from photoroom_bg import AsyncPhotoroomClient, EditOptions, PhotoroomClient, SegmentOptions
+from photoroom_bg._numbers import LONGEST_WAIT
 from photoroom_bg._retry import RetryPolicy, is_retryable, parse_retry_after
-from photoroom_bg._seconds import LONGEST_WAIT
 from photoroom_bg.errors import (
     APIConnectionError,
     APIStatusError,

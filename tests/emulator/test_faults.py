@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import httpx
 import pytest
@@ -126,6 +127,42 @@ async def test_the_rate_limit_answers_429_with_retry_after() -> None:
                 await client.account()
     assert caught.value.retry_after is not None
     assert 1 <= caught.value.retry_after <= 60
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"latency": -1},
+        {"latency": float("nan")},
+        {"latency": float("inf")},  # every request hangs
+        {"latency": (0.4, 0.1)},
+        {"latency": (-1.0, 1.0)},
+        {"retry_after": float("nan")},
+        {"retry_after": -1},
+        {"stall_seconds": float("nan")},
+    ],
+    ids=repr,
+)
+def test_nonsense_fault_settings_are_refused_naming_the_setting(setting: dict[str, Any]) -> None:
+    (name,) = setting
+    with pytest.raises(ValueError, match=name):
+        Faults(**setting)
+
+
+@pytest.mark.parametrize(
+    ("setting", "name"),
+    [
+        ({"credits": -1}, "credits"),
+        ({"credits": float("nan")}, "credits"),  # a key that never ran out
+        ({"api_keys": {"k": float("nan")}}, "credits"),
+        ({"requests_per_minute": 0}, "requests_per_minute"),
+        ({"requests_per_minute": 1.5}, "requests_per_minute"),
+    ],
+    ids=repr,
+)
+def test_nonsense_emulator_accounts_are_refused(setting: dict[str, Any], name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        PhotoroomEmulator(**setting)
 
 
 def test_random_faults_are_deterministic_for_a_seed() -> None:

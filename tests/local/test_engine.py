@@ -107,9 +107,13 @@ def test_providers_fall_back_to_the_cpu() -> None:
     [
         ({"max_workers": 0}, "max_workers must be at least 1"),
         ({"threads_per_worker": 0}, "threads_per_worker must be at least 1"),
+        # these passed, to fail later in the process pool
+        ({"max_workers": 1.5}, "max_workers must be a whole number"),
+        ({"max_workers": True}, "max_workers must be a whole number"),
+        ({"threads_per_worker": 2.5}, "threads_per_worker must be a whole number"),
     ],
 )
-def test_worker_counts_below_one_are_refused(kwargs: dict[str, int], message: str) -> None:
+def test_worker_counts_below_one_are_refused(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         LocalEngine(**kwargs)
 

@@ -40,6 +40,13 @@ async def test_memory_sink_size_cap() -> None:
     assert sink.total_bytes == 10
 
 
+@pytest.mark.parametrize("cap", [-1, 1.5, True, float("nan")], ids=repr)
+def test_a_memory_sink_cap_that_is_no_byte_count_is_refused(cap: Any) -> None:
+    # a negative cap refused every put; a NaN one none
+    with pytest.raises(ConfigurationError, match="max_bytes"):
+        MemorySink(max_bytes=cap)
+
+
 async def test_filesystem_writes_are_atomic_and_leave_no_temp_files(tmp_path: Path) -> None:
     sink = FileSystemSink(tmp_path / "out")
     stored = await sink.put("deep/er/x.png", b"data", content_type="image/png")

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import httpx
 import pytest
 
-from photoroom_bg.errors import BucketNotFoundError, StorageAuthError, StorageError
+from photoroom_bg.errors import (
+    BucketNotFoundError,
+    ConfigurationError,
+    StorageAuthError,
+    StorageError,
+)
 from photoroom_bg.sinks import S3Sink, SyncSink, open_sink
 
 from ..s3server import S3Server
@@ -30,6 +36,15 @@ async def test_urls_are_presigned_and_the_bucket_is_private(
         assert unsigned.status_code == 403  # the old service handed out URLs like this one
         short = await sink.url("shoe.png", expires=30)
         assert "X-Amz-Expires=30" in short
+        week = await sink.url("shoe.png", expires=timedelta(days=7))
+        assert "X-Amz-Expires=604800" in week
+        # -1 and 0 were made 1 s; NaN and inf raised ValueError / OverflowError; more than a
+        # week made a URL S3 refuses
+        for expires in (-1, 0, float("nan"), float("inf"), timedelta(days=8), "60"):
+            with pytest.raises(ConfigurationError, match="expires"):
+                await sink.url("shoe.png", expires=expires)  # type: ignore[arg-type]
+            with pytest.raises(ConfigurationError, match="url_expires"):
+                S3Sink(s3_prefix, url_expires=expires, **s3_server.sink_options())  # type: ignore[arg-type]
 
 
 async def test_content_type_and_metadata_are_stored(s3_server: S3Server, s3_prefix: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import tracemalloc
+from typing import Any
 from urllib.parse import quote
 
 import anyio
@@ -240,5 +241,32 @@ def test_fetches_are_bounded_by_default_and_bad_bounds_are_refused() -> None:
     assert (reader.deadline, reader.min_transfer_rate, reader.transfer_grace) == (60.0, 4096, 10)
     with pytest.raises(ConfigurationError, match="deadline"):
         SourceReader(deadline=0)
-    with pytest.raises(ConfigurationError, match="negative"):
+    with pytest.raises(ConfigurationError, match="min_transfer_rate"):
         SourceReader(min_transfer_rate=-1)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"max_bytes": -1},  # every image "too large"
+        {"max_bytes": 0},
+        {"max_bytes": 1.5},
+        {"max_bytes": True},
+        {"max_redirects": -1},  # no request at all, "more than -1 redirects"
+        {"max_redirects": 2.5},
+        {"timeout": float("nan")},  # each fetch failed with a ValueError
+        {"timeout": -1},
+        {"timeout": 0},
+        {"deadline": float("nan")},
+        {"min_transfer_rate": float("nan")},  # a transfer never counted as too slow
+        {"min_transfer_rate": float("inf")},  # every transfer too slow
+        {"transfer_grace": float("nan")},
+    ],
+    ids=repr,
+)
+def test_nonsense_reader_settings_are_refused_naming_the_setting(setting: dict[str, Any]) -> None:
+    from photoroom_bg.errors import ConfigurationError
+
+    (name,) = setting
+    with pytest.raises(ConfigurationError, match=name):
+        SourceReader(**setting)

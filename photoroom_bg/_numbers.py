@@ -1,0 +1,61 @@
+"""Numbers a caller gives the SDK (counts, seconds, budgets), checked where they are given.
+
+A NaN compares false with everything, so ``value <= 0`` checks let it through, to fail
+later outside the SDK's errors or to mean "no limit" by accident; a bool is an ``int`` to
+Python but not a count. These checks refuse both with a
+:class:`~photoroom_bg.errors.ConfigurationError` naming the setting.
+
+The standard library's blocking waits (``Future.result``, ``Condition.wait``, ``time.sleep``,
+a socket's timeout) raise ``OverflowError`` past about 292 years; ``float("inf")`` is the
+usual way to say "no limit", so a wait that long or longer means no limit
+(:func:`wait_limit`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+from .errors import ConfigurationError
+
+__all__ = ["LONGEST_WAIT", "check_count", "check_number", "sleep_seconds", "wait_limit"]
+
+#: The longest wait the platform's blocking calls take, in seconds.
+LONGEST_WAIT = float(threading.TIMEOUT_MAX)
+
+
+def check_count(name: str, value: object, least: int) -> int:
+    """A whole number ``>= least`` (not a bool, not a float); return it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigurationError(f"{name} must be a whole number >= {least}, not {value!r}")
+    return value
+
+
+def check_number(
+    name: str, value: object, *, positive: bool = False, finite: bool = False
+) -> float:
+    """A number (seconds, requests...): not NaN, not negative (not 0 when ``positive``, not
+    infinite when ``finite``); return it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ConfigurationError(f"{name} must be a number, not {value!r}")
+    if value < 0 or (positive and value == 0):
+        least = "greater than 0" if positive else ">= 0"
+        raise ConfigurationError(f"{name} must be {least}, not {value!r}")
+    if finite and math.isinf(value):
+        raise ConfigurationError(f"{name} must be finite, not {value!r}")
+    return value
+
+
+def wait_limit(name: str, timeout: float | None) -> float | None:
+    """``timeout`` for a blocking wait: ``None`` (no limit) for ``None``, ``inf`` or more than
+    :data:`LONGEST_WAIT`; a NaN or something other than a number is refused, naming ``name``."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout):
+        raise ConfigurationError(f"{name} must be seconds or None, not {timeout!r}")
+    return None if timeout >= LONGEST_WAIT else float(timeout)
+
+
+def sleep_seconds(seconds: float) -> float:
+    """``seconds`` for ``time.sleep``: at most :data:`LONGEST_WAIT`."""
+    return min(seconds, LONGEST_WAIT)
