@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -30,7 +31,7 @@ class RateGate:
     how to raise it.
 
     Args:
-        requests_per_minute: the budget; ``None`` for no limit.
+        requests_per_minute: the budget; ``None`` (or ``inf``) for no limit.
         clock: a monotonic clock in seconds (for tests).
         sleep: an async sleep (for tests).
     """
@@ -45,7 +46,9 @@ class RateGate:
         self._clock = clock
         self._sleep = sleep
         self.requests_per_minute = requests_per_minute
-        self.rate = requests_per_minute / 60.0 if requests_per_minute else None
+        # inf: no limit (as a rate it made every wait NaN seconds)
+        rpm = requests_per_minute
+        self.rate = rpm / 60.0 if rpm is not None and 0 < rpm < math.inf else None
         self.capacity = max(1.0, self.rate) if self.rate else 0.0
         # when the next call would go if no burst were left; a full bucket at first
         self._due = clock()

@@ -67,9 +67,9 @@ class BatchRemover:
             :class:`~photoroom_bg.EditOptions`, applied to every image.
         concurrency: images processed at once (and at most that many held in memory).
         requests_per_minute: budget shared by all jobs of an engine that bills, such as the
-            API (``None``: no client-side limit; local engines are never limited). The
-            default, 500, is Photoroom's default per-account limit (about 8 images a
-            second); accounts can have it raised: raise this with it. When the server still
+            API (``None`` or ``float("inf")``: no client-side limit; local engines are never
+            limited). The default, 500, is Photoroom's default per-account limit (about 8
+            images a second); accounts can have it raised: raise this with it. When the server still
             answers 429, the batch sends fewer calls at once and grows back as they succeed.
         max_retries: engine retries per job for failures a retry may fix (429, 5xx,
             connection errors, timeouts). Other errors fail the job at once.

@@ -65,7 +65,9 @@ def _duration(ctx: click.Context, param: click.Parameter, text: str) -> float:
     metavar="KEY",
     help=f"An accepted API key (repeatable; default {DEFAULT_API_KEY}).",
 )
-@click.option("--credits", type=float, default=1000, show_default=True, help="Credits per key.")
+@click.option(
+    "--credits", type=click.FloatRange(0), default=1000, show_default=True, help="Credits per key."
+)
 @click.option("--plan", type=click.Choice(["basic", "plus"]), default="basic", show_default=True)
 @click.option("--rpm", type=click.IntRange(1), help="Per-key requests per minute.")
 @click.option(
@@ -117,16 +119,16 @@ def emulator(
     """
     try:
         settings = Faults(latency=latency, rates=faults, stall_seconds=stall, seed=seed)
-    except ValueError as exc:
+        server = PhotoroomEmulator(
+            list(keys) or [DEFAULT_API_KEY],
+            credits=credits,
+            plan=plan,
+            requests_per_minute=rpm,
+            faults=settings,
+            image_work=not no_image_work,
+        )
+    except ValueError as exc:  # --credits nan gets past click's range check
         raise click.UsageError(str(exc)) from None
-    server = PhotoroomEmulator(
-        list(keys) or [DEFAULT_API_KEY],
-        credits=credits,
-        plan=plan,
-        requests_per_minute=rpm,
-        faults=settings,
-        image_work=not no_image_work,
-    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with server.serve(host, port) as url:

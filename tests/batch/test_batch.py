@@ -391,6 +391,21 @@ def test_a_nonsense_number_is_refused_with_its_name(setting: dict[str, object]) 
         BatchRemover(sink=MemorySink(), **setting)  # type: ignore[arg-type]
 
 
+def test_an_infinite_requests_per_minute_means_no_client_side_limit(
+    emulator: PhotoroomEmulator,
+) -> None:
+    # accepted, then every job failed: the budget's wait came out as NaN seconds
+    batch = BatchRemover(
+        sink=MemorySink(),
+        api_key=emulator.api_key,
+        base_url=emulator.url,
+        requests_per_minute=float("inf"),
+    )
+    report = batch.submit([photo() for _ in range(5)]).wait(timeout=60)
+    assert (report.succeeded_count, report.failed_count) == (5, 0)
+    assert emulator.ledger.calls() == 5
+
+
 def test_bounded_results_keep_failures_and_as_completed_misses_nothing(
     emulator: PhotoroomEmulator,
 ) -> None:

@@ -40,6 +40,27 @@ def test_the_emulator_command_keeps_its_options() -> None:
         assert option in text
 
 
+@pytest.mark.parametrize("credits", ["nan", "-1"])
+def test_emulator_credits_that_are_no_balance_are_a_usage_error(credits: str) -> None:
+    # -1 ran an emulator whose keys were out of credits; NaN one whose keys never ran out
+    result = run("emulator", "--port", "0", "--credits", credits)
+    assert result.exit_code == 2
+    assert "credits" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_rpm_inf_means_no_client_side_limit(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    # it was accepted, then failed every image: "delay must be a non-negative number"
+    out = tmp_path / "out"
+    result = run("remove", str(folder), "-o", str(out), "--base-url", str(emulator.url),
+                 "--rpm", "inf", "-q", key=emulator.api_key)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len([p for p in out.iterdir() if not p.name.startswith(".")]) == 6
+    assert emulator.ledger.calls() == 6
+
+
 def test_a_command_whose_extra_is_missing_says_which_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
