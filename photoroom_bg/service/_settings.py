@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigurationError
+from ..sinks._s3 import MAX_PRESIGN_SECONDS
 
 __all__ = ["ENVIRONMENT", "ServiceSettings"]
 
@@ -70,6 +71,18 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
         raise ConfigurationError(f"{attribute.name} must be positive, not {value}")
 
 
+def _whole(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):  # 2.5 images, True tokens
+        raise ConfigurationError(f"{attribute.name} must be a whole number, not {value!r}")
+
+
+def _presignable(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value > MAX_PRESIGN_SECONDS:  # S3 refuses a presigned URL that lives longer
+        raise ConfigurationError(
+            f"{attribute.name} may be at most 7 days ({MAX_PRESIGN_SECONDS} s), not {value}"
+        )
+
+
 def _not_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value >= 0:  # NaN too
         raise ConfigurationError(f"{attribute.name} must be 0 or more, not {value}")
@@ -121,7 +134,7 @@ class ServiceSettings:
         prefect_api_key_secret: with ``executor=prefect``, the name of the Prefect ``Secret``
             block holding the Photoroom key; without it, workers read ``PHOTOROOM_API_KEY``
             from their own environment. The key itself never becomes a parameter.
-        url_expires: lifetime in seconds of presigned output URLs.
+        url_expires: lifetime in seconds of presigned output URLs (at most 7 days).
         replica_id: this replica's name in job records (default: the host name); unique per
             host, as a job whose replica id is this one's is resumed from this host's claims.
         lease_seconds: a running job whose replica has not reported for this long is taken
@@ -137,23 +150,23 @@ class ServiceSettings:
     tokens: tuple[str, ...] = attrs.field(default=(), converter=_words, repr=False)
     allow_unauthenticated: bool = False
     cors_origins: tuple[str, ...] = attrs.field(default=(), converter=_words)
-    max_body_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_positive)
-    max_source_bytes: int = attrs.field(default=25 * 1024 * 1024, validator=_positive)
-    max_urls_per_request: int = attrs.field(default=10, validator=_positive)
-    max_images_per_job: int = attrs.field(default=1000, validator=_positive)
-    max_jobs_per_token: int = attrs.field(default=4, validator=_positive)
-    requests_per_minute_per_token: int = attrs.field(default=600, validator=_positive)
-    concurrency: int = attrs.field(default=16, validator=_positive)
+    max_body_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=[_whole, _positive])
+    max_source_bytes: int = attrs.field(default=25 * 1024 * 1024, validator=[_whole, _positive])
+    max_urls_per_request: int = attrs.field(default=10, validator=[_whole, _positive])
+    max_images_per_job: int = attrs.field(default=1000, validator=[_whole, _positive])
+    max_jobs_per_token: int = attrs.field(default=4, validator=[_whole, _positive])
+    requests_per_minute_per_token: int = attrs.field(default=600, validator=[_whole, _positive])
+    concurrency: int = attrs.field(default=16, validator=[_whole, _positive])
     photoroom_requests_per_minute: float = attrs.field(default=500, validator=_not_negative)
-    max_retries: int = attrs.field(default=5, validator=_not_negative)
+    max_retries: int = attrs.field(default=5, validator=[_whole, _not_negative])
     retry_backoff: float = attrs.field(default=0.5, validator=[_not_negative, _finite])
     allow_networks: tuple[str, ...] = attrs.field(default=(), converter=_words)
     executor: str = "local"
     prefect_deferred: bool = True
     prefect_deployment: str | None = None
-    prefect_shard_size: int = attrs.field(default=100, validator=_positive)
+    prefect_shard_size: int = attrs.field(default=100, validator=[_whole, _positive])
     prefect_api_key_secret: str | None = None
-    url_expires: int = attrs.field(default=3600, validator=_positive)
+    url_expires: int = attrs.field(default=3600, validator=[_whole, _positive, _presignable])
     replica_id: str = attrs.field(factory=socket.gethostname)
     lease_seconds: float = attrs.field(default=60.0, validator=[_positive, _finite])
     heartbeat_seconds: float = attrs.field(default=2.0, validator=[_positive, _finite])

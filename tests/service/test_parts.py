@@ -94,6 +94,16 @@ def test_bad_settings_are_configuration_errors(tmp_path: Path) -> None:
                 {"PHOTOROOM_BG_HEARTBEAT_SECONDS": heartbeat, "PHOTOROOM_BG_LEASE_SECONDS": lease}
             )
     assert ServiceSettings.from_env({"PHOTOROOM_BG_HEARTBEAT_SECONDS": "30"}).lease_seconds == 60
+    # given from Python: a fraction or a bool is no count; a URL longer-lived than S3 signs
+    for setting in [
+        {"concurrency": 2.5},
+        {"max_images_per_job": True},
+        {"max_retries": 1.5},
+        {"url_expires": 8 * 24 * 3600},
+    ]:
+        (name,) = setting
+        with pytest.raises(ConfigurationError, match=name):
+            ServiceSettings(**setting)
     with pytest.raises(ConfigurationError, match="PHOTOROOM_BG_EXECUTOR"):
         make_executor(_context(ServiceSettings(executor="nope")))
 
