@@ -21,10 +21,10 @@ from collections.abc import Iterator
 import attrs
 import backoff
 
+from ._numbers import check_number
 from .errors import (
     APIConnectionError,
     APIStatusError,
-    ConfigurationError,
     PhotoroomError,
     RateLimitError,
 )
@@ -39,14 +39,12 @@ _DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
 
 def _seconds(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     # a negative or NaN delay would retry at once, in a loop, or fail at the first sleep
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ConfigurationError(f"{attribute.name} must be seconds >= 0, not {value!r}")
+    check_number(attribute.name, value)
 
 
 def _finite_seconds(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    _seconds(instance, attribute, value)
-    if math.isinf(value):  # every backoff would be endless: a job that never ends
-        raise ConfigurationError(f"{attribute.name} must be a finite number of seconds, not inf")
+    # an endless first backoff: every retry would wait forever
+    check_number(attribute.name, value, finite=True)
 
 
 @attrs.frozen(kw_only=True)

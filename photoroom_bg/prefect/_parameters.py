@@ -7,6 +7,7 @@ from typing import Any
 
 import attrs
 
+from .._numbers import check_count
 from ..errors import ConfigurationError
 from ._environment import check_shared_sink
 from ._jobstore import check_job_id
@@ -47,9 +48,7 @@ class JobParameters:
         for name, least in (
             ("shard_size", 1), ("concurrency", 1), ("max_running_shards", 1), ("max_failures", 0)
         ):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ConfigurationError(f"{name} must be a whole number >= {least}, not {value!r}")
+            check_count(name, getattr(self, name), least)
         # NaN too; inf: a lost worker's shard would never be run again (and it is no JSON)
         if not 0 < self.heartbeat_timeout < math.inf:
             raise ConfigurationError("heartbeat_timeout must be positive, finite seconds")

@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigurationError
-from ..sinks._s3 import MAX_PRESIGN_SECONDS
+from ..sinks._s3 import presign_seconds
 
 __all__ = ["ENVIRONMENT", "ServiceSettings"]
 
@@ -77,10 +77,7 @@ def _whole(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
 
 
 def _presignable(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if value > MAX_PRESIGN_SECONDS:  # S3 refuses a presigned URL that lives longer
-        raise ConfigurationError(
-            f"{attribute.name} may be at most 7 days ({MAX_PRESIGN_SECONDS} s), not {value}"
-        )
+    presign_seconds(value, attribute.name)  # S3 refuses a presigned URL that lives longer
 
 
 def _not_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:

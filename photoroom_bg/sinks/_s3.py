@@ -105,7 +105,7 @@ class S3Sink:
             or "us-east-1"
         )
         self.create_bucket = create_bucket
-        self.url_expires = _presign_seconds(url_expires, "url_expires")
+        self.url_expires = presign_seconds(url_expires, "url_expires")
         self.__credentials = {
             "aws_access_key_id": aws_access_key_id,
             "aws_secret_access_key": aws_secret_access_key,
@@ -333,7 +333,7 @@ class S3Sink:
     async def url(self, key: str, *, expires: float | timedelta = 3600) -> str:
         """A presigned (SigV4) GET URL for ``key``, valid for ``expires`` (at most 7 days)."""
         client = await self._s3()
-        return await self._presign(client, self._object_key(key), _presign_seconds(expires))
+        return await self._presign(client, self._object_key(key), presign_seconds(expires))
 
     async def _presign(self, client: Any, object_key: str, expires: int) -> str:
         url = await client.generate_presigned_url(
@@ -373,7 +373,8 @@ def _code(exc: Any) -> str:
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 
 
-def _presign_seconds(expires: float | timedelta, name: str = "expires") -> int:
+def presign_seconds(expires: float | timedelta, name: str = "expires") -> int:
+    """``expires`` in whole seconds, for a presigned URL: positive, finite, at most 7 days."""
     value = seconds(expires, name)
     if value > MAX_PRESIGN_SECONDS:
         raise ConfigurationError(
