@@ -21,7 +21,7 @@ import httpx
 
 from . import _rules, _wire
 from ._images import ImageInput, load_image, validate_image
-from ._numbers import wait_limit
+from ._numbers import check_number, wait_limit
 from ._redact import install_log_redaction
 from ._retry import RetryPolicy, parse_retry_after
 from ._warnings import PhotoroomWarning, warn
@@ -609,8 +609,4 @@ def _phase(name: str, seconds: object) -> float | None:
     can wait, means no limit)."""
     if seconds is None:
         return None
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-        raise ConfigurationError(
-            f"{name} must be seconds > 0, an httpx.Timeout or None, not {seconds!r}"
-        )
-    return wait_limit(name, seconds)
+    return wait_limit(name, check_number(name, seconds, positive=True))

@@ -69,8 +69,9 @@ class BatchRemover:
         requests_per_minute: budget shared by all jobs of an engine that bills, such as the
             API (``None`` or ``float("inf")``: no client-side limit; local engines are never
             limited). The default, 500, is Photoroom's default per-account limit (about 8
-            images a second); accounts can have it raised: raise this with it. When the server still
-            answers 429, the batch sends fewer calls at once and grows back as they succeed.
+            images a second); accounts can have it raised: raise this with it. When the
+            server still answers 429, the batch sends fewer calls at once and grows back as
+            they succeed.
         max_retries: engine retries per job for failures a retry may fix (429, 5xx,
             connection errors, timeouts). Other errors fail the job at once.
         retry_policy: backoff delays, the ``Retry-After`` cap and whether failures the server
