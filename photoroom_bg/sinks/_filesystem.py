@@ -194,7 +194,8 @@ class FileSystemSink:
         # resolve the whole path only when one of them is a symlink.
         target = self.root.joinpath(*key.split("/"))
         current = self.root
-        for part in target.parts[len(self.root.parts) :]:
+        parts = target.parts[len(self.root.parts) :]
+        for index, part in enumerate(parts, start=1):
             current = current / part
             try:
                 mode = os.lstat(current).st_mode
@@ -204,6 +205,11 @@ class FileSystemSink:
                 raise self._error(exc, "resolve", key) from None
             if stat.S_ISLNK(mode):
                 return self._resolved(key, target), True
+            if index < len(parts) and not stat.S_ISDIR(mode):  # no put could ever succeed
+                raise UnsafeKeyError(
+                    f"key {key!r} cannot be stored under {printable(str(self.root))}: "
+                    f"{printable(str(current))} is a file, not a folder"
+                )
         return target, True
 
     def _resolved(self, key: str, target: Path) -> Path:
@@ -393,6 +399,8 @@ class FileSystemSink:
 
         Raises:
             StorageError: the root cannot be a folder (it, or a folder above it, is a file).
+            UnsafeKeyError: the key cannot be stored here: too long for this file system,
+                or a folder it names is a file.
         """
 
         def check() -> bool:

@@ -259,6 +259,23 @@ def test_a_sink_folder_that_is_a_file_is_refused_before_anything_is_billed(
     assert not (tmp_path / "spill").exists() or not any((tmp_path / "spill").iterdir())
 
 
+def test_a_key_through_a_file_in_the_sink_fails_its_job_before_anything_is_billed(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # each image was billed, its put retried for store_retry_budget, then spilled: the folder
+    # its key names is a file in the sink, and no put into it can ever succeed
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "photoroom").write_text("a file where the template wants a folder")
+    batch = remover(emulator, str(out), key_template="{engine}/{stem}-{digest12}.{ext}",
+                    store_retry_budget=0.3, spill_dir=tmp_path / "spill")  # fmt: skip
+    report = asyncio.run(batch.run([photo() for _ in range(3)]))
+    assert (report.failed_count, report.spilled_count, report.billed_calls) == (3, 0, 0)
+    assert emulator.ledger.calls() == 0
+    (failure, *_) = report.failures["UnsafeKeyError"]
+    assert "photoroom is a file, not a folder" in str(failure.error)
+
+
 def test_a_spill_folder_that_is_a_file_is_refused_before_anything_is_billed(
     emulator: PhotoroomEmulator, tmp_path: Path
 ) -> None:

@@ -158,6 +158,20 @@ async def test_a_root_that_cannot_be_a_folder_is_refused(tmp_path: Path) -> None
     assert await FileSystemSink(tmp_path / "not-yet" / "made").exists("x.png") is False
 
 
+async def test_a_key_whose_folder_is_a_file_in_the_sink_is_refused(tmp_path: Path) -> None:
+    # the put raised a plain StorageError (which a batch retries for its store budget) and
+    # stat() said "not found" (so a batch paid for a cut-out it could not store)
+    sink = FileSystemSink(tmp_path)
+    await sink.put("shoes", b"a file")
+    for key in ("shoes/a.png", "shoes/deeper/a.png"):
+        with pytest.raises(UnsafeKeyError, match="shoes is a file, not a folder"):
+            await sink.put(key, b"data")
+        with pytest.raises(UnsafeKeyError, match="shoes is a file, not a folder"):
+            await sink.stat(key)
+    assert await sink.get("shoes") == b"a file"
+    assert [p.name for p in tmp_path.iterdir()] == ["shoes"]
+
+
 def test_sync_sink_works_inside_a_running_loop(tmp_path: Path) -> None:
     async def notebook_cell() -> bytes:
         sink = SyncSink(str(tmp_path))
