@@ -567,7 +567,7 @@ class BaseClient:
         )
 
 
-def _has_request(exc: httpx.TransportError) -> bool:
+def _has_request(exc: httpx.RequestError) -> bool:
     try:
         exc.request  # noqa: B018
     except RuntimeError:

@@ -15,6 +15,7 @@ from PIL import Image
 
 from photoroom_bg import AsyncPhotoroomClient, SegmentOptions
 from photoroom_bg._pool import ShardedTransport, split_budget
+from photoroom_bg.errors import APITimeoutError, ServerError
 
 DEADLINE = 30.0  # generous: only a broken pool gets anywhere near it
 
@@ -32,6 +33,7 @@ class CountingServer:
         self.peak_in_flight = 0
         self.release = asyncio.Event()
         self.changed = asyncio.Event()
+        self.answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
         self.url = ""
         self._server: asyncio.Server | None = None
 
@@ -78,7 +80,7 @@ class CountingServer:
                 self._notify()
                 await self.release.wait()
                 self.in_flight -= 1
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                writer.write(self.answer)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the client closed the connection
@@ -181,6 +183,85 @@ async def test_the_async_client_sends_through_a_sharded_pool() -> None:
         transport = client._http._transport
         assert isinstance(transport, ShardedTransport)
         assert len(transport.load) > 1
+
+
+def _json_answer(status: str, body: bytes) -> bytes:
+    head = f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}"
+    return head.encode() + b"\r\n\r\n" + body
+
+
+async def _refuse(*args: object, **kwargs: object) -> httpx.Response:
+    raise AssertionError("httpx.AsyncClient.send was called")
+
+
+async def test_the_clients_own_pool_is_used_without_the_httpx_client_layers(
+    server: CountingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # auth and redirect flows, hooks, cookies, mounts: a pool the client built has none of them
+    monkeypatch.setattr(httpx.AsyncClient, "send", _refuse)
+    server.answer = _json_answer("200 OK", b'{"credits": {"available": 7, "subscription": 3}}')
+    server.release.set()
+    async with AsyncPhotoroomClient(api_key="k", base_url=server.url, max_retries=0) as client:
+        transport = client._http._transport
+        assert isinstance(transport, ShardedTransport)
+        answers = await asyncio.gather(*(client.credits() for _ in range(6)))
+        assert [a.available for a in answers] == [7] * 6
+        assert not any(transport.load)  # every connection back in the pool
+        # a copy made with with_options() shares the pool, and its short cut
+        copy = client.with_options(max_retries=0)
+        assert (await copy.credits()).available == 7
+        server.answer = _json_answer("500 Internal Server Error", b'{"detail": "down"}')
+        with pytest.raises(ServerError, match="down"):
+            await client.credits()
+        assert not any(transport.load)
+    await server.wait_for(lambda: server.closed == server.accepted)
+
+
+async def test_a_call_on_the_clients_own_pool_cut_short_gives_its_connection_back(
+    server: CountingServer,
+) -> None:
+    async with AsyncPhotoroomClient(api_key="k", base_url=server.url, max_retries=0) as client:
+        transport = client._http._transport
+        assert isinstance(transport, ShardedTransport)
+        waiting = asyncio.create_task(client.credits())
+        await server.wait_for(lambda: server.in_flight == 1)
+        assert sum(transport.load) == 1
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not any(transport.load)
+        with pytest.raises(APITimeoutError, match="GET /v1/account"):
+            await client.credits(timeout=httpx.Timeout(5, read=0.05))
+        assert not any(transport.load)
+    assert server.in_flight == 2  # both still held by the server; the client gave up on them
+    server.release.set()
+    await server.wait_for(lambda: server.closed == server.accepted)
+
+
+async def test_a_pool_passed_in_goes_through_its_hooks_and_auth() -> None:
+    seen: list[str] = []
+
+    async def on_request(request: httpx.Request) -> None:
+        seen.append(f"request {request.headers.get('x-trace')}")
+
+    async def on_response(response: httpx.Response) -> None:
+        seen.append(f"response {response.status_code}")
+
+    def trace(request: httpx.Request) -> httpx.Request:
+        request.headers["x-trace"] = "t-1"
+        return request
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.headers["x-trace"] == "t-1"
+        return httpx.Response(200, json={"credits": {"available": 2, "subscription": 0}})
+
+    hooks = {"request": [on_request], "response": [on_response]}
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(answer), event_hooks=hooks, auth=trace
+    ) as http:
+        client = AsyncPhotoroomClient(api_key="k", base_url="http://127.0.0.1:9", http_client=http)
+        assert (await client.credits()).available == 2
+    assert seen == ["request t-1", "response 200"]
 
 
 class _Writes(httpx.AsyncBaseTransport):
