@@ -238,6 +238,23 @@ async def test_a_call_on_the_clients_own_pool_cut_short_gives_its_connection_bac
     await server.wait_for(lambda: server.closed == server.accepted)
 
 
+async def test_a_body_that_stops_coming_on_the_clients_own_pool_gives_its_connection_back(
+    server: CountingServer,
+) -> None:
+    # the head and the first byte of the body arrive, the rest never does
+    server.answer = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 99\r\n\r\n{"
+    )
+    server.release.set()
+    async with AsyncPhotoroomClient(api_key="k", base_url=server.url, max_retries=0) as client:
+        transport = client._http._transport
+        assert isinstance(transport, ShardedTransport)
+        with pytest.raises(APITimeoutError, match="GET /v1/account"):
+            await client.credits(timeout=httpx.Timeout(5, read=0.05))
+        assert not any(transport.load)
+    await server.wait_for(lambda: server.closed == server.accepted)
+
+
 async def test_a_pool_passed_in_goes_through_its_hooks_and_auth() -> None:
     seen: list[str] = []
 
