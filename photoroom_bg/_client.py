@@ -25,9 +25,9 @@ from ._base_client import (
 )
 from ._images import ImageInput
 from ._numbers import sleep_seconds
-from ._pool import DEFAULT_LIMITS, ShardedTransport
+from ._pool import DEFAULT_LIMITS, PROXY_ERRORS, ShardedTransport, proxy_mounts, proxy_problem
 from ._retry import RetryPolicy, is_retryable
-from .errors import PhotoroomError
+from .errors import ConfigurationError, PhotoroomError
 from .models import Account, Credits, ImageResult
 from .options import EditOptions, SegmentOptions
 
@@ -121,7 +121,10 @@ class PhotoroomClient(BaseClient):
             closed by :meth:`close`. Anything else raises
             :class:`~photoroom_bg.errors.ConfigurationError`.
 
-    Use it as a context manager, or call :meth:`close`.
+    The environment's proxies (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``)
+    are used as httpx uses them; one httpx cannot use is a
+    :class:`~photoroom_bg.errors.ConfigurationError`. Use it as a context manager, or call
+    :meth:`close`.
     """
 
     def __init__(
@@ -149,7 +152,10 @@ class PhotoroomClient(BaseClient):
         )
         self._check_http_client(http_client, httpx.Client)
         self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(timeout=self.timeout, follow_redirects=False)
+        try:  # httpx reads the environment's proxies here
+            self._http = http_client or httpx.Client(timeout=self.timeout, follow_redirects=False)
+        except PROXY_ERRORS as exc:
+            raise ConfigurationError(proxy_problem(exc)) from None
 
     def with_options(
         self: _S,
@@ -368,10 +374,15 @@ class AsyncPhotoroomClient(BaseClient):
         self._owns_http = http_client is None
         if http_client is None:
             transport = ShardedTransport(DEFAULT_LIMITS)  # many small pools: see _pool.py
+            try:  # the environment's proxies, which httpx reads only without a transport
+                mounts = proxy_mounts(DEFAULT_LIMITS)
+            except ValueError as exc:
+                raise ConfigurationError(str(exc)) from None
             http_client = httpx.AsyncClient(
-                timeout=self.timeout, follow_redirects=False, transport=transport
+                timeout=self.timeout, follow_redirects=False, transport=transport, mounts=mounts
             )
-            _OWN_TRANSPORTS[http_client] = transport
+            if not any(mounts.values()):  # through a proxy, send() picks the mount
+                _OWN_TRANSPORTS[http_client] = transport
         self._http = http_client
 
     def with_options(

@@ -11,17 +11,26 @@ budget over pools of a few connections each, which keeps every scan short.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import itertools
 import math
 import ssl
 import sys
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any
 
 import httpx
 
-__all__ = ["DEFAULT_LIMITS", "ShardedTransport", "split_budget"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "ShardedTransport",
+    "environment_proxies",
+    "proxy_mounts",
+    "split_budget",
+]
 
 #: Connections per shard when the shard count is not given. httpcore's bookkeeping per
 #: request grows with the square of a pool's size, the cost of one more pool is a few objects;
@@ -192,3 +201,92 @@ class _ReleasingStream(httpx.AsyncByteStream):
             await self._stream.aclose()
         finally:
             self._release()
+
+
+def environment_proxies() -> dict[str, str | None]:
+    """The proxies the environment names, read as httpx reads them for a client of its own
+    (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, upper or lower case): URL
+    patterns (``"https://"``, ``"all://*.example.com"``) mapped to a proxy URL, or to
+    ``None`` for hosts that ``NO_PROXY`` sends straight to the server."""
+    found = urllib.request.getproxies()
+    patterns: dict[str, str | None] = {}
+    for scheme in ("http", "https", "all"):
+        if found.get(scheme):
+            url = found[scheme]
+            patterns[f"{scheme}://"] = url if "://" in url else f"http://{url}"
+    for host in (part.strip() for part in found.get("no", "").split(",")):
+        if host == "*":  # NO_PROXY=*: no proxy at all
+            return {}
+        if not host:
+            continue
+        if "://" in host:
+            patterns[host] = None
+        elif _is_ip(host):
+            patterns[f"all://[{host}]" if ":" in host else f"all://{host}"] = None
+        elif host.lower() == "localhost":
+            patterns[f"all://{host}"] = None
+        else:  # "example.com" also covers "www.example.com"
+            patterns[f"all://*{host}"] = None
+    return patterns
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def proxy_mounts(
+    limits: httpx.Limits = DEFAULT_LIMITS, **kwargs: Any
+) -> dict[str, httpx.AsyncBaseTransport | None]:
+    """``mounts=`` for an :class:`httpx.AsyncClient` whose ``transport`` is a
+    :class:`ShardedTransport`: given a transport, httpx no longer reads the environment's
+    proxies, so here they are, each proxy a :class:`ShardedTransport` of its own (``kwargs``
+    as for it), ``NO_PROXY`` hosts mapped to ``None`` (the client's own transport).
+
+    Raises:
+        ValueError: a proxy httpx cannot use (an unknown scheme; SOCKS without ``socksio``),
+            named without its user name or password.
+    """
+    mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
+    made: dict[str, httpx.AsyncBaseTransport] = {}  # one pool per proxy, whatever the scheme
+    for pattern, url in environment_proxies().items():
+        if url is None:
+            mounts[pattern] = None
+            continue
+        if url not in made:
+            try:
+                made[url] = ShardedTransport(limits, proxy=url, **kwargs)
+            except PROXY_ERRORS as exc:
+                raise ValueError(proxy_problem(exc)) from None
+        mounts[pattern] = made[url]
+    return mounts
+
+
+#: What httpx raises for a proxy it cannot use.
+PROXY_ERRORS = (ValueError, ImportError, httpx.InvalidURL)
+
+
+def proxy_problem(exc: BaseException) -> str:
+    """Why a proxy the environment names cannot be used, without its user name or password
+    (httpx's own message may quote the proxy's URL)."""
+    reason = str(exc)
+    for url in environment_proxies().values():
+        if url:
+            reason = reason.replace(url, _without_userinfo(url))
+    if "@" in reason:  # a URL in another spelling: keep the credentials out
+        reason = type(exc).__name__
+    return f"a proxy named by HTTP_PROXY, HTTPS_PROXY or ALL_PROXY cannot be used: {reason}"
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` without a user name or password (a proxy's credentials are secrets)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(unreadable URL)"
+    return f"{parts.scheme}://{host}{port}"
