@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
 import weakref
 from collections.abc import Mapping
@@ -53,6 +54,7 @@ async def _send_direct(
 ) -> httpx.Response:
     """What ``AsyncClient.send`` does for a pool of :data:`_OWN_TRANSPORTS`: the response,
     read in full (and closed, its connection back in the pool, whatever happens)."""
+    started = time.perf_counter()
     try:
         response = await transport.handle_async_request(request)
     except httpx.RequestError as exc:
@@ -65,6 +67,8 @@ async def _send_direct(
     except BaseException:
         await response.aclose()
         raise
+    # as httpx's client sets it (an error's response is public: its elapsed may be read)
+    response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
     return response
 
 

@@ -211,9 +211,16 @@ async def test_the_clients_own_pool_is_used_without_the_httpx_client_layers(
         copy = client.with_options(max_retries=0)
         assert (await copy.credits()).available == 7
         server.answer = _json_answer("500 Internal Server Error", b'{"detail": "down"}')
-        with pytest.raises(ServerError, match="down"):
+        with pytest.raises(ServerError, match="down") as caught:
             await client.credits()
         assert not any(transport.load)
+        # the error's response is whole, as httpx's client would have made it
+        response = caught.value.response
+        assert response is not None
+        assert response.url == f"{server.url}/v1/account"
+        assert response.json() == {"detail": "down"}
+        assert response.elapsed.total_seconds() >= 0
+        assert response.is_closed
     await server.wait_for(lambda: server.closed == server.accepted)
 
 
