@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import ssl
 import time
 import weakref
 from collections.abc import Mapping
@@ -26,7 +27,14 @@ from ._base_client import (
 )
 from ._images import ImageInput
 from ._numbers import sleep_seconds
-from ._pool import DEFAULT_LIMITS, PROXY_ERRORS, ShardedTransport, proxy_mounts, proxy_problem
+from ._pool import (
+    DEFAULT_LIMITS,
+    PROXY_ERRORS,
+    ShardedTransport,
+    proxy_mounts,
+    proxy_problem,
+    tls_context,
+)
 from ._retry import RetryPolicy, is_retryable
 from .errors import ConfigurationError, PhotoroomError
 from .models import Account, Credits, ImageResult
@@ -70,6 +78,16 @@ async def _send_direct(
     # as httpx's client sets it (an error's response is public: its elapsed may be read)
     response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
     return response
+
+
+def _tls() -> ssl.SSLContext:
+    """The process's shared SSL context (see :func:`~photoroom_bg._pool.tls_context`)."""
+    try:
+        return tls_context()
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(
+            f"the CA certificates named by SSL_CERT_FILE or SSL_CERT_DIR cannot be loaded: {exc}"
+        ) from None
 
 
 def _build_request(
@@ -156,10 +174,14 @@ class PhotoroomClient(BaseClient):
         )
         self._check_http_client(http_client, httpx.Client)
         self._owns_http = http_client is None
-        try:  # httpx reads the environment's proxies here
-            self._http = http_client or httpx.Client(timeout=self.timeout, follow_redirects=False)
-        except PROXY_ERRORS as exc:
-            raise ConfigurationError(proxy_problem(exc)) from None
+        if http_client is None:
+            try:  # httpx reads the environment's proxies here
+                http_client = httpx.Client(
+                    timeout=self.timeout, follow_redirects=False, verify=_tls()
+                )
+            except PROXY_ERRORS as exc:
+                raise ConfigurationError(proxy_problem(exc)) from None
+        self._http = http_client
 
     def with_options(
         self: _S,
@@ -377,9 +399,11 @@ class AsyncPhotoroomClient(BaseClient):
         self._check_http_client(http_client, httpx.AsyncClient)
         self._owns_http = http_client is None
         if http_client is None:
-            transport = ShardedTransport(DEFAULT_LIMITS)  # many small pools: see _pool.py
+            context = _tls()
+            # many small pools (see _pool.py), sharing one SSL context
+            transport = ShardedTransport(DEFAULT_LIMITS, verify=context)
             try:  # the environment's proxies, which httpx reads only without a transport
-                mounts = proxy_mounts(DEFAULT_LIMITS)
+                mounts = proxy_mounts(DEFAULT_LIMITS, verify=context)
             except ValueError as exc:
                 raise ConfigurationError(str(exc)) from None
             http_client = httpx.AsyncClient(

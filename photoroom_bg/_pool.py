@@ -11,9 +11,11 @@ budget over pools of a few connections each, which keeps every scan short.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import itertools
 import math
+import os
 import ssl
 import sys
 import urllib.parse
@@ -30,6 +32,7 @@ __all__ = [
     "environment_proxies",
     "proxy_mounts",
     "split_budget",
+    "tls_context",
 ]
 
 #: Connections per shard when the shard count is not given. httpcore's bookkeeping per
@@ -38,6 +41,28 @@ __all__ = [
 CONNECTIONS_PER_SHARD = 4
 #: The SDK's budget: as many kept-alive connections as connections (see ShardedTransport).
 DEFAULT_LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+
+
+def tls_context(verify: str | bool = True, trust_env: bool = True) -> ssl.SSLContext:
+    """The SSL context httpx would make for ``verify`` and ``trust_env``, made once per
+    process and shared: loading the CA bundle takes 25-30 ms of CPU, which every client, and
+    so every batch run, paid again. A context is safe to share between connections, threads
+    and event loops; a change of ``SSL_CERT_FILE``, ``SSL_CERT_DIR`` or ``SSLKEYLOGFILE``
+    makes a new one.
+
+    Raises:
+        OSError, ssl.SSLError: the certificates named cannot be read.
+    """
+    if isinstance(verify, str):  # a path: deprecated in httpx, rare, made each time
+        return httpx.create_ssl_context(verify=verify, trust_env=trust_env)
+    # SSLKEYLOGFILE is read by ssl.create_default_context itself, whatever trust_env says
+    names = ("SSL_CERT_FILE", "SSL_CERT_DIR", "SSLKEYLOGFILE") if trust_env else ("SSLKEYLOGFILE",)
+    return _tls_context(verify, trust_env, tuple(os.environ.get(name) for name in names))
+
+
+@functools.lru_cache(maxsize=8)
+def _tls_context(verify: bool, trust_env: bool, env: tuple[str | None, ...]) -> ssl.SSLContext:
+    return httpx.create_ssl_context(verify=verify, trust_env=trust_env)
 
 
 def split_budget(total: int | None, parts: int) -> list[int | None]:
@@ -88,11 +113,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             if budget < 1:
                 raise ValueError("max_connections must be at least 1")
             shards = min(shards, budget)  # no shard without a connection
-        context = (
-            verify
-            if isinstance(verify, ssl.SSLContext)
-            else httpx.create_ssl_context(verify=verify, trust_env=trust_env)
-        )
+        context = verify if isinstance(verify, ssl.SSLContext) else tls_context(verify, trust_env)
         self._capacity = split_budget(budget, shards)
         keepalive = split_budget(limits.max_keepalive_connections, shards)
         self._shards = [

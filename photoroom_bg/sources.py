@@ -52,6 +52,7 @@ from ._listing import IMAGE_EXTENSIONS, glob_images, is_image_path, walk_images
 from ._netguard import NetworkPolicy, Resolver, default_resolver
 from ._numbers import check_count, check_number, wait_limit
 from ._perloop import PerLoop
+from ._pool import tls_context
 from ._redact import install_log_redaction, printable, redact_text, redact_url
 from ._s3client import close_s3_client, open_s3_client
 from .errors import (
@@ -655,6 +656,7 @@ class SourceReader:
             timeout=httpx.Timeout(wait_limit("timeout", self._timeout)),
             follow_redirects=False,
             trust_env=False,
+            verify=tls_context(trust_env=False),  # made once per process, not per reader
         )
 
     @staticmethod

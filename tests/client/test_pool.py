@@ -6,16 +6,20 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import ssl
 import warnings
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import certifi
 import httpx
 import pytest
 from PIL import Image
 
-from photoroom_bg import AsyncPhotoroomClient, SegmentOptions
+from photoroom_bg import AsyncPhotoroomClient, PhotoroomClient, SegmentOptions, _pool
 from photoroom_bg._pool import ShardedTransport, split_budget
-from photoroom_bg.errors import APITimeoutError, ServerError
+from photoroom_bg.errors import APITimeoutError, ConfigurationError, ServerError
+from photoroom_bg.sources import SourceReader
 
 DEADLINE = 30.0  # generous: only a broken pool gets anywhere near it
 
@@ -321,3 +325,54 @@ def test_a_multipart_body_goes_out_in_one_piece_on_every_attempt() -> None:
 
     asyncio.run(main())
     assert writes.pieces == [1, 1]
+
+
+def test_clients_load_the_ca_certificates_once_per_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # loading the CA bundle costs 25-30 ms of CPU: every batch run made a client, and paid it
+    made: list[object] = []
+    real = httpx.create_ssl_context
+
+    def counting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        made.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(httpx, "create_ssl_context", counting)
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "SSLKEYLOGFILE"):
+        monkeypatch.delenv(name, raising=False)
+    _pool._tls_context.cache_clear()
+    clients = [AsyncPhotoroomClient(api_key="k") for _ in range(3)]
+    clients.append(clients[0]._copy_with_own_pool(max_retries=0))  # a batch's, per loop
+    sync = [PhotoroomClient(api_key="k") for _ in range(2)]
+    assert len(made) == 1
+
+    async def download_pool() -> None:  # what a reader makes for the URLs of a batch
+        await (await SourceReader()._open_http()).aclose()
+
+    asyncio.run(download_pool())
+    asyncio.run(download_pool())
+    assert len(made) == 2  # without SSL_CERT_FILE & co: the reader ignores the environment
+    for client in sync:
+        client.close()
+    for each in clients:
+        asyncio.run(each.aclose())
+    # a bundle named by the environment is honoured: a new context for it
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    asyncio.run(AsyncPhotoroomClient(api_key="k").aclose())
+    assert len(made) == 3
+
+
+@pytest.mark.parametrize("kind", [AsyncPhotoroomClient, PhotoroomClient])
+def test_ca_certificates_that_cannot_be_read_are_a_configuration_error(
+    kind: type[AsyncPhotoroomClient] | type[PhotoroomClient],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    with pytest.raises(ConfigurationError, match="SSL_CERT_FILE"):
+        kind(api_key="k")
+    (tmp_path / "garbage.pem").write_text("not a certificate\n")
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "garbage.pem"))
+    with pytest.raises(ConfigurationError, match="SSL_CERT_FILE"):
+        kind(api_key="k")
