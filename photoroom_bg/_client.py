@@ -86,7 +86,8 @@ def _tls() -> ssl.SSLContext:
         return tls_context()
     except (OSError, ssl.SSLError) as exc:
         raise ConfigurationError(
-            f"the CA certificates named by SSL_CERT_FILE or SSL_CERT_DIR cannot be loaded: {exc}"
+            "the SSL settings of the environment (SSL_CERT_FILE, SSL_CERT_DIR, SSLKEYLOGFILE) "
+            f"cannot be used: {exc}"
         ) from None
 
 
