@@ -376,3 +376,7 @@ def test_ca_certificates_that_cannot_be_read_are_a_configuration_error(
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "garbage.pem"))
     with pytest.raises(ConfigurationError, match="SSL_CERT_FILE"):
         kind(api_key="k")
+    monkeypatch.delenv("SSL_CERT_FILE")
+    monkeypatch.setenv("SSLKEYLOGFILE", str(tmp_path / "no such folder" / "keys.log"))
+    with pytest.raises(ConfigurationError, match="SSLKEYLOGFILE"):
+        kind(api_key="k")
