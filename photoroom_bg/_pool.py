@@ -18,13 +18,14 @@ import math
 import os
 import ssl
 import sys
-import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any
 
 import httpx
+
+from ._redact import redact_text
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -293,21 +294,7 @@ PROXY_ERRORS = (ValueError, ImportError, httpx.InvalidURL)
 def proxy_problem(exc: BaseException) -> str:
     """Why a proxy the environment names cannot be used, without its user name or password
     (httpx's own message may quote the proxy's URL)."""
-    reason = str(exc)
-    for url in environment_proxies().values():
-        if url:
-            reason = reason.replace(url, _without_userinfo(url))
-    if "@" in reason:  # a URL in another spelling: keep the credentials out
+    reason = redact_text(str(exc))
+    if "@" in reason:  # a URL in a spelling the redaction does not know: keep it all out
         reason = type(exc).__name__
     return f"a proxy named by HTTP_PROXY, HTTPS_PROXY or ALL_PROXY cannot be used: {reason}"
-
-
-def _without_userinfo(url: str) -> str:
-    """``url`` without a user name or password (a proxy's credentials are secrets)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "(unreadable URL)"
-    return f"{parts.scheme}://{host}{port}"
