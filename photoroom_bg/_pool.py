@@ -78,10 +78,14 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     """An :class:`httpx.AsyncBaseTransport` over several :class:`httpx.AsyncHTTPTransport`
     pools that share one connection budget.
 
-    Each request goes to the shard with the most free connections (the next one in turn when
-    several have as many), so no request waits for a connection while another shard has one
-    free. Like any httpx transport it belongs to the event loop that first uses it; create it
-    where the :class:`httpx.AsyncClient` is created.
+    Each request goes to the shard with the most free connections, the first such shard when
+    several have as many: no request waits for a connection while another shard has one free,
+    each shard's pool stays as small as the load allows, and a few requests at a time keep
+    reusing the same kept-alive connections. (Ties once went to the next shard in turn, so
+    requests one after another each opened a connection of their own: a TLS handshake apiece,
+    and at a pace slower than the keep-alive expiry, for every request.) When every shard is
+    full, requests queue on the shards in turn. Like any httpx transport it belongs to the
+    event loop that first uses it; create it where the :class:`httpx.AsyncClient` is created.
 
     Args:
         limits: the budget of all shards together: ``max_connections`` and
@@ -143,15 +147,15 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         return tuple(self._busy)
 
     def _pick(self) -> int:
-        count = len(self._shards)
-        start = best = next(self._turn)
-        most = -1
-        for step in range(count):
-            index = (start + step) % count
-            free = self._limit[index] - self._busy[index]
+        busy, limit = self._busy, self._limit
+        best, most = 0, 0
+        for index, count in enumerate(busy):
+            if count == 0:
+                return index  # the first idle shard: its connections were used last
+            free = limit[index] - count
             if free > most:
                 best, most = index, free
-        return best
+        return best if most else next(self._turn)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` on the least busy shard; the shard counts as busy with it until

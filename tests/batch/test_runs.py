@@ -25,6 +25,7 @@ from photoroom_bg.errors import RateLimitError
 from photoroom_bg.testing import Faults, PhotoroomEmulator
 
 from ..s3server import S3Server
+from ..tcpproxy import running_proxy
 from .conftest import job_records, photo, wait_for_jobs
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
@@ -485,3 +486,24 @@ async def test_the_balance_is_read_while_the_first_inputs_are_checked(
     assert report.succeeded_count == 5
     assert order == ["account", *["segment"] * 5, "account"]
     assert report.credits_spent == 5
+
+
+def test_a_batch_a_few_calls_at_a_time_keeps_reusing_a_few_connections() -> None:
+    # Spread over the pool's 64 shards in turn, every call opened a connection of its own:
+    # against Photoroom a TLS handshake per image, and at the default pace (each shard's
+    # turn coming back after the keep-alive expiry) for every image of the batch.
+    emulator = PhotoroomEmulator(credits=10_000)
+    with emulator.serve():
+        host, port = str(emulator.url).rsplit("/", 1)[1].split(":")
+        with running_proxy((host, int(port))) as proxy:
+            batch = BatchRemover(
+                sink=MemorySink(),
+                api_key=emulator.api_key,
+                base_url=proxy.url,
+                concurrency=2,
+                requests_per_minute=None,
+            )
+            report = batch.submit([photo() for _ in range(30)]).wait(timeout=60)
+    assert report.succeeded_count == 30
+    assert report.credits_spent == 30  # the balance read before and after, on the same pool
+    assert proxy.connections <= 2

@@ -116,18 +116,60 @@ def test_there_are_never_more_shards_than_connections() -> None:
         ShardedTransport(shards=0)
 
 
-async def test_concurrent_requests_spread_evenly_over_the_shards(server: CountingServer) -> None:
+async def test_concurrent_requests_spread_over_the_shards_in_order(server: CountingServer) -> None:
     transport = ShardedTransport(
         httpx.Limits(max_connections=6, max_keepalive_connections=6), shards=3
     )
     async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
-        sent = [asyncio.create_task(client.get("/")) for _ in range(6)]
+        sent = [asyncio.create_task(client.get("/")) for _ in range(2)]
+        await server.wait_for(lambda: server.in_flight == 2)
+        assert transport.load == (1, 1, 0)
+        sent += [asyncio.create_task(client.get("/")) for _ in range(4)]
         await server.wait_for(lambda: server.in_flight == 6)
         assert transport.load == (2, 2, 2)
         server.release.set()
         responses = await asyncio.gather(*sent)
     assert [r.text for r in responses] == ["ok"] * 6
     assert transport.load == (0, 0, 0)
+
+
+async def test_requests_one_after_another_reuse_one_connection(server: CountingServer) -> None:
+    # spread over the shards in turn, each request opened a connection of a shard of its own
+    # (and at a pace slower than the keep-alive expiry, every request a new one)
+    server.release.set()
+    transport = ShardedTransport()
+    async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
+        for _ in range(20):
+            assert (await client.get("/")).text == "ok"
+    assert server.accepted == 1
+    await server.wait_for(lambda: server.closed == server.accepted)
+
+
+async def test_a_few_requests_at_a_time_keep_reusing_the_same_connections(
+    server: CountingServer,
+) -> None:
+    transport = ShardedTransport(
+        httpx.Limits(max_connections=32, max_keepalive_connections=32), shards=8
+    )
+    async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
+        for _ in range(5):  # five rounds of three requests at once
+            server.release = asyncio.Event()
+            sent = [asyncio.create_task(client.get("/")) for _ in range(3)]
+            await server.wait_for(lambda: server.in_flight == 3)
+            server.release.set()
+            assert [r.text for r in await asyncio.gather(*sent)] == ["ok"] * 3
+    assert server.accepted == 3
+
+
+async def test_the_async_clients_calls_one_after_another_reuse_one_connection(
+    server: CountingServer,
+) -> None:
+    server.answer = _json_answer("200 OK", b'{"credits": {"available": 7, "subscription": 3}}')
+    server.release.set()
+    async with AsyncPhotoroomClient(api_key="k", base_url=server.url, max_retries=0) as client:
+        for _ in range(10):
+            assert (await client.credits()).available == 7
+    assert server.accepted == 1
 
 
 async def test_the_pool_never_opens_more_connections_than_its_budget_and_closes_them_all(
