@@ -13,7 +13,8 @@ the same requests, so the ceiling of this machine and this emulator is visible t
 2. ``cpu``: client CPU seconds per image at latency 0, BatchRemover / a bare loop (tiny
    synthetic PNGs, results kept in memory), on one pool and sharded; and both held to
    BatchRemover's default ``requests_per_minute=500`` (calls spread out over time cost more
-   CPU each on a VM, so the paced pair is compared with each other, not with the unpaced);
+   CPU each on a VM, so the paced pair is compared with each other, not with the unpaced),
+   with the TCP connections each one opened (a few calls at a time reuse a few connections);
 3. ``rss``: peak RSS of a whole batch process at N = 1,000 and N = 20,000 (filesystem sink);
 4. ``photos``: client CPU per image with real photos (``examples/images`` cut into 64-128 px
    crops, and full-size copies), read from files and stored as files, BatchRemover / a hand
@@ -115,7 +116,8 @@ class Emulator:
 
     Each process has its own ledger and rate-limit window (``SO_REUSEPORT`` spreads the
     connections), so a server-side rate limit is only exact with one worker. ``statuses``
-    and ``faults`` (of ``/v1/segment`` requests) are filled in when the block ends.
+    and ``faults`` (of ``/v1/segment`` requests) and ``connections`` (TCP connections the
+    clients opened, told apart by their address and port) are filled in when the block ends.
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class Emulator:
         self.url = ""
         self.statuses: Counter[int] = Counter()
         self.faults: Counter[str] = Counter()
+        self.connections = 0
 
     def __enter__(self) -> Emulator:
         reserve = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -190,13 +193,14 @@ class Emulator:
                     stats = json.loads(line)
                     self.statuses.update({int(k): v for k, v in stats["statuses"].items()})
                     self.faults.update(stats["faults"])
+                    self.connections += stats["connections"]
         self.procs.clear()
 
 
 def emulator_child(config: dict[str, Any]) -> None:
     """Serve the emulator on ``config["port"]`` (shared with ``SO_REUSEPORT``) until stdin
     closes; then print what ``/v1/segment`` answered, as JSON."""
-    from photoroom_bg.testing import Faults, PhotoroomEmulator, _server
+    from photoroom_bg.testing import Faults, PhotoroomEmulator, _app, _server
 
     def shared_socket(host: str, port: int) -> socket.socket:
         # as the emulator's own listen_socket (IPPROTO_TCP, so that asyncio turns Nagle's
@@ -208,6 +212,15 @@ def emulator_child(config: dict[str, Any]) -> None:
         return sock
 
     _server.listen_socket = shared_socket
+    clients: set[tuple[str, int]] = set()  # one address and port per connection
+    serve = _app.EmulatorApp.__call__
+
+    async def counting(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("client"):
+            clients.add(tuple(scope["client"]))
+        await serve(self, scope, receive, send)
+
+    _app.EmulatorApp.__call__ = counting  # type: ignore[method-assign]
     emulator = PhotoroomEmulator(
         credits=1e9,
         requests_per_minute=config["rpm"],
@@ -225,7 +238,8 @@ def emulator_child(config: dict[str, Any]) -> None:
     segment = [r for r in emulator.requests if r.path == "/v1/segment"]
     statuses = Counter(str(r.status) for r in segment if r.fault is None)
     faults = Counter(r.fault for r in segment if r.fault is not None)
-    print(json.dumps({"statuses": statuses, "faults": faults}), flush=True)
+    stats = {"statuses": statuses, "faults": faults, "connections": len(clients)}
+    print(json.dumps(stats), flush=True)
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -490,16 +504,19 @@ def cpu_ratio(n: int) -> None:
         sdk_batch(emu.url, data[:100], 64)
         bare_loop(emu.url, data[:100], 64)
         sdk = min(cpu(sdk_batch, emu.url, data, 64) for _ in range(3))
-        # the same batch held to a requests-per-minute budget: waiting for it costs CPU too
-        paced_n = min(n, PACED_N)
-        paced = cpu(sdk_batch, emu.url, data[:paced_n], 64, requests_per_minute=PACED_RPM)
-        paced_bare = cpu(
-            bare_loop, emu.url, data[:paced_n], 64, "sharded", requests_per_minute=PACED_RPM
-        )
         bare = {
             pool: min(cpu(bare_loop, emu.url, data, 64, pool) for _ in range(3))
             for pool in ("1 pool", "sharded")
         }
+    # the same batch held to a requests-per-minute budget: waiting for it costs CPU too; an
+    # emulator each, to count the connections opened (a few calls at a time should reuse a few)
+    paced_n = min(n, PACED_N)
+    with Emulator(0.0) as emu:
+        paced = cpu(sdk_batch, emu.url, data[:paced_n], 64, requests_per_minute=PACED_RPM)
+    with Emulator(0.0) as emu_bare:
+        paced_bare = cpu(
+            bare_loop, emu_bare.url, data[:paced_n], 64, "sharded", requests_per_minute=PACED_RPM
+        )
     for pool, seconds in bare.items():
         print(f"   bare httpx loop, {pool + ':':<9} {seconds / n * 1e3:.3f} ms CPU/image")
     print(f"   BatchRemover:              {sdk / n * 1e3:.3f} ms CPU/image")
@@ -508,7 +525,8 @@ def cpu_ratio(n: int) -> None:
     print(
         f"   held to requests_per_minute={PACED_RPM} (the default), N={paced_n}, ms CPU/image:\n"
         f"   BatchRemover {paced / paced_n * 1e3:.3f}, bare loop (sharded, one sleep per turn) "
-        f"{paced_bare / paced_n * 1e3:.3f}, ratio {paced / paced_bare:.2f}"
+        f"{paced_bare / paced_n * 1e3:.3f}, ratio {paced / paced_bare:.2f}\n"
+        f"   connections opened: BatchRemover {emu.connections}, bare loop {emu_bare.connections}"
     )
 
 
@@ -576,8 +594,9 @@ def photos(crops: int, full: int, levels: list[int], repeat: int) -> None:
                             assert report.succeeded_count == n, report
                         else:
                             pool = "1 pool" if runner == "1 pool" else "sharded"
-                            durable = runner == "durable"
-                            stored = hand_loop(emu.url, paths, concurrency, out, pool, durable)
+                            stored = hand_loop(
+                                emu.url, paths, concurrency, out, pool, runner == "durable"
+                            )
                             assert stored == n
                         used[runner].append(time.process_time() - before)
                 one, sharded, durable, sdk = (min(times[1:]) / n * 1e3 for times in used.values())
