@@ -78,14 +78,15 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     """An :class:`httpx.AsyncBaseTransport` over several :class:`httpx.AsyncHTTPTransport`
     pools that share one connection budget.
 
-    Each request goes to the shard with the most free connections, the first such shard when
-    several have as many: no request waits for a connection while another shard has one free,
-    each shard's pool stays as small as the load allows, and a few requests at a time keep
-    reusing the same kept-alive connections. (Ties once went to the next shard in turn, so
-    requests one after another each opened a connection of their own: a TLS handshake apiece,
-    and at a pace slower than the keep-alive expiry, for every request.) When every shard is
-    full, requests queue on the shards in turn. Like any httpx transport it belongs to the
-    event loop that first uses it; create it where the :class:`httpx.AsyncClient` is created.
+    Each request goes to the first shard with no request in flight, else to the shard with the
+    most free connections (the first such): no request waits for a connection while another
+    shard has one free, each shard's pool stays as small as the load allows, and a few requests
+    at a time keep reusing the same kept-alive connections. (Ties once went to the next shard
+    in turn, so requests one after another each opened a connection of their own: a TLS
+    handshake apiece, and at a pace slower than the keep-alive expiry, for every request.)
+    When every shard is full, requests queue on the shards in turn. Like any httpx transport
+    it belongs to the event loop that first uses it; create it where the
+    :class:`httpx.AsyncClient` is created.
 
     Args:
         limits: the budget of all shards together: ``max_connections`` and
