@@ -28,6 +28,7 @@ import os
 import re
 import threading
 import time
+import weakref
 import zlib
 from collections.abc import (
     AsyncIterable,
@@ -419,6 +420,9 @@ class SourceReader:
         self._s3_clients: PerLoop[tuple[Any, Any]] = PerLoop(self._open_s3, close_s3_client)
         self._given_http = http_client
         self._https: PerLoop[httpx.AsyncClient] = PerLoop(self._open_http, _close_http)
+        # per pool: which host name owns its connections to an (address, port)
+        self._owners: weakref.WeakKeyDictionary[httpx.AsyncClient, dict[tuple[str, int], str]]
+        self._owners = weakref.WeakKeyDictionary()
         self._quick_reads = _threads.QuickCalls("reads of local files")
         install_log_redaction()
 
@@ -488,15 +492,16 @@ class SourceReader:
         url = source.location
         for _ in range(self.max_redirects + 1):
             parsed = self._parse(url, source)
-            response = await self._send_pinned(parsed, source)
-            try:
-                if response.is_redirect:
-                    url = self._redirect_target(parsed, response, source)
-                    continue
-                return await self._read_body(response, source)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await response.aclose()
+            async with contextlib.AsyncExitStack() as closing:  # a one-off pool, if any
+                response = await self._send_pinned(parsed, source, closing)
+                try:
+                    if response.is_redirect:
+                        url = self._redirect_target(parsed, response, source)
+                        continue
+                    return await self._read_body(response, source)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose()
         raise SourceError(f"{source.display}: more than {self.max_redirects} redirects")
 
     @staticmethod
@@ -531,7 +536,9 @@ class SourceReader:
         _check_host(parsed.host, source.display)
         return parsed
 
-    async def _send_pinned(self, url: httpx.URL, source: ImageSource) -> httpx.Response:
+    async def _send_pinned(
+        self, url: httpx.URL, source: ImageSource, closing: contextlib.AsyncExitStack
+    ) -> httpx.Response:
         port = url.port or (443 if url.scheme == "https" else 80)
         try:
             addresses = await self._resolve(url.host, port)
@@ -544,6 +551,14 @@ class SourceReader:
         host_header = url.host if url.port is None else f"{url.host}:{url.port}"
         extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
         http = self._given_http or await self._https.get()
+        if url.scheme == "https" and http is not self._given_http:
+            # The pool knows connections by address: one made, and verified, for another name
+            # at this address would carry this request too, its server never checked to
+            # answer for this name. The first name to reach an address keeps the pool; the
+            # others get a connection of their own, verified for them, each time.
+            owners = self._owners.setdefault(http, {})
+            if owners.setdefault((pinned.host, port), url.host) != url.host:
+                http = await self._one_off(closing)
         request = http.build_request(
             "GET",
             pinned,
@@ -651,13 +666,25 @@ class SourceReader:
         config = {"s3": {"addressing_style": "path"}} if path_style else None
         return await open_s3_client("s3:// sources need", config, **options)
 
-    async def _open_http(self) -> httpx.AsyncClient:
+    async def _open_http(self, keep_alive: bool = True) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             timeout=httpx.Timeout(wait_limit("timeout", self._timeout)),
             follow_redirects=False,
             trust_env=False,
             verify=tls_context(trust_env=False),  # made once per process, not per reader
+            limits=httpx.Limits(max_keepalive_connections=None if keep_alive else 0),
         )
+
+    async def _one_off(self, closing: contextlib.AsyncExitStack) -> httpx.AsyncClient:
+        """A pool for one request, closed (even when cancelled) as ``closing`` ends."""
+        http = await self._open_http(keep_alive=False)
+
+        async def close() -> None:
+            with anyio.CancelScope(shield=True):
+                await http.aclose()
+
+        closing.push_async_callback(close)
+        return http
 
     @staticmethod
     def _split_s3(uri: str, shown: str) -> tuple[str, str]:

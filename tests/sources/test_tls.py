@@ -1,0 +1,146 @@
+"""HTTPS downloads: each one verified against its own host name, against a real TLS server."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import ssl
+import warnings
+from collections.abc import AsyncIterator
+
+import pytest
+import trustme
+
+from photoroom_bg import sources
+from photoroom_bg.errors import SourceError
+from photoroom_bg.sources import ImageSource, SourceReader
+
+from .conftest import png_bytes
+
+
+class TlsServer:
+    """An HTTPS keep-alive server on loopback with a certificate for ``names`` only: answers
+    every request with a PNG, recording its Host header and counting the connections that
+    got through the TLS handshake."""
+
+    def __init__(self, ca: trustme.CA, *names: str) -> None:
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(*names).configure_cert(self.context)
+        self.hosts: list[str] = []
+        self.connections = 0
+        self.open = 0
+        self.all_closed = asyncio.Event()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> TlsServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.context)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        self.all_closed.clear()
+        body = png_bytes()
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"host":
+                        self.hosts.append(value.strip().decode().rsplit(":", 1)[0])
+                answer = b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: %d"
+                writer.write(answer % len(body) + b"\r\n\r\n" + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+            self.open -= 1
+            if not self.open:
+                self.all_closed.set()
+
+
+@pytest.fixture
+def ca(monkeypatch: pytest.MonkeyPatch) -> trustme.CA:
+    """A test CA that the reader's own pool trusts (and nothing else does)."""
+    authority = trustme.CA()
+    context = ssl.create_default_context()
+    authority.configure_trust(context)
+    monkeypatch.setattr(sources, "tls_context", lambda **kwargs: context)
+    return authority
+
+
+@pytest.fixture
+async def server(ca: trustme.CA) -> AsyncIterator[TlsServer]:
+    async with TlsServer(ca, "a.example.test") as running:
+        yield running
+
+
+def reader() -> SourceReader:
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]  # every name here is the one loopback server
+
+    return SourceReader(allow_networks=["127.0.0.1/32"], resolver=resolver)
+
+
+def url(host: str, port: int) -> ImageSource:
+    return ImageSource("url", f"https://{host}:{port}/x.png", "x")
+
+
+async def test_downloads_from_one_host_reuse_one_verified_connection(server: TlsServer) -> None:
+    async with reader() as r:
+        for _ in range(5):
+            assert await r.read(url("a.example.test", server.port)) == png_bytes()
+    assert server.hosts == ["a.example.test"] * 5
+    assert server.connections == 1
+
+
+async def test_a_host_the_certificate_does_not_name_is_refused(server: TlsServer) -> None:
+    async with reader() as r:
+        with pytest.raises(SourceError, match="ConnectError"):
+            await r.read(url("b.example.test", server.port))
+    assert server.hosts == []
+
+
+async def test_a_connection_verified_for_one_name_is_never_used_for_another(
+    server: TlsServer,
+) -> None:
+    # Both names lead to one address. Pooled by address, the connection made (and verified)
+    # for the first name carried the second name's request too: fetched over TLS without
+    # ever checking that the server may answer for that name.
+    async with reader() as r:
+        assert await r.read(url("a.example.test", server.port)) == png_bytes()
+        with pytest.raises(SourceError, match="ConnectError"):
+            await r.read(url("b.example.test", server.port))
+        assert await r.read(url("a.example.test", server.port)) == png_bytes()
+    assert server.hosts == ["a.example.test"] * 2  # no request for b ever reached it
+    assert server.connections == 1  # a's, kept for a (b's never got past its handshake)
+
+
+async def test_names_one_certificate_covers_are_all_fetched_and_no_connection_is_left(
+    ca: trustme.CA,
+) -> None:
+    async with TlsServer(ca, "a.example.test", "b.example.test") as shared:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            async with reader() as r:
+                hosts = ["a.example.test", "b.example.test"] * 2
+                for host in hosts:
+                    assert await r.read(url(host, shared.port)) == png_bytes()
+                # a download of the second name cancelled half-way: its own pool closes too
+                cut_short = asyncio.create_task(r.read(url("b.example.test", shared.port)))
+                await asyncio.sleep(0)  # one turn of the loop: the request is under way
+                cut_short.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await cut_short
+            await asyncio.wait_for(shared.all_closed.wait(), 30)
+            gc.collect()
+        assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert shared.hosts[:4] == hosts
