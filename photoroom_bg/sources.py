@@ -672,7 +672,8 @@ class SourceReader:
             follow_redirects=False,
             trust_env=False,
             verify=tls_context(trust_env=False),  # made once per process, not per reader
-            limits=httpx.Limits(max_keepalive_connections=None if keep_alive else 0),
+            # httpx's own limits; a one-off pool keeps nothing alive
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20 * keep_alive),
         )
 
     async def _one_off(self, closing: contextlib.AsyncExitStack) -> httpx.AsyncClient:

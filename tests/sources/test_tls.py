@@ -6,7 +6,7 @@ import asyncio
 import gc
 import ssl
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import trustme
@@ -30,6 +30,10 @@ class TlsServer:
         self.connections = 0
         self.open = 0
         self.all_closed = asyncio.Event()
+        self.in_flight = 0
+        self.release = asyncio.Event()  # answers wait for it once cleared
+        self.release.set()
+        self.changed = asyncio.Event()
         self.port = 0
         self._server: asyncio.Server | None = None
 
@@ -55,6 +59,10 @@ class TlsServer:
                     name, _, value = line.partition(b":")
                     if name.strip().lower() == b"host":
                         self.hosts.append(value.strip().decode().rsplit(":", 1)[0])
+                self.in_flight += 1
+                self._notify()
+                await self.release.wait()
+                self.in_flight -= 1
                 answer = b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: %d"
                 writer.write(answer % len(body) + b"\r\n\r\n" + body)
                 await writer.drain()
@@ -65,6 +73,20 @@ class TlsServer:
             self.open -= 1
             if not self.open:
                 self.all_closed.set()
+            self._notify()
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds, failing after 30 s."""
+
+        async def until() -> None:
+            while not predicate():
+                await self.changed.wait()
+
+        await asyncio.wait_for(until(), 30)
 
 
 @pytest.fixture
@@ -144,3 +166,18 @@ async def test_names_one_certificate_covers_are_all_fetched_and_no_connection_is
             gc.collect()
         assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
     assert shared.hosts[:4] == hosts
+
+
+async def test_the_readers_pool_keeps_at_most_twenty_connections_alive(server: TlsServer) -> None:
+    async with reader() as r:
+        server.release.clear()
+        downloads = [
+            asyncio.create_task(r.read(url("a.example.test", server.port))) for _ in range(30)
+        ]
+        await server.wait_for(lambda: server.in_flight == 30)  # 30 connections at once
+        server.release.set()
+        assert await asyncio.gather(*downloads) == [png_bytes()] * 30
+        await server.wait_for(lambda: server.open <= 20)  # the rest closed as they came back
+        assert server.open == 20
+        assert await r.read(url("a.example.test", server.port)) == png_bytes()
+        assert server.connections == 30  # reused, not a new one
