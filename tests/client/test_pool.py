@@ -8,7 +8,7 @@ import gc
 import io
 import ssl
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import certifi
@@ -21,7 +21,7 @@ from photoroom_bg._pool import ShardedTransport, split_budget
 from photoroom_bg.errors import APITimeoutError, ConfigurationError, ServerError
 from photoroom_bg.sources import SourceReader
 
-DEADLINE = 30.0  # generous: only a broken pool gets anywhere near it
+from ..changes import Changes
 
 
 class CountingServer:
@@ -36,7 +36,8 @@ class CountingServer:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.release = asyncio.Event()
-        self.changed = asyncio.Event()
+        self.changes = Changes()
+        self.wait_for = self.changes.wait_for
         self.answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
         self.url = ""
         self._server: asyncio.Server | None = None
@@ -52,24 +53,11 @@ class CountingServer:
         self._server.close()
         await self._server.wait_closed()
 
-    def _notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-    async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        """Wait until ``predicate()`` holds, failing after the deadline."""
-
-        async def until() -> None:
-            while not predicate():
-                await self.changed.wait()
-
-        await asyncio.wait_for(until(), DEADLINE)
-
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
         self.open += 1
         self.peak_open = max(self.peak_open, self.open)
-        self._notify()
+        self.changes.notify()
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -81,7 +69,7 @@ class CountingServer:
                 await reader.readexactly(length)
                 self.in_flight += 1
                 self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-                self._notify()
+                self.changes.notify()
                 await self.release.wait()
                 self.in_flight -= 1
                 writer.write(self.answer)
@@ -91,8 +79,14 @@ class CountingServer:
         finally:
             self.open -= 1
             self.closed += 1
-            self._notify()
+            self.changes.notify()
             writer.close()
+
+
+def sharded(connections: int, shards: int) -> ShardedTransport:
+    """A sharded pool of ``connections``, each of them kept alive when idle."""
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return ShardedTransport(limits, shards=shards)
 
 
 @pytest.fixture
@@ -117,9 +111,7 @@ def test_there_are_never_more_shards_than_connections() -> None:
 
 
 async def test_concurrent_requests_spread_over_the_shards_in_order(server: CountingServer) -> None:
-    transport = ShardedTransport(
-        httpx.Limits(max_connections=6, max_keepalive_connections=6), shards=3
-    )
+    transport = sharded(6, shards=3)
     async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
         sent = [asyncio.create_task(client.get("/")) for _ in range(2)]
         await server.wait_for(lambda: server.in_flight == 2)
@@ -148,9 +140,7 @@ async def test_requests_one_after_another_reuse_one_connection(server: CountingS
 async def test_a_few_requests_at_a_time_keep_reusing_the_same_connections(
     server: CountingServer,
 ) -> None:
-    transport = ShardedTransport(
-        httpx.Limits(max_connections=32, max_keepalive_connections=32), shards=8
-    )
+    transport = sharded(32, shards=8)
     async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
         for _ in range(5):  # five rounds of three requests at once
             server.release = asyncio.Event()
@@ -176,9 +166,7 @@ async def test_the_pool_never_opens_more_connections_than_its_budget_and_closes_
     server: CountingServer,
 ) -> None:
     budget = 7
-    transport = ShardedTransport(
-        httpx.Limits(max_connections=budget, max_keepalive_connections=budget), shards=3
-    )
+    transport = sharded(budget, shards=3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
         client = httpx.AsyncClient(transport=transport, base_url=server.url)
@@ -203,9 +191,7 @@ async def test_the_pool_never_opens_more_connections_than_its_budget_and_closes_
 async def test_failed_and_cancelled_requests_give_their_connection_back(
     server: CountingServer,
 ) -> None:
-    transport = ShardedTransport(
-        httpx.Limits(max_connections=2, max_keepalive_connections=2), shards=2
-    )
+    transport = sharded(2, shards=2)
     async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
         waiting = asyncio.create_task(client.get("/"))
         await server.wait_for(lambda: server.in_flight == 1)

@@ -6,7 +6,7 @@ import asyncio
 import gc
 import ssl
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import trustme
@@ -15,6 +15,7 @@ from photoroom_bg import sources
 from photoroom_bg.errors import SourceError
 from photoroom_bg.sources import ImageSource, SourceReader
 
+from ..changes import Changes
 from .conftest import png_bytes
 
 
@@ -33,7 +34,8 @@ class TlsServer:
         self.in_flight = 0
         self.release = asyncio.Event()  # answers wait for it once cleared
         self.release.set()
-        self.changed = asyncio.Event()
+        self.changes = Changes()
+        self.wait_for = self.changes.wait_for
         self.port = 0
         self._server: asyncio.Server | None = None
 
@@ -60,7 +62,7 @@ class TlsServer:
                     if name.strip().lower() == b"host":
                         self.hosts.append(value.strip().decode().rsplit(":", 1)[0])
                 self.in_flight += 1
-                self._notify()
+                self.changes.notify()
                 await self.release.wait()
                 self.in_flight -= 1
                 answer = b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: %d"
@@ -73,20 +75,7 @@ class TlsServer:
             self.open -= 1
             if not self.open:
                 self.all_closed.set()
-            self._notify()
-
-    def _notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-    async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        """Wait until ``predicate()`` holds, failing after 30 s."""
-
-        async def until() -> None:
-            while not predicate():
-                await self.changed.wait()
-
-        await asyncio.wait_for(until(), 30)
+            self.changes.notify()
 
 
 @pytest.fixture
