@@ -21,66 +21,7 @@ from photoroom_bg._pool import ShardedTransport, split_budget
 from photoroom_bg.errors import APITimeoutError, ConfigurationError, ServerError
 from photoroom_bg.sources import SourceReader
 
-from ..changes import Changes
-
-
-class CountingServer:
-    """A minimal HTTP/1.1 keep-alive server on loopback: answers ``ok`` to every request,
-    holding each answer until :attr:`release` is set, and counts connections."""
-
-    def __init__(self) -> None:
-        self.accepted = 0
-        self.closed = 0
-        self.open = 0
-        self.peak_open = 0
-        self.in_flight = 0
-        self.peak_in_flight = 0
-        self.release = asyncio.Event()
-        self.changes = Changes()
-        self.wait_for = self.changes.wait_for
-        self.answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-        self.url = ""
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> CountingServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        self.open += 1
-        self.peak_open = max(self.peak_open, self.open)
-        self.changes.notify()
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                await reader.readexactly(length)
-                self.in_flight += 1
-                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-                self.changes.notify()
-                await self.release.wait()
-                self.in_flight -= 1
-                writer.write(self.answer)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the client closed the connection
-        finally:
-            self.open -= 1
-            self.closed += 1
-            self.changes.notify()
-            writer.close()
+from ..loopback import KeepAliveServer
 
 
 def sharded(connections: int, shards: int) -> ShardedTransport:
@@ -90,8 +31,9 @@ def sharded(connections: int, shards: int) -> ShardedTransport:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[CountingServer]:
-    async with CountingServer() as running:
+async def server() -> AsyncIterator[KeepAliveServer]:
+    """Answers ``ok`` to every request once :attr:`~KeepAliveServer.release` is set."""
+    async with KeepAliveServer(held=True) as running:
         yield running
 
 
@@ -110,7 +52,7 @@ def test_there_are_never_more_shards_than_connections() -> None:
         ShardedTransport(shards=0)
 
 
-async def test_concurrent_requests_spread_over_the_shards_in_order(server: CountingServer) -> None:
+async def test_concurrent_requests_spread_over_the_shards_in_order(server: KeepAliveServer) -> None:
     transport = sharded(6, shards=3)
     async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
         sent = [asyncio.create_task(client.get("/")) for _ in range(2)]
@@ -125,7 +67,7 @@ async def test_concurrent_requests_spread_over_the_shards_in_order(server: Count
     assert transport.load == (0, 0, 0)
 
 
-async def test_requests_one_after_another_reuse_one_connection(server: CountingServer) -> None:
+async def test_requests_one_after_another_reuse_one_connection(server: KeepAliveServer) -> None:
     # spread over the shards in turn, each request opened a connection of a shard of its own
     # (and at a pace slower than the keep-alive expiry, every request a new one)
     server.release.set()
@@ -138,7 +80,7 @@ async def test_requests_one_after_another_reuse_one_connection(server: CountingS
 
 
 async def test_a_few_requests_at_a_time_keep_reusing_the_same_connections(
-    server: CountingServer,
+    server: KeepAliveServer,
 ) -> None:
     transport = sharded(32, shards=8)
     async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
@@ -152,7 +94,7 @@ async def test_a_few_requests_at_a_time_keep_reusing_the_same_connections(
 
 
 async def test_the_async_clients_calls_one_after_another_reuse_one_connection(
-    server: CountingServer,
+    server: KeepAliveServer,
 ) -> None:
     server.answer = _json_answer("200 OK", b'{"credits": {"available": 7, "subscription": 3}}')
     server.release.set()
@@ -163,7 +105,7 @@ async def test_the_async_clients_calls_one_after_another_reuse_one_connection(
 
 
 async def test_the_pool_never_opens_more_connections_than_its_budget_and_closes_them_all(
-    server: CountingServer,
+    server: KeepAliveServer,
 ) -> None:
     budget = 7
     transport = sharded(budget, shards=3)
@@ -189,7 +131,7 @@ async def test_the_pool_never_opens_more_connections_than_its_budget_and_closes_
 
 
 async def test_failed_and_cancelled_requests_give_their_connection_back(
-    server: CountingServer,
+    server: KeepAliveServer,
 ) -> None:
     transport = sharded(2, shards=2)
     async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
@@ -227,7 +169,7 @@ async def _refuse(*args: object, **kwargs: object) -> httpx.Response:
 
 
 async def test_the_clients_own_pool_is_used_without_the_httpx_client_layers(
-    server: CountingServer, monkeypatch: pytest.MonkeyPatch
+    server: KeepAliveServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # auth and redirect flows, hooks, cookies, mounts: a pool the client built has none of them
     monkeypatch.setattr(httpx.AsyncClient, "send", _refuse)
@@ -257,7 +199,7 @@ async def test_the_clients_own_pool_is_used_without_the_httpx_client_layers(
 
 
 async def test_a_call_on_the_clients_own_pool_cut_short_gives_its_connection_back(
-    server: CountingServer,
+    server: KeepAliveServer,
 ) -> None:
     async with AsyncPhotoroomClient(api_key="k", base_url=server.url, max_retries=0) as client:
         transport = client._http._transport
@@ -278,7 +220,7 @@ async def test_a_call_on_the_clients_own_pool_cut_short_gives_its_connection_bac
 
 
 async def test_a_body_that_stops_coming_on_the_clients_own_pool_gives_its_connection_back(
-    server: CountingServer,
+    server: KeepAliveServer,
 ) -> None:
     # the head and the first byte of the body arrive, the rest never does
     server.answer = (

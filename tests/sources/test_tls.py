@@ -15,67 +15,25 @@ from photoroom_bg import sources
 from photoroom_bg.errors import SourceError
 from photoroom_bg.sources import ImageSource, SourceReader
 
-from ..changes import Changes
+from ..loopback import KeepAliveServer
 from .conftest import png_bytes
 
 
-class TlsServer:
-    """An HTTPS keep-alive server on loopback with a certificate for ``names`` only: answers
-    every request with a PNG, recording its Host header and counting the connections that
-    got through the TLS handshake."""
+class TlsServer(KeepAliveServer):
+    """An HTTPS server on loopback with a certificate for ``names`` only: answers every
+    request with a PNG and records its Host header."""
 
     def __init__(self, ca: trustme.CA, *names: str) -> None:
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert(*names).configure_cert(self.context)
-        self.hosts: list[str] = []
-        self.connections = 0
-        self.open = 0
-        self.all_closed = asyncio.Event()
-        self.in_flight = 0
-        self.release = asyncio.Event()  # answers wait for it once cleared
-        self.release.set()
-        self.changes = Changes()
-        self.wait_for = self.changes.wait_for
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> TlsServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.context)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self.open += 1
-        self.all_closed.clear()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(*names).configure_cert(context)
+        super().__init__(tls=context)
         body = png_bytes()
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                for line in head.split(b"\r\n"):
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"host":
-                        self.hosts.append(value.strip().decode().rsplit(":", 1)[0])
-                self.in_flight += 1
-                self.changes.notify()
-                await self.release.wait()
-                self.in_flight -= 1
-                answer = b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: %d"
-                writer.write(answer % len(body) + b"\r\n\r\n" + body)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
-            self.open -= 1
-            if not self.open:
-                self.all_closed.set()
-            self.changes.notify()
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: %d\r\n\r\n"
+        self.answer = head % len(body) + body
+        self.hosts: list[str] = []
+
+    def seen(self, head: list[tuple[str, str]]) -> None:
+        self.hosts += [value.rsplit(":", 1)[0] for name, value in head if name == "host"]
 
 
 @pytest.fixture
@@ -110,7 +68,7 @@ async def test_downloads_from_one_host_reuse_one_verified_connection(server: Tls
         for _ in range(5):
             assert await r.read(url("a.example.test", server.port)) == png_bytes()
     assert server.hosts == ["a.example.test"] * 5
-    assert server.connections == 1
+    assert server.accepted == 1
 
 
 async def test_a_host_the_certificate_does_not_name_is_refused(server: TlsServer) -> None:
@@ -132,7 +90,7 @@ async def test_a_connection_verified_for_one_name_is_never_used_for_another(
             await r.read(url("b.example.test", server.port))
         assert await r.read(url("a.example.test", server.port)) == png_bytes()
     assert server.hosts == ["a.example.test"] * 2  # no request for b ever reached it
-    assert server.connections == 1  # a's, kept for a (b's never got past its handshake)
+    assert server.accepted == 1  # a's, kept for a (b's never got past its handshake)
 
 
 async def test_names_one_certificate_covers_are_all_fetched_and_no_connection_is_left(
@@ -151,7 +109,7 @@ async def test_names_one_certificate_covers_are_all_fetched_and_no_connection_is
                 cut_short.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await cut_short
-            await asyncio.wait_for(shared.all_closed.wait(), 30)
+            await shared.wait_for(lambda: shared.open == 0)
             gc.collect()
         assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
     assert shared.hosts[:4] == hosts
@@ -169,4 +127,4 @@ async def test_the_readers_pool_keeps_at_most_twenty_connections_alive(server: T
         await server.wait_for(lambda: server.open <= 20)  # the rest closed as they came back
         assert server.open == 20
         assert await r.read(url("a.example.test", server.port)) == png_bytes()
-        assert server.connections == 30  # reused, not a new one
+        assert server.accepted == 30  # reused, not a new one

@@ -1,0 +1,97 @@
+"""A minimal HTTP/1.1 keep-alive server on loopback (plain or TLS) that counts connections,
+and a way to wait, without polling, until a count reaches a value."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+
+__all__ = ["Changes", "KeepAliveServer"]
+
+
+class Changes:
+    """Woken at every :meth:`notify`; :meth:`wait_for` waits for a condition to hold."""
+
+    def __init__(self, deadline: float = 30.0) -> None:
+        self.deadline = deadline  # generous: only something broken gets anywhere near it
+        self._changed = asyncio.Event()
+
+    def notify(self) -> None:
+        """Something changed: wake whoever waits."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds, failing after the deadline."""
+
+        async def until() -> None:
+            while not predicate():
+                await self._changed.wait()
+
+        await asyncio.wait_for(until(), self.deadline)
+
+
+class KeepAliveServer:
+    """Answers every request with :attr:`answer` on a kept-alive connection, each answer held
+    while :attr:`release` is clear; counts connections (those past the TLS handshake, with
+    ``tls``) and requests in flight. Subclasses look at each request's head in :meth:`seen`."""
+
+    def __init__(self, *, tls: ssl.SSLContext | None = None, held: bool = False) -> None:
+        self.tls = tls
+        self.accepted = 0
+        self.closed = 0
+        self.open = 0
+        self.peak_open = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.release = asyncio.Event()
+        if not held:
+            self.release.set()
+        self.answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        self.changes = Changes()
+        self.wait_for = self.changes.wait_for
+        self.port = 0
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> KeepAliveServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    def seen(self, head: list[tuple[str, str]]) -> None:
+        """Called with each request's header lines (name in lower case, value)."""
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.open += 1
+        self.peak_open = max(self.peak_open, self.open)
+        self.changes.notify()
+        try:
+            while True:
+                text = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+                fields = (line.partition(":") for line in text.split("\r\n")[1:])
+                head = [(name.strip().lower(), value.strip()) for name, _, value in fields]
+                self.seen(head)
+                await reader.readexactly(int(dict(head).get("content-length", 0)))
+                self.in_flight += 1
+                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                self.changes.notify()
+                await self.release.wait()
+                self.in_flight -= 1
+                writer.write(self.answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass  # the client closed the connection
+        finally:
+            self.open -= 1
+            self.closed += 1
+            self.changes.notify()
+            writer.close()
