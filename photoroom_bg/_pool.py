@@ -152,7 +152,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         best, most = 0, 0
         for index, count in enumerate(busy):
             if count == 0:
-                return index  # the first idle shard: its connections were used last
+                return index  # the first idle shard: light loads keep using the same ones
             free = limit[index] - count
             if free > most:
                 best, most = index, free

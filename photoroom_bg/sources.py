@@ -673,7 +673,9 @@ class SourceReader:
             trust_env=False,
             verify=tls_context(trust_env=False),  # made once per process, not per reader
             # httpx's own limits; a one-off pool keeps nothing alive
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20 * keep_alive),
+            limits=httpx.Limits(
+                max_connections=100, max_keepalive_connections=20 if keep_alive else 0
+            ),
         )
 
     async def _one_off(self, closing: contextlib.AsyncExitStack) -> httpx.AsyncClient:
