@@ -28,7 +28,6 @@ import os
 import re
 import threading
 import time
-import weakref
 import zlib
 from collections.abc import (
     AsyncIterable,
@@ -419,10 +418,7 @@ class SourceReader:
         # pools and S3 clients belong to one event loop each: see photoroom_bg._perloop
         self._s3_clients: PerLoop[tuple[Any, Any]] = PerLoop(self._open_s3, close_s3_client)
         self._given_http = http_client
-        self._https: PerLoop[httpx.AsyncClient] = PerLoop(self._open_http, _close_http)
-        # per pool: which host name owns its connections to an (address, port)
-        self._owners: weakref.WeakKeyDictionary[httpx.AsyncClient, dict[tuple[str, int], str]]
-        self._owners = weakref.WeakKeyDictionary()
+        self._https: PerLoop[_Pools] = PerLoop(self._open_pools, _Pools.aclose)
         self._quick_reads = _threads.QuickCalls("reads of local files")
         install_log_redaction()
 
@@ -550,15 +546,13 @@ class SourceReader:
         pinned = url.copy_with(host=str(checked[0]))
         host_header = url.host if url.port is None else f"{url.host}:{url.port}"
         extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
-        http = self._given_http or await self._https.get()
-        if url.scheme == "https" and http is not self._given_http:
-            # The pool knows connections by address: one made, and verified, for another name
-            # at this address would carry this request too, its server never checked to
-            # answer for this name. The first name to reach an address keeps the pool; the
-            # others get a connection of their own, verified for them, each time.
-            owners = self._owners.setdefault(http, {})
-            if owners.setdefault((pinned.host, port), url.host) != url.host:
-                http = await self._one_off(closing)
+        if self._given_http is not None:
+            http = self._given_http
+        else:
+            pools = await self._https.get()
+            http = pools.main
+            if url.scheme == "https":
+                http = pools.pool_for(pinned.host, port, url.host, closing)
         request = http.build_request(
             "GET",
             pinned,
@@ -666,28 +660,18 @@ class SourceReader:
         config = {"s3": {"addressing_style": "path"}} if path_style else None
         return await open_s3_client("s3:// sources need", config, **options)
 
-    async def _open_http(self, keep_alive: bool = True) -> httpx.AsyncClient:
+    def _http_client(self, keep_alive: int = 20) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             timeout=httpx.Timeout(wait_limit("timeout", self._timeout)),
             follow_redirects=False,
             trust_env=False,
             verify=tls_context(trust_env=False),  # made once per process, not per reader
-            # httpx's own limits; a one-off pool keeps nothing alive
-            limits=httpx.Limits(
-                max_connections=100, max_keepalive_connections=20 if keep_alive else 0
-            ),
+            # httpx's own limits (100 connections, 20 kept alive) unless told otherwise
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=keep_alive),
         )
 
-    async def _one_off(self, closing: contextlib.AsyncExitStack) -> httpx.AsyncClient:
-        """A pool for one request, closed (even when cancelled) as ``closing`` ends."""
-        http = await self._open_http(keep_alive=False)
-
-        async def close() -> None:
-            with anyio.CancelScope(shield=True):
-                await http.aclose()
-
-        closing.push_async_callback(close)
-        return http
+    async def _open_pools(self) -> _Pools:
+        return _Pools(self._http_client)
 
     @staticmethod
     def _split_s3(uri: str, shown: str) -> tuple[str, str]:
@@ -753,5 +737,54 @@ class SourceReader:
         await self.aclose()
 
 
-async def _close_http(client: httpx.AsyncClient) -> None:
-    await client.aclose()
+#: Host names, beyond the first at each address, that get a download pool of their own.
+_NAMED_POOLS = 16
+#: Connections such a pool keeps alive.
+_NAMED_POOL_KEEP_ALIVE = 4
+
+
+class _Pools:
+    """The reader's download pools on one event loop.
+
+    A download goes to the address its host name was checked to resolve to, so a pool knows
+    its connections by address; a connection made, and verified, for one name there would
+    carry another name's requests too, its server never checked to answer for that name.
+    So the first name to reach an (address, port) shares :attr:`main`'s connections to it;
+    any other name there gets a pool of its own, up to ``_NAMED_POOLS`` of them, and beyond
+    that a connection of its own for each download. Plain ``http`` verifies no one: it all
+    goes through :attr:`main`.
+    """
+
+    def __init__(self, make: Callable[[int], httpx.AsyncClient]) -> None:
+        self.main = make(20)
+        self._make = make
+        self._owners: dict[tuple[str, int], str] = {}  # (address, port) -> host name
+        self._named: dict[str, httpx.AsyncClient] = {}
+
+    def pool_for(
+        self, address: str, port: int, name: str, closing: contextlib.AsyncExitStack
+    ) -> httpx.AsyncClient:
+        """The pool for an ``https`` download of ``name`` from ``address``; a one-off pool
+        is closed (even when cancelled) as ``closing`` ends."""
+        if self._owners.setdefault((address, port), name) == name:
+            return self.main
+        pool = self._named.get(name)
+        if pool is not None:
+            return pool
+        if len(self._named) < _NAMED_POOLS:
+            pool = self._named[name] = self._make(_NAMED_POOL_KEEP_ALIVE)
+            return pool
+        one_off = self._make(0)
+
+        async def close() -> None:
+            with anyio.CancelScope(shield=True):
+                await one_off.aclose()
+
+        closing.push_async_callback(close)
+        return one_off
+
+    async def aclose(self) -> None:
+        """Close every pool (all of them, even if closing one fails)."""
+        async with contextlib.AsyncExitStack() as stack:
+            for pool in (self.main, *self._named.values()):
+                stack.push_async_callback(pool.aclose)

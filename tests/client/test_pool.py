@@ -318,7 +318,7 @@ def test_clients_load_the_ca_certificates_once_per_process(
     assert len(made) == 1
 
     async def download_pool() -> None:  # what a reader makes for the URLs of a batch
-        await (await SourceReader()._open_http()).aclose()
+        await SourceReader()._http_client().aclose()
 
     asyncio.run(download_pool())
     asyncio.run(download_pool())

@@ -93,18 +93,32 @@ async def test_a_connection_verified_for_one_name_is_never_used_for_another(
     assert server.accepted == 1  # a's, kept for a (b's never got past its handshake)
 
 
-async def test_names_one_certificate_covers_are_all_fetched_and_no_connection_is_left(
-    ca: trustme.CA,
-) -> None:
+async def test_a_second_name_at_one_address_keeps_a_pool_of_its_own(ca: trustme.CA) -> None:
     async with TlsServer(ca, "a.example.test", "b.example.test") as shared:
+        async with reader() as r:
+            hosts = ["a.example.test", "b.example.test", "a.example.test"] + ["b.example.test"] * 3
+            for host in hosts:
+                assert await r.read(url(host, shared.port)) == png_bytes()
+        await shared.wait_for(lambda: shared.open == 0)  # all closed with the reader
+    assert shared.hosts == hosts
+    assert shared.accepted == 2  # one connection for each name, each verified for it
+
+
+async def test_past_the_named_pools_each_download_has_a_connection_of_its_own(
+    ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sources, "_NAMED_POOLS", 1)
+    names = ["a.example.test", "b.example.test", "c.example.test"]
+    async with TlsServer(ca, *names) as shared:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ResourceWarning)
             async with reader() as r:
-                hosts = ["a.example.test", "b.example.test"] * 2
+                hosts = [*names, "c.example.test", "b.example.test"]
                 for host in hosts:
                     assert await r.read(url(host, shared.port)) == png_bytes()
-                # a download of the second name cancelled half-way: its own pool closes too
-                cut_short = asyncio.create_task(r.read(url("b.example.test", shared.port)))
+                assert shared.accepted == 4  # a and b pooled; c twice, a connection each
+                # one of them cancelled half-way: its connection is closed too
+                cut_short = asyncio.create_task(r.read(url("c.example.test", shared.port)))
                 await asyncio.sleep(0)  # one turn of the loop: the request is under way
                 cut_short.cancel()
                 with pytest.raises(asyncio.CancelledError):
@@ -112,7 +126,7 @@ async def test_names_one_certificate_covers_are_all_fetched_and_no_connection_is
             await shared.wait_for(lambda: shared.open == 0)
             gc.collect()
         assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
-    assert shared.hosts[:4] == hosts
+    assert shared.hosts[:5] == hosts
 
 
 async def test_the_readers_pool_keeps_at_most_twenty_connections_alive(server: TlsServer) -> None:
