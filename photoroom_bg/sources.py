@@ -80,6 +80,14 @@ _IMAGE_KINDS = frozenset({"png", "jpeg", "webp", "heic", "avif", "gif"})
 _WALK_CHUNK = 256
 _READ_CHUNK = 64 * 1024
 _DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+#: Connections the reader's main download pool keeps alive (httpx's own default; it allows
+#: 100 connections in all, as httpx does).
+_KEEP_ALIVE = 20
+#: Host names, beyond the first at each address, that get a download pool of their own.
+_NAMED_POOLS = 16
+#: Connections such a pool keeps alive.
+_NAMED_POOL_KEEP_ALIVE = 4
+
 SourceKind = Literal["path", "bytes", "file", "url", "s3"]
 
 
@@ -660,13 +668,12 @@ class SourceReader:
         config = {"s3": {"addressing_style": "path"}} if path_style else None
         return await open_s3_client("s3:// sources need", config, **options)
 
-    def _http_client(self, keep_alive: int = 20) -> httpx.AsyncClient:
+    def _http_client(self, keep_alive: int = _KEEP_ALIVE) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             timeout=httpx.Timeout(wait_limit("timeout", self._timeout)),
             follow_redirects=False,
             trust_env=False,
             verify=tls_context(trust_env=False),  # made once per process, not per reader
-            # httpx's own limits (100 connections, 20 kept alive) unless told otherwise
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=keep_alive),
         )
 
@@ -737,12 +744,6 @@ class SourceReader:
         await self.aclose()
 
 
-#: Host names, beyond the first at each address, that get a download pool of their own.
-_NAMED_POOLS = 16
-#: Connections such a pool keeps alive.
-_NAMED_POOL_KEEP_ALIVE = 4
-
-
 class _Pools:
     """The reader's download pools on one event loop.
 
@@ -756,7 +757,7 @@ class _Pools:
     """
 
     def __init__(self, make: Callable[[int], httpx.AsyncClient]) -> None:
-        self.main = make(20)
+        self.main = make(_KEEP_ALIVE)
         self._make = make
         self._owners: dict[tuple[str, int], str] = {}  # (address, port) -> host name
         self._named: dict[str, httpx.AsyncClient] = {}
