@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from . import _netio
 from ._redact import redact_text
 
 __all__ = [
@@ -135,6 +136,9 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             )
             for capacity, kept in zip(self._capacity, keepalive, strict=True)
         ]
+        if kwargs.get("proxy") is None:  # through a proxy, TLS may run inside TLS: anyio's
+            for shard in self._shards:
+                _netio.install(shard)
         self._limit = [sys.maxsize if c is None else c for c in self._capacity]
         self._busy = [0] * shards
         self._turn = itertools.cycle(range(shards))

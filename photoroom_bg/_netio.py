@@ -1,0 +1,328 @@
+"""An httpcore network backend on asyncio's own transports.
+
+httpcore runs on anyio under asyncio, and anyio's socket stream costs more than the HTTP it
+carries: every read resumes the transport's reading and pauses it again (two ``epoll_ctl``
+system calls), every write yields to the event loop once more, and httpcore wraps each read
+and write in a cancel scope for its timeout. :class:`AsyncioBackend` reads and writes through
+an :class:`asyncio.Protocol` instead: the event loop reads whatever arrives into a queue (held
+back past :data:`READ_AHEAD` bytes), a read takes from that queue, waiting on one future when
+it is empty, and a timeout is one timer on the loop. Connecting and the TLS handshake, once
+per connection, still go through anyio's cancel scopes, as httpcore's own backend does.
+
+Under any other event loop (trio), httpcore's own backend is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import select
+import socket
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+import anyio
+import httpcore
+import sniffio
+from httpcore._backends.base import SOCKET_OPTION
+
+__all__ = ["READ_AHEAD", "AsyncioBackend", "install"]
+
+#: Bytes read ahead of the reader before the connection stops reading (until it drains).
+READ_AHEAD = 1 << 20
+
+
+class _Protocol(asyncio.Protocol):
+    """What the event loop has read from one connection, and whether it may write."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.eof = False
+        self.lost = False
+        self.error: BaseException | None = None
+        self.reading_paused = False
+        self.writing_paused = False
+        # a read and a write (HTTP/2 does both at once) each wait on a future of their own
+        self.waiters: dict[str, asyncio.Future[bool]] = {}
+
+    # -- the event loop's side ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.buffered += len(data)
+        if self.buffered > READ_AHEAD and not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        self._wake()
+        return None  # the transport closes itself
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost = True
+        self.error = exc
+        self.writing_paused = False
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._wake()
+
+    def failure(self) -> BaseException | None:
+        """What broke the connection, if it was lost to an error."""
+        return self.error if self.lost else None
+
+    def _wake(self) -> None:
+        for waiter in self.waiters.values():
+            if not waiter.done():
+                waiter.set_result(True)
+
+    # -- the reader's and writer's side ------------------------------------------------------
+
+    async def wait(self, side: str, timeout: float | None) -> bool:  # noqa: ASYNC109
+        """Wait for something to happen on the connection; False if ``timeout`` ran out."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self.waiters[side] = waiter
+        timer = None if timeout is None else loop.call_later(timeout, _time_out, waiter)
+        try:
+            return await waiter
+        finally:
+            del self.waiters[side]
+            if timer is not None:
+                timer.cancel()
+
+    def take(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` of what was read (small chunks joined)."""
+        chunks = self.chunks
+        chunk = chunks.popleft()
+        if len(chunk) > max_bytes:
+            chunks.appendleft(chunk[max_bytes:])
+            chunk = chunk[:max_bytes]
+        elif chunks and len(chunk) + len(chunks[0]) <= max_bytes:
+            parts = [chunk]
+            size = len(chunk)
+            while chunks and size + len(chunks[0]) <= max_bytes:
+                part = chunks.popleft()
+                parts.append(part)
+                size += len(part)
+            chunk = b"".join(parts)
+        self.buffered -= len(chunk)
+        if self.reading_paused and self.buffered <= READ_AHEAD // 2 and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        return chunk
+
+
+def _time_out(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
+class _Stream(httpcore.AsyncNetworkStream):
+    """One connection, plain or TLS, as httpcore reads and writes it."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    # httpcore's interface: its timeouts are arguments
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        protocol = self._protocol
+        while not protocol.chunks:
+            if protocol.eof or protocol.lost:
+                if protocol.error is not None:
+                    raise httpcore.ReadError(_reason(protocol.error)) from protocol.error
+                return b""  # the other end closed the connection
+            if self._transport.is_closing():
+                raise httpcore.ReadError("the connection is closed")
+            if not await protocol.wait("read", timeout):
+                raise httpcore.ReadTimeout("timed out reading")
+        return protocol.take(max_bytes)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        if not buffer:
+            return
+        protocol = self._protocol
+        if protocol.lost or self._transport.is_closing():
+            error = protocol.error
+            raise httpcore.WriteError(_reason(error) if error else "the connection is closed")
+        self._transport.write(buffer)
+        while protocol.writing_paused:  # the kernel's buffer is full: wait for it to drain
+            if not await protocol.wait("write", timeout):
+                raise httpcore.WriteTimeout("timed out writing")
+        error = protocol.failure()
+        if error is not None:  # the connection broke while the write waited
+            raise httpcore.WriteError(_reason(error)) from error
+
+    async def aclose(self) -> None:
+        # as anyio's stream closes: no TLS close_notify exchange, and one turn of the event
+        # loop, in which the transport closes its socket
+        self._transport.abort()
+        await asyncio.sleep(0)
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> httpcore.AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        try:
+            with anyio.fail_after(timeout):
+                transport = await loop.start_tls(
+                    self._transport,
+                    self._protocol,
+                    ssl_context,
+                    server_hostname=server_hostname,
+                    ssl_handshake_timeout=None,
+                )
+        except TimeoutError as exc:
+            self._transport.abort()
+            raise httpcore.ConnectTimeout("timed out in the TLS handshake") from exc
+        except (OSError, ConnectionError) as exc:  # ssl.SSLError is an OSError
+            self._transport.abort()
+            raise httpcore.ConnectError(_reason(exc)) from exc
+        if transport is None:  # pragma: no cover - only for a closing transport
+            raise httpcore.ConnectError("the connection closed before the TLS handshake")
+        assert isinstance(transport, asyncio.Transport)
+        return _Stream(transport, self._protocol)
+
+    def get_extra_info(self, info: str) -> Any:
+        transport = self._transport
+        if info == "is_readable":  # asked of an idle connection: did the server end it?
+            protocol = self._protocol
+            if protocol.chunks or protocol.eof or protocol.lost:
+                return True
+            # the event loop may not have looked since: ask the kernel, as httpcore does
+            return _readable(transport.get_extra_info("socket"))
+        if info == "ssl_object":
+            return transport.get_extra_info("ssl_object")
+        if info == "client_addr":
+            return transport.get_extra_info("sockname")
+        if info == "server_addr":
+            return transport.get_extra_info("peername")
+        if info == "socket":
+            return transport.get_extra_info("socket")
+        return None
+
+
+def _readable(sock: socket.socket | None) -> bool:
+    """True if reading ``sock`` would not block (data, an end, an error, or it is closed)."""
+    if sock is None:
+        return False
+    fd = sock.fileno()
+    if fd == -1:
+        return True
+    if not hasattr(select, "poll"):  # pragma: no cover - Windows
+        return bool(select.select([fd], [], [], 0)[0])
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    return bool(poll.poll(0))
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+class AsyncioBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network on asyncio transports (see the module); under trio, httpcore's own."""
+
+    def __init__(self) -> None:
+        self._other: httpcore.AsyncNetworkBackend | None = None
+
+    def _fallback(self) -> httpcore.AsyncNetworkBackend | None:
+        if sniffio.current_async_library() == "asyncio":
+            return None
+        if self._other is None:
+            from httpcore._backends.auto import AutoBackend
+
+            self._other = AutoBackend()
+        return self._other
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109
+        local_address: str | None = None,
+        socket_options: Iterable[SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        other = self._fallback()
+        if other is not None:
+            return await other.connect_tcp(host, port, timeout, local_address, socket_options)
+        loop = asyncio.get_running_loop()
+        local = None if local_address is None else (local_address, 0)
+        try:
+            with anyio.fail_after(timeout):
+                transport, protocol = await loop.create_connection(
+                    _Protocol, host, port, local_addr=local, happy_eyeballs_delay=0.25
+                )
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(f"timed out connecting to {host}:{port}") from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(_reason(exc)) from exc
+        return _connected(transport, protocol, socket_options)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+        socket_options: Iterable[SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        other = self._fallback()
+        if other is not None:
+            return await other.connect_unix_socket(path, timeout, socket_options)
+        loop = asyncio.get_running_loop()
+        try:
+            with anyio.fail_after(timeout):
+                transport, protocol = await loop.create_unix_connection(_Protocol, path)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(f"timed out connecting to {path}") from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(_reason(exc)) from exc
+        return _connected(transport, protocol, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+def _connected(
+    transport: asyncio.BaseTransport,
+    protocol: asyncio.BaseProtocol,
+    socket_options: Iterable[SOCKET_OPTION] | None,
+) -> _Stream:
+    assert isinstance(transport, asyncio.Transport)
+    assert isinstance(protocol, _Protocol)
+    if socket_options:
+        sock: socket.socket = transport.get_extra_info("socket")
+        try:
+            for option in socket_options:
+                sock.setsockopt(*option)
+        except OSError as exc:
+            transport.abort()
+            raise httpcore.ConnectError(_reason(exc)) from exc
+    return _Stream(transport, protocol)
+
+
+_BACKEND = AsyncioBackend()
+
+
+def install(transport: Any) -> None:
+    """Make ``transport`` (an :class:`httpx.AsyncHTTPTransport`) use :class:`AsyncioBackend`."""
+    pool = transport._pool
+    if not hasattr(pool, "_network_backend"):  # pragma: no cover - a future httpcore
+        return
+    pool._network_backend = _BACKEND
