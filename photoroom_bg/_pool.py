@@ -85,7 +85,10 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     at a time keep reusing the same kept-alive connections. (Ties once went to the next shard
     in turn, so requests one after another each opened a connection of their own: a TLS
     handshake apiece, and at a pace slower than the keep-alive expiry, for every request.)
-    When every shard is full, requests queue on the shards in turn. Like any httpx transport
+    When every shard is full, requests queue on the shards in turn. Under asyncio the shards
+    read and write through asyncio's own transports rather than anyio's streams, which cost
+    a third of a request's CPU (see ``_netio``); through a proxy, and under trio, they use
+    httpcore's network as it comes. Like any httpx transport
     it belongs to the event loop that first uses it; create it where the
     :class:`httpx.AsyncClient` is created.
 
