@@ -1,13 +1,31 @@
 """A minimal HTTP/1.1 keep-alive server on loopback (plain or TLS) that counts connections,
-and a way to wait, without polling, until a count reaches a value."""
+a way to wait, without polling, until a count reaches a value, and small loopback helpers."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import Callable
 
-__all__ = ["Changes", "KeepAliveServer"]
+__all__ = ["Changes", "KeepAliveServer", "closed_port", "until"]
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (connections are refused at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def until(condition: Callable[[], bool], deadline: float = 10.0) -> None:
+    """Give the event loop turns until ``condition()`` holds (failing after ``deadline`` s)."""
+
+    async def turns() -> None:
+        while not condition():
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(turns(), deadline)
 
 
 class Changes:

@@ -23,6 +23,7 @@ from photoroom_bg.batch import load_sources
 from photoroom_bg.batch._manifest import load_finished_keys, read_manifest
 from photoroom_bg.testing import Faults, PhotoroomEmulator
 
+from ..loopback import until
 from ..s3server import S3Server
 from ..tcpproxy import running_proxy
 from .conftest import job_records, photo, remover
@@ -92,14 +93,6 @@ def test_records_the_writer_holds_when_it_is_cancelled_are_written(tmp_path: Pat
         ]
 
     asyncio.run(main())
-
-
-async def until(condition: Any) -> None:
-    for _ in range(10_000):
-        if condition():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError("the condition never held")
 
 
 def test_resume_after_retry_failed_finds_the_batch_sources_in_an_earlier_run(

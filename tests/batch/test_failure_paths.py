@@ -6,7 +6,6 @@ import asyncio
 import gc
 import io
 import os
-import socket
 import threading
 import time
 import tracemalloc
@@ -45,15 +44,8 @@ from photoroom_bg.sinks import FileSystemSink, S3Sink, StoredObject
 from photoroom_bg.sources import ImageSource, SourceReader
 from photoroom_bg.testing import Faults, PhotoroomEmulator
 
+from ..loopback import closed_port
 from .conftest import photo, remover
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (connections are refused at once)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 # -- cancel() means no new billed request -----------------------------------------------------
 

@@ -25,7 +25,7 @@ import trustme
 from photoroom_bg import _netio
 from photoroom_bg._pool import ShardedTransport
 
-from ..loopback import KeepAliveServer
+from ..loopback import KeepAliveServer, closed_port, until
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n"
@@ -67,16 +67,6 @@ async def request_head(reader: asyncio.StreamReader) -> dict[str, str]:
 
 def stream_of(response: httpx.Response) -> Any:
     return response.extensions["network_stream"]
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Let the event loop run until ``condition()`` holds (failing after 10 s)."""
-
-    async def turns() -> None:
-        while not condition():
-            await asyncio.sleep(0)
-
-    await asyncio.wait_for(turns(), 10)
 
 
 async def test_requests_go_through_asyncio_transports_and_reuse_one_connection() -> None:
@@ -261,14 +251,8 @@ async def test_an_upload_nobody_reads_times_the_write_out() -> None:
             await http.post("/", content=os.urandom(64 << 20))
 
 
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_a_refused_connection_is_a_connect_error() -> None:
-    async with client(f"http://127.0.0.1:{unused_port()}") as http:
+    async with client(f"http://127.0.0.1:{closed_port()}") as http:
         with pytest.raises(httpx.ConnectError):
             await http.get("/")
 
