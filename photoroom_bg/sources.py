@@ -45,7 +45,7 @@ import anyio
 import attrs
 import httpx
 
-from . import _threads
+from . import _netio, _threads
 from ._images import FileTooLarge, LargerThan, NotARegularFile, read_regular_file, sniff_format
 from ._inflate import UnsupportedEncoding, decoder_for
 from ._listing import IMAGE_EXTENSIONS, glob_images, is_image_path, walk_images
@@ -669,12 +669,17 @@ class SourceReader:
         return await open_s3_client("s3:// sources need", config, **options)
 
     def _http_client(self, keep_alive: int = _KEEP_ALIVE) -> httpx.AsyncClient:
+        transport = httpx.AsyncHTTPTransport(
+            verify=tls_context(trust_env=False),  # made once per process, not per reader
+            trust_env=False,
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=keep_alive),
+        )
+        _netio.install(transport)  # no proxy here: asyncio's own transports (see _netio)
         return httpx.AsyncClient(
             timeout=httpx.Timeout(wait_limit("timeout", self._timeout)),
             follow_redirects=False,
             trust_env=False,
-            verify=tls_context(trust_env=False),  # made once per process, not per reader
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=keep_alive),
+            transport=transport,
         )
 
     async def _open_pools(self) -> _Pools:

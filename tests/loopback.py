@@ -5,10 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import socketserver
 import ssl
+import sys
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["Changes", "KeepAliveServer", "closed_port", "until"]
+__all__ = ["Changes", "KeepAliveServer", "QuietHangUps", "closed_port", "until"]
+
+
+class QuietHangUps(socketserver.BaseServer):
+    """Mix into a threaded test server: a client that hangs up early (a reader refusing a
+    body, a cancelled download) is no error worth a traceback on stderr."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 def closed_port() -> int:

@@ -24,6 +24,7 @@ import trustme
 
 from photoroom_bg import _netio
 from photoroom_bg._pool import ShardedTransport
+from photoroom_bg.sources import SourceReader
 
 from ..loopback import KeepAliveServer, closed_port, until
 
@@ -389,3 +390,8 @@ def test_a_transport_through_a_proxy_keeps_httpcores_backend() -> None:
     assert all(
         isinstance(shard._pool._network_backend, _netio.AsyncioBackend) for shard in direct._shards
     )
+
+
+async def test_the_download_pool_uses_asyncio_transports_too() -> None:
+    async with SourceReader()._http_client() as pool:
+        assert isinstance(pool._transport._pool._network_backend, _netio.AsyncioBackend)  # type: ignore[attr-defined]

@@ -12,6 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from PIL import Image
 
+from ..loopback import QuietHangUps
+
 
 def png_bytes(size: int = 16) -> bytes:
     out = io.BytesIO()
@@ -82,7 +84,10 @@ class ImageServer:
                 self.send_header("content-length", "0")
                 self.end_headers()
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(QuietHangUps, ThreadingHTTPServer):
+            pass
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"

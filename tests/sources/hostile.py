@@ -25,6 +25,7 @@ import threading
 import zlib
 from urllib.parse import parse_qs, urlsplit
 
+from ..loopback import QuietHangUps
 from .conftest import png_bytes
 
 BOMB_SIZE = 64 * 1024 * 1024
@@ -60,7 +61,7 @@ class HostileServer:
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     server.route(sock, target)
 
-        class Server(socketserver.ThreadingTCPServer):
+        class Server(QuietHangUps, socketserver.ThreadingTCPServer):
             daemon_threads = True
             allow_reuse_address = True
 
