@@ -192,12 +192,13 @@ class _Stream(httpcore.AsyncNetworkStream):
         except TimeoutError as exc:
             self._transport.abort()
             raise httpcore.ConnectTimeout("timed out in the TLS handshake") from exc
-        except (OSError, ConnectionError) as exc:  # ssl.SSLError is an OSError
+        except OSError as exc:  # ssl.SSLError is one
             self._transport.abort()
             raise httpcore.ConnectError(_reason(exc)) from exc
         if transport is None:  # pragma: no cover - only for a closing transport
             raise httpcore.ConnectError("the connection closed before the TLS handshake")
         assert isinstance(transport, asyncio.Transport)
+        self._protocol.transport = transport  # reading is paused and resumed above the TLS
         return _Stream(transport, self._protocol)
 
     def get_extra_info(self, info: str) -> Any:
