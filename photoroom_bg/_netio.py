@@ -143,8 +143,9 @@ class _Stream(httpcore.AsyncNetworkStream):
         protocol = self._protocol
         while not protocol.chunks:
             if protocol.eof or protocol.lost:
-                if protocol.error is not None:
-                    raise httpcore.ReadError(_reason(protocol.error)) from protocol.error
+                error = protocol.failure()
+                if error is not None:
+                    raise httpcore.ReadError(_reason(error)) from error
                 return b""  # the other end closed the connection
             if self._transport.is_closing():
                 raise httpcore.ReadError("the connection is closed")
@@ -157,7 +158,7 @@ class _Stream(httpcore.AsyncNetworkStream):
             return
         protocol = self._protocol
         if protocol.lost or self._transport.is_closing():
-            error = protocol.error
+            error = protocol.failure()
             raise httpcore.WriteError(_reason(error) if error else "the connection is closed")
         self._transport.write(buffer)
         while protocol.writing_paused:  # the kernel's buffer is full: wait for it to drain
@@ -322,8 +323,12 @@ _BACKEND = AsyncioBackend()
 
 
 def install(transport: Any) -> None:
-    """Make ``transport`` (an :class:`httpx.AsyncHTTPTransport`) use :class:`AsyncioBackend`."""
+    """Make ``transport`` (an :class:`httpx.AsyncHTTPTransport`) use :class:`AsyncioBackend`,
+    unless it goes through a proxy: there TLS may run inside TLS, which asyncio's
+    ``start_tls`` cannot do on every Python supported, so httpcore's network stays."""
     pool = transport._pool
+    if type(pool) is not httpcore.AsyncConnectionPool:  # an HTTP or SOCKS proxy
+        return
     if not hasattr(pool, "_network_backend"):  # pragma: no cover - a future httpcore
         return
     pool._network_backend = _BACKEND

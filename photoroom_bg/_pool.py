@@ -88,9 +88,8 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     When every shard is full, requests queue on the shards in turn. Under asyncio the shards
     read and write through asyncio's own transports rather than anyio's streams, which cost
     a third of a request's CPU (see ``_netio``); through a proxy, and under trio, they use
-    httpcore's network as it comes. Like any httpx transport
-    it belongs to the event loop that first uses it; create it where the
-    :class:`httpx.AsyncClient` is created.
+    httpcore's network as it comes. Like any httpx transport it belongs to the event loop
+    that first uses it; create it where the :class:`httpx.AsyncClient` is created.
 
     Args:
         limits: the budget of all shards together: ``max_connections`` and
@@ -139,9 +138,8 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             )
             for capacity, kept in zip(self._capacity, keepalive, strict=True)
         ]
-        if kwargs.get("proxy") is None:  # through a proxy, TLS may run inside TLS: anyio's
-            for shard in self._shards:
-                _netio.install(shard)
+        for shard in self._shards:
+            _netio.install(shard)  # not through a proxy: see there
         self._limit = [sys.maxsize if c is None else c for c in self._capacity]
         self._busy = [0] * shards
         self._turn = itertools.cycle(range(shards))

@@ -340,13 +340,11 @@ async def test_https_runs_over_the_same_transports(
 
 
 async def test_a_large_body_over_https_is_held_back_above_the_tls_and_arrives_whole(
-    ca: trustme.CA, trusting: ssl.SSLContext
+    tls_server: KeepAliveServer, trusting: ssl.SSLContext
 ) -> None:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
     body = os.urandom(3 * _netio.READ_AHEAD)
-    async with KeepAliveServer(tls=context) as server, client(server.url, verify=trusting) as http:
-        server.answer = HEAD % len(body) + body
+    tls_server.answer = HEAD % len(body) + body
+    async with client(tls_server.url, verify=trusting) as http:
         async with http.stream("GET", "/") as response:
             stream = stream_of(response)
             protocol = stream._protocol
