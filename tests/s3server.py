@@ -128,6 +128,10 @@ def start_s3_server(workdir: Path) -> Iterator[S3Server]:
         "-master.telemetry.url=http://127.0.0.1:9/",
         "-master.volumeSizeLimitMB=16",
         "-volume.max=300",
+        # by default a volume server with under 1 % of its disk free marks every volume
+        # read-only, and the S3 gateway then never becomes writable: on a 250 GB disk that
+        # is 2.5 GB, more than a busy CI machine may have left, and far more than the tests use
+        "-volume.minFreeSpace=1MiB",
     ]
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -176,4 +180,8 @@ def wait_ready(server: S3Server, process: subprocess.Popen[bytes], log: Path) ->
             last = exc
             time.sleep(0.25)
     tail = log.read_bytes()[-3000:].decode(errors="replace")
-    raise RuntimeError(f"SeaweedFS did not become ready ({last!r}); log tail:\n{tail}")
+    free = shutil.disk_usage(log.parent).free
+    raise RuntimeError(
+        f"SeaweedFS did not become ready ({last!r}); {free / 2**20:.0f} MiB free on its disk;"
+        f" log tail:\n{tail}"
+    )

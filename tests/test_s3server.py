@@ -1,0 +1,50 @@
+"""The test S3 server itself: it must start wherever the suite runs, a nearly full disk too."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .s3server import start_s3_server
+
+
+@pytest.fixture
+def nearly_full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 GiB tmpfs with 8 MiB (0.8 %) left free, unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1g", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {mounted.stderr.strip()}")
+    try:
+        subprocess.run(
+            ["fallocate", "-l", str((1024 - 8) * 2**20), str(disk / "filler")], check=True
+        )
+        usage = shutil.disk_usage(disk)
+        assert usage.free < usage.total / 100
+        yield disk
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+def test_the_s3_server_starts_and_stores_with_under_one_percent_of_its_disk_free(
+    nearly_full_disk: Path,
+) -> None:
+    workdir = nearly_full_disk / "seaweedfs"
+    workdir.mkdir()
+    server = start_s3_server(workdir)
+    try:
+        # start-up waits until an object has been stored, or raises with the server's log
+        started = next(server)
+        assert started.endpoint_url.startswith("http://127.0.0.1:")
+    finally:
+        server.close()
