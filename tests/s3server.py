@@ -71,8 +71,43 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+#: Start-ups tried when ``weed`` exits while starting (a port taken meanwhile, most often).
+START_ATTEMPTS = 3
+
+
+class ExitedWhileStarting(RuntimeError):
+    """``weed`` ended before it was ready."""
+
+
 def start_s3_server(workdir: Path) -> Iterator[S3Server]:
-    """Run SeaweedFS until the generator is closed."""
+    """Run SeaweedFS until the generator is closed.
+
+    The free ports are chosen before ``weed`` binds them, so another process may take one in
+    between; ``weed`` then exits at once, and it is started again on new ports.
+    """
+    for attempt in range(1, START_ATTEMPTS + 1):
+        folder = workdir / f"attempt-{attempt}"
+        folder.mkdir()
+        server, process, log = launch(folder)
+        try:
+            wait_ready(server, process, log)
+        except ExitedWhileStarting:
+            stop(process)
+            if attempt == START_ATTEMPTS:
+                raise
+            continue
+        except BaseException:
+            stop(process)
+            raise
+        try:
+            yield server
+        finally:
+            stop(process)
+        return
+
+
+def launch(workdir: Path) -> tuple[S3Server, subprocess.Popen[bytes], Path]:
+    """Start ``weed`` on free ports, its data and log under ``workdir``."""
     master, volume, filer, s3 = free_ports(4)
     server = S3Server(
         endpoint_url=f"http://127.0.0.1:{s3}",
@@ -137,11 +172,7 @@ def start_s3_server(workdir: Path) -> Iterator[S3Server]:
         process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, env={**os.environ}
         )
-    try:
-        wait_ready(server, process, log)
-        yield server
-    finally:
-        stop(process)
+    return server, process, log
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -180,6 +211,10 @@ def wait_ready(server: S3Server, process: subprocess.Popen[bytes], log: Path) ->
             last = exc
             time.sleep(0.25)
     tail = log.read_bytes()[-3000:].decode(errors="replace")
+    if process.poll() is not None:
+        raise ExitedWhileStarting(
+            f"SeaweedFS exited while starting (code {process.returncode}); log tail:\n{tail}"
+        )
     free = shutil.disk_usage(log.parent).free
     raise RuntimeError(
         f"SeaweedFS did not become ready ({last!r}); {free / 2**20:.0f} MiB free on its disk;"

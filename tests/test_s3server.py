@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from . import s3server
 from .s3server import start_s3_server
 
 
@@ -48,3 +50,32 @@ def test_the_s3_server_starts_and_stores_with_under_one_percent_of_its_disk_free
         assert started.endpoint_url.startswith("http://127.0.0.1:")
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("which", range(4), ids=["master", "volume", "filer", "s3"])
+def test_a_port_taken_between_choosing_and_binding_it_gets_a_new_start_on_new_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: int
+) -> None:
+    chosen: list[list[int]] = []
+    choose = s3server.free_ports
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+
+        def first_one_taken(count: int) -> list[int]:
+            ports = choose(count)
+            if not chosen:  # someone binds one of the first choice before weed does
+                ports[which] = squatter.getsockname()[1]
+            chosen.append(ports)
+            return ports
+
+        monkeypatch.setattr(s3server, "free_ports", first_one_taken)
+        server = start_s3_server(tmp_path)
+        try:
+            started = next(server)
+            assert len(chosen) == 2
+            assert started.endpoint_url == f"http://127.0.0.1:{chosen[1][3]}"
+            log = (tmp_path / "attempt-1" / "weed.log").read_text(errors="replace")
+            assert "address already in use" in log
+        finally:
+            server.close()
