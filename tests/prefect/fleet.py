@@ -71,11 +71,37 @@ def prefect_env(home: Path, api_url: str, extra: Mapping[str, str] | None = None
     return env
 
 
+#: Start-ups tried when the free port chosen was taken before the server bound it.
+START_ATTEMPTS = 3
+
+
+class PortTaken(RuntimeError):
+    """The server exited because its port was in use."""
+
+
 @contextmanager
 def prefect_server(home: Path) -> Iterator[Fleet]:
-    """``prefect server start`` on a free loopback port, over SQLite in ``home``."""
+    """``prefect server start`` on a free loopback port, over SQLite in ``home``.
+
+    Another process may bind the port chosen before the server does; the server is then
+    started again on another.
+    """
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            process, fleet = _start_server(home, free_port())
+        except PortTaken:
+            if attempt == START_ATTEMPTS:
+                raise
+            continue
+        try:
+            yield fleet
+        finally:
+            stop(process)
+        return
+
+
+def _start_server(home: Path, port: int) -> tuple[subprocess.Popen[bytes], Fleet]:
     api_url = f"http://127.0.0.1:{port}/api"
     env = prefect_env(home, api_url, _IDLE_SERVICES)
     log = home / "server.log"
@@ -101,18 +127,22 @@ def prefect_server(home: Path) -> Iterator[Fleet]:
         deadline = time.monotonic() + 150
         while True:
             if process.poll() is not None:
-                raise RuntimeError("prefect server exited:\n" + log.read_text()[-3000:])
+                said = log.read_text()
+                taken = f"Port {port} is already in use" in " ".join(said.split())
+                raise (PortTaken if taken else RuntimeError)(
+                    "prefect server exited:\n" + said[-3000:]
+                )
             try:
                 if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                    break
+                    return process, fleet
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError("prefect server did not start:\n" + log.read_text()[-3000:])
             time.sleep(0.25)
-        yield fleet
-    finally:
+    except BaseException:
         stop(process)
+        raise
 
 
 @contextmanager

@@ -189,16 +189,40 @@ def merge_child_coverage() -> None:
         path.unlink()
 
 
+#: Start-ups tried when the free port chosen was taken before the service bound it.
+START_ATTEMPTS = 3
+
+
+class PortTaken(AssertionError):
+    """The service exited because its port was in use."""
+
+
 def start_service(
     env: dict[str, str], log: Path, *, port: int | None = None, args: tuple[str, ...] = ()
 ) -> ServiceProcess:
-    """Start ``python -m photoroom_bg.service`` and wait until ``/health`` answers."""
-    port = port or free_port()
+    """Start ``python -m photoroom_bg.service`` and wait until ``/health`` answers.
+
+    Without a ``port``, a free one is chosen; another process may bind it before the service
+    does, and then the service is started again on another.
+    """
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return _start_service(env, log, port or free_port(), args)
+        except PortTaken:
+            if port is not None or attempt == START_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_service(
+    env: dict[str, str], log: Path, port: int, args: tuple[str, ...]
+) -> ServiceProcess:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PHOTOROOM")}
     full_env.update(env)
     full_env.setdefault(
         "PHOTOROOM_BG_NETGUARD_LOG", os.environ.get("PHOTOROOM_BG_NETGUARD_LOG", "")
     )
+    start = log.stat().st_size if log.exists() else 0
     with log.open("ab") as out:
         process = subprocess.Popen(
             [
@@ -222,8 +246,10 @@ def start_service(
 
     def healthy() -> bool:
         if process.poll() is not None:
-            raise AssertionError(
-                f"the service exited ({process.returncode}):\n{service.log_text()}"
+            said = service.log_text()
+            taken = "address already in use" in said[start:]
+            raise (PortTaken if taken else AssertionError)(
+                f"the service exited ({process.returncode}):\n{said}"
             )
         try:
             return httpx.get(f"{service.url}/health", timeout=2).status_code == 200

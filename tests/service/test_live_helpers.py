@@ -1,0 +1,57 @@
+"""The helper that starts the service for the tests must start it wherever the suite runs."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from photoroom_bg.testing import PhotoroomEmulator
+
+from . import live
+
+
+def test_a_port_taken_between_choosing_and_binding_it_gets_a_new_start_on_another(
+    service_emulator: PhotoroomEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert service_emulator.url is not None
+    env = live.service_env(
+        emulator_url=service_emulator.url, sink=str(tmp_path / "sink"), state_dir=tmp_path / "st"
+    )
+    chosen: list[int] = []
+    choose = live.free_port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+
+        def first_one_taken() -> int:
+            # someone binds the first port chosen before the service does
+            chosen.append(choose() if chosen else squatter.getsockname()[1])
+            return chosen[-1]
+
+        monkeypatch.setattr(live, "free_port", first_one_taken)
+        service = live.start_service(env, tmp_path / "service.log")
+        try:
+            assert len(chosen) == 2
+            assert service.url == f"http://127.0.0.1:{chosen[1]}"
+            assert httpx.get(f"{service.url}/health", timeout=10).status_code == 200
+            assert "address already in use" in service.log_text()
+        finally:
+            service.stop()
+
+
+def test_a_port_asked_for_by_the_caller_is_not_swapped_for_another(
+    service_emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    assert service_emulator.url is not None
+    env = live.service_env(
+        emulator_url=service_emulator.url, sink=str(tmp_path / "sink"), state_dir=tmp_path / "st"
+    )
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        with pytest.raises(live.PortTaken, match="address already in use"):
+            live.start_service(env, tmp_path / "service.log", port=taken)
