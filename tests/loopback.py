@@ -1,5 +1,6 @@
 """A minimal HTTP/1.1 keep-alive server on loopback (plain or TLS) that counts connections,
-a way to wait, without polling, until a count reaches a value, and small loopback helpers."""
+a way to wait, without polling, until a count reaches a value, and small loopback helpers,
+among them the way the tests' child servers (S3, the service, Prefect) get their ports."""
 
 from __future__ import annotations
 
@@ -8,10 +9,26 @@ import socket
 import socketserver
 import ssl
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
-__all__ = ["Changes", "KeepAliveServer", "QuietHangUps", "closed_port", "until"]
+__all__ = [
+    "START_ATTEMPTS",
+    "Changes",
+    "KeepAliveServer",
+    "PortTaken",
+    "QuietHangUps",
+    "closed_port",
+    "start_on_free_ports",
+    "taken_first",
+    "until",
+]
+
+T = TypeVar("T")
+
+#: Start-ups tried when a child server exits because a port chosen for it was taken.
+START_ATTEMPTS = 3
 
 
 class QuietHangUps(socketserver.BaseServer):
@@ -29,6 +46,42 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class PortTaken(RuntimeError):
+    """A child server exited at start-up: a port chosen for it was in use.
+
+    A free port is chosen by binding port 0 and closing the socket; the child binds it later,
+    and another process (an outgoing connection of another test, say) may take it between.
+    """
+
+
+def start_on_free_ports(start: Callable[[], T], attempts: int = START_ATTEMPTS) -> T:
+    """``start()``, which chooses free ports and starts a child on them, called again while it
+    raises :class:`PortTaken`."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start()
+        except PortTaken:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def taken_first(choose: Callable[[], int]) -> Iterator[tuple[Callable[[], int], list[int]]]:
+    """A port chooser whose first port is one something already listens on (then those of
+    ``choose``), and the list of what it handed out: a port taken between choice and bind."""
+    chosen: list[int] = []
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+
+        def chooser() -> int:
+            chosen.append(choose() if chosen else int(squatter.getsockname()[1]))
+            return chosen[-1]
+
+        yield chooser, chosen
 
 
 async def until(condition: Callable[[], bool], deadline: float = 10.0) -> None:

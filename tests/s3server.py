@@ -18,6 +18,8 @@ from pathlib import Path
 import attrs
 import httpx
 
+from .loopback import START_ATTEMPTS, PortTaken, start_on_free_ports
+
 
 @attrs.frozen
 class S3Server:
@@ -71,39 +73,27 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-#: Start-ups tried when ``weed`` exits while starting (a port taken meanwhile, most often).
-START_ATTEMPTS = 3
-
-
-class ExitedWhileStarting(RuntimeError):
-    """``weed`` ended before it was ready."""
-
-
 def start_s3_server(workdir: Path) -> Iterator[S3Server]:
-    """Run SeaweedFS until the generator is closed.
+    """Run SeaweedFS until the generator is closed (started again on new ports, each time in a
+    new folder under ``workdir``, should another process bind one of them first)."""
+    attempts = iter(range(1, START_ATTEMPTS + 1))
+    server, process = start_on_free_ports(lambda: start(workdir / f"attempt-{next(attempts)}"))
+    try:
+        yield server
+    finally:
+        stop(process)
 
-    The free ports are chosen before ``weed`` binds them, so another process may take one in
-    between; ``weed`` then exits at once, and it is started again on new ports.
-    """
-    for attempt in range(1, START_ATTEMPTS + 1):
-        folder = workdir / f"attempt-{attempt}"
-        folder.mkdir()
-        server, process, log = launch(folder)
-        try:
-            wait_ready(server, process, log)
-        except ExitedWhileStarting:
-            stop(process)
-            if attempt == START_ATTEMPTS:
-                raise
-            continue
-        except BaseException:
-            stop(process)
-            raise
-        try:
-            yield server
-        finally:
-            stop(process)
-        return
+
+def start(folder: Path) -> tuple[S3Server, subprocess.Popen[bytes]]:
+    """Start ``weed`` in ``folder`` and wait until it is ready; stopped again if it is not."""
+    folder.mkdir()
+    server, process, log = launch(folder)
+    try:
+        wait_ready(server, process, log)
+    except BaseException:
+        stop(process)
+        raise
+    return server, process
 
 
 def launch(workdir: Path) -> tuple[S3Server, subprocess.Popen[bytes], Path]:
@@ -210,9 +200,11 @@ def wait_ready(server: S3Server, process: subprocess.Popen[bytes], log: Path) ->
         except Exception as exc:  # still starting
             last = exc
             time.sleep(0.25)
-    tail = log.read_bytes()[-3000:].decode(errors="replace")
+    said = log.read_bytes().decode(errors="replace")
+    tail = said[-3000:]
     if process.poll() is not None:
-        raise ExitedWhileStarting(
+        taken = "address already in use" in said
+        raise (PortTaken if taken else RuntimeError)(
             f"SeaweedFS exited while starting (code {process.returncode}); log tail:\n{tail}"
         )
     free = shutil.disk_usage(log.parent).free

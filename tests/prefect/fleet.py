@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import attrs
 import httpx
 
+from ..loopback import PortTaken, closed_port, start_on_free_ports
 from .conftest import QUIET_PREFECT
 
 # services of the server that this test does not need: less CPU on a shared machine
@@ -30,9 +30,8 @@ _PREFECT = [sys.executable, "-m", "prefect"]
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free on 127.0.0.1 right now."""
+    return closed_port()
 
 
 @attrs.frozen
@@ -71,34 +70,16 @@ def prefect_env(home: Path, api_url: str, extra: Mapping[str, str] | None = None
     return env
 
 
-#: Start-ups tried when the free port chosen was taken before the server bound it.
-START_ATTEMPTS = 3
-
-
-class PortTaken(RuntimeError):
-    """The server exited because its port was in use."""
-
-
 @contextmanager
 def prefect_server(home: Path) -> Iterator[Fleet]:
-    """``prefect server start`` on a free loopback port, over SQLite in ``home``.
-
-    Another process may bind the port chosen before the server does; the server is then
-    started again on another.
-    """
+    """``prefect server start`` on a free loopback port, over SQLite in ``home`` (started
+    again on another should another process bind the port first)."""
     home.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, START_ATTEMPTS + 1):
-        try:
-            process, fleet = _start_server(home, free_port())
-        except PortTaken:
-            if attempt == START_ATTEMPTS:
-                raise
-            continue
-        try:
-            yield fleet
-        finally:
-            stop(process)
-        return
+    process, fleet = start_on_free_ports(lambda: _start_server(home, free_port()))
+    try:
+        yield fleet
+    finally:
+        stop(process)
 
 
 def _start_server(home: Path, port: int) -> tuple[subprocess.Popen[bytes], Fleet]:

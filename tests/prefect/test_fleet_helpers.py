@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import httpx
 import pytest
 
+from ..loopback import taken_first
 from . import fleet
 
 pytestmark = pytest.mark.slow
@@ -16,17 +16,7 @@ pytestmark = pytest.mark.slow
 def test_a_port_taken_between_choosing_and_binding_it_gets_a_new_start_on_another(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    chosen: list[int] = []
-    choose = fleet.free_port
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-
-        def first_one_taken() -> int:
-            # someone binds the first port chosen before the server does
-            chosen.append(choose() if chosen else squatter.getsockname()[1])
-            return chosen[-1]
-
+    with taken_first(fleet.free_port) as (first_one_taken, chosen):
         monkeypatch.setattr(fleet, "free_port", first_one_taken)
         with fleet.prefect_server(tmp_path / "prefect") as started:
             assert len(chosen) == 2

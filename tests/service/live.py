@@ -7,7 +7,6 @@ import contextlib
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,8 @@ import attrs
 import httpx
 from PIL import Image, ImageDraw
 
+from ..loopback import PortTaken, closed_port, start_on_free_ports
+
 T = TypeVar("T")
 
 API_KEY = "svc-emulator-key-0f3c9d1e2b7a"  # checked never to leave the service
@@ -30,9 +31,7 @@ ALICE, BOB = "alice-token-5b1e0c", "bob-token-93af27"
 
 def free_port() -> int:
     """A port free on 127.0.0.1 right now."""
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return closed_port()
 
 
 def photo(n: int, size: tuple[int, int] = (64, 48)) -> bytes:
@@ -189,29 +188,17 @@ def merge_child_coverage() -> None:
         path.unlink()
 
 
-#: Start-ups tried when the free port chosen was taken before the service bound it.
-START_ATTEMPTS = 3
-
-
-class PortTaken(AssertionError):
-    """The service exited because its port was in use."""
-
-
 def start_service(
     env: dict[str, str], log: Path, *, port: int | None = None, args: tuple[str, ...] = ()
 ) -> ServiceProcess:
     """Start ``python -m photoroom_bg.service`` and wait until ``/health`` answers.
 
-    Without a ``port``, a free one is chosen; another process may bind it before the service
-    does, and then the service is started again on another.
+    Without a ``port``, a free one is chosen; should another process bind it first, the
+    service is started again on another (a port the caller asked for is never swapped).
     """
-    for attempt in range(1, START_ATTEMPTS + 1):
-        try:
-            return _start_service(env, log, port or free_port(), args)
-        except PortTaken:
-            if port is not None or attempt == START_ATTEMPTS:
-                raise
-    raise AssertionError("unreachable")
+    if port is not None:
+        return _start_service(env, log, port, args)
+    return start_on_free_ports(lambda: _start_service(env, log, free_port(), args))
 
 
 def _start_service(

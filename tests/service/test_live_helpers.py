@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import httpx
@@ -10,6 +9,7 @@ import pytest
 
 from photoroom_bg.testing import PhotoroomEmulator
 
+from ..loopback import PortTaken, taken_first
 from . import live
 
 
@@ -20,17 +20,7 @@ def test_a_port_taken_between_choosing_and_binding_it_gets_a_new_start_on_anothe
     env = live.service_env(
         emulator_url=service_emulator.url, sink=str(tmp_path / "sink"), state_dir=tmp_path / "st"
     )
-    chosen: list[int] = []
-    choose = live.free_port
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-
-        def first_one_taken() -> int:
-            # someone binds the first port chosen before the service does
-            chosen.append(choose() if chosen else squatter.getsockname()[1])
-            return chosen[-1]
-
+    with taken_first(live.free_port) as (first_one_taken, chosen):
         monkeypatch.setattr(live, "free_port", first_one_taken)
         service = live.start_service(env, tmp_path / "service.log")
         try:
@@ -49,9 +39,8 @@ def test_a_port_asked_for_by_the_caller_is_not_swapped_for_another(
     env = live.service_env(
         emulator_url=service_emulator.url, sink=str(tmp_path / "sink"), state_dir=tmp_path / "st"
     )
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-        taken = squatter.getsockname()[1]
-        with pytest.raises(live.PortTaken, match="address already in use"):
-            live.start_service(env, tmp_path / "service.log", port=taken)
+    with (
+        taken_first(live.free_port) as (choose, _),
+        pytest.raises(PortTaken, match="address already in use"),
+    ):
+        live.start_service(env, tmp_path / "service.log", port=choose())
