@@ -22,9 +22,9 @@ def check_key(key: str) -> str:
     if key.startswith("/"):
         raise UnsafeKeyError(f"key {key!r} is absolute; keys are relative to the sink")
     parts = key.split("/")
-    if any(part in ("..", ".") for part in parts):
+    if ".." in parts or "." in parts:
         raise UnsafeKeyError(f"key {key!r} contains '.' or '..' segments")
-    if any(part == "" for part in parts):
+    if "" in parts:
         raise UnsafeKeyError(f"key {key!r} contains an empty path segment")
     return key
 

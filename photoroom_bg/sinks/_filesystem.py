@@ -165,6 +165,8 @@ class FileSystemSink:
             shown = printable(os.fspath(root))
             raise ConfigurationError(f"{shown!r}: not a usable folder ({exc})") from None
         self.write_metadata = write_metadata
+        # what a key's parts are joined to ("" for the file system's root, itself a separator)
+        self._root_prefix = str(self.root).rstrip(os.sep)
         self._cleaned: set[Path] = set()
         self._cleaned_lock = threading.Lock()
         self._name_max_bytes: int | None = None
@@ -183,34 +185,34 @@ class FileSystemSink:
     def _locate(self, key: str) -> tuple[Path, bool]:
         """:meth:`path`, and whether something may be there (False: a part of it is missing)."""
         check_key(key)
-        name = key.rsplit("/", 1)[-1]
+        parts = key.split("/")
         if key.endswith(_META_SUFFIX):
             raise UnsafeKeyError(f"key {key!r} uses the reserved suffix {_META_SUFFIX}")
-        if _TEMP_NAME.match(name):
+        if _TEMP_NAME.match(parts[-1]):
             raise UnsafeKeyError(f"key {key!r} is named like one of the sink's temporary files")
-        self._check_lengths(key)
+        self._check_lengths(key, parts)
         # The root is resolved once, and keys have no ``..``: only a symlink under the root
         # can lead elsewhere. Look at the parts that exist (usually one or two ``lstat``);
-        # resolve the whole path only when one of them is a symlink.
-        target = self.root.joinpath(*key.split("/"))
-        current = self.root
-        parts = target.parts[len(self.root.parts) :]
+        # resolve the whole path only when one of them is a symlink. (Strings on the way
+        # down, not Paths: a batch does this twice per image.)
+        current = self._root_prefix
         for index, part in enumerate(parts, start=1):
-            current = current / part
+            current = f"{current}{os.sep}{part}"
             try:
                 mode = os.lstat(current).st_mode
             except (FileNotFoundError, NotADirectoryError):
-                return target, False  # nothing below exists yet: no symlink to follow
+                # nothing below exists yet: no symlink to follow
+                return Path(f"{self._root_prefix}{os.sep}{key}"), False
             except OSError as exc:
                 raise self._error(exc, "resolve", key) from None
             if stat.S_ISLNK(mode):
-                return self._resolved(key, target), True
+                return self._resolved(key, Path(f"{self._root_prefix}{os.sep}{key}")), True
             if index < len(parts) and not stat.S_ISDIR(mode):  # no put could ever succeed
                 raise UnsafeKeyError(
                     f"key {key!r} cannot be stored under {printable(str(self.root))}: "
-                    f"{printable(str(current))} is a file, not a folder"
+                    f"{printable(current)} is a file, not a folder"
                 )
-        return target, True
+        return Path(current), True
 
     def _resolved(self, key: str, target: Path) -> Path:
         try:
@@ -230,11 +232,10 @@ class FileSystemSink:
                 self._name_max_bytes = 255
         return self._name_max_bytes
 
-    def _check_lengths(self, key: str) -> None:
+    def _check_lengths(self, key: str, parts: list[str]) -> None:
         name_max = self._name_max()
-        parts = key.split("/")
         for index, part in enumerate(parts):
-            size = len(os.fsencode(part))
+            size = len(part) if part.isascii() else len(os.fsencode(part))
             # the last part also names the temporary file and the metadata file beside it
             room = name_max - (_TEMP_EXTRA + len(_META_SUFFIX) if index == len(parts) - 1 else 0)
             if size > room:

@@ -112,6 +112,31 @@ async def test_symlinks_cannot_escape_the_root(tmp_path: Path) -> None:
     assert list(outside.iterdir()) == []
 
 
+async def test_symlinks_that_stay_inside_the_root_are_followed(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "2026" / "11").mkdir(parents=True)
+    (root / "latest").symlink_to(root / "2026" / "11")
+    (tmp_path / "secret.png").write_bytes(b"secret")
+    (root / "2026" / "11" / "leak.png").symlink_to(tmp_path / "secret.png")
+    sink = FileSystemSink(root)
+    stored = await sink.put("latest/a.png", b"a")
+    assert (root / "2026" / "11" / "a.png").read_bytes() == b"a"
+    assert sink.path("latest/a.png") == root / "2026" / "11" / "a.png"
+    assert stored.uri == (root / "2026" / "11" / "a.png").as_uri()
+    with pytest.raises(UnsafeKeyError, match="outside"):
+        await sink.get("latest/leak.png")  # the last part is a link out of the root
+
+
+def test_keys_under_a_sink_rooted_at_the_file_systems_root_are_plain_paths(
+    tmp_path: Path,
+) -> None:
+    tmp_path = tmp_path.resolve()
+    sink = FileSystemSink("/")
+    under = tmp_path.relative_to("/").as_posix()
+    assert sink.path(f"{under}/x.png") == tmp_path / "x.png"
+    assert sink.path(f"{under}/new/deeper/x.png") == tmp_path / "new" / "deeper" / "x.png"
+
+
 async def test_filesystem_metadata_sidecar_and_stat(tmp_path: Path) -> None:
     sink = FileSystemSink(tmp_path, write_metadata=True)
     await sink.put("a.png", b"abc", content_type="image/webp", metadata={"source": "s"})
