@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from . import s3server
+from .loopback import closed_port, taken_first
 from .s3server import start_s3_server
 
 
@@ -58,14 +58,13 @@ def test_a_port_taken_between_choosing_and_binding_it_gets_a_new_start_on_new_po
 ) -> None:
     chosen: list[list[int]] = []
     choose = s3server.free_ports
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
+    with taken_first(closed_port) as (squatted, _):
+        taken = squatted()  # something listens there already
 
         def first_one_taken(count: int) -> list[int]:
             ports = choose(count)
             if not chosen:  # someone binds one of the first choice before weed does
-                ports[which] = squatter.getsockname()[1]
+                ports[which] = taken
             chosen.append(ports)
             return ports
 
