@@ -101,6 +101,9 @@ class RequestSpec:
     data: dict[str, str | list[str]] | None = None
     files: FileParts | None = None
     headers: dict[str, str] = attrs.field(factory=dict)
+    # False for reads that cost nothing (the balance): a failure of one is never money at
+    # risk, so it is never ``possibly_billed`` (and a strict retry policy still retries it)
+    billable: bool = True
 
 
 @attrs.frozen
@@ -430,12 +433,18 @@ class BaseClient:
 
     def _account_request(self) -> RequestSpec:
         return RequestSpec(
-            "GET", f"{self.image_api_base_url}/v2/account", headers=self._auth_headers()
+            "GET",
+            f"{self.image_api_base_url}/v2/account",
+            headers=self._auth_headers(),
+            billable=False,
         )
 
     def _credits_request(self) -> RequestSpec:
         return RequestSpec(
-            "GET", f"{self.image_api_base_url}/v1/account", headers=self._auth_headers()
+            "GET",
+            f"{self.image_api_base_url}/v1/account",
+            headers=self._auth_headers(),
+            billable=False,
         )
 
     def _retries(self, max_retries: int | NotGiven) -> int:
@@ -470,6 +479,7 @@ class BaseClient:
         request = exc.request if _has_request(exc) else None
         # after the request went out (reading the answer), the server may have done the work
         sent = isinstance(exc, (httpx.ReadError, httpx.ReadTimeout, httpx.RemoteProtocolError))
+        sent = sent and spec.billable
         billing = " (the server may have processed and billed it)" if sent else ""
         if isinstance(exc, httpx.TimeoutException):
             return APITimeoutError(
@@ -485,7 +495,14 @@ class BaseClient:
         )
 
     @staticmethod
-    def _status_error(response: httpx.Response) -> APIStatusError:
+    def _status_error(response: httpx.Response, spec: RequestSpec | None = None) -> APIStatusError:
+        error = BaseClient._status_error_of(response)
+        if spec is not None and not spec.billable:  # a 5xx on a free read risks no money
+            error.possibly_billed = False
+        return error
+
+    @staticmethod
+    def _status_error_of(response: httpx.Response) -> APIStatusError:
         status = response.status_code
         body: Any = None
         try:

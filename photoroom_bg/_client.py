@@ -340,7 +340,7 @@ class PhotoroomClient(BaseClient):
                 self._log(spec, response.status_code, attempt, time.monotonic() - started)
                 if response.is_success:
                     return response
-                error = self._status_error(response)
+                error = self._status_error(response, spec)
             if attempt > retries or not is_retryable(error, self.retry_policy):
                 raise error from cause
             self._sleep(self.retry_policy.delay_for(error, next(delays)))
@@ -555,7 +555,7 @@ class AsyncPhotoroomClient(BaseClient):
                 self._log(spec, response.status_code, attempt, time.monotonic() - started)
                 if response.is_success:
                     return response
-                error = self._status_error(response)
+                error = self._status_error(response, spec)
             if attempt > retries or not is_retryable(error, self.retry_policy):
                 raise error from cause
             await self._sleep(self.retry_policy.delay_for(error, next(delays)))

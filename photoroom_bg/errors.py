@@ -145,8 +145,10 @@ class PhotoroomError(PhotoroomBGError):
             although no usable answer came back: a timeout or a dropped connection after the
             request was sent, a truncated body, a 5xx other than 503. ``False`` when it
             certainly was not: the request never left, or the server refused it (4xx, 429,
-            503). Photoroom bills only calls that succeed, but only the server knows whether
-            one did.
+            503), or the call costs nothing (reading the balance:
+            :meth:`~photoroom_bg.PhotoroomClient.account`,
+            :meth:`~photoroom_bg.PhotoroomClient.credits`). Photoroom bills only calls that
+            succeed, but only the server knows whether one did.
     """
 
     possibly_billed: bool = False

@@ -190,6 +190,7 @@ def test_the_default_retries_are_one_named_constant() -> None:
         "data",
         "files",
         "headers",
+        "billable",
     ]
 
 

@@ -532,6 +532,44 @@ async def test_transport_failures_say_whether_the_server_may_have_billed(
     assert ("may have processed and billed" in str(caught.value)) is billed
 
 
+ACCOUNT_FAILURES = [
+    httpx.ReadTimeout("no answer"),
+    httpx.ReadError("reset"),
+    httpx.RemoteProtocolError("peer closed connection without sending complete message body"),
+    httpx.Response(500, json={"error": {"message": "An unexpected error occurred"}}),
+    httpx.Response(502, text="Bad Gateway"),
+]
+
+
+@pytest.mark.parametrize("failure", ACCOUNT_FAILURES, ids=lambda f: type(f).__name__)
+@pytest.mark.parametrize("method", ["account", "credits"])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_balance_reads_are_never_called_possibly_billed(
+    respx_mock: respx.MockRouter, kind: str, method: str, failure: Any
+) -> None:
+    # reading the balance costs nothing: a lost answer is not money at risk, and is retried
+    # even by a policy that will not retry what the server may have billed
+    url = ACCOUNT if method == "account" else ACCOUNT.replace("/v2/", "/v1/")
+    body = {"images": {"available": 7, "subscription": 10}, "plan": "basic"}
+    if method == "credits":
+        body = {"credits": {"available": 7, "subscription": 10}}
+    ok = httpx.Response(200, json=body)
+    route = respx_mock.get(url)
+    route.side_effect = [failure, ok]
+    strict = make_twin(kind, retry_policy=RetryPolicy(initial_delay=0, retry_possibly_billed=False))
+    try:
+        read = await strict.call(method)
+        assert (read.available if method == "credits" else read.images_available) == 7
+        assert route.call_count == 2
+        route.side_effect = [failure]
+        with pytest.raises(PhotoroomError) as caught:
+            await strict.call(method, max_retries=0)
+    finally:
+        await strict.close()
+    assert caught.value.possibly_billed is False
+    assert "billed" not in str(caught.value)
+
+
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_retry_possibly_billed_off_fails_ambiguous_calls_at_once(
     respx_mock: respx.MockRouter, kind: str
