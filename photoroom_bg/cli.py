@@ -644,6 +644,8 @@ def _summary(report: BatchReport, dest: str, json_out: bool, quiet: bool) -> Non
                         "failed": report.failed_count,
                         "cancelled": report.cancelled_count,
                         "billed_calls": report.billed_calls,
+                        "possibly_billed_calls": report.possibly_billed_calls,
+                        "possibly_billed_twice": report.possibly_billed_twice,
                         "credits_spent": report.credits_spent,
                         "stop_reason": report.stop_reason,
                         "duration": round(report.duration, 3),
@@ -677,8 +679,23 @@ def _summary(report: BatchReport, dest: str, json_out: bool, quiet: bool) -> Non
     click.echo(
         f"  {'stored':<26}{report.stored_count:>8} of {report.total_count} in {printable(dest)}"
     )
-    spent = f", {report.credits_spent:g} credits" if report.credits_spent is not None else ""
-    click.echo(f"  {report.billed_calls} billed calls{spent} in {report.duration:.1f} s")
+    spent = report.credits_spent
+    credits = f", {_count(spent, 'credit')}" if spent is not None else ""
+    click.echo(
+        f"  {_count(report.billed_calls, 'billed call')}{credits} in {report.duration:.1f} s"
+    )
+    if report.possibly_billed_calls:
+        # the account was charged between billed_calls and billed_calls + these
+        twice = report.possibly_billed_twice
+        click.echo(
+            f"  {_count(report.possibly_billed_calls, 'call')} whose answer was lost may have "
+            f"been billed too; {_count(twice, 'image')} {'was' if twice == 1 else 'were'} made "
+            "after one (perhaps paid twice)"
+        )
+
+
+def _count(number: float, noun: str) -> str:
+    return f"{number:g} {noun}{'' if number == 1 else 's'}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -171,3 +171,31 @@ def test_the_progress_bar_uses_the_summary_words(
                  "--base-url", str(emulator.url), key=emulator.api_key)  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert "failed=0, made=6, skipped=0]" in result.stderr
+
+
+def test_the_summary_says_which_calls_may_have_been_billed_twice(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    # the server bills the first call and drops its answer; the retry is billed again. The
+    # summary said "1 billed calls, 2 credits" and left the user to guess why
+    base = ["--base-url", str(emulator.url)]
+    emulator.inject(None, "bill-reset")  # the balance read, then the first call
+    result = run("remove", str(folder / "p0.png"), "-o", str(tmp_path / "out"), *base,
+                 key=emulator.api_key)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert emulator.ledger.calls() == 2
+    assert "1 billed call, 2 credits" in result.stdout
+    assert (
+        "1 call whose answer was lost may have been billed too; 1 image was made after "
+        "one (perhaps paid twice)"
+    ) in result.stdout
+    emulator.inject(None, "bill-reset")
+    as_json = run("remove", str(folder / "p1.png"), "-o", str(tmp_path / "out"), *base, "--json",
+                  key=emulator.api_key)  # fmt: skip
+    summary = json.loads(as_json.stdout.splitlines()[-1])["summary"]
+    assert (summary["billed_calls"], summary["possibly_billed_calls"]) == (1, 1)
+    assert summary["possibly_billed_twice"] == 1
+    clean = run("remove", str(folder / "p2.png"), "-o", str(tmp_path / "out"), *base,
+                key=emulator.api_key)  # fmt: skip
+    assert "1 billed call, 1 credit in" in clean.stdout
+    assert "may have been billed" not in clean.stdout
