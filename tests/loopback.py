@@ -10,7 +10,7 @@ import socketserver
 import ssl
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, TypeVar
 
 __all__ = [
@@ -69,12 +69,19 @@ def start_on_free_ports(start: Callable[[], T], attempts: int = START_ATTEMPTS) 
 
 
 @contextmanager
-def taken_first(choose: Callable[[], int]) -> Iterator[tuple[Callable[[], int], list[int]]]:
+def taken_first(
+    choose: Callable[[], int], below: int = 65536
+) -> Iterator[tuple[Callable[[], int], list[int]]]:
     """A port chooser whose first port is one something already listens on (then those of
-    ``choose``), and the list of what it handed out: a port taken between choice and bind."""
+    ``choose``), and the list of what it handed out: a port taken between choice and bind.
+    ``below``: the taken port is lower (weed puts a server's gRPC port at its port + 10000)."""
     chosen: list[int] = []
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
+    with ExitStack() as held:
+        while True:  # the ephemeral range reaches 60999: most ports are below any bound
+            squatter = held.enter_context(socket.socket())
+            squatter.bind(("127.0.0.1", 0))
+            if squatter.getsockname()[1] < below:
+                break
         squatter.listen()
 
         def chooser() -> int:

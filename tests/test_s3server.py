@@ -58,7 +58,7 @@ def test_a_port_taken_between_choosing_and_binding_it_gets_a_new_start_on_new_po
 ) -> None:
     chosen: list[list[int]] = []
     choose = s3server.free_ports
-    with taken_first(closed_port) as (squatted, _):
+    with taken_first(closed_port, below=65536 - 10000) as (squatted, _):
         taken = squatted()  # something listens there already
 
         def first_one_taken(count: int) -> list[int]:
