@@ -18,6 +18,8 @@ from typing import cast
 from urllib.parse import unquote, urlsplit
 
 from . import _loop
+from .batch._manifest import manifest_in_use
+from .sinks._common import try_lock
 from .sources import iter_sources
 
 __all__ = ["check_destination", "check_inputs", "check_manifest", "printable"]
@@ -129,6 +131,11 @@ def check_manifest(manifest: str) -> None:
         raise ValueError(f"manifest {shown} is a folder, not a file")
     else:
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         except OSError as exc:
             raise ValueError(f"cannot write to manifest {shown}: {exc.strerror or exc}") from None
+        try:
+            if try_lock(fd) is False:  # the batch checks again when it opens the manifest
+                raise ValueError(manifest_in_use(shown))
+        finally:
+            os.close(fd)

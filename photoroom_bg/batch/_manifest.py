@@ -23,6 +23,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ..errors import ConfigurationError, ObjectNotFoundError, PhotoroomBGError
 from ..sinks import Sink
+from ..sinks._common import try_lock
 from ._jobs import JobResult, JobStatus
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "job_fields",
     "load_finished_keys",
     "load_sources",
+    "manifest_in_use",
     "read_from_sink",
     "read_manifest",
     "replayable_sources",
@@ -43,6 +45,15 @@ logger = logging.getLogger("photoroom_bg.batch")
 
 VERSION = 1
 _STORED = (JobStatus.SUCCEEDED.value, JobStatus.SKIPPED.value)
+
+
+def manifest_in_use(shown: str) -> str:
+    """What a run is told when another run holds its manifest."""
+    return (
+        f"another run is using the manifest {shown}: two runs at once would pay twice for the "
+        "images they share. Let it finish (or stop it), then run again: what it stored is "
+        "skipped"
+    )
 
 
 def job_fields(result: JobResult) -> dict[str, Any]:
@@ -172,11 +183,18 @@ class Manifest:
         return f"Manifest({str(self.path)!r})"
 
     def open(self) -> None:
-        """Create (or reopen) the file for appending; a torn last line is ended first."""
+        """Create (or reopen) the file for appending; a torn last line is ended first.
+
+        The file stays locked (``flock``) until :meth:`close`: a second run on the same
+        manifest is refused with :class:`~photoroom_bg.errors.ConfigurationError`."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             handle = self.path.open("ab")
             try:
+                if try_lock(handle.fileno()) is False:
+                    # held until this run closes it (or its process ends): two runs on one
+                    # manifest both see an image as not yet stored, and both pay for it
+                    raise ConfigurationError(manifest_in_use(str(self.path)))
                 if handle.tell() > 0:
                     with self.path.open("rb") as reader:
                         reader.seek(-1, os.SEEK_END)

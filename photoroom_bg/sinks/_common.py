@@ -8,7 +8,7 @@ from datetime import timedelta
 from .._numbers import check_number
 from ..errors import UnsafeKeyError
 
-__all__ = ["check_key", "seconds", "sha256_checksum"]
+__all__ = ["check_key", "seconds", "sha256_checksum", "try_lock"]
 
 
 def check_key(key: str) -> str:
@@ -38,3 +38,18 @@ def seconds(expires: float | timedelta, name: str = "expires") -> int:
     """An expiry in whole seconds (at least 1): a positive, finite number or timedelta."""
     value = expires.total_seconds() if isinstance(expires, timedelta) else expires
     return max(int(check_number(name, value, positive=True, finite=True)), 1)
+
+
+def try_lock(fd: int) -> bool | None:
+    """Try to lock ``fd`` exclusively: True if got, False if someone holds it, None if unknown."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    return True

@@ -30,7 +30,7 @@ from ..errors import (
     UnsafeKeyError,
 )
 from ._base import StoredObject
-from ._common import check_key, sha256_checksum
+from ._common import check_key, sha256_checksum, try_lock
 
 __all__ = ["FileSystemSink"]
 
@@ -46,21 +46,6 @@ _TEMP_EXTRA = len("..123456789abc.tmp")
 STALE_UNLOCKED_AFTER = 10.0
 #: Where locks do not work, a temporary file is removed only once it is this old.
 STALE_ANYWAY_AFTER = 24 * 3600.0
-
-
-def _lock(fd: int) -> bool | None:
-    """Try to lock ``fd`` exclusively: True if got, False if someone holds it, None if unknown."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    except OSError:
-        return None
-    return True
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -348,7 +333,7 @@ class FileSystemSink:
         # the fd stays open (and locked) until the rename is durable, so a cleaner in another
         # process can tell this file is being written
         try:
-            _lock(fd)
+            try_lock(fd)
             view = memoryview(data)
             while view:  # straight to the file: no buffered copy, no second descriptor
                 view = view[os.write(fd, view) :]
@@ -554,7 +539,7 @@ def _remove_if_stale(path: str) -> None:
         if not stat.S_ISREG(info.st_mode):
             return
         age = time.time() - info.st_mtime
-        free = _lock(fd)  # a live writer holds its lock until the rename
+        free = try_lock(fd)  # a live writer holds its lock until the rename
         stale = (free and age > STALE_UNLOCKED_AFTER) or (free is None and age > STALE_ANYWAY_AFTER)
         if stale and os.lstat(path).st_ino == info.st_ino:  # still the file we judged
             os.unlink(path)

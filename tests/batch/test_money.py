@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from photoroom_bg import (
@@ -225,3 +226,39 @@ def test_spilled_cut_outs_wait_in_a_folder_named_by_output_key(tmp_path: Path) -
 
     assert default_spill_dir() == Path(str(tmp_path / "spill"))  # the tests' own folder
     shutil.rmtree(tmp_path / "spill", ignore_errors=True)
+
+
+def test_a_second_run_on_the_same_manifest_is_refused_before_it_pays(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # Two runs into one folder (the command started twice, an overlapping cron job) both
+    # skipped nothing yet stored and paid for the same images twice.
+    import threading
+
+    from photoroom_bg.errors import ConfigurationError
+
+    release, storing = threading.Event(), threading.Event()
+
+    class HeldSink(MemorySink):
+        async def put(self, key: str, data: bytes, **kwargs: Any) -> Any:
+            storing.set()
+            await anyio.to_thread.run_sync(release.wait)
+            return await super().put(key, data, **kwargs)
+
+    images = [photo() for _ in range(3)]
+    manifest = tmp_path / "manifest.jsonl"
+    sink = HeldSink()
+    first = remover(emulator, sink, manifest=manifest, concurrency=1).submit(images)
+    try:
+        assert storing.wait(30)  # the first run is under way, one image paid for
+        before = manifest.read_bytes()
+        second = remover(emulator, MemorySink(), manifest=manifest, concurrency=1)
+        with pytest.raises(ConfigurationError, match="another run is using the manifest"):
+            second.submit(images).wait()
+        assert emulator.ledger.calls() == 1  # the second run paid for nothing
+        assert manifest.read_bytes() == before  # and wrote nothing
+    finally:
+        release.set()
+    assert first.wait().stored_count == 3
+    again = remover(emulator, sink, manifest=manifest).submit(images).wait()
+    assert (again.skipped_count, emulator.ledger.calls()) == (3, 3)

@@ -199,3 +199,24 @@ def test_the_summary_says_which_calls_may_have_been_billed_twice(
                 key=emulator.api_key)  # fmt: skip
     assert "1 billed call, 1 credit in" in clean.stdout
     assert "may have been billed" not in clean.stdout
+
+
+def test_a_second_command_into_the_same_folder_is_refused_before_it_pays(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    import fcntl
+
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with open(dest / ".photoroom-bg-manifest.jsonl", "ab") as held:  # as a running command
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = run("remove", str(folder), "-o", str(dest), "--base-url", str(emulator.url),
+                     key=emulator.api_key)  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Error: another run is using the manifest ")
+    assert len(result.stderr.splitlines()) == 1
+    assert emulator.ledger.calls() == 0
+    assert [p.name for p in dest.iterdir()] == [".photoroom-bg-manifest.jsonl"]
+    again = run("remove", str(folder), "-o", str(dest), "--base-url", str(emulator.url),
+                key=emulator.api_key)  # fmt: skip
+    assert again.exit_code == 0, again.stderr
