@@ -34,6 +34,7 @@ from ..sinks import StoredObject
 from ..sinks._common import check_key
 from ..sources import ImageSource, SourceReader, SourceSpec, iter_sources
 from ._calls import EngineCalls, EngineFailed, Stopped
+from ._claims import making, place_of
 from ._failures import lighten, one_error, typed
 from ._handle import BatchHandle
 from ._jobs import BatchReport, JobResult, JobStatus
@@ -202,6 +203,7 @@ class Batch:
             outage_budget=r.sink_outage_budget,
             stop=self.stop,
         )
+        self._place = place_of(r.sink)
         self.calls = EngineCalls(
             self.engine,
             r.options,
@@ -550,12 +552,20 @@ class Batch:
             if result.status is JobStatus.SUCCEEDED:
                 await self.storage.unspill(key)
             return result
-        if self.r.skip_existing:
+        if not self.r.skip_existing:
+            return await self._pay(job, key, data, entry)
+        # another batch of this process making this key here is waited for, then looked for
+        async with making(self._place, key, self._stoppable) as waited:
             found = await self._stoppable(lambda: self.storage.lookup(key))
             if found is not False:
                 self._finished_keys.add(key)
                 output = found if isinstance(found, StoredObject) else None
-                return job.done(JobStatus.SKIPPED, output=output, reason="output already stored")
+                why = "stored meanwhile by another batch" if waited else "output already stored"
+                return job.done(JobStatus.SKIPPED, output=output, reason=why)
+            return await self._pay(job, key, data, entry)
+
+    async def _pay(self, job: _Job, key: str, data: bytes, entry: _InFlight) -> JobResult:
+        """Call the engine for this job's cut-out and store it."""
         url = job.source.location if self.r.url_passthrough and job.source.kind == "url" else None
         try:
             made, attempts, possibly = await self.calls.call(job.index, data, url)

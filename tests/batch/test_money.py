@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from photoroom_bg import (
     PhotoroomEngine,
     RetryPolicy,
 )
+from photoroom_bg.batch import _claims
 from photoroom_bg.errors import StorageError
 from photoroom_bg.testing import BILLED_FAULTS, PhotoroomEmulator
 
@@ -262,3 +264,68 @@ def test_a_second_run_on_the_same_manifest_is_refused_before_it_pays(
     assert first.wait().stored_count == 3
     again = remover(emulator, sink, manifest=manifest).submit(images).wait()
     assert (again.skipped_count, emulator.ledger.calls()) == (3, 3)
+
+
+@pytest.mark.parametrize("shared", ["one remover", "two removers, one folder"])
+def test_batches_running_at_once_in_one_process_pay_once_for_an_output(
+    emulator: PhotoroomEmulator, tmp_path: Path, shared: str
+) -> None:
+    # a notebook cell run twice while its first handle still runs (submit() returns at
+    # once), or two services' jobs on the same folder: each image was paid for twice
+    images = [photo() for _ in range(6)]
+    first = remover(emulator, str(tmp_path / "out"), concurrency=3)
+    second = first if shared == "one remover" else remover(emulator, str(tmp_path / "out"))
+    a, b = first.submit(images), second.submit(images)
+    reports = [a.wait(), b.wait()]
+    assert emulator.ledger.calls() == len(images)
+    assert sum(r.succeeded_count for r in reports) == len(images)
+    assert all(r.stored_count == len(images) for r in reports)
+
+
+def test_a_batch_waiting_for_another_ones_output_pays_when_that_one_fails(
+    tmp_path: Path,
+) -> None:
+    # the first batch's call fails for good: the one waiting must not take that as stored
+    from photoroom_bg.testing import Faults
+
+    emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.3))  # calls overlap
+    strict = RetryPolicy(initial_delay=0.005, retry_possibly_billed=False)
+    image = photo()
+    with emulator.serve():
+        emulator.inject("bill-500")  # the first call: billed, answered with a 500
+        first = remover(emulator, str(tmp_path / "out"), retry_policy=strict).submit([image])
+        second = remover(emulator, str(tmp_path / "out"), retry_policy=strict).submit([image])
+        reports = sorted([first.wait(), second.wait()], key=lambda r: r.failed_count)
+    assert (reports[0].succeeded_count, reports[1].failed_count) == (1, 1)
+    assert reports[1].possibly_billed_calls == 1
+    assert emulator.ledger.calls() == 2
+
+
+def test_a_batch_waiting_for_another_ones_output_can_be_cancelled(
+    emulator: PhotoroomEmulator,
+) -> None:
+    import threading
+
+    release, storing = threading.Event(), threading.Event()
+
+    class HeldSink(MemorySink):
+        async def put(self, key: str, data: bytes, **kwargs: Any) -> Any:
+            storing.set()
+            await anyio.to_thread.run_sync(release.wait)
+            return await super().put(key, data, **kwargs)
+
+    image, sink = photo(), HeldSink()
+    first = remover(emulator, sink).submit([image])
+    try:
+        assert storing.wait(30)  # the first batch holds the output, its put held
+        second = remover(emulator, sink).submit([image])
+        deadline = time.monotonic() + 30
+        while not any(_claims._held.values()):  # until the second batch waits for the first
+            assert time.monotonic() < deadline, "the second batch never waited"
+            release.wait(0.005)  # (never set here: a short pause between looks)
+        second.cancel()
+        report = second.wait(timeout=30)  # it was waiting for the first: cancel reaches it
+        assert (report.cancelled_count, emulator.ledger.calls()) == (1, 1)
+    finally:
+        release.set()
+    assert first.wait().succeeded_count == 1
