@@ -8,6 +8,7 @@ writability is probed with an anonymous temporary file that never gets a name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import tempfile
@@ -69,6 +70,8 @@ def check_inputs(items: Sequence[str]) -> list[str]:
             if not _loop.run_sync(_has_images(item)):
                 empty.append(item)
         elif not os.path.exists(item):
+            if os.path.islink(item):  # the name is there: say why it leads nowhere
+                raise ValueError(f"{printable(item)} is a symlink to nothing: {_dangling(item)}")
             raise ValueError(f"no such file or folder: {printable(item)}")
     return empty
 
@@ -139,3 +142,16 @@ def check_manifest(manifest: str) -> None:
                 raise ValueError(manifest_in_use(shown))
         finally:
             os.close(fd)
+
+
+def _dangling(link: str) -> str:
+    """Why the symlink ``link`` leads nowhere: a loop, or the missing path it names."""
+    try:
+        os.stat(link)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "it loops back on itself"
+    try:
+        return f"{printable(os.readlink(link))} does not exist"
+    except OSError as exc:
+        return exc.strerror or str(exc)

@@ -48,6 +48,24 @@ def test_a_missing_input_is_refused_and_the_output_folder_is_not_created(
     assert emulator.ledger.calls() == 0
 
 
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [("loop.png", "it loops back on itself"), ("gone.png", "gone.png does not exist")],
+)
+def test_a_dangling_symlink_input_says_why_it_leads_nowhere(
+    emulator: PhotoroomEmulator, tmp_path: Path, target: str, why: str
+) -> None:
+    # it said "no such file or folder" of a name the user can see in the folder
+    link = tmp_path / "loop.png"
+    link.symlink_to(target)
+    before = tree(tmp_path)
+    result = run("remove", str(link), "-o", str(tmp_path / "out"), *api_args(emulator),
+                 key=emulator.api_key)  # fmt: skip
+    assert_refused(result, 2, f"{link} is a symlink to nothing: {why}")
+    assert tree(tmp_path) == before
+    assert emulator.requests == []
+
+
 def test_an_output_path_that_is_a_file_is_refused(
     emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
 ) -> None:
