@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import zipfile
@@ -104,6 +106,33 @@ def test_v1_single_store_returns_key_and_download_url(
         assert is_cutout(download.content)
         # only output keys can be downloaded, never job records or uploads
         assert client.get("/api/v1/outputs/jobs/x/job.json").json()["code"] == "output_not_found"
+
+
+def test_v1_the_same_image_stored_by_requests_at_once_is_paid_for_once(
+    service: ServiceProcess, images: ImageServer, service_emulator: PhotoroomEmulator
+) -> None:
+    # each request ran a batch of its own: all of them looked the key up, found nothing
+    # yet, and paid
+    body = {"image_url": images.image(4), "store": True}
+
+    async def at_once() -> list[Any]:
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [
+                await stack.enter_async_context(
+                    httpx.AsyncClient(
+                        base_url=service.url, timeout=60, headers={"Authorization": f"Bearer {who}"}
+                    )
+                )
+                for who in (ALICE, BOB)  # a request is a job: two per token at once
+            ]
+            sent = [c.post("/api/v1/remove-background", json=body) for c in clients * 2]
+            return [answer.json() for answer in await asyncio.gather(*sent)]
+
+    calls = service_emulator.ledger.calls()
+    answers = asyncio.run(at_once())
+    assert service_emulator.ledger.calls() == calls + 1, answers
+    assert sorted(a["status"] for a in answers) == ["skipped"] * 3 + ["succeeded"]
+    assert len({a["key"] for a in answers}) == 1
 
 
 # -- v1: a few images ------------------------------------------------------------------------
