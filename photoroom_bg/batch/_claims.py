@@ -15,24 +15,22 @@ import contextlib
 import importlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
-from typing import Any, TypeVar
+from typing import Any
+
+from ..sinks import FileSystemSink, S3Sink
 
 __all__ = ["making", "place_of"]
-
-T = TypeVar("T")
 
 _lock = threading.Lock()
 _held: dict[tuple[Hashable, str], list[Callable[[], None]]] = {}  # claim -> its waiters' wakes
 
 
-def place_of(sink: Any) -> Hashable:
+def place_of(sink: object) -> Hashable:
     """Where ``sink`` stores: the same for two sinks over one folder or bucket prefix."""
-    root = getattr(sink, "root", None)
-    if root is not None and type(sink).__name__ == "FileSystemSink":
-        return ("file", str(root))
-    bucket = getattr(sink, "bucket", None)
-    if bucket is not None and type(sink).__name__ == "S3Sink":
-        return ("s3", getattr(sink, "endpoint_url", None), bucket, getattr(sink, "prefix", ""))
+    if isinstance(sink, FileSystemSink):
+        return ("file", str(sink.root))
+    if isinstance(sink, S3Sink):
+        return ("s3", sink.endpoint_url, sink.bucket, sink.prefix)
     return ("object", id(sink))  # alive while a claim on it is held: the id is not reused
 
 

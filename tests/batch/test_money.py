@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -230,26 +231,30 @@ def test_spilled_cut_outs_wait_in_a_folder_named_by_output_key(tmp_path: Path) -
     shutil.rmtree(tmp_path / "spill", ignore_errors=True)
 
 
+class HeldSink(MemorySink):
+    """A memory sink whose puts wait until ``release`` is set; ``storing``: one has begun."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release, self.storing = threading.Event(), threading.Event()
+
+    async def put(self, key: str, data: bytes, **kwargs: Any) -> Any:
+        self.storing.set()
+        await anyio.to_thread.run_sync(self.release.wait)
+        return await super().put(key, data, **kwargs)
+
+
 def test_a_second_run_on_the_same_manifest_is_refused_before_it_pays(
     emulator: PhotoroomEmulator, tmp_path: Path
 ) -> None:
     # Two runs into one folder (the command started twice, an overlapping cron job) both
     # skipped nothing yet stored and paid for the same images twice.
-    import threading
-
     from photoroom_bg.errors import ConfigurationError
-
-    release, storing = threading.Event(), threading.Event()
-
-    class HeldSink(MemorySink):
-        async def put(self, key: str, data: bytes, **kwargs: Any) -> Any:
-            storing.set()
-            await anyio.to_thread.run_sync(release.wait)
-            return await super().put(key, data, **kwargs)
 
     images = [photo() for _ in range(3)]
     manifest = tmp_path / "manifest.jsonl"
     sink = HeldSink()
+    release, storing = sink.release, sink.storing
     first = remover(emulator, sink, manifest=manifest, concurrency=1).submit(images)
     try:
         assert storing.wait(30)  # the first run is under way, one image paid for
@@ -304,17 +309,8 @@ def test_a_batch_waiting_for_another_ones_output_pays_when_that_one_fails(
 def test_a_batch_waiting_for_another_ones_output_can_be_cancelled(
     emulator: PhotoroomEmulator,
 ) -> None:
-    import threading
-
-    release, storing = threading.Event(), threading.Event()
-
-    class HeldSink(MemorySink):
-        async def put(self, key: str, data: bytes, **kwargs: Any) -> Any:
-            storing.set()
-            await anyio.to_thread.run_sync(release.wait)
-            return await super().put(key, data, **kwargs)
-
     image, sink = photo(), HeldSink()
+    release, storing = sink.release, sink.storing
     first = remover(emulator, sink).submit([image])
     try:
         assert storing.wait(30)  # the first batch holds the output, its put held
