@@ -1,18 +1,31 @@
-"""Outputs being made right now by any batch of this process, by destination and key.
+"""Outputs being made right now by any batch on this machine, by destination and key.
 
 A batch that is about to look a key up and pay for its cut-out claims the key first; a batch
-of the same process that wants the same key in the same destination (the same remover
-submitted twice, two removers on one folder, two jobs of a service) waits for the claim and
-then looks again, so it finds the cut-out stored instead of paying for it once more. Batches
-may run on different event loops in different threads: a claim's holder wakes its waiters
-thread-safely, on each waiter's own loop (asyncio or trio).
+that wants the same key in the same destination (the same remover submitted twice, two
+removers on one folder, two jobs of a service, two processes on one folder or bucket prefix)
+waits for the claim and then looks again, so it finds the cut-out stored instead of paying for
+it once more.
+
+Within a process, batches may run on different event loops in different threads: a claim's
+holder wakes its waiters thread-safely, on each waiter's own loop (asyncio or trio). Between
+processes (on Linux), a folder or bucket prefix is claimed with a lock on one byte of a file
+in a private folder of the temporary directory (see below): the kernel releases it when a
+holder dies, however it dies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import functools
+import hashlib
 import importlib
+import logging
+import os
+import stat
+import struct
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
@@ -20,6 +33,8 @@ from typing import Any
 from ..sinks import FileSystemSink, S3Sink
 
 __all__ = ["making", "place_of"]
+
+logger = logging.getLogger("photoroom_bg.batch")
 
 _lock = threading.Lock()
 _held: dict[tuple[Hashable, str], list[Callable[[], None]]] = {}  # claim -> its waiters' wakes
@@ -63,8 +78,9 @@ def _event() -> tuple[Callable[[], Awaitable[Any]], Callable[[], None]]:
 async def making(
     place: Hashable, key: str, wait: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 ) -> AsyncIterator[bool]:
-    """Hold ``key`` in ``place`` for the block, after whoever holds it now; ``wait`` awaits
-    (so a batch can stop its waiting). Yields whether another batch held it first."""
+    """Hold ``key`` in ``place`` for the block, after whoever holds it now (in this process,
+    then on this machine); ``wait`` awaits (so a batch can stop its waiting). Yields whether
+    another batch held it first."""
     claim = (place, key)
     waited = False
     while True:
@@ -82,9 +98,148 @@ async def making(
                 waiters.remove(wake)  # still there if this wait was cancelled
         waited = True
     try:
-        yield waited
+        byte = _claim_byte(place, key)
+        other = None if byte is None else await _lock_byte(*byte, wait)
+        try:
+            yield waited or bool(other)
+        finally:
+            if other is not None:
+                _unlock_byte(*byte)  # type: ignore[misc]
     finally:
         with _lock:
             woken = _held.pop(claim)
         for wake in woken:
             wake()
+
+
+# -- between processes -------------------------------------------------------------------------
+#
+# One file per user; a claim is an exclusive lock of one byte of it, at an offset hashed from
+# the place and the key (62 bits: no two outputs share one in practice). The locks are Linux's
+# open-file-description locks: not merged per process as POSIX record locks are (so no false
+# deadlock reports), and released by the kernel when the process ends, however it ends. Each
+# process opens the file once; a forked child closes the descriptor it inherited (which holds
+# its parent's locks) and opens its own. Within a process, ``_held`` keeps one claim per key.
+
+_FLOCK = struct.Struct("hhqqi4x")  # struct flock on 64-bit Linux
+_file: tuple[int, int] | None = None  # (pid, descriptor) of this process's claim file
+
+
+def _claim_byte(place: Hashable, key: str) -> tuple[int, int] | None:
+    """The claim file's descriptor and the byte that claims ``key`` in ``place`` (``None``:
+    no claim between processes: a sink object of this process only, or none here)."""
+    if not isinstance(place, tuple) or place[0] == "object" or _OFD is None:
+        return None
+    fd = _claim_file()
+    if fd is None:
+        return None
+    digest = hashlib.sha256(repr((place, key)).encode("utf-8", "backslashreplace")).digest()
+    return fd, int.from_bytes(digest[:8], "big") >> 2
+
+
+def _claim_file() -> int | None:
+    global _file
+    with _lock:
+        if _file is not None:
+            return _file[1]
+        try:
+            folder = _claims_folder()
+            fd = os.open(
+                os.path.join(folder, "claims"),
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+            )
+        except OSError as exc:
+            logger.debug("no claims between processes: %s", exc)
+            return None
+        _file = (os.getpid(), fd)
+        return fd
+
+
+@functools.cache
+def _claims_folder() -> str:
+    """This user's claim folder: made private, and refused unless it is ours alone."""
+    uid = os.getuid()
+    folder = os.path.join(tempfile.gettempdir(), f"photoroom-bg-claims-{uid}")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder, 0o700)
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or info.st_mode & 0o077:
+        raise OSError(f"{folder} is not a private folder of this user")
+    return folder
+
+
+def _set(fd: int, byte: int, kind: int, command: int) -> None:
+    fcntl.fcntl(fd, command, _FLOCK.pack(kind, os.SEEK_SET, byte, 1, 0))
+
+
+async def _lock_byte(
+    fd: int, byte: int, wait: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+) -> bool | None:
+    """Lock ``byte``: whether another process held it first, or ``None`` when locks cannot
+    be taken here (the claim within this process still holds)."""
+    assert _OFD is not None
+    setlk, setlkw = _OFD
+    try:
+        _set(fd, byte, fcntl.F_WRLCK, setlk)
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            logger.debug("no claim between processes: %s", exc)
+            return None
+    # another process makes this output now: wait for it in a thread of its own
+    until, wake = _event()
+    state = {"got": False, "abandoned": False}
+    guard = threading.Lock()
+
+    def block() -> None:
+        with contextlib.suppress(OSError):  # (then no claim between processes: as if free)
+            _set(fd, byte, fcntl.F_WRLCK, setlkw)
+        with guard:
+            if not state["abandoned"]:
+                state["got"] = True
+                wake()
+                return
+        _unlock_byte(fd, byte)  # given up meanwhile
+
+    threading.Thread(target=block, name="photoroom-bg claim", daemon=True).start()
+    try:
+        await wait(until)
+    except BaseException:
+        with guard:
+            got = state["got"]
+            state["abandoned"] = True
+        if got:
+            _unlock_byte(fd, byte)
+        raise
+    return True
+
+
+def _unlock_byte(fd: int, byte: int) -> None:
+    assert _OFD is not None
+    with contextlib.suppress(OSError):
+        _set(fd, byte, fcntl.F_UNLCK, _OFD[0])
+
+
+def _forget_in_child() -> None:
+    # a forked child has none of its parent's batches: not their claims, not a lock another
+    # thread held at the fork, not the description (and its locks) that must not outlive them
+    global _file, _held, _lock
+    _lock, _held = threading.Lock(), {}
+    if _file is not None:
+        with contextlib.suppress(OSError):
+            os.close(_file[1])
+        _file = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
+
+try:
+    import fcntl
+
+    _OFD: tuple[int, int] | None = (fcntl.F_OFD_SETLK, fcntl.F_OFD_SETLKW)
+except (ImportError, AttributeError):  # pragma: no cover - not Linux: within the process only
+    _OFD = None
+if _FLOCK.size != 32 or struct.calcsize("P") != 8:  # pragma: no cover - not 64-bit
+    _OFD = None

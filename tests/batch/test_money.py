@@ -3,10 +3,17 @@ cut-outs the sink did not take, outputs of another engine."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +22,7 @@ import pytest
 
 from photoroom_bg import (
     BatchRemover,
+    FileSystemSink,
     ImageResult,
     MemorySink,
     PhotoroomEngine,
@@ -325,3 +333,137 @@ def test_a_batch_waiting_for_another_ones_output_can_be_cancelled(
     finally:
         release.set()
     assert first.wait().succeeded_count == 1
+
+
+TWO_PROCESSES = textwrap.dedent(
+    """
+    import sys
+    from photoroom_bg import BatchRemover
+    url, out, *paths = sys.argv[1:]
+    batch = BatchRemover(sink=out, base_url=url, concurrency=3, requests_per_minute=None,
+                         track_credits=False)
+    print("ready", flush=True)
+    sys.stdin.readline()  # both start together
+    report = batch.submit([open(p, "rb").read() for p in paths]).wait()
+    print(report.succeeded_count, report.skipped_count, flush=True)
+    """
+)
+
+
+def test_two_processes_on_one_folder_pay_once_for_an_output(tmp_path: Path) -> None:
+    # two scripts, or two workers of the service, on one folder: each image was paid twice
+    from photoroom_bg.testing import Faults
+
+    inputs = []
+    for i in range(6):
+        inputs.append(tmp_path / f"in{i}.png")
+        inputs[-1].write_bytes(photo())
+    out = tmp_path / "out"
+    emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.3), image_work=False)
+    env = {**os.environ, "PHOTOROOM_API_KEY": emulator.api_key}
+    with emulator.serve() as url, contextlib.ExitStack() as stack:
+        children = [
+            stack.enter_context(
+                subprocess.Popen(
+                    [sys.executable, "-c", TWO_PROCESSES, url, str(out), *map(str, inputs)],
+                    env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            for _ in range(2)
+        ]
+        for child in children:
+            assert child.stdout is not None
+            assert child.stdout.readline() == "ready\n"
+        for child in children:  # both go at once
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        counts = [child.communicate(timeout=120)[0].split() for child in children]
+    assert [child.returncode for child in children] == [0, 0]
+    made = sum(int(succeeded) for succeeded, _ in counts)
+    assert (made, emulator.ledger.calls()) == (6, 6)
+    assert sum(int(skipped) for _, skipped in counts) == 6
+    stored = [p.name for p in out.iterdir() if not p.name.startswith(".")]
+    assert len(stored) == 6
+    place = _claims.place_of(FileSystemSink(out))
+    for key in stored:  # the processes are gone, and so are their claims
+        with other_process_claim(place, key):
+            pass
+
+
+@contextlib.contextmanager
+def other_process_claim(place: Any, key: str) -> Iterator[None]:
+    """Hold the claim of ``key`` in ``place`` as another process would: through an open file
+    description of the claim file of its own (fails at once if someone holds it)."""
+    import fcntl
+
+    byte = _claims._claim_byte(place, key)
+    assert byte is not None
+    with open(os.path.join(_claims._claims_folder(), "claims"), "r+b") as other:
+        _claims._set(other.fileno(), byte[1], fcntl.F_WRLCK, fcntl.F_OFD_SETLK)
+        yield
+
+
+def test_a_batch_waiting_for_another_process_can_be_cancelled_and_leaves_no_lock(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    image, out = photo(), tmp_path / "out"
+    first = remover(emulator, str(out)).submit([image]).wait()
+    assert first.succeeded_count == 1
+    (key,) = [p.name for p in out.iterdir() if not p.name.startswith(".")]
+    (out / key).unlink()  # to be made again, while "another process" makes it
+    with other_process_claim(_claims.place_of(FileSystemSink(out)), key):
+        waiting = remover(emulator, str(out)).submit([image])
+        deadline = time.monotonic() + 30
+        while not any(t.name == "photoroom-bg claim" for t in threading.enumerate()):
+            assert time.monotonic() < deadline, "the batch never waited for the claim"
+            time.sleep(0.005)  # a short pause between looks
+        waiting.cancel()
+        assert waiting.wait(timeout=30).cancelled_count == 1
+        assert emulator.ledger.calls() == 1
+    # the other "process" is done; the given-up wait must not keep the claim
+    again = remover(emulator, str(out)).submit([image]).wait(timeout=30)
+    assert (again.succeeded_count, emulator.ledger.calls()) == (1, 2)
+
+
+def test_a_claims_folder_that_is_not_private_is_not_used(
+    emulator: PhotoroomEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "tmp"
+    folder = shared / f"photoroom-bg-claims-{os.getuid()}"
+    folder.mkdir(parents=True)
+    folder.chmod(0o777)  # someone else could plant files in it
+    monkeypatch.setattr("tempfile.tempdir", str(shared))
+    _claims._claims_folder.cache_clear()
+    monkeypatch.setattr(_claims, "_file", None)  # this process opens it again
+    try:
+        assert _claims._claim_byte(("file", "/x"), "k.png") is None
+        report = remover(emulator, str(tmp_path / "out")).submit([photo()]).wait()
+        assert report.succeeded_count == 1  # claims within the process still hold
+        assert list(folder.iterdir()) == []
+    finally:
+        _claims._claims_folder.cache_clear()
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_holds_none_of_its_parents_claims() -> None:
+    # the child shared the parent's open file description, so it kept the parent's claims
+    # alive after the parent died, and inherited claims no batch of its own would release
+    async def hold_and_fork() -> int:
+        async def wait(until: Any) -> Any:
+            return await until()
+
+        async with _claims.making(("file", "/forked"), "k.png", wait):
+            assert _claims._file is not None
+            pid = os.fork()
+            if pid == 0:  # the child: report through the exit code only
+                ok = _claims._held == {} and _claims._file is None
+                os._exit(0 if ok else 1)
+            return os.waitpid(pid, 0)[1]
+
+    assert os.waitstatus_to_exitcode(asyncio.run(hold_and_fork())) == 0
+    with other_process_claim(("file", "/forked"), "k.png"):
+        pass  # and the parent's claim ended with its block
