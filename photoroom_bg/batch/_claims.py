@@ -103,8 +103,8 @@ async def making(
         try:
             yield waited or bool(other)
         finally:
-            if other is not None:
-                _unlock_byte(*byte)  # type: ignore[misc]
+            if byte is not None and other is not None:
+                _unlock_byte(*byte)
     finally:
         with _lock:
             woken = _held.pop(claim)
