@@ -546,15 +546,10 @@ class Batch:
             return job.done(JobStatus.SKIPPED, output=output, reason="output already stored")
         spilled = await self.storage.from_spill(key)
         if spilled is not None:
-            content, content_type = spilled
-            reason = "made by an earlier run and kept in the spill folder: stored now"
-            result = await self._keep(job, key, content, content_type, reason)
-            if result.status is JobStatus.SUCCEEDED:
-                await self.storage.unspill(key)
-            return result
+            return await self._unspill(job, key, spilled, "made by an earlier run")
         if not self.r.skip_existing:
             return await self._pay(job, key, data, entry)
-        # another batch of this process making this key here is waited for, then looked for
+        # another batch on this machine making this key here is waited for, then looked for
         async with making(self._place, key, self._stoppable) as waited:
             found = await self._stoppable(lambda: self.storage.lookup(key))
             if found is not False:
@@ -562,7 +557,22 @@ class Batch:
                 output = found if isinstance(found, StoredObject) else None
                 why = "stored meanwhile by another batch" if waited else "output already stored"
                 return job.done(JobStatus.SKIPPED, output=output, reason=why)
+            # the batch waited for may have paid, and found the sink refusing the cut-out
+            spilled = await self.storage.from_spill(key, listed=False) if waited else None
+            if spilled is not None:
+                return await self._unspill(job, key, spilled, "made meanwhile by another batch")
             return await self._pay(job, key, data, entry)
+
+    async def _unspill(
+        self, job: _Job, key: str, spilled: tuple[bytes, str], made: str
+    ) -> JobResult:
+        """Store a cut-out from the spill folder, and let it go there once stored."""
+        content, content_type = spilled
+        reason = f"{made} and kept in the spill folder: stored now"
+        result = await self._keep(job, key, content, content_type, reason)
+        if result.status is JobStatus.SUCCEEDED:
+            await self.storage.unspill(key)
+        return result
 
     async def _pay(self, job: _Job, key: str, data: bytes, entry: _InFlight) -> JobResult:
         """Call the engine for this job's cut-out and store it."""

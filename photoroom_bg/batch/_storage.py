@@ -124,9 +124,10 @@ class Storage:
             except StorageUnavailableError as exc:
                 self.outage(exc)
 
-    async def from_spill(self, key: str) -> tuple[bytes, str] | None:
-        """A cut-out an earlier run paid for and spilled, with its content type."""
-        if key not in await self._spilled_keys():
+    async def from_spill(self, key: str, *, listed: bool = True) -> tuple[bytes, str] | None:
+        """A cut-out an earlier run paid for and spilled, with its content type (``listed``:
+        among the keys the spill folder held when first asked; else looked for now)."""
+        if listed and key not in await self._spilled_keys():
             return None
         try:
             data = await self.spill.get(key)

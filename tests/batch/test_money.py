@@ -467,3 +467,22 @@ def test_a_forked_child_holds_none_of_its_parents_claims() -> None:
     assert os.waitstatus_to_exitcode(asyncio.run(hold_and_fork())) == 0
     with other_process_claim(("file", "/forked"), "k.png"):
         pass  # and the parent's claim ended with its block
+
+
+def test_a_batch_waiting_for_another_that_spills_takes_the_spilled_cut_out(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # the first batch paid, and its sink refused the cut-out: it went to the spill folder.
+    # The batch that waited for it looked only in the sink, and paid again
+    image, sink, spill = photo(), FailingPuts(), tmp_path / "spill"
+    batches = [
+        remover(emulator, sink, store_retry_budget=0.3, spill_dir=spill).submit([image])
+        for _ in range(2)
+    ]
+    reports = [batch.wait() for batch in batches]
+    assert emulator.ledger.calls() == 1
+    assert [r.spilled_count for r in reports] == [1, 1]  # the sink still refuses it
+    assert len([p for p in spill.rglob("*") if p.is_file()]) == 1
+    sink.broken = False
+    again = remover(emulator, sink, spill_dir=spill).submit([image]).wait()
+    assert (again.succeeded_count, emulator.ledger.calls(), len(sink.objects)) == (1, 1, 1)
