@@ -122,7 +122,7 @@ async def making(
 # its parent's locks) and opens its own. Within a process, ``_held`` keeps one claim per key.
 
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock on 64-bit Linux
-_file: tuple[int, int] | None = None  # (pid, descriptor) of this process's claim file
+_file: int | None = None  # this process's claim file; -1: none can be opened here
 
 
 def _claim_byte(place: Hashable, key: str) -> tuple[int, int] | None:
@@ -140,20 +140,17 @@ def _claim_byte(place: Hashable, key: str) -> tuple[int, int] | None:
 def _claim_file() -> int | None:
     global _file
     with _lock:
-        if _file is not None:
-            return _file[1]
-        try:
-            folder = _claims_folder()
-            fd = os.open(
-                os.path.join(folder, "claims"),
-                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-            )
-        except OSError as exc:
-            logger.debug("no claims between processes: %s", exc)
-            return None
-        _file = (os.getpid(), fd)
-        return fd
+        if _file is None:
+            try:
+                _file = os.open(
+                    os.path.join(_claims_folder(), "claims"),
+                    os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
+                )
+            except OSError as exc:  # said once, not tried again for every job
+                logger.debug("no claims between processes: %s", exc)
+                _file = -1
+        return None if _file < 0 else _file
 
 
 @functools.cache
@@ -226,10 +223,10 @@ def _forget_in_child() -> None:
     # thread held at the fork, not the description (and its locks) that must not outlive them
     global _file, _held, _lock
     _lock, _held = threading.Lock(), {}
-    if _file is not None:
+    if _file is not None and _file >= 0:
         with contextlib.suppress(OSError):
-            os.close(_file[1])
-        _file = None
+            os.close(_file)
+    _file = None
 
 
 if hasattr(os, "register_at_fork"):
