@@ -27,6 +27,7 @@ import stat
 import struct
 import tempfile
 import threading
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
 
@@ -41,12 +42,30 @@ _held: dict[tuple[Hashable, str], list[Callable[[], None]]] = {}  # claim -> its
 
 
 def place_of(sink: object) -> Hashable:
-    """Where ``sink`` stores: the same for two sinks over one folder or bucket prefix."""
+    """Where ``sink`` stores: what comes before a key's name in the name of what it stores
+    (last), and where that name lives. Two sinks over one folder or bucket prefix give the
+    same place, and a key under a sink's subfolder or longer prefix the same claim as the
+    key that names it from the parent (see :func:`_claim`)."""
     if isinstance(sink, FileSystemSink):
-        return ("file", str(sink.root))
+        return ("file", str(sink.root).rstrip(os.sep) + os.sep)
     if isinstance(sink, S3Sink):
-        return ("s3", sink.endpoint_url, sink.bucket, sink.prefix)
+        return ("s3", _endpoint(sink.endpoint_url), sink.bucket, sink.prefix)
     return ("object", id(sink))  # alive while a claim on it is held: the id is not reused
+
+
+def _endpoint(url: str | None) -> str | None:
+    """An S3 endpoint as one spelling: scheme and host in lower case, no trailing ``/``."""
+    if url is None:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
+
+
+def _claim(place: Hashable, key: str) -> tuple[Hashable, str]:
+    """What ``key`` in ``place`` claims: the full name of the file or object it stores."""
+    if isinstance(place, tuple) and place[0] in ("file", "s3"):
+        return place[:-1], place[-1] + key
+    return place, key
 
 
 def _event() -> tuple[Callable[[], Awaitable[Any]], Callable[[], None]]:
@@ -81,7 +100,7 @@ async def making(
     """Hold ``key`` in ``place`` for the block, after whoever holds it now (in this process,
     then on this machine); ``wait`` awaits (so a batch can stop its waiting). Yields whether
     another batch held it first."""
-    claim = (place, key)
+    claim = _claim(place, key)
     waited = False
     while True:
         with _lock:
@@ -133,7 +152,7 @@ def _claim_byte(place: Hashable, key: str) -> tuple[int, int] | None:
     fd = _claim_file()
     if fd is None:
         return None
-    digest = hashlib.sha256(repr((place, key)).encode("utf-8", "backslashreplace")).digest()
+    digest = hashlib.sha256(repr(_claim(place, key)).encode("utf-8", "backslashreplace")).digest()
     return fd, int.from_bytes(digest[:8], "big") >> 2
 
 

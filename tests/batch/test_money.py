@@ -27,11 +27,13 @@ from photoroom_bg import (
     MemorySink,
     PhotoroomEngine,
     RetryPolicy,
+    S3Sink,
 )
 from photoroom_bg.batch import _claims
 from photoroom_bg.errors import StorageError
 from photoroom_bg.testing import BILLED_FAULTS, PhotoroomEmulator
 
+from ..s3server import S3Server
 from .conftest import FAST, photo, remover
 
 
@@ -279,17 +281,52 @@ def test_a_second_run_on_the_same_manifest_is_refused_before_it_pays(
     assert (again.skipped_count, emulator.ledger.calls()) == (3, 3)
 
 
-@pytest.mark.parametrize("shared", ["one remover", "two removers, one folder"])
+@pytest.mark.parametrize(
+    "shared", ["one remover", "two removers, one folder", "a folder and its subfolder"]
+)
 def test_batches_running_at_once_in_one_process_pay_once_for_an_output(
     emulator: PhotoroomEmulator, tmp_path: Path, shared: str
 ) -> None:
     # a notebook cell run twice while its first handle still runs (submit() returns at
-    # once), or two services' jobs on the same folder: each image was paid for twice
+    # once), or two services' jobs on the same folder: each image was paid for twice; and
+    # the same files named from two roots (out/sub + "x.png", out + "sub/x.png") still were
     images = [photo() for _ in range(6)]
-    first = remover(emulator, str(tmp_path / "out"), concurrency=3)
-    second = first if shared == "one remover" else remover(emulator, str(tmp_path / "out"))
+    first = remover(emulator, str(tmp_path / "out" / "sub"), concurrency=3)
+    if shared == "one remover":
+        second = first
+    elif shared == "two removers, one folder":
+        second = remover(emulator, str(tmp_path / "out" / "sub"))
+    else:
+        second = remover(
+            emulator, str(tmp_path / "out"), key_template="sub/{stem}-{digest12}.{ext}"
+        )
     a, b = first.submit(images), second.submit(images)
     reports = [a.wait(), b.wait()]
+    assert emulator.ledger.calls() == len(images)
+    assert sum(r.succeeded_count for r in reports) == len(images)
+    assert all(r.stored_count == len(images) for r in reports)
+
+
+def test_two_batches_naming_one_bucket_prefix_two_ways_pay_once_for_an_output(
+    emulator: PhotoroomEmulator, s3_server: S3Server, s3_prefix: str
+) -> None:
+    # the same objects through s3://b/p/sub + "x.png" and s3://b/p + "sub/x.png", the
+    # endpoint spelled with and without a trailing slash: each image was paid for twice
+    images = [photo() for _ in range(6)]
+    options = s3_server.sink_options()
+    endpoint = options.pop("endpoint_url")
+    sinks = [
+        S3Sink(f"{s3_prefix}/sub", endpoint_url=endpoint, **options),
+        S3Sink(s3_prefix, endpoint_url=endpoint.upper().replace("HTTP", "http") + "/", **options),
+    ]
+    first = remover(emulator, sinks[0], concurrency=3)
+    second = remover(emulator, sinks[1], key_template="sub/{stem}-{digest12}.{ext}")
+    a, b = first.submit(images), second.submit(images)
+    try:
+        reports = [a.wait(), b.wait()]
+    finally:
+        for sink in sinks:
+            asyncio.run(sink.aclose())
     assert emulator.ledger.calls() == len(images)
     assert sum(r.succeeded_count for r in reports) == len(images)
     assert all(r.stored_count == len(images) for r in reports)
