@@ -9,7 +9,7 @@ import logging
 import os
 import tempfile
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -63,6 +63,9 @@ _STOPPING_ERRORS = (OutOfCreditsError, AuthenticationError)
 _EXTENSIONS = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp", "avif": "avif"}
 # an output stored by a sink that cannot describe it cheaply
 _STORED_SOMEWHERE = object()
+#: Cut-outs a batch remembers having made (the latest distinct images, about 300 bytes each),
+#: so that a later copy of the same image under another name is stored from it, not paid for.
+MADE_REMEMBERED = 10_000
 
 
 def _extension(options: Any) -> str:
@@ -97,6 +100,7 @@ class _InFlight:
 
     index: int
     key: str
+    identity: str
     done: anyio.Event = attrs.field(factory=anyio.Event)
     waiters: int = 0
     output: Any = None  # its StoredObject once stored
@@ -133,6 +137,8 @@ class Batch:
         self._resources = contextlib.AsyncExitStack()
         self._waiting: set[anyio.CancelScope] = set()
         self._inflight: dict[str, _InFlight] = {}
+        # identity -> (index, key, spilled) of a job that made it, the least recent first
+        self._made: OrderedDict[bytes, tuple[int, str, bool]] = OrderedDict()
         self._finished_keys: set[str] = set()
         self._total: int | None = None
         self._started = time.monotonic()
@@ -528,11 +534,13 @@ class Batch:
                 reason = f"the same image as #{first.index}: its cut-out, stored again"
                 return await self._keep(job, key, content, content_type, reason)
             # the first one failed: try it ourselves
-        entry = self._inflight[identity] = _InFlight(job.index, key)
+        entry = self._inflight[identity] = _InFlight(job.index, key, identity)
         try:
             result = await self._make(job, key, data, entry)
             if result.status in (JobStatus.SUCCEEDED, JobStatus.SKIPPED):
                 entry.output = result.output or _STORED_SOMEWHERE
+            if result.status in (JobStatus.SUCCEEDED, JobStatus.SKIPPED, JobStatus.SPILLED):
+                self._remember(identity, job.index, key, result.status is JobStatus.SPILLED)
             return result
         finally:
             del self._inflight[identity]
@@ -548,7 +556,7 @@ class Batch:
         if spilled is not None:
             return await self._unspill(job, key, spilled, "made by an earlier run")
         if not self.r.skip_existing:
-            return await self._pay(job, key, data, entry)
+            return await self._copy_or_pay(job, key, data, entry)
         # another batch on this machine making this key here is waited for, then looked for
         async with making(self._place, key, self._stoppable) as waited:
             found = await self._stoppable(lambda: self.storage.lookup(key))
@@ -561,7 +569,28 @@ class Batch:
             spilled = await self.storage.from_spill(key, listed=False) if waited else None
             if spilled is not None:
                 return await self._unspill(job, key, spilled, "made meanwhile by another batch")
-            return await self._pay(job, key, data, entry)
+            return await self._copy_or_pay(job, key, data, entry)
+
+    def _remember(self, identity: str, index: int, key: str, spilled: bool) -> None:
+        made = self._made
+        digest = bytes.fromhex(identity[:32])
+        if digest not in made or made[digest][2]:  # the first one stored, not spilled, wins
+            made[digest] = (index, key, spilled)
+        made.move_to_end(digest)
+        if len(made) > MADE_REMEMBERED:
+            made.popitem(last=False)
+
+    async def _copy_or_pay(self, job: _Job, key: str, data: bytes, entry: _InFlight) -> JobResult:
+        """Store a copy of the cut-out an earlier job of this batch made of the same image
+        (under another key), when it can still be read; else pay for one."""
+        made = self._made.get(bytes.fromhex(entry.identity[:32]))
+        if made is not None and made[1] != key:
+            index, made_key, spilled = made
+            content = await self.storage.read_back(made_key, spilled=spilled)
+            if content is not None:
+                reason = f"the same image as #{index}: its cut-out, stored again"
+                return await self._keep(job, key, *content, reason)
+        return await self._pay(job, key, data, entry)
 
     async def _unspill(
         self, job: _Job, key: str, spilled: tuple[bytes, str], made: str

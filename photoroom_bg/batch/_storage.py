@@ -38,6 +38,10 @@ PROBE_KEY = ".photoroom-bg-probe"
 _MIME = {"jpg": "image/jpeg", "webp": "image/webp", "avif": "image/avif"}
 
 
+def _content_type(key: str) -> str:
+    return _MIME.get(key.rsplit(".", 1)[-1].lower(), "image/png")
+
+
 @attrs.frozen
 class Unstored:
     """A paid cut-out the sink did not take: kept in the spill folder (or, failing that,
@@ -133,7 +137,19 @@ class Storage:
             data = await self.spill.get(key)
         except PhotoroomBGError:
             return None
-        return data, _MIME.get(key.rsplit(".", 1)[-1].lower(), "image/png")
+        return data, _content_type(key)
+
+    async def read_back(self, key: str, *, spilled: bool) -> tuple[bytes, str] | None:
+        """A cut-out this batch stored under ``key`` (in the spill folder when ``spilled``),
+        with its content type; ``None`` when it cannot be read now (the caller makes it)."""
+        if spilled:
+            return await self.from_spill(key, listed=False)
+        try:
+            data = await self.sink.get(key)
+        except Exception as exc:  # a sink of the caller's may raise anything: make it anew
+            logger.debug("%s could not be read back (%s): made again", key, exc)
+            return None
+        return data, _content_type(key)
 
     async def unspill(self, key: str) -> None:
         """Forget a spilled cut-out once the sink holds it."""

@@ -146,6 +146,65 @@ def test_the_same_content_under_another_name_is_stored_again_from_the_first_cut_
     assert sink.objects[a] == sink.objects[b]
 
 
+def _copies(folder: Path, names: str, data: bytes) -> list[str]:
+    for name in names:
+        (folder / f"{name}.png").write_bytes(data)
+    return [str(folder / f"{name}.png") for name in names]
+
+
+def test_the_same_content_under_another_name_after_the_first_is_done_is_not_paid_again(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # one product photo under several SKUs, far apart in a batch (here one job at a time):
+    # only copies in flight together were made once, and each later copy was paid again
+    inputs = _copies(tmp_path, "abc", photo())
+    sink = MemorySink()
+    handle = remover(emulator, sink, concurrency=1, keep_results=True).submit(inputs)
+    report = handle.wait()
+    assert emulator.ledger.calls() == 1
+    assert (report.succeeded_count, report.billed_calls) == (3, 1)
+    assert len(sink.objects) == 3
+    assert len(set(sink.objects.values())) == 1
+    reasons = [job.reason or "" for job in handle.results()]
+    assert reasons[1:] == ["the same image as #0: its cut-out, stored again"] * 2
+
+
+@pytest.mark.parametrize(("remembered", "calls"), [(3, 3), (2, 4)])
+def test_a_batch_remembers_a_bounded_number_of_cut_outs(
+    emulator: PhotoroomEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    remembered: int,
+    calls: int,
+) -> None:
+    from photoroom_bg.batch import _run
+
+    monkeypatch.setattr(_run, "MADE_REMEMBERED", remembered)
+    first = photo()
+    inputs = [  # a copy of a after two other images
+        *_copies(tmp_path, "a", first),
+        *_copies(tmp_path, "b", photo()),
+        *_copies(tmp_path, "c", photo()),
+        *_copies(tmp_path, "d", first),
+    ]
+    report = remover(emulator, MemorySink(), concurrency=1).submit(inputs).wait()
+    assert (report.succeeded_count, emulator.ledger.calls()) == (4, calls)
+
+
+def test_a_copy_whose_first_cut_out_cannot_be_read_back_is_made_again(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    sink = MemorySink()
+
+    def lose_the_first(job: Any) -> None:
+        if job.index == 0:
+            sink._objects.clear()  # deleted by someone else meanwhile
+
+    batch = remover(emulator, sink, concurrency=1, on_result=lose_the_first)
+    report = batch.submit(_copies(tmp_path, "ab", photo())).wait()
+    assert (report.succeeded_count, emulator.ledger.calls()) == (2, 2)
+
+
 class FailingPuts(MemorySink):
     """A sink whose puts fail with an ordinary storage error until it is fixed."""
 
@@ -159,6 +218,19 @@ class FailingPuts(MemorySink):
             self.attempts += 1
             raise StorageError("the disk is being replaced")
         return await super().put(key, data, **kwargs)
+
+
+def test_a_copy_of_a_spilled_cut_out_is_taken_from_the_spill_folder(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    sink, spill = FailingPuts(), tmp_path / "spill"
+    batch = remover(emulator, sink, store_retry_budget=0.1, spill_dir=spill, concurrency=1)
+    handle = batch.submit(_copies(tmp_path, "ab", photo()))
+    report = handle.wait()
+    assert (report.spilled_count, emulator.ledger.calls()) == (2, 1)
+    sink.broken = False
+    again = handle.retry_failed().wait()
+    assert (again.succeeded_count, again.billed_calls, emulator.ledger.calls()) == (2, 0, 1)
 
 
 def test_a_sink_that_fails_after_billing_keeps_the_cut_out_for_the_next_run(
