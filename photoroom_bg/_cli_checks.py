@@ -64,6 +64,8 @@ def check_inputs(items: Sequence[str]) -> list[str]:
     """
     empty = []
     for item in items:
+        if not item:
+            raise ValueError("an empty path (an unset variable?): name a file, a folder or a glob")
         if item == "-" or _is_remote(item):
             continue
         if os.path.isdir(item) or (glob.has_magic(item) and not os.path.lexists(item)):

@@ -276,6 +276,10 @@ async def iter_sources(
             yield ImageSource("bytes", f"<bytes #{counter}>", f"image-{counter}", bytes(item))
         elif isinstance(item, (str, os.PathLike)):
             text = _fs_text(item)
+            if not text:  # an unset variable, most often: not "this folder"
+                raise InvalidSourceError(
+                    "an empty path (an unset variable?): name a file, a folder, a glob or a URL"
+                )
             if text.startswith("s3://"):
                 if text.endswith("/"):
                     if reader is None:

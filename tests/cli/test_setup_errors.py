@@ -48,6 +48,18 @@ def test_a_missing_input_is_refused_and_the_output_folder_is_not_created(
     assert emulator.ledger.calls() == 0
 
 
+def test_an_empty_input_argument_is_called_an_empty_path(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    # an unset variable ("$INPUT"): it said "no such file or folder: " and named nothing
+    result = run(
+        "remove", str(folder), "", "-o", str(tmp_path / "out"), *api_args(emulator),
+        key=emulator.api_key,
+    )  # fmt: skip
+    assert_refused(result, 2, "an empty path (an unset variable?): name a file, a folder or a glob")
+    assert emulator.ledger.calls() == 0
+
+
 @pytest.mark.parametrize(
     ("target", "why"),
     [("loop.png", "it loops back on itself"), ("gone.png", "gone.png does not exist")],
