@@ -21,7 +21,7 @@ import httpx
 
 from . import _rules, _wire
 from ._images import ImageInput, load_image, validate_image
-from ._numbers import check_number, wait_limit
+from ._numbers import check_given, check_number, wait_limit
 from ._redact import install_log_redaction
 from ._retry import RetryPolicy, parse_retry_after
 from ._warnings import PhotoroomWarning, warn
@@ -216,6 +216,12 @@ class BaseClient:
         # httpx logs every request's URL: a GET /v2/edit carries the image URL (perhaps
         # presigned) in its query string
         install_log_redaction()
+        for name, url in (
+            ("base_url", base_url),
+            ("segment_base_url", segment_base_url),
+            ("image_api_base_url", image_api_base_url),
+        ):
+            check_given(name, url)
         self._api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
         env = os.environ
         self.segment_base_url = (

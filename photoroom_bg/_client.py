@@ -124,13 +124,13 @@ class PhotoroomClient(BaseClient):
         api_key: the API key; defaults to ``$PHOTOROOM_API_KEY``. A missing key is reported
             at the first request, not here. ``sandbox_`` keys give watermarked results.
         base_url: one base URL for both Photoroom hosts (an emulator, a proxy); defaults to
-            ``$PHOTOROOM_BASE_URL``.
-        segment_base_url: base URL of ``/v1/segment``; defaults to
-            ``$PHOTOROOM_SEGMENT_BASE_URL``, then ``base_url``, then
+            ``$PHOTOROOM_BASE_URL``. An empty string is refused (``None`` is the default).
+        segment_base_url: base URL of ``/v1/segment``; defaults to ``base_url``, then
+            ``$PHOTOROOM_SEGMENT_BASE_URL``, then ``$PHOTOROOM_BASE_URL``, then
             ``https://sdk.photoroom.com``.
         image_api_base_url: base URL of ``/v2/edit``, ``/v1/render`` and the account
-            endpoints; defaults to ``$PHOTOROOM_IMAGE_API_BASE_URL``, then ``base_url``, then
-            ``https://image-api.photoroom.com``.
+            endpoints; defaults to ``base_url``, then ``$PHOTOROOM_IMAGE_API_BASE_URL``, then
+            ``$PHOTOROOM_BASE_URL``, then ``https://image-api.photoroom.com``.
         timeout: seconds or an :class:`httpx.Timeout`; ``None`` (or ``float("inf")``) waits
             forever. By default 120 s, 10 s to connect
             (:data:`~photoroom_bg._base_client.DEFAULT_TIMEOUT`).

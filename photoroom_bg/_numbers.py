@@ -15,13 +15,34 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import TypeVar
 
 from .errors import ConfigurationError
 
-__all__ = ["LONGEST_WAIT", "check_count", "check_number", "sleep_seconds", "wait_limit"]
+T = TypeVar("T")
+
+__all__ = [
+    "LONGEST_WAIT",
+    "check_count",
+    "check_given",
+    "check_number",
+    "sleep_seconds",
+    "wait_limit",
+]
 
 #: The longest wait the platform's blocking calls take, in seconds.
 LONGEST_WAIT = float(threading.TIMEOUT_MAX)
+
+
+def check_given(name: str, value: T) -> T:
+    """``value``, unless it is an empty string: a setting given as ``""`` (most often an unset
+    variable) must not fall back to the default, which for a URL is Photoroom or AWS itself,
+    and for a path the current folder."""
+    if isinstance(value, str) and not value.strip():
+        raise ConfigurationError(
+            f"{name} is an empty string (an unset variable?): give a value, or None for the default"
+        )
+    return value
 
 
 def check_count(name: str, value: object, least: int) -> int:

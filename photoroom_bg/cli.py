@@ -170,6 +170,16 @@ def _warnings_as_lines() -> Iterator[None]:
 # -- options shared by the commands ---------------------------------------------------------
 
 
+def _not_empty(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # "--base-url $URL" with URL unset must not mean Photoroom itself, nor "--endpoint-url"
+    # AWS, nor "--api-key-file" the key in the environment
+    if value is not None and not value.strip():
+        raise _UsageError(
+            f"{param.opts[0]} is empty (an unset variable?): give it a value or leave it out"
+        )
+    return value
+
+
 def _read_key(api_key_file: str | None, api_key: str | None) -> str | None:
     if api_key:
         click.echo(
@@ -194,12 +204,14 @@ def _api_options(func: F) -> F:
         click.option(
             "--api-key-file",
             type=click.Path(dir_okay=False),
+            callback=_not_empty,
             help="Read the API key from this file (default: $PHOTOROOM_API_KEY).",
         ),
         click.option("--api-key", hidden=True, help="The API key itself (discouraged)."),
         click.option(
             "--base-url",
             metavar="URL",
+            callback=_not_empty,
             help="Send API calls here instead of Photoroom (a proxy or the emulator).",
         ),
         _verbose_option,
@@ -237,6 +249,7 @@ def _batch_options(func: F) -> F:
         click.option(
             "--manifest",
             metavar="PATH",
+            callback=_not_empty,
             help=f"JSON-lines record of every job (default: DEST/{MANIFEST_NAME} for folders).",
         ),
         click.option(
@@ -252,6 +265,7 @@ def _batch_options(func: F) -> F:
         click.option(
             "--endpoint-url",
             metavar="URL",
+            callback=_not_empty,
             help="S3 endpoint for s3:// sources and destinations (MinIO, SeaweedFS...).",
         ),
         click.option("--json", "json_out", is_flag=True, help="Machine output: JSON lines."),

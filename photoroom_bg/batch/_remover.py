@@ -17,7 +17,7 @@ from typing import Any
 from .. import _loop
 from .._client import AsyncPhotoroomClient
 from .._keys import KeyTemplate, options_digest
-from .._numbers import check_count, check_number, wait_limit
+from .._numbers import check_count, check_given, check_number, wait_limit
 from .._retry import RetryPolicy
 from ..engines._base import Engine
 from ..errors import ConfigurationError
@@ -156,6 +156,13 @@ class BatchRemover:
         check_number("exit_timeout", exit_timeout)
         if not isinstance(keep_results, bool):
             check_count("keep_results", keep_results, 0)
+        for name, given in (
+            ("manifest", manifest),
+            ("manifest_key", manifest_key),
+            ("spill_dir", spill_dir),
+            ("base_url", base_url),
+        ):
+            check_given(name, given)
         if url_passthrough and not isinstance(options, EditOptions):
             raise ConfigurationError("url_passthrough needs EditOptions (GET /v2/edit)")
         self.engine = engine

@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
+from .._numbers import check_given
 from .._perloop import PerLoop
 from .._s3client import close_s3_client, open_s3_client
 from ..errors import (
@@ -97,7 +98,7 @@ class S3Sink:
         url_expires: float | timedelta = 3600,
     ) -> None:
         self.bucket, self.prefix = parse_s3_uri(uri)
-        self.endpoint_url = endpoint_url
+        self.endpoint_url = check_given("endpoint_url", endpoint_url)
         self.region = (
             region
             or os.environ.get("AWS_REGION")

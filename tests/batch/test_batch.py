@@ -5,18 +5,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from photoroom_bg import (
+    AsyncPhotoroomClient,
     BatchRemover,
     EditOptions,
     JobResult,
     JobStatus,
     MemorySink,
+    PhotoroomClient,
     RetryPolicy,
+    S3Sink,
     SegmentOptions,
     _loop,
 )
@@ -389,6 +393,31 @@ def test_a_nonsense_number_is_refused_with_its_name(setting: dict[str, object]) 
     (name,) = setting
     with pytest.raises(ConfigurationError, match=name):
         BatchRemover(sink=MemorySink(), **setting)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda: BatchRemover(sink=MemorySink(), base_url=""), "base_url"),
+        (lambda: BatchRemover(sink=MemorySink(), manifest=""), "manifest"),
+        (lambda: BatchRemover(sink=MemorySink(), manifest_key=" "), "manifest_key"),
+        (lambda: BatchRemover(sink=MemorySink(), spill_dir=""), "spill_dir"),
+        (lambda: PhotoroomClient(base_url=""), "base_url"),
+        (lambda: AsyncPhotoroomClient(segment_base_url=""), "segment_base_url"),
+        (lambda: PhotoroomClient(image_api_base_url=" "), "image_api_base_url"),
+        (lambda: S3Sink("s3://bucket", endpoint_url=""), "endpoint_url"),
+    ],
+    ids=lambda item: item if isinstance(item, str) else "",
+)
+def test_an_empty_string_setting_is_refused_rather_than_read_as_the_default(
+    make: Callable[[], object], name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # an unset variable passed on: base_url="" meant Photoroom itself (real calls, paid, where
+    # the emulator or a proxy was meant), endpoint_url="" AWS, spill_dir="" this folder
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match=f"^{name} is an empty string"):
+        make()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_infinite_requests_per_minute_means_no_client_side_limit(

@@ -48,6 +48,25 @@ def test_a_missing_input_is_refused_and_the_output_folder_is_not_created(
     assert emulator.ledger.calls() == 0
 
 
+@pytest.mark.parametrize("option", ["--base-url", "--endpoint-url", "--api-key-file", "--manifest"])
+def test_an_empty_option_is_refused_rather_than_read_as_the_default(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path, option: str
+) -> None:
+    # "--base-url $URL" with URL unset sent every call to Photoroom itself (paid, where the
+    # emulator or a proxy was meant); --endpoint-url to AWS; --api-key-file "" fell back to
+    # the key in the environment, --manifest "" said "manifest  is a folder"
+    before = tree(tmp_path)
+    args = ["remove", str(folder), "-o", str(tmp_path / "out"), option, ""]
+    if option != "--base-url":
+        args += ["--base-url", str(emulator.url)]
+    result = run(*args, "-q", key=emulator.api_key)
+    assert_refused(
+        result, 2, f"{option} is empty (an unset variable?): give it a value or leave it out"
+    )
+    assert tree(tmp_path) == before
+    assert emulator.ledger.calls() == 0
+
+
 def test_an_empty_input_argument_is_called_an_empty_path(
     emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
 ) -> None:
