@@ -50,7 +50,7 @@ from ._images import FileTooLarge, LargerThan, NotARegularFile, read_regular_fil
 from ._inflate import UnsupportedEncoding, decoder_for
 from ._listing import IMAGE_EXTENSIONS, glob_images, is_image_path, walk_images
 from ._netguard import NetworkPolicy, Resolver, default_resolver
-from ._numbers import check_count, check_number, wait_limit
+from ._numbers import check_count, check_given, check_number, wait_limit
 from ._perloop import PerLoop
 from ._pool import tls_context
 from ._redact import install_log_redaction, printable, redact_text, redact_url
@@ -418,6 +418,7 @@ class SourceReader:
         # inf would make every transfer too slow; an infinite grace turns the check off
         check_number("min_transfer_rate", min_transfer_rate, finite=True)
         check_number("transfer_grace", transfer_grace)
+        check_given("s3_options['endpoint_url']", (s3_options or {}).get("endpoint_url"))
         self.max_bytes = max_bytes
         self.policy = NetworkPolicy(allow_private_networks, tuple(allow_networks))
         self.max_redirects = max_redirects

@@ -406,6 +406,7 @@ def test_a_nonsense_number_is_refused_with_its_name(setting: dict[str, object]) 
         (lambda: AsyncPhotoroomClient(segment_base_url=""), "segment_base_url"),
         (lambda: PhotoroomClient(image_api_base_url=" "), "image_api_base_url"),
         (lambda: S3Sink("s3://bucket", endpoint_url=""), "endpoint_url"),
+        (lambda: SourceReader(s3_options={"endpoint_url": ""}), "s3_options\\['endpoint_url'\\]"),
     ],
     ids=lambda item: item if isinstance(item, str) else "",
 )
