@@ -22,6 +22,9 @@ logger = logging.getLogger("photoroom_bg.batch")
 
 T = TypeVar("T")
 
+#: The longest wait between two attempts to reach an engine that stopped taking connections.
+OUTAGE_MAX_DELAY = 5.0
+
 
 class Stopped(Exception):
     """The batch stopped while this job waited (for the budget, a retry, a duplicate...)."""
@@ -52,12 +55,18 @@ class EngineCalls:
     :class:`AdaptiveLimit` (fewer calls at once after a 429, more again as they succeed);
     failures a retry may fix wait their ``Retry-After`` (capped) or the policy's backoff, in
     the job that met them. If every call so far failed to connect (no answer at all), the
-    batch stops after its first wave rather than spending every image's retries.
+    batch stops after its first wave rather than spending every image's retries. Once the
+    engine has answered, failed connections (nothing sent, nothing billed) are an outage:
+    for ``outage_budget`` seconds from the first of them since the last answer, jobs keep
+    trying (with the policy's backoff, at most :data:`OUTAGE_MAX_DELAY` apart) without
+    spending their retries; then the batch stops.
 
     Args:
         engine: the engine.
         options: the batch's options.
         policy: the batch's retry policy; ``max_retries``: per job.
+        outage_budget: seconds failed connections to an engine that has answered are
+            tried again without counting as retries.
         requests_per_minute: the budget (applied only to engines that bill).
         concurrency: the batch's concurrency, the limit's maximum and the first wave's size.
         stoppable: runs a wait that ends with :class:`Stopped` when the batch stops.
@@ -72,6 +81,7 @@ class EngineCalls:
         policy: RetryPolicy,
         *,
         max_retries: int,
+        outage_budget: float = 0.0,
         requests_per_minute: float | None,
         concurrency: int,
         stoppable: Stoppable,
@@ -82,6 +92,8 @@ class EngineCalls:
         self.options = options
         self.policy = policy
         self.max_retries = max_retries
+        self.outage_budget = outage_budget
+        self._outage_since: float | None = None  # the first failed connection since an answer
         self.gate = RateGate(requests_per_minute if engine.bills else None)
         self.limit = AdaptiveLimit(concurrency)
         self.concurrency = concurrency
@@ -103,7 +115,7 @@ class EngineCalls:
             Stopped: the batch stopped before the next attempt was sent.
         """
         delays = self.policy.delays()
-        attempt = possibly = 0
+        attempt = possibly = retries = 0
         while True:
             try:
                 if not self._turn_now():
@@ -121,7 +133,11 @@ class EngineCalls:
                 if getattr(exc, "possibly_billed", False):
                     possibly += 1
                 wait = self._after_failure(exc, next(delays), job)
-                if not is_retryable(exc, self.policy) or attempt > self.max_retries:
+                if self._in_outage(exc):
+                    wait = min(wait, OUTAGE_MAX_DELAY)
+                else:
+                    retries += 1
+                if not is_retryable(exc, self.policy) or retries > self.max_retries:
                     raise EngineFailed(exc, attempt, possibly) from None
                 logger.debug("retrying job %d after %s (attempt %d)", job, exc, attempt)
                 try:
@@ -135,7 +151,36 @@ class EngineCalls:
             self.limit.release()
             self.limit.succeeded()
             self._answered = True
+            if self._outage_since is not None:
+                logger.info("the engine answers again")
+                self._outage_since = None
             return result, attempt, possibly
+
+    def _in_outage(self, exc: PhotoroomBGError) -> bool:
+        """Whether ``exc`` is a failed connection to an engine that answered before, within
+        the outage budget (then it does not count as one of the job's retries)."""
+        if not (
+            self._answered
+            and isinstance(exc, APIConnectionError)
+            and not exc.possibly_billed
+            and not self._stopped()
+        ):
+            return False
+        now = anyio.current_time()
+        if self._outage_since is None:
+            self._outage_since = now
+            logger.warning(
+                "the engine stopped taking connections (%s); jobs keep trying for up to %g s",
+                exc,
+                self.outage_budget,
+            )
+        if now - self._outage_since < self.outage_budget:
+            return True
+        self._stop(
+            f"the engine has taken no connection for {self.outage_budget:g} s "
+            f"(engine_outage_budget): {exc}"
+        )
+        return False
 
     def _turn_now(self) -> bool:
         """Take a turn if one is free at once (no wait, so nothing a stop must interrupt)."""

@@ -94,6 +94,11 @@ class BatchRemover:
             cut-out is spilled.
         sink_outage_budget: seconds the batch waits for an unreachable sink, all workers
             paused, before it stops with that reason.
+        engine_outage_budget: seconds jobs keep trying to connect to an engine that has
+            answered in this batch and then stopped taking connections (a restart, a network
+            blip), without spending their ``max_retries``; counted from the first failed
+            connection since the last answer. Past it the batch stops: inputs not yet made
+            end ``cancelled``, for a later run.
         exit_timeout: at interpreter exit with a submitted batch still running, seconds
             granted to the jobs in flight to store what they made (``float("inf")``: as
             long as they take).
@@ -135,6 +140,7 @@ class BatchRemover:
         spill_dir: str | os.PathLike[str] | None = None,
         store_retry_budget: float = 30.0,
         sink_outage_budget: float = 120.0,
+        engine_outage_budget: float = 120.0,
         exit_timeout: float = 30.0,
         progress: bool = False,
         on_result: Callable[[JobResult], object] | None = None,
@@ -153,6 +159,7 @@ class BatchRemover:
             check_number("requests_per_minute", requests_per_minute, positive=True)
         check_number("store_retry_budget", store_retry_budget)
         check_number("sink_outage_budget", sink_outage_budget)
+        check_number("engine_outage_budget", engine_outage_budget)
         check_number("exit_timeout", exit_timeout)
         if not isinstance(keep_results, bool):
             check_count("keep_results", keep_results, 0)
@@ -184,6 +191,7 @@ class BatchRemover:
         self.spill_dir = Path(spill_dir) if spill_dir is not None else default_spill_dir()
         self.store_retry_budget = store_retry_budget
         self.sink_outage_budget = sink_outage_budget
+        self.engine_outage_budget = engine_outage_budget
         self.exit_timeout = exit_timeout
         self.progress_bar = progress
         self.on_result = on_result

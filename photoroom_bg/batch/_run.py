@@ -215,6 +215,7 @@ class Batch:
             r.options,
             policy,
             max_retries=r.max_retries,
+            outage_budget=r.engine_outage_budget,
             requests_per_minute=r.requests_per_minute,
             concurrency=r.concurrency,
             stoppable=self._stoppable,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import io
+import logging
 import os
 import threading
 import time
@@ -110,6 +112,94 @@ def test_an_unreachable_api_stops_the_batch_after_the_first_wave() -> None:
     attempts = sum(job.attempts for job in handle.results())
     assert attempts <= 2 * 8  # the first wave, not 300 images times their retries
     assert report.cancelled_count + report.failed_count == 300
+
+
+class _Retries(logging.Handler):
+    """Sets ``enough`` once ``count`` retries are logged after the engine stopped taking
+    connections."""
+
+    def __init__(self, count: int, enough: threading.Event) -> None:
+        super().__init__(logging.DEBUG)
+        self.count, self.seen, self.outage = count, 0, False
+        self.enough = enough
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        self.outage = self.outage or "stopped taking connections" in message
+        if self.outage and message.startswith("retrying job"):
+            self.seen += 1
+            if self.seen >= self.count:
+                self.enough.set()
+
+
+@contextlib.contextmanager
+def _watching(handler: logging.Handler) -> Iterator[None]:
+    logger = logging.getLogger("photoroom_bg.batch")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_an_api_that_stops_taking_connections_for_a_while_loses_no_job() -> None:
+    # a restart of the API (or of a proxy in front of it) mid-batch: each job in flight
+    # spent its retries on refused connections within a second and failed
+    emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.02))
+    port, concurrency = closed_port(), 4
+    made, back = threading.Event(), threading.Event()
+
+    def watch(job: Any) -> None:
+        if job.index >= 10:
+            made.set()
+        if job.status is JobStatus.FAILED:
+            back.set()  # (as it did before) no use waiting longer
+
+    retries = _Retries(3 * concurrency, back)  # some job retried 3 times: over max_retries
+    server = contextlib.ExitStack()
+    server.enter_context(emulator.serve("127.0.0.1", port))
+    try:
+        batch = remover(
+            emulator, MemorySink(), concurrency=concurrency, max_retries=1, on_result=watch
+        )
+        with _watching(retries):
+            handle = batch.submit([photo() for _ in range(200)])
+            assert made.wait(30)
+            server.close()  # the API goes away mid-batch
+            assert back.wait(60)  # until it has stayed away long enough, or a job failed
+            server.enter_context(emulator.serve("127.0.0.1", port))  # and comes back
+            report = handle.wait(timeout=60)
+    finally:
+        server.close()
+    assert report.failure_counts == {}
+    assert (report.succeeded_count, report.stop_reason) == (200, None)
+
+
+def test_an_api_that_stays_away_past_the_outage_budget_stops_the_batch_for_a_later_run() -> None:
+    emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.02))
+    port = closed_port()
+    made = threading.Event()
+    server = contextlib.ExitStack()
+    server.enter_context(emulator.serve("127.0.0.1", port))
+    try:
+        batch = remover(
+            emulator, MemorySink(), concurrency=4,
+            max_retries=1, engine_outage_budget=0.5, keep_results=True,
+            on_result=lambda job: made.set() if job.index >= 10 else None,
+        )  # fmt: skip
+        handle = batch.submit([photo() for _ in range(300)])
+        assert made.wait(30)
+    finally:
+        server.close()  # for good
+    report = handle.wait(timeout=60)
+    assert report.stop_reason is not None
+    assert "no connection for 0.5 s (engine_outage_budget)" in report.stop_reason
+    assert report.cancelled_count > 200  # left for a later run, not failed one by one
+    assert report.failed_count <= 4  # at most the jobs that were trying
+    assert report.stored_count + report.failed_count + report.cancelled_count == 300
 
 
 # -- one input's surprise stays in its job ------------------------------------------------
