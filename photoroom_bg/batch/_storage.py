@@ -26,6 +26,7 @@ from ..errors import (
 )
 from ..sinks import FileSystemSink, Sink, StoredObject
 from ..sinks._filesystem import stored_keys
+from ._failures import typed
 from ._jobs import JobStatus
 
 __all__ = ["STOPPING_STORAGE_ERRORS", "Storage", "Unstored"]
@@ -196,6 +197,11 @@ class Storage:
                         return await self._spill(key, content, content_type, exc)
                     logger.debug("retrying the put of %s after %s", key, exc)
                     await anyio.sleep(delay)
+                except Exception as exc:  # a sink of the caller's with a bug: keep what was paid
+                    logger.error("the sink failed to store %s", key, exc_info=exc)
+                    error = typed(exc, StorageError, "storing the cut-out")
+                    assert isinstance(error, StorageError)
+                    return await self._spill(key, content, content_type, error)
         raise AssertionError("unreachable: the store loop ends by returning")
 
     async def _spill(

@@ -220,6 +220,35 @@ class FailingPuts(MemorySink):
         return await super().put(key, data, **kwargs)
 
 
+class BuggyPuts(MemorySink):
+    """A sink of the caller's whose puts raise something outside the SDK's errors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buggy = True
+
+    async def put(self, key: str, data: bytes, **kwargs: Any) -> Any:
+        if self.buggy:
+            raise RuntimeError("a bug in the caller's sink")
+        return await super().put(key, data, **kwargs)
+
+
+def test_a_sink_that_raises_something_unforeseen_after_billing_keeps_the_cut_out(
+    emulator: PhotoroomEmulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the job failed with UnexpectedError and the paid cut-out was thrown away
+    sink, spill = BuggyPuts(), tmp_path / "spill"
+    inputs = [*_copies(tmp_path, "a", photo()), *_copies(tmp_path, "b", photo())]
+    handle = remover(emulator, sink, spill_dir=spill, keep_results=True).submit(inputs)
+    report = handle.wait()
+    assert (report.spilled_count, emulator.ledger.calls()) == (2, 2)
+    assert all("unexpected RuntimeError" in str(job.error) for job in handle.results())
+    assert "a bug in the caller's sink" in caplog.text  # with its traceback, to be fixed
+    sink.buggy = False
+    again = handle.retry_failed().wait()
+    assert (again.succeeded_count, again.billed_calls, emulator.ledger.calls()) == (2, 0, 2)
+
+
 def test_a_copy_of_a_spilled_cut_out_is_taken_from_the_spill_folder(
     emulator: PhotoroomEmulator, tmp_path: Path
 ) -> None:
