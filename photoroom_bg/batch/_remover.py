@@ -92,6 +92,9 @@ class BatchRemover:
             there without calling the engine.
         store_retry_budget: seconds a put is retried after a storage error before the
             cut-out is spilled.
+        store_timeout: seconds one put may take (a sink that hangs: a stuck network file
+            system, a server that never answers) before it counts as failed: the cut-out is
+            then spilled, so that the batch ends, and ``cancel()`` with it.
         sink_outage_budget: seconds the batch waits for an unreachable sink, all workers
             paused, before it stops with that reason.
         engine_outage_budget: seconds jobs keep trying to connect to an engine that has
@@ -139,6 +142,7 @@ class BatchRemover:
         manifest_key: str | None = None,
         spill_dir: str | os.PathLike[str] | None = None,
         store_retry_budget: float = 30.0,
+        store_timeout: float = 300.0,
         sink_outage_budget: float = 120.0,
         engine_outage_budget: float = 120.0,
         exit_timeout: float = 30.0,
@@ -158,6 +162,7 @@ class BatchRemover:
             # 0, a negative number or NaN would silently mean "no limit"
             check_number("requests_per_minute", requests_per_minute, positive=True)
         check_number("store_retry_budget", store_retry_budget)
+        check_number("store_timeout", store_timeout, positive=True)
         check_number("sink_outage_budget", sink_outage_budget)
         check_number("engine_outage_budget", engine_outage_budget)
         check_number("exit_timeout", exit_timeout)
@@ -190,6 +195,7 @@ class BatchRemover:
         self.manifest_key = manifest_key
         self.spill_dir = Path(spill_dir) if spill_dir is not None else default_spill_dir()
         self.store_retry_budget = store_retry_budget
+        self.store_timeout = store_timeout
         self.sink_outage_budget = sink_outage_budget
         self.engine_outage_budget = engine_outage_budget
         self.exit_timeout = exit_timeout

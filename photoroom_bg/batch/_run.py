@@ -206,6 +206,7 @@ class Batch:
             r.spill_dir,
             policy,
             retry_budget=r.store_retry_budget,
+            timeout=r.store_timeout,
             outage_budget=r.sink_outage_budget,
             stop=self.stop,
         )

@@ -70,6 +70,8 @@ class Storage:
         spill_dir: where paid cut-outs wait when the sink does not take them.
         policy: the backoff of put retries and probes.
         retry_budget: seconds a put is retried after an ordinary storage error.
+        timeout: seconds one put may take before it counts as failed (then the cut-out is
+            spilled: a sink that hangs once may hang again).
         outage_budget: seconds an outage is waited out.
         stop: stops the batch, with a reason.
     """
@@ -82,6 +84,7 @@ class Storage:
         *,
         retry_budget: float,
         outage_budget: float,
+        timeout: float = float("inf"),
         stop: Callable[[str], None],
     ) -> None:
         self.sink = sink
@@ -89,6 +92,7 @@ class Storage:
         self.policy = policy
         self.retry_budget = retry_budget
         self.outage_budget = outage_budget
+        self.timeout = timeout
         self._stop = stop
         self._available = anyio.Event()
         self._available.set()
@@ -183,9 +187,14 @@ class Storage:
                 if self._gone is not None:
                     return await self._spill(key, content, content_type, self._gone)
                 try:
-                    return await self.sink.put(
-                        key, content, content_type=content_type, metadata=metadata
+                    with anyio.move_on_after(self.timeout):
+                        return await self.sink.put(
+                            key, content, content_type=content_type, metadata=metadata
+                        )
+                    hung = StorageError(
+                        f"the sink took more than {self.timeout:g} s to store it (store_timeout)"
                     )
+                    return await self._spill(key, content, content_type, hung)
                 except StorageUnavailableError as exc:
                     self.outage(exc)
                 except (UnsafeKeyError, *STOPPING_STORAGE_ERRORS) as exc:
@@ -208,10 +217,11 @@ class Storage:
         self, key: str, content: bytes, content_type: str, error: StorageError
     ) -> Unstored:
         try:
-            kept = await self.spill.put(key, content, content_type=content_type)
+            with anyio.fail_after(self.timeout):
+                kept = await self.spill.put(key, content, content_type=content_type)
             if self._spilled is not None:
                 self._spilled.add(key)
-        except PhotoroomBGError as spill_error:
+        except (PhotoroomBGError, TimeoutError) as spill_error:
             logger.error(
                 "could not keep the cut-out for %s in %s either: %s",
                 key,

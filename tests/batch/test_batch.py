@@ -383,6 +383,8 @@ def test_bad_configuration_is_refused() -> None:
         {"requests_per_minute": float("nan")},
         {"store_retry_budget": -1.0},
         {"store_retry_budget": float("nan")},
+        {"store_timeout": 0},
+        {"engine_outage_budget": -1},
         {"sink_outage_budget": float("nan")},
         {"exit_timeout": -1},
         {"keep_results": -1},

@@ -249,6 +249,38 @@ def test_a_sink_that_raises_something_unforeseen_after_billing_keeps_the_cut_out
     assert (again.succeeded_count, again.billed_calls, emulator.ledger.calls()) == (2, 0, 2)
 
 
+class HangingPuts(MemorySink):
+    """A sink whose puts never return until ``fixed``; ``storing`` is set by the first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fixed, self.storing = False, threading.Event()
+
+    async def put(self, key: str, data: bytes, **kwargs: Any) -> Any:
+        if not self.fixed:
+            self.storing.set()
+            await anyio.sleep_forever()
+        return await super().put(key, data, **kwargs)
+
+
+def test_a_sink_that_hangs_after_billing_ends_the_batch_with_the_cut_outs_kept(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # the store is shielded (paid for: never abandoned), so a put that never returned kept
+    # the batch running forever, cancel() included
+    sink, spill = HangingPuts(), tmp_path / "spill"
+    inputs = [*_copies(tmp_path, "a", photo()), *_copies(tmp_path, "b", photo())]
+    batch = remover(emulator, sink, spill_dir=spill, store_timeout=0.5, concurrency=2)
+    handle = batch.submit(inputs)
+    assert sink.storing.wait(30)
+    handle.cancel()
+    report = handle.wait(timeout=30)
+    assert (report.spilled_count, emulator.ledger.calls()) == (2, 2)
+    sink.fixed = True
+    again = handle.retry_failed().wait()
+    assert (again.succeeded_count, again.billed_calls, emulator.ledger.calls()) == (2, 0, 2)
+
+
 def test_a_copy_of_a_spilled_cut_out_is_taken_from_the_spill_folder(
     emulator: PhotoroomEmulator, tmp_path: Path
 ) -> None:
