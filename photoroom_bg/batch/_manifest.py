@@ -355,11 +355,16 @@ async def read_from_sink(sink: Sink, key: str) -> bytes:
 
 
 async def upload(
-    sink: Sink, key: str, earlier: bytes, path: str | os.PathLike[str], offset: int
+    sink: Sink,
+    key: str,
+    earlier: bytes,
+    path: str | os.PathLike[str],
+    offset: int,
+    timeout: float = float("inf"),  # noqa: ASYNC109
 ) -> bool:
     """Store the manifest in the sink: the records already there (``earlier``) plus this
-    run's (``path`` from ``offset``). A refusal is logged, not raised; returns whether it
-    was stored."""
+    run's (``path`` from ``offset``), the put given up after ``timeout`` seconds. A refusal
+    is logged, not raised; returns whether it was stored."""
 
     def ours() -> bytes:
         with open(path, "rb") as handle:
@@ -368,7 +373,16 @@ async def upload(
 
     try:
         data = await anyio.to_thread.run_sync(ours)
-        await sink.put(key, earlier + data, content_type="application/x-ndjson", metadata={})
+        with anyio.fail_after(timeout):
+            await sink.put(key, earlier + data, content_type="application/x-ndjson", metadata={})
+    except TimeoutError:
+        logger.warning(
+            "the sink took more than %g s to store the manifest as %r; it is kept at %s",
+            timeout,
+            key,
+            path,
+        )
+        return False
     except (PhotoroomBGError, OSError) as exc:
         logger.warning(
             "could not store the manifest as %r in the sink (%s); it is kept at %s",

@@ -92,9 +92,10 @@ class BatchRemover:
             there without calling the engine.
         store_retry_budget: seconds a put is retried after a storage error before the
             cut-out is spilled.
-        store_timeout: seconds one put may take (a sink that hangs: a stuck network file
-            system, a server that never answers) before it counts as failed: the cut-out is
-            then spilled, so that the batch ends, and ``cancel()`` with it.
+        store_timeout: seconds one call to the sink may take (a sink that hangs: a stuck
+            network file system, a server that never answers) before it counts as failed: a
+            put's cut-out is then spilled, a look-up fails its job unpaid, so that the batch
+            ends, and ``cancel()`` with it.
         sink_outage_budget: seconds the batch waits for an unreachable sink, all workers
             paused, before it stops with that reason.
         engine_outage_budget: seconds jobs keep trying to connect to an engine that has

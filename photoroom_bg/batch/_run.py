@@ -226,10 +226,12 @@ class Batch:
         state = await self._open_manifest()
         try:
             if r.manifest_key is not None:  # also proves the sink answers
-                self._earlier = await read_from_sink(r.sink, r.manifest_key)
+                self._earlier = await self.storage.bounded(
+                    read_from_sink(r.sink, r.manifest_key), "to read the manifest"
+                )
                 state.feed(self._earlier.split(b"\n"))
             else:
-                await r.sink.exists(PROBE_KEY)
+                await self.storage.bounded(r.sink.exists(PROBE_KEY), "to answer")
         except StorageError as exc:
             raise type(exc)(f"the sink is not usable: {exc}") from exc
         try:  # where a paid cut-out goes when the sink does not take it
@@ -356,7 +358,9 @@ class Batch:
         finally:
             key, path = self.r.manifest_key, self._manifest_path
             if key is not None and path is not None:
-                stored = await upload(self.r.sink, key, self._earlier, path, self._offset)
+                stored = await upload(
+                    self.r.sink, key, self._earlier, path, self._offset, self.r.store_timeout
+                )
                 if stored and self._spool is not None:
                     with contextlib.suppress(OSError):
                         os.unlink(self._spool)

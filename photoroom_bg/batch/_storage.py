@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -30,6 +30,8 @@ from ._failures import typed
 from ._jobs import JobStatus
 
 __all__ = ["STOPPING_STORAGE_ERRORS", "Storage", "Unstored"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("photoroom_bg.batch")
 
@@ -106,6 +108,14 @@ class Storage:
 
     # -- reading -------------------------------------------------------------------------
 
+    async def bounded(self, call: Awaitable[T], doing: str) -> T:
+        """``await call``, a call to the sink; a :class:`StorageError` if it takes longer than
+        :attr:`timeout` (a sink that hangs would otherwise hold its job, and the batch,
+        forever)."""
+        with anyio.move_on_after(self.timeout):
+            return await call
+        raise StorageError(f"the sink took more than {self.timeout:g} s {doing} (store_timeout)")
+
     async def describe(self, key: str) -> StoredObject | None:
         """The stored object's description by a stat, never a download; ``None`` if the
         sink cannot tell cheaply."""
@@ -113,7 +123,7 @@ class Storage:
         if stat is None:
             return None
         try:
-            return await stat(key)  # type: ignore[no-any-return]
+            return await self.bounded(stat(key), "to describe an output")
         except PhotoroomBGError:
             return None
 
@@ -126,10 +136,10 @@ class Storage:
             try:
                 if stat is not None:
                     try:
-                        return await stat(key)  # type: ignore[no-any-return]
+                        return await self.bounded(stat(key), "to look an output up")
                     except ObjectNotFoundError:
                         return False
-                return await self.sink.exists(key)
+                return await self.bounded(self.sink.exists(key), "to look an output up")
             except StorageUnavailableError as exc:
                 self.outage(exc)
 
@@ -150,7 +160,7 @@ class Storage:
         if spilled:
             return await self.from_spill(key, listed=False)
         try:
-            data = await self.sink.get(key)
+            data = await self.bounded(self.sink.get(key), "to read a cut-out back")
         except Exception as exc:  # a sink of the caller's may raise anything: make it anew
             logger.debug("%s could not be read back (%s): made again", key, exc)
             return None

@@ -281,6 +281,43 @@ def test_a_sink_that_hangs_after_billing_ends_the_batch_with_the_cut_outs_kept(
     assert (again.succeeded_count, again.billed_calls, emulator.ledger.calls()) == (2, 0, 2)
 
 
+class HangingLookups(MemorySink):
+    """A sink whose look-ups (``stat`` and ``exists``) never return: of every key, or of
+    every key but the one the batch checks the sink with when it starts."""
+
+    def __init__(self, answers_at_start: bool) -> None:
+        super().__init__()
+        self.answers_at_start = answers_at_start
+
+    async def _hang(self, key: str) -> None:
+        from photoroom_bg.batch._storage import PROBE_KEY
+
+        if not (self.answers_at_start and key == PROBE_KEY):
+            await anyio.sleep_forever()
+
+    async def stat(self, key: str) -> Any:
+        await self._hang(key)
+        return await super().stat(key)
+
+    async def exists(self, key: str) -> bool:
+        await self._hang(key)
+        return await super().exists(key)
+
+
+def test_a_sink_whose_look_ups_hang_fails_the_jobs_unpaid_instead_of_hanging(
+    emulator: PhotoroomEmulator,
+) -> None:
+    from photoroom_bg.errors import StorageError
+
+    with pytest.raises(StorageError, match=r"took more than 0\.3 s to answer"):
+        remover(emulator, HangingLookups(False), store_timeout=0.3).submit([photo()]).wait(30)
+    batch = remover(emulator, HangingLookups(True), store_timeout=0.3, keep_results=True)
+    handle = batch.submit([photo(), photo()])
+    report = handle.wait(timeout=30)
+    assert (report.failed_count, emulator.ledger.calls()) == (2, 0)
+    assert all("to look an output up" in str(job.error) for job in handle.results())
+
+
 def test_a_copy_of_a_spilled_cut_out_is_taken_from_the_spill_folder(
     emulator: PhotoroomEmulator, tmp_path: Path
 ) -> None:
