@@ -316,10 +316,24 @@ class BatchHandle:
         limit = wait_limit("timeout", timeout)
         subscriber = self._subscribe(None)
         try:
-            while (result := self._next(subscriber, limit)) is not None:
+            while True:
+                with self._cancelled_by_interrupt():
+                    result = self._next(subscriber, limit)
+                if result is None:
+                    return
                 yield result
         finally:
             self._unsubscribe(subscriber)
+
+    @contextlib.contextmanager
+    def _cancelled_by_interrupt(self) -> Iterator[None]:
+        """Ctrl-C (or a notebook's interrupt) while blocked on the batch cancels it: no new
+        billed request; the calls in flight finish and are stored."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.cancel("interrupted (KeyboardInterrupt)")
+            raise
 
     async def __aiter__(self) -> AsyncIterator[JobResult]:
         subscriber = self._subscribe(asyncio.get_running_loop())
@@ -342,7 +356,9 @@ class BatchHandle:
             self._unsubscribe(subscriber)
 
     def wait(self, timeout: float | None = None) -> BatchReport:
-        """Block until the batch ends; return its :class:`BatchReport`.
+        """Block until the batch ends; return its :class:`BatchReport`. An interrupt
+        (Ctrl-C) while blocked here, or in :meth:`as_completed` or :meth:`exception`, cancels
+        the batch (see :meth:`cancel`) before it propagates.
 
         Raises:
             TimeoutError: the batch did not end within ``timeout`` seconds (``None`` or
@@ -354,7 +370,8 @@ class BatchHandle:
         with self._cond:
             self._waiters += 1
         try:
-            return future.result(wait_limit("timeout", timeout))
+            with self._cancelled_by_interrupt():
+                return future.result(wait_limit("timeout", timeout))
         finally:
             with self._cond:
                 self._waiters -= 1
@@ -372,7 +389,8 @@ class BatchHandle:
         with self._cond:
             self._waiters += 1
         try:
-            return future.exception(wait_limit("timeout", timeout))
+            with self._cancelled_by_interrupt():
+                return future.exception(wait_limit("timeout", timeout))
         finally:
             with self._cond:
                 self._waiters -= 1

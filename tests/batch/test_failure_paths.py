@@ -8,6 +8,7 @@ import gc
 import io
 import logging
 import os
+import signal
 import threading
 import time
 import tracemalloc
@@ -50,6 +51,37 @@ from ..loopback import closed_port
 from .conftest import photo, remover
 
 # -- cancel() means no new billed request -----------------------------------------------------
+
+
+@pytest.mark.parametrize("blocked_in", ["wait", "as_completed", "exception"])
+def test_ctrl_c_while_blocked_on_a_batch_cancels_it(blocked_in: str) -> None:
+    # in a notebook the kernel lives on after an interrupt: the batch went on paying for
+    # every image in the background while the user thought it stopped
+    emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.05))
+    first = threading.Event()
+    main = threading.main_thread().ident
+    assert main is not None
+    assert threading.current_thread().ident == main  # where Python runs signal handlers
+
+    def interrupt() -> None:
+        assert first.wait(30)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    with emulator.serve():
+        batch = remover(emulator, MemorySink(), concurrency=2, on_result=lambda _: first.set())
+        handle = batch.submit([photo() for _ in range(200)])
+        threading.Thread(target=interrupt, daemon=True).start()
+        block = {
+            "wait": handle.wait,
+            "as_completed": lambda: list(handle.as_completed()),
+            "exception": handle.exception,
+        }[blocked_in]
+        with pytest.raises(KeyboardInterrupt):
+            block()
+        report = handle.wait(timeout=30)
+    assert report.stop_reason == "interrupted (KeyboardInterrupt)"
+    assert report.cancelled_count > 150
+    assert emulator.ledger.calls() == report.succeeded_count  # each paid call stored
 
 
 def test_cancel_wakes_jobs_waiting_for_the_request_budget(emulator: PhotoroomEmulator) -> None:
