@@ -21,7 +21,7 @@ import anyio.abc
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..errors import ConfigurationError, ObjectNotFoundError, PhotoroomBGError
+from ..errors import ConfigurationError, ObjectNotFoundError, PhotoroomBGError, StorageError
 from ..sinks import Sink
 from ..sinks._common import try_lock
 from ._jobs import JobResult, JobStatus
@@ -373,16 +373,10 @@ async def upload(
 
     try:
         data = await anyio.to_thread.run_sync(ours)
-        with anyio.fail_after(timeout):
+        with anyio.move_on_after(timeout) as put:
             await sink.put(key, earlier + data, content_type="application/x-ndjson", metadata={})
-    except TimeoutError:
-        logger.warning(
-            "the sink took more than %g s to store the manifest as %r; it is kept at %s",
-            timeout,
-            key,
-            path,
-        )
-        return False
+        if put.cancelled_caught:
+            raise StorageError(f"it took more than {timeout:g} s, the store_timeout")
     except (PhotoroomBGError, OSError) as exc:
         logger.warning(
             "could not store the manifest as %r in the sink (%s); it is kept at %s",

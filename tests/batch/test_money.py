@@ -318,6 +318,22 @@ def test_a_sink_whose_look_ups_hang_fails_the_jobs_unpaid_instead_of_hanging(
     assert all("to look an output up" in str(job.error) for job in handle.results())
 
 
+def test_a_manifest_upload_that_hangs_ends_the_batch_with_the_manifest_kept_locally(
+    emulator: PhotoroomEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    class HangsOnTheManifest(MemorySink):
+        async def put(self, key: str, data: bytes, **kwargs: Any) -> Any:
+            if key == "runs/manifest.jsonl":
+                await anyio.sleep_forever()
+            return await super().put(key, data, **kwargs)
+
+    sink = HangsOnTheManifest()
+    batch = remover(emulator, sink, manifest_key="runs/manifest.jsonl", store_timeout=0.3)
+    report = batch.submit([photo(), photo()]).wait(timeout=30)
+    assert (report.succeeded_count, len(sink.objects)) == (2, 2)
+    assert "(it took more than 0.3 s, the store_timeout); it is kept at" in caplog.text
+
+
 def test_a_copy_of_a_spilled_cut_out_is_taken_from_the_spill_folder(
     emulator: PhotoroomEmulator, tmp_path: Path
 ) -> None:
