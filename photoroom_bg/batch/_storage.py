@@ -72,8 +72,8 @@ class Storage:
         spill_dir: where paid cut-outs wait when the sink does not take them.
         policy: the backoff of put retries and probes.
         retry_budget: seconds a put is retried after an ordinary storage error.
-        timeout: seconds one put may take before it counts as failed (then the cut-out is
-            spilled: a sink that hangs once may hang again).
+        timeout: seconds one call to the sink may take before it counts as failed (a put's
+            cut-out is then spilled at once: a sink that hangs once may hang again).
         outage_budget: seconds an outage is waited out.
         stop: stops the batch, with a reason.
     """
