@@ -332,7 +332,7 @@ class BatchHandle:
         try:
             yield
         except KeyboardInterrupt:
-            self.cancel("interrupted (KeyboardInterrupt)")
+            self.cancel("interrupted")  # as the command says it
             raise
 
     async def __aiter__(self) -> AsyncIterator[JobResult]:
