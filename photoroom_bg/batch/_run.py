@@ -100,7 +100,7 @@ class _InFlight:
 
     index: int
     key: str
-    identity: str
+    made_as: bytes  # its identity's first 16 bytes: what :attr:`Batch._made` remembers it by
     done: anyio.Event = attrs.field(factory=anyio.Event)
     waiters: int = 0
     output: Any = None  # its StoredObject once stored
@@ -540,13 +540,14 @@ class Batch:
                 reason = f"the same image as #{first.index}: its cut-out, stored again"
                 return await self._keep(job, key, content, content_type, reason)
             # the first one failed: try it ourselves
-        entry = self._inflight[identity] = _InFlight(job.index, key, identity)
+        entry = _InFlight(job.index, key, bytes.fromhex(identity[:32]))
+        self._inflight[identity] = entry
         try:
             result = await self._make(job, key, data, entry)
             if result.status in (JobStatus.SUCCEEDED, JobStatus.SKIPPED):
                 entry.output = result.output or _STORED_SOMEWHERE
             if result.status in (JobStatus.SUCCEEDED, JobStatus.SKIPPED, JobStatus.SPILLED):
-                self._remember(identity, job.index, key, result.status is JobStatus.SPILLED)
+                self._remember(entry, result.status is JobStatus.SPILLED)
             return result
         finally:
             del self._inflight[identity]
@@ -577,11 +578,10 @@ class Batch:
                 return await self._unspill(job, key, spilled, "made meanwhile by another batch")
             return await self._copy_or_pay(job, key, data, entry)
 
-    def _remember(self, identity: str, index: int, key: str, spilled: bool) -> None:
-        made = self._made
-        digest = bytes.fromhex(identity[:32])
+    def _remember(self, entry: _InFlight, spilled: bool) -> None:
+        made, digest = self._made, entry.made_as
         if digest not in made or made[digest][2]:  # the first one stored, not spilled, wins
-            made[digest] = (index, key, spilled)
+            made[digest] = (entry.index, entry.key, spilled)
         made.move_to_end(digest)
         if len(made) > MADE_REMEMBERED:
             made.popitem(last=False)
@@ -589,7 +589,7 @@ class Batch:
     async def _copy_or_pay(self, job: _Job, key: str, data: bytes, entry: _InFlight) -> JobResult:
         """Store a copy of the cut-out an earlier job of this batch made of the same image
         (under another key), when it can still be read; else pay for one."""
-        made = self._made.get(bytes.fromhex(entry.identity[:32]))
+        made = self._made.get(entry.made_as)
         if made is not None and made[1] != key:
             index, made_key, spilled = made
             content = await self.storage.read_back(made_key, spilled=spilled)
