@@ -120,6 +120,21 @@ def _cap_body(request: Request) -> None:
     request._receive = capped
 
 
+def _json_type(value: object) -> str:
+    """What a JSON value is, as a caller would say it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
 @attrs.define
 class RequestBody:
     """What a create request carries, from JSON or from a multipart form."""
@@ -127,21 +142,38 @@ class RequestBody:
     data: dict[str, Any]
     uploads: list[tuple[str, bytes]] = attrs.field(factory=list)
 
-    def urls(self, *names: str) -> list[str]:
-        """The URL fields among ``names`` (a string or a list of strings each)."""
+    def urls(self, *names: str, what: str = "a URL") -> list[str]:
+        """The URL fields among ``names`` (a string or a list of strings each; ``what``
+        names an entry in messages). A blank string on its own is no entry; a blank entry in
+        a list is refused, as dropping it would shift every later position, and results are
+        reported by position."""
         urls: list[str] = []
         for name in names:
             value = self.data.get(name)
             if value is None:
                 continue
-            items = value if isinstance(value, list) else [value]
-            for item in items:
+            listed = isinstance(value, list)
+            for index, item in enumerate(value if listed else [value]):
+                where = f"{name}[{index}]" if listed else name
                 if not isinstance(item, str):
                     raise Problem(
-                        422, "invalid_request", "The request is not valid", f"{name}: not a URL"
+                        422,
+                        "invalid_request",
+                        "The request is not valid",
+                        f"{where}: {what} is a string, not {_json_type(item)}",
                     )
-                urls.append(item.strip())
-        return [u for u in urls if u]
+                text = item.strip()
+                if not text and listed:
+                    raise Problem(
+                        422,
+                        "invalid_request",
+                        "The request is not valid",
+                        f"{where}: empty; each entry must be {what} (results are given by "
+                        "position)",
+                    )
+                if text:
+                    urls.append(text)
+        return urls
 
     def flag(self, name: str) -> bool:
         """A boolean field (``true``/``1`` in forms)."""

@@ -386,7 +386,7 @@ class JobService:
         self,
         record: JobRecord,
         *,
-        status: str | None = None,
+        status: tuple[str, ...] | None = None,
         offset: int = 0,
         limit: int = 100,
         output_url: Any = None,
@@ -417,7 +417,7 @@ class JobService:
             "replica": record.replica,
         }
         if include_items:
-            chosen = [i for i in items if status is None or i["status"] == status]
+            chosen = [i for i in items if status is None or i["status"] in status]
             page = chosen[offset : offset + limit]
             for item in page:
                 if output_url is not None and item.get("stored"):
@@ -427,7 +427,7 @@ class JobService:
                 "offset": offset,
                 "limit": limit,
                 "total": len(chosen),
-                "status": status,
+                "status": ",".join(status) if status else None,
                 "next_offset": offset + limit if offset + limit < len(chosen) else None,
             }
         return jsonable(body)  # type: ignore[no-any-return]

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from .. import __version__
 from .._images import sniff_format
-from ..batch import JobResult
+from ..batch import JobResult, JobStatus
 from ..errors import ObjectNotFoundError, PhotoroomBGError
 from ..options import EditOptions, SegmentOptions
 from ..sinks import MemorySink, Sink
@@ -101,6 +101,29 @@ async def _urls_for(request: Request, state: ServiceState, key: str) -> dict[str
         "download_url": str(request.url_for("download_output", key=key)),
         "presigned_url": presigned,
     }
+
+
+#: The statuses an item can have, as ``?status=`` filters by them.
+ITEM_STATUSES = tuple(status.value for status in JobStatus)
+
+
+def _statuses(given: list[str] | None) -> tuple[str, ...] | None:
+    """The item statuses a ``?status=`` filter names (repeated or comma-separated); a name
+    that is not a status is refused, since it would match nothing and look like an empty
+    answer."""
+    if not given:
+        return None
+    names = [name.strip().lower() for text in given for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ITEM_STATUSES]
+    if unknown:
+        raise Problem(
+            422,
+            "invalid_request",
+            "The request is not valid",
+            f"status={','.join(unknown)[:200]!r} is not an item status; use "
+            f"{', '.join(ITEM_STATUSES)} (several: status=failed,cancelled)",
+        )
+    return tuple(dict.fromkeys(names)) or None
 
 
 def _one_source(body: RequestBody) -> Any:
@@ -320,7 +343,7 @@ def add_routes(router: APIRouter) -> None:
         ``flow_ids``. Unknown ids say so; pending ones are never mistaken for failures."""
         state = state_of(request)
         body = await read_body(request, max_files=0)
-        ids = body.urls("job_ids", "flow_ids", "image_urls")
+        ids = body.urls("job_ids", "flow_ids", "image_urls", what="a job or item id")
         if not ids:
             raise Problem(422, "invalid_request", "The request is not valid", "no job_ids")
         if len(ids) > state.settings.max_images_per_job:
@@ -376,17 +399,18 @@ def add_routes(router: APIRouter) -> None:
         request: Request,
         job_id: str,
         owner: Caller,
-        status: Annotated[str | None, Query(max_length=32)] = None,
+        status: Annotated[list[str] | None, Query(max_length=200)] = None,
         offset: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
         """State, counts per status, progress and ETA, the report once finished, and a page
-        of items (``?status=failed&offset=0&limit=100``), partial while running."""
+        of items (``?status=failed&offset=0&limit=100``; ``?status=failed,cancelled`` or the
+        parameter repeated for several), partial while running."""
         state = state_of(request)
         record = await state.jobs.get(owner, job_id)
         return await state.jobs.describe(
             record,
-            status=status,
+            status=_statuses(status),
             offset=offset,
             limit=limit,
             output_url=lambda j, i: str(request.url_for("job_output", job_id=j, index=i)),

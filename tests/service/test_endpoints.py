@@ -220,6 +220,44 @@ def test_v2_job_runs_to_completion_with_per_item_status(
         assert len([n for n in archive.namelist() if n.endswith(".png")]) == 6
 
 
+def test_v2_an_unknown_status_filter_is_refused_and_several_are_taken(
+    service: ServiceProcess, images: ImageServer
+) -> None:
+    urls = [images.image(n) for n in (40, 41)] + [f"{images.url}/missing.png"]
+    with service.client() as client:
+        job = client.post("/api/v2/remove-backgrounds", json={"image_urls": urls}).json()
+        wait_for_job(client, job["job_id"])
+        # a typo must not read as "nothing failed"
+        typo = client.get(job["status_url"], params={"status": "failure"})
+        assert typo.status_code == 422, typo.text
+        assert typo.json()["code"] == "invalid_request"
+        assert "'failure' is not an item status" in typo.json()["detail"]
+        for params in ({"status": ["failed", "succeeded"]}, {"status": "failed, succeeded"}):
+            both = client.get(job["status_url"], params=params).json()
+            assert [i["index"] for i in both["items"]] == [0, 1, 2], params
+            assert both["page"]["status"] == "failed,succeeded"
+        one = client.get(job["status_url"], params={"status": "FAILED"}).json()
+        assert [i["index"] for i in one["items"]] == [2]
+
+
+def test_a_blank_or_non_string_entry_is_refused_by_its_position(
+    service: ServiceProcess, images: ImageServer
+) -> None:
+    urls = [images.image(42), " ", images.image(43)]
+    with service.client() as client:
+        for path in ("/api/v1/remove-backgrounds", "/api/v2/remove-backgrounds"):
+            # dropping it would report the third image as the second
+            answer = client.post(path, json={"image_urls": urls})
+            assert answer.status_code == 422, (path, answer.text)
+            assert answer.json()["detail"].startswith("image_urls[1]: empty"), answer.text
+        wrong = client.post("/api/v2/remove-backgrounds/results", json={"job_ids": ["x", 5]})
+        assert wrong.status_code == 422
+        assert wrong.json()["detail"] == "job_ids[1]: a job or item id is a string, not a number"
+        listed = client.post("/api/v1/remove-background", json=[{"image_url": images.image(1)}])
+        assert listed.status_code == 422
+        assert listed.json()["detail"] == "image_urls[0]: a URL is a string, not an object"
+
+
 def test_v2_upload_job_and_results_by_id_in_the_original_shape(service: ServiceProcess) -> None:
     files = [("files", (f"p{n}.png", photo(n), "image/png")) for n in (30, 31)]
     with service.client() as client:
