@@ -2,7 +2,8 @@
 
 A refused image costs nothing: no request is sent. Checks: not empty, under the endpoint's
 size cap (50 MB for ``/v1/segment``, 30 MB for ``/v2/edit``), a supported format (PNG, JPEG,
-WEBP; HEIC for segment only), decodable, and at most 6,000 px on its longest side.
+WEBP; HEIC for segment only), decodable, not cut off, and at most 6,000 px on its longest
+side.
 """
 
 from __future__ import annotations
@@ -221,7 +222,48 @@ def validate_image(data: bytes, endpoint: Endpoint, *, name: str = "image") -> s
         )
     if kind != "heic":  # Pillow cannot read HEIC headers without a plugin
         _check_pixels(data, name)
+    if kind == "jpeg" and not _jpeg_complete(data):
+        _check_decodes(data, name)
     return _MIME[kind]
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """Whether a JPEG has its end marker after its first scan begins. Pillow's header check
+    passes a JPEG cut off anywhere after its headers (a download or a copy that stopped
+    short); the end marker is what tells. The headers are walked marker by marker, since a
+    thumbnail inside them has a scan and an end marker of its own. An odd layout counts as
+    complete: this check only looks for a missing end."""
+    pos, size = 2, len(data)
+    while pos + 4 <= size:
+        if data[pos] != 0xFF:
+            return True  # not a layout this walk knows: leave it to the decoder
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xDA:  # start of scan: the image data runs to the end marker
+            return data.rfind(b"\xff\xd9") > pos
+        elif marker == 0xD9:
+            return True
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return False  # the headers themselves are cut off
+
+
+def _check_decodes(data: bytes, name: str) -> None:
+    """Decode the whole image (only done for an image that looks cut off)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImageError(
+            f"{name} is truncated: the JPEG stops before the end of its image data "
+            f"({_pillow_message(exc)}); it was probably cut off while being written or "
+            "downloaded: fetch or export it again"
+        ) from None
 
 
 def _pillow_message(exc: BaseException) -> str:

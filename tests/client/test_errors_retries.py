@@ -321,6 +321,57 @@ async def test_segment_local_validation_sends_nothing(
     assert not route.called
 
 
+def _jpeg(progressive: bool = False, size: tuple[int, int] = (96, 64)) -> bytes:
+    image = Image.new("RGB", size)
+    image.putdata(
+        [(x * 5 % 256, y * 7 % 256, (x * y) % 256) for y in range(size[1]) for x in range(size[0])]
+    )
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=90, progressive=progressive)
+    return out.getvalue()
+
+
+def _with_thumbnail(jpeg: bytes) -> bytes:
+    """``jpeg`` with a whole small JPEG (a scan and an end marker of its own) in an APP15
+    segment after its start marker, as cameras put a thumbnail in the EXIF segment."""
+    thumbnail = _jpeg(size=(8, 8))
+    segment = b"\xff\xef" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail
+    return jpeg[:2] + segment + jpeg[2:]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _jpeg()[: len(_jpeg()) // 2],
+        _jpeg(progressive=True)[: len(_jpeg(progressive=True)) // 2],
+        _jpeg()[:-2],  # everything but the end marker
+        _with_thumbnail(_jpeg())[: len(_with_thumbnail(_jpeg())) * 2 // 3],
+    ],
+    ids=["half", "progressive-half", "no-end-marker", "thumbnail-inside"],
+)
+async def test_a_cut_off_jpeg_is_refused_before_sending(
+    twin: Twin, respx_mock: respx.MockRouter, data: bytes
+) -> None:
+    # Pillow's header check passes these; a server might bill a half-grey cut-out
+    route = respx_mock.post(SEGMENT)
+    with pytest.raises(InvalidImageError, match="is truncated: the JPEG stops before the end"):
+        await twin.call("remove_background", data)
+    assert not route.called
+
+
+@pytest.mark.parametrize(
+    "data",
+    [_jpeg(), _jpeg(progressive=True), _with_thumbnail(_jpeg()), _jpeg() + b"trailing data"],
+    ids=["whole", "progressive", "thumbnail-inside", "trailing-data"],
+)
+async def test_a_whole_jpeg_is_sent(twin: Twin, respx_mock: respx.MockRouter, data: bytes) -> None:
+    route = respx_mock.post(SEGMENT).respond(
+        200, content=png(), headers={"content-type": "image/png"}
+    )
+    await twin.call("remove_background", data)
+    assert route.called
+
+
 async def test_longest_side_over_6000_px_is_refused(
     twin: Twin, respx_mock: respx.MockRouter
 ) -> None:
