@@ -14,6 +14,7 @@ from fastapi import Response
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
+from ..errors import ObjectNotFoundError
 from ..sinks import Sink
 
 __all__ = ["archive", "ext", "media", "zip_name"]
@@ -31,6 +32,18 @@ def media(key: str | None) -> str:
     return MEDIA.get(ext(key), "application/octet-stream")
 
 
+#: ``errors.json``'s error for an item whose stored cut-out is no longer in the sink.
+MISSING_OUTPUT = {
+    "type": "ObjectNotFoundError",
+    "code": "output_not_found",
+    "message": "its cut-out is no longer in the storage (deleted or expired since it was stored)",
+}
+
+
+def _error_fields(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: item.get(k) for k in ("index", "source", "status", "error", "reason")}
+
+
 def zip_name(position: int, name: str, key: str) -> str:
     """The original service's archive names: ``image_<n>_<name>.<ext>``."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80] or "image"
@@ -39,7 +52,8 @@ def zip_name(position: int, name: str, key: str) -> str:
 
 async def archive(sink: Sink, items: list[dict[str, Any]], *, filename: str) -> Response:
     """The stored outputs among ``items`` as a ZIP, with ``errors.json`` listing every item
-    that finished without one; written to a temporary file, one output in memory at a time."""
+    that finished without one (or whose output has left the sink since); written to a
+    temporary file, one output in memory at a time."""
     fd, path = tempfile.mkstemp(prefix="photoroom-bg-", suffix=".zip")
     os.close(fd)
     zipped = await asyncio.to_thread(zipfile.ZipFile, path, "w", zipfile.ZIP_STORED)
@@ -48,14 +62,16 @@ async def archive(sink: Sink, items: list[dict[str, Any]], *, filename: str) -> 
     try:
         for item in items:
             if item.get("stored"):
-                data = await sink.get(item["key"])
+                try:
+                    data = await sink.get(item["key"])
+                except ObjectNotFoundError:  # deleted or expired since: the rest still goes
+                    errors.append({**_error_fields(item), "error": MISSING_OUTPUT})
+                    continue
                 name = zip_name(item["index"], str(item.get("name") or "image"), item["key"])
                 await asyncio.to_thread(zipped.writestr, name, data)
                 stored += 1
             elif item["status"] not in ("pending", "running"):
-                errors.append(
-                    {k: item.get(k) for k in ("index", "source", "status", "error", "reason")}
-                )
+                errors.append(_error_fields(item))
         await asyncio.to_thread(zipped.writestr, "errors.json", json.dumps(errors, indent=2))
     except BaseException:
         zipped.close()

@@ -7,15 +7,25 @@ later maps through its nearest mapped base class.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
 
 from .. import errors
 
-__all__ = ["PROBLEM_CODES", "Problem", "error_code", "problem_for"]
+__all__ = [
+    "PROBLEM_CODES",
+    "Problem",
+    "error_code",
+    "is_storage_code",
+    "problem_for",
+    "storage_detail",
+]
 
 PROBLEM_TYPE = "urn:photoroom-bg:problem:"
+
+logger = logging.getLogger("photoroom_bg.service")
 
 #: SDK error class name -> (HTTP status, code, title)
 PROBLEM_CODES: dict[str, tuple[int, str, str]] = {
@@ -140,4 +150,26 @@ def problem_for(error: BaseException) -> Problem:
     if wait is not None:
         headers["Retry-After"] = str(wait)
     detail = str(error) if isinstance(error, errors.PhotoroomBGError) else None
+    if isinstance(error, errors.StorageError):
+        logger.warning("answered %s (%s): %s", status, code, error)
+        detail = storage_detail(code)
     return Problem(status, code, title, detail, headers=headers)
+
+
+def is_storage_code(code: str) -> bool:
+    """Whether ``code`` is that of a storage error (whose text is for the log only)."""
+    return code.startswith("storage_") or code == "output_not_found"
+
+
+def storage_detail(code: str) -> str:
+    """What a caller is told of a storage error: its text names the service's folders,
+    bucket or endpoint, which are for the operator's log, not for callers."""
+    return STORAGE_DETAILS.get(code, "the service's storage failed; its log says why")
+
+
+#: What a caller is told of a storage error, by code (the log has the error itself).
+STORAGE_DETAILS = {
+    "output_not_found": "the output is not in the storage (deleted or expired since it was "
+    "stored?)",
+    "storage_full": "the service's storage is full; its operator must make room",
+}

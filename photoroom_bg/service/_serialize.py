@@ -18,7 +18,7 @@ import attrs
 
 from ..batch import BatchReport, JobResult, Progress
 from ..batch._manifest import job_fields
-from ._problems import error_code
+from ._problems import error_code, is_storage_code, storage_detail
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -63,10 +63,11 @@ def item_from_record(record: Mapping[str, Any]) -> dict[str, Any]:
     item = {k: jsonable(v) for k, v in record.items() if k not in _INTERNAL}
     error_type = item.pop("error_type", None)
     message = item.pop("error", None)
+    code = error_code(error_type)
+    if error_type and message and is_storage_code(code):
+        message = storage_detail(code)
     item["error"] = (
-        {"type": error_type, "code": error_code(error_type), "message": message}
-        if error_type or message
-        else None
+        {"type": error_type, "code": code, "message": message} if error_type or message else None
     )
     status = item.get("status")
     if item["error"] is None and status not in STORED_STATUSES | ACTIVE_STATUSES:

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -173,6 +174,31 @@ def test_v1_batch_zip_has_the_cutouts_and_an_errors_file(
     assert all(is_cutout(archive.read(n)) for n in names if n.endswith(".png"))
     errors = json.loads(archive.read("errors.json"))
     assert [(e["index"], e["error"]["code"]) for e in errors] == [(1, "source_not_found")]
+
+
+def test_a_job_zip_lists_an_output_deleted_since_and_names_no_storage_location(
+    service: ServiceProcess, images: ImageServer
+) -> None:
+    urls = [images.image(n) for n in (50, 51, 52)]
+    with service.client() as client:
+        job = client.post("/api/v2/remove-backgrounds", json={"image_urls": urls}).json()
+        done = wait_for_job(client, job["job_id"])
+        sink = Path(service.env["PHOTOROOM_BG_SINK"])
+        (sink / done["items"][1]["key"]).unlink()  # expired or deleted from the sink since
+        answer = client.get(job["zip_url"])
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["X-Success-Count"] == "2"
+        archive = zipfile.ZipFile(io.BytesIO(answer.content))
+        assert sorted(n for n in archive.namelist() if n.endswith(".png")) == [
+            "image_1_50.png",
+            "image_3_52.png",
+        ]
+        errors = json.loads(archive.read("errors.json"))
+        assert [(e["index"], e["error"]["code"]) for e in errors] == [(1, "output_not_found")]
+        gone = client.get(done["items"][1]["output_url"])
+        assert gone.status_code == 404
+        assert gone.json()["code"] == "output_not_found"
+        assert str(sink) not in gone.text  # the service's own folders are not the caller's
 
 
 def test_v1_batch_caps_urls_per_request(service: ServiceProcess, images: ImageServer) -> None:

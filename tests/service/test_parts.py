@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -189,6 +190,39 @@ def test_every_sdk_error_has_a_mapping_and_the_documented_ones_hold() -> None:
     assert problem_for(errors.RateLimitError("x", retry_after=2.5)).headers["Retry-After"] == "3"
     codes = [c for _, c, _ in PROBLEM_CODES.values()]
     assert codes.count("photoroom_out_of_credits") == 1
+
+
+def test_a_storage_error_tells_callers_no_folder_bucket_or_endpoint(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    where = "/srv/photoroom-bg/outputs under http://minio.internal:9000 bucket secret-cutouts"
+    for error in (
+        errors.ObjectNotFoundError(f"no object 'outputs/a.png' under {where}"),
+        errors.StorageFullError(f"no space left writing {where}"),
+        errors.StorageUnavailableError(f"cannot reach {where}"),
+        errors.StorageError(f"failed at {where}"),
+    ):
+        with caplog.at_level(logging.WARNING, logger="photoroom_bg.service"):
+            problem = problem_for(error)
+        assert problem.detail
+        assert where not in problem.detail, problem.detail
+        assert where in caplog.text  # the operator still reads what happened
+        caplog.clear()
+
+
+def test_a_job_item_failed_by_the_storage_names_no_location() -> None:
+    where = "/srv/photoroom-bg/outputs"
+    result = JobResult(
+        0,
+        "https://example.com/a.png",
+        "a",
+        JobStatus.FAILED,
+        error=errors.StorageFullError(f"no space left writing {where}/a.png"),
+    )
+    item = item_from_result(result)
+    assert item["error"]["code"] == "storage_full"
+    assert where not in json.dumps(item)
+    assert item["error"]["message"] == "the service's storage is full; its operator must make room"
 
 
 def test_an_error_class_added_later_maps_through_its_base() -> None:
