@@ -258,11 +258,10 @@ def _check_decodes(data: bytes, name: str) -> None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 img.load()
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError):
         raise InvalidImageError(
-            f"{name} is truncated: the JPEG stops before the end of its image data "
-            f"({_pillow_message(exc)}); it was probably cut off while being written or "
-            "downloaded: fetch or export it again"
+            f"{name} is truncated: the JPEG stops before the end of its image data, probably "
+            "cut off while it was written or downloaded: fetch or export it again"
         ) from None
 
 
