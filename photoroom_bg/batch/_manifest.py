@@ -35,6 +35,7 @@ __all__ = [
     "load_finished_keys",
     "load_sources",
     "manifest_in_use",
+    "not_a_manifest",
     "read_from_sink",
     "read_manifest",
     "replayable_sources",
@@ -138,12 +139,42 @@ class ManifestState:
         return self
 
 
+#: How every manifest line begins (``json.dumps`` of a record, whose first field is ``v``).
+_LINE_START = b'{"v"'
+
+
+def not_a_manifest(head: bytes, where: str) -> ConfigurationError | None:
+    """The error to raise when ``head``, the beginning of an existing file or object, shows
+    it is not a manifest (a CSV named by mistake, say), which a run would append its records
+    to; ``None`` when it is one, or empty. A file cut off within its first line still counts
+    as a manifest, so that a crash while writing it never blocks the resume."""
+    start = head.lstrip(b" \t\r\n")[: len(_LINE_START)]
+    if not start or _LINE_START.startswith(start):
+        return None
+    return ConfigurationError(
+        f"{where} is not a manifest (it begins {start.decode('utf-8', 'replace')!r}, a "
+        "manifest begins with a JSON record): refusing to write to it; name a new file, or "
+        "a manifest an earlier batch wrote"
+    )
+
+
 def read_manifest(path: str | os.PathLike[str]) -> ManifestState:
-    """Read a manifest file (a missing one reads as empty)."""
+    """Read a manifest file (a missing one reads as empty).
+
+    Raises:
+        ConfigurationError: it cannot be read (a folder, no permission) or is not a manifest.
+    """
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         return ManifestState()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read the manifest at {path}: {exc.strerror or exc}"
+        ) from None
+    foreign = not_a_manifest(data[:64], str(path))
+    if foreign is not None:
+        raise foreign
     state = ManifestState().feed(data.split(b"\n"))
     if state.torn:
         logger.warning("%s: skipped %d unreadable line(s) (a crash mid-write)", path, state.torn)
@@ -197,6 +228,9 @@ class Manifest:
                     raise ConfigurationError(manifest_in_use(str(self.path)))
                 if handle.tell() > 0:
                     with self.path.open("rb") as reader:
+                        foreign = not_a_manifest(reader.read(64), str(self.path))
+                        if foreign is not None:
+                            raise foreign
                         reader.seek(-1, os.SEEK_END)
                         if reader.read(1) != b"\n":
                             handle.write(b"\n")  # never glue a record to a torn one

@@ -42,6 +42,7 @@ from ._manifest import (
     Manifest,
     ManifestState,
     file_size,
+    not_a_manifest,
     read_from_sink,
     read_manifest,
     replayable_sources,
@@ -229,6 +230,9 @@ class Batch:
                 self._earlier = await self.storage.bounded(
                     read_from_sink(r.sink, r.manifest_key), "to read the manifest"
                 )
+                foreign = not_a_manifest(self._earlier[:64], f"the sink's {r.manifest_key!r}")
+                if foreign is not None:
+                    raise foreign
                 state.feed(self._earlier.split(b"\n"))
             else:
                 await self.storage.bounded(r.sink.exists(PROBE_KEY), "to answer")

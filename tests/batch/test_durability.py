@@ -21,6 +21,7 @@ import pytest
 from photoroom_bg import JobStatus, MemorySink, S3Sink, SyncSink
 from photoroom_bg.batch import load_sources
 from photoroom_bg.batch._manifest import load_finished_keys, read_manifest
+from photoroom_bg.errors import ConfigurationError
 from photoroom_bg.testing import Faults, PhotoroomEmulator
 
 from ..loopback import until
@@ -60,6 +61,47 @@ def test_appending_after_a_torn_line_starts_on_a_new_line(
     state = read_manifest(manifest)
     assert state.torn == 1  # only the old tear: every record of this run reads back
     assert len(job_records(manifest)) == 1 + 3
+
+
+def test_a_file_that_is_not_a_manifest_is_refused_untouched_before_anything_is_billed(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    products = tmp_path / "products.csv"  # named as the manifest by mistake
+    products.write_bytes(b"sku,url\n1,https://shop.example/a.jpg\n")
+    before = products.read_bytes()
+    with pytest.raises(
+        ConfigurationError, match=r"products.csv is not a manifest \(it begins 'sku,'"
+    ):
+        remover(emulator, MemorySink(), manifest=products).submit([photo()]).wait()
+    assert products.read_bytes() == before
+    assert emulator.ledger.calls() == 0
+    with pytest.raises(ConfigurationError, match="is not a manifest"):
+        remover(emulator, MemorySink()).resume(manifest=products)
+    folder = tmp_path / "m.jsonl"
+    folder.mkdir()
+    with pytest.raises(ConfigurationError, match=r"cannot read the manifest at .*m\.jsonl"):
+        remover(emulator, MemorySink()).resume(manifest=folder)
+
+
+def test_a_sink_object_that_is_not_a_manifest_is_refused_untouched(
+    emulator: PhotoroomEmulator,
+) -> None:
+    sink = MemorySink()
+    asyncio.run(sink.put("products.csv", b"sku,url\n", content_type="text/csv"))
+    with pytest.raises(ConfigurationError, match=r"the sink's 'products\.csv' is not a manifest"):
+        remover(emulator, sink, manifest_key="products.csv").submit([photo()]).wait()
+    assert asyncio.run(sink.get("products.csv")) == b"sku,url\n"
+    assert emulator.ledger.calls() == 0
+
+
+def test_a_manifest_cut_off_in_its_first_line_is_still_one(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    for cut in (b"{", b'{"v', b'{"v": 1, "ty'):
+        manifest = tmp_path / f"m{len(cut)}.jsonl"
+        manifest.write_bytes(cut)  # a crash while the first record was written
+        report = remover(emulator, MemorySink(), manifest=manifest).submit([photo()]).wait()
+        assert report.succeeded_count == 1, cut
 
 
 def test_records_the_writer_holds_when_it_is_cancelled_are_written(tmp_path: Path) -> None:
