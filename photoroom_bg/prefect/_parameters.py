@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from .._numbers import check_count
+from .._numbers import check_count, check_given
 from ..errors import ConfigurationError
 from ._environment import check_shared_sink
 from ._jobstore import check_job_id
@@ -55,11 +55,18 @@ class JobParameters:
         if self.requests_per_minute is not None and not 0 < self.requests_per_minute < math.inf:
             raise ConfigurationError("requests_per_minute must be positive and finite (or None)")
         if self.engine != "photoroom" and not (
-            self.engine == "local" or self.engine.startswith("local:")
+            self.engine == "local" or (self.engine.startswith("local:") and self.engine[6:].strip())
         ):
             raise ConfigurationError(
                 f"unknown engine {self.engine!r}: use 'photoroom', 'local' or 'local:<model>'"
             )
+        # "" (an unset variable, most often) must not mean "no secret" or "no fleet limit":
+        # the first bills whatever key each worker has, the second lets the fleet past the
+        # account's rate
+        for name in ("api_key_secret", "rate_limit"):
+            value = getattr(self, name)
+            if value is not None:
+                check_given(name, value)
         if self.job_id is not None:
             check_job_id(self.job_id)
         options_to_dict(self.options)  # validates

@@ -219,6 +219,12 @@ def test_shards_are_retried_only_for_failures_a_retry_can_fix(
         ({"shard_size": True}, "shard_size"),
         ({"max_running_shards": 1.5}, "max_running_shards"),
         ({"max_failures": 0.5}, "max_failures"),
+        # each of these once meant a default: an unset variable must not bill whatever key
+        # each worker has, run the fleet past the account's rate, or pick a model unasked
+        ({"api_key_secret": ""}, "api_key_secret is an empty string"),
+        ({"rate_limit": " "}, "rate_limit is an empty string"),
+        ({"rate_limit": "", "requests_per_minute": 100}, "rate_limit is an empty string"),
+        ({"engine": "local:"}, "unknown engine 'local:'"),
     ],
 )
 def test_job_parameters_are_checked_before_anything_runs(
