@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Mapping
 from datetime import timedelta
 from types import TracebackType
@@ -54,8 +55,22 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     bucket, _, prefix = uri[len("s3://") :].partition("/")
     if not bucket:
         raise ConfigurationError(f"{uri!r} names no bucket")
+    odd = sorted(set(_NOT_IN_BUCKET_NAMES.findall(bucket)))
+    if odd:
+        raise ConfigurationError(
+            f"{uri!r}: no bucket name has {', '.join(map(repr, odd))} (a sink URI takes no query "
+            "string: give endpoint_url= and region= as arguments)"
+        )
     prefix = prefix.strip("/")
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        # every key under it would be refused (see check_key), after the engine was paid
+        raise ConfigurationError(f"{uri!r}: a prefix has no empty, '.' or '..' segments")
     return bucket, f"{prefix}/" if prefix else ""
+
+
+#: What no bucket name holds: AWS allows lower-case letters, digits, '.' and '-' (old
+#: us-east-1 buckets also upper case and '_').
+_NOT_IN_BUCKET_NAMES = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def _ascii_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:

@@ -168,6 +168,27 @@ def test_open_sink_from_strings(tmp_path: Path) -> None:
         open_sink("s3://")
 
 
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        # each once made a sink: a query string became part of the bucket's name, and a
+        # prefix's odd segments put every object where no key is allowed
+        ("s3://bucket?region=eu-west-1", "no bucket name has '=', '\\?'"),
+        ("s3://bucket#x/out", "no bucket name has '#'"),
+        ("s3://bucket/../out", "a prefix has no empty, '.' or '..' segments"),
+        ("s3://bucket/a/./out", "a prefix has no empty"),
+        ("s3://bucket/a//out", "a prefix has no empty"),
+    ],
+)
+def test_an_s3_uri_no_bucket_or_key_can_follow_is_refused(uri: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        open_sink(uri, endpoint_url="http://127.0.0.1:1")
+    # a legacy bucket name (upper case, '_') and a prefix with odd characters still work
+    legacy = open_sink("s3://Old_Bucket/a?b/", endpoint_url="http://127.0.0.1:1")
+    assert isinstance(legacy, S3Sink)
+    assert (legacy.bucket, legacy.prefix) == ("Old_Bucket", "a?b/")
+
+
 async def test_a_root_that_cannot_be_a_folder_is_refused(tmp_path: Path) -> None:
     # "" once meant the current folder, a NUL byte raised a ValueError, and a file as the
     # root answered exists() with False, so a batch paid for cut-outs it could never store
