@@ -182,12 +182,33 @@ def load_image(image: ImageInput, *, max_bytes: int = MAX_INPUT_BYTES) -> tuple[
             f"unsupported image input {type(image).__name__}: pass a path, bytes or a binary file"
         )
     name = printable(os.path.basename(str(getattr(image, "name", "") or ""))) or "image"
+    position = _position(image)
     data = read(max_bytes + 1)
     if isinstance(data, str):
         raise InvalidImageError(f"{name}: the file object is in text mode: open it with 'rb'")
     if len(data) > max_bytes:
         raise InvalidImageError(_too_large(name, len(data), max_bytes, "Photoroom", at_least=True))
+    if position:  # read from where the object was, as httpx does; say so when that misleads
+        if not data:
+            raise InvalidImageError(
+                f"{name}: nothing left to read: the file object was at its end (position "
+                f"{position:,}; read already? seek(0) first)"
+            )
+        if sniff_format(data) is None:
+            raise InvalidImageError(
+                f"{name}: no image begins at position {position:,} of the file object, where "
+                "it was read from (read already? seek(0) first)"
+            )
     return bytes(data), name
+
+
+def _position(stream: object) -> int:
+    """Where a file object stands (0 when it cannot tell)."""
+    try:
+        position = stream.tell()  # type: ignore[attr-defined]
+    except Exception:  # no tell(), a pipe, a closed or odd object: as if at the start
+        return 0
+    return position if isinstance(position, int) else 0
 
 
 def _too_large(name: str, size: int, cap: int, who: str, *, at_least: bool = False) -> str:

@@ -12,6 +12,7 @@ import pytest
 import respx
 
 from photoroom_bg import Account, EditOptions, PhotoroomWarning, SegmentOptions
+from photoroom_bg.errors import InvalidImageError
 
 from .conftest import (
     ACCOUNT,
@@ -85,6 +86,33 @@ async def test_segment_accepts_path_and_file_object(
     with photo.open("rb") as handle:
         await twin.call("remove_background", handle)
     assert multipart_fields(route.calls.last.request)["image_file"][0] == "shoe.jpg"
+
+
+async def test_a_file_object_already_read_is_refused_with_a_hint(
+    twin: Twin, respx_mock: respx.MockRouter, tmp_path: Path
+) -> None:
+    # it said "shoe.jpg is empty (0 bytes)" of a file that is not
+    route = respx_mock.post(SEGMENT).respond(
+        200, content=b"out", headers={"content-type": "image/png"}
+    )
+    photo = tmp_path / "shoe.jpg"
+    photo.write_bytes(jpeg())
+    with photo.open("rb") as handle:
+        handle.read()
+        with pytest.raises(
+            InvalidImageError, match=r"shoe.jpg: nothing left to read: .* seek\(0\)"
+        ):
+            await twin.call("remove_background", handle)
+    partly = io.BytesIO(png())
+    partly.read(10)
+    with pytest.raises(InvalidImageError, match="no image begins at position 10"):
+        await twin.call("remove_background", partly)
+    assert not route.called
+    # an image that begins where the object stands (inside a larger file) is read from there
+    inside = io.BytesIO(b"header--" + png())
+    inside.seek(8)
+    await twin.call("remove_background", inside)
+    assert multipart_fields(route.calls.last.request)["image_file"][1] == png()
 
 
 async def test_edit_with_url_uses_get_and_encodes_query(
