@@ -26,6 +26,8 @@ __all__ = [
     "FileTooLarge",
     "ImageInput",
     "NotARegularFile",
+    "file_object_bytes",
+    "file_position",
     "load_image",
     "read_regular_file",
     "sniff_format",
@@ -182,27 +184,40 @@ def load_image(image: ImageInput, *, max_bytes: int = MAX_INPUT_BYTES) -> tuple[
             f"unsupported image input {type(image).__name__}: pass a path, bytes or a binary file"
         )
     name = printable(os.path.basename(str(getattr(image, "name", "") or ""))) or "image"
-    position = _position(image)
-    data = read(max_bytes + 1)
-    if isinstance(data, str):
-        raise InvalidImageError(f"{name}: the file object is in text mode: open it with 'rb'")
+    position = file_position(image)
+    data = file_object_bytes(read(max_bytes + 1), position, name)
     if len(data) > max_bytes:
         raise InvalidImageError(_too_large(name, len(data), max_bytes, "Photoroom", at_least=True))
-    if position:  # read from where the object was, as httpx does; say so when that misleads
+    return data, name
+
+
+def file_object_bytes(data: object, position: int, name: str) -> bytes:
+    """What a file object's ``read()`` gave, read from ``position``: refused when it is text,
+    or when it was read from past the start and holds nothing, or no image. (It is read from
+    where it stands, as httpx does, so that an image inside a larger file can be sent.)
+
+    Raises:
+        InvalidImageError: with a message saying what to do.
+    """
+    if isinstance(data, str):
+        raise InvalidImageError(f"{name}: the file object is in text mode: open it with 'rb'")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidImageError(f"{name}: its read() gave {type(data).__name__}, not bytes")
+    if position:
         if not data:
             raise InvalidImageError(
                 f"{name}: nothing left to read: the file object was at its end (position "
                 f"{position:,}; read already? seek(0) first)"
             )
-        if sniff_format(data) is None:
+        if sniff_format(bytes(data[:16])) is None:
             raise InvalidImageError(
                 f"{name}: no image begins at position {position:,} of the file object, where "
                 "it was read from (read already? seek(0) first)"
             )
-    return bytes(data), name
+    return bytes(data)
 
 
-def _position(stream: object) -> int:
+def file_position(stream: object) -> int:
     """Where a file object stands (0 when it cannot tell)."""
     try:
         position = stream.tell()  # type: ignore[attr-defined]

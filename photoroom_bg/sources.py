@@ -46,7 +46,15 @@ import attrs
 import httpx
 
 from . import _netio, _threads
-from ._images import FileTooLarge, LargerThan, NotARegularFile, read_regular_file, sniff_format
+from ._images import (
+    FileTooLarge,
+    LargerThan,
+    NotARegularFile,
+    file_object_bytes,
+    file_position,
+    read_regular_file,
+    sniff_format,
+)
 from ._inflate import UnsupportedEncoding, decoder_for
 from ._listing import IMAGE_EXTENSIONS, glob_images, is_image_path, walk_images
 from ._netguard import NetworkPolicy, Resolver, default_resolver
@@ -248,10 +256,9 @@ async def _paths_off_loop(
 
 
 async def _read_file_object(item: Any, name: str, cap: int) -> bytes:
+    position = file_position(item)
     data = await _threads.run_sync(item.read, cap + 1)  # a byte over the cap is enough to refuse
-    if isinstance(data, str):
-        raise InvalidImageError(f"{name}: file opened in text mode; open it with 'rb'")
-    return bytes(data)
+    return file_object_bytes(data, position, name)
 
 
 async def iter_sources(

@@ -690,3 +690,20 @@ def test_a_disk_that_turns_slow_mid_batch_gets_the_puts_off_the_event_loop_and_l
     assert fsynced_in[:5] == [here] * 5  # quick: on the event loop
     # after the first slow one, in worker threads (a probe in place now and then)
     assert fsynced_in[6:].count("photoroom_bg-worker") >= len(fsynced_in[6:]) // 2
+
+
+def test_a_file_object_read_already_fails_its_job_with_a_hint(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # it failed as "... is empty (0 bytes)" of a file that is not
+    path = tmp_path / "shoe.png"
+    path.write_bytes(photo())
+    with path.open("rb") as spent, path.open("rb") as fresh:
+        spent.read()
+        report = remover(emulator, MemorySink()).submit([spent, fresh]).wait()
+    assert report.succeeded_count == 1
+    (failed,) = report.failures["InvalidImageError"]
+    assert failed.index == 0
+    assert "nothing left to read" in str(failed.error)
+    assert "seek(0)" in str(failed.error)
+    assert emulator.ledger.calls() == 1
