@@ -14,6 +14,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import anyio
+
 from .. import _loop
 from .._client import AsyncPhotoroomClient
 from .._keys import KeyTemplate, options_digest
@@ -244,14 +246,17 @@ class BatchRemover:
 
     def _submit(self, sources: SourceSpec, *, retry: bool) -> BatchHandle:
         handle = BatchHandle(keep_results=self.keep_results)
-        bar = self._bar()  # made here, so that Jupyter shows it in the calling cell
-        batch = Batch(self, sources, handle, retry=retry, bar=bar)
-        try:
-            _loop.run_sync(batch.open())
-        except BaseException:
-            if bar is not None:
-                bar.close()
-            raise
+        make_bar = self._bar_maker()
+        batch = Batch(self, sources, handle, retry=retry)
+        _loop.run_sync(batch.open())
+        # made here, so that Jupyter shows it in the calling cell; and only once the batch has
+        # opened, so that a batch that cannot start shows no bar before its error
+        if make_bar is not None:
+            try:
+                batch.bar = make_bar()
+            except BaseException:
+                _loop.run_sync(batch.close_unstarted())
+                raise
         future: Future[BatchReport] = _loop.submit(batch.process())
         loop = _loop.background_loop()
 
@@ -270,7 +275,16 @@ class BatchRemover:
         the batch: calls already answered are stored, the rest end with the task.
         """
         handle = BatchHandle(keep_results=self.keep_results)
-        batch = Batch(self, sources, handle, bar=self._bar())
+        make_bar = self._bar_maker()
+        batch = Batch(self, sources, handle)
+        await batch.open()  # a batch that cannot start shows no progress bar before its error
+        if make_bar is not None:
+            try:
+                batch.bar = make_bar()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await batch.close_unstarted()
+                raise
         return await batch.process()
 
     def resume(
@@ -300,10 +314,12 @@ class BatchRemover:
             return _with_changes(self, manifest=path).submit(sources)
         return self.submit(sources)
 
-    def _bar(self) -> Any:
+    def _bar_maker(self) -> Callable[[], Any] | None:
+        """What makes the progress bar (``None``: no bar); a missing tqdm is refused now."""
         if not self.progress_bar:
             return None
-        return _tqdm()(desc="cut-outs", unit="img", dynamic_ncols=True)
+        tqdm = _tqdm()
+        return lambda: tqdm(desc="cut-outs", unit="img", dynamic_ncols=True)
 
     async def aclose(self) -> None:
         """Close the sink if this remover opened it from a string."""

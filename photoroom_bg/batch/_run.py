@@ -356,6 +356,10 @@ class Batch:
                 await self._close()
         return self._report(account_after)
 
+    async def close_unstarted(self) -> None:
+        """Close what :meth:`open` made, for a batch that will not be processed."""
+        await self._close()
+
     async def _close(self) -> None:
         try:
             await self._resources.aclose()

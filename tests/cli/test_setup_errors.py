@@ -187,6 +187,31 @@ def test_a_manifest_that_is_a_folder_is_refused(
     assert emulator.requests == []
 
 
+def test_a_file_that_is_not_a_manifest_is_refused_untouched_with_no_progress_bar(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    # the run appended its records to the CSV, and the progress bar was drawn (twice)
+    # above the error of a batch that could not start
+    products = tmp_path / "products.csv"
+    products.write_text("sku,url\n1,https://shop.example/a.jpg\n")
+    before = tree(tmp_path)
+    dest = tmp_path / "out"
+    result = run(
+        "remove", str(folder), "-o", str(dest), "--manifest", str(products),
+        "--base-url", str(emulator.url), key=emulator.api_key,
+    )  # fmt: skip
+    assert_refused(
+        result,
+        2,
+        f"{products} is not a manifest (it begins 'sku,', a manifest begins with a JSON "
+        "record): refusing to write to it; name a new file, or a manifest an earlier batch "
+        "wrote",
+    )
+    assert tree(tmp_path) == before
+    assert products.read_text() == "sku,url\n1,https://shop.example/a.jpg\n"
+    assert emulator.ledger.calls() == 0
+
+
 def test_a_manifest_that_cannot_be_created_is_refused(
     emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
 ) -> None:
