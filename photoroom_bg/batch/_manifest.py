@@ -148,7 +148,8 @@ def not_a_manifest(head: bytes, where: str) -> ConfigurationError | None:
     it is not a manifest (a CSV named by mistake, say), which a run would append its records
     to; ``None`` when it is one, or empty. A file cut off within its first line still counts
     as a manifest, so that a crash while writing it never blocks the resume."""
-    start = head.lstrip(b" \t\r\n")[: len(_LINE_START)]
+    first = head.lstrip(b" \t\r\n").split(b"\n", 1)[0]  # a torn first line ends at "\n"
+    start = first[: len(_LINE_START)]
     if not start or _LINE_START.startswith(start):
         return None
     return ConfigurationError(

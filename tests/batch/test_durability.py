@@ -100,8 +100,9 @@ def test_a_manifest_cut_off_in_its_first_line_is_still_one(
     for cut in (b"{", b'{"v', b'{"v": 1, "ty'):
         manifest = tmp_path / f"m{len(cut)}.jsonl"
         manifest.write_bytes(cut)  # a crash while the first record was written
-        report = remover(emulator, MemorySink(), manifest=manifest).submit([photo()]).wait()
-        assert report.succeeded_count == 1, cut
+        for _ in range(2):  # the run after the one that ended the torn line too
+            report = remover(emulator, MemorySink(), manifest=manifest).submit([photo()]).wait()
+            assert report.succeeded_count + report.skipped_count == 1, cut
 
 
 def test_records_the_writer_holds_when_it_is_cancelled_are_written(tmp_path: Path) -> None:
