@@ -16,7 +16,14 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 
-__all__ = ["IMAGE_EXTENSIONS", "glob_images", "is_image_path", "walk_images"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "glob_base",
+    "glob_images",
+    "is_image_path",
+    "real_path",
+    "walk_images",
+]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".heic", ".heif"})
 
@@ -59,8 +66,22 @@ def _is_image_file(entry: os.DirEntry[str]) -> bool:
         return False
 
 
-def walk_images(root: str, stop: threading.Event) -> Iterator[str]:
-    """Image files under ``root``, depth first, each folder's files before its subfolders."""
+def _left_out(folder: str, leave_out: frozenset[str]) -> bool:
+    """Whether ``folder`` is one of ``leave_out`` (real paths, see :func:`real_path`)."""
+    return bool(leave_out) and real_path(folder) in leave_out
+
+
+def real_path(path: str | os.PathLike[str]) -> str:
+    """``path`` absolute, its symbolic links resolved (as far as it exists), as compared."""
+    return os.path.normcase(os.path.realpath(path))
+
+
+def walk_images(
+    root: str, stop: threading.Event, leave_out: frozenset[str] = frozenset()
+) -> Iterator[str]:
+    """Image files under ``root``, depth first, each folder's files before its subfolders;
+    never in the folders ``leave_out`` names (real paths: a batch's output and spill
+    folders, whose cut-outs are no inputs; ``root`` itself is walked)."""
     seen: set[Identity] = set()
     pending = [root]
     while pending and not stop.is_set():
@@ -74,10 +95,16 @@ def walk_images(root: str, stop: threading.Event) -> Iterator[str]:
             if stop.is_set():
                 return
             if _is_dir(entry):
-                subfolders.append(entry.path)
+                if not _left_out(entry.path, leave_out):
+                    subfolders.append(entry.path)
             elif _is_image_file(entry):
                 yield entry.path
         pending.extend(reversed(subfolders))
+
+
+def glob_base(pattern: str) -> str:
+    """The folder a glob pattern starts from: its fixed leading folders (``.`` if none)."""
+    return _split(pattern)[0] or "."
 
 
 def _split(pattern: str) -> tuple[str, list[str]]:
@@ -100,11 +127,15 @@ def _matcher(segment: str) -> Callable[[str], bool]:
     return lambda name: (shows_hidden or not _hidden(name)) and regex.match(name) is not None
 
 
-def glob_images(pattern: str, stop: threading.Event) -> Iterator[str]:
+def glob_images(
+    pattern: str, stop: threading.Event, leave_out: frozenset[str] = frozenset()
+) -> Iterator[str]:
     """Image files matching ``pattern`` (``*``, ``?``, ``[...]`` and recursive ``**``).
 
     Follows :func:`glob.glob`'s rules (wildcards and ``**`` skip hidden names), but enters
-    each folder at most once per ``**``, so directory symlinks cannot make it loop.
+    each folder at most once per ``**``, so directory symlinks cannot make it loop; never
+    enters the folders ``leave_out`` names below the pattern's fixed part (as
+    :func:`walk_images`).
     """
     base, segments = _split(pattern)
     if not segments:
@@ -127,7 +158,7 @@ def glob_images(pattern: str, stop: threading.Event) -> Iterator[str]:
                     return
                 path = os.path.join(folder, entry.name)
                 if _is_dir(entry):
-                    if not _hidden(entry.name):
+                    if not _hidden(entry.name) and not _left_out(path, leave_out):
                         later.append((path, index))
                 elif last and not _hidden(entry.name) and _is_image_file(entry):
                     yield path
@@ -138,7 +169,7 @@ def glob_images(pattern: str, stop: threading.Event) -> Iterator[str]:
             if last:
                 if is_image_path(path) and os.path.isfile(path):
                     yield path
-            elif os.path.isdir(path):
+            elif os.path.isdir(path) and not _left_out(path, leave_out):
                 later.append((path, index + 1))
         else:
             for entry in _scandir(folder or "."):
@@ -150,6 +181,6 @@ def glob_images(pattern: str, stop: threading.Event) -> Iterator[str]:
                 if last:
                     if _is_image_file(entry):
                         yield path
-                elif _is_dir(entry):
+                elif _is_dir(entry) and not _left_out(path, leave_out):
                     later.append((path, index + 1))
         pending.extend(reversed(later))

@@ -56,7 +56,14 @@ from ._images import (
     sniff_format,
 )
 from ._inflate import UnsupportedEncoding, decoder_for
-from ._listing import IMAGE_EXTENSIONS, glob_images, is_image_path, walk_images
+from ._listing import (
+    IMAGE_EXTENSIONS,
+    glob_base,
+    glob_images,
+    is_image_path,
+    real_path,
+    walk_images,
+)
 from ._netguard import NetworkPolicy, Resolver, default_resolver
 from ._numbers import check_count, check_given, check_number, wait_limit
 from ._perloop import PerLoop
@@ -255,6 +262,13 @@ async def _paths_off_loop(
         stop.set()
 
 
+def _s3_parts(uri: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` as ``(bucket, "prefix/")`` (``""`` for a whole bucket)."""
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/" if prefix else ""
+
+
 async def _read_file_object(item: Any, name: str, cap: int) -> bytes:
     position = file_position(item)
     data = await _threads.run_sync(item.read, cap + 1)  # a byte over the cap is enough to refuse
@@ -262,7 +276,7 @@ async def _read_file_object(item: Any, name: str, cap: int) -> bytes:
 
 
 async def iter_sources(
-    spec: SourceSpec, *, reader: SourceReader | None = None
+    spec: SourceSpec, *, reader: SourceReader | None = None, leave_out: Sequence[str] = ()
 ) -> AsyncIterator[ImageSource]:
     """Expand ``spec`` into :class:`ImageSource` items, lazily.
 
@@ -270,9 +284,31 @@ async def iter_sources(
         spec: a source or an iterable / async iterable of sources (see the module docs).
         reader: used to list ``s3://bucket/prefix/`` URIs (its S3 settings); its ``max_bytes``
             bounds what is read from a file object (one byte more, so the job is refused).
+        leave_out: folders and ``s3://bucket/prefix/`` URIs whose contents walks, globs and
+            listings leave out: a batch names its output and spill folders, so that a re-run
+            never takes the cut-outs of an earlier one for inputs. Naming one of them as a
+            folder, glob or prefix to list is an :class:`~photoroom_bg.errors.InvalidSourceError`
+            for that item; a file named on its own is still taken.
     """
     counter = 0
     cap = reader.max_bytes if reader is not None else _DEFAULT_MAX_BYTES
+    s3_out = [_s3_parts(uri) for uri in leave_out if uri.startswith("s3://")]
+    local_out = [path for path in leave_out if not path.startswith("s3://")]
+    folders_out: frozenset[str] | None = None  # real paths, made in a worker thread once
+
+    async def left_out(base: str) -> frozenset[str]:
+        """The folders left out; an error if ``base``, the folder to list, is one of them."""
+        nonlocal folders_out
+        if not local_out:
+            return frozenset()
+        if folders_out is None:
+            folders_out = frozenset(await _threads.run_sync(lambda: map(real_path, local_out)))
+        if await _threads.run_sync(real_path, base) in folders_out:
+            raise InvalidSourceError(
+                f"{printable(base)} is where this batch stores cut-outs (its output or spill "
+                "folder): they are not inputs; give the outputs a folder of their own"
+            )
+        return folders_out
 
     async def expand(item: Any, shape: str | None = None) -> AsyncIterator[ImageSource]:
         nonlocal counter
@@ -291,7 +327,7 @@ async def iter_sources(
                 if text.endswith("/"):
                     if reader is None:
                         raise ConfigurationError("listing s3:// prefixes needs a SourceReader")
-                    async for source in reader.list_s3(text):
+                    async for source in reader.list_s3(text, leave_out=s3_out):
                         yield source
                 else:
                     yield ImageSource("s3", text, _stem(text))
@@ -301,10 +337,12 @@ async def iter_sources(
                 if shape is None:
                     shape = await _threads.run_sync(_path_shape, text)
                 if shape == "dir":
-                    async for source in _paths_off_loop(lambda stop: walk_images(text, stop)):
+                    out = await left_out(text)
+                    async for source in _paths_off_loop(lambda s: walk_images(text, s, out)):
                         yield source
                 elif shape == "glob":
-                    async for source in _paths_off_loop(lambda stop: glob_images(text, stop)):
+                    out = await left_out(glob_base(text))
+                    async for source in _paths_off_loop(lambda s: glob_images(text, s, out)):
                         yield source
                 else:
                     yield ImageSource("path", text, _stem(text))
@@ -441,6 +479,12 @@ class SourceReader:
         self._https: PerLoop[_Pools] = PerLoop(self._open_pools, _Pools.aclose)
         self._quick_reads = _threads.QuickCalls("reads of local files")
         install_log_redaction()
+
+    @property
+    def s3_endpoint(self) -> str | None:
+        """The S3-compatible server ``s3://`` sources are read from (``None``: AWS)."""
+        endpoint = self._s3_options.get("endpoint_url")
+        return str(endpoint) if endpoint is not None else None
 
     def __repr__(self) -> str:
         return (
@@ -733,15 +777,29 @@ class SourceReader:
         self._sniff(bytes(body[:32]), source)
         return bytes(body)
 
-    async def list_s3(self, prefix_uri: str) -> AsyncIterator[ImageSource]:
-        """Yield the image objects under ``s3://bucket/prefix/``, page by page."""
-        bucket, prefix = self._split_s3(prefix_uri, redact_url(prefix_uri))
+    async def list_s3(
+        self, prefix_uri: str, *, leave_out: Sequence[tuple[str, str]] = ()
+    ) -> AsyncIterator[ImageSource]:
+        """Yield the image objects under ``s3://bucket/prefix/``, page by page, but none
+        under a ``(bucket, prefix)`` of ``leave_out`` (a batch's outputs) inside it.
+
+        Raises:
+            InvalidSourceError: the prefix to list is one of ``leave_out``, or inside it.
+        """
+        shown = redact_url(prefix_uri)
+        bucket, prefix = self._split_s3(prefix_uri, shown)
+        inside = [p for b, p in leave_out if b == bucket and p and p.startswith(prefix)]
+        if any(prefix.startswith(p) for b, p in leave_out if b == bucket and p):
+            raise InvalidSourceError(
+                f"{shown} is where this batch stores cut-outs: they are not inputs; give the "
+                "outputs a prefix of their own"
+            )
         client = await self._s3()
         paginator = client.get_paginator("list_objects_v2")
         async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 key = str(item["Key"])
-                if is_image_path(key):
+                if is_image_path(key) and not key.startswith(tuple(inside)):
                     yield ImageSource("s3", f"s3://{bucket}/{key}", _stem(key))
 
     async def aclose(self) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 
 from ..sinks import FileSystemSink, S3Sink
 
-__all__ = ["making", "place_of"]
+__all__ = ["making", "place_of", "stored_under"]
 
 logger = logging.getLogger("photoroom_bg.batch")
 
@@ -51,6 +51,17 @@ def place_of(sink: object) -> Hashable:
     if isinstance(sink, S3Sink):
         return ("s3", _endpoint(sink.endpoint_url), sink.bucket, sink.prefix)
     return ("object", id(sink))  # alive while a claim on it is held: the id is not reused
+
+
+def stored_under(sink: object, s3_endpoint: str | None) -> str | None:
+    """Where ``sink`` stores, as :func:`~photoroom_bg.sources.iter_sources` takes what its
+    listings leave out: a folder, or an ``s3://bucket/prefix/`` when its server is the one
+    ``s3://`` sources are listed from (``s3_endpoint``); ``None`` for other sinks."""
+    if isinstance(sink, FileSystemSink):
+        return str(sink.root)
+    if isinstance(sink, S3Sink) and _endpoint(sink.endpoint_url) == _endpoint(s3_endpoint):
+        return f"s3://{sink.bucket}/{sink.prefix}"
+    return None
 
 
 def _endpoint(url: str | None) -> str | None:

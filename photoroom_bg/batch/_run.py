@@ -34,7 +34,7 @@ from ..sinks import StoredObject
 from ..sinks._common import check_key
 from ..sources import ImageSource, SourceReader, SourceSpec, iter_sources
 from ._calls import EngineCalls, EngineFailed, Stopped
-from ._claims import making, place_of
+from ._claims import making, place_of, stored_under
 from ._failures import lighten, one_error, typed
 from ._handle import BatchHandle
 from ._jobs import BatchReport, JobResult, JobStatus
@@ -400,6 +400,14 @@ class Batch:
         self.handle._finish(report)
         return report
 
+    def _outputs(self) -> list[str]:
+        """Where this batch stores cut-outs, which listings of its inputs leave out: the
+        sink's folder, or its bucket prefix on the server the reader lists, and the spill
+        folder."""
+        outputs = [str(self.storage.spill.root)]
+        stored = stored_under(self.r.sink, self.reader.s3_endpoint)
+        return outputs if stored is None else [*outputs, stored]
+
     async def _list(
         self,
         send: MemoryObjectSendStream[tuple[int, ImageSource]],
@@ -412,7 +420,9 @@ class Batch:
         total = 0
         async with send, receive:  # the workers hold clones of receive
             try:
-                async for source in iter_sources(self.spec, reader=self.reader):
+                async for source in iter_sources(
+                    self.spec, reader=self.reader, leave_out=self._outputs()
+                ):
                     if self.stop_reason is not None and one_shot:
                         break  # a generator may never end: stop pulling from it
                     self.handle._source_seen()

@@ -26,6 +26,7 @@ from prefect import get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.states import Cancelled, Crashed
 
+from ..batch._claims import stored_under
 from ..errors import AuthenticationError, PhotoroomBGError
 from ..sources import SourceReader, UnlistedSource, iter_sources
 from ._artifacts import publish_artifacts
@@ -98,6 +99,7 @@ class Coordinator:
         self.log = get_run_logger()
         started = time.monotonic()
         sink = open_worker_sink(self.p.sink)
+        self.sink = sink
         self.store = JobStore(sink, self.job_id)
         reader = worker_reader()
         try:
@@ -145,7 +147,10 @@ class Coordinator:
 
     async def _shards(self, reader: SourceReader) -> AsyncGenerator[list[str], None]:
         chunk: list[str] = []
-        async for source in iter_sources(self.p.sources, reader=reader):
+        # the outputs are no inputs: a job run again never lists them (see iter_sources)
+        stored = stored_under(self.sink, reader.s3_endpoint)
+        leave_out = [stored] if stored is not None else []
+        async for source in iter_sources(self.p.sources, reader=reader, leave_out=leave_out):
             if isinstance(source, UnlistedSource):  # a job's sources all list, or it stops
                 raise source.error
             chunk.append(source.location)

@@ -28,9 +28,11 @@ from photoroom_bg import (
     PhotoroomEngine,
     RetryPolicy,
     S3Sink,
+    _loop,
 )
 from photoroom_bg.batch import _claims
 from photoroom_bg.errors import StorageError
+from photoroom_bg.sources import SourceReader
 from photoroom_bg.testing import BILLED_FAULTS, PhotoroomEmulator
 
 from ..s3server import S3Server
@@ -121,6 +123,43 @@ def test_a_folder_and_a_glob_over_it_bill_each_image_once(
     assert report.total_count == 12
     assert (report.succeeded_count, report.skipped_count) == (6, 6)
     assert emulator.ledger.calls() == 6
+
+
+def test_a_re_run_into_a_folder_inside_the_inputs_never_takes_cut_outs_for_inputs(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # "remove photos -o photos/cutouts", run again to resume: the second run listed the
+    # first one's cut-outs (and its spill folder) as inputs and paid for cut-outs of them
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        (photos / f"p{i}.png").write_bytes(photo())
+    spill = photos / "spill"
+    (spill / "x").mkdir(parents=True)
+    (spill / "x" / "waiting.png").write_bytes(photo())  # a cut-out a run could not store
+    for sources in (photos, str(photos / "**" / "*.png"), photos):
+        batch = remover(emulator, photos / "cutouts", spill_dir=spill)
+        report = batch.submit(sources).wait()
+        assert report.total_count == 4, sources
+    assert emulator.ledger.calls() == 4
+    assert len(list((photos / "cutouts").glob("*.png"))) == 4
+
+
+def test_a_folder_that_is_the_output_folder_is_refused_as_an_input(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # outputs beside the inputs: every re-run paid for cut-outs of the last one's cut-outs
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(photo())
+    alone = photos / "b.png"
+    alone.write_bytes(photo())
+    report = remover(emulator, photos).submit([photos, str(photos / "*.png"), alone]).wait()
+    failures = report.failures["InvalidSourceError"]
+    assert [f.index for f in failures] == [0, 1]
+    assert all("is where this batch stores cut-outs" in str(f.error) for f in failures)
+    assert report.succeeded_count == 1  # a file named on its own is still taken
+    assert emulator.ledger.calls() == 1
 
 
 def test_the_same_content_under_another_name_is_stored_again_from_the_first_cut_out(
@@ -516,6 +555,31 @@ def test_two_batches_naming_one_bucket_prefix_two_ways_pay_once_for_an_output(
     assert emulator.ledger.calls() == len(images)
     assert sum(r.succeeded_count for r in reports) == len(images)
     assert all(r.stored_count == len(images) for r in reports)
+
+
+def test_a_re_run_into_a_prefix_inside_the_listed_one_never_takes_cut_outs_for_inputs(
+    emulator: PhotoroomEmulator, s3_server: S3Server, s3_prefix: str
+) -> None:
+    # s3://b/p/ listed, outputs in s3://b/p/cutouts/: the second run paid for the cut-outs
+    options = s3_server.sink_options()
+    inputs = S3Sink(s3_prefix, **options)
+    for i in range(3):
+        asyncio.run(inputs.put(f"raw/p{i}.png", photo(), content_type="image/png"))
+    asyncio.run(inputs.aclose())
+    region = options.pop("region")
+    reader = SourceReader(s3_options={**options, "region_name": region})
+    sink = S3Sink(f"{s3_prefix}/cutouts", **s3_server.sink_options())
+    batch = remover(emulator, sink, reader=reader)
+    try:
+        reports = [batch.submit(f"{s3_prefix}/").wait() for _ in range(2)]
+        outputs = batch.submit(f"{s3_prefix}/cutouts/").wait()
+    finally:
+        _loop.run_sync(reader.aclose())  # its clients live on the loop submit() ran on
+        _loop.run_sync(sink.aclose())
+    assert [r.total_count for r in reports] == [3, 3]
+    assert emulator.ledger.calls() == 3
+    assert outputs.total_count == 0
+    assert "is where this batch stores cut-outs" in str(outputs.listing_error)
 
 
 def test_a_batch_waiting_for_another_ones_output_pays_when_that_one_fails(

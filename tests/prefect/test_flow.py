@@ -107,6 +107,20 @@ def test_running_a_job_again_skips_what_is_stored_and_bills_nothing(
     assert emulator.ledger.calls() == 12
 
 
+def test_a_job_run_again_into_a_folder_inside_its_inputs_never_takes_cut_outs_for_inputs(
+    tmp_path: Path, emulator: PhotoroomEmulator
+) -> None:
+    # the sink inside the folder listed: the second run listed the first one's cut-outs
+    # (and the job's own records) as inputs, and paid for cut-outs of them
+    photos = photo_folder(tmp_path / "in", 6)
+    common = {"sources": str(photos), "sink": str(photos / "cutouts"), "shard_size": 4}
+    first = summary_of(run_flow(**common, job_id="inside"))
+    again = summary_of(run_flow(**common, job_id="inside-again"))
+    assert first.count("total_count") == again.count("total_count") == 6
+    assert again.count("billed_calls") == 0
+    assert emulator.ledger.calls() == 6
+
+
 def test_out_of_credits_stops_every_shard_and_a_rerun_finishes_without_paying_twice(
     tmp_path: Path,
 ) -> None:

@@ -184,9 +184,9 @@ async def test_listing_stops_when_its_consumer_is_cancelled(
             release.wait(30)
         return real_scandir(folder)
 
-    def walk(root: str, stop: threading.Event) -> Iterator[str]:
+    def walk(root: str, stop: threading.Event, *rest: frozenset[str]) -> Iterator[str]:
         try:
-            yield from real_walk(root, stop)
+            yield from real_walk(root, stop, *rest)
         finally:
             finished.set()
 
