@@ -10,13 +10,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import math
 import os
 import tempfile
 import unicodedata
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
+
+import click
 
 from . import _loop
 from .batch._manifest import manifest_in_use
@@ -157,3 +160,15 @@ def _dangling(link: str) -> str:
         return f"{printable(os.readlink(link))} does not exist"
     except OSError as exc:
         return exc.strerror or str(exc)
+
+
+class Number(click.FloatRange):
+    """:class:`click.FloatRange` that also refuses ``nan``, which compares false with every
+    bound and so got past the range check, to be refused later under the SDK's name for the
+    setting instead of the option's."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if isinstance(number, float) and math.isnan(number):
+            self.fail(f"{value!r} is not a number.", param, ctx)
+        return number

@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     raise SystemExit(2) from None
 
 from . import __version__
-from ._cli_checks import check_destination, check_inputs, check_manifest, printable
+from ._cli_checks import Number, check_destination, check_inputs, check_manifest, printable
 from .batch import BatchRemover, BatchReport, JobResult
 from .batch._manifest import job_fields
 from .engines import check_engine_options
@@ -235,7 +235,7 @@ def _batch_options(func: F) -> F:
         click.option("--concurrency", type=click.IntRange(1, 1024), default=16, show_default=True),
         click.option(
             "--rpm",
-            type=click.FloatRange(0),
+            type=Number(0),
             default=500,
             show_default=True,
             help="Requests per minute (0: no client-side limit).",

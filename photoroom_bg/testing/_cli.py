@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import click
 
+from .._cli_checks import Number
 from ._faults import FAULTS, Faults, parse_duration
 from ._server import DEFAULT_API_KEY, PhotoroomEmulator
 
@@ -65,9 +66,7 @@ def _duration(ctx: click.Context, param: click.Parameter, text: str) -> float:
     metavar="KEY",
     help=f"An accepted API key (repeatable; default {DEFAULT_API_KEY}).",
 )
-@click.option(
-    "--credits", type=click.FloatRange(0), default=1000, show_default=True, help="Credits per key."
-)
+@click.option("--credits", type=Number(0), default=1000, show_default=True, help="Credits per key.")
 @click.option("--plan", type=click.Choice(["basic", "plus"]), default="basic", show_default=True)
 @click.option("--rpm", type=click.IntRange(1), help="Per-key requests per minute.")
 @click.option(
@@ -127,7 +126,7 @@ def emulator(
             faults=settings,
             image_work=not no_image_work,
         )
-    except ValueError as exc:  # --credits nan gets past click's range check
+    except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

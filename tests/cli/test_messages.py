@@ -45,8 +45,18 @@ def test_emulator_credits_that_are_no_balance_are_a_usage_error(credits: str) ->
     # -1 ran an emulator whose keys were out of credits; NaN one whose keys never ran out
     result = run("emulator", "--port", "0", "--credits", credits)
     assert result.exit_code == 2
-    assert "credits" in result.stderr
+    assert "Invalid value for '--credits'" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_rpm_nan_is_a_usage_error_naming_the_option(folder: Path, tmp_path: Path) -> None:
+    # it said "requests_per_minute must be a number, not nan": the SDK's name, not the option
+    result = run("remove", str(folder), "-o", str(tmp_path / "out"), "--rpm", "nan", key="k")
+    assert result.exit_code == 2
+    assert (
+        result.stderr.splitlines()[-1] == "Error: Invalid value for '--rpm': 'nan' is not a number."
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_rpm_inf_means_no_client_side_limit(
