@@ -81,6 +81,7 @@ from .errors import (
     SourceTooLargeError,
     UnsafeURLError,
 )
+from .sinks import parse_s3_uri
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -262,13 +263,6 @@ async def _paths_off_loop(
         stop.set()
 
 
-def _s3_parts(uri: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` as ``(bucket, "prefix/")`` (``""`` for a whole bucket)."""
-    bucket, _, prefix = uri[len("s3://") :].partition("/")
-    prefix = prefix.strip("/")
-    return bucket, f"{prefix}/" if prefix else ""
-
-
 async def _read_file_object(item: Any, name: str, cap: int) -> bytes:
     position = file_position(item)
     data = await _threads.run_sync(item.read, cap + 1)  # a byte over the cap is enough to refuse
@@ -292,7 +286,7 @@ async def iter_sources(
     """
     counter = 0
     cap = reader.max_bytes if reader is not None else _DEFAULT_MAX_BYTES
-    s3_out = [_s3_parts(uri) for uri in leave_out if uri.startswith("s3://")]
+    s3_out = [parse_s3_uri(uri) for uri in leave_out if uri.startswith("s3://")]
     local_out = [path for path in leave_out if not path.startswith("s3://")]
     folders_out: frozenset[str] | None = None  # real paths, made in a worker thread once
 
@@ -302,7 +296,7 @@ async def iter_sources(
         if not local_out:
             return frozenset()
         if folders_out is None:
-            folders_out = frozenset(await _threads.run_sync(lambda: map(real_path, local_out)))
+            folders_out = await _threads.run_sync(lambda: frozenset(map(real_path, local_out)))
         if await _threads.run_sync(real_path, base) in folders_out:
             raise InvalidSourceError(
                 f"{printable(base)} is where this batch stores cut-outs (its output or spill "
