@@ -35,8 +35,8 @@ def _fault(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
 
 def _latency(ctx: click.Context, param: click.Parameter, text: str) -> float | tuple[float, float]:
     try:
-        if "-" in text:
-            low, high = text.split("-", 1)
+        if "-" in text.strip()[1:]:  # a range; a leading "-" is a negative duration, refused
+            low, high = text.strip().split("-", 1)
             return parse_duration(low), parse_duration(high)
         return parse_duration(text)
     except ValueError as exc:

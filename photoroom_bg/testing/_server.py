@@ -77,6 +77,9 @@ class PhotoroomEmulator:
         )
         if plan not in ("basic", "plus"):
             raise ValueError("plan must be 'basic' or 'plus'")
+        if any(not key.strip() for key in keys):
+            # a request with an empty x-api-key header would then be let in
+            raise ValueError("an API key must not be empty (an unset variable?)")
         for balance in keys.values():
             if not balance >= 0:  # NaN too; inf: never runs out
                 raise ValueError(f"credits must be >= 0, not {balance!r}")

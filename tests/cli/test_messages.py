@@ -49,6 +49,22 @@ def test_emulator_credits_that_are_no_balance_are_a_usage_error(credits: str) ->
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        # it said "not a duration: ''": the leading "-" was taken for a range
+        (["--latency", "-1s"], "Invalid value for '--latency': not a duration: '-1s'"),
+        (["--key", ""], "an API key must not be empty (an unset variable?)"),
+    ],
+)
+def test_emulator_options_with_no_valid_meaning_are_usage_errors(
+    args: list[str], said: str
+) -> None:
+    result = run("emulator", "--port", "0", *args)
+    assert result.exit_code == 2
+    assert said in result.stderr
+
+
 def test_rpm_nan_is_a_usage_error_naming_the_option(folder: Path, tmp_path: Path) -> None:
     # it said "requests_per_minute must be a number, not nan": the SDK's name, not the option
     result = run("remove", str(folder), "-o", str(tmp_path / "out"), "--rpm", "nan", key="k")

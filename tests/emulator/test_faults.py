@@ -199,5 +199,12 @@ def test_durations_and_fault_validation() -> None:
         Faults(rates={"503": 0.7, "429": 0.7})
 
 
+@pytest.mark.parametrize("keys", [[""], [" "], {"": 10.0}, ["good", ""]])
+def test_an_empty_api_key_is_refused(keys: Any) -> None:
+    # an emulator given "" (an unset variable) let in a request with an empty x-api-key
+    with pytest.raises(ValueError, match="an API key must not be empty"):
+        PhotoroomEmulator(keys)
+
+
 def test_retry_policy_is_importable_for_users() -> None:
     assert RetryPolicy().max_retry_after == 60
