@@ -199,9 +199,16 @@ class ServiceSettings:
             file_variable = FILE_VARIANTS.get(name)
             if raw is None and file_variable and env.get(file_variable):
                 raw = _read_file(file_variable, env[file_variable])
+                if not raw:  # a secret that was never filled in: no key, or no tokens at all
+                    raise ConfigurationError(
+                        f"{file_variable}={env[file_variable]} names an empty file"
+                    )
             if raw is None or (raw == "" and name != "allow_unauthenticated"):
                 continue
             values[name] = _parse(name, variable, raw, fields[name].type)
+            if name == "tokens" and raw.strip() and not values[name]:
+                # "," would turn authentication off where tokens were meant
+                raise ConfigurationError(f"{variable}={raw!r} names no token")
         values.update(overrides)
         return cls(**values)
 

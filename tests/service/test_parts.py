@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -118,6 +119,21 @@ def test_an_open_address_without_tokens_is_refused() -> None:
             check_bind(open_settings, host)
     check_bind(ServiceSettings(tokens=("t",)), "0.0.0.0")
     check_bind(ServiceSettings(allow_unauthenticated=True), "0.0.0.0")
+
+
+def test_tokens_set_but_naming_none_are_refused(tmp_path: Path) -> None:
+    # each turned authentication off where tokens were meant (a key file never filled in
+    # left the service with no key either)
+    empty = tmp_path / "tokens"
+    empty.write_text("\n")
+    for env, said in [
+        ({"PHOTOROOM_BG_TOKENS": ","}, "PHOTOROOM_BG_TOKENS=',' names no token"),
+        ({"PHOTOROOM_BG_TOKENS_FILE": str(empty)}, f"PHOTOROOM_BG_TOKENS_FILE={empty} names"),
+        ({"PHOTOROOM_API_KEY_FILE": str(empty)}, f"PHOTOROOM_API_KEY_FILE={empty} names"),
+    ]:
+        with pytest.raises(ConfigurationError, match=re.escape(said)):
+            ServiceSettings.from_env(env)
+    assert not ServiceSettings.from_env({"PHOTOROOM_BG_TOKENS": " "}).auth_required  # unset
 
 
 def test_serve_command_refuses_an_open_address_before_binding(
