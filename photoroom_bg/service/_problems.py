@@ -150,7 +150,7 @@ def problem_for(error: BaseException) -> Problem:
     if wait is not None:
         headers["Retry-After"] = str(wait)
     detail = str(error) if isinstance(error, errors.PhotoroomBGError) else None
-    if isinstance(error, errors.StorageError):
+    if is_storage_code(code):  # one rule with the job items' (see _serialize)
         logger.warning("answered %s (%s): %s", status, code, error)
         detail = storage_detail(code)
     return Problem(status, code, title, detail, headers=headers)
