@@ -20,13 +20,14 @@ import attrs
 import httpx
 
 from . import _rules, _wire
-from ._images import ImageInput, load_image, validate_image
+from ._images import ImageInput, answer_problem, load_image, validate_image
 from ._numbers import check_given, check_number, wait_limit
 from ._redact import install_log_redaction
 from ._retry import RetryPolicy, parse_retry_after
 from ._warnings import PhotoroomWarning, warn
 from .errors import (
     APIConnectionError,
+    APIResponseValidationError,
     APIStatusError,
     APITimeoutError,
     AuthenticationError,
@@ -535,14 +536,29 @@ class BaseClient:
             )
         return cls(message, status_code=status, response=response, error_type=kind, body=body)
 
+    def _image_reader(
+        self, prepared: Prepared[Any] | None
+    ) -> Callable[[httpx.Response], ImageResult]:
+        """What reads the answer of a call that makes an image (base64 JSON when the prepared
+        request asked for it)."""
+        base64 = prepared is not None and prepared.base64
+        return lambda response: self._image_result(response, base64)
+
     def _image_result(self, response: httpx.Response, base64: bool) -> ImageResult:
         headers = response.headers
         content = response.content
         content_type = headers.get("content-type", "application/octet-stream").split(";")[0]
-        if base64 or content_type == "application/json":
-            content = _wire.decode_base64_image(content)
+        if base64 or (content_type == "application/json" and _sniff_mime(content) is None):
+            content = _wire.decode_base64_image(content, response)
             kind = _sniff_mime(content)
             content_type = kind or content_type
+        problem = answer_problem(content, content_type)
+        if problem is not None:
+            raise APIResponseValidationError(
+                f"no usable image in the answer: {problem}; the call may have been billed",
+                status_code=response.status_code,
+                response=response,
+            )
         unsupported = _split_unsupported(headers.get("pr-unsupported-attributes"))
         if unsupported:
             warn(f"Photoroom ignored unsupported parameters: {', '.join(unsupported)}")
@@ -562,10 +578,11 @@ class BaseClient:
         try:
             return _wire.converter.structure(response.json(), cls)
         except (ValueError, TypeError, KeyError) as exc:
-            raise APIStatusError(
+            raise APIResponseValidationError(
                 f"unexpected {cls.__name__.lower()} body: {exc}",
                 status_code=response.status_code,
                 response=response,
+                possibly_billed=False,  # a read of the account costs nothing
             ) from exc
 
     @classmethod

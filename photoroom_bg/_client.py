@@ -8,7 +8,7 @@ import datetime
 import ssl
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -36,7 +36,7 @@ from ._pool import (
     tls_context,
 )
 from ._retry import RetryPolicy, is_retryable
-from .errors import ConfigurationError, PhotoroomError
+from .errors import APIResponseValidationError, ConfigurationError, PhotoroomError
 from .models import Account, Credits, ImageResult
 from .options import EditOptions, SegmentOptions
 
@@ -242,8 +242,9 @@ class PhotoroomClient(BaseClient):
             APIConnectionError: no response (after retries).
         """
         prepared = self._prepare_segment(image, options)
-        response = self._send(self._build(prepared), timeout, max_retries, extra_headers)
-        return self._image_result(response, prepared.base64)
+        return self._send(
+            self._build(prepared), timeout, max_retries, extra_headers, self._image_reader(prepared)
+        )
 
     def edit(
         self,
@@ -268,8 +269,9 @@ class PhotoroomClient(BaseClient):
                 :meth:`remove_background`.
         """
         prepared = self._prepare_edit(image, options)
-        response = self._send(self._build(prepared), timeout, max_retries, extra_headers)
-        return self._image_result(response, False)
+        return self._send(
+            self._build(prepared), timeout, max_retries, extra_headers, self._image_reader(None)
+        )
 
     def render(
         self,
@@ -287,8 +289,9 @@ class PhotoroomClient(BaseClient):
         does the same on ``/v2/edit``.
         """
         prepared = self._prepare_render(image, template_id)
-        response = self._send(self._build(prepared), timeout, max_retries, extra_headers)
-        return self._image_result(response, False)
+        return self._send(
+            self._build(prepared), timeout, max_retries, extra_headers, self._image_reader(None)
+        )
 
     def account(
         self,
@@ -297,8 +300,7 @@ class PhotoroomClient(BaseClient):
         max_retries: int | NotGiven = NOT_GIVEN,
     ) -> Account:
         """Images left and plan of the key, from ``GET /v2/account``."""
-        response = self._send(self._account_request(), timeout, max_retries, None)
-        return self._account(response)
+        return self._send(self._account_request(), timeout, max_retries, None, self._account)
 
     def credits(
         self,
@@ -307,8 +309,7 @@ class PhotoroomClient(BaseClient):
         max_retries: int | NotGiven = NOT_GIVEN,
     ) -> Credits:
         """Credits left in the older credit view, from ``GET /v1/account``."""
-        response = self._send(self._credits_request(), timeout, max_retries, None)
-        return self._credits(response)
+        return self._send(self._credits_request(), timeout, max_retries, None, self._credits)
 
     @staticmethod
     def _build(prepared: Prepared[T]) -> RequestSpec:
@@ -320,7 +321,8 @@ class PhotoroomClient(BaseClient):
         timeout: Timeout | NotGiven,
         max_retries: int | NotGiven,
         extra_headers: Mapping[str, str] | None,
-    ) -> httpx.Response:
+        read: Callable[[httpx.Response], T],
+    ) -> T:
         retries = self._retries(max_retries)
         request = _build_request(self._http, spec, extra_headers, self._timeout(timeout))
         self._check_pool(self._http)
@@ -339,8 +341,13 @@ class PhotoroomClient(BaseClient):
             else:
                 self._log(spec, response.status_code, attempt, time.monotonic() - started)
                 if response.is_success:
-                    return response
-                error = self._status_error(response, spec)
+                    try:  # a spoiled answer is retried like a dropped one
+                        return read(response)
+                    except APIResponseValidationError as exc:
+                        error, held = exc, exc.__cause__
+                        cause = held if isinstance(held, Exception) else None
+                else:
+                    error = self._status_error(response, spec)
             if attempt > retries or not is_retryable(error, self.retry_policy):
                 raise error from cause
             self._sleep(self.retry_policy.delay_for(error, next(delays)))
@@ -460,10 +467,9 @@ class AsyncPhotoroomClient(BaseClient):
     ) -> ImageResult:
         """Remove the background of ``image``; see :meth:`PhotoroomClient.remove_background`."""
         prepared = self._prepare_segment(image, options)
-        response = await self._send(
-            await self._build(prepared), timeout, max_retries, extra_headers
-        )
-        return self._image_result(response, prepared.base64)
+        request = await self._build(prepared)
+        reader = self._image_reader(prepared)
+        return await self._send(request, timeout, max_retries, extra_headers, reader)
 
     async def edit(
         self,
@@ -476,10 +482,9 @@ class AsyncPhotoroomClient(BaseClient):
     ) -> ImageResult:
         """Edit ``image`` with ``/v2/edit``; see :meth:`PhotoroomClient.edit`."""
         prepared = self._prepare_edit(image, options)
-        response = await self._send(
-            await self._build(prepared), timeout, max_retries, extra_headers
-        )
-        return self._image_result(response, False)
+        request = await self._build(prepared)
+        reader = self._image_reader(None)
+        return await self._send(request, timeout, max_retries, extra_headers, reader)
 
     async def render(
         self,
@@ -493,10 +498,9 @@ class AsyncPhotoroomClient(BaseClient):
         """Render into a template with the legacy ``/v1/render``; see
         :meth:`PhotoroomClient.render`."""
         prepared = self._prepare_render(image, template_id)
-        response = await self._send(
-            await self._build(prepared), timeout, max_retries, extra_headers
-        )
-        return self._image_result(response, False)
+        request = await self._build(prepared)
+        reader = self._image_reader(None)
+        return await self._send(request, timeout, max_retries, extra_headers, reader)
 
     async def account(
         self,
@@ -505,8 +509,7 @@ class AsyncPhotoroomClient(BaseClient):
         max_retries: int | NotGiven = NOT_GIVEN,
     ) -> Account:
         """Images left and plan of the key, from ``GET /v2/account``."""
-        response = await self._send(self._account_request(), timeout, max_retries, None)
-        return self._account(response)
+        return await self._send(self._account_request(), timeout, max_retries, None, self._account)
 
     async def credits(
         self,
@@ -515,8 +518,7 @@ class AsyncPhotoroomClient(BaseClient):
         max_retries: int | NotGiven = NOT_GIVEN,
     ) -> Credits:
         """Credits left in the older credit view, from ``GET /v1/account``."""
-        response = await self._send(self._credits_request(), timeout, max_retries, None)
-        return self._credits(response)
+        return await self._send(self._credits_request(), timeout, max_retries, None, self._credits)
 
     @staticmethod
     async def _build(prepared: Prepared[T]) -> RequestSpec:
@@ -531,7 +533,8 @@ class AsyncPhotoroomClient(BaseClient):
         timeout: Timeout | NotGiven,
         max_retries: int | NotGiven,
         extra_headers: Mapping[str, str] | None,
-    ) -> httpx.Response:
+        read: Callable[[httpx.Response], T],
+    ) -> T:
         retries = self._retries(max_retries)
         request = _build_request(self._http, spec, extra_headers, self._timeout(timeout))
         self._check_pool(self._http)
@@ -554,8 +557,13 @@ class AsyncPhotoroomClient(BaseClient):
             else:
                 self._log(spec, response.status_code, attempt, time.monotonic() - started)
                 if response.is_success:
-                    return response
-                error = self._status_error(response, spec)
+                    try:  # a spoiled answer is retried like a dropped one
+                        return read(response)
+                    except APIResponseValidationError as exc:
+                        error, held = exc, exc.__cause__
+                        cause = held if isinstance(held, Exception) else None
+                else:
+                    error = self._status_error(response, spec)
             if attempt > retries or not is_retryable(error, self.retry_policy):
                 raise error from cause
             await self._sleep(self.retry_policy.delay_for(error, next(delays)))

@@ -26,6 +26,7 @@ __all__ = [
     "FileTooLarge",
     "ImageInput",
     "NotARegularFile",
+    "answer_problem",
     "file_object_bytes",
     "file_position",
     "load_image",
@@ -285,6 +286,29 @@ def _jpeg_complete(data: bytes) -> bool:
         else:
             pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
     return False  # the headers themselves are cut off
+
+
+def answer_problem(data: bytes, content_type: str) -> str | None:
+    """What spoils the image of a success answer, or ``None`` when it looks whole: an empty
+    body, one that is no image (a proxy's HTML page), or a PNG, JPEG or WEBP whose end is
+    missing (cut short on the way, with a Content-Length that matched the cut). Only the
+    markers are looked at: nothing is decoded."""
+    if not data:
+        return "its body is empty"
+    kind = sniff_format(data)
+    if kind is None:
+        return f"its body ({len(data):,} bytes of {content_type[:60]}) is not an image"
+    if kind == "png":
+        whole = data.rfind(b"IEND", max(0, len(data) - 1024)) >= 0
+    elif kind == "jpeg":
+        whole = _jpeg_complete(data)
+    elif kind == "webp":
+        whole = int.from_bytes(data[4:8], "little") + 8 <= len(data)
+    else:
+        whole = True  # a format Photoroom does not make today: taken as it is
+    if whole:
+        return None
+    return f"its {kind.upper()} stops before its end ({len(data):,} bytes): cut short on the way"
 
 
 def _check_decodes(data: bytes, name: str) -> None:

@@ -1,13 +1,15 @@
 """Which failures are retried, and how long to wait: ``Retry-After`` first, else backoff.
 
-Retried: connection errors, timeouts, 408, 429 and 5xx except 501/505 (which a retry cannot
-fix). Every other 4xx is final: retrying a 400/402/403 can never succeed.
+Retried: connection errors, timeouts, 408, 429, 5xx except 501/505 (which a retry cannot
+fix), and a success status whose body is spoiled (empty, not an image, cut short). Every other
+4xx is final: retrying a 400/402/403 can never succeed.
 
 Photoroom bills only calls that succeed, but some failures are ambiguous: a read timeout, a
-connection dropped after the request was sent, a truncated answer or a gateway's 5xx may come
-after the server made (and billed) the image. Those carry ``possibly_billed=True``; they are
-retried by default (finishing the image costs what re-running it would), and counted as
-possibly billed. ``RetryPolicy(retry_possibly_billed=False)`` fails them instead.
+connection dropped after the request was sent, a truncated or spoiled answer or a gateway's
+5xx may come after the server made (and billed) the image. Those carry
+``possibly_billed=True``; they are retried by default (finishing the image costs what
+re-running it would), and counted as possibly billed.
+``RetryPolicy(retry_possibly_billed=False)`` fails them instead.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import backoff
 from ._numbers import check_number
 from .errors import (
     APIConnectionError,
+    APIResponseValidationError,
     APIStatusError,
     PhotoroomError,
     RateLimitError,
@@ -57,7 +60,7 @@ class RetryPolicy:
         max_delay: the longest backoff delay.
         max_retry_after: a server's ``Retry-After`` is honoured up to this many seconds.
         retry_possibly_billed: retry failures the server may have billed (read timeouts,
-            dropped connections, truncated answers, 5xx other than 503). ``True`` by
+            dropped connections, truncated or spoiled answers, 5xx other than 503). ``True`` by
             default: the retry may pay for the image a second time, which re-running the
             failed image would cost anyway; ``False`` fails such calls at once instead.
     """
@@ -88,13 +91,15 @@ class RetryPolicy:
 
 
 def is_retryable(error: BaseException, policy: RetryPolicy | None = None) -> bool:
-    """True for failures a retry may fix: connection errors, timeouts, 408, 429 and 5xx
-    (but 501/505). With ``policy.retry_possibly_billed`` off, not those the server may have
-    billed (``error.possibly_billed``)."""
+    """True for failures a retry may fix: connection errors, timeouts, 408, 429, 5xx (but
+    501/505) and spoiled answers. With ``policy.retry_possibly_billed`` off, not those the
+    server may have billed (``error.possibly_billed``)."""
     if not isinstance(error, PhotoroomError):
         return False
     if error.possibly_billed and policy is not None and not policy.retry_possibly_billed:
         return False
+    if isinstance(error, APIResponseValidationError):
+        return True
     if isinstance(error, APIStatusError):
         status = error.status_code
         return status in (408, 429) or (status >= 500 and status not in _FINAL_SERVER_STATUS)

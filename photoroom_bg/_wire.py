@@ -15,7 +15,7 @@ import base64
 import binascii
 import json
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import cattrs
@@ -23,8 +23,11 @@ from cattrs.gen import make_dict_unstructure_fn, override
 
 from . import _rules
 from ._warnings import warn
-from .errors import APIStatusError, ValidationError
+from .errors import APIResponseValidationError, ValidationError
 from .models import Account, Credits
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "Encoded",
@@ -322,7 +325,7 @@ converter.register_structure_hook(Account, _structure_account)
 converter.register_structure_hook(Credits, _structure_credits)
 
 
-def decode_base64_image(body: bytes) -> bytes:
+def decode_base64_image(body: bytes, response: httpx.Response | None = None) -> bytes:
     """Decode the JSON body of a base64 ``/v1/segment`` answer (``base64img`` or ``result_b64``)."""
     try:
         data = json.loads(body)
@@ -333,8 +336,9 @@ def decode_base64_image(body: bytes) -> bytes:
             encoded = encoded.split(",", 1)[1]
         return base64.b64decode(encoded, validate=True)
     except (ValueError, KeyError, AttributeError, binascii.Error) as exc:
-        raise APIStatusError(
-            "Photoroom returned a JSON body without a decodable 'base64img'/'result_b64' image",
-            status_code=200,
-            body=None,
+        raise APIResponseValidationError(
+            "no usable image in the answer: its JSON body holds no decodable "
+            "'base64img'/'result_b64' image; the call may have been billed",
+            status_code=200 if response is None else response.status_code,
+            response=response,
         ) from exc

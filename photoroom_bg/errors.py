@@ -12,7 +12,9 @@ Every error the SDK raises derives from :class:`PhotoroomBGError`, split by caus
     │       ├── OutOfCreditsError       402: the account has no images/credits left
     │       ├── NotFoundError           404
     │       ├── RateLimitError          429 (``retry_after`` in seconds when given)
-    │       └── ServerError             5xx
+    │       ├── ServerError             5xx
+    │       └── APIResponseValidationError  a 2xx whose body is not the image or JSON
+    │                                   the API documents (empty, HTML, cut short)
     ├── ValidationError                 a value was rejected locally, before any request
     │   └── InvalidImageError           the input image itself is unusable (empty, too big,
     │                                   wrong format, too many pixels, corrupt)
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APIConnectionError",
+    "APIResponseValidationError",
     "APIStatusError",
     "APITimeoutError",
     "AuthenticationError",
@@ -263,6 +266,30 @@ class ServerError(APIStatusError):
     """5xx: Photoroom (or a gateway in front of it) failed; retried. Photoroom documents that
     failed calls are not billed, but a gateway's 502/504 or a 500 may come after the image was
     made, so those count as ``possibly_billed``; a 503 is a refusal and never does."""
+
+
+class APIResponseValidationError(APIStatusError):
+    """Photoroom answered with a success status, but not with what the API documents: an
+    empty body, a page that is not an image (a proxy's HTML, say), an image cut short on the
+    way, or JSON that is not the expected shape.
+
+    For an image call the server may have made, and billed, the image before its answer was
+    spoiled, so the error is ``possibly_billed``; like a dropped answer it is retried (see
+    :class:`~photoroom_bg.RetryPolicy`), since a retry may get the whole image. A batch never
+    stores such an answer as a cut-out.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int = 200,
+        response: httpx.Response | None = None,
+        body: object = None,
+        possibly_billed: bool = True,
+    ) -> None:
+        super().__init__(message, status_code=status_code, response=response, body=body)
+        self.possibly_billed = possibly_billed
 
 
 class ValidationError(PhotoroomBGError, ValueError):

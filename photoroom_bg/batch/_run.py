@@ -18,6 +18,7 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._client import AsyncPhotoroomClient
+from .._images import answer_problem
 from .._keys import content_digest
 from ..engines._base import Engine, check_engine_options
 from ..errors import (
@@ -29,6 +30,7 @@ from ..errors import (
     StorageError,
     UnexpectedError,
 )
+from ..models import ImageResult
 from ..options import SegmentOptions
 from ..sinks import StoredObject
 from ..sinks._common import check_key
@@ -645,6 +647,10 @@ class Batch:
                 self.possibly_billed_twice += 1
         self.possibly_billed_calls += possibly
         job.fields.update(attempts=attempts, billed=billed, possibly_billed=possibly)
+        problem = _unusable(made)
+        if problem is not None:  # never stored: a later run would skip it as made
+            why = f"the engine {self.engine.name!r} {problem}; nothing was stored"
+            return job.done(JobStatus.FAILED, error=UnexpectedError(why))
         if entry.waiters:  # a duplicate with another key waits for these bytes
             entry.content = (made.content, made.content_type)
         return await self._keep(job, key, made.content, made.content_type, None)
@@ -660,6 +666,20 @@ class Batch:
             return job.done(stored.status, **stored.fields())
         self._finished_keys.add(key)
         return job.done(JobStatus.SUCCEEDED, output=stored, reason=reason)
+
+
+def _unusable(made: object) -> str | None:
+    """Why an engine's answer cannot be stored as a cut-out (an engine of your own may
+    return anything), or ``None``."""
+    if not isinstance(made, ImageResult):
+        return f"returned {type(made).__name__}, not an ImageResult"
+    content: object = made.content  # typed bytes, but an engine may put anything there
+    if isinstance(content, (bytearray, memoryview)):
+        content = bytes(content)
+    if not isinstance(content, bytes):
+        return f"returned an ImageResult whose content is {type(content).__name__}"
+    problem = answer_problem(content, str(made.content_type))
+    return None if problem is None else f"made no usable cut-out: {problem}"
 
 
 def _display(source: ImageSource) -> str:

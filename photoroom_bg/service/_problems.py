@@ -47,6 +47,11 @@ PROBLEM_CODES: dict[str, tuple[int, str, str]] = {
     "BadRequestError": (422, "photoroom_rejected", "Photoroom rejected the image or options"),
     "NotFoundError": (502, "photoroom_not_found", "Photoroom answered 404"),
     "ServerError": (502, "photoroom_server_error", "Photoroom failed"),
+    "APIResponseValidationError": (
+        502,
+        "photoroom_bad_answer",
+        "Photoroom's answer held no usable image",
+    ),
     "APIStatusError": (502, "photoroom_error", "Photoroom answered with an error"),
     "APITimeoutError": (504, "photoroom_timeout", "Photoroom did not answer in time"),
     "APIConnectionError": (502, "photoroom_unreachable", "Photoroom could not be reached"),

@@ -162,6 +162,19 @@ class EmulatorApp:
             if status in (429, 503):
                 answer.headers["retry-after"] = retry
             await _respond(send, answer)
+        elif fault == "garble":  # a whole HTTP answer around half an image
+            body = _TINY_PNG[: len(_TINY_PNG) // 2]
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"image/png"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body, "more_body": False})
         elif fault == "truncate":
             await send(
                 {

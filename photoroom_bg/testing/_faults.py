@@ -15,9 +15,16 @@ __all__ = ["BILLED_FAULTS", "FAULTS", "Faults", "parse_duration"]
 
 #: Faults that make and bill the image, then lose the answer: the ambiguous failures a client
 #: cannot tell from unbilled ones (it must count them as possibly billed).
-BILLED_FAULTS = ("bill-reset", "bill-stall", "bill-truncate", "bill-500", "bill-502")
+BILLED_FAULTS = (
+    "bill-reset",
+    "bill-stall",
+    "bill-truncate",
+    "bill-garble",
+    "bill-500",
+    "bill-502",
+)
 #: Every fault the emulator can inject.
-FAULTS = ("429", "500", "502", "503", "reset", "truncate", "stall", *BILLED_FAULTS)
+FAULTS = ("429", "500", "502", "503", "reset", "truncate", "garble", "stall", *BILLED_FAULTS)
 
 
 def parse_duration(text: str | float) -> float:
@@ -72,9 +79,11 @@ class Faults:
         latency: seconds added to every request, or ``(low, high)`` for a uniform draw.
         rates: probability of each fault per request, e.g. ``{"429": 0.1, "reset": 0.05}``;
             faults: ``429``, ``500``, ``502``, ``503``, ``reset`` (connection dropped after
-            the headers), ``truncate`` (body shorter than its Content-Length), ``stall`` (no
-            answer for ``stall_seconds``), none of them billed; and ``bill-reset``,
-            ``bill-stall``, ``bill-truncate``, ``bill-500``, ``bill-502``, which make and bill
+            the headers), ``truncate`` (body shorter than its Content-Length), ``garble`` (a
+            200 whose image is cut short, with a Content-Length that matches the cut),
+            ``stall`` (no answer for ``stall_seconds``), none of them billed; and
+            ``bill-reset``, ``bill-stall``, ``bill-truncate``, ``bill-garble``, ``bill-500``,
+            ``bill-502``, which make and bill
             the image first and then fail the same way (a request that would not have been
             billed, such as a 402, is answered normally).
         retry_after: the ``Retry-After`` seconds sent with injected 429s and 503s.

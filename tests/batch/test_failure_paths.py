@@ -615,6 +615,56 @@ def test_the_batch_backs_off_with_the_retry_policy_it_is_given(
     asyncio.run(client.aclose())
 
 
+class AnsweringEngine:
+    """An engine of one's own that answers every call with ``answer``."""
+
+    name = "mine"
+    bills = True
+
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+
+    async def process(self, image: bytes, options: Any) -> Any:
+        return self.answer
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (ImageResult(b"", content_type="image/png"), "made no usable cut-out: its body is empty"),
+        (ImageResult(b"<html></html>", content_type="text/html"), "is not an image"),
+        (ImageResult(photo()[:-20], content_type="image/png"), "PNG stops before its end"),
+        (None, "returned NoneType, not an ImageResult"),
+        (b"\x89PNG", "returned bytes, not an ImageResult"),
+        (ImageResult("text", content_type="image/png"), "content is str"),  # type: ignore[arg-type]
+    ],
+    ids=["empty", "html", "cut-short", "none", "bytes", "str"],
+)
+def test_an_engine_answer_that_is_no_image_fails_its_job_and_stores_nothing(
+    tmp_path: Path, answer: object, message: str
+) -> None:
+    # an empty or spoiled answer from an engine of one's own was stored as the cut-out, and
+    # every later run skipped the image as made
+    batch = BatchRemover(AnsweringEngine(answer), sink=tmp_path / "out", keep_results=True)
+    report = batch.submit([photo(), photo()]).wait(timeout=30)
+    assert (report.succeeded_count, report.failed_count) == (0, 2)
+    errors = [job.error for jobs in report.failures.values() for job in jobs]
+    assert all(isinstance(error, UnexpectedError) for error in errors)
+    assert all(message in str(error) and "'mine'" in str(error) for error in errors)
+    assert all("nothing was stored" in str(error) for error in errors)
+    assert report.billed_calls == 2  # the engine answered: it may have charged
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+def test_an_engine_answer_in_a_bytearray_is_stored(tmp_path: Path) -> None:
+    made = photo()
+    batch = BatchRemover(AnsweringEngine(ImageResult(bytearray(made))), sink=MemorySink())  # type: ignore[arg-type]
+    assert batch.submit([photo()]).wait(timeout=30).succeeded_count == 1
+
+
 # -- memory -----------------------------------------------------------------------------------
 
 

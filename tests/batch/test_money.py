@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 
 import anyio
 import pytest
+from PIL import Image
 
 from photoroom_bg import (
     BatchRemover,
@@ -417,7 +419,10 @@ class PreviewEngine:
     bills = False
 
     async def process(self, image: bytes, options: Any) -> ImageResult:
-        return ImageResult(b"\x89PNG preview " + hashlib.sha256(image).digest())
+        shade = hashlib.sha256(image).digest()[:3]  # a cut-out of its own per image
+        out = io.BytesIO()
+        Image.new("RGBA", (4, 4), (*shade, 255)).save(out, "PNG")
+        return ImageResult(out.getvalue())
 
     async def aclose(self) -> None:
         pass
@@ -773,3 +778,25 @@ def test_a_batch_waiting_for_another_that_spills_takes_the_spilled_cut_out(
     sink.broken = False
     again = remover(emulator, sink, spill_dir=spill).submit([image]).wait()
     assert (again.succeeded_count, emulator.ledger.calls(), len(sink.objects)) == (1, 1, 1)
+
+
+def test_an_answer_with_no_whole_image_is_never_stored_and_the_next_run_makes_it(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # a 200 whose image was cut short was stored as the cut-out: the job "succeeded", and
+    # every later run skipped the image as made
+    images = [photo(), photo()]
+    emulator.inject(*["bill-garble"] * 3)  # the first job's three attempts
+    first = remover(emulator, tmp_path / "out", concurrency=1, max_retries=2).submit(images)
+    report = first.wait()
+    assert (report.stored_count, report.failed_count) == (1, 1)
+    assert set(report.failure_counts) == {"APIResponseValidationError"}
+    assert report.possibly_billed_calls == 3
+    stored = sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_file())
+    assert len(stored) == 1
+    again = remover(emulator, tmp_path / "out").submit(images).wait()
+    assert (again.succeeded_count, again.skipped_count) == (1, 1)
+    for cut in (tmp_path / "out").iterdir():
+        if cut.is_file():
+            with Image.open(cut) as img:
+                img.load()  # whole images only

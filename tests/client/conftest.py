@@ -27,6 +27,11 @@ def png(width: int = 8, height: int = 6, color: tuple[int, int, int] = (200, 10,
     return out.getvalue()
 
 
+#: a whole cut-out, as the answers of the mocked API carry (the client refuses an answer
+#: that is not a whole image)
+CUTOUT = png(3, 2, (0, 0, 0))
+
+
 def jpeg(width: int = 8, height: int = 6) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (width, height), (10, 200, 10)).save(out, format="JPEG")

@@ -30,6 +30,7 @@ from photoroom_bg import (
 from photoroom_bg._base_client import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, parse_error_body
 from photoroom_bg.errors import (
     APIConnectionError,
+    APIResponseValidationError,
     APIStatusError,
     APITimeoutError,
     BadRequestError,
@@ -43,11 +44,21 @@ from photoroom_bg.errors import (
 )
 from photoroom_bg.sinks import StoredObject
 
-from .conftest import ACCOUNT, API_KEY, EDIT, SEGMENT, Twin, make_twin, multipart_fields, png
+from .conftest import (
+    ACCOUNT,
+    API_KEY,
+    CUTOUT,
+    EDIT,
+    SEGMENT,
+    Twin,
+    make_twin,
+    multipart_fields,
+    png,
+)
 
 RENDER = "https://image-api.photoroom.com/v1/render"
 CREDITS = "https://image-api.photoroom.com/v1/account"
-OK_IMAGE = {"content": b"x", "headers": {"content-type": "image/png"}}
+OK_IMAGE = {"content": CUTOUT, "headers": {"content-type": "image/png"}}
 
 
 @pytest.fixture
@@ -290,6 +301,10 @@ def _all_error_instances() -> list[PhotoroomBGError]:
             request=request,
         )
         made.append(_base_client.BaseClient._status_error(response))
+    spoiled = httpx.Response(
+        200, json={"detail": "no"}, headers={"retry-after": "3"}, request=request
+    )
+    made.append(APIResponseValidationError("no image", response=spoiled, body=spoiled.json()))
     made.append(APIConnectionError("reset", request=request, possibly_billed=True))
     made.append(APITimeoutError("slow", request=request, possibly_billed=True))
     made.append(ValidationError("bad", parameter="padding", rule="padding:spacing"))
@@ -446,7 +461,7 @@ async def test_odd_error_bodies_still_give_a_typed_error(
 def _ignored(respx_mock: respx.MockRouter) -> None:
     respx_mock.post(EDIT).respond(
         200,
-        content=b"x",
+        content=CUTOUT,
         headers={"content-type": "image/png", "pr-unsupported-attributes": "Unsupported: x.y"},
     )
 
@@ -582,7 +597,7 @@ def test_the_clients_keep_signed_image_urls_out_of_httpx_log_lines(
 ) -> None:
     signed = "https://bucket.example/shoe.jpg?X-Amz-Signature=s3cr3tsig&X-Amz-Credential=AKID"
     with respx.mock(assert_all_called=True) as router:
-        router.get("https://image-api.photoroom.com/v2/edit").respond(200, content=b"\x89PNG")
+        router.get("https://image-api.photoroom.com/v2/edit").respond(200, content=CUTOUT)
         with caplog.at_level("DEBUG"), PhotoroomClient(api_key="sk_live_0123") as client:
             client.edit(signed, EditOptions(background_color="FFFFFF"))
     lines = [record.getMessage() for record in caplog.records]

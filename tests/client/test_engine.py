@@ -14,16 +14,17 @@ from .conftest import API_KEY, EDIT, SEGMENT, png
 
 async def test_engine_dispatches_by_options_type() -> None:
     with respx.mock() as router:
-        seg = router.post(SEGMENT).respond(200, content=b"s", headers={"content-type": "image/png"})
-        get = router.get(EDIT).respond(200, content=b"g", headers={"content-type": "image/png"})
-        post = router.post(EDIT).respond(200, content=b"p", headers={"content-type": "image/png"})
+        made = {name: png(2, 2, (red, 0, 0)) for red, name in enumerate("sgp")}
+        seg = router.post(SEGMENT).respond(200, content=made["s"])
+        get = router.get(EDIT).respond(200, content=made["g"])
+        post = router.post(EDIT).respond(200, content=made["p"])
         async with PhotoroomEngine(api_key=API_KEY) as engine:
             assert isinstance(engine, Engine)
             assert engine.bills is True
-            assert (await engine.process(png(), SegmentOptions())).content == b"s"
-            assert (await engine.process(png(), EditOptions(padding=0.1))).content == b"p"
+            assert (await engine.process(png(), SegmentOptions())).content == made["s"]
+            assert (await engine.process(png(), EditOptions(padding=0.1))).content == made["p"]
             result = await engine.process_url("https://example.com/a.jpg", EditOptions())
-            assert result.content == b"g"
+            assert result.content == made["g"]
         assert seg.call_count == post.call_count == get.call_count == 1
         assert engine.client._http.is_closed
         assert API_KEY not in repr(engine)

@@ -19,6 +19,7 @@ from photoroom_bg._numbers import LONGEST_WAIT
 from photoroom_bg._retry import RetryPolicy, is_retryable, parse_retry_after
 from photoroom_bg.errors import (
     APIConnectionError,
+    APIResponseValidationError,
     APIStatusError,
     APITimeoutError,
     AuthenticationError,
@@ -34,7 +35,7 @@ from photoroom_bg.errors import (
 )
 from photoroom_bg.testing import PhotoroomEmulator
 
-from .conftest import ACCOUNT, API_KEY, EDIT, SEGMENT, Twin, make_twin, png
+from .conftest import ACCOUNT, API_KEY, CUTOUT, EDIT, SEGMENT, Twin, make_twin, png
 
 
 @pytest.fixture
@@ -114,10 +115,10 @@ async def test_429_retry_after_seconds_is_honoured(
     route = respx_mock.post(SEGMENT)
     route.side_effect = [
         httpx.Response(429, headers={"retry-after": "3"}, json={"detail": "slow down"}),
-        httpx.Response(200, content=b"ok", headers={"content-type": "image/png"}),
+        httpx.Response(200, content=CUTOUT, headers={"content-type": "image/png"}),
     ]
     result = await twin.call("remove_background", png())
-    assert result.content == b"ok"
+    assert result.content == CUTOUT
     assert route.call_count == 2
     assert twin.sleeps == [3.0]
 
@@ -130,7 +131,7 @@ async def test_retry_after_http_date_is_honoured_and_capped(
     route = respx_mock.post(SEGMENT)
     route.side_effect = [
         httpx.Response(503, headers={"retry-after": when}),
-        httpx.Response(200, content=b"ok", headers={"content-type": "image/png"}),
+        httpx.Response(200, content=CUTOUT, headers={"content-type": "image/png"}),
     ]
     await twin.call("remove_background", png())
     assert twin.sleeps == [5.0]
@@ -147,10 +148,10 @@ async def test_a_retry_after_that_is_not_delta_seconds_falls_back_to_the_backoff
     route = respx_mock.post(SEGMENT)
     route.side_effect = [
         httpx.Response(429, headers={"retry-after": header}, json={"detail": "slow down"}),
-        httpx.Response(200, content=b"ok", headers={"content-type": "image/png"}),
+        httpx.Response(200, content=CUTOUT, headers={"content-type": "image/png"}),
     ]
     result = await twin.call("remove_background", png())
-    assert result.content == b"ok"
+    assert result.content == CUTOUT
     assert len(twin.sleeps) == 1
     assert 0 <= twin.sleeps[0] <= 0.01
     await twin.close()
@@ -228,11 +229,11 @@ def test_a_huge_retry_after_allowed_by_the_policy_is_slept_within_what_the_platf
     route = respx_mock.post(SEGMENT)
     route.side_effect = [
         httpx.Response(429, headers={"retry-after": "100000000000"}, json={"detail": "later"}),
-        httpx.Response(200, content=b"ok", headers={"content-type": "image/png"}),
+        httpx.Response(200, content=CUTOUT, headers={"content-type": "image/png"}),
     ]
     policy = RetryPolicy(max_retry_after=float("inf"))
     with PhotoroomClient(api_key=API_KEY, retry_policy=policy) as client:
-        assert client.remove_background(png()).content == b"ok"
+        assert client.remove_background(png()).content == CUTOUT
     assert slept == [LONGEST_WAIT]
 
 
@@ -266,10 +267,10 @@ async def test_408_and_connection_errors_are_retried(
         httpx.ConnectError("refused"),
         httpx.Response(408),
         httpx.ReadTimeout("slow"),
-        httpx.Response(200, content=b"ok", headers={"content-type": "image/png"}),
+        httpx.Response(200, content=CUTOUT, headers={"content-type": "image/png"}),
     ]
     result = await twin.call("remove_background", png(), max_retries=3)
-    assert result.content == b"ok"
+    assert result.content == CUTOUT
     assert route.call_count == 4
 
 
@@ -395,7 +396,7 @@ async def test_segment_accepts_heic_unchecked_by_pillow(
     twin: Twin, respx_mock: respx.MockRouter
 ) -> None:
     route = respx_mock.post(SEGMENT).respond(
-        200, content=b"x", headers={"content-type": "image/png"}
+        200, content=CUTOUT, headers={"content-type": "image/png"}
     )
     await twin.call("remove_background", b"\x00\x00\x00\x18ftypheic" + b"\x00" * 40)
     assert route.called
@@ -476,7 +477,7 @@ async def test_injected_http_client_is_used_and_not_closed(respx_mock: respx.Moc
 
 async def test_base_url_overrides_both_hosts(respx_mock: respx.MockRouter) -> None:
     seg = respx_mock.post("http://127.0.0.1:9/v1/segment").respond(
-        200, content=b"x", headers={"content-type": "image/png"}
+        200, content=CUTOUT, headers={"content-type": "image/png"}
     )
     acc = respx_mock.get("http://127.0.0.1:9/v2/account").respond(
         200, json={"credits": {"available": 3, "subscription": 10}}
@@ -639,3 +640,97 @@ async def test_retry_possibly_billed_off_fails_ambiguous_calls_at_once(
         assert route.call_count == 3
     finally:
         await strict.close()
+
+
+def _webp() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGBA", (24, 16), (0, 0, 0, 0)).save(out, format="WEBP")
+    return out.getvalue()
+
+
+_BIG_PNG = png(64, 48, (9, 99, 199))
+
+SPOILED_ANSWERS = {
+    "empty": httpx.Response(200, content=b"", headers={"content-type": "image/png"}),
+    "no-content": httpx.Response(204),
+    "html": httpx.Response(200, text="<html>Log in to the Wi-Fi</html>"),
+    "json-error-with-200": httpx.Response(200, json={"status": "error"}),
+    "png-cut-short": httpx.Response(200, content=_BIG_PNG[: len(_BIG_PNG) // 2]),
+    "jpeg-cut-short": httpx.Response(200, content=_jpeg()[: len(_jpeg()) // 2]),
+    "webp-cut-short": httpx.Response(200, content=_webp()[:-10]),
+}
+
+
+@pytest.mark.parametrize("answer", SPOILED_ANSWERS, ids=list(SPOILED_ANSWERS))
+@pytest.mark.parametrize("method", ["remove_background", "edit"])
+async def test_a_success_status_without_a_whole_image_is_a_possibly_billed_error(
+    twin: Twin, respx_mock: respx.MockRouter, answer: str, method: str
+) -> None:
+    # such an answer came back as a result, which a batch stored as the cut-out and every
+    # later run skipped as made
+    route = respx_mock.post(SEGMENT if method == "remove_background" else EDIT)
+    route.mock(return_value=SPOILED_ANSWERS[answer])
+    with pytest.raises(APIResponseValidationError, match="no usable image") as caught:
+        await twin.call(method, png(), max_retries=2)
+    error = caught.value
+    assert error.possibly_billed is True
+    assert error.status_code == SPOILED_ANSWERS[answer].status_code
+    assert route.call_count == 3  # a retry may get the whole image
+    assert len(twin.sleeps) == 2
+
+
+async def test_a_spoiled_answer_is_not_retried_when_billed_failures_are_not(
+    respx_mock: respx.MockRouter,
+) -> None:
+    route = respx_mock.post(SEGMENT)
+    route.side_effect = [httpx.Response(200, content=b""), httpx.Response(200, content=CUTOUT)]
+    strict = make_twin("async", retry_policy=RetryPolicy(retry_possibly_billed=False))
+    try:
+        with pytest.raises(APIResponseValidationError, match="its body is empty"):
+            await strict.call("remove_background", png(), max_retries=3)
+    finally:
+        await strict.close()
+    assert route.call_count == 1
+
+
+async def test_a_spoiled_answer_then_a_whole_one_gives_the_whole_one(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    route = respx_mock.post(SEGMENT)
+    route.side_effect = [
+        httpx.Response(200, content=CUTOUT[:-12]),
+        httpx.Response(200, content=CUTOUT),
+    ]
+    result = await twin.call("remove_background", png())
+    assert result.content == CUTOUT
+    assert route.call_count == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (_BIG_PNG, "image/png"),
+        (_BIG_PNG + b"\x00" * 16, "image/png"),  # padding after the end
+        (_jpeg(), "image/jpeg"),
+        (_jpeg(progressive=True), "image/jpeg"),
+        (_webp(), "image/webp"),
+        (_BIG_PNG, "application/json"),  # a mislabelled image is still the image
+        (_BIG_PNG, "application/octet-stream"),
+    ],
+    ids=["png", "png-padded", "jpeg", "progressive", "webp", "mislabelled", "octet-stream"],
+)
+async def test_whole_images_of_every_format_photoroom_makes_are_results(
+    twin: Twin, respx_mock: respx.MockRouter, content: bytes, content_type: str
+) -> None:
+    respx_mock.post(SEGMENT).respond(200, content=content, headers={"content-type": content_type})
+    result = await twin.call("remove_background", png(), max_retries=0)
+    assert result.content == content
+
+
+async def test_an_unexpected_account_body_is_a_validation_error_that_risks_no_money(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    respx_mock.get(ACCOUNT).respond(200, text="<html>proxy</html>")
+    with pytest.raises(APIResponseValidationError, match="unexpected account body") as caught:
+        await twin.call("account", max_retries=0)
+    assert caught.value.possibly_billed is False

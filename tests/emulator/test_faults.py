@@ -11,6 +11,7 @@ import pytest
 from photoroom_bg import RetryPolicy
 from photoroom_bg.errors import (
     APIConnectionError,
+    APIResponseValidationError,
     APITimeoutError,
     BadRequestError,
     OutOfCreditsError,
@@ -22,7 +23,7 @@ from photoroom_bg.testing import Faults, PhotoroomEmulator, parse_duration
 from .conftest import FAST_RETRIES, Twin, product_photo, unique_photo
 
 
-@pytest.mark.parametrize("fault", ["429", "500", "502", "503", "reset", "truncate"])
+@pytest.mark.parametrize("fault", ["429", "500", "502", "503", "reset", "truncate", "garble"])
 async def test_retries_recover_from_each_fault_and_bill_once(
     twin: Twin, emulator: PhotoroomEmulator, fault: str
 ) -> None:
@@ -46,7 +47,9 @@ async def test_without_retries_each_fault_is_a_typed_error(
         await twin.call("remove_background", product_photo(), max_retries=0)
 
 
-@pytest.mark.parametrize("fault", ["bill-reset", "bill-truncate", "bill-500", "bill-502"])
+@pytest.mark.parametrize(
+    "fault", ["bill-reset", "bill-truncate", "bill-garble", "bill-500", "bill-502"]
+)
 async def test_billed_faults_charge_then_fail_and_the_client_says_possibly_billed(
     twin: Twin, emulator: PhotoroomEmulator, fault: str
 ) -> None:
@@ -55,7 +58,7 @@ async def test_billed_faults_charge_then_fail_and_the_client_says_possibly_bille
     with pytest.raises(Exception) as caught:  # noqa: PT011 - the class depends on the fault
         await twin.call("remove_background", photo, max_retries=0)
     error = caught.value
-    assert isinstance(error, (APIConnectionError, ServerError))
+    assert isinstance(error, (APIConnectionError, ServerError, APIResponseValidationError))
     assert error.possibly_billed is True
     assert emulator.ledger.billed_per_image()[hashlib.sha256(photo).hexdigest()] == 1
 

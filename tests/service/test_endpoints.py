@@ -499,6 +499,11 @@ def test_upstream_errors_get_distinct_codes(
         failing = client.post("/api/v1/remove-background", json={"image_url": images.image(62)})
         assert failing.status_code == 502
         assert failing.json()["code"] == "photoroom_server_error"
+        service_emulator.inject(*["bill-garble"] * 6)  # a 200 whose image is cut short
+        spoiled = client.post("/api/v1/remove-background", json={"image_url": images.image(63)})
+        assert spoiled.status_code == 502  # was a 200 with half a PNG
+        assert spoiled.json()["code"] == "photoroom_bad_answer"
+        assert "no usable image" in spoiled.json()["detail"]
 
 
 def test_the_service_logs_its_own_events_at_the_level_it_was_given(
