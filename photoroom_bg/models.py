@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 from pathlib import Path
 
 import attrs
@@ -47,10 +49,26 @@ class ImageResult:
         return _EXTENSIONS.get(self.content_type.split(";")[0].strip().lower(), ".bin")
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write :attr:`content` to ``path`` (parents created) and return the path."""
+        """Write :attr:`content` to ``path`` (parents created) and return the path.
+
+        The file is written beside ``path`` under a temporary name and renamed over it once
+        whole, so a full disk or an interruption never leaves half an image there, nor
+        destroys the file it replaces (``path`` keeps what it held, and the
+        :class:`OSError` says why).
+        """
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(self.content)
+        real = Path(os.path.realpath(target)) if target.is_symlink() else target
+        temporary = real.with_name(f".{real.name}.{secrets.token_hex(4)}.part")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(self.content)
+            os.replace(temporary, real)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
         return target
 
     def __repr__(self) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from . import s3server
+from .disks import small_disk
 from .loopback import closed_port, taken_first
 from .s3server import start_s3_server
 
@@ -17,25 +18,13 @@ from .s3server import start_s3_server
 @pytest.fixture
 def nearly_full_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 GiB tmpfs with 8 MiB (0.8 %) left free, unmounted afterwards."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1g", "tmpfs", str(disk)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small file system here: {mounted.stderr.strip()}")
-    try:
+    with small_disk(tmp_path / "disk", "1g") as disk:
         subprocess.run(
             ["fallocate", "-l", str((1024 - 8) * 2**20), str(disk / "filler")], check=True
         )
         usage = shutil.disk_usage(disk)
         assert usage.free < usage.total / 100
         yield disk
-    finally:
-        subprocess.run(["umount", "--lazy", str(disk)], check=True)
 
 
 def test_the_s3_server_starts_and_stores_with_under_one_percent_of_its_disk_free(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import warnings
 from pathlib import Path
@@ -10,9 +11,10 @@ from pathlib import Path
 import pytest
 import respx
 
-from photoroom_bg import Account, EditOptions, PhotoroomWarning, SegmentOptions
+from photoroom_bg import Account, EditOptions, ImageResult, PhotoroomWarning, SegmentOptions
 from photoroom_bg.errors import InvalidImageError
 
+from ..disks import fill, small_disk
 from .conftest import (
     ACCOUNT,
     API_KEY,
@@ -338,3 +340,30 @@ async def test_segment_extra_params_keep_lists_and_files(
     request = route.calls.last.request
     assert request.content.count(b'name="future_list"') == 2
     assert multipart_fields(request)["future_file"] == ("future_file", b"blob")
+
+
+def test_saving_onto_a_full_disk_keeps_the_file_it_would_replace(tmp_path: Path) -> None:
+    # the file was opened for writing (emptied) before the bytes were known not to fit: the
+    # earlier cut-out was lost, and half of the new one left in its place
+    with small_disk(tmp_path / "disk", "256k") as disk:
+        earlier = disk / "shoe.png"
+        earlier.write_bytes(CUTOUT)
+        fill(disk)
+        big = ImageResult(png(128, 128) * 40)
+        with pytest.raises(OSError, match="No space left") as caught:
+            big.save(earlier)
+        assert caught.value.errno == errno.ENOSPC
+        assert earlier.read_bytes() == CUTOUT
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "shoe.png"]
+
+
+def test_save_replaces_a_file_and_writes_through_a_link(tmp_path: Path) -> None:
+    target = tmp_path / "real.png"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.png"
+    link.symlink_to(target)
+    assert ImageResult(CUTOUT).save(link) == link
+    assert link.is_symlink()
+    assert target.read_bytes() == CUTOUT
+    assert ImageResult(png()).save(target).read_bytes() == png()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.png", "real.png"]
