@@ -20,6 +20,7 @@ import attrs
 import httpx
 
 from . import _rules, _wire
+from ._deadline import AnswerOverrun
 from ._images import ImageInput, answer_problem, load_image, validate_image
 from ._numbers import check_given, check_number, wait_limit
 from ._redact import install_log_redaction
@@ -489,9 +490,10 @@ class BaseClient:
         sent = sent and spec.billable
         billing = " (the server may have processed and billed it)" if sent else ""
         if isinstance(exc, httpx.TimeoutException):
+            why = str(exc) if isinstance(exc, AnswerOverrun) else type(exc).__name__
             return APITimeoutError(
-                f"{where} timed out ({type(exc).__name__}){billing}; raise the client's "
-                "timeout for large images or AI features",
+                f"{where} timed out ({why}){billing}; raise the client's timeout for large "
+                "images or AI features",
                 request=request,
                 possibly_billed=sent,
             )

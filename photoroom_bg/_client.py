@@ -25,6 +25,7 @@ from ._base_client import (
     Timeout,
     _has_request,
 )
+from ._deadline import answer_deadline, bound_answer
 from ._images import ImageInput
 from ._numbers import sleep_seconds
 from ._pool import (
@@ -58,11 +59,13 @@ _OWN_TRANSPORTS: weakref.WeakKeyDictionary[httpx.AsyncClient, httpx.AsyncBaseTra
 
 
 async def _send_direct(
-    transport: httpx.AsyncBaseTransport, request: httpx.Request
+    transport: httpx.AsyncBaseTransport, request: httpx.Request, deadline: float | None
 ) -> httpx.Response:
     """What ``AsyncClient.send`` does for a pool of :data:`_OWN_TRANSPORTS`: the response,
-    read in full (and closed, its connection back in the pool, whatever happens)."""
+    read in full within ``deadline`` (and closed, its connection back in the pool, whatever
+    happens)."""
     started = time.perf_counter()
+    begun = time.monotonic()
     try:
         response = await transport.handle_async_request(request)
     except httpx.RequestError as exc:
@@ -71,6 +74,7 @@ async def _send_direct(
         raise
     response.request = request
     try:
+        bound_answer(response, begun, deadline, request)
         await response.aread()
     except BaseException:
         await response.aclose()
@@ -133,7 +137,9 @@ class PhotoroomClient(BaseClient):
             ``$PHOTOROOM_BASE_URL``, then ``https://image-api.photoroom.com``.
         timeout: seconds or an :class:`httpx.Timeout`; ``None`` (or ``float("inf")``) waits
             forever. By default 120 s, 10 s to connect
-            (:data:`~photoroom_bg._base_client.DEFAULT_TIMEOUT`).
+            (:data:`~photoroom_bg._base_client.DEFAULT_TIMEOUT`). An attempt also ends
+            once it has taken the phases' timeouts together, however its answer trickles
+            in.
         max_retries: retries of failures a retry may fix (connection errors, timeouts, 408,
             429, 5xx but 501/505); 0 disables them. Failures the server may have billed (see
             :attr:`~photoroom_bg.errors.PhotoroomError.possibly_billed`) are retried too
@@ -324,7 +330,9 @@ class PhotoroomClient(BaseClient):
         read: Callable[[httpx.Response], T],
     ) -> T:
         retries = self._retries(max_retries)
-        request = _build_request(self._http, spec, extra_headers, self._timeout(timeout))
+        timeouts = self._timeout(timeout)
+        request = _build_request(self._http, spec, extra_headers, timeouts)
+        deadline = answer_deadline(timeouts)
         self._check_pool(self._http)
         delays = self.retry_policy.delays()
         attempt = 0
@@ -334,7 +342,13 @@ class PhotoroomClient(BaseClient):
             error: PhotoroomError
             cause: Exception | None = None
             try:
-                response = self._http.send(request)
+                response = self._http.send(request, stream=True)
+                try:
+                    bound_answer(response, started, deadline, request)
+                    response.read()
+                except BaseException:
+                    response.close()
+                    raise
             except httpx.TransportError as exc:
                 error, cause = self._transport_error(exc, spec), exc
                 self._log(spec, type(exc).__name__, attempt, time.monotonic() - started)
@@ -536,7 +550,9 @@ class AsyncPhotoroomClient(BaseClient):
         read: Callable[[httpx.Response], T],
     ) -> T:
         retries = self._retries(max_retries)
-        request = _build_request(self._http, spec, extra_headers, self._timeout(timeout))
+        timeouts = self._timeout(timeout)
+        request = _build_request(self._http, spec, extra_headers, timeouts)
+        deadline = answer_deadline(timeouts)
         self._check_pool(self._http)
         direct = _OWN_TRANSPORTS.get(self._http)
         delays = self.retry_policy.delays()
@@ -548,9 +564,15 @@ class AsyncPhotoroomClient(BaseClient):
             cause: Exception | None = None
             try:
                 if direct is not None:
-                    response = await _send_direct(direct, request)
+                    response = await _send_direct(direct, request, deadline)
                 else:
-                    response = await self._http.send(request)
+                    response = await self._http.send(request, stream=True)
+                    try:
+                        bound_answer(response, started, deadline, request)
+                        await response.aread()
+                    except BaseException:
+                        await response.aclose()
+                        raise
             except httpx.TransportError as exc:
                 error, cause = self._transport_error(exc, spec), exc
                 self._log(spec, type(exc).__name__, attempt, time.monotonic() - started)

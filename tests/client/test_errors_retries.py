@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import io
 import logging
+import re
+import socket
+import threading
 import time
 from typing import Any
 
@@ -734,3 +738,90 @@ async def test_an_unexpected_account_body_is_a_validation_error_that_risks_no_mo
     with pytest.raises(APIResponseValidationError, match="unexpected account body") as caught:
         await twin.call("account", max_retries=0)
     assert caught.value.possibly_billed is False
+
+
+class DrippingServer:
+    """On a loopback port, in a thread: answers every request with headers at once, then its
+    body one byte every ``interval`` seconds, each byte well inside a read timeout."""
+
+    def __init__(self, length: int = 400, interval: float = 0.05) -> None:
+        self.length, self.interval = length, interval
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def __enter__(self) -> DrippingServer:
+        accepting = threading.Thread(target=self._accept, daemon=True)
+        accepting.start()
+        self.threads.append(accepting)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept()
+        self.listener.close()
+        for thread in self.threads:
+            thread.join(10)
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            answering = threading.Thread(target=self._answer, args=(conn,), daemon=True)
+            answering.start()
+            self.threads.append(answering)
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += conn.recv(65536)
+            head, _, body = received.partition(b"\r\n\r\n")
+            length = int(re.search(rb"content-length: *(\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+            while len(body) < length:
+                body += conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\n"
+                b"content-length: %d\r\n\r\n" % self.length
+            )
+            for _ in range(self.length):
+                if self.stop.wait(self.interval):
+                    return
+                try:
+                    conn.sendall(b"x")
+                except OSError:
+                    return  # the client gave up
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_an_answer_dripped_a_byte_at_a_time_ends_at_the_timeouts_deadline(
+    kind: str,
+) -> None:
+    # each byte came inside the read timeout, so the call (and a batch's job) waited as long
+    # as the server went on dripping: here 20 s, with a 0.25 s timeout
+    with DrippingServer() as server:
+        twin = make_twin(kind, base_url=server.url, timeout=0.25, max_retries=0)
+        try:
+            with pytest.raises(APITimeoutError, match="still arriving after 1 s") as caught:
+                await asyncio.wait_for(twin.call("remove_background", png()), 15)
+        finally:
+            await twin.close()
+    assert caught.value.possibly_billed is True
+
+
+def test_a_batch_against_a_dripping_api_fails_the_job_instead_of_holding_it() -> None:
+    from photoroom_bg import BatchRemover, MemorySink, PhotoroomEngine
+
+    with DrippingServer() as server:
+        client = AsyncPhotoroomClient(api_key=API_KEY, base_url=server.url, timeout=0.25)
+        batch = BatchRemover(
+            PhotoroomEngine(client), sink=MemorySink(), max_retries=1, track_credits=False,
+            requests_per_minute=None, retry_policy=RetryPolicy(initial_delay=0.01),
+        )  # fmt: skip
+        report = batch.submit([png()]).wait(timeout=20)
+    assert report.failure_counts == {"APITimeoutError": 1}
+    assert report.possibly_billed_calls == 2
