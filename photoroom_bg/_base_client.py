@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -37,6 +38,7 @@ from .errors import (
     InvalidImageError,
     NotFoundError,
     OutOfCreditsError,
+    PhotoroomBGError,
     RateLimitError,
     ServerError,
     ValidationError,
@@ -196,6 +198,46 @@ def _check_call(
     )
 
 
+# what h11 lets through: a token for a name; visible ASCII, with spaces and tabs inside, for
+# a value
+_HEADER_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\x20\x09\x21-\x7e]*[\x21-\x7e])?)?")
+
+
+def checked_api_key(key: object) -> str:
+    """The API key with the spaces and line breaks around it dropped (a key pasted or read
+    from a file often has some). A key an HTTP header cannot carry is refused without being
+    shown: httpx's own error would quote it whole."""
+    if not isinstance(key, str):
+        raise ConfigurationError(f"the API key must be a string, not {type(key).__name__}")
+    key = key.strip(" \t\r\n")
+    for position, char in enumerate(key, 1):
+        if not "\x21" <= char <= "\x7e":
+            kind = "a space" if char == " " else "a non-ASCII character"
+            if char < " " or char == "\x7f":
+                kind = "a control character"
+            raise ConfigurationError(
+                f"the API key cannot be sent: it holds {kind} at position {position} (was it "
+                "copied whole, without quotes or a line break?)"
+            )
+    return key
+
+
+def check_headers(headers: Mapping[Any, Any], where: str, error: type[PhotoroomBGError]) -> None:
+    """Refuse header names and values that cannot travel over HTTP, naming the header but
+    not showing its value (it may be a credential)."""
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise error(f"{where}: {name!r} is not a header name (letters, digits, - and _)")
+        if not isinstance(value, str):
+            raise error(f"{where}[{name!r}] must be a string, not {type(value).__name__}")
+        if not _HEADER_VALUE.fullmatch(value):
+            raise error(
+                f"{where}[{name!r}] cannot be sent: a header value is visible ASCII, without "
+                "line breaks, control characters or spaces around it (the value is not shown)"
+            )
+
+
 class BaseClient:
     """Configuration and I/O-free logic shared by both clients."""
 
@@ -224,7 +266,8 @@ class BaseClient:
             ("image_api_base_url", image_api_base_url),
         ):
             check_given(name, url)
-        self._api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
+        key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
+        self._api_key = None if key is None else checked_api_key(key)
         env = os.environ
         self.segment_base_url = (
             segment_base_url
@@ -244,6 +287,7 @@ class BaseClient:
         self.max_retries = max_retries
         self.retry_policy = retry_policy or RetryPolicy()
         self.default_headers = dict(default_headers or {})
+        check_headers(self.default_headers, "default_headers", ConfigurationError)
         self._closed = False
 
     @staticmethod
@@ -497,8 +541,11 @@ class BaseClient:
                 request=request,
                 possibly_billed=sent,
             )
+        detail = str(exc)
+        if "header value" in detail:  # h11 quotes the value, which may be a credential
+            detail = "a header value HTTP does not allow (not shown)"
         return APIConnectionError(
-            f"{where} failed: {type(exc).__name__}: {exc}{billing}",
+            f"{where} failed: {type(exc).__name__}: {detail}{billing}",
             request=request,
             possibly_billed=sent,
         )

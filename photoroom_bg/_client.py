@@ -24,6 +24,7 @@ from ._base_client import (
     RequestSpec,
     Timeout,
     _has_request,
+    check_headers,
 )
 from ._deadline import answer_deadline, bound_answer
 from ._images import ImageInput
@@ -37,7 +38,12 @@ from ._pool import (
     tls_context,
 )
 from ._retry import RetryPolicy, is_retryable
-from .errors import APIResponseValidationError, ConfigurationError, PhotoroomError
+from .errors import (
+    APIResponseValidationError,
+    ConfigurationError,
+    PhotoroomError,
+    ValidationError,
+)
 from .models import Account, Credits, ImageResult
 from .options import EditOptions, SegmentOptions
 
@@ -58,8 +64,33 @@ _OWN_TRANSPORTS: weakref.WeakKeyDictionary[httpx.AsyncClient, httpx.AsyncBaseTra
 )
 
 
+def _cause(exc: BaseException) -> Exception | None:
+    """What to raise ``exc`` from again: its own cause, kept."""
+    return exc.__cause__ if isinstance(exc.__cause__, Exception) else None
+
+
+def _undecodable(
+    response: httpx.Response, exc: httpx.DecodingError, billable: bool
+) -> APIResponseValidationError:
+    """A body httpx could not decode (a broken gzip stream, say): an answer spoiled on the
+    way, retried like one, not an httpx error outside the SDK's tree."""
+    encoding = response.headers.get("content-encoding", "none")
+    billing = "; the call may have been billed" if billable else ""
+    error = APIResponseValidationError(
+        f"the answer's body could not be decoded (Content-Encoding {encoding}: {exc}){billing}",
+        status_code=response.status_code,
+        response=response,
+        possibly_billed=billable,
+    )
+    error.__cause__ = exc
+    return error
+
+
 async def _send_direct(
-    transport: httpx.AsyncBaseTransport, request: httpx.Request, deadline: float | None
+    transport: httpx.AsyncBaseTransport,
+    request: httpx.Request,
+    deadline: float | None,
+    billable: bool,
 ) -> httpx.Response:
     """What ``AsyncClient.send`` does for a pool of :data:`_OWN_TRANSPORTS`: the response,
     read in full within ``deadline`` (and closed, its connection back in the pool, whatever
@@ -76,6 +107,9 @@ async def _send_direct(
     try:
         bound_answer(response, begun, deadline, request)
         await response.aread()
+    except httpx.DecodingError as exc:
+        await response.aclose()
+        raise _undecodable(response, exc, billable) from exc
     except BaseException:
         await response.aclose()
         raise
@@ -106,6 +140,7 @@ def _build_request(
     (nine writes for one image and a few fields, where one does)."""
     headers = dict(spec.headers)
     if extra_headers:
+        check_headers(extra_headers, "extra_headers", ValidationError)
         headers.update(extra_headers)
     request = http.build_request(
         spec.method,
@@ -346,9 +381,15 @@ class PhotoroomClient(BaseClient):
                 try:
                     bound_answer(response, started, deadline, request)
                     response.read()
+                except httpx.DecodingError as exc:
+                    response.close()
+                    raise _undecodable(response, exc, spec.billable) from exc
                 except BaseException:
                     response.close()
                     raise
+            except APIResponseValidationError as exc:
+                error, cause = exc, _cause(exc)
+                self._log(spec, "undecodable", attempt, time.monotonic() - started)
             except httpx.TransportError as exc:
                 error, cause = self._transport_error(exc, spec), exc
                 self._log(spec, type(exc).__name__, attempt, time.monotonic() - started)
@@ -358,8 +399,7 @@ class PhotoroomClient(BaseClient):
                     try:  # a spoiled answer is retried like a dropped one
                         return read(response)
                     except APIResponseValidationError as exc:
-                        error, held = exc, exc.__cause__
-                        cause = held if isinstance(held, Exception) else None
+                        error, cause = exc, _cause(exc)
                 else:
                     error = self._status_error(response, spec)
             if attempt > retries or not is_retryable(error, self.retry_policy):
@@ -564,15 +604,21 @@ class AsyncPhotoroomClient(BaseClient):
             cause: Exception | None = None
             try:
                 if direct is not None:
-                    response = await _send_direct(direct, request, deadline)
+                    response = await _send_direct(direct, request, deadline, spec.billable)
                 else:
                     response = await self._http.send(request, stream=True)
                     try:
                         bound_answer(response, started, deadline, request)
                         await response.aread()
+                    except httpx.DecodingError as exc:
+                        await response.aclose()
+                        raise _undecodable(response, exc, spec.billable) from exc
                     except BaseException:
                         await response.aclose()
                         raise
+            except APIResponseValidationError as exc:
+                error, cause = exc, _cause(exc)
+                self._log(spec, "undecodable", attempt, time.monotonic() - started)
             except httpx.TransportError as exc:
                 error, cause = self._transport_error(exc, spec), exc
                 self._log(spec, type(exc).__name__, attempt, time.monotonic() - started)
@@ -582,8 +628,7 @@ class AsyncPhotoroomClient(BaseClient):
                     try:  # a spoiled answer is retried like a dropped one
                         return read(response)
                     except APIResponseValidationError as exc:
-                        error, held = exc, exc.__cause__
-                        cause = held if isinstance(held, Exception) else None
+                        error, cause = exc, _cause(exc)
                 else:
                     error = self._status_error(response, spec)
             if attempt > retries or not is_retryable(error, self.retry_policy):

@@ -18,7 +18,13 @@ import pytest
 import respx
 from PIL import Image
 
-from photoroom_bg import AsyncPhotoroomClient, EditOptions, PhotoroomClient, SegmentOptions
+from photoroom_bg import (
+    AsyncPhotoroomClient,
+    EditOptions,
+    PhotoroomClient,
+    SegmentOptions,
+    _base_client,
+)
 from photoroom_bg._numbers import LONGEST_WAIT
 from photoroom_bg._retry import RetryPolicy, is_retryable, parse_retry_after
 from photoroom_bg.errors import (
@@ -36,9 +42,11 @@ from photoroom_bg.errors import (
     RateLimitError,
     ServerError,
     SourceNotFoundError,
+    ValidationError,
 )
 from photoroom_bg.testing import PhotoroomEmulator
 
+from ..loopback import closed_port
 from .conftest import ACCOUNT, API_KEY, CUTOUT, EDIT, SEGMENT, Twin, make_twin, png
 
 
@@ -740,18 +748,25 @@ async def test_an_unexpected_account_body_is_a_validation_error_that_risks_no_mo
     assert caught.value.possibly_billed is False
 
 
-class DrippingServer:
-    """On a loopback port, in a thread: answers every request with headers at once, then its
-    body one byte every ``interval`` seconds, each byte well inside a read timeout."""
+class RawAnswerServer:
+    """On a loopback port, in a thread: answers every request with ``head``, then ``body``,
+    all at once or one byte every ``interval`` seconds (each byte well inside a read
+    timeout)."""
 
-    def __init__(self, length: int = 400, interval: float = 0.05) -> None:
-        self.length, self.interval = length, interval
+    def __init__(self, head: bytes, body: bytes, interval: float = 0.0) -> None:
+        self.head, self.body, self.interval = head, body, interval
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
+        self.answered = 0
 
-    def __enter__(self) -> DrippingServer:
+    @classmethod
+    def dripping(cls, length: int = 400, interval: float = 0.05) -> RawAnswerServer:
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: %d\r\n\r\n"
+        return cls(head % length, b"x" * length, interval)
+
+    def __enter__(self) -> RawAnswerServer:
         accepting = threading.Thread(target=self._accept, daemon=True)
         accepting.start()
         self.threads.append(accepting)
@@ -777,22 +792,28 @@ class DrippingServer:
 
     def _answer(self, conn: socket.socket) -> None:
         with conn:
-            received = b""
-            while b"\r\n\r\n" not in received:
-                received += conn.recv(65536)
-            head, _, body = received.partition(b"\r\n\r\n")
-            length = int(re.search(rb"content-length: *(\d+)", head, re.I).group(1))  # type: ignore[union-attr]
-            while len(body) < length:
-                body += conn.recv(65536)
-            conn.sendall(
-                b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\n"
-                b"content-length: %d\r\n\r\n" % self.length
-            )
-            for _ in range(self.length):
-                if self.stop.wait(self.interval):
-                    return
+            while True:  # every request of the connection
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    received += data
+                head, _, body = received.partition(b"\r\n\r\n")
+                declared = re.search(rb"content-length: *(\d+)", head, re.I)
+                length = int(declared.group(1)) if declared else 0
+                while len(body) < length:
+                    body += conn.recv(65536)
+                self.answered += 1
                 try:
-                    conn.sendall(b"x")
+                    conn.sendall(self.head)
+                    if not self.interval:
+                        conn.sendall(self.body)
+                        continue
+                    for byte in self.body:
+                        if self.stop.wait(self.interval):
+                            return
+                        conn.sendall(bytes([byte]))
                 except OSError:
                     return  # the client gave up
 
@@ -803,7 +824,7 @@ async def test_an_answer_dripped_a_byte_at_a_time_ends_at_the_timeouts_deadline(
 ) -> None:
     # each byte came inside the read timeout, so the call (and a batch's job) waited as long
     # as the server went on dripping: here 20 s, with a 0.25 s timeout
-    with DrippingServer() as server:
+    with RawAnswerServer.dripping() as server:
         twin = make_twin(kind, base_url=server.url, timeout=0.25, max_retries=0)
         try:
             with pytest.raises(APITimeoutError, match="still arriving after 1 s") as caught:
@@ -816,7 +837,7 @@ async def test_an_answer_dripped_a_byte_at_a_time_ends_at_the_timeouts_deadline(
 def test_a_batch_against_a_dripping_api_fails_the_job_instead_of_holding_it() -> None:
     from photoroom_bg import BatchRemover, MemorySink, PhotoroomEngine
 
-    with DrippingServer() as server:
+    with RawAnswerServer.dripping() as server:
         client = AsyncPhotoroomClient(api_key=API_KEY, base_url=server.url, timeout=0.25)
         batch = BatchRemover(
             PhotoroomEngine(client), sink=MemorySink(), max_retries=1, track_credits=False,
@@ -825,3 +846,124 @@ def test_a_batch_against_a_dripping_api_fails_the_job_instead_of_holding_it() ->
         report = batch.submit([png()]).wait(timeout=20)
     assert report.failure_counts == {"APITimeoutError": 1}
     assert report.possibly_billed_calls == 2
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_body_that_cannot_be_decoded_is_a_spoiled_answer_in_the_sdks_tree(
+    kind: str, encoding: str
+) -> None:
+    # httpx's DecodingError is no TransportError: it left the client as an httpx error,
+    # outside the SDK's tree, and a batch called it unexpected and never retried it
+    body = b"not %s at all" % encoding.encode()
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-encoding: %s\r\n"
+        b"content-length: %d\r\n\r\n" % (encoding.encode(), len(body))
+    )
+    with RawAnswerServer(head, body) as server:
+        twin = make_twin(kind, base_url=server.url, max_retries=1)
+        try:
+            with pytest.raises(APIResponseValidationError, match="could not be decoded") as caught:
+                await twin.call("remove_background", png())
+        finally:
+            await twin.close()
+    assert f"Content-Encoding {encoding}" in str(caught.value)
+    assert caught.value.possibly_billed is True
+    assert caught.value.status_code == 200
+    assert isinstance(caught.value.__cause__, httpx.DecodingError)
+    assert server.answered == 2  # retried
+
+
+async def test_an_undecodable_balance_read_risks_no_money() -> None:
+    body = b"garbage"
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+        b"content-length: %d\r\n\r\n" % len(body)
+    )
+    with RawAnswerServer(head, body) as server:
+        async with AsyncPhotoroomClient(api_key=API_KEY, base_url=server.url) as client:
+            with pytest.raises(APIResponseValidationError) as caught:
+                await client.account(max_retries=0)
+    assert caught.value.possibly_billed is False
+    assert "billed" not in str(caught.value)
+
+
+SECRET = "sk_live_0123456789secretpart"
+
+
+@pytest.mark.parametrize(
+    ("key", "kind"),
+    [
+        (SECRET + "\nx", "a control character at position 29"),
+        (SECRET[:5] + "\x00" + SECRET[5:], "a control character at position 6"),
+        (SECRET[:8] + " " + SECRET[8:], "a space at position 9"),
+        (SECRET + "\u2026", "a non-ASCII character at position 29"),  # a pasted "..."
+        ("\u201c" + SECRET + "\u201d", "a non-ASCII character at position 1"),  # smart quotes
+    ],
+)
+@pytest.mark.parametrize("kind_of_client", ["sync", "async"])
+def test_a_key_no_header_can_carry_is_refused_without_being_shown(
+    key: str, kind: str, kind_of_client: str
+) -> None:
+    # h11's refusal quoted the header's value: the whole key went into the exception message
+    # (and from there into logs); a non-ASCII one raised a UnicodeEncodeError
+    cls = AsyncPhotoroomClient if kind_of_client == "async" else PhotoroomClient
+    with pytest.raises(ConfigurationError, match="the API key cannot be sent") as caught:
+        cls(api_key=key, base_url=f"http://127.0.0.1:{closed_port()}")
+    assert kind in str(caught.value)
+    assert "secretpart" not in str(caught.value)
+
+
+@pytest.mark.parametrize("key", [f" {SECRET}", f"{SECRET}\n", f"\t{SECRET}\r\n"])
+async def test_spaces_and_line_breaks_around_a_key_are_dropped(
+    key: str, respx_mock: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    route = respx_mock.get(ACCOUNT).respond(
+        200, json={"images": {"available": 1, "subscription": 1}, "plan": "basic"}
+    )
+    monkeypatch.setenv("PHOTOROOM_API_KEY", key)  # as read from a file with its newline
+    for client in (PhotoroomClient(), AsyncPhotoroomClient(api_key=key)):
+        twin = Twin(client)
+        await twin.call("account")
+        await twin.close()
+    assert [call.request.headers["x-api-key"] for call in route.calls] == [SECRET, SECRET]
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({"x-trace": "caf\u00e9"}, "extra_headers['x-trace'] cannot be sent"),
+        ({"x-trace": "a\r\nx-injected: 1"}, "extra_headers['x-trace'] cannot be sent"),
+        ({"x-trace": " padded"}, "extra_headers['x-trace'] cannot be sent"),
+        ({"x-trace": None}, "extra_headers['x-trace'] must be a string, not NoneType"),
+        ({"x-trace": 5}, "must be a string, not int"),
+        ({"x trace": "1"}, "'x trace' is not a header name"),
+        ({"": "1"}, "'' is not a header name"),
+    ],
+)
+async def test_extra_headers_http_cannot_carry_are_a_validation_error_naming_the_header(
+    twin: Twin, respx_mock: respx.MockRouter, headers: dict[str, Any], message: str
+) -> None:
+    route = respx_mock.post(SEGMENT)
+    with pytest.raises(ValidationError, match=re.escape(message)) as caught:
+        await twin.call("remove_background", png(), extra_headers=headers)
+    assert not route.called
+    assert "padded" not in str(caught.value)
+    assert "injected" not in str(caught.value)
+
+
+def test_default_headers_http_cannot_carry_are_refused_when_the_client_is_made() -> None:
+    with pytest.raises(ConfigurationError, match=r"default_headers\['authorization'\]") as caught:
+        PhotoroomClient(api_key=API_KEY, default_headers={"authorization": "Bearer t\u00f6ken"})
+    assert "ken" not in str(caught.value)
+    headers = {"x-trace": "shop 42", "x-tab": "a\tb"}  # spaces and tabs inside are fine
+    PhotoroomClient(api_key=API_KEY, default_headers=headers).close()
+
+
+def test_a_header_value_refused_on_the_wire_is_not_quoted_in_the_error() -> None:
+    request = httpx.Request("POST", "https://sdk.photoroom.com/v1/segment")
+    refused = httpx.LocalProtocolError("Illegal header value b'sk_live_abc\\n'", request=request)
+    spec = _base_client.RequestSpec("POST", "https://sdk.photoroom.com/v1/segment")
+    error = _base_client.BaseClient._transport_error(refused, spec)
+    assert "sk_live_abc" not in str(error)
+    assert "header value HTTP does not allow" in str(error)
