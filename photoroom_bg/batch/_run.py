@@ -62,7 +62,9 @@ logger = logging.getLogger("photoroom_bg.batch")
 T = TypeVar("T")
 
 # a wrong key, an empty account: every further call would fail the same way
-_STOPPING_ERRORS = (OutOfCreditsError, AuthenticationError)
+# every later call would fail the same way: out of credits, a refused key, or an engine
+# that cannot call at all (no key, a client closed under the batch)
+_STOPPING_ERRORS = (OutOfCreditsError, AuthenticationError, ConfigurationError)
 _EXTENSIONS = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp", "avif": "avif"}
 # an output stored by a sink that cannot describe it cheaply
 _STORED_SOMEWHERE = object()

@@ -757,3 +757,20 @@ def test_a_file_object_read_already_fails_its_job_with_a_hint(
     assert "nothing left to read" in str(failed.error)
     assert "seek(0)" in str(failed.error)
     assert emulator.ledger.calls() == 1
+
+
+def test_a_batch_without_an_api_key_stops_at_the_first_call_instead_of_failing_every_job(
+    emulator: PhotoroomEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every job failed alike with "no Photoroom API key", one by one, to the last input
+    monkeypatch.delenv("PHOTOROOM_API_KEY", raising=False)
+    batch = BatchRemover(
+        sink=MemorySink(), base_url=emulator.url, concurrency=2, requests_per_minute=None,
+        track_credits=False, keep_results=True,
+    )  # fmt: skip
+    report = batch.submit([photo() for _ in range(40)]).wait(timeout=30)
+    assert report.stop_reason is not None
+    assert report.stop_reason.startswith("ConfigurationError: no Photoroom API key")
+    assert 1 <= report.failure_counts["ConfigurationError"] <= 2
+    assert report.cancelled_count >= 38
+    assert emulator.requests == []
