@@ -256,12 +256,31 @@ def validate_image(data: bytes, endpoint: Endpoint, *, name: str = "image") -> s
         found = kind.upper() if kind else "not a recognised image"
         raise InvalidImageError(
             f"{name}: {found}; /{_path(endpoint)} accepts {', '.join(a.upper() for a in allowed)}"
+            + ("" if kind else _text_hint(data))
         )
     if kind != "heic":  # Pillow cannot read HEIC headers without a plugin
         _check_pixels(data, name)
     if kind == "jpeg" and not _jpeg_complete(data):
         _check_decodes(data, name)
     return _MIME[kind]
+
+
+def _text_hint(data: bytes) -> str:
+    """For bytes that read as a short line of text (a file name from ``os.fsencode`` or a
+    bytes ``glob``, a URL): bytes are the image itself, a name must be a str or a Path."""
+    if len(data) > 4096:
+        return ""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+    if not text.isprintable() or not text.strip():
+        return ""
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    return (
+        f" (these {len(data):,} bytes read {shown!r}: bytes are taken as the image itself; "
+        "pass a file name or URL as a str or pathlib.Path)"
+    )
 
 
 def _jpeg_complete(data: bytes) -> bool:

@@ -7,6 +7,7 @@ import contextlib
 import email.utils
 import io
 import logging
+import os
 import re
 import socket
 import threading
@@ -967,3 +968,18 @@ def test_a_header_value_refused_on_the_wire_is_not_quoted_in_the_error() -> None
     error = _base_client.BaseClient._transport_error(refused, spec)
     assert "sk_live_abc" not in str(error)
     assert "header value HTTP does not allow" in str(error)
+
+
+async def test_bytes_that_read_as_a_file_name_are_refused_with_a_hint(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    # os.fsencode() and a bytes glob() give names as bytes, which are taken as image data:
+    # the message said only "not a recognised image"
+    route = respx_mock.post(SEGMENT)
+    with pytest.raises(InvalidImageError, match="bytes are taken as the image itself") as named:
+        await twin.call("remove_background", os.fsencode("photos/shoe.jpg"))
+    assert "these 15 bytes read 'photos/shoe.jpg'" in str(named.value)
+    with pytest.raises(InvalidImageError) as binary:
+        await twin.call("remove_background", b"\x00\x01\x02 not text \xff")
+    assert "bytes are taken" not in str(binary.value)
+    assert not route.called
