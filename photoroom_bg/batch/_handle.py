@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -33,7 +34,7 @@ from ._jobs import BatchReport, JobResult, JobStatus, Progress
 if TYPE_CHECKING:
     from ..sources import ImageSource
 
-__all__ = ["BatchHandle"]
+__all__ = ["BatchHandle", "CompletedJobs"]
 
 logger = logging.getLogger("photoroom_bg.batch")
 
@@ -290,7 +291,7 @@ class BatchHandle:
         with self._cond:
             ready = self._cond.wait_for(lambda: bool(subscriber.queue) or self._ended(), timeout)
             if not ready:
-                raise TimeoutError("no job finished in time")
+                raise TimeoutError(f"no job finished within {timeout:g} s; the batch goes on")
             if subscriber.queue:
                 return subscriber.queue.popleft()
             self._raise_if_failed()
@@ -300,20 +301,23 @@ class BatchHandle:
         if self._error is not None:
             raise self._error
 
-    def as_completed(self, timeout: float | None = None) -> Iterator[JobResult]:
-        """Yield jobs as they finish until the batch ends: first those :meth:`results`
-        holds, then every job that finishes after the call, none missed however slowly
-        the loop consumes them.
+    def as_completed(self, timeout: float | None = None) -> CompletedJobs:
+        """The jobs as they finish until the batch ends, for ``for`` and ``async for``
+        alike: first those :meth:`results` holds, then every job that finishes after the
+        call, none missed however slowly the loop consumes them.
 
         Args:
             timeout: the longest wait for the next job, in seconds (``None`` or
-                ``float("inf")``: no limit).
+                ``float("inf")``: no limit); past it, :class:`TimeoutError`.
 
         Raises:
             PhotoroomBGError: the batch itself failed (after the jobs that finished).
         """
-        self._check_not_on_loop("as_completed()", "async for job in handle")
         limit = wait_limit("timeout", timeout)
+        return CompletedJobs(self, limit)
+
+    def _iter_completed(self, limit: float | None) -> Iterator[JobResult]:
+        self._check_not_on_loop("as_completed()", "async for job in handle.as_completed()")
         subscriber = self._subscribe(None)
         try:
             while True:
@@ -369,9 +373,14 @@ class BatchHandle:
         future = self._bound()
         with self._cond:
             self._waiters += 1
+        limit = wait_limit("timeout", timeout)
         try:
             with self._cancelled_by_interrupt():
-                return future.result(wait_limit("timeout", timeout))
+                return future.result(limit)
+        except (TimeoutError, concurrent.futures.TimeoutError):  # two classes before 3.11
+            if future.done():
+                raise  # the batch's own error
+            raise TimeoutError(_still_running(limit)) from None
         finally:
             with self._cond:
                 self._waiters -= 1
@@ -388,9 +397,12 @@ class BatchHandle:
         future = self._bound()
         with self._cond:
             self._waiters += 1
+        limit = wait_limit("timeout", timeout)
         try:
             with self._cancelled_by_interrupt():
-                return future.exception(wait_limit("timeout", timeout))
+                return future.exception(limit)
+        except (TimeoutError, concurrent.futures.TimeoutError):
+            raise TimeoutError(_still_running(limit)) from None
         finally:
             with self._cond:
                 self._waiters -= 1
@@ -458,3 +470,47 @@ class BatchHandle:
     def _check_not_on_loop(self, name: str, instead: str) -> None:
         if _loop.in_background_loop():  # where submitted batches run
             raise RuntimeError(f"{name} would block the batch's own event loop; use {instead}")
+
+
+def _still_running(limit: float | None) -> str:
+    return f"the batch did not end within {limit:g} s; it goes on (wait again, or cancel() it)"
+
+
+class CompletedJobs(Iterator[JobResult], AsyncIterator[JobResult]):
+    """What :meth:`BatchHandle.as_completed` returns: the jobs as they finish, for ``for``
+    in synchronous code and ``async for`` in a coroutine (where blocking would stall the
+    event loop). Each iteration starts when it is first asked for a job."""
+
+    def __init__(self, handle: BatchHandle, limit: float | None) -> None:
+        self._handle = handle
+        self._limit = limit
+        self._sync: Iterator[JobResult] | None = None
+        self._async: AsyncIterator[JobResult] | None = None
+
+    def __iter__(self) -> CompletedJobs:
+        return self
+
+    def __next__(self) -> JobResult:
+        if self._sync is None:
+            self._sync = self._handle._iter_completed(self._limit)
+        return next(self._sync)
+
+    def __aiter__(self) -> CompletedJobs:
+        return self
+
+    async def __anext__(self) -> JobResult:
+        if self._async is None:
+            self._async = self._handle.__aiter__()
+        if self._limit is None:
+            return await self._async.__anext__()
+        try:
+            return await asyncio.wait_for(self._async.__anext__(), self._limit)
+        except asyncio.TimeoutError:
+            raise TimeoutError(
+                f"no job finished within {self._limit:g} s; the batch goes on"
+            ) from None
+
+    def close(self) -> None:
+        """Stop listening for jobs (an iteration left early does so when collected)."""
+        if self._sync is not None and hasattr(self._sync, "close"):
+            self._sync.close()

@@ -575,8 +575,48 @@ def test_blocking_calls_refuse_to_run_on_the_batch_loop(emulator: PhotoroomEmula
     async def on_the_batch_loop() -> None:  # e.g. from an on_result callback
         with pytest.raises(RuntimeError, match="would block the batch's own event loop"):
             handle.wait()
-        with pytest.raises(RuntimeError, match="use async for job in handle"):
+        with pytest.raises(RuntimeError, match=r"use async for job in handle\.as_completed\(\)"):
             next(iter(handle.as_completed()))
 
     _loop.run_sync(on_the_batch_loop())
     assert handle.wait().stored_count == 1
+
+
+async def test_as_completed_works_with_async_for_too(emulator: PhotoroomEmulator) -> None:
+    # the issue promised as_completed() for "for" and "async for": async for raised a
+    # TypeError ("requires an object with __aiter__ method, got generator")
+    handle = remover(emulator, MemorySink()).submit([photo() for _ in range(6)])
+    jobs = [job async for job in handle.as_completed(timeout=30)]
+    assert sorted(job.index for job in jobs) == list(range(6))
+    assert (await handle).stored_count == 6
+    again = [job async for job in handle.as_completed()]  # a finished batch: what it holds
+    assert len(again) == 6
+
+
+async def test_async_as_completed_times_out_with_a_message_and_the_batch_goes_on() -> None:
+    from photoroom_bg.testing import Faults
+
+    emulator = PhotoroomEmulator(credits=100, faults=Faults(latency=1.0))
+    with emulator.serve():
+        handle = remover(emulator, MemorySink()).submit([photo()])
+        with pytest.raises(TimeoutError, match=r"no job finished within 0\.05 s"):
+            async for _ in handle.as_completed(timeout=0.05):
+                pass
+        assert (await handle).stored_count == 1
+
+
+def test_wait_and_exception_time_out_with_a_message_and_the_batch_goes_on() -> None:
+    # wait(timeout=0) raised a TimeoutError with no message (on Python 3.10, not even a
+    # builtin TimeoutError)
+    from photoroom_bg.testing import Faults
+
+    emulator = PhotoroomEmulator(credits=100, faults=Faults(latency=1.0))
+    with emulator.serve():
+        handle = remover(emulator, MemorySink()).submit([photo()])
+        with pytest.raises(TimeoutError, match=r"did not end within 0 s; it goes on"):
+            handle.wait(timeout=0)
+        with pytest.raises(TimeoutError, match=r"did not end within 0\.01 s"):
+            handle.exception(timeout=0.01)
+        with pytest.raises(TimeoutError, match=r"no job finished within 0\.01 s"):
+            next(handle.as_completed(timeout=0.01))
+        assert handle.wait().stored_count == 1
