@@ -410,6 +410,13 @@ def _finish_at_exit() -> None:
             with contextlib.suppress(Exception):
                 future.result(10)
         progress = batch.handle.progress
+        left = (
+            (progress.total or 0) - progress.processed
+            if progress.total is not None
+            else progress.cancelled + progress.pending
+        )
+        if future.done() and not future.cancelled() and not left and not progress.spilled:
+            continue  # it ended within the grace period with nothing left: nothing to say
         where = (
             f"resume with BatchRemover(..., manifest={str(batch.r.manifest)!r}).resume()"
             if batch.r.manifest is not None
@@ -422,8 +429,6 @@ def _finish_at_exit() -> None:
             progress.stored,
             progress.spilled,
             progress.failed,
-            (progress.total or 0) - progress.processed
-            if progress.total is not None
-            else progress.cancelled + progress.pending,
+            left,
             where,
         )

@@ -278,6 +278,32 @@ def test_an_interpreter_exit_lets_running_jobs_store_and_says_how_to_resume(
     assert "resume" in done.stderr
 
 
+def test_an_exit_that_leaves_nothing_undone_says_nothing(tmp_path: Path) -> None:
+    # a batch with nothing to do (retry_failed() of a batch that all succeeded, say) still
+    # running when the script ended was reported as "exited before the batch ended: 0
+    # stored, 0 spilled, 0 failed, 0 not processed"
+    emulator = PhotoroomEmulator(credits=10)
+    script = textwrap.dedent(
+        """
+        import logging, sys
+        from photoroom_bg import BatchRemover
+
+        logging.basicConfig(level=logging.WARNING)
+        batch = BatchRemover(sink=sys.argv[2], base_url=sys.argv[1], track_credits=False)
+        batch.submit([])
+        """
+    )
+    env = {**os.environ, "PHOTOROOM_API_KEY": emulator.api_key}
+    with emulator.serve() as url:
+        done = subprocess.run(
+            [sys.executable, "-c", script, url, str(tmp_path / "out")],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "exited before" not in done.stderr
+    assert done.stderr == ""
+
+
 # -- resources of loops, notebooks --------------------------------------------------------
 
 
