@@ -24,7 +24,7 @@ from . import _rules, _wire
 from ._deadline import AnswerOverrun
 from ._images import ImageInput, answer_problem, load_image, validate_image
 from ._numbers import check_given, check_number, wait_limit
-from ._redact import install_log_redaction
+from ._redact import install_log_redaction, redact_url
 from ._retry import RetryPolicy, parse_retry_after
 from ._warnings import PhotoroomWarning, warn
 from .errors import (
@@ -569,7 +569,14 @@ class BaseClient:
         if not message:
             text = response.text.strip() if body is None else ""
             message = text[:300] if text else (response.reason_phrase or f"HTTP {status}")
-        if status == 402:
+        if 300 <= status < 400:
+            location = response.headers.get("location")
+            where = f" to {redact_url(location)[:200]}" if location else ""
+            message += (
+                f" (a redirect{where}: redirects are not followed, the key would go along; "
+                "check base_url)"
+            )
+        elif status == 402:
             message += " (the account is out of images/credits; retrying will not help)"
         elif status in (401, 403):
             message += " (check the API key and that its plan may call this endpoint)"

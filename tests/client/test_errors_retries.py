@@ -983,3 +983,16 @@ async def test_bytes_that_read_as_a_file_name_are_refused_with_a_hint(
         await twin.call("remove_background", b"\x00\x01\x02 not text \xff")
     assert "bytes are taken" not in str(binary.value)
     assert not route.called
+
+
+async def test_a_redirect_says_where_it_led_without_following_it(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    # "302: Found" was all a user behind a misconfigured proxy or base_url was told
+    moved = "https://login.example/sso?token=s3cr3t"
+    route = respx_mock.post(SEGMENT).respond(302, headers={"location": moved})
+    with pytest.raises(APIStatusError, match=r"a redirect to https://login\.example/sso") as caught:
+        await twin.call("remove_background", png())
+    assert "check base_url" in str(caught.value)
+    assert "s3cr3t" not in str(caught.value)
+    assert route.call_count == 1  # neither followed nor retried
