@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from pathlib import Path
 
 import attrs
@@ -64,6 +65,8 @@ class ImageResult:
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(self.content)
+                with contextlib.suppress(OSError):  # a file replaced keeps its permissions
+                    os.chmod(temporary, stat.S_IMODE(os.stat(real).st_mode))
             os.replace(temporary, real)
         except BaseException:
             with contextlib.suppress(OSError):

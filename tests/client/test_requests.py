@@ -365,5 +365,7 @@ def test_save_replaces_a_file_and_writes_through_a_link(tmp_path: Path) -> None:
     assert ImageResult(CUTOUT).save(link) == link
     assert link.is_symlink()
     assert target.read_bytes() == CUTOUT
+    target.chmod(0o600)
     assert ImageResult(png()).save(target).read_bytes() == png()
+    assert target.stat().st_mode & 0o777 == 0o600  # the file replaced kept its permissions
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.png", "real.png"]
