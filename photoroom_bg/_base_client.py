@@ -592,6 +592,15 @@ class BaseClient:
             )
         return cls(message, status_code=status, response=response, error_type=kind, body=body)
 
+    def _answer(
+        self, response: httpx.Response, spec: RequestSpec, read: Callable[[httpx.Response], T]
+    ) -> T:
+        """The call's result: ``read(response)`` for a success; raises the status error
+        otherwise, or :class:`APIResponseValidationError` for a spoiled success."""
+        if not response.is_success:
+            raise self._status_error(response, spec)
+        return read(response)
+
     def _image_reader(
         self, prepared: Prepared[Any] | None
     ) -> Callable[[httpx.Response], ImageResult]:

@@ -40,6 +40,7 @@ from ._pool import (
 from ._retry import RetryPolicy, is_retryable
 from .errors import (
     APIResponseValidationError,
+    APIStatusError,
     ConfigurationError,
     PhotoroomError,
     ValidationError,
@@ -395,13 +396,10 @@ class PhotoroomClient(BaseClient):
                 self._log(spec, type(exc).__name__, attempt, time.monotonic() - started)
             else:
                 self._log(spec, response.status_code, attempt, time.monotonic() - started)
-                if response.is_success:
-                    try:  # a spoiled answer is retried like a dropped one
-                        return read(response)
-                    except APIResponseValidationError as exc:
-                        error, cause = exc, _cause(exc)
-                else:
-                    error = self._status_error(response, spec)
+                try:  # a spoiled answer is retried like a dropped one
+                    return self._answer(response, spec, read)
+                except APIStatusError as exc:
+                    error, cause = exc, _cause(exc)
             if attempt > retries or not is_retryable(error, self.retry_policy):
                 raise error from cause
             self._sleep(self.retry_policy.delay_for(error, next(delays)))
@@ -624,13 +622,10 @@ class AsyncPhotoroomClient(BaseClient):
                 self._log(spec, type(exc).__name__, attempt, time.monotonic() - started)
             else:
                 self._log(spec, response.status_code, attempt, time.monotonic() - started)
-                if response.is_success:
-                    try:  # a spoiled answer is retried like a dropped one
-                        return read(response)
-                    except APIResponseValidationError as exc:
-                        error, cause = exc, _cause(exc)
-                else:
-                    error = self._status_error(response, spec)
+                try:  # a spoiled answer is retried like a dropped one
+                    return self._answer(response, spec, read)
+                except APIStatusError as exc:
+                    error, cause = exc, _cause(exc)
             if attempt > retries or not is_retryable(error, self.retry_policy):
                 raise error from cause
             await self._sleep(self.retry_policy.delay_for(error, next(delays)))

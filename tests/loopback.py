@@ -20,6 +20,7 @@ __all__ = [
     "PortTaken",
     "QuietHangUps",
     "closed_port",
+    "read_request_head",
     "start_on_free_ports",
     "taken_first",
     "until",
@@ -29,6 +30,18 @@ T = TypeVar("T")
 
 #: Start-ups tried when a child server exits because a port chosen for it was taken.
 START_ATTEMPTS = 3
+
+
+def read_request_head(sock: socket.socket) -> bytes | None:
+    """Read from ``sock`` until a request's head has come in whole; return what came (the
+    head, and any of the body sent with it), or ``None`` when the peer hung up first."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        data = sock.recv(65536)
+        if not data:
+            return None
+        received += data
+    return received
 
 
 class QuietHangUps(socketserver.BaseServer):

@@ -47,7 +47,7 @@ from photoroom_bg.errors import (
 )
 from photoroom_bg.testing import PhotoroomEmulator
 
-from ..loopback import closed_port
+from ..loopback import closed_port, read_request_head
 from .conftest import ACCOUNT, API_KEY, CUTOUT, EDIT, SEGMENT, Twin, make_twin, png
 
 
@@ -794,12 +794,9 @@ class RawAnswerServer:
     def _answer(self, conn: socket.socket) -> None:
         with conn:
             while True:  # every request of the connection
-                received = b""
-                while b"\r\n\r\n" not in received:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    received += data
+                received = read_request_head(conn)
+                if received is None:
+                    return
                 head, _, body = received.partition(b"\r\n\r\n")
                 declared = re.search(rb"content-length: *(\d+)", head, re.I)
                 length = int(declared.group(1)) if declared else 0

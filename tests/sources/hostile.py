@@ -25,7 +25,7 @@ import threading
 import zlib
 from urllib.parse import parse_qs, urlsplit
 
-from ..loopback import QuietHangUps
+from ..loopback import QuietHangUps, read_request_head
 from .conftest import png_bytes
 
 BOMB_SIZE = 64 * 1024 * 1024
@@ -50,12 +50,9 @@ class HostileServer:
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 sock: socket.socket = self.request
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    head += data
+                head = read_request_head(sock)
+                if head is None:
+                    return
                 target = head.split(b"\r\n", 1)[0].split(b" ")[1].decode()
                 server.requests.append(target)
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
