@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -291,7 +291,7 @@ class BatchHandle:
         with self._cond:
             ready = self._cond.wait_for(lambda: bool(subscriber.queue) or self._ended(), timeout)
             if not ready:
-                raise TimeoutError(f"no job finished within {timeout:g} s; the batch goes on")
+                raise TimeoutError(_no_job_within(timeout))
             if subscriber.queue:
                 return subscriber.queue.popleft()
             self._raise_if_failed()
@@ -472,6 +472,10 @@ class BatchHandle:
             raise RuntimeError(f"{name} would block the batch's own event loop; use {instead}")
 
 
+def _no_job_within(limit: float | None) -> str:
+    return f"no job finished within {limit:g} s; the batch goes on"
+
+
 def _still_running(limit: float | None) -> str:
     return f"the batch did not end within {limit:g} s; it goes on (wait again, or cancel() it)"
 
@@ -506,11 +510,15 @@ class CompletedJobs(Iterator[JobResult], AsyncIterator[JobResult]):
         try:
             return await asyncio.wait_for(self._async.__anext__(), self._limit)
         except asyncio.TimeoutError:
-            raise TimeoutError(
-                f"no job finished within {self._limit:g} s; the batch goes on"
-            ) from None
+            raise TimeoutError(_no_job_within(self._limit)) from None
 
     def close(self) -> None:
-        """Stop listening for jobs (an iteration left early does so when collected)."""
-        if self._sync is not None and hasattr(self._sync, "close"):
+        """Stop listening for jobs in a ``for`` loop left early (done anyway when this
+        object is collected)."""
+        if isinstance(self._sync, Generator):
             self._sync.close()
+
+    async def aclose(self) -> None:
+        """The same for an ``async for`` loop left early."""
+        if isinstance(self._async, AsyncGenerator):
+            await self._async.aclose()

@@ -620,3 +620,20 @@ def test_wait_and_exception_time_out_with_a_message_and_the_batch_goes_on() -> N
         with pytest.raises(TimeoutError, match=r"no job finished within 0\.01 s"):
             next(handle.as_completed(timeout=0.01))
         assert handle.wait().stored_count == 1
+
+
+async def test_a_completed_jobs_loop_left_early_stops_listening_when_closed(
+    emulator: PhotoroomEmulator,
+) -> None:
+    handle = remover(emulator, MemorySink()).submit([photo() for _ in range(4)])
+    jobs = handle.as_completed()
+    async for _ in jobs:
+        break
+    assert len(handle._subscribers) == 1  # still queued jobs for this loop
+    await jobs.aclose()
+    assert handle._subscribers == []
+    await handle
+    done = handle.as_completed()
+    next(done)
+    done.close()
+    assert handle._subscribers == []
