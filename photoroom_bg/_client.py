@@ -105,8 +105,19 @@ async def _send_direct(
             exc.request = request
         raise
     response.request = request
+    await _read_whole(response, begun, deadline, billable)
+    # as httpx's client sets it (an error's response is public: its elapsed may be read)
+    response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
+    return response
+
+
+async def _read_whole(
+    response: httpx.Response, started: float, deadline: float | None, billable: bool
+) -> None:
+    """Read the body of ``response`` in full within ``deadline`` of ``started``, or close it
+    (its connection back in the pool) and raise; an undecodable body is a spoiled answer."""
     try:
-        bound_answer(response, begun, deadline, request)
+        bound_answer(response, started, deadline, response.request)
         await response.aread()
     except httpx.DecodingError as exc:
         await response.aclose()
@@ -114,9 +125,6 @@ async def _send_direct(
     except BaseException:
         await response.aclose()
         raise
-    # as httpx's client sets it (an error's response is public: its elapsed may be read)
-    response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
-    return response
 
 
 def _tls() -> ssl.SSLContext:
@@ -605,15 +613,7 @@ class AsyncPhotoroomClient(BaseClient):
                     response = await _send_direct(direct, request, deadline, spec.billable)
                 else:
                     response = await self._http.send(request, stream=True)
-                    try:
-                        bound_answer(response, started, deadline, request)
-                        await response.aread()
-                    except httpx.DecodingError as exc:
-                        await response.aclose()
-                        raise _undecodable(response, exc, spec.billable) from exc
-                    except BaseException:
-                        await response.aclose()
-                        raise
+                    await _read_whole(response, started, deadline, spec.billable)
             except APIResponseValidationError as exc:
                 error, cause = exc, _cause(exc)
                 self._log(spec, "undecodable", attempt, time.monotonic() - started)
