@@ -6,7 +6,7 @@ the same requests, so the ceiling of this machine and this emulator is visible t
 1. ``efficiency``: wall-time efficiency = ideal time (N x latency / concurrency) / measured
    time, for N = 2,000 at concurrency 8, 64 and 256, with the client's and the emulator's CPU
    (100 % = one core; an emulator near 100 % per process is what limits the run). BatchRemover
-   runs as configured by default, then with ``track_credits=False`` (no balance read before
+   runs as configured by default, then with ``track_credits=True`` (the balance read before
    and after the batch: two round trips that cost the same whatever N). The bare
    loop runs twice: on one httpx pool, and on the SDK's sharded pool (``--shards`` to try
    other shard counts);
@@ -297,7 +297,7 @@ def sdk_batch(
     *,
     sink: Any = None,
     requests_per_minute: float | None = None,
-    track_credits: bool = True,
+    track_credits: bool = False,
 ) -> tuple[float, Any]:
     """One BatchRemover run; its wall time and report."""
     batch = BatchRemover(
@@ -474,7 +474,7 @@ def efficiency(latency: float, n: int, levels: list[int], workers: int, pools: l
     data = list(images(n))
     runners: list[tuple[str, Callable[[str, list[bytes], int], float]]] = [
         ("BatchRemover", lambda url, d, c: sdk_batch(url, d, c)[0]),
-        ("  track_credits=False", lambda url, d, c: sdk_batch(url, d, c, track_credits=False)[0]),
+        ("  track_credits=True", lambda url, d, c: sdk_batch(url, d, c, track_credits=True)[0]),
         *((f"bare loop, {pool}", _bare(pool)) for pool in ["1 pool", *pools]),
     ]
     with Emulator(latency, workers=workers) as emu:

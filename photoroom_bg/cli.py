@@ -564,6 +564,7 @@ def _run(
             on_result=_print_job if json_out else None,
             reader=reader,
             url_passthrough=url_passthrough,
+            track_credits=True,  # the summary says what the run spent
         )
         handle = batch.submit(specs)
     except (ConfigurationError, ValidationError, OSError) as exc:

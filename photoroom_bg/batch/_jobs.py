@@ -158,8 +158,9 @@ class BatchReport:
             ``billed_calls`` and at most ``billed_calls + possibly_billed_calls`` times.
         possibly_billed_twice: jobs whose output was made after such a call, so the
             account may have paid for that image twice.
-        credits_spent: images spent according to the account, when the engine can tell
-            (``None`` otherwise).
+        credits_spent: images spent according to the account's balance, read before and
+            after the batch when it was made with ``track_credits=True`` and the engine
+            can tell (``None`` otherwise).
         stop_reason: why the batch stopped early (out of credits, bad key, cancelled,
             the API or the sink unreachable).
         listing_error: why listing the sources ended early, if it did (the inputs listed

@@ -480,7 +480,12 @@ async def test_the_balance_is_read_while_the_first_inputs_are_checked(
     respx_mock.get(f"{base}/v2/account").mock(side_effect=account)
     respx_mock.post(f"{base}/v1/segment").mock(side_effect=segment)
     batch = BatchRemover(
-        sink=Watched(), api_key="sk_test", base_url=base, concurrency=3, skip_existing=True
+        sink=Watched(),
+        api_key="sk_test",
+        base_url=base,
+        concurrency=3,
+        skip_existing=True,
+        track_credits=True,
     )
     report = await batch.run([photo() for _ in range(5)])
     assert report.succeeded_count == 5
@@ -502,6 +507,7 @@ def test_a_batch_a_few_calls_at_a_time_keeps_reusing_a_few_connections() -> None
                 base_url=proxy.url,
                 concurrency=2,
                 requests_per_minute=None,
+                track_credits=True,
             )
             report = batch.submit([photo() for _ in range(30)]).wait(timeout=60)
     assert report.succeeded_count == 30
