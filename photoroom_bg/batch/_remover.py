@@ -124,7 +124,9 @@ class BatchRemover:
         track_credits: also ask the account balance before and after the batch, to report
             ``credits_spent``. Off by default: the two reads are two round trips whatever
             the batch's size (a one-image batch takes about three times as long), and
-            ``billed_calls`` already counts what the batch was billed for.
+            ``billed_calls`` already counts what the batch was billed for. A read that
+            fails or takes over 10 s holds no call back: the batch goes on, logs a
+            warning and reports ``credits_spent=None``.
 
     Attributes:
         sink: the :class:`~photoroom_bg.sinks.Sink` outputs go to.

@@ -71,6 +71,10 @@ _STORED_SOMEWHERE = object()
 #: Cut-outs a batch remembers having made (the latest distinct images, about 300 bytes each),
 #: so that a later copy of the same image under another name is stored from it, not paid for.
 MADE_REMEMBERED = 10_000
+#: How long a batch made with ``track_credits=True`` waits for each balance read. The balance
+#: is an extra: a read that does not come within this holds no paid call back any longer,
+#: and the batch then reports no ``credits_spent`` rather than a guess.
+BALANCE_WAIT = 10.0
 
 
 def _extension(options: Any) -> str:
@@ -306,18 +310,26 @@ class Batch:
 
     async def _balance_before(self, done: anyio.Event) -> None:
         try:
-            self._account_before = await self._account()
+            self._account_before = await self._account("before")
         finally:
             done.set()
 
-    async def _account(self) -> float | None:
+    async def _account(self, when: str) -> float | None:
+        """The images left on the account, read ``when`` ("before" or "after") the batch;
+        ``None`` when the engine cannot tell, or the read failed or did not come in time."""
         client = getattr(self.engine, "client", None)
         if not self.engine.bills or not isinstance(client, AsyncPhotoroomClient):
             return None
-        try:
-            return (await client.account(max_retries=1)).images_available
-        except PhotoroomBGError:
-            return None
+        problem = f"did not come within {BALANCE_WAIT:g} s"
+        with anyio.move_on_after(BALANCE_WAIT):
+            try:
+                return (await client.account(max_retries=1)).images_available
+            except PhotoroomBGError as exc:
+                problem = f"could not be read ({type(exc).__name__}: {exc})"
+        logger.warning(
+            "the account balance %s the batch %s: credits_spent is not reported", when, problem
+        )
+        return None
 
     # -- running ---------------------------------------------------------------------------
 
@@ -352,7 +364,9 @@ class Batch:
                     self._manifest.finish()
                 await balance_read.wait()  # even when no job called the engine
                 tg.cancel_scope.cancel()  # the outage prober, if one is still waiting
-            account_after = await self._account() if self._account_before is not None else None
+            account_after = None
+            if self._account_before is not None:
+                account_after = await self._account("after")
         finally:
             with anyio.CancelScope(shield=True):
                 if self.bar is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from photoroom_bg import (
     SegmentOptions,
     _loop,
 )
+from photoroom_bg.batch import _run
 from photoroom_bg.errors import (
     ConfigurationError,
     InvalidImageError,
@@ -643,3 +645,28 @@ async def test_a_completed_jobs_loop_left_early_stops_listening_when_closed(
     next(done)
     done.close()
     assert handle._subscribers == []
+
+
+@pytest.mark.parametrize("which", ["before", "after"])
+def test_a_balance_that_does_not_come_holds_no_batch_back(
+    which: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The balance is an extra: a balance read that hung (here: stalls past the wait) held
+    # every paid call back for the client's timeout, twice, before a single image was made.
+    monkeypatch.setattr(_run, "BALANCE_WAIT", 0.3)
+    # the requests in order: the balance, three images, the balance
+    stalls = [None, None, None, None, "stall"] if which == "after" else ["stall"]
+    emulator = PhotoroomEmulator(credits=10, faults=Faults(stall_seconds=6))
+    with emulator.serve():
+        emulator.inject(*stalls)
+        batch = remover(emulator, MemorySink(), track_credits=True, concurrency=2)
+        started = time.monotonic()
+        with caplog.at_level("WARNING", logger="photoroom_bg.batch"):
+            report = batch.submit([photo() for _ in range(3)]).wait(timeout=15)
+        took = time.monotonic() - started
+    assert report.succeeded_count == 3
+    assert report.credits_spent is None  # not known: never a guess
+    assert took < 5, took  # the stall lasts 6 s
+    assert f"the account balance {which} the batch" in caplog.text
+    assert "credits_spent is not reported" in caplog.text
+    assert emulator.api_key not in caplog.text
