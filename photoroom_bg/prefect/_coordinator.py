@@ -21,11 +21,13 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+import anyio
 import attrs
 from prefect import get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.states import Cancelled, Crashed
 
+from ..batch import _run
 from ..batch._claims import stored_under
 from ..errors import AuthenticationError, PhotoroomBGError
 from ..sources import SourceReader, UnlistedSource, iter_sources
@@ -470,7 +472,8 @@ class Coordinator:
             if not key:
                 return None
             async with AsyncPhotoroomClient(api_key=key, max_retries=1) as client:
-                return (await client.account()).images_available
+                with anyio.fail_after(_run.BALANCE_WAIT):  # an extra: it holds no job back
+                    return (await client.account()).images_available
         except AuthenticationError as exc:
             # the Secret block's key is every shard's key: a refusal here is theirs too
             # (sandbox keys may not see the account: their refusal proves nothing)
@@ -482,4 +485,10 @@ class Coordinator:
             return None
         except PhotoroomBGError as exc:
             self.log.info("account balance not available: %s", exc)
+            return None
+        except TimeoutError:
+            self.log.warning(
+                "account balance did not come within %g s: credits_spent is not reported",
+                _run.BALANCE_WAIT,
+            )
             return None
