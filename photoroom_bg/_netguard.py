@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import attrs
 
+from ._numbers import check_flag
 from .errors import UnsafeURLError
 
 __all__ = [
@@ -187,7 +188,9 @@ class NetworkPolicy:
             reach; everything else stays refused.
     """
 
-    allow_private_networks: bool = False
+    allow_private_networks: bool = attrs.field(
+        default=False, validator=lambda _, a, v: check_flag(a.name, v)
+    )
     allow_networks: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_networks)
 
     def check(self, address: str, *, host: str) -> IPAddress:

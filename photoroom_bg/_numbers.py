@@ -1,4 +1,5 @@
-"""Numbers a caller gives the SDK (counts, seconds, budgets), checked where they are given.
+"""Numbers a caller gives the SDK (counts, seconds, budgets) and its flags, checked where
+they are given.
 
 A NaN compares false with everything, so ``value <= 0`` checks let it through, to fail
 later outside the SDK's errors or to mean "no limit" by accident; a bool is an ``int`` to
@@ -24,6 +25,7 @@ T = TypeVar("T")
 __all__ = [
     "LONGEST_WAIT",
     "check_count",
+    "check_flag",
     "check_given",
     "check_number",
     "sleep_seconds",
@@ -42,6 +44,15 @@ def check_given(name: str, value: T) -> T:
         raise ConfigurationError(
             f"{name} is an empty string (an unset variable?): give a value, or None for the default"
         )
+    return value
+
+
+def check_flag(name: str, value: object) -> bool:
+    """``True`` or ``False``, nothing else: a string from an environment variable or a file
+    is truthy whatever it says (``"false"`` included), and ``None`` or ``0`` mean a mistake
+    more often than "off"."""
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, not {value!r}")
     return value
 
 

@@ -19,7 +19,7 @@ import anyio
 from .. import _loop
 from .._client import AsyncPhotoroomClient
 from .._keys import KeyTemplate, options_digest
-from .._numbers import check_count, check_given, check_number, wait_limit
+from .._numbers import check_count, check_flag, check_given, check_number, wait_limit
 from .._retry import RetryPolicy
 from ..engines._base import Engine
 from ..errors import ConfigurationError
@@ -164,6 +164,13 @@ class BatchRemover:
     ) -> None:
         check_count("concurrency", concurrency, 1)
         check_count("max_retries", max_retries, 0)
+        for flag, value in (
+            ("skip_existing", skip_existing),
+            ("progress", progress),
+            ("url_passthrough", url_passthrough),
+            ("track_credits", track_credits),
+        ):
+            check_flag(flag, value)
         if requests_per_minute is not None:
             # 0, a negative number or NaN would silently mean "no limit"
             check_number("requests_per_minute", requests_per_minute, positive=True)

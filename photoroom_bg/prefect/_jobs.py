@@ -21,6 +21,7 @@ import anyio
 import anyio.abc
 import attrs
 
+from .._numbers import check_flag
 from ..errors import ConfigurationError, ObjectNotFoundError, PhotoroomBGError
 from ..options import EditOptions, SegmentOptions
 from ..sinks import Sink
@@ -112,7 +113,7 @@ class PrefectJobs:
         if unknown or {"sources", "sink", "options", "job_id", "deferred"} & defaults.keys():
             raise ConfigurationError(f"not a default job parameter: {sorted(defaults)}")
         self.sink = sink
-        self.deferred = deferred
+        self.deferred = check_flag("deferred", deferred)
         self.deployment = deployment
         self.defaults = defaults
         self._group: anyio.abc.TaskGroup | None = None

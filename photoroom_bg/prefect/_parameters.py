@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from .._numbers import check_count, check_given
+from .._numbers import check_count, check_flag, check_given
 from ..errors import ConfigurationError
 from ._environment import check_shared_sink
 from ._jobstore import check_job_id
@@ -49,6 +49,7 @@ class JobParameters:
             ("shard_size", 1), ("concurrency", 1), ("max_running_shards", 1), ("max_failures", 0)
         ):  # fmt: skip
             check_count(name, getattr(self, name), least)
+        check_flag("deferred", self.deferred)
         # NaN too; inf: a lost worker's shard would never be run again (and it is no JSON)
         if not 0 < self.heartbeat_timeout < math.inf:
             raise ConfigurationError("heartbeat_timeout must be positive, finite seconds")

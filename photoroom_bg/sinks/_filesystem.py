@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from .. import _threads
 from .._images import NotARegularFile, read_regular_file
+from .._numbers import check_flag
 from .._redact import printable
 from ..errors import (
     ConfigurationError,
@@ -149,7 +150,7 @@ class FileSystemSink:
         except (ValueError, OSError) as exc:  # a NUL byte, a symlink loop...
             shown = printable(os.fspath(root))
             raise ConfigurationError(f"{shown!r}: not a usable folder ({exc})") from None
-        self.write_metadata = write_metadata
+        self.write_metadata = check_flag("write_metadata", write_metadata)
         # what a key's parts are joined to ("" for the file system's root, itself a separator)
         self._root_prefix = str(self.root).rstrip(os.sep)
         self._cleaned: set[Path] = set()

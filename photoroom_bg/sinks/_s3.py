@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from .._numbers import check_given
+from .._numbers import check_flag, check_given
 from .._perloop import PerLoop
 from .._s3client import close_s3_client, open_s3_client
 from ..errors import (
@@ -120,7 +120,7 @@ class S3Sink:
             or os.environ.get("AWS_DEFAULT_REGION")
             or "us-east-1"
         )
-        self.create_bucket = create_bucket
+        self.create_bucket = check_flag("create_bucket", create_bucket)
         self.url_expires = presign_seconds(url_expires, "url_expires")
         self.__credentials = {
             "aws_access_key_id": aws_access_key_id,

@@ -100,6 +100,8 @@ async def test_bad_requests_are_refused_before_anything_is_created(tmp_path: Pat
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigurationError, match="not a default job parameter"):
         PrefectJobs(str(tmp_path / "out"), api_key="never-here")
+    with pytest.raises(ConfigurationError, match="deferred must be True or False, not 'no'"):
+        PrefectJobs(str(tmp_path / "out"), deferred="no")  # type: ignore[arg-type]
 
 
 async def test_a_job_whose_coordinator_died_is_reported_crashed_never_running(

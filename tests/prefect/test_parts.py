@@ -225,6 +225,8 @@ def test_shards_are_retried_only_for_failures_a_retry_can_fix(
         ({"rate_limit": " "}, "rate_limit is an empty string"),
         ({"rate_limit": "", "requests_per_minute": 100}, "rate_limit is an empty string"),
         ({"engine": "local:"}, "unknown engine 'local:'"),
+        ({"deferred": "false"}, "deferred must be True or False, not 'false'"),
+        ({"deferred": None}, "deferred must be True or False, not None"),
     ],
 )
 def test_job_parameters_are_checked_before_anything_runs(
