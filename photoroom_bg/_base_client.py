@@ -23,7 +23,7 @@ import httpx
 from . import _rules, _wire
 from ._deadline import AnswerOverrun
 from ._images import ImageInput, answer_problem, load_image, validate_image
-from ._numbers import check_given, check_number, wait_limit
+from ._numbers import check_given, check_number, check_type, wait_limit
 from ._redact import install_log_redaction, redact_url
 from ._retry import RetryPolicy, parse_retry_after
 from ._warnings import PhotoroomWarning, warn
@@ -266,6 +266,8 @@ class BaseClient:
             ("image_api_base_url", image_api_base_url),
         ):
             check_given(name, url)
+            check_type(name, url, str, "a URL (a str) or None")
+        check_type("retry_policy", retry_policy, RetryPolicy, "a RetryPolicy or None")
         key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
         self._api_key = None if key is None else checked_api_key(key)
         env = os.environ

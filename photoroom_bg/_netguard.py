@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import attrs
 
 from ._numbers import check_flag
-from .errors import UnsafeURLError
+from .errors import ConfigurationError, UnsafeURLError
 
 __all__ = [
     "CLOUD_METADATA_NETWORKS",
@@ -172,7 +172,21 @@ async def default_resolver(host: str, port: int) -> list[str]:
 
 
 def _networks(values: Iterable[str | IPNetwork]) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+    if isinstance(values, (str, bytes)):  # would be read one character at a time
+        raise ConfigurationError(
+            f"allow_networks must be a list of networks such as [{values!r}], not a str"
+        )
+    networks = []
+    for value in values:
+        try:
+            if not isinstance(value, (str, ipaddress.IPv4Network, ipaddress.IPv6Network)):
+                raise TypeError(type(value).__name__)
+            networks.append(ipaddress.ip_network(value, strict=False))
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"allow_networks must be networks such as '10.0.0.0/8', not {value!r} ({exc})"
+            ) from None
+    return tuple(networks)
 
 
 @attrs.frozen

@@ -24,10 +24,12 @@ T = TypeVar("T")
 
 __all__ = [
     "LONGEST_WAIT",
+    "check_callback",
     "check_count",
     "check_flag",
     "check_given",
     "check_number",
+    "check_type",
     "sleep_seconds",
     "wait_limit",
 ]
@@ -53,6 +55,22 @@ def check_flag(name: str, value: object) -> bool:
     more often than "off"."""
     if not isinstance(value, bool):
         raise ConfigurationError(f"{name} must be True or False, not {value!r}")
+    return value
+
+
+def check_type(name: str, value: T, types: type | tuple[type, ...], what: str) -> T:
+    """``value`` when it is ``None`` or one of ``types``; else a
+    :class:`~photoroom_bg.errors.ConfigurationError` saying ``name`` must be ``what`` (the
+    value itself is not shown: it may be a secret given in the wrong place)."""
+    if value is not None and not isinstance(value, types):
+        raise ConfigurationError(f"{name} must be {what}, not {type(value).__name__}")
+    return value
+
+
+def check_callback(name: str, value: T) -> T:
+    """``value`` when it is ``None`` or callable; else a ``ConfigurationError``."""
+    if value is not None and not callable(value):
+        raise ConfigurationError(f"{name} must be a function or None, not {type(value).__name__}")
     return value
 
 

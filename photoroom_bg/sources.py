@@ -65,7 +65,14 @@ from ._listing import (
     walk_images,
 )
 from ._netguard import NetworkPolicy, Resolver, default_resolver
-from ._numbers import check_count, check_given, check_number, wait_limit
+from ._numbers import (
+    check_callback,
+    check_count,
+    check_given,
+    check_number,
+    check_type,
+    wait_limit,
+)
 from ._perloop import PerLoop
 from ._pool import tls_context
 from ._redact import install_log_redaction, printable, redact_text, redact_url
@@ -457,9 +464,12 @@ class SourceReader:
         # inf would make every transfer too slow; an infinite grace turns the check off
         check_number("min_transfer_rate", min_transfer_rate, finite=True)
         check_number("transfer_grace", transfer_grace)
+        check_callback("resolver", resolver)
+        check_type("s3_options", s3_options, Mapping, "a mapping or None")
+        check_type("http_client", http_client, httpx.AsyncClient, "an httpx.AsyncClient or None")
         check_given("s3_options['endpoint_url']", (s3_options or {}).get("endpoint_url"))
         self.max_bytes = max_bytes
-        self.policy = NetworkPolicy(allow_private_networks, tuple(allow_networks))
+        self.policy = NetworkPolicy(allow_private_networks, allow_networks)
         self.max_redirects = max_redirects
         self.deadline = deadline
         self.min_transfer_rate = min_transfer_rate

@@ -19,7 +19,15 @@ import anyio
 from .. import _loop
 from .._client import AsyncPhotoroomClient
 from .._keys import KeyTemplate, options_digest
-from .._numbers import check_count, check_flag, check_given, check_number, wait_limit
+from .._numbers import (
+    check_callback,
+    check_count,
+    check_flag,
+    check_given,
+    check_number,
+    check_type,
+    wait_limit,
+)
 from .._retry import RetryPolicy
 from ..engines._base import Engine
 from ..errors import ConfigurationError
@@ -188,6 +196,17 @@ class BatchRemover:
             ("base_url", base_url),
         ):
             check_given(name, given)
+        _check_engine(engine)
+        check_type("reader", reader, SourceReader, "a SourceReader or None")
+        check_type("retry_policy", retry_policy, RetryPolicy, "a RetryPolicy or None")
+        check_type("key_template", key_template, (str, KeyTemplate), "a str, a KeyTemplate or None")
+        path = "a path (a str or os.PathLike) or None"
+        check_type("manifest", manifest, (str, os.PathLike), path)
+        check_type("spill_dir", spill_dir, (str, os.PathLike), path)
+        check_type("manifest_key", manifest_key, str, "a key (a str) or None")
+        check_type("base_url", base_url, str, "a URL (a str) or None")
+        check_callback("on_result", on_result)
+        check_callback("on_progress", on_progress)
         if url_passthrough and not isinstance(options, EditOptions):
             raise ConfigurationError("url_passthrough needs EditOptions (GET /v2/edit)")
         self.engine = engine
@@ -357,6 +376,21 @@ class BatchRemover:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _check_engine(engine: object) -> None:
+    """An engine (anything with ``process()``), an async client, or ``None``."""
+    if engine is None or isinstance(engine, AsyncPhotoroomClient):
+        return
+    if callable(getattr(engine, "process", None)):
+        return
+    hint = ""
+    if type(engine).__name__ == "PhotoroomClient":
+        hint = " (a batch runs on an event loop: give it an AsyncPhotoroomClient)"
+    raise ConfigurationError(
+        "engine must be an Engine (an object with an async process()), an "
+        f"AsyncPhotoroomClient or None, not {type(engine).__name__}{hint}"
+    )
 
 
 def _with_changes(remover: BatchRemover, **changes: Any) -> BatchRemover:

@@ -143,6 +143,10 @@ class FileSystemSink:
     """
 
     def __init__(self, root: str | os.PathLike[str], *, write_metadata: bool = False) -> None:
+        if not isinstance(root, (str, os.PathLike)):
+            raise ConfigurationError(
+                f"root must be a folder (a str or os.PathLike), not {type(root).__name__}"
+            )
         if not os.fspath(root):  # an unset variable, most often: not "this folder"
             raise ConfigurationError("the sink's folder is an empty path: name one ('.' is here)")
         try:

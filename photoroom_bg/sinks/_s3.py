@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from .._numbers import check_flag, check_given
+from .._numbers import check_flag, check_given, check_type
 from .._perloop import PerLoop
 from .._s3client import close_s3_client, open_s3_client
 from ..errors import (
@@ -112,6 +112,18 @@ class S3Sink:
         create_bucket: bool = False,
         url_expires: float | timedelta = 3600,
     ) -> None:
+        if not isinstance(uri, str):
+            raise ConfigurationError(
+                f"uri must be an s3://bucket/prefix URI (a str), not {type(uri).__name__}"
+            )
+        for name, value in (
+            ("endpoint_url", endpoint_url),
+            ("region", region),
+            ("aws_access_key_id", aws_access_key_id),
+            ("aws_secret_access_key", aws_secret_access_key),  # never shown: only its type
+            ("aws_session_token", aws_session_token),
+        ):
+            check_type(name, value, str, "a str or None")
         self.bucket, self.prefix = parse_s3_uri(uri)
         self.endpoint_url = check_given("endpoint_url", endpoint_url)
         self.region = (
