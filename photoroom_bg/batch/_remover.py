@@ -189,22 +189,19 @@ class BatchRemover:
         check_number("exit_timeout", exit_timeout)
         if not isinstance(keep_results, bool):
             check_count("keep_results", keep_results, 0)
-        for name, given in (
-            ("manifest", manifest),
-            ("manifest_key", manifest_key),
-            ("spill_dir", spill_dir),
-            ("base_url", base_url),
+        path = ((str, os.PathLike), "a path (a str or os.PathLike) or None")
+        for name, given, (types, what) in (
+            ("manifest", manifest, path),
+            ("manifest_key", manifest_key, (str, "a key (a str) or None")),
+            ("spill_dir", spill_dir, path),
+            ("base_url", base_url, (str, "a URL (a str) or None")),
         ):
             check_given(name, given)
+            check_type(name, given, types, what)
         _check_engine(engine)
         check_type("reader", reader, SourceReader, "a SourceReader or None")
         check_type("retry_policy", retry_policy, RetryPolicy, "a RetryPolicy or None")
         check_type("key_template", key_template, (str, KeyTemplate), "a str, a KeyTemplate or None")
-        path = "a path (a str or os.PathLike) or None"
-        check_type("manifest", manifest, (str, os.PathLike), path)
-        check_type("spill_dir", spill_dir, (str, os.PathLike), path)
-        check_type("manifest_key", manifest_key, str, "a key (a str) or None")
-        check_type("base_url", base_url, str, "a URL (a str) or None")
         check_callback("on_result", on_result)
         check_callback("on_progress", on_progress)
         if url_passthrough and not isinstance(options, EditOptions):
