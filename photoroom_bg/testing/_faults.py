@@ -42,10 +42,20 @@ def _check_rates(_: object, __: object, rates: Mapping[str, float]) -> None:
     for name, rate in rates.items():
         if name not in FAULTS:
             raise ValueError(f"unknown fault {name!r}; use {', '.join(FAULTS)}")
-        if not 0 <= rate <= 1:
-            raise ValueError(f"fault probability {name}={rate} is not within 0..1")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            raise ValueError(
+                f"rates: the probability of {name!r} must be within 0..1, not {rate!r}"
+            )
     if sum(rates.values()) > 1:
         raise ValueError("fault probabilities add up to more than 1")
+
+
+def _check_paths(_: object, __: object, paths: tuple[str, ...] | None) -> None:
+    given: object = paths  # what a caller may really pass
+    if given is None:
+        return
+    if not isinstance(given, (tuple, list)) or not all(isinstance(p, str) for p in given):
+        raise ValueError(f"paths must be a tuple of paths such as ('/v1/segment',), not {paths!r}")
 
 
 def _seconds(name: str, value: object) -> None:
@@ -96,7 +106,7 @@ class Faults:
     rates: Mapping[str, float] = attrs.field(factory=dict, validator=_check_rates)
     retry_after: float = attrs.field(default=1.0, validator=_check_seconds)
     stall_seconds: float = attrs.field(default=30.0, validator=_check_seconds)
-    paths: tuple[str, ...] | None = None
+    paths: tuple[str, ...] | None = attrs.field(default=None, validator=_check_paths)
     seed: int = 0
 
 

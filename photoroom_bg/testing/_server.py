@@ -77,6 +77,11 @@ class PhotoroomEmulator:
         )
         if plan not in ("basic", "plus"):
             raise ValueError("plan must be 'basic' or 'plus'")
+        for name, flag in (("image_work", image_work), ("fetch_image_urls", fetch_image_urls)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, not {flag!r}")
+        if faults is not None and not isinstance(faults, Faults):
+            raise ValueError(f"faults must be a Faults or None, not {type(faults).__name__}")
         if any(not key.strip() for key in keys):
             # a request with an empty x-api-key header would then be let in
             raise ValueError("an API key must not be empty (an unset variable?)")

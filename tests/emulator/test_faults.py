@@ -143,6 +143,11 @@ async def test_the_rate_limit_answers_429_with_retry_after() -> None:
         {"retry_after": float("nan")},
         {"retry_after": -1},
         {"stall_seconds": float("nan")},
+        {"rates": {"429": "0.1"}},
+        {"rates": {"429": None}},
+        {"rates": {"429": float("nan")}},
+        {"paths": "/v1/segment"},  # would match by substring: "/" and "/v1" too
+        {"paths": ("/v1/segment", 5)},
     ],
     ids=repr,
 )
@@ -160,6 +165,9 @@ def test_nonsense_fault_settings_are_refused_naming_the_setting(setting: dict[st
         ({"api_keys": {"k": float("nan")}}, "credits"),
         ({"requests_per_minute": 0}, "requests_per_minute"),
         ({"requests_per_minute": 1.5}, "requests_per_minute"),
+        ({"image_work": "false"}, "image_work must be True or False"),
+        ({"fetch_image_urls": "false"}, "fetch_image_urls must be True or False"),
+        ({"faults": {"latency": 1}}, "faults must be a Faults"),
     ],
     ids=repr,
 )
