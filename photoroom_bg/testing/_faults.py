@@ -43,9 +43,7 @@ def _check_rates(_: object, __: object, rates: Mapping[str, float]) -> None:
         if name not in FAULTS:
             raise ValueError(f"unknown fault {name!r}; use {', '.join(FAULTS)}")
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
-            raise ValueError(
-                f"rates: the probability of {name!r} must be within 0..1, not {rate!r}"
-            )
+            raise ValueError(f"fault probability {name}={rate!r} is not within 0..1")
     if sum(rates.values()) > 1:
         raise ValueError("fault probabilities add up to more than 1")
 

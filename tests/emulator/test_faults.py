@@ -143,9 +143,6 @@ async def test_the_rate_limit_answers_429_with_retry_after() -> None:
         {"retry_after": float("nan")},
         {"retry_after": -1},
         {"stall_seconds": float("nan")},
-        {"rates": {"429": "0.1"}},
-        {"rates": {"429": None}},
-        {"rates": {"429": float("nan")}},
         {"paths": "/v1/segment"},  # would match by substring: "/" and "/v1" too
         {"paths": ("/v1/segment", 5)},
     ],
@@ -155,6 +152,12 @@ def test_nonsense_fault_settings_are_refused_naming_the_setting(setting: dict[st
     (name,) = setting
     with pytest.raises(ValueError, match=name):
         Faults(**setting)
+
+
+@pytest.mark.parametrize("rate", ["0.1", None, True, float("nan"), -0.1])
+def test_a_fault_probability_must_be_a_number_within_0_and_1(rate: Any) -> None:
+    with pytest.raises(ValueError, match=r"fault probability 429=.* is not within 0\.\.1"):
+        Faults(rates={"429": rate})
 
 
 @pytest.mark.parametrize(
