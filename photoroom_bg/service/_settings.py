@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 
+from .._numbers import check_flag
 from ..errors import ConfigurationError
 from ..sinks._s3 import presign_seconds
 
@@ -64,6 +65,10 @@ def _words(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return tuple(w for w in value.replace(",", " ").split() if w)
     return tuple(str(v) for v in value)
+
+
+def _flag(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    check_flag(attribute.name, value)  # "false" is truthy: it would mean on
 
 
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -145,7 +150,7 @@ class ServiceSettings:
     s3_endpoint_url: str | None = None
     state_dir: str = "./.photoroom-bg-state"
     tokens: tuple[str, ...] = attrs.field(default=(), converter=_words, repr=False)
-    allow_unauthenticated: bool = False
+    allow_unauthenticated: bool = attrs.field(default=False, validator=_flag)
     cors_origins: tuple[str, ...] = attrs.field(default=(), converter=_words)
     max_body_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=[_whole, _positive])
     max_source_bytes: int = attrs.field(default=25 * 1024 * 1024, validator=[_whole, _positive])
@@ -159,7 +164,7 @@ class ServiceSettings:
     retry_backoff: float = attrs.field(default=0.5, validator=[_not_negative, _finite])
     allow_networks: tuple[str, ...] = attrs.field(default=(), converter=_words)
     executor: str = "local"
-    prefect_deferred: bool = True
+    prefect_deferred: bool = attrs.field(default=True, validator=_flag)
     prefect_deployment: str | None = None
     prefect_shard_size: int = attrs.field(default=100, validator=[_whole, _positive])
     prefect_api_key_secret: str | None = None

@@ -102,6 +102,9 @@ def test_bad_settings_are_configuration_errors(tmp_path: Path) -> None:
         {"max_images_per_job": True},
         {"max_retries": 1.5},
         {"url_expires": 8 * 24 * 3600},
+        # a string is truthy whatever it says: "false" served an open address without tokens
+        {"allow_unauthenticated": "false"},
+        {"prefect_deferred": "no"},
     ]:
         (name,) = setting
         with pytest.raises(ConfigurationError, match=name):
