@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +61,55 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-def _words(value: Any) -> tuple[str, ...]:
+def _words(value: Any) -> Any:
+    """A comma or space separated str, or a list of str, as a tuple; anything else as it is
+    (for the field's type check to refuse, naming the field)."""
     if isinstance(value, str):
         return tuple(w for w in value.replace(",", " ").split() if w)
-    return tuple(str(v) for v in value)
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return value
 
 
-def _flag(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    check_flag(attribute.name, value)  # "false" is truthy: it would mean on
+def _of_type(kind: str) -> Callable[[object, attrs.Attribute[Any], object], None] | None:
+    """A check that a setting given from Python has its annotated type (the environment's
+    values are parsed into it): a str is truthy whatever it says, a bare TypeError or a
+    value taken as it is fails later and elsewhere."""
+    if kind == "bool":
+
+        def flag(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+            check_flag(attribute.name, value)
+
+        return flag
+    wanted: dict[str, tuple[tuple[type, ...], str]] = {
+        "str": ((str,), "a str"),
+        "str | None": ((str, type(None)), "a str or None"),
+        "int": ((int,), "a whole number"),
+        "float": ((int, float), "a number"),
+        "tuple[str, ...]": ((tuple,), "a str or a list of str"),
+    }
+    if kind not in wanted:
+        return None
+    types, what = wanted[kind]
+
+    def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            shown = type(value).__name__  # not the value: it may be a key or a token
+            raise ConfigurationError(f"{attribute.name} must be {what}, not {shown}")
+
+    return check
+
+
+def _typed(_: type, fields: list[attrs.Attribute[Any]]) -> list[attrs.Attribute[Any]]:
+    """Each field's type check first, then its own validators."""
+    typed = []
+    for field in fields:
+        check = _of_type(str(field.type))
+        if check is not None:
+            rest = [] if field.validator is None else [field.validator]
+            field = field.evolve(validator=attrs.validators.and_(check, *rest))
+        typed.append(field)
+    return typed
 
 
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -95,7 +136,7 @@ def _finite(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
         raise ConfigurationError(f"{attribute.name} must be finite seconds, not {value}")
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, field_transformer=_typed)
 class ServiceSettings:
     """The service's configuration; see the service guide for each setting's variable.
 
@@ -150,7 +191,7 @@ class ServiceSettings:
     s3_endpoint_url: str | None = None
     state_dir: str = "./.photoroom-bg-state"
     tokens: tuple[str, ...] = attrs.field(default=(), converter=_words, repr=False)
-    allow_unauthenticated: bool = attrs.field(default=False, validator=_flag)
+    allow_unauthenticated: bool = False
     cors_origins: tuple[str, ...] = attrs.field(default=(), converter=_words)
     max_body_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=[_whole, _positive])
     max_source_bytes: int = attrs.field(default=25 * 1024 * 1024, validator=[_whole, _positive])
@@ -164,7 +205,7 @@ class ServiceSettings:
     retry_backoff: float = attrs.field(default=0.5, validator=[_not_negative, _finite])
     allow_networks: tuple[str, ...] = attrs.field(default=(), converter=_words)
     executor: str = "local"
-    prefect_deferred: bool = attrs.field(default=True, validator=_flag)
+    prefect_deferred: bool = True
     prefect_deployment: str | None = None
     prefect_shard_size: int = attrs.field(default=100, validator=[_whole, _positive])
     prefect_api_key_secret: str | None = None

@@ -105,6 +105,17 @@ def test_bad_settings_are_configuration_errors(tmp_path: Path) -> None:
         # a string is truthy whatever it says: "false" served an open address without tokens
         {"allow_unauthenticated": "false"},
         {"prefect_deferred": "no"},
+        # the wrong type failed with a bare TypeError, or was taken and failed later
+        {"sink": 5},
+        {"base_url": 5},
+        {"api_key": 5},
+        {"state_dir": None},
+        {"replica_id": 5},
+        {"lease_seconds": "5"},
+        {"photoroom_requests_per_minute": "5"},
+        {"tokens": 5},
+        {"tokens": None},
+        {"allow_networks": 5},
     ]:
         (name,) = setting
         with pytest.raises(ConfigurationError, match=name):
