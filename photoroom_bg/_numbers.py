@@ -58,11 +58,22 @@ def check_flag(name: str, value: object) -> bool:
     return value
 
 
-def check_type(name: str, value: T, types: type | tuple[type, ...], what: str) -> T:
-    """``value`` when it is ``None`` or one of ``types``; else a
+def check_type(
+    name: str,
+    value: T,
+    types: type | tuple[type, ...],
+    what: str,
+    *,
+    optional: bool = True,
+) -> T:
+    """``value`` when it is one of ``types`` (or ``None``, when ``optional``); else a
     :class:`~photoroom_bg.errors.ConfigurationError` saying ``name`` must be ``what`` (the
-    value itself is not shown: it may be a secret given in the wrong place)."""
-    if value is not None and not isinstance(value, types):
+    value itself is not shown: it may be a secret given in the wrong place). A bool is no
+    number here, though Python counts it as an ``int``."""
+    if optional and value is None:
+        return value
+    kinds = types if isinstance(types, tuple) else (types,)
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
         raise ConfigurationError(f"{name} must be {what}, not {type(value).__name__}")
     return value
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from .._numbers import check_flag
+from .._numbers import check_flag, check_type
 from ..errors import ConfigurationError
 from ..sinks._s3 import presign_seconds
 
@@ -93,9 +93,7 @@ def _of_type(kind: str) -> Callable[[object, attrs.Attribute[Any], object], None
     types, what = wanted[kind]
 
     def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
-            shown = type(value).__name__  # not the value: it may be a key or a token
-            raise ConfigurationError(f"{attribute.name} must be {what}, not {shown}")
+        check_type(attribute.name, value, types, what, optional=False)
 
     return check
 
