@@ -18,6 +18,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
+import anyio.lowlevel
+
 from .. import _threads
 from .._images import NotARegularFile, read_regular_file
 from .._numbers import check_flag
@@ -49,7 +52,7 @@ STALE_UNLOCKED_AFTER = 10.0
 STALE_ANYWAY_AFTER = 24 * 3600.0
 
 
-def _fsync_dir(folder: Path) -> None:
+def _fsync_dir(folder: str | Path) -> None:
     """Make a folder's entries (a rename, a new file or folder in it) survive power loss."""
     if not hasattr(os, "O_DIRECTORY"):  # pragma: no cover - Windows cannot open folders
         return
@@ -64,31 +67,41 @@ class _FolderSyncs:
     """Folder fsyncs shared by the puts that renamed into the same folder meanwhile.
 
     A put takes a ticket after its rename and returns only once an fsync of the folder that
-    began after that rename has ended: whichever put finds no fsync under way starts one,
-    covering every ticket taken so far, and the others wait for it (or start the next one).
-    So at most one fsync per folder runs at a time, and concurrent puts share it.
+    began after that ticket was taken has ended: whichever put finds no fsync under way starts
+    one, covering every ticket taken so far, and the others wait for it (or start the next
+    one). So at most one fsync per folder runs at a time, and concurrent puts share it.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._done = threading.Condition(self._lock)
-        self._tickets: dict[Path, int] = {}  # renames into the folder so far
-        self._synced: dict[Path, int] = {}  # tickets covered by a finished fsync
-        self._running: set[Path] = set()
-        self._users: dict[Path, int] = {}  # puts waiting on the folder: its entries live on
+        # keyed by the folder's path as a str (a Path hashes its parts anew on every look-up)
+        self._tickets: dict[str, int] = {}  # renames into the folder so far
+        self._synced: dict[str, int] = {}  # tickets covered by a finished fsync
+        self._running: set[str] = set()
+        self._users: dict[str, int] = {}  # tickets not yet waited for: the entries live on
 
-    def after_rename(self, folder: Path) -> None:
+    def after_rename(self, folder: str) -> None:
         """Return once an fsync of ``folder`` begun after this call has ended."""
+        self.wait(folder, self.take(folder))
+
+    def take(self, folder: str) -> int:
+        """A ticket for the renames into ``folder`` done so far; give it to :meth:`wait`."""
         with self._lock:
             ticket = self._tickets[folder] = self._tickets.get(folder, 0) + 1
             self._users[folder] = self._users.get(folder, 0) + 1
+            return ticket
+
+    def wait(self, folder: str, ticket: int) -> None:
+        """Return once an fsync of ``folder`` begun after ``ticket`` was taken has ended."""
+        with self._lock:
             try:
                 while self._synced.get(folder, 0) < ticket:
                     if folder in self._running:
                         self._done.wait()
                         continue
                     self._running.add(folder)
-                    covered = self._tickets[folder]  # renamed before this fsync begins
+                    covered = self._tickets[folder]  # taken before this fsync begins
                     self._lock.release()
                     try:
                         _fsync_dir(folder)
@@ -157,7 +170,7 @@ class FileSystemSink:
         self.write_metadata = check_flag("write_metadata", write_metadata)
         # what a key's parts are joined to ("" for the file system's root, itself a separator)
         self._root_prefix = str(self.root).rstrip(os.sep)
-        self._cleaned: set[Path] = set()
+        self._cleaned: set[str] = set()
         self._cleaned_lock = threading.Lock()
         self._name_max_bytes: int | None = None
         self._folder_syncs = _FolderSyncs()
@@ -283,31 +296,58 @@ class FileSystemSink:
     ) -> StoredObject:
         """Write ``data`` to ``root/key`` atomically and durably (replacing any previous file)."""
         meta = dict(metadata or {})
+        quick = self._quick_puts if len(data) <= _threads.QUICK_BYTES else None
+        if quick is None or quick.threaded:
 
-        def write() -> StoredObject:
-            # the key checked, hashed and written in one trip to a worker thread
+            def write() -> StoredObject:
+                # the key checked, hashed, written and made durable in one trip to a thread
+                target = self.path(key)
+                checksum = sha256_checksum(data)
+                folder = self._write(target, data, content_type, meta, checksum)
+                self._folder_syncs.after_rename(folder)
+                return self._describe(key, target, len(data), content_type, checksum, meta)
+
+            return await self._run("write", key, write, quick)
+
+        def write_now() -> tuple[StoredObject, str, int]:
             target = self.path(key)
             checksum = sha256_checksum(data)
-            self._write(target, data, content_type, meta, checksum)
-            return self._describe(key, target, len(data), content_type, checksum, meta)
+            folder = self._write(target, data, content_type, meta, checksum)
+            described = self._describe(key, target, len(data), content_type, checksum, meta)
+            return described, folder, self._folder_syncs.take(folder)
 
-        quick = self._quick_puts if len(data) <= _threads.QUICK_BYTES else None
-        return await self._run("write", key, write, quick)
+        # On the event loop: written, fsynced and renamed now; the folder's fsync waits for
+        # the other puts of this turn of the loop to rename too, and then covers them all
+        # (one fsync of the folder for a burst of cut-outs, not one each).
+        described, folder, ticket = await self._run("write", key, write_now, quick)
+
+        def synced() -> None:
+            self._folder_syncs.wait(folder, ticket)
+
+        with anyio.CancelScope(shield=True):  # renamed: see it onto the disk in any case
+            try:
+                await anyio.lowlevel.checkpoint()
+            finally:
+                await self._run("write", key, synced, quick)
+        return described
 
     def _write(
         self, target: Path, data: bytes, content_type: str, meta: dict[str, str], checksum: str
-    ) -> None:
-        self._remove_stale_temporaries(target.parent)
-        info = self._atomic_write(target, data, checksum)
+    ) -> str:
+        """Write the object (and its metadata file) and rename it into place; return the
+        folder, which the caller then fsyncs (through ``self._folder_syncs``) to make the
+        renames durable."""
+        folder, name = os.path.split(str(target))
+        self._remove_stale_temporaries(folder)
+        info = self._atomic_write(folder, name, data, checksum)
         if self.write_metadata:
             sidecar = {
                 "content_type": content_type,
                 "metadata": meta,
                 "checksum": _stamp(checksum, info),
             }
-            self._atomic_write(
-                target.with_name(target.name + _META_SUFFIX), json.dumps(sidecar).encode()
-            )
+            self._atomic_write(folder, name + _META_SUFFIX, json.dumps(sidecar).encode())
+        return folder
 
     def _make_folders(self, folder: Path) -> None:
         """Create ``folder`` and its missing parents, each one's entry made durable."""
@@ -323,20 +363,23 @@ class FileSystemSink:
             _fsync_dir(made.parent)
 
     def _atomic_write(
-        self, target: Path, data: bytes, checksum: str | None = None
+        self, folder: str, name: str, data: bytes, checksum: str | None = None
     ) -> os.stat_result:
+        """Write ``folder/name`` through a temporary file beside it, fsynced and renamed."""
         # Not mkstemp: its files are 0600. Created like open() would, so the umask decides
-        # who may read the cut-outs (0644 under the usual umask).
-        temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        # who may read the cut-outs (0644 under the usual umask). (Paths as str: this runs for
+        # every image, and pathlib would cost more than the system calls.)
+        target = f"{folder}{os.sep}{name}"
+        temp = f"{folder}{os.sep}.{name}.{secrets.token_hex(6)}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         flags |= getattr(os, "O_CLOEXEC", 0)
         try:
             fd = os.open(temp, flags, 0o666)
         except FileNotFoundError:  # a new folder: make it (and its parents), then write
-            self._make_folders(target.parent)
+            self._make_folders(Path(folder))
             fd = os.open(temp, flags, 0o666)
-        # the fd stays open (and locked) until the rename is durable, so a cleaner in another
-        # process can tell this file is being written
+        # the fd stays open (and locked) until the rename, so a cleaner in another process
+        # can tell this file is being written
         try:
             try_lock(fd)
             view = memoryview(data)
@@ -346,8 +389,7 @@ class FileSystemSink:
             if checksum is not None:  # before the fsync, which then makes it durable too
                 _set_xattr(fd, _stamp(checksum, info))
             os.fsync(fd)
-            os.replace(temp, target)
-            self._folder_syncs.after_rename(target.parent)
+            os.replace(temp, target)  # durable once the caller's fsync of the folder ends
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
@@ -356,7 +398,7 @@ class FileSystemSink:
             os.close(fd)
         return info
 
-    def _remove_stale_temporaries(self, folder: Path) -> None:
+    def _remove_stale_temporaries(self, folder: str) -> None:
         """Remove the temporary files a killed writer left in ``folder`` (once per folder)."""
         with self._cleaned_lock:
             if folder in self._cleaned:
@@ -523,7 +565,7 @@ def stored_keys(root: Path) -> set[str]:
     return keys
 
 
-def _temporaries(folder: Path) -> Iterator[str]:
+def _temporaries(folder: str) -> Iterator[str]:
     try:
         with os.scandir(folder) as entries:
             names = [e.path for e in entries if _TEMP_NAME.match(e.name)]

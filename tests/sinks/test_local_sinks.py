@@ -390,6 +390,74 @@ async def test_concurrent_puts_into_one_folder_share_its_fsync_once_their_rename
     assert sink._folder_syncs._tickets == {}  # nothing kept once every put has returned
 
 
+async def test_puts_on_the_event_loop_share_the_folder_fsync_of_their_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small puts run on the event loop, one after the other: each used to fsync the folder
+    on its own. Those that rename in the same turn of the loop now share one fsync, which
+    begins after the last of their renames and ends before any of them returns."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    folder = tmp_path / "out"
+    here = threading.current_thread()
+
+    def fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        real_fsync(fd)
+        if path == str(folder):
+            assert threading.current_thread() is here  # quick: still on the event loop
+            events.append(("fsync", path))
+
+    def replace(src: Any, dst: Any) -> None:
+        real_replace(src, dst)
+        events.append(("rename", str(dst)))
+
+    sink = FileSystemSink(folder)
+    await sink.put("first.png", b"first")  # makes the folder
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+
+    async def put(key: str) -> None:
+        await sink.put(key, key.encode(), metadata={"k": key})
+        events.append(("returned", str(folder / key)))
+
+    await asyncio.gather(*(put(f"{i}.png") for i in range(8)))
+    fsyncs = [i for i, e in enumerate(events) if e[0] == "fsync"]
+    assert len(fsyncs) == 1, events  # one each before: 8
+    renames = [i for i, e in enumerate(events) if e[0] == "rename"]
+    returns = [i for i, e in enumerate(events) if e[0] == "returned"]
+    assert len(renames) == 8
+    assert max(renames) < fsyncs[0] < min(returns)
+    assert sink._folder_syncs._tickets == {}  # nothing kept once every put has returned
+    for i in range(8):
+        assert (folder / f"{i}.png").read_bytes() == f"{i}.png".encode()
+
+
+async def test_a_put_cancelled_after_its_rename_still_fsyncs_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while it waits for the others of its turn, a put that renamed its file
+    still sees the folder fsynced before it ends, and leaves no ticket behind."""
+    folder = tmp_path / "out"
+    sink = FileSystemSink(folder)
+    await sink.put("first.png", b"first")
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    task = asyncio.ensure_future(sink.put("cut.png", b"cut"))
+    while not (folder / "cut.png").exists():  # renamed, now waiting for its turn to end
+        await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert synced[-1] == str(folder)
+    assert sink._folder_syncs._tickets == {}
+
+
 async def test_stat_reads_no_object_back_and_uses_the_checksum_kept_at_write_time(
     tmp_path: Path,
 ) -> None:
@@ -543,6 +611,7 @@ async def test_small_puts_and_look_ups_run_in_place_large_or_slow_ones_in_worker
         seen.append(("fsync", threading.current_thread()))
         if slow[0]:
             now[0] += 1.0  # as a disk busy writing back would take
+            slow[0] = False  # once
         real_fsync(fd)
 
     def lstat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
@@ -567,8 +636,9 @@ async def test_small_puts_and_look_ups_run_in_place_large_or_slow_ones_in_worker
     assert where() == {False}  # it may take a while: never on the event loop
     slow[0] = True
     await sink.put("slow.png", b"slow")
-    assert where() == {True}
-    slow[0] = False
+    fsyncs = [thread for call, thread in seen if call == "fsync"]
+    assert fsyncs[0] is here  # the file's fsync, in place: it was slow
+    assert where() == {True, False}  # the folder's, just after it, in a thread
     await sink.put("next.png", b"next")  # the put after a slow one goes to a thread
     assert where() == {False}
     assert await sink.exists("next.png")  # look-ups were quick: still in place
