@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -16,6 +17,9 @@ from . import netguard
 from .s3server import S3Server, start_s3_server
 
 _GUARD_SITE = str(Path(__file__).resolve().parent / "_guard_site")
+#: The session's temporary folder (set for the children too): what the SDK, the servers and
+#: the tests leave in "the" temporary folder goes there, and is removed with it at the end.
+TEMP_ENV = "PHOTOROOM_BG_TEST_TMPDIR"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -27,6 +31,12 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[netguard.LOG_ENV] = str(log)
     paths = [_GUARD_SITE, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    if TEMP_ENV not in os.environ:  # else an outer test session owns it
+        # pytest's own tmp_path folders stay where they always are (kept for a look after)
+        os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+        folder = tempfile.mkdtemp(prefix="photoroom-bg-tests-")
+        os.environ[TEMP_ENV] = os.environ["TMPDIR"] = tempfile.tempdir = folder
+        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
 @pytest.fixture(autouse=True)
