@@ -13,6 +13,7 @@ import stat
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -183,10 +184,12 @@ class FileSystemSink:
 
     def path(self, key: str) -> Path:
         """The file that holds ``key``; refuses keys that escape the root or cannot be stored."""
-        return self._locate(key)[0]
+        return Path(self._locate(key)[0])
 
-    def _locate(self, key: str) -> tuple[Path, bool]:
-        """:meth:`path`, and whether something may be there (False: a part of it is missing)."""
+    def _locate(self, key: str) -> tuple[str, bool]:
+        """:meth:`path` as a str, and whether something may be there (False: a part of it is
+        missing). (A str: a batch does this twice per image, and a Path costs more to make
+        than the ``lstat``.)"""
         check_key(key)
         parts = key.split("/")
         if key.endswith(_META_SUFFIX):
@@ -205,17 +208,17 @@ class FileSystemSink:
                 mode = os.lstat(current).st_mode
             except (FileNotFoundError, NotADirectoryError):
                 # nothing below exists yet: no symlink to follow
-                return Path(f"{self._root_prefix}{os.sep}{key}"), False
+                return f"{self._root_prefix}{os.sep}{key}", False
             except OSError as exc:
                 raise self._error(exc, "resolve", key) from None
             if stat.S_ISLNK(mode):
-                return self._resolved(key, Path(f"{self._root_prefix}{os.sep}{key}")), True
+                return str(self._resolved(key, Path(f"{self._root_prefix}{os.sep}{key}"))), True
             if index < len(parts) and not stat.S_ISDIR(mode):  # no put could ever succeed
                 raise UnsafeKeyError(
                     f"key {key!r} cannot be stored under {printable(str(self.root))}: "
                     f"{printable(current)} is a file, not a folder"
                 )
-        return Path(current), True
+        return current, True
 
     def _resolved(self, key: str, target: Path) -> Path:
         try:
@@ -301,7 +304,7 @@ class FileSystemSink:
 
             def write() -> StoredObject:
                 # the key checked, hashed, written and made durable in one trip to a thread
-                target = self.path(key)
+                target = self._locate(key)[0]
                 checksum = sha256_checksum(data)
                 folder = self._write(target, data, content_type, meta, checksum)
                 self._folder_syncs.after_rename(folder)
@@ -310,7 +313,7 @@ class FileSystemSink:
             return await self._run("write", key, write, quick)
 
         def write_now() -> tuple[StoredObject, str, int]:
-            target = self.path(key)
+            target = self._locate(key)[0]
             checksum = sha256_checksum(data)
             folder = self._write(target, data, content_type, meta, checksum)
             described = self._describe(key, target, len(data), content_type, checksum, meta)
@@ -332,12 +335,12 @@ class FileSystemSink:
         return described
 
     def _write(
-        self, target: Path, data: bytes, content_type: str, meta: dict[str, str], checksum: str
+        self, target: str, data: bytes, content_type: str, meta: dict[str, str], checksum: str
     ) -> str:
         """Write the object (and its metadata file) and rename it into place; return the
         folder, which the caller then fsyncs (through ``self._folder_syncs``) to make the
         renames durable."""
-        folder, name = os.path.split(str(target))
+        folder, name = os.path.split(target)
         self._remove_stale_temporaries(folder)
         info = self._atomic_write(folder, name, data, checksum)
         if self.write_metadata:
@@ -410,13 +413,13 @@ class FileSystemSink:
     def _describe(
         self,
         key: str,
-        target: Path,
+        target: str,
         size: int,
         content_type: str,
         checksum: str,
         meta: Mapping[str, str],
     ) -> StoredObject:
-        uri = target.as_uri()
+        uri = _file_uri(target)
         return StoredObject(
             key=key,
             size=size,
@@ -484,9 +487,10 @@ class FileSystemSink:
             "describe", key, lambda: self._stat(key, *self._locate(key)), self._quick_lookups
         )
 
-    def _stat(self, key: str, target: Path, present: bool) -> StoredObject:
+    def _stat(self, key: str, where: str, present: bool) -> StoredObject:
         if not present:  # the lstat of the path already said so: no second look
             raise ObjectNotFoundError(f"no object {key!r} under {printable(str(self.root))}")
+        target = Path(where)
         info = os.stat(target)
         if not stat.S_ISREG(info.st_mode):
             raise ObjectNotFoundError(f"no object {key!r} under {self.root}")
@@ -505,7 +509,7 @@ class FileSystemSink:
                 checksum = checksum or _unstamp(str(stored.get("checksum", "")), info)
         if checksum is None:
             checksum = f'W/"{info.st_size:x}-{info.st_mtime_ns:x}"'
-        return self._describe(key, target, info.st_size, content_type, checksum, meta)
+        return self._describe(key, where, info.st_size, content_type, checksum, meta)
 
     async def url(self, key: str, *, expires: float | timedelta = 3600) -> str:
         """The ``file://`` URI of ``root/key`` (``expires`` does not apply)."""
@@ -526,6 +530,13 @@ class FileSystemSink:
 
     async def aclose(self) -> None:
         """Nothing to release."""
+
+
+def _file_uri(path: str) -> str:
+    """``Path(path).as_uri()`` for an absolute path, without making a Path on POSIX."""
+    if os.name == "posix":
+        return "file://" + urllib.parse.quote_from_bytes(os.fsencode(path))
+    return Path(path).as_uri()  # pragma: no cover - Windows
 
 
 def _is_regular(path: Path) -> bool:

@@ -14,6 +14,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import pytest
 
@@ -53,6 +55,21 @@ async def test_filesystem_writes_are_atomic_and_leave_no_temp_files(tmp_path: Pa
     assert (tmp_path / "out" / "deep" / "er" / "x.png").read_bytes() == b"data"
     assert stored.uri == (tmp_path / "out" / "deep" / "er" / "x.png").as_uri()
     assert [p.name for p in (tmp_path / "out" / "deep" / "er").iterdir()] == ["x.png"]
+
+
+@pytest.mark.parametrize(
+    "key", ["a b.png", "100%.png", "#1?.png", "caf\u00e9/\u732b.png", "x;y=z&w.png"]
+)
+async def test_a_stored_objects_uri_is_its_files_uri_whatever_the_name(
+    tmp_path: Path, key: str
+) -> None:
+    """Put and stat describe a file by the URI pathlib gives it, characters escaped."""
+    sink = FileSystemSink(tmp_path / "out dir")
+    stored = await sink.put(key, b"data")
+    expected = (tmp_path / "out dir" / key).as_uri()
+    assert stored.uri == stored.url == expected
+    assert (await sink.stat(key)).uri == expected
+    assert url2pathname(urlparse(expected).path) == str(tmp_path / "out dir" / key)
 
 
 async def test_stored_files_get_the_umask_permissions_not_private_ones(tmp_path: Path) -> None:
