@@ -569,13 +569,14 @@ def photos(crops: int, full: int, levels: list[int], repeat: int) -> None:
     )
     print(
         f"   {'':<20} {'':>5}  {'hand loop, ms/image':<24} {'BatchRemover':>12} "
-        f"{'ratio to loop':>15}"
+        f"{'ratio to loop':>15} {'folder':>7}"
     )
     print(
         f"   {'images':<20} {'conc.':>5}  {'1 pool':>6} {'sharded':>8} {'durable':>8} "
-        f"{'ms/image':>12} {'sharded':>7} {'durable':>7}"
+        f"{'ms/image':>12} {'sharded':>7} {'durable':>7} {'fsyncs':>7}"
     )
     runners = ("1 pool", "sharded", "durable", "sdk")
+    folder_syncs = count_folder_fsyncs()
     with tempfile.TemporaryDirectory() as tmp, Emulator(0.0, image_work=True) as emu:
         kinds = ((f"{crops} crops 64-128 px", crops, False), (f"{full} full-size", full, True))
         for label, n, full_size in kinds:
@@ -584,6 +585,7 @@ def photos(crops: int, full: int, levels: list[int], repeat: int) -> None:
             paths = photo_files(folder, n, full_size)
             for concurrency in levels:
                 used: dict[str, list[float]] = {runner: [] for runner in runners}
+                folder_syncs.clear()
                 for attempt in range(repeat + 1):  # the first one warms up
                     # each attempt in another order: what one run leaves the file system
                     # to do (writing back, the inode allocator's state) is not always
@@ -604,16 +606,34 @@ def photos(crops: int, full: int, levels: list[int], repeat: int) -> None:
                             assert stored == n
                         used[runner].append(time.process_time() - before)
                 one, sharded, durable, sdk = (min(times[1:]) / n * 1e3 for times in used.values())
+                syncs = len(folder_syncs) / n / (repeat + 1)
                 print(
                     f"   {label:<20} {concurrency:>5}  {one:>6.2f} {sharded:>8.2f} "
-                    f"{durable:>8.2f} {sdk:>12.2f} {sdk / sharded:>7.2f} {sdk / durable:>7.2f}"
+                    f"{durable:>8.2f} {sdk:>12.2f} {sdk / sharded:>7.2f} {sdk / durable:>7.2f} "
+                    f"{syncs:>7.2f}"
                 )
     print(
         f"   (ms of client CPU per image, the least of {repeat} runs after a warm-up;\n"
         "   durable: the sharded loop storing as the file-system sink does, temporary\n"
         "   file, fsync, rename, folder fsync; ratio: BatchRemover / that loop;\n"
-        "   the runners take turns in a rotating order)"
+        "   the runners take turns in a rotating order; folder fsyncs: the sink's, per\n"
+        "   image stored, shared by the puts that rename in the same turn of the loop)"
     )
+
+
+def count_folder_fsyncs() -> list[object]:
+    """A list that gets an item for each fsync of a folder by :class:`FileSystemSink`."""
+    from photoroom_bg.sinks import _filesystem
+
+    synced: list[object] = []
+    fsync_dir = _filesystem._fsync_dir
+
+    def counted(folder: Any) -> None:
+        synced.append(folder)
+        fsync_dir(folder)
+
+    _filesystem._fsync_dir = counted
+    return synced
 
 
 def thread_calls(n: int, repeat: int) -> None:
