@@ -3,6 +3,7 @@ the guard that keeps every test, and every Python process a test starts, on loop
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -36,7 +37,9 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
         folder = tempfile.mkdtemp(prefix="photoroom-bg-tests-")
         os.environ[TEMP_ENV] = os.environ["TMPDIR"] = tempfile.tempdir = folder
-        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+        # at exit, after the libraries that clean their own folders in it then (Prefect's
+        # test harness): exit callbacks run last registered first
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
