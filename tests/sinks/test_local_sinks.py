@@ -407,8 +407,9 @@ async def test_concurrent_puts_into_one_folder_share_its_fsync_once_their_rename
     assert sink._folder_syncs._tickets == {}  # nothing kept once every put has returned
 
 
+@pytest.mark.parametrize("write_metadata", [False, True])
 async def test_puts_on_the_event_loop_share_the_folder_fsync_of_their_turn(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_metadata: bool
 ) -> None:
     """Small puts run on the event loop, one after the other: each used to fsync the folder
     on its own. Those that rename in the same turn of the loop now share one fsync, which
@@ -429,7 +430,7 @@ async def test_puts_on_the_event_loop_share_the_folder_fsync_of_their_turn(
         real_replace(src, dst)
         events.append(("rename", str(dst)))
 
-    sink = FileSystemSink(folder)
+    sink = FileSystemSink(folder, write_metadata=write_metadata)
     await sink.put("first.png", b"first")  # makes the folder
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
@@ -443,7 +444,7 @@ async def test_puts_on_the_event_loop_share_the_folder_fsync_of_their_turn(
     assert len(fsyncs) == 1, events  # one each before: 8
     renames = [i for i, e in enumerate(events) if e[0] == "rename"]
     returns = [i for i, e in enumerate(events) if e[0] == "returned"]
-    assert len(renames) == 8
+    assert len(renames) == (16 if write_metadata else 8)  # the metadata files' too
     assert max(renames) < fsyncs[0] < min(returns)
     assert sink._folder_syncs._tickets == {}  # nothing kept once every put has returned
     for i in range(8):
