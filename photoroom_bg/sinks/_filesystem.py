@@ -301,23 +301,25 @@ class FileSystemSink:
         """Write ``data`` to ``root/key`` atomically and durably (replacing any previous file)."""
         meta = dict(metadata or {})
         quick = self._quick_puts if len(data) <= _threads.QUICK_BYTES else None
-        if quick is None or quick.threaded:
 
-            def write() -> StoredObject:
-                # the key checked, hashed, written and made durable in one trip to a thread
-                target = self._locate(key)[0]
-                checksum = sha256_checksum(data)
-                folder = self._write(target, data, content_type, meta, checksum)
-                self._folder_syncs.after_rename(folder)
-                return self._describe(key, target, len(data), content_type, checksum, meta)
-
-            return await self._run("write", key, write, quick)
-
-        def write_now() -> tuple[StoredObject, str, int]:
+        def write() -> tuple[StoredObject, str]:
+            """The key checked, the object hashed, written and renamed; and its folder."""
             target = self._locate(key)[0]
             checksum = sha256_checksum(data)
             folder = self._write(target, data, content_type, meta, checksum)
-            described = self._describe(key, target, len(data), content_type, checksum, meta)
+            return self._describe(key, target, len(data), content_type, checksum, meta), folder
+
+        if quick is None or quick.threaded:
+
+            def write_durably() -> StoredObject:  # in one trip to a worker thread
+                described, folder = write()
+                self._folder_syncs.after_rename(folder)
+                return described
+
+            return await self._run("write", key, write_durably, quick)
+
+        def write_now() -> tuple[StoredObject, str, int]:
+            described, folder = write()
             return described, folder, self._folder_syncs.take(folder)
 
         # On the event loop: written, fsynced and renamed now; the folder's fsync waits for
