@@ -565,20 +565,21 @@ def rss(small: int, large: int) -> None:
 def photos(crops: int, full: int, levels: list[int], repeat: int) -> None:
     print(
         "4. client CPU per image with real photos, read from files and stored as files,\n"
-        "   emulator latency 0 with image work"
+        "   emulator latency 0 with image work (crops: random 64-128 px pieces of them;\n"
+        "   full: the whole photos)"
     )
     print(
-        f"   {'':<20} {'':>5}  {'hand loop, ms/image':<24} {'BatchRemover':>12} "
+        f"   {'':<10} {'':>5}  {'hand loop, ms/image':<24} {'BatchRemover':>12} "
         f"{'ratio to loop':>15} {'folder':>7}"
     )
     print(
-        f"   {'images':<20} {'conc.':>5}  {'1 pool':>6} {'sharded':>8} {'durable':>8} "
+        f"   {'images':<10} {'conc.':>5}  {'1 pool':>6} {'sharded':>8} {'durable':>8} "
         f"{'ms/image':>12} {'sharded':>7} {'durable':>7} {'fsyncs':>7}"
     )
     runners = ("1 pool", "sharded", "durable", "sdk")
     folder_syncs = count_folder_fsyncs()
     with tempfile.TemporaryDirectory() as tmp, Emulator(0.0, image_work=True) as emu:
-        kinds = ((f"{crops} crops 64-128 px", crops, False), (f"{full} full-size", full, True))
+        kinds = ((f"{crops} crops", crops, False), (f"{full} full", full, True))
         for label, n, full_size in kinds:
             folder = Path(tmp, "full" if full_size else "crops")
             folder.mkdir()
@@ -608,7 +609,7 @@ def photos(crops: int, full: int, levels: list[int], repeat: int) -> None:
                 one, sharded, durable, sdk = (min(times[1:]) / n * 1e3 for times in used.values())
                 syncs = len(folder_syncs) / n / (repeat + 1)
                 print(
-                    f"   {label:<20} {concurrency:>5}  {one:>6.2f} {sharded:>8.2f} "
+                    f"   {label:<10} {concurrency:>5}  {one:>6.2f} {sharded:>8.2f} "
                     f"{durable:>8.2f} {sdk:>12.2f} {sdk / sharded:>7.2f} {sdk / durable:>7.2f} "
                     f"{syncs:>7.2f}"
                 )
