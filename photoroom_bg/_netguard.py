@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import attrs
 
-from ._numbers import check_flag
+from ._numbers import flag_validator
 from .errors import ConfigurationError, UnsafeURLError
 
 __all__ = [
@@ -202,9 +202,7 @@ class NetworkPolicy:
             reach; everything else stays refused.
     """
 
-    allow_private_networks: bool = attrs.field(
-        default=False, validator=lambda _, a, v: check_flag(a.name, v)
-    )
+    allow_private_networks: bool = attrs.field(default=False, validator=flag_validator)
     allow_networks: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_networks)
 
     def check(self, address: str, *, host: str) -> IPAddress:

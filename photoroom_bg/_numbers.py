@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .errors import ConfigurationError
 
@@ -30,6 +30,7 @@ __all__ = [
     "check_given",
     "check_number",
     "check_type",
+    "flag_validator",
     "sleep_seconds",
     "wait_limit",
 ]
@@ -56,6 +57,11 @@ def check_flag(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ConfigurationError(f"{name} must be True or False, not {value!r}")
     return value
+
+
+def flag_validator(_: object, attribute: Any, value: object) -> None:
+    """:func:`check_flag` as an attrs validator, naming the field."""
+    check_flag(attribute.name, value)
 
 
 def check_type(

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import attrs
 import backoff
 
-from ._numbers import check_flag, check_number
+from ._numbers import check_number, flag_validator
 from .errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -68,9 +68,7 @@ class RetryPolicy:
     initial_delay: float = attrs.field(default=0.5, validator=_finite_seconds)
     max_delay: float = attrs.field(default=30.0, validator=_seconds)
     max_retry_after: float = attrs.field(default=60.0, validator=_seconds)
-    retry_possibly_billed: bool = attrs.field(
-        default=True, validator=lambda _, a, v: check_flag(a.name, v)
-    )
+    retry_possibly_billed: bool = attrs.field(default=True, validator=flag_validator)
 
     def delays(self) -> Iterator[float]:
         """Backoff delays for successive retries (exponential, full jitter, capped)."""

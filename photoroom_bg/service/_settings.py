@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from .._numbers import check_flag, check_type
+from .._numbers import check_type, flag_validator
 from ..errors import ConfigurationError
 from ..sinks._s3 import presign_seconds
 
@@ -76,11 +76,7 @@ def _of_type(kind: str) -> Callable[[object, attrs.Attribute[Any], object], None
     values are parsed into it): a str is truthy whatever it says, a bare TypeError or a
     value taken as it is fails later and elsewhere."""
     if kind == "bool":
-
-        def flag(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-            check_flag(attribute.name, value)
-
-        return flag
+        return flag_validator
     wanted: dict[str, tuple[tuple[type, ...], str]] = {
         "str": ((str,), "a str"),
         "str | None": ((str, type(None)), "a str or None"),

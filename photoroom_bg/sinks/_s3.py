@@ -112,10 +112,7 @@ class S3Sink:
         create_bucket: bool = False,
         url_expires: float | timedelta = 3600,
     ) -> None:
-        if not isinstance(uri, str):
-            raise ConfigurationError(
-                f"uri must be an s3://bucket/prefix URI (a str), not {type(uri).__name__}"
-            )
+        check_type("uri", uri, str, "an s3://bucket/prefix URI (a str)", optional=False)
         for name, value in (
             ("endpoint_url", endpoint_url),
             ("region", region),
