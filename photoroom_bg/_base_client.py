@@ -363,11 +363,9 @@ class BaseClient:
                 rule="type",
             )
         headers = self._auth_headers()
-        fields, extra = _wire.segment_fields(options)
+        fields, files, extra = _wire.segment_parts(options)
         headers.update(extra)
-        blobs: FileParts = [
-            (field, (field, blob, None)) for field, blob in _wire.encode(options).files.items()
-        ]
+        blobs: FileParts = [(field, (field, blob, None)) for field, blob in files.items()]
 
         def load() -> tuple[bytes, str, str]:
             data, name = load_image(image)

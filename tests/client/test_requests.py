@@ -342,6 +342,30 @@ async def test_segment_extra_params_keep_lists_and_files(
     assert multipart_fields(request)["future_file"] == ("future_file", b"blob")
 
 
+async def test_a_segment_call_encodes_its_options_once(
+    twin: Twin, respx_mock: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The options are turned into fields once per call (a batch makes a call per image)."""
+    from photoroom_bg import _wire
+
+    options = SegmentOptions(size="hd", extra_params={"future_file": b"blob"})  # checked here
+    encodes: list[object] = []
+    encode = _wire.encode
+
+    def counted(options: object) -> _wire.Encoded:
+        encodes.append(options)
+        return encode(options)
+
+    monkeypatch.setattr(_wire, "encode", counted)
+    route = respx_mock.post(SEGMENT).respond(
+        200, content=CUTOUT, headers={"content-type": "image/png"}
+    )
+    await twin.call("remove_background", png(), options)
+    assert encodes == [options]
+    assert text_fields(route.calls.last.request) == {"size": "hd"}
+    assert multipart_fields(route.calls.last.request)["future_file"] == ("future_file", b"blob")
+
+
 def test_saving_onto_a_full_disk_keeps_the_file_it_would_replace(tmp_path: Path) -> None:
     # the file was opened for writing (emptied) before the bytes were known not to fit: the
     # earlier cut-out was lost, and half of the new one left in its place
