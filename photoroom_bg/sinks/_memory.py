@@ -31,6 +31,7 @@ class MemorySink:
             check_count("max_bytes", max_bytes, 0)
         self.max_bytes = max_bytes
         self._objects: dict[str, tuple[bytes, StoredObject]] = {}
+        self._bytes = 0  # kept as objects come and go: a put never walks them all
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -39,7 +40,7 @@ class MemorySink:
     @property
     def total_bytes(self) -> int:
         """Bytes held."""
-        return sum(len(data) for data, _ in self._objects.values())
+        return self._bytes
 
     @property
     def objects(self) -> dict[str, bytes]:
@@ -57,13 +58,12 @@ class MemorySink:
         """Store ``data`` under ``key`` (replacing any previous object)."""
         check_key(key)
         async with self._lock:
-            if self.max_bytes is not None:
-                previous = len(self._objects[key][0]) if key in self._objects else 0
-                if self.total_bytes - previous + len(data) > self.max_bytes:
-                    raise StorageFullError(
-                        f"MemorySink is full: storing {key!r} ({len(data):,} bytes) would "
-                        f"exceed max_bytes={self.max_bytes:,}"
-                    )
+            previous = len(self._objects[key][0]) if key in self._objects else 0
+            if self.max_bytes is not None and self._bytes - previous + len(data) > self.max_bytes:
+                raise StorageFullError(
+                    f"MemorySink is full: storing {key!r} ({len(data):,} bytes) would "
+                    f"exceed max_bytes={self.max_bytes:,}"
+                )
             uri = "memory://" + quote(key, safe="/")
             stored = StoredObject(
                 key=key,
@@ -75,6 +75,7 @@ class MemorySink:
                 metadata=dict(metadata or {}),
             )
             self._objects[key] = (bytes(data), stored)
+            self._bytes += len(data) - previous
             return stored
 
     async def exists(self, key: str) -> bool:
@@ -102,7 +103,9 @@ class MemorySink:
     async def delete(self, key: str) -> None:
         """Remove ``key`` if present."""
         async with self._lock:
-            self._objects.pop(check_key(key), None)
+            gone = self._objects.pop(check_key(key), None)
+            if gone is not None:
+                self._bytes -= len(gone[0])
 
     async def aclose(self) -> None:
         """Nothing to release."""

@@ -42,6 +42,32 @@ async def test_memory_sink_size_cap() -> None:
     assert sink.total_bytes == 10
 
 
+async def test_a_capped_memory_sink_counts_its_bytes_without_walking_its_objects() -> None:
+    """A put into a capped sink of N objects once summed all N sizes: a batch of N images
+    did N**2 / 2 additions."""
+
+    class Walked(dict[str, Any]):
+        walks = 0
+
+        def values(self) -> Any:
+            Walked.walks += 1
+            return super().values()
+
+    sink = MemorySink(max_bytes=100)
+    sink._objects = Walked()
+    for key, data in [("a", b"12345"), ("b", b"123"), ("a", b"1"), ("c", b"1234")]:
+        await sink.put(key, data)
+    assert sink.total_bytes == 8
+    await sink.delete("b")
+    await sink.delete("missing")
+    assert sink.total_bytes == 5
+    await sink.put("d", b"x" * 95)
+    with pytest.raises(StorageFullError, match="max_bytes=100"):
+        await sink.put("e", b"1")
+    assert sink.total_bytes == 100 == sum(len(v) for v in sink.objects.values())
+    assert Walked.walks == 0
+
+
 @pytest.mark.parametrize("cap", [-1, 1.5, True, float("nan")], ids=repr)
 def test_a_memory_sink_cap_that_is_no_byte_count_is_refused(cap: Any) -> None:
     # a negative cap refused every put; a NaN one none
