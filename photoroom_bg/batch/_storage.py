@@ -258,8 +258,11 @@ class Storage:
     # -- outages -------------------------------------------------------------------------
 
     async def available(self) -> None:
-        """Return once the sink is not known to be unreachable."""
-        await self._available.wait()
+        """Return once the sink is not known to be unreachable: at once, without a turn of
+        the event loop, while it is not (anyio's ``Event.wait`` gives one even when the
+        event is set, and a batch asks twice per image)."""
+        if not self._available.is_set():
+            await self._available.wait()
 
     def outage(self, exc: StorageUnavailableError) -> None:
         """The sink stopped answering: every worker waits while one prober checks it."""
