@@ -145,6 +145,10 @@ class Batch:
         self.listing_error: str | None = None
         self._resources = contextlib.AsyncExitStack()
         self._waiting: set[anyio.CancelScope] = set()
+        # the listing's hand-over: inputs sent and taken so far, and the event the listing
+        # waits for, when the workers' queue is full, until it is half empty again
+        self._sent = self._taken = 0
+        self._room: anyio.Event | None = None
         self._inflight: dict[str, _InFlight] = {}
         # identity -> (index, key, spilled) of a job that made it, the least recent first
         self._made: OrderedDict[bytes, tuple[int, str, bool]] = OrderedDict()
@@ -449,8 +453,13 @@ class Batch:
                     try:  # no yield to the loop while there is room (send() always yields)
                         send.send_nowait((total, source))
                     except anyio.WouldBlock:
-                        await send.send((total, source))
+                        # full: wait until the workers have taken half of it, then fill it
+                        # again (two task steps per half a queue, not two per input)
+                        self._room = anyio.Event()
+                        await self._room.wait()
+                        send.send_nowait((total, source))
                     total += 1
+                    self._sent = total
             except Exception as exc:  # the listing ends; what it listed is processed
                 error = typed(exc, SourceError, "listing the sources")
                 self.listing_error = f"{type(error).__name__}: {error}"
@@ -472,6 +481,10 @@ class Batch:
                         index, source = await receive.receive()
                 except anyio.EndOfStream:
                     return
+                self._taken += 1
+                if self._room is not None and self._sent - self._taken <= self.r.concurrency // 2:
+                    self._room.set()  # the listing fills the queue again
+                    self._room = None
                 job = _Job(index, source, time.monotonic())
                 running = self.stop_reason is None
                 if running:
