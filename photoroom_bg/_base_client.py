@@ -363,7 +363,7 @@ class BaseClient:
                 rule="type",
             )
         headers = self._auth_headers()
-        fields, files, extra = _wire.segment_parts(options)
+        fields, files, extra = _wire.segment_fields(options)
         headers.update(extra)
         blobs: FileParts = [(field, (field, blob, None)) for field, blob in files.items()]
 

@@ -38,7 +38,6 @@ __all__ = [
     "encode",
     "raise_or_warn",
     "segment_fields",
-    "segment_parts",
     "wire_value",
 ]
 
@@ -273,18 +272,11 @@ def check_options(options: Any, rules: tuple[_rules.Rule, ...]) -> None:
     raise_or_warn(_rules.violations(rules, request, per_call=False), encoded, request)
 
 
-def segment_fields(options: Any) -> tuple[dict[str, str | list[str]], dict[str, str]]:
-    """Return ``(form fields, headers)`` for ``POST /v1/segment`` (file fields given through
-    ``extra_params`` are in :func:`segment_parts`)."""
-    texts, _, headers = segment_parts(options)
-    return texts, headers
-
-
-def segment_parts(
+def segment_fields(
     options: Any,
 ) -> tuple[dict[str, str | list[str]], dict[str, bytes], dict[str, str]]:
-    """Return ``(text fields, file fields, headers)`` for ``POST /v1/segment``, from one
-    :func:`encode` (a call builds them for every image)."""
+    """Return ``(text fields, file fields, headers)`` for ``POST /v1/segment`` (file fields
+    come from ``extra_params``), from one :func:`encode`: a call builds them for every image."""
     encoded = encode(options)
     headers = dict(encoded.headers)
     if options.base64:

@@ -10,7 +10,7 @@ from photoroom_bg.errors import ValidationError
 
 
 def test_segment_defaults_send_no_fields_and_no_accept_header() -> None:
-    assert segment_fields(SegmentOptions()) == ({}, {})
+    assert segment_fields(SegmentOptions()) == ({}, {}, {})
 
 
 def test_segment_every_option_golden() -> None:
@@ -27,6 +27,7 @@ def test_segment_every_option_golden() -> None:
             "despill": "true",
         },
         {},
+        {},
     )
 
 
@@ -38,10 +39,11 @@ def test_segment_bg_color_keeps_or_adds_hash(given: str, sent: str) -> None:
 
 
 def test_segment_base64_asks_for_json_and_extra_params_pass_through() -> None:
-    fields, headers = segment_fields(
+    fields, files, headers = segment_fields(
         SegmentOptions(base64=True, extra_params={"new_flag": False}, extra_headers={"x-a": "1"})
     )
     assert fields == {"new_flag": "false"}
+    assert files == {}
     assert headers == {"x-a": "1", "accept": "application/json"}
 
 

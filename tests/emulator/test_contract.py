@@ -681,7 +681,7 @@ def _send_raw(http: httpx.Client, endpoint: str, case: Case, image: Any) -> http
         with attrs.validators.disabled():
             options = case.options(**case.bad)
         if endpoint == "segment":
-            texts, headers = segment_fields(options)
+            texts, _, headers = segment_fields(options)
             files = {}
             path = "/v1/segment"
         else:
