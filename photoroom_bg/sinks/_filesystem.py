@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import errno
 import json
@@ -116,6 +118,19 @@ class _FolderSyncs:
                 if not self._users[folder]:  # no put of this folder left: forget it
                     del self._users[folder], self._tickets[folder]
                     self._synced.pop(folder, None)
+
+
+def _nothing_else_ready() -> bool:
+    """True when the running asyncio loop has no other callback due before a task that
+    yields now would resume: a task yielding is put behind the callbacks already due, and
+    those the next poll of the loop brings come after it. False when it cannot tell (trio,
+    an event loop that keeps its queue elsewhere)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # trio
+        return False
+    ready = getattr(loop, "_ready", None)
+    return isinstance(ready, collections.deque) and not ready
 
 
 def _stamp(checksum: str, info: os.stat_result) -> str:
@@ -330,6 +345,12 @@ class FileSystemSink:
         def synced() -> None:
             self._folder_syncs.wait(folder, ticket)
 
+        if not quick.threaded and _nothing_else_ready():
+            # no other task runs before this one would resume: none can rename into the
+            # folder meanwhile, so waiting for them would only cost a turn of the loop
+            # (and in place, nothing here can be cancelled half-way)
+            await self._run("write", key, synced, quick)
+            return described
         with anyio.CancelScope(shield=True):  # renamed: see it onto the disk in any case
             try:
                 await anyio.lowlevel.checkpoint()

@@ -477,6 +477,51 @@ async def test_puts_on_the_event_loop_share_the_folder_fsync_of_their_turn(
         assert (folder / f"{i}.png").read_bytes() == f"{i}.png".encode()
 
 
+async def test_a_put_no_other_task_could_join_takes_no_turn_of_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiting for the other puts of its turn costs a turn of the event loop (a poll and a
+    task step per image): a put with no other task ready to run before it would resume,
+    so none to share the fsync with, fsyncs the folder at once, after its rename."""
+    loop = asyncio.get_running_loop()
+    selector: Any = getattr(loop, "_selector", None)
+    if selector is None:  # pragma: no cover - the loop pytest-asyncio makes has one
+        pytest.skip("an event loop without a selector")
+    polls: list[object] = []
+    real_select = selector.select
+
+    def select(timeout: float | None = None) -> Any:
+        polls.append(timeout)
+        return real_select(timeout)
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    folder = tmp_path / "out"
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def replace(src: Any, dst: Any) -> None:
+        real_replace(src, dst)
+        events.append(("rename", str(dst)))
+
+    sink = FileSystemSink(folder)
+    await sink.put("first.png", b"first")  # makes the folder
+    monkeypatch.setattr(selector, "select", select)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    for i in range(5):
+        await sink.put(f"{i}.png", b"cut")
+        events.append(("returned", f"{i}.png"))
+    assert polls == []  # one each before
+    for i in range(5):  # each rename made durable by an fsync of the folder before returning
+        renamed = events.index(("rename", str(folder / f"{i}.png")))
+        returned = events.index(("returned", f"{i}.png"))
+        assert ("fsync", str(folder)) in events[renamed + 1 : returned]
+    assert sink._folder_syncs._tickets == {}
+
+
 async def test_a_put_cancelled_after_its_rename_still_fsyncs_the_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
