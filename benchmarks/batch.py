@@ -20,7 +20,9 @@ the same requests, so the ceiling of this machine and this emulator is visible t
    crops, and full-size copies), read from files and stored as files, BatchRemover / a hand
    loop (on one pool and sharded), at concurrency 8 and 64, against an emulator doing real
    image work; also a sharded hand loop that stores durably as the file-system sink does
-   (temporary file, fsync, rename, folder fsync), and BatchRemover's ratio to it;
+   (temporary file, fsync, rename, folder fsync), and BatchRemover's ratio to it; the
+   runners take turns, run after run, and each ratio is the median of the runs' own ratios
+   (``--repeat`` runs: on a VM, single runs of the same code vary by a quarter);
 5. ``faults``: sporadic faults (about 20 %: 429 and 503 with ``Retry-After: 1``, 500, 502,
    resets, truncations) and a server-side rate limit, BatchRemover / a plain loop with one
    shared ``httpx.AsyncClient``, a semaphore and 5 retries honouring ``Retry-After``: wall time
@@ -50,6 +52,7 @@ import os
 import random
 import resource
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -577,6 +580,7 @@ def photos(crops: int, full: int, levels: list[int], repeat: int) -> None:
         f"{'ms/image':>12} {'sharded':>7} {'durable':>7} {'fsyncs':>7}"
     )
     runners = ("1 pool", "sharded", "durable", "sdk")
+    spread: list[str] = []
     folder_syncs = count_folder_fsyncs()
     with tempfile.TemporaryDirectory() as tmp, Emulator(0.0, image_work=True) as emu:
         kinds = ((f"{crops} crops", crops, False), (f"{full} full", full, True))
@@ -585,13 +589,14 @@ def photos(crops: int, full: int, levels: list[int], repeat: int) -> None:
             folder.mkdir()
             paths = photo_files(folder, n, full_size)
             for concurrency in levels:
-                used: dict[str, list[float]] = {runner: [] for runner in runners}
+                runs: list[dict[str, float]] = []  # ms per image of each runner, run by run
                 folder_syncs.clear()
                 for attempt in range(repeat + 1):  # the first one warms up
                     # each attempt in another order: what one run leaves the file system
                     # to do (writing back, the inode allocator's state) is not always
                     # paid by the same runner
                     shift = attempt % len(runners)
+                    used: dict[str, float] = {}
                     for runner in runners[shift:] + runners[:shift]:
                         out = Path(tmp, f"{runner}-{full_size}-{concurrency}-{attempt}")
                         out.mkdir()
@@ -605,21 +610,37 @@ def photos(crops: int, full: int, levels: list[int], repeat: int) -> None:
                                 emu.url, paths, concurrency, out, pool, runner == "durable"
                             )
                             assert stored == n
-                        used[runner].append(time.process_time() - before)
-                one, sharded, durable, sdk = (min(times[1:]) / n * 1e3 for times in used.values())
+                        used[runner] = (time.process_time() - before) / n * 1e3
+                    if attempt:
+                        runs.append(used)
+                one, sharded, durable, sdk = (
+                    statistics.median(run[runner] for run in runs) for runner in runners
+                )
+                # each run's own ratio: the machine's drift over the runs cancels out
+                to_sharded = [run["sdk"] / run["sharded"] for run in runs]
+                to_durable = [run["sdk"] / run["durable"] for run in runs]
                 syncs = len(folder_syncs) / n / (repeat + 1)
                 print(
                     f"   {label:<10} {concurrency:>5}  {one:>6.2f} {sharded:>8.2f} "
-                    f"{durable:>8.2f} {sdk:>12.2f} {sdk / sharded:>7.2f} {sdk / durable:>7.2f} "
-                    f"{syncs:>7.2f}"
+                    f"{durable:>8.2f} {sdk:>12.2f} {statistics.median(to_sharded):>7.2f} "
+                    f"{statistics.median(to_durable):>7.2f} {syncs:>7.2f}"
+                )
+                spread.append(
+                    f"   {label} at {concurrency}: "
+                    + " ".join(f"{r:.2f}" for r in sorted(to_sharded))
+                    + " / "
+                    + " ".join(f"{r:.2f}" for r in sorted(to_durable))
                 )
     print(
-        f"   (ms of client CPU per image, the least of {repeat} runs after a warm-up;\n"
+        f"   (ms of client CPU per image, the median of {repeat} runs after a warm-up;\n"
         "   durable: the sharded loop storing as the file-system sink does, temporary\n"
-        "   file, fsync, rename, folder fsync; ratio: BatchRemover / that loop;\n"
-        "   the runners take turns in a rotating order; folder fsyncs: the sink's, per\n"
-        "   image stored, shared by the puts that rename in the same turn of the loop)"
+        "   file, fsync, rename, folder fsync; ratio: the median of BatchRemover / that\n"
+        "   loop in each run; the runners take turns in a rotating order; folder fsyncs:\n"
+        "   the sink's, per image stored, shared by the puts that rename in the same\n"
+        "   turn of the loop)\n"
+        "   each run's ratio to the sharded / the durable loop, least first:"
     )
+    print("\n".join(spread))
 
 
 def count_folder_fsyncs() -> list[object]:
