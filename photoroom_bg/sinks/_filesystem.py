@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import stat
+import struct
 import sys
 import threading
 import time
@@ -45,6 +46,10 @@ T = TypeVar("T")
 
 _META_SUFFIX = ".meta.json"
 _CHECKSUM_XATTR = "user.photoroom_bg.checksum"
+# its value: the sha-256 digest, then the file's size and mtime in ns. 48 bytes, which ext4
+# keeps in the inode beside the attribute's name (with 256-byte inodes, as mkfs makes them);
+# the 97 characters of the text form (still read) took a 4 KiB block of their own per file
+_XATTR_STAMP = struct.Struct("<32sqq")
 # ".<name>.<12 hex>.tmp": what _atomic_write makes; never a key, and removed when stale
 _TEMP_NAME = re.compile(r"\A\..+\.[0-9a-f]{12}\.tmp\Z", re.DOTALL)
 _TEMP_EXTRA = len("..123456789abc.tmp")
@@ -131,6 +136,21 @@ def _nothing_else_ready() -> bool:
         return False
     ready = getattr(loop, "_ready", None)
     return isinstance(ready, collections.deque) and not ready
+
+
+def _xattr_stamp(checksum: str, info: os.stat_result) -> bytes:
+    """:func:`_stamp` packed for the extended attribute (see :data:`_XATTR_STAMP`)."""
+    digest = bytes.fromhex(checksum.removeprefix("sha256:"))
+    return _XATTR_STAMP.pack(digest, info.st_size, info.st_mtime_ns)
+
+
+def _xattr_unstamp(value: bytes, info: os.stat_result) -> str | None:
+    """The checksum an extended attribute holds, if it still describes the file."""
+    if len(value) != _XATTR_STAMP.size:  # the text form, or nothing
+        return _unstamp(value.decode("ascii", "replace"), info) if value else None
+    digest, size, mtime_ns = _XATTR_STAMP.unpack(value)
+    matches = size == info.st_size and mtime_ns == info.st_mtime_ns
+    return f"sha256:{digest.hex()}" if matches else None
 
 
 def _stamp(checksum: str, info: os.stat_result) -> str:
@@ -414,7 +434,7 @@ class FileSystemSink:
                 view = view[os.write(fd, view) :]
             info = os.fstat(fd)
             if checksum is not None:  # before the fsync, which then makes it durable too
-                _set_xattr(fd, _stamp(checksum, info))
+                _set_xattr(fd, _xattr_stamp(checksum, info))
             os.fsync(fd)
             os.replace(temp, target)  # durable once the caller's fsync of the folder ends
         except BaseException:
@@ -520,7 +540,7 @@ class FileSystemSink:
             raise ObjectNotFoundError(f"no object {key!r} under {self.root}")
         content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         meta: dict[str, str] = {}
-        checksum = _unstamp(_get_xattr(target), info)
+        checksum = _xattr_unstamp(_get_xattr(target), info)
         sidecar = target.with_name(target.name + _META_SUFFIX)
         if sidecar.is_file():
             try:
@@ -570,21 +590,21 @@ def _is_regular(path: Path) -> bool:
         return False
 
 
-def _set_xattr(fd: int, value: str) -> None:
+def _set_xattr(fd: int, value: bytes) -> None:
     setxattr: Any = getattr(os, "setxattr", None)
     if setxattr is not None:
         with contextlib.suppress(OSError):  # the file system has no user attributes
-            setxattr(fd, _CHECKSUM_XATTR, value.encode())
+            setxattr(fd, _CHECKSUM_XATTR, value)
 
 
-def _get_xattr(path: Path) -> str:
+def _get_xattr(path: Path) -> bytes:
     getxattr: Any = getattr(os, "getxattr", None)
     if getxattr is None:
-        return ""
+        return b""
     try:
-        return bytes(getxattr(path, _CHECKSUM_XATTR)).decode("ascii", "replace")
+        return bytes(getxattr(path, _CHECKSUM_XATTR))
     except OSError:
-        return ""
+        return b""
 
 
 def stored_keys(root: Path) -> set[str]:

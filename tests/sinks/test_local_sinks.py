@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import os
 import re
 import signal
@@ -570,6 +571,42 @@ async def test_stat_reads_no_object_back_and_uses_the_checksum_kept_at_write_tim
     xattrs = hasattr(os, "getxattr")
     assert described.checksum == (expected if xattrs else described.checksum)
     assert described.checksum.startswith("sha256:" if xattrs else 'W/"')
+
+
+async def test_the_checksum_stamp_takes_no_disk_block_of_its_own(tmp_path: Path) -> None:
+    """The stamp used to be 97 characters of text: too long for ext4 to keep in the inode, so
+    every object, however small, took a 4 KiB block more on disk than its bytes need (and
+    the put allocated and journaled it)."""
+    if not hasattr(os, "getxattr"):  # pragma: no cover - Linux has them
+        pytest.skip("no extended attributes here")
+    data = os.urandom(3000)
+    sink = FileSystemSink(tmp_path / "sink")
+    stored = await sink.put("small.png", data, content_type="image/png")
+    plain = tmp_path / "plain.png"
+    with open(plain, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    assert os.stat(sink.path("small.png")).st_blocks == os.stat(plain).st_blocks
+    described = await sink.stat("small.png")
+    assert described.checksum == stored.checksum == "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+async def test_a_checksum_stamped_in_the_earlier_text_form_is_still_read(tmp_path: Path) -> None:
+    if not hasattr(os, "getxattr"):  # pragma: no cover - Linux has them
+        pytest.skip("no extended attributes here")
+    sink = FileSystemSink(tmp_path)
+    stored = await sink.put("old.png", b"abc", content_type="image/png")
+    path = sink.path("old.png")
+    info = os.stat(path)
+    text = f"{stored.checksum} {info.st_size} {info.st_mtime_ns}"
+    os.setxattr(path, "user.photoroom_bg.checksum", text.encode())
+    assert (await sink.stat("old.png")).checksum == stored.checksum
+    stale = f"{stored.checksum} {info.st_size + 1} {info.st_mtime_ns}"  # another file's
+    os.setxattr(path, "user.photoroom_bg.checksum", stale.encode())
+    assert (await sink.stat("old.png")).checksum.startswith('W/"3-')
+    os.setxattr(path, "user.photoroom_bg.checksum", b"\xff" * 48)  # not this file's
+    assert (await sink.stat("old.png")).checksum.startswith('W/"3-')
 
 
 async def test_stat_falls_back_to_the_sidecar_then_to_a_weak_validator(
