@@ -349,9 +349,9 @@ async def test_temporary_file_names_are_never_keys(tmp_path: Path) -> None:
         await sink.put(f"sub/{_temp_name('x.png')}", b"x")
 
 
-async def test_a_put_is_durable_once_it_returns(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _record_fsyncs_and_renames(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """From now on, each ``fsync`` (of the path it synced) and ``os.replace`` (to its target),
+    in order, once done."""
     events: list[tuple[str, str]] = []
     real_fsync, real_replace = os.fsync, os.replace
 
@@ -365,6 +365,13 @@ async def test_a_put_is_durable_once_it_returns(
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+async def test_a_put_is_durable_once_it_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = _record_fsyncs_and_renames(monkeypatch)
     root = tmp_path / "out"
     await FileSystemSink(root).put("new/deeper/x.png", b"data")
     target = root / "new" / "deeper" / "x.png"
@@ -484,10 +491,7 @@ async def test_a_put_no_other_task_could_join_takes_no_turn_of_the_event_loop(
     """Waiting for the other puts of its turn costs a turn of the event loop (a poll and a
     task step per image): a put with no other task ready to run before it would resume,
     so none to share the fsync with, fsyncs the folder at once, after its rename."""
-    loop = asyncio.get_running_loop()
-    selector: Any = getattr(loop, "_selector", None)
-    if selector is None:  # pragma: no cover - the loop pytest-asyncio makes has one
-        pytest.skip("an event loop without a selector")
+    selector: Any = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
     polls: list[object] = []
     real_select = selector.select
 
@@ -495,23 +499,11 @@ async def test_a_put_no_other_task_could_join_takes_no_turn_of_the_event_loop(
         polls.append(timeout)
         return real_select(timeout)
 
-    events: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, os.replace
     folder = tmp_path / "out"
-
-    def fsync(fd: int) -> None:
-        real_fsync(fd)
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-
-    def replace(src: Any, dst: Any) -> None:
-        real_replace(src, dst)
-        events.append(("rename", str(dst)))
-
     sink = FileSystemSink(folder)
     await sink.put("first.png", b"first")  # makes the folder
     monkeypatch.setattr(selector, "select", select)
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
+    events: list[tuple[str, str]] = _record_fsyncs_and_renames(monkeypatch)
     for i in range(5):
         await sink.put(f"{i}.png", b"cut")
         events.append(("returned", f"{i}.png"))
@@ -577,8 +569,6 @@ async def test_the_checksum_stamp_takes_no_disk_block_of_its_own(tmp_path: Path)
     """The stamp used to be 97 characters of text: too long for ext4 to keep in the inode, so
     every object, however small, took a 4 KiB block more on disk than its bytes need (and
     the put allocated and journaled it)."""
-    if not hasattr(os, "getxattr"):  # pragma: no cover - Linux has them
-        pytest.skip("no extended attributes here")
     data = os.urandom(3000)
     sink = FileSystemSink(tmp_path / "sink")
     stored = await sink.put("small.png", data, content_type="image/png")
@@ -593,8 +583,6 @@ async def test_the_checksum_stamp_takes_no_disk_block_of_its_own(tmp_path: Path)
 
 
 async def test_a_checksum_stamped_in_the_earlier_text_form_is_still_read(tmp_path: Path) -> None:
-    if not hasattr(os, "getxattr"):  # pragma: no cover - Linux has them
-        pytest.skip("no extended attributes here")
     sink = FileSystemSink(tmp_path)
     stored = await sink.put("old.png", b"abc", content_type="image/png")
     path = sink.path("old.png")
