@@ -14,6 +14,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import mimetypes
+import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +39,7 @@ __all__ = [
     "decode_base64_image",
     "edit_fields",
     "encode",
+    "multipart_body",
     "raise_or_warn",
     "segment_fields",
     "wire_value",
@@ -171,6 +175,53 @@ class Encoded:
             headers={k.lower(): v for k, v in self.headers.items()},
             method=method,  # type: ignore[arg-type]
         )
+
+
+# a multipart form's names and file names, escaped as httpx (and browsers, after HTML5) do
+_FORM_ESCAPES = {'"': "%22", "\\": "\\\\"}
+_FORM_ESCAPES.update({chr(c): f"%{c:02X}" for c in range(0x20) if c != 0x1B})
+_FORM_ESCAPE = re.compile("|".join(re.escape(c) for c in _FORM_ESCAPES))
+
+
+def _form_param(name: str, value: str) -> bytes:
+    escaped = _FORM_ESCAPE.sub(lambda match: _FORM_ESCAPES[match.group(0)], value)
+    return f'{name}="{escaped}"'.encode()
+
+
+def multipart_body(
+    data: Mapping[str, Any],
+    files: Iterable[tuple[str, tuple[str | None, Any, str | None]]],
+    boundary: bytes | None = None,
+) -> tuple[str, bytes] | None:
+    """A ``multipart/form-data`` body and its content type: the text fields, then the
+    files, byte for byte as httpx encodes them (a test holds it to that), in one buffer.
+    httpx gets there through a stream object per field and a second pass to join them:
+    about 40 microseconds of CPU per image on a small VM, a few percent of a batch's.
+    ``None`` for a value this does not encode (not ``str`` text or ``bytes`` content):
+    the caller then lets httpx encode it."""
+    if boundary is None:
+        boundary = os.urandom(16).hex().encode("ascii")
+    start = b"--" + boundary + b"\r\n"
+    parts: list[bytes] = []
+    for name, value in data.items():
+        for item in value if isinstance(value, list) else (value,):
+            if not isinstance(item, str):
+                return None
+            parts += (start, b"Content-Disposition: form-data; ", _form_param("name", name))
+            parts += (b"\r\n\r\n", item.encode(), b"\r\n")
+    for name, (filename, content, content_type) in files:
+        if not isinstance(content, bytes):
+            return None
+        parts += (start, b"Content-Disposition: form-data; ", _form_param("name", name))
+        if filename:
+            parts += (b"; ", _form_param("filename", filename))
+            if content_type is None:
+                content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        if content_type is not None:
+            parts += (b"\r\nContent-Type: ", content_type.encode())
+        parts += (b"\r\n\r\n", content, b"\r\n")
+    parts.append(b"--" + boundary + b"--\r\n")
+    return f"multipart/form-data; boundary={boundary.decode('ascii')}", b"".join(parts)
 
 
 def _flatten(prefix: str, value: Any) -> Iterable[tuple[str, Any]]:
