@@ -179,30 +179,39 @@ def _build_multipart(
     """What ``build_request`` makes of a multipart request on a pool of
     :data:`_OWN_TRANSPORTS`, made directly: the URL parsed once per process, not per
     request; the body encoded in one pass (:func:`~photoroom_bg._wire.multipart_body`); the
-    pool's default headers under the request's. (Such a pool has no cookies, no default
-    query and no base URL that applies: the SDK's URLs are absolute.) ``None`` when a part
-    is of a kind only httpx encodes, or the pool was given cookies or a default query."""
-    if http.cookies or http.params:
+    headers (``Host``, the pool's defaults under the request's, the body's) normalized once,
+    not three times. (Such a pool has no cookies, no default query and no base URL that
+    applies: the SDK's URLs are absolute.) ``None`` when a part is of a kind only httpx
+    encodes, the request names its own body headers, or the pool was given cookies or a
+    default query."""
+    named = {name.lower() for name in headers}
+    if http.cookies or http.params or named & _BODY_HEADERS:
         return None
     body = _wire.multipart_body(spec.data or {}, spec.files or ())
     if body is None:
         return None
     content_type, content = body
-    named = {name.lower() for name in headers}
-    merged = [
-        (name.decode("latin-1"), value.decode("latin-1"))
+    url = _url(spec.url)
+    merged: list[tuple[Any, Any]] = [] if "host" in named else [(b"Host", url.netloc)]
+    merged += [
+        (name, value)
         for name, value in http.headers.raw
         if name.lower().decode("latin-1") not in named
     ]
     merged += headers.items()
     merged += (("Content-Length", str(len(content))), ("Content-Type", content_type))
-    return httpx.Request(
+    request = httpx.Request(
         spec.method,
-        _url(spec.url),
+        url,
         headers=merged,
-        content=content,
+        stream=httpx.ByteStream(content),
         extensions={"timeout": timeout.as_dict()},
     )
+    request.read()  # the content itself (one part: no copy), as httpx has it for bytes
+    return request
+
+
+_BODY_HEADERS = frozenset({"content-type", "content-length", "transfer-encoding"})
 
 
 @functools.lru_cache(maxsize=64)
