@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import hashlib
 from datetime import timedelta
+from types import ModuleType
 
 from .._numbers import check_number
 from ..errors import UnsafeKeyError
 
 __all__ = ["check_key", "seconds", "sha256_checksum", "try_lock"]
+
+fcntl: ModuleType | None
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 
 def check_key(key: str) -> str:
@@ -42,9 +49,7 @@ def seconds(expires: float | timedelta, name: str = "expires") -> int:
 
 def try_lock(fd: int) -> bool | None:
     """Try to lock ``fd`` exclusively: True if got, False if someone holds it, None if unknown."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
+    if fcntl is None:  # pragma: no cover - Windows
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

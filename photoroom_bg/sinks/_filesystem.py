@@ -9,8 +9,8 @@ import errno
 import json
 import mimetypes
 import os
+import random
 import re
-import secrets
 import stat
 import struct
 import sys
@@ -53,6 +53,7 @@ _XATTR_STAMP = struct.Struct("<32sqq")
 # ".<name>.<12 hex>.tmp": what _atomic_write makes; never a key, and removed when stale
 _TEMP_NAME = re.compile(r"\A\..+\.[0-9a-f]{12}\.tmp\Z", re.DOTALL)
 _TEMP_EXTRA = len("..123456789abc.tmp")
+_TEMP_ATTEMPTS = 5  # names drawn for a temporary file before giving up
 #: A temporary file nobody holds a lock on is left alone this long after its last write (a
 #: writer in another process locks it right after creating it).
 STALE_UNLOCKED_AFTER = 10.0
@@ -417,14 +418,7 @@ class FileSystemSink:
         # who may read the cut-outs (0644 under the usual umask). (Paths as str: this runs for
         # every image, and pathlib would cost more than the system calls.)
         target = f"{folder}{os.sep}{name}"
-        temp = f"{folder}{os.sep}.{name}.{secrets.token_hex(6)}.tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-        flags |= getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(temp, flags, 0o666)
-        except FileNotFoundError:  # a new folder: make it (and its parents), then write
-            self._make_folders(Path(folder))
-            fd = os.open(temp, flags, 0o666)
+        temp, fd = self._create_temporary(folder, name)
         # the fd stays open (and locked) until the rename, so a cleaner in another process
         # can tell this file is being written
         try:
@@ -444,6 +438,27 @@ class FileSystemSink:
         finally:
             os.close(fd)
         return info
+
+    def _create_temporary(self, folder: str, name: str) -> tuple[str, int]:
+        """A new temporary file beside ``folder/name``, and its descriptor.
+
+        Its name ends in 12 random hex digits: from the process's pseudo-random generator
+        (reseeded in a forked child), not the system's (a system call per image, for names
+        that need only be unlikely to meet). ``O_EXCL`` makes sure the file is new: a name
+        taken already, by chance or on purpose, is drawn again."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        flags |= getattr(os, "O_CLOEXEC", 0)
+        for attempt in range(_TEMP_ATTEMPTS):
+            temp = f"{folder}{os.sep}.{name}.{random.getrandbits(48):012x}.tmp"
+            try:
+                return temp, os.open(temp, flags, 0o666)
+            except FileNotFoundError:  # a new folder: make it (and its parents), then write
+                self._make_folders(Path(folder))
+                return temp, os.open(temp, flags, 0o666)
+            except FileExistsError:
+                if attempt == _TEMP_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _remove_stale_temporaries(self, folder: str) -> None:
         """Remove the temporary files a killed writer left in ``folder`` (once per folder)."""

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import hashlib
 import os
+import random
 import re
 import signal
 import subprocess
@@ -347,6 +348,29 @@ async def test_temporary_file_names_are_never_keys(tmp_path: Path) -> None:
             await call(_temp_name("x.png"))  # type: ignore[operator]
     with pytest.raises(UnsafeKeyError, match="temporary"):
         await sink.put(f"sub/{_temp_name('x.png')}", b"x")
+
+
+async def test_a_temporary_name_costs_no_system_call_and_a_taken_one_is_drawn_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a name drawn from the system's randomness cost a getrandom() call for every image
+    drawn: list[int] = []
+    monkeypatch.setattr(random, "_urandom", lambda size: drawn.append(size) or bytes(size))
+    names = iter([0xABC, 0xABC, 0xDEF, *range(5)])
+    monkeypatch.setattr(random, "getrandbits", lambda bits: next(names))
+    sink = FileSystemSink(tmp_path)
+    taken = tmp_path / ".x.png.000000000abc.tmp"  # someone's: never opened, never removed
+    taken.write_bytes(b"theirs")
+    await sink.put("x.png", b"ours")
+    assert drawn == []
+    assert (tmp_path / "x.png").read_bytes() == b"ours"
+    assert taken.read_bytes() == b"theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [taken.name, "x.png"]
+    for value in range(5):  # every name it draws is taken: a typed error, nothing written
+        (tmp_path / f".y.png.{value:012x}.tmp").write_bytes(b"theirs")
+    with pytest.raises(StorageError, match=r"cannot write 'y\.png'"):
+        await sink.put("y.png", b"ours")
+    assert not (tmp_path / "y.png").exists()
 
 
 def _record_fsyncs_and_renames(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
