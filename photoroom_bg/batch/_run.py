@@ -615,7 +615,12 @@ class Batch:
             return await self._copy_or_pay(job, key, data, entry)
         # another batch on this machine making this key here is waited for, then looked for
         async with making(self._place, key, self._stoppable) as waited:
-            found = await self._stoppable(lambda: self.storage.lookup(key))
+            if self.storage.looks_up_in_place():  # no turn of the loop: nothing to stop
+                if self.stop_reason is not None:
+                    raise Stopped(self.stop_reason)
+                found = await self.storage.lookup(key)
+            else:
+                found = await self._stoppable(lambda: self.storage.lookup(key))
             if found is not False:
                 self._finished_keys.add(key)
                 output = found if isinstance(found, StoredObject) else None

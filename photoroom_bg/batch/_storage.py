@@ -41,6 +41,15 @@ PROBE_KEY = ".photoroom-bg-probe"
 _MIME = {"jpg": "image/jpeg", "webp": "image/webp", "avif": "image/avif"}
 
 
+def _plain_files(sink: Sink, method: str) -> FileSystemSink | None:
+    """``sink``, when it is a :class:`FileSystemSink` whose ``method`` is its own."""
+    if isinstance(sink, FileSystemSink) and getattr(type(sink), method) is getattr(
+        FileSystemSink, method
+    ):
+        return sink
+    return None
+
+
 def _content_type(key: str) -> str:
     return _MIME.get(key.rsplit(".", 1)[-1].lower(), "image/png")
 
@@ -105,6 +114,10 @@ class Storage:
         # in the folder for every image would cost a worker-thread round trip each
         self._spilled: set[str] | None = None
         self._spilled_lock = anyio.Lock()
+        # the sink, where it is a FileSystemSink whose put (or stat) is its own (a subclass
+        # may do anything in an override): those can run in place, with no cancel scope
+        self._puts_files = _plain_files(sink, "put")
+        self._stats_files = _plain_files(sink, "stat")
 
     # -- reading -------------------------------------------------------------------------
 
@@ -127,9 +140,19 @@ class Storage:
         except PhotoroomBGError:
             return None
 
+    def looks_up_in_place(self) -> bool:
+        """Whether :meth:`lookup` runs in place now: on the event loop, with no turn of it,
+        so that nothing in it can be cancelled or time out (its caller needs no cancel
+        scope around it either)."""
+        files = self._stats_files
+        return files is not None and self._available.is_set() and files._in_place(0, lookup=True)
+
     async def lookup(self, key: str) -> StoredObject | bool:
         """What is stored under ``key`` (``True`` when the sink cannot describe it), or
         ``False``; an outage is waited out."""
+        if self._stats_files is not None and self.looks_up_in_place():
+            found = await self._stats_files._stat_or_none(key)  # no timer: it cannot hang
+            return False if found is None else found
         stat = getattr(self.sink, "stat", None)
         while True:
             await self.available()
@@ -191,12 +214,32 @@ class Storage:
         the spill folder. Never abandoned when the batch stops or is cancelled."""
         deadline = time.monotonic() + self.retry_budget
         delays = self.policy.delays()
+        failed: Exception | None = None
+        files = self._puts_files
+        if (
+            files is not None
+            and self._gone is None
+            and self._available.is_set()
+            and files._in_place(len(content))
+        ):
+            # written and renamed in place, with no turn of the loop before the rename, and
+            # the folder's fsync shielded by the put itself: nothing here can be cancelled
+            # or time out, so no shield and no timer (a cancel scope and a timer handle
+            # for every image, more CPU than the put's own Python)
+            try:
+                return await files.put(key, content, content_type=content_type, metadata=metadata)
+            except Exception as exc:  # handled below, as any put's error is
+                failed = exc
         with anyio.CancelScope(shield=True):  # paid for: finish storing it, whatever happens
             while True:
-                await self.available()
-                if self._gone is not None:
-                    return await self._spill(key, content, content_type, self._gone)
+                if failed is None:
+                    await self.available()
+                    if self._gone is not None:
+                        return await self._spill(key, content, content_type, self._gone)
                 try:
+                    if failed is not None:  # the in-place put's error: retried, or spilled
+                        error, failed = failed, None
+                        raise error
                     with anyio.move_on_after(self.timeout):
                         return await self.sink.put(
                             key, content, content_type=content_type, metadata=metadata
