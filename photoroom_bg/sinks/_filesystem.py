@@ -178,7 +178,10 @@ class FileSystemSink:
     needed. Keys that would leave ``root`` (``..``, absolute paths, NUL bytes, backslashes,
     symlinks pointing outside) or that the file system cannot hold (a name over its length
     limit) are refused with
-    :class:`~photoroom_bg.errors.UnsafeKeyError`. Every failure is a
+    :class:`~photoroom_bg.errors.UnsafeKeyError`. A symlinked folder inside ``root`` is
+    followed; a symlink at an object's own name is replaced by :meth:`put`, as the rename
+    replaces whatever is there (nothing is written through it), and followed by reads only
+    when it stays inside ``root``. Every failure is a
     :class:`~photoroom_bg.errors.StorageError`: a full disk raises
     :class:`~photoroom_bg.errors.StorageFullError` (and leaves no temporary file behind), a
     permission or read-only file system :class:`~photoroom_bg.errors.StorageAuthError`.
@@ -223,10 +226,12 @@ class FileSystemSink:
         """The file that holds ``key``; refuses keys that escape the root or cannot be stored."""
         return Path(self._locate(key)[0])
 
-    def _locate(self, key: str) -> tuple[str, bool]:
+    def _locate(self, key: str, *, to_replace: bool = False) -> tuple[str, bool]:
         """:meth:`path` as a str, and whether something may be there (False: a part of it is
         missing). (A str: a batch does this twice per image, and a Path costs more to make
-        than the ``lstat``.)"""
+        than the ``lstat``.) ``to_replace``: the path a put renames its file to; the last
+        part is not looked at, since a rename replaces whatever is there (a symlink
+        included: it is not followed), and nothing is written through it."""
         check_key(key)
         parts = key.split("/")
         if key.endswith(_META_SUFFIX):
@@ -240,6 +245,8 @@ class FileSystemSink:
         # down, not Paths: a batch does this twice per image.)
         current = self._root_prefix
         for index, part in enumerate(parts, start=1):
+            if to_replace and index == len(parts):
+                return f"{current}{os.sep}{part}", True
             current = f"{current}{os.sep}{part}"
             try:
                 mode = os.lstat(current).st_mode
@@ -249,6 +256,9 @@ class FileSystemSink:
             except OSError as exc:
                 raise self._error(exc, "resolve", key) from None
             if stat.S_ISLNK(mode):
+                if to_replace:  # the folder resolved, the last part as it is
+                    folder = Path(self._root_prefix, *parts[:-1])
+                    return f"{self._resolved(key, folder)}{os.sep}{parts[-1]}", True
                 return str(self._resolved(key, Path(f"{self._root_prefix}{os.sep}{key}"))), True
             if index < len(parts) and not stat.S_ISDIR(mode):  # no put could ever succeed
                 raise UnsafeKeyError(
@@ -340,7 +350,7 @@ class FileSystemSink:
 
         def write() -> tuple[StoredObject, str]:
             """The key checked, the object hashed, written and renamed; and its folder."""
-            target = self._locate(key)[0]
+            target = self._locate(key, to_replace=True)[0]
             checksum = sha256_checksum(data)
             folder = self._write(target, data, content_type, meta, checksum)
             return self._describe(key, target, len(data), content_type, checksum, meta), folder

@@ -172,6 +172,38 @@ async def test_symlinks_that_stay_inside_the_root_are_followed(tmp_path: Path) -
         await sink.get("latest/leak.png")  # the last part is a link out of the root
 
 
+async def test_a_put_replaces_a_symlink_at_its_name_and_writes_nothing_through_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the rename replaces whatever is at the name, a link included, so the put need not look
+    # there: it wrote through a link that stayed in the root, and refused one that left it
+    root = tmp_path / "root"
+    (root / "2026").mkdir(parents=True)
+    (root / "latest").symlink_to(root / "2026")
+    (root / "kept.png").write_bytes(b"kept")
+    (tmp_path / "secret.png").write_bytes(b"secret")
+    (root / "inside.png").symlink_to(root / "kept.png")
+    (root / "outside.png").symlink_to(tmp_path / "secret.png")
+    (root / "2026" / "deep.png").symlink_to(tmp_path / "secret.png")
+    sink = FileSystemSink(root)
+    looked: list[str] = []
+    real_lstat = os.lstat
+    monkeypatch.setattr(
+        os, "lstat", lambda path, **kw: looked.append(str(path)) or real_lstat(path, **kw)
+    )
+    for key in ("inside.png", "outside.png"):
+        stored = await sink.put(key, b"new")
+        assert stored.uri == (root / key).as_uri()
+    assert looked == []  # a key with no folder: not one lstat
+    stored = await sink.put("latest/deep.png", b"new")  # the folder followed, not the name
+    assert stored.uri == (root / "2026" / "deep.png").as_uri()
+    for name in ("inside.png", "outside.png", "2026/deep.png"):
+        assert not (root / name).is_symlink()
+        assert (root / name).read_bytes() == b"new"
+    assert (root / "kept.png").read_bytes() == b"kept"
+    assert (tmp_path / "secret.png").read_bytes() == b"secret"
+
+
 def test_keys_under_a_sink_rooted_at_the_file_systems_root_are_plain_paths(
     tmp_path: Path,
 ) -> None:
