@@ -130,8 +130,8 @@ def read_regular_file(
         raise NotARegularFile(kind)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
     fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
-    with os.fdopen(fd, "rb", buffering=0) as handle:
-        info = os.fstat(handle.fileno())
+    try:  # the descriptor itself, not a file object: this runs for every image of a batch
+        info = os.fstat(fd)
         kind = _kind(info.st_mode)
         if kind is not None:
             raise NotARegularFile(kind)
@@ -140,9 +140,11 @@ def read_regular_file(
         if large is not None and info.st_size > large:
             raise LargerThan(large)
         limit = max_bytes + 1
-        data = handle.read(min(info.st_size + 1, limit)) or b""
+        data = os.read(fd, min(info.st_size + 1, limit))  # one read, as a file object's
         if len(data) == info.st_size + 1 and len(data) < limit:  # it grew while we read
-            data += handle.read(limit - len(data)) or b""
+            data += os.read(fd, limit - len(data))
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:
         raise FileTooLarge(len(data), exact=False)
     return data
