@@ -145,7 +145,7 @@ class Storage:
         so that nothing in it can be cancelled or time out (its caller needs no cancel
         scope around it either)."""
         files = self._stats_files
-        return files is not None and self._available.is_set() and files._in_place(0, lookup=True)
+        return files is not None and self._available.is_set() and files._looks_up_in_place()
 
     async def lookup(self, key: str) -> StoredObject | bool:
         """What is stored under ``key`` (``True`` when the sink cannot describe it), or
@@ -220,7 +220,7 @@ class Storage:
             files is not None
             and self._gone is None
             and self._available.is_set()
-            and files._in_place(len(content))
+            and files._puts_in_place(len(content))
         ):
             # written and renamed in place, with no turn of the loop before the rename, and
             # the folder's fsync shielded by the put itself: nothing here can be cancelled

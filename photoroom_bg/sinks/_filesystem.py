@@ -552,44 +552,39 @@ class FileSystemSink:
         attribute or metadata file holding it still matches the file's size and mtime; else a
         weak validator ``W/"<size>-<mtime>"`` (hex), as web servers make ETags for files.
         """
-        return await self._run(
-            "describe", key, lambda: self._stat(key, *self._locate(key)), self._quick_lookups
-        )
+        found = await self._stat_or_none(key)
+        if found is None:
+            raise ObjectNotFoundError(f"no object {key!r} under {printable(str(self.root))}")
+        return found
 
     async def _stat_or_none(self, key: str) -> StoredObject | None:
         """:meth:`stat`, or ``None`` for a missing object: what a batch asks of every key
         before it pays for a cut-out (most are missing, and an exception for each would
         cost more than the ``lstat`` that tells)."""
+        return await self._run("describe", key, lambda: self._stat(key), self._quick_lookups)
 
-        def described() -> StoredObject | None:
-            where, present = self._locate(key)
-            if not present:
-                return None
-            try:
-                return self._stat(key, where, present)
-            except ObjectNotFoundError:
-                return None
-            except (FileNotFoundError, NotADirectoryError):  # gone since the lstat
-                return None
-
-        return await self._run("describe", key, described, self._quick_lookups)
-
-    def _in_place(self, size: int, *, lookup: bool = False) -> bool:
-        """Whether a put of ``size`` bytes (or a look-up) would run in place now, on the
-        event loop, with no turn of the loop before its rename: then nothing in it can be
-        cancelled or time out, and its caller needs no cancel scope around it (a put that
-        then waits for the folder's fsync shields that wait itself)."""
-        if lookup:
-            return not self._quick_lookups.threaded
+    def _puts_in_place(self, size: int) -> bool:
+        """Whether a put of ``size`` bytes would run in place now, on the event loop, with
+        no turn of the loop before its rename: then nothing in it can be cancelled or time
+        out, and its caller needs no cancel scope around it (a put that then waits for the
+        folder's fsync shields that wait itself)."""
         return size <= _threads.QUICK_BYTES and not self._quick_puts.threaded
 
-    def _stat(self, key: str, where: str, present: bool) -> StoredObject:
+    def _looks_up_in_place(self) -> bool:
+        """Whether a look-up would run in place now (it never gives the loop a turn)."""
+        return not self._quick_lookups.threaded
+
+    def _stat(self, key: str) -> StoredObject | None:
+        where, present = self._locate(key)
         if not present:  # the lstat of the path already said so: no second look
-            raise ObjectNotFoundError(f"no object {key!r} under {printable(str(self.root))}")
+            return None
         target = Path(where)
-        info = os.stat(target)
+        try:
+            info = os.stat(target)
+        except (FileNotFoundError, NotADirectoryError):  # gone since the lstat
+            return None
         if not stat.S_ISREG(info.st_mode):
-            raise ObjectNotFoundError(f"no object {key!r} under {self.root}")
+            return None
         content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         meta: dict[str, str] = {}
         checksum = _xattr_unstamp(_get_xattr(target), info)
