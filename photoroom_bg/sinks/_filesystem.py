@@ -154,6 +154,12 @@ def _xattr_unstamp(value: bytes, info: os.stat_result) -> str | None:
     return f"sha256:{digest.hex()}" if matches else None
 
 
+def _weak_validator(info: os.stat_result) -> str:
+    """What stands for a checksum nobody recorded: size and mtime, as web servers make ETags
+    for files (it changes whenever the file does, but it is not a digest of the content)."""
+    return f'W/"{info.st_size:x}-{info.st_mtime_ns:x}"'
+
+
 def _stamp(checksum: str, info: os.stat_result) -> str:
     """A checksum tied to the file it describes: it is believed only while size and mtime match."""
     return f"{checksum} {info.st_size} {info.st_mtime_ns}"
@@ -188,15 +194,25 @@ class FileSystemSink:
 
     The sha-256 of each object is recorded when it is written (in an extended attribute where
     the file system has them, and in the metadata file), so :meth:`stat` never reads an
-    object back.
+    object back. With ``checksums=False`` nothing is hashed: ``checksum`` is then a weak
+    validator, ``W/"<size>-<mtime>"`` (hex), as :meth:`stat` gives for files written by others.
 
     Args:
         root: the folder (created if missing).
         write_metadata: also store content type, metadata and checksum in a
             ``<key>.meta.json`` file.
+        checksums: hash each object with sha-256 as it is written (the default). ``False``
+            saves that CPU (about 0.17 ms for a 300 KB cut-out); writes stay as atomic and
+            durable.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, write_metadata: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        write_metadata: bool = False,
+        checksums: bool = True,
+    ) -> None:
         if not isinstance(root, (str, os.PathLike)):
             raise ConfigurationError(
                 f"root must be a folder (a str or os.PathLike), not {type(root).__name__}"
@@ -209,6 +225,7 @@ class FileSystemSink:
             shown = printable(os.fspath(root))
             raise ConfigurationError(f"{shown!r}: not a usable folder ({exc})") from None
         self.write_metadata = check_flag("write_metadata", write_metadata)
+        self.checksums = check_flag("checksums", checksums)
         # what a key's parts are joined to ("" for the file system's root, itself a separator)
         self._root_prefix = str(self.root).rstrip(os.sep)
         self._cleaned: set[str] = set()
@@ -351,9 +368,10 @@ class FileSystemSink:
         def write() -> tuple[StoredObject, str]:
             """The key checked, the object hashed, written and renamed; and its folder."""
             target = self._locate(key, to_replace=True)[0]
-            checksum = sha256_checksum(data)
-            folder = self._write(target, data, content_type, meta, checksum)
-            return self._describe(key, target, len(data), content_type, checksum, meta), folder
+            checksum = sha256_checksum(data) if self.checksums else None
+            folder, info = self._write(target, data, content_type, meta, checksum)
+            described = checksum or _weak_validator(info)
+            return self._describe(key, target, len(data), content_type, described, meta), folder
 
         if quick is None or quick.threaded:
 
@@ -390,22 +408,25 @@ class FileSystemSink:
         return described
 
     def _write(
-        self, target: str, data: bytes, content_type: str, meta: dict[str, str], checksum: str
-    ) -> str:
+        self,
+        target: str,
+        data: bytes,
+        content_type: str,
+        meta: dict[str, str],
+        checksum: str | None,
+    ) -> tuple[str, os.stat_result]:
         """Write the object (and its metadata file) and rename it into place; return the
         folder, which the caller then fsyncs (through ``self._folder_syncs``) to make the
-        renames durable."""
+        renames durable, and the object's status as written."""
         folder, name = os.path.split(target)
         self._remove_stale_temporaries(folder)
         info = self._atomic_write(folder, name, data, checksum)
         if self.write_metadata:
-            sidecar = {
-                "content_type": content_type,
-                "metadata": meta,
-                "checksum": _stamp(checksum, info),
-            }
+            sidecar: dict[str, object] = {"content_type": content_type, "metadata": meta}
+            if checksum is not None:
+                sidecar["checksum"] = _stamp(checksum, info)
             self._atomic_write(folder, name + _META_SUFFIX, json.dumps(sidecar).encode())
-        return folder
+        return folder, info
 
     def _make_folders(self, folder: Path) -> None:
         """Create ``folder`` and its missing parents, each one's entry made durable."""
@@ -599,7 +620,7 @@ class FileSystemSink:
                 meta = dict(stored.get("metadata") or {})
                 checksum = checksum or _unstamp(str(stored.get("checksum", "")), info)
         if checksum is None:
-            checksum = f'W/"{info.st_size:x}-{info.st_mtime_ns:x}"'
+            checksum = _weak_validator(info)
         return self._describe(key, where, info.st_size, content_type, checksum, meta)
 
     async def url(self, key: str, *, expires: float | timedelta = 3600) -> str:

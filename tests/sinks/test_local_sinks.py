@@ -674,6 +674,43 @@ async def test_stat_falls_back_to_the_sidecar_then_to_a_weak_validator(
     assert (await plain.stat("c.png")).checksum.startswith('W/"4-')
 
 
+@pytest.mark.parametrize("write_metadata", [False, True])
+async def test_without_checksums_nothing_is_hashed_and_the_checksum_is_a_weak_validator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_metadata: bool
+) -> None:
+    """``checksums=False`` saves the sha-256 of every object; what the put returns, and what
+    ``stat`` gives later, is then the size-and-mtime validator, and no stamp is left behind
+    that a later ``stat`` could believe."""
+    from photoroom_bg.sinks import _filesystem
+
+    hashed: list[int] = []
+    real = _filesystem.sha256_checksum
+
+    def counted(data: bytes) -> str:
+        hashed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(_filesystem, "sha256_checksum", counted)
+    sink = FileSystemSink(tmp_path, checksums=False, write_metadata=write_metadata)
+    stored = await sink.put("a/b.png", b"abcde", content_type="image/png")
+    assert hashed == []
+    info = os.stat(sink.path("a/b.png"))
+    assert stored.checksum == f'W/"5-{info.st_mtime_ns:x}"'
+    assert (await sink.stat("a/b.png")).checksum == stored.checksum
+    assert sink.path("a/b.png").read_bytes() == b"abcde"
+    if hasattr(os, "getxattr"):
+        assert "user.photoroom_bg.checksum" not in os.listxattr(sink.path("a/b.png"))
+    # an object stamped earlier is replaced by one without a stamp: its old checksum goes
+    stamped = FileSystemSink(tmp_path)
+    first = await stamped.put("c.png", b"xyz")
+    assert first.checksum.startswith("sha256:")
+    assert hashed == [3]
+    again = await sink.put("c.png", b"xyz")
+    assert again.checksum.startswith('W/"3-')
+    assert (await stamped.stat("c.png")).checksum == again.checksum
+    assert hashed == [3]
+
+
 async def test_keys_the_file_system_cannot_hold_are_typed_errors_everywhere(
     tmp_path: Path,
 ) -> None:
