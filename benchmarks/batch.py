@@ -22,7 +22,10 @@ the same requests, so the ceiling of this machine and this emulator is visible t
    image work; also a sharded hand loop that stores durably as the file-system sink does
    (temporary file, fsync, rename, folder fsync), and BatchRemover's ratio to it; the
    runners take turns, run after run, and each ratio is the median of the runs' own ratios
-   (``--repeat`` runs: on a VM, single runs of the same code vary by a quarter);
+   (``--repeat`` runs: on a VM, single runs of the same code vary by a quarter). The files
+   go to the system's temporary folder, or ``--photo-dir`` (``/dev/shm``: the client's CPU
+   without the disk's); ``--no-checksums`` stores the batch's cut-outs without their
+   sha-256 (``FileSystemSink(checksums=False)``), as the hand loops do;
 5. ``faults``: sporadic faults (about 20 %: 429 and 503 with ``Retry-After: 1``, 500, 502,
    resets, truncations) and a server-side rate limit, BatchRemover / a plain loop with one
    shared ``httpx.AsyncClient``, a semaphore and 5 retries honouring ``Retry-After``: wall time
@@ -37,6 +40,7 @@ run and lower the others' share of it, and run each configuration twice::
 
     python benchmarks/batch.py                          # sections 1, 2 and 3
     python benchmarks/batch.py --only photos faults threads   # the others
+    python benchmarks/batch.py --only photos --photo-dir /dev/shm --no-checksums
     python benchmarks/batch.py --only efficiency --latency 1.0 --concurrency 64 256
     python benchmarks/batch.py --only efficiency --emulator-workers 2
     python benchmarks/batch.py --only efficiency --concurrency 64 256 --shards 2 4 8 16 32
@@ -67,7 +71,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from photoroom_bg import BatchRemover, MemorySink, _threads
+from photoroom_bg import BatchRemover, FileSystemSink, MemorySink, _threads
 from photoroom_bg._pool import ShardedTransport
 from photoroom_bg.testing import DEFAULT_API_KEY
 
@@ -565,11 +569,25 @@ def rss(small: int, large: int) -> None:
     print("   (target: growth < 10 %; keep_results=1000 is the default, ~1 KB per kept job)")
 
 
-def photos(crops: int, full: int, levels: list[int], repeat: int) -> None:
+def photos(
+    crops: int,
+    full: int,
+    levels: list[int],
+    repeat: int,
+    folder: str | None = None,
+    checksums: bool = True,
+) -> None:
+    """Section 4; ``folder``: where the photos and the outputs go (default: the system's
+    temporary folder); ``checksums``: the batch's file-system sink hashes what it stores."""
     print(
         "4. client CPU per image with real photos, read from files and stored as files,\n"
         "   emulator latency 0 with image work (crops: random 64-128 px pieces of them;\n"
         "   full: the whole photos)"
+    )
+    where = folder or tempfile.gettempdir()
+    print(
+        f"   files in {where} ({file_system(where)}); BatchRemover's sink: "
+        f"FileSystemSink(checksums={checksums})"
     )
     print(
         f"   {'':<10} {'':>5}  {'hand loop, ms/image':<24} {'BatchRemover':>12} "
@@ -582,7 +600,7 @@ def photos(crops: int, full: int, levels: list[int], repeat: int) -> None:
     runners = ("1 pool", "sharded", "durable", "sdk")
     spread: list[str] = []
     folder_syncs = count_folder_fsyncs()
-    with tempfile.TemporaryDirectory() as tmp, Emulator(0.0, image_work=True) as emu:
+    with tempfile.TemporaryDirectory(dir=folder) as tmp, Emulator(0.0, image_work=True) as emu:
         kinds = ((f"{crops} crops", crops, False), (f"{full} full", full, True))
         for label, n, full_size in kinds:
             folder = Path(tmp, "full" if full_size else "crops")
@@ -602,7 +620,8 @@ def photos(crops: int, full: int, levels: list[int], repeat: int) -> None:
                         out.mkdir()
                         before = time.process_time()
                         if runner == "sdk":
-                            _, report = sdk_batch(emu.url, paths, concurrency, sink=str(out))
+                            sink = FileSystemSink(out, checksums=checksums)
+                            _, report = sdk_batch(emu.url, paths, concurrency, sink=sink)
                             assert report.succeeded_count == n, report
                         else:
                             pool = "1 pool" if runner == "1 pool" else "sharded"
@@ -641,6 +660,22 @@ def photos(crops: int, full: int, levels: list[int], repeat: int) -> None:
         "   each run's ratio to the sharded / the durable loop, least first:"
     )
     print("\n".join(spread))
+
+
+def file_system(folder: str) -> str:
+    """The type of the file system ``folder`` is on (Linux), else ``"?"``."""
+    best, kind = "", "?"
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            for line in mounts:
+                parts = line.split()
+                mount = parts[1].replace("\\040", " ")
+                inside = folder == mount or folder.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) > len(best):
+                    best, kind = mount, parts[2]
+    except OSError:
+        pass
+    return kind
 
 
 def count_folder_fsyncs() -> list[object]:
@@ -767,6 +802,14 @@ def main() -> None:
     parser.add_argument(
         "--photo-concurrency", type=int, nargs="+", default=[8, 64], help="photo levels"
     )
+    parser.add_argument(
+        "--photo-dir", default=None, help="where section 4's files go (e.g. /dev/shm)"
+    )
+    parser.add_argument(
+        "--no-checksums",
+        action="store_true",
+        help="section 4: the batch's sink stores without sha-256 (checksums=False)",
+    )
     parser.add_argument("--fault-n", type=int, default=2000, help="images per sporadic run")
     parser.add_argument("--fault-concurrency", type=int, default=16)
     parser.add_argument("--fault-latency", type=float, default=0.1, help="seconds")
@@ -799,7 +842,12 @@ def main() -> None:
         "cpu": lambda: cpu_ratio(args.n),
         "rss": lambda: rss(args.rss_small, args.rss_large),
         "photos": lambda: photos(
-            args.photo_crops, args.photo_full, args.photo_concurrency, args.repeat
+            args.photo_crops,
+            args.photo_full,
+            args.photo_concurrency,
+            args.repeat,
+            args.photo_dir,
+            not args.no_checksums,
         ),
         "faults": lambda: faults(
             args.fault_n,
