@@ -574,17 +574,17 @@ def photos(
     full: int,
     levels: list[int],
     repeat: int,
-    folder: str | None = None,
+    photo_dir: str | None = None,
     checksums: bool = True,
 ) -> None:
-    """Section 4; ``folder``: where the photos and the outputs go (default: the system's
+    """Section 4; ``photo_dir``: where the photos and the outputs go (default: the system's
     temporary folder); ``checksums``: the batch's file-system sink hashes what it stores."""
     print(
         "4. client CPU per image with real photos, read from files and stored as files,\n"
         "   emulator latency 0 with image work (crops: random 64-128 px pieces of them;\n"
         "   full: the whole photos)"
     )
-    where = folder or tempfile.gettempdir()
+    where = photo_dir or tempfile.gettempdir()
     print(
         f"   files in {where} ({file_system(where)}); BatchRemover's sink: "
         f"FileSystemSink(checksums={checksums})"
@@ -600,7 +600,7 @@ def photos(
     runners = ("1 pool", "sharded", "durable", "sdk")
     spread: list[str] = []
     folder_syncs = count_folder_fsyncs()
-    with tempfile.TemporaryDirectory(dir=folder) as tmp, Emulator(0.0, image_work=True) as emu:
+    with tempfile.TemporaryDirectory(dir=photo_dir) as tmp, Emulator(0.0, image_work=True) as emu:
         kinds = ((f"{crops} crops", crops, False), (f"{full} full", full, True))
         for label, n, full_size in kinds:
             folder = Path(tmp, "full" if full_size else "crops")

@@ -366,7 +366,8 @@ class FileSystemSink:
         quick = self._quick_puts if len(data) <= _threads.QUICK_BYTES else None
 
         def write() -> tuple[StoredObject, str]:
-            """The key checked, the object hashed, written and renamed; and its folder."""
+            """The key checked, the object hashed (unless ``checksums=False``), written and
+            renamed; and its folder."""
             target = self._locate(key, to_replace=True)[0]
             checksum = sha256_checksum(data) if self.checksums else None
             folder, info = self._write(target, data, content_type, meta, checksum)
