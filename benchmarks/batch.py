@@ -671,6 +671,7 @@ def photos(
 
 def file_system(folder: str) -> str:
     """The type of the file system ``folder`` is on (Linux), else ``"?"``."""
+    folder = os.path.realpath(folder)  # a relative path or a symlink names its mount too
     best, kind = "", "?"
     try:
         with open("/proc/mounts", encoding="utf-8") as mounts:
