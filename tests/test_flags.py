@@ -30,6 +30,7 @@ SETTINGS: dict[str, Callable[[Path, Any], object]] = {
     "allow_private_networks ": lambda _, v: NetworkPolicy(allow_private_networks=v),
     "write_metadata": lambda tmp, v: FileSystemSink(tmp, write_metadata=v),
     "checksums": lambda tmp, v: FileSystemSink(tmp, checksums=v),
+    "durable": lambda tmp, v: FileSystemSink(tmp, durable=v),
     "create_bucket": lambda _, v: S3Sink(
         "s3://b", endpoint_url="http://127.0.0.1:9", create_bucket=v
     ),

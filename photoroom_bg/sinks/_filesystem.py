@@ -173,7 +173,8 @@ def _unstamp(value: str, info: os.stat_result) -> str | None:
 class FileSystemSink:
     """Stores objects as files under ``root``.
 
-    Writes are atomic and durable: the bytes go to a temporary file in the same folder
+    Writes are atomic and durable (atomic only with ``durable=False``, below): the bytes go
+    to a temporary file in the same folder
     (``.<name>.<random>.tmp``), are fsynced, renamed over the final name, and the folder is
     fsynced, so once :meth:`put` returns the object survives a crash or power loss, and a crash
     never leaves a half-written image under a real key. Puts into one folder at the same time
@@ -204,6 +205,15 @@ class FileSystemSink:
         checksums: hash each object with sha-256 as it is written (the default). ``False``
             saves that CPU (about 0.17 ms for a 300 KB cut-out); writes stay as atomic and
             durable.
+        durable: fsync each object and its folder before :meth:`put` returns (the default).
+            ``False`` leaves writing back to the operating system, as a plain file write
+            does: writes stay atomic (a reader sees the old object or the new one, never
+            half of one), but a power cut or a crash of the machine can lose the objects put
+            in the last seconds, or leave them empty. For scratch output, and where an fsync
+            is slow. A :class:`~photoroom_bg.BatchRemover` resuming from a manifest then
+            checks that each recorded output is still there and not empty, and makes again
+            the ones that are not (paying for them again), where with a durable sink it
+            trusts the manifest.
     """
 
     def __init__(
@@ -212,6 +222,7 @@ class FileSystemSink:
         *,
         write_metadata: bool = False,
         checksums: bool = True,
+        durable: bool = True,
     ) -> None:
         if not isinstance(root, (str, os.PathLike)):
             raise ConfigurationError(
@@ -226,6 +237,7 @@ class FileSystemSink:
             raise ConfigurationError(f"{shown!r}: not a usable folder ({exc})") from None
         self.write_metadata = check_flag("write_metadata", write_metadata)
         self.checksums = check_flag("checksums", checksums)
+        self.durable = check_flag("durable", durable)
         # what a key's parts are joined to ("" for the file system's root, itself a separator)
         self._root_prefix = str(self.root).rstrip(os.sep)
         self._cleaned: set[str] = set()
@@ -374,6 +386,12 @@ class FileSystemSink:
             described = checksum or _weak_validator(info)
             return self._describe(key, target, len(data), content_type, described, meta), folder
 
+        if not self.durable:  # written and renamed: nothing to wait for
+
+            def write_only() -> StoredObject:
+                return write()[0]
+
+            return await self._run("write", key, write_only, quick)
         if quick is None or quick.threaded:
 
             def write_durably() -> StoredObject:  # in one trip to a worker thread
@@ -440,7 +458,8 @@ class FileSystemSink:
         for made in reversed(missing):
             with contextlib.suppress(FileExistsError):  # another writer made it first
                 made.mkdir()
-            _fsync_dir(made.parent)
+            if self.durable:
+                _fsync_dir(made.parent)
 
     def _atomic_write(
         self, folder: str, name: str, data: bytes, checksum: str | None = None
@@ -461,7 +480,8 @@ class FileSystemSink:
             info = os.fstat(fd)
             if checksum is not None:  # before the fsync, which then makes it durable too
                 _set_xattr(fd, _xattr_stamp(checksum, info))
-            os.fsync(fd)
+            if self.durable:
+                os.fsync(fd)
             os.replace(temp, target)  # durable once the caller's fsync of the folder ends
         except BaseException:
             with contextlib.suppress(OSError):

@@ -711,6 +711,48 @@ async def test_without_checksums_nothing_is_hashed_and_the_checksum_is_a_weak_va
     assert hashed == [3]
 
 
+@pytest.mark.parametrize("write_metadata", [False, True])
+async def test_a_sink_that_is_not_durable_fsyncs_nothing_and_still_writes_atomically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_metadata: bool
+) -> None:
+    """``durable=False`` leaves writing back to the operating system: no fsync of an object,
+    of its folder or of a folder it creates; the object still goes through a temporary file
+    renamed over its name (a reader never sees half of it), and nothing else changes."""
+    synced: list[int] = []
+    real = os.fsync
+
+    def counted(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counted)
+    renamed: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        renamed.append((os.path.basename(src), os.path.basename(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    durable = FileSystemSink(tmp_path / "durable", write_metadata=write_metadata)
+    await durable.put("a/b.png", b"abcde", content_type="image/png")
+    assert len(synced) >= 3  # the object, its folder, the folder made for it (the test sees them)
+    synced.clear()
+    renamed.clear()
+    sink = FileSystemSink(tmp_path / "scratch", durable=False, write_metadata=write_metadata)
+    stored = await sink.put("a/b.png", b"abcde", content_type="image/png")
+    await sink.put("a/b.png", b"fghij", content_type="image/png")  # replaced the same way
+    assert synced == []
+    names = ["b.png", "b.png.meta.json"] if write_metadata else ["b.png"]
+    assert [dst for _, dst in renamed] == names * 2
+    assert all(src.startswith(".b.png") and src.endswith(".tmp") for src, _ in renamed)
+    assert sink.path("a/b.png").read_bytes() == b"fghij"
+    assert sorted(os.listdir(tmp_path / "scratch" / "a")) == names
+    assert stored.checksum.startswith("sha256:")
+    assert (await sink.stat("a/b.png")).size == 5
+    assert await sink.get("a/b.png") == b"fghij"
+
+
 async def test_keys_the_file_system_cannot_hold_are_typed_errors_everywhere(
     tmp_path: Path,
 ) -> None:
