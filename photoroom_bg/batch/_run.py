@@ -606,8 +606,15 @@ class Batch:
 
     async def _make(self, job: _Job, key: str, data: bytes, entry: _InFlight) -> JobResult:
         if key in self._finished_keys:
-            output = await self.storage.describe(key)
-            return job.done(JobStatus.SKIPPED, output=output, reason="output already stored")
+            if self.storage.durable:  # what the manifest records is there: trusted
+                output = await self.storage.describe(key)
+                return job.done(JobStatus.SKIPPED, output=output, reason="output already stored")
+            found = await self._stoppable(lambda: self.storage.lookup(key))
+            if found is not False:
+                output = found if isinstance(found, StoredObject) else None
+                return job.done(JobStatus.SKIPPED, output=output, reason="output already stored")
+            # recorded, but lost since (a sink that is not durable, and a power cut): made again
+            self._finished_keys.discard(key)
         spilled = await self.storage.from_spill(key)
         if spilled is not None:
             return await self._unspill(job, key, spilled, "made by an earlier run")

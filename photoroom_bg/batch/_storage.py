@@ -118,6 +118,9 @@ class Storage:
         # may do anything in an override): those can run in place, with no cancel scope
         self._puts_files = _plain_files(sink, "put")
         self._stats_files = _plain_files(sink, "stat")
+        # a sink that does not make its objects durable (FileSystemSink(durable=False)) may
+        # lose, or empty, what it stored in a power cut: what it holds is checked, not trusted
+        self.durable = getattr(sink, "durable", True) is not False
 
     # -- reading -------------------------------------------------------------------------
 
@@ -149,7 +152,14 @@ class Storage:
 
     async def lookup(self, key: str) -> StoredObject | bool:
         """What is stored under ``key`` (``True`` when the sink cannot describe it), or
-        ``False``; an outage is waited out."""
+        ``False``; an outage is waited out. An empty object in a sink that is not durable is
+        what a power cut leaves of a cut-out written just before it: ``False``."""
+        found = await self._lookup(key)
+        if not self.durable and isinstance(found, StoredObject) and found.size == 0:
+            return False
+        return found
+
+    async def _lookup(self, key: str) -> StoredObject | bool:
         if self._stats_files is not None and self.looks_up_in_place():
             found = await self._stats_files._stat_or_none(key)  # no timer: it cannot hang
             return False if found is None else found

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from photoroom_bg import JobStatus, MemorySink, S3Sink, SyncSink
+from photoroom_bg import FileSystemSink, JobStatus, MemorySink, S3Sink, SyncSink
 from photoroom_bg.batch import load_sources
 from photoroom_bg.batch._manifest import load_finished_keys, read_manifest
 from photoroom_bg.errors import ConfigurationError
@@ -160,6 +160,36 @@ def test_resume_after_retry_failed_finds_the_batch_sources_in_an_earlier_run(
         final = batch.resume().wait()
     assert (final.total_count, final.stored_count) == (5, 5)
     assert emulator.ledger.calls() == 5
+
+
+@pytest.mark.parametrize("skip_existing", [True, False])
+@pytest.mark.parametrize("durable", [True, False])
+def test_a_resume_checks_what_a_sink_that_is_not_durable_kept(
+    emulator: PhotoroomEmulator, tmp_path: Path, durable: bool, skip_existing: bool
+) -> None:
+    """What a power cut can leave of the last outputs of ``FileSystemSink(durable=False)``:
+    nothing, or an empty file. A resume from the manifest makes those again (paying for
+    them), and takes no empty file for a cut-out; a durable sink's recorded outputs are
+    trusted as they are (there, only someone's hand removes one)."""
+    images = [photo() for _ in range(5)]
+    manifest = tmp_path / "m.jsonl"
+    out = tmp_path / "out"
+    batch = remover(emulator, FileSystemSink(out, durable=durable), manifest=manifest)
+    assert batch.submit(images).wait().stored_count == 5
+    outputs = sorted(out.glob("*.png"))
+    assert len(outputs) == 5
+    outputs[0].unlink()  # lost
+    outputs[1].write_bytes(b"")  # renamed into place, its bytes never written back
+    sink = FileSystemSink(out, durable=durable)
+    resumed = remover(emulator, sink, manifest=manifest, skip_existing=skip_existing)
+    again = resumed.resume(images).wait()
+    if durable:
+        assert (again.skipped_count, again.billed_calls) == (5, 0)
+        assert not outputs[0].exists()
+    else:
+        assert (again.skipped_count, again.succeeded_count, again.billed_calls) == (3, 2, 2)
+        assert all(path.stat().st_size > 0 for path in outputs)
+    assert emulator.ledger.calls() == (5 if durable else 7)
 
 
 # -- the sink goes away -------------------------------------------------------------------
