@@ -25,7 +25,9 @@ the same requests, so the ceiling of this machine and this emulator is visible t
    (``--repeat`` runs: on a VM, single runs of the same code vary by a quarter). The files
    go to the system's temporary folder, or ``--photo-dir`` (``/dev/shm``: the client's CPU
    without the disk's); ``--no-checksums`` stores the batch's cut-outs without their
-   sha-256 (``FileSystemSink(checksums=False)``), as the hand loops do;
+   sha-256 (``FileSystemSink(checksums=False)``), as the hand loops do, and
+   ``--not-durable`` without fsyncs (``FileSystemSink(durable=False)``), as the plain hand
+   loops do;
 5. ``faults``: sporadic faults (about 20 %: 429 and 503 with ``Retry-After: 1``, 500, 502,
    resets, truncations) and a server-side rate limit, BatchRemover / a plain loop with one
    shared ``httpx.AsyncClient``, a semaphore and 5 retries honouring ``Retry-After``: wall time
@@ -41,6 +43,7 @@ run and lower the others' share of it, and run each configuration twice::
     python benchmarks/batch.py                          # sections 1, 2 and 3
     python benchmarks/batch.py --only photos faults threads   # the others
     python benchmarks/batch.py --only photos --photo-dir /dev/shm --no-checksums
+    python benchmarks/batch.py --only photos --no-checksums --not-durable
     python benchmarks/batch.py --only efficiency --latency 1.0 --concurrency 64 256
     python benchmarks/batch.py --only efficiency --emulator-workers 2
     python benchmarks/batch.py --only efficiency --concurrency 64 256 --shards 2 4 8 16 32
@@ -582,9 +585,10 @@ def photos(
     repeat: int,
     photo_dir: str | None = None,
     checksums: bool = True,
+    durable: bool = True,
 ) -> None:
     """Section 4; ``photo_dir``: where the photos and the outputs go (default: the system's
-    temporary folder); ``checksums``: the batch's file-system sink hashes what it stores."""
+    temporary folder); ``checksums``, ``durable``: how the batch's file-system sink stores."""
     print(
         "4. client CPU per image with real photos, read from files and stored as files,\n"
         "   emulator latency 0 with image work (crops: random 64-128 px pieces of them;\n"
@@ -593,7 +597,7 @@ def photos(
     where = photo_dir or tempfile.gettempdir()
     print(
         f"   files in {where} ({file_system(where)}); BatchRemover's sink: "
-        f"FileSystemSink(checksums={checksums})"
+        f"FileSystemSink(checksums={checksums}, durable={durable})"
     )
     print(
         f"   {'':<10} {'':>5}  {'hand loop, ms/image':<24} {'BatchRemover':>12} "
@@ -626,7 +630,7 @@ def photos(
                         out.mkdir()
                         before = time.process_time()
                         if runner == "sdk":
-                            sink = FileSystemSink(out, checksums=checksums)
+                            sink = FileSystemSink(out, checksums=checksums, durable=durable)
                             _, report = sdk_batch(emu.url, paths, concurrency, sink=sink)
                             assert report.succeeded_count == n, report
                             assert report.billed_calls == n, report  # no copies: all paid
@@ -818,6 +822,11 @@ def main() -> None:
         action="store_true",
         help="section 4: the batch's sink stores without sha-256 (checksums=False)",
     )
+    parser.add_argument(
+        "--not-durable",
+        action="store_true",
+        help="section 4: the batch's sink stores without fsyncs (durable=False)",
+    )
     parser.add_argument("--fault-n", type=int, default=2000, help="images per sporadic run")
     parser.add_argument("--fault-concurrency", type=int, default=16)
     parser.add_argument("--fault-latency", type=float, default=0.1, help="seconds")
@@ -856,6 +865,7 @@ def main() -> None:
             args.repeat,
             args.photo_dir,
             not args.no_checksums,
+            not args.not_durable,
         ),
         "faults": lambda: faults(
             args.fault_n,
