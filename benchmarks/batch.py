@@ -643,7 +643,7 @@ def photos(
                         used[runner] = (time.process_time() - before) / n * 1e3
                     if attempt:
                         runs.append(used)
-                one, sharded, durable, sdk = (
+                one, sharded, durable_loop, sdk = (
                     statistics.median(run[runner] for run in runs) for runner in runners
                 )
                 # each run's own ratio: the machine's drift over the runs cancels out
@@ -652,7 +652,7 @@ def photos(
                 syncs = len(folder_syncs) / n / (repeat + 1)
                 print(
                     f"   {label:<10} {concurrency:>5}  {one:>6.2f} {sharded:>8.2f} "
-                    f"{durable:>8.2f} {sdk:>12.2f} {statistics.median(to_sharded):>7.2f} "
+                    f"{durable_loop:>8.2f} {sdk:>12.2f} {statistics.median(to_sharded):>7.2f} "
                     f"{statistics.median(to_durable):>7.2f} {syncs:>7.2f}"
                 )
                 spread.append(
