@@ -595,10 +595,8 @@ def photos(
         "   full: the whole photos)"
     )
     where = photo_dir or tempfile.gettempdir()
-    print(
-        f"   files in {where} ({file_system(where)}); BatchRemover's sink: "
-        f"FileSystemSink(checksums={checksums}, durable={durable})"
-    )
+    print(f"   files in {where} ({file_system(where)})")
+    print(f"   BatchRemover's sink: FileSystemSink(checksums={checksums}, durable={durable})")
     print(
         f"   {'':<10} {'':>5}  {'hand loop, ms/image':<24} {'BatchRemover':>12} "
         f"{'ratio to loop':>15} {'folder':>7}"
