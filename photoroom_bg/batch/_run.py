@@ -606,10 +606,11 @@ class Batch:
 
     async def _make(self, job: _Job, key: str, data: bytes, entry: _InFlight) -> JobResult:
         if key in self._finished_keys:
+            found: StoredObject | bool | None
             if self.storage.durable:  # what the manifest records is there: trusted
-                output = await self.storage.describe(key)
-                return job.done(JobStatus.SKIPPED, output=output, reason="output already stored")
-            found = await self._stoppable(lambda: self.storage.lookup(key))
+                found = await self.storage.describe(key)
+            else:
+                found = await self._stoppable(lambda: self.storage.lookup(key))
             if found is not False:
                 output = found if isinstance(found, StoredObject) else None
                 return job.done(JobStatus.SKIPPED, output=output, reason="output already stored")
