@@ -174,12 +174,12 @@ class FileSystemSink:
     """Stores objects as files under ``root``.
 
     Writes are atomic and durable (atomic only with ``durable=False``, below): the bytes go
-    to a temporary file in the same folder
-    (``.<name>.<random>.tmp``), are fsynced, renamed over the final name, and the folder is
-    fsynced, so once :meth:`put` returns the object survives a crash or power loss, and a crash
-    never leaves a half-written image under a real key. Puts into one folder at the same time
-    share its fsync: each returns after an fsync of the folder begun after its own rename (on
-    the event loop, the puts that rename in one turn of the loop share one).
+    to a temporary file in the same folder (``.<name>.<random>.tmp``), are fsynced, renamed
+    over the final name, and the folder is fsynced, so once :meth:`put` returns the object
+    survives a crash or power loss, and a crash never leaves a half-written image under a
+    real key. Puts into one folder at the same time share its fsync: each returns after an
+    fsync of the folder begun after its own rename (on the event loop, the puts that rename
+    in one turn of the loop share one).
     Temporary files left by a killed process are removed by a later put into the same folder
     once no writer holds them; they are never taken for objects. Folders are created as
     needed. Keys that would leave ``root`` (``..``, absolute paths, NUL bytes, backslashes,
