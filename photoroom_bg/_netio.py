@@ -39,6 +39,7 @@ class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.chunks: collections.deque[bytes] = collections.deque()
+        self.start = 0  # how much of the first chunk was already taken
         self.buffered = 0
         self.eof = False
         self.lost = False
@@ -105,20 +106,27 @@ class _Protocol(asyncio.Protocol):
                 timer.cancel()
 
     def take(self, max_bytes: int) -> bytes:
-        """Up to ``max_bytes`` of what was read (small chunks joined)."""
+        """Up to ``max_bytes`` of what was read (small chunks joined). A chunk larger than
+        that is handed out a piece at a time from :attr:`start`: what is left of it stays
+        where it is, so each byte is copied once, not once per piece before it."""
         chunks = self.chunks
-        chunk = chunks.popleft()
-        if len(chunk) > max_bytes:
-            chunks.appendleft(chunk[max_bytes:])
-            chunk = chunk[:max_bytes]
-        elif chunks and len(chunk) + len(chunks[0]) <= max_bytes:
-            parts = [chunk]
-            size = len(chunk)
-            while chunks and size + len(chunks[0]) <= max_bytes:
-                part = chunks.popleft()
-                parts.append(part)
-                size += len(part)
-            chunk = b"".join(parts)
+        head, start = chunks[0], self.start
+        left = len(head) - start
+        if left > max_bytes:
+            self.start = end = start + max_bytes
+            chunk = head[start:end]
+        else:
+            chunks.popleft()
+            self.start = 0
+            chunk = head[start:] if start else head
+            if chunks and left + len(chunks[0]) <= max_bytes:
+                parts = [chunk]
+                size = left
+                while chunks and size + len(chunks[0]) <= max_bytes:
+                    part = chunks.popleft()
+                    parts.append(part)
+                    size += len(part)
+                chunk = b"".join(parts)
         self.buffered -= len(chunk)
         if self.reading_paused and self.buffered <= READ_AHEAD // 2 and self.transport is not None:
             self.reading_paused = False

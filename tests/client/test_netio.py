@@ -410,3 +410,24 @@ def test_a_transport_through_a_proxy_keeps_httpcores_backend() -> None:
 async def test_the_download_pool_uses_asyncio_transports_too() -> None:
     async with SourceReader()._http_client() as pool:
         assert isinstance(pool._transport._pool._network_backend, _netio.AsyncioBackend)  # type: ignore[attr-defined]
+
+
+def test_a_large_chunk_is_read_in_pieces_without_copying_what_is_left_of_it() -> None:
+    # the event loop hands over up to 256 KiB at once and httpcore reads 64 KiB at a time:
+    # each read copies its own piece, never the rest of the chunk (copying the rest made an
+    # answer cost its size squared over the read size in copies)
+    protocol = _netio._Protocol()
+    large = os.urandom(256 * 1024 + 5)
+    sent = [large, b"a" * 10, b"b" * 20, os.urandom(70_000)]
+    for data in sent:
+        protocol.data_received(data)
+    left = sum(map(len, sent))
+    pieces: list[bytes] = []
+    while protocol.chunks:
+        if 0 < len(pieces) < 4:
+            assert protocol.chunks[0] is large  # what is left of it is where it was
+        pieces.append(protocol.take(64 * 1024))
+        left -= len(pieces[-1])
+        assert protocol.buffered == left
+    assert [len(piece) for piece in pieces] == [65536] * 4 + [35, 65536, 70_000 - 65536]
+    assert b"".join(pieces) == b"".join(sent)
