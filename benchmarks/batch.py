@@ -33,7 +33,15 @@ the same requests, so the ceiling of this machine and this emulator is visible t
    shared ``httpx.AsyncClient``, a semaphore and 5 retries honouring ``Retry-After``: wall time
    ratio and the 429s each one met;
 6. ``threads``: CPU per blocking call run off the event loop, ``asyncio.to_thread`` against
-   the worker threads that read and store files for the batch, from 1, 8 and 64 tasks at once.
+   the worker threads that read and store files for the batch, from 1, 8 and 64 tasks at once;
+7. ``instructions`` (only when asked for, and with valgrind installed): the instructions the
+   client process runs per image with the photos of section 4, counted by valgrind's
+   callgrind, which does not drift with the machine as CPU time does: the sharded hand loop,
+   the durable one, BatchRemover storing as the plain loop stores, and with its defaults;
+   each runner runs over 50 and over 200 photos (``--counted``), and the difference is
+   divided by 150, so start-up cancels. The share of libcrypto (sha-256) is shown apart,
+   with what a sha-256 costs natively: under valgrind it runs without the CPU's SHA
+   instructions.
 
 The first line gives the versions of everything on the hot path (Python, httpx, httpcore,
 anyio, h11, sniffio; uvicorn and starlette serve the emulator), the CPUs this process may use
@@ -44,6 +52,7 @@ run and lower the others' share of it, and run each configuration twice::
     python benchmarks/batch.py --only photos faults threads   # the others
     python benchmarks/batch.py --only photos --photo-dir /dev/shm --no-checksums
     python benchmarks/batch.py --only photos --no-checksums --not-durable
+    python benchmarks/batch.py --only instructions --photo-dir /dev/shm
     python benchmarks/batch.py --only efficiency --latency 1.0 --concurrency 64 256
     python benchmarks/batch.py --only efficiency --emulator-workers 2
     python benchmarks/batch.py --only efficiency --concurrency 64 256 --shards 2 4 8 16 32
@@ -59,6 +68,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -728,6 +738,125 @@ def thread_calls(n: int, repeat: int) -> None:
     print(f"   (us of CPU per call, the least of {repeat + 1} runs; ratio: ours / to_thread)")
 
 
+#: Section 7's runners: what runs in the measured process, and how the table names it.
+COUNTED = {
+    "sharded": "hand loop, sharded",
+    "durable": "hand loop, durable",
+    "sdk-plain": "batch, stored as the loop",
+    "sdk": "batch, defaults",
+}
+
+
+def counted_child(runner: str, url: str, n: int, folder: str, out: str) -> None:
+    """Section 7's measured process: one runner over the first ``n`` photos in ``folder``."""
+    paths = sorted(Path(folder).glob("*.jpg"))[:n]
+    if runner.startswith("sdk"):
+        plain = runner == "sdk-plain"
+        sink = FileSystemSink(out, checksums=not plain, durable=not plain)
+        _, report = sdk_batch(url, paths, CONCURRENCY_COUNTED, sink=sink)
+        assert report.succeeded_count == report.billed_calls == n, report
+    else:
+        stored = hand_loop(
+            url, paths, CONCURRENCY_COUNTED, Path(out), "sharded", runner == "durable"
+        )
+        assert stored == n
+
+
+#: Section 7 runs each runner at this concurrency only (the instructions hardly depend on it).
+CONCURRENCY_COUNTED = 8
+
+
+def callgrind(runner: str, url: str, n: int, folder: Path, out: Path) -> dict[str, int]:
+    """Instructions run by a process of ``runner`` over ``n`` photos, under callgrind: the
+    total (``""``) and by shared object."""
+    data = out.with_suffix(".callgrind")
+    args = [sys.executable, __file__, "--counted-child", runner, url, str(n), str(folder)]
+    command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={data}", *args, str(out)]
+    ran = subprocess.run(command, capture_output=True, text=True)
+    if ran.returncode:
+        raise RuntimeError(f"{runner} under callgrind failed:\n{ran.stderr[-2000:]}")
+    table = subprocess.run(
+        ["callgrind_annotate", "--inclusive=no", "--threshold=100", str(data)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    data.unlink()
+    counts: Counter[str] = Counter()
+    for line in table.splitlines():
+        count, _, rest = line.strip().partition(" ")
+        if not count[:1].isdigit():
+            continue
+        if rest.endswith("PROGRAM TOTALS"):
+            counts[""] = int(count.replace(",", ""))
+        elif rest.endswith("]"):
+            counts[Path(rest[rest.rindex("[") + 1 : -1]).name] += int(count.replace(",", ""))
+    return counts
+
+
+def instructions(sizes: list[int], photo_dir: str | None) -> None:
+    """Section 7: instructions per image, under valgrind's callgrind."""
+    small, large = sorted(sizes)
+    print(
+        f"7. client instructions per image with real photos (valgrind's callgrind, the\n"
+        f"   client process only; a run of {large} images less one of {small}, so start-up\n"
+        f"   cancels), concurrency {CONCURRENCY_COUNTED}, emulator latency 0 with image work"
+    )
+    if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
+        print("   skipped: valgrind is not installed (e.g. apt install valgrind)")
+        return
+    version_line = subprocess.run(["valgrind", "--version"], capture_output=True, text=True)
+    print(f"   {version_line.stdout.strip()}")
+    hashing: dict[str, list[float]] = {"input": [], "cut-out": []}
+    with tempfile.TemporaryDirectory(dir=photo_dir) as tmp, Emulator(0.0, image_work=True) as emu:
+        for label, full_size in (("crops", False), ("full", True)):
+            folder = Path(tmp, label)
+            folder.mkdir()
+            paths = photo_files(folder, large, full_size)
+            print(
+                f"   {label:<26} {'M instructions':>14} {'libcrypto':>10} "
+                f"{'ratio to the sharded loop':>26}"
+            )
+            print(
+                f"   {'':<26} {'per image':>14} {'(sha-256)':>10} {'all':>12} {'w/o libcrypto':>13}"
+            )
+            per_image: dict[str, tuple[float, float]] = {}
+            for runner, name in COUNTED.items():
+                runs = []
+                for n in (small, large):
+                    out = Path(tmp, f"{label}-{runner}-{n}")
+                    out.mkdir()
+                    runs.append(callgrind(runner, emu.url, n, folder, out))
+                total = (runs[1][""] - runs[0][""]) / (large - small)
+                crypto = sum(
+                    runs[1][lib] - runs[0][lib] for lib in runs[1] if lib.startswith("libcrypto")
+                ) / (large - small)
+                per_image[runner] = total, crypto
+                loop_total, loop_crypto = per_image["sharded"]
+                print(
+                    f"   {name:<26} {total / 1e6:>14.2f} {crypto / 1e6:>10.2f} "
+                    f"{total / loop_total:>12.2f} "
+                    f"{(total - crypto) / (loop_total - loop_crypto):>13.2f}"
+                )
+            outputs = sorted(Path(tmp, f"{label}-durable-{large}").glob("*.png"))
+            for kind, files in (("input", paths), ("cut-out", outputs)):
+                data = [path.read_bytes() for path in files[:50]]
+                started = time.perf_counter()
+                for _ in range(20):
+                    for item in data:
+                        hashlib.sha256(item).digest()
+                hashing[kind].append((time.perf_counter() - started) / 20 / len(data) * 1e6)
+    crops_in, full_in = hashing["input"]
+    crops_out, full_out = hashing["cut-out"]
+    print(
+        "   (libcrypto: the sha-256 of each input, which names its output, and with the\n"
+        "   default sink of each cut-out; callgrind's CPU has no SHA instructions, so there\n"
+        "   it costs several times what it costs natively: here, without valgrind, the\n"
+        f"   sha-256 of an input takes {crops_in:.1f} us (crops) and {full_in:.1f} us (full), "
+        f"of a\n   cut-out {crops_out:.1f} us and {full_out:.1f} us)"
+    )
+
+
 def faults(n: int, concurrency: int, latency: float, rate_n: int, rpm: int, repeat: int) -> None:
     mix = ", ".join(f"{name} {p:.0%}" for name, p in SPORADIC.items())
     print(
@@ -788,7 +917,7 @@ def fault_runs(
 
 
 def main() -> None:
-    sections = ["efficiency", "cpu", "rss", "photos", "faults", "threads"]
+    sections = ["efficiency", "cpu", "rss", "photos", "faults", "threads", "instructions"]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.3, help="emulator latency, seconds")
     parser.add_argument(
@@ -834,11 +963,19 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="+", choices=sections, default=None, help="default: 1, 2 and 3"
     )
+    parser.add_argument(
+        "--counted", type=int, nargs=2, default=[50, 200], help="section 7's two run sizes"
+    )
     parser.add_argument("--rss-child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--counted-child", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--emulator-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.emulator_child:
         emulator_child(json.loads(args.emulator_child))
+        return
+    if args.counted_child:
+        runner, url, n, folder, out = args.counted_child
+        counted_child(runner, url, int(n), folder, out)
         return
     if args.rss_child:
         n, url, out, keep = args.rss_child
@@ -875,6 +1012,7 @@ def main() -> None:
         ),
     }
     steps["threads"] = lambda: thread_calls(6400, args.repeat)
+    steps["instructions"] = lambda: instructions(args.counted, args.photo_dir)
     for name in sections:
         if name in only:
             steps[name]()
