@@ -18,16 +18,17 @@ the same requests, so the ceiling of this machine and this emulator is visible t
 3. ``rss``: peak RSS of a whole batch process at N = 1,000 and N = 20,000 (filesystem sink);
 4. ``photos``: client CPU per image with real photos (``examples/images`` cut into 64-128 px
    crops, and full-size copies), read from files and stored as files, BatchRemover / a hand
-   loop (on one pool and sharded), at concurrency 8 and 64, against an emulator doing real
-   image work; also a sharded hand loop that stores durably as the file-system sink does
-   (temporary file, fsync, rename, folder fsync), and BatchRemover's ratio to it; the
-   runners take turns, run after run, and each ratio is the median of the runs' own ratios
-   (``--repeat`` runs: on a VM, single runs of the same code vary by a quarter). The files
-   go to the system's temporary folder, or ``--photo-dir`` (``/dev/shm``: the client's CPU
-   without the disk's); ``--no-checksums`` stores the batch's cut-outs without their
-   sha-256 (``FileSystemSink(checksums=False)``), as the hand loops do, and
-   ``--not-durable`` without fsyncs (``FileSystemSink(durable=False)``), as the plain hand
-   loops do;
+   loop on the SDK's sharded pool, at concurrency 8 and 64, against an emulator doing real
+   image work; the hand loop runs three ways: plain, storing durably as the file-system sink
+   does (temporary file, fsync, rename, folder fsync), and durably with each file's sha-256
+   stamped on it as the sink's default does (``hashed``); the runners take turns, run after
+   run, and each ratio is the median of the runs' own ratios (``--repeat`` runs: on a VM,
+   single runs of the same code vary by a quarter). The files go to the system's temporary
+   folder, or ``--photo-dir`` (``/dev/shm``: the client's CPU without the disk's);
+   ``--no-checksums`` stores the batch's cut-outs without their sha-256
+   (``FileSystemSink(checksums=False)``), as the plain and durable loops do, and
+   ``--not-durable`` without fsyncs (``FileSystemSink(durable=False)``), as the plain loop
+   does;
 5. ``faults``: sporadic faults (about 20 %: 429 and 503 with ``Retry-After: 1``, 500, 502,
    resets, truncations) and a server-side rate limit, BatchRemover / a plain loop with one
    shared ``httpx.AsyncClient``, a semaphore and 5 retries honouring ``Retry-After``: wall time
@@ -36,8 +37,8 @@ the same requests, so the ceiling of this machine and this emulator is visible t
    the worker threads that read and store files for the batch, from 1, 8 and 64 tasks at once;
 7. ``instructions`` (only when asked for, and with valgrind installed): the instructions the
    client process runs per image with the photos of section 4, counted by valgrind's
-   callgrind, which does not drift with the machine as CPU time does: the sharded hand loop,
-   the durable one, BatchRemover storing as the plain loop stores, and with its defaults;
+   callgrind, which does not drift with the machine as CPU time does: the hand loops of
+   section 4, BatchRemover storing as the plain loop stores, and with its defaults;
    each runner runs over 50 and over 200 photos (``--counted``), and the difference is
    divided by 150, so start-up cancels. The share of libcrypto (sha-256) is shown apart,
    with what a sha-256 costs natively: under valgrind it runs without the CPU's SHA
@@ -62,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -71,6 +73,7 @@ import resource
 import shutil
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -383,15 +386,28 @@ def bare_loop(
     return time.perf_counter() - started
 
 
-def durable_write(target: Path, data: bytes) -> None:
+#: Where the hashed hand loop stamps each file's sha-256 (the sink's stamp is as long).
+LOOP_XATTR = "user.benchmark.sha256"
+
+
+def durable_write(target: Path, data: bytes, hashed: bool = False) -> None:
     """Store ``data`` as the file-system sink does: a temporary file beside the target,
-    fsynced, renamed over it, and the folder fsynced (so it survives a power cut)."""
+    fsynced, renamed over it, and the folder fsynced (so it survives a power cut);
+    ``hashed``: with its sha-256, size and time stamped on the file first, as the sink's
+    default (``checksums=True``) stamps them, so that a reader gets them without reading."""
     temp = target.with_name(f".{target.name}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+        if hashed:
+            info = os.fstat(fd)
+            stamp = hashlib.sha256(data).digest() + struct.pack(
+                "<qq", info.st_size, info.st_mtime_ns
+            )
+            with contextlib.suppress(OSError):  # as the sink: no user attributes there
+                os.setxattr(fd, LOOP_XATTR, stamp)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -410,9 +426,11 @@ def hand_loop(
     out: Path,
     pool: str = "1 pool",
     durable: bool = False,
+    hashed: bool = False,
 ) -> int:
     """What a user writes by hand: read each file, post it, store the cut-out as a file
-    (``durable``: as :func:`durable_write` does). Returns the number of images stored."""
+    (``durable``: as :func:`durable_write` does, ``hashed`` or not). Returns the number of
+    images stored."""
 
     async def run() -> int:
         stored = 0
@@ -433,7 +451,7 @@ def hand_loop(
                     response.raise_for_status()
                     target = out / f"{path.stem}.png"
                     if durable:
-                        durable_write(target, response.content)
+                        durable_write(target, response.content, hashed)
                     else:
                         target.write_bytes(response.content)
                     stored += 1
@@ -608,14 +626,14 @@ def photos(
     print(f"   files in {where} ({file_system(where)})")
     print(f"   BatchRemover's sink: FileSystemSink(checksums={checksums}, durable={durable})")
     print(
-        f"   {'':<10} {'':>5}  {'hand loop, ms/image':<24} {'BatchRemover':>12} "
-        f"{'ratio to loop':>15} {'folder':>7}"
+        f"   {'':<10} {'':>5}  {'hand loop, ms/image':<23} {'batch':>6}  "
+        f"{'ratio, batch / loop':<22} {'folder':>6}"
     )
     print(
-        f"   {'images':<10} {'conc.':>5}  {'1 pool':>6} {'sharded':>8} {'durable':>8} "
-        f"{'ms/image':>12} {'sharded':>7} {'durable':>7} {'fsyncs':>7}"
+        f"   {'images':<10} {'conc.':>5}  {'sharded':>7} {'durable':>7} {'hashed':>7} "
+        f"{'ms':>6}  {'sharded':>7} {'durable':>7} {'hashed':>6} {'fsyncs':>6}"
     )
-    runners = ("1 pool", "sharded", "durable", "sdk")
+    runners = ("sharded", "durable", "hashed", "sdk")
     spread: list[str] = []
     folder_syncs = count_folder_fsyncs()
     with tempfile.TemporaryDirectory(dir=photo_dir) as tmp, Emulator(0.0, image_work=True) as emu:
@@ -643,40 +661,42 @@ def photos(
                             assert report.succeeded_count == n, report
                             assert report.billed_calls == n, report  # no copies: all paid
                         else:
-                            pool = "1 pool" if runner == "1 pool" else "sharded"
                             stored = hand_loop(
-                                emu.url, paths, concurrency, out, pool, runner == "durable"
+                                emu.url,
+                                paths,
+                                concurrency,
+                                out,
+                                "sharded",
+                                durable=runner != "sharded",
+                                hashed=runner == "hashed",
                             )
                             assert stored == n
                         used[runner] = (time.process_time() - before) / n * 1e3
                     if attempt:
                         runs.append(used)
-                one, sharded, durable_loop, sdk = (
-                    statistics.median(run[runner] for run in runs) for runner in runners
-                )
+                medians = [statistics.median(run[runner] for run in runs) for runner in runners]
                 # each run's own ratio: the machine's drift over the runs cancels out
-                to_sharded = [run["sdk"] / run["sharded"] for run in runs]
-                to_durable = [run["sdk"] / run["durable"] for run in runs]
+                ratios = [[run["sdk"] / run[loop] for run in runs] for loop in runners[:3]]
                 syncs = len(folder_syncs) / n / (repeat + 1)
                 print(
-                    f"   {label:<10} {concurrency:>5}  {one:>6.2f} {sharded:>8.2f} "
-                    f"{durable_loop:>8.2f} {sdk:>12.2f} {statistics.median(to_sharded):>7.2f} "
-                    f"{statistics.median(to_durable):>7.2f} {syncs:>7.2f}"
+                    f"   {label:<10} {concurrency:>5}  {medians[0]:>7.2f} {medians[1]:>7.2f} "
+                    f"{medians[2]:>7.2f} {medians[3]:>6.2f}  "
+                    f"{statistics.median(ratios[0]):>7.2f} {statistics.median(ratios[1]):>7.2f} "
+                    f"{statistics.median(ratios[2]):>6.2f} {syncs:>6.2f}"
                 )
                 spread.append(
                     f"   {label} at {concurrency}: "
-                    + " ".join(f"{r:.2f}" for r in sorted(to_sharded))
-                    + " / "
-                    + " ".join(f"{r:.2f}" for r in sorted(to_durable))
+                    + " / ".join(" ".join(f"{r:.2f}" for r in sorted(each)) for each in ratios)
                 )
     print(
         f"   (ms of client CPU per image, the median of {repeat} runs after a warm-up;\n"
         "   durable: the sharded loop storing as the file-system sink does, temporary\n"
-        "   file, fsync, rename, folder fsync; ratio: the median of BatchRemover / that\n"
-        "   loop in each run; the runners take turns in a rotating order; folder fsyncs:\n"
-        "   the sink's, per image stored, shared by the puts that rename in the same\n"
-        "   turn of the loop)\n"
-        "   each run's ratio to the sharded / the durable loop, least first:"
+        "   file, fsync, rename, folder fsync; hashed: the durable loop stamping each\n"
+        "   file with its sha-256 too, as the sink does by default; ratio: the median of\n"
+        "   BatchRemover / that loop in each run; the runners take turns in a rotating\n"
+        "   order; folder fsyncs: the sink's, per image stored, shared by the puts that\n"
+        "   rename in the same turn of the loop)\n"
+        "   each run's ratio to the sharded / the durable / the hashed loop, least first:"
     )
     print("\n".join(spread))
 
@@ -742,6 +762,7 @@ def thread_calls(n: int, repeat: int) -> None:
 COUNTED = {
     "sharded": "hand loop, sharded",
     "durable": "hand loop, durable",
+    "hashed": "hand loop, durable, hashed",
     "sdk-plain": "batch, stored as the loop",
     "sdk": "batch, defaults",
 }
@@ -757,7 +778,13 @@ def counted_child(runner: str, url: str, n: int, folder: str, out: str) -> None:
         assert report.succeeded_count == report.billed_calls == n, report
     else:
         stored = hand_loop(
-            url, paths, CONCURRENCY_COUNTED, Path(out), "sharded", runner == "durable"
+            url,
+            paths,
+            CONCURRENCY_COUNTED,
+            Path(out),
+            "sharded",
+            durable=runner != "sharded",
+            hashed=runner == "hashed",
         )
         assert stored == n
 
