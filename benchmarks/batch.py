@@ -758,6 +758,10 @@ def thread_calls(n: int, repeat: int) -> None:
     print(f"   (us of CPU per call, the least of {repeat + 1} runs; ratio: ours / to_thread)")
 
 
+#: Section 7 runs each runner at this concurrency only (the instructions hardly depend on it).
+CONCURRENCY_COUNTED = 8
+
+
 #: Section 7's runners: what runs in the measured process, and how the table names it.
 COUNTED = {
     "sharded": "hand loop, sharded",
@@ -789,11 +793,7 @@ def counted_child(runner: str, url: str, n: int, folder: str, out: str) -> None:
         assert stored == n
 
 
-#: Section 7 runs each runner at this concurrency only (the instructions hardly depend on it).
-CONCURRENCY_COUNTED = 8
-
-
-def callgrind(runner: str, url: str, n: int, folder: Path, out: Path) -> dict[str, int]:
+def callgrind(runner: str, url: str, n: int, folder: Path, out: Path) -> Counter[str]:
     """Instructions run by a process of ``runner`` over ``n`` photos, under callgrind: the
     total (``""``) and by shared object."""
     data = out.with_suffix(".callgrind")
@@ -824,6 +824,8 @@ def callgrind(runner: str, url: str, n: int, folder: Path, out: Path) -> dict[st
 def instructions(sizes: list[int], photo_dir: str | None) -> None:
     """Section 7: instructions per image, under valgrind's callgrind."""
     small, large = sorted(sizes)
+    if small == large:
+        raise SystemExit("--counted takes two different numbers of images")
     print(
         f"7. client instructions per image with real photos (valgrind's callgrind, the\n"
         f"   client process only; a run of {large} images less one of {small}, so start-up\n"
