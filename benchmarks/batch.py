@@ -462,6 +462,13 @@ def hand_loop(
     return asyncio.run(run())
 
 
+def sharded_loop(runner: str, url: str, paths: Sequence[Path], concurrency: int, out: Path) -> int:
+    """:func:`hand_loop` on the sharded pool as sections 4 and 7 name it: ``"sharded"``
+    (plain), ``"durable"`` or ``"hashed"`` (durable, with each file's sha-256 stamped)."""
+    durable, hashed = runner != "sharded", runner == "hashed"
+    return hand_loop(url, paths, concurrency, out, "sharded", durable=durable, hashed=hashed)
+
+
 def retry_loop(url: str, data: Sequence[bytes], concurrency: int, retries: int = 5) -> int:
     """A plain loop: one shared client, a semaphore, ``retries`` retries per request on
     429, 5xx and transport errors, sleeping ``Retry-After`` when given (else exponential
@@ -661,15 +668,7 @@ def photos(
                             assert report.succeeded_count == n, report
                             assert report.billed_calls == n, report  # no copies: all paid
                         else:
-                            stored = hand_loop(
-                                emu.url,
-                                paths,
-                                concurrency,
-                                out,
-                                "sharded",
-                                durable=runner != "sharded",
-                                hashed=runner == "hashed",
-                            )
+                            stored = sharded_loop(runner, emu.url, paths, concurrency, out)
                             assert stored == n
                         used[runner] = (time.process_time() - before) / n * 1e3
                     if attempt:
@@ -781,15 +780,7 @@ def counted_child(runner: str, url: str, n: int, folder: str, out: str) -> None:
         _, report = sdk_batch(url, paths, CONCURRENCY_COUNTED, sink=sink)
         assert report.succeeded_count == report.billed_calls == n, report
     else:
-        stored = hand_loop(
-            url,
-            paths,
-            CONCURRENCY_COUNTED,
-            Path(out),
-            "sharded",
-            durable=runner != "sharded",
-            hashed=runner == "hashed",
-        )
+        stored = sharded_loop(runner, url, paths, CONCURRENCY_COUNTED, Path(out))
         assert stored == n
 
 
