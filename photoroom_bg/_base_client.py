@@ -21,7 +21,7 @@ import attrs
 import httpx
 
 from . import _rules, _wire
-from ._deadline import AnswerOverrun
+from ._deadline import overrun
 from ._images import ImageInput, answer_problem, load_image, validate_image
 from ._numbers import check_given, check_number, check_type, wait_limit
 from ._redact import install_log_redaction, redact_url
@@ -534,7 +534,7 @@ class BaseClient:
         sent = sent and spec.billable
         billing = " (the server may have processed and billed it)" if sent else ""
         if isinstance(exc, httpx.TimeoutException):
-            why = str(exc) if isinstance(exc, AnswerOverrun) else type(exc).__name__
+            why = overrun(exc) or type(exc).__name__
             return APITimeoutError(
                 f"{where} timed out ({why}){billing}; raise the client's timeout for large "
                 "images or AI features",

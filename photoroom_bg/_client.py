@@ -27,7 +27,7 @@ from ._base_client import (
     _has_request,
     check_headers,
 )
-from ._deadline import answer_deadline, bound_answer
+from ._deadline import answer_deadline, attempt, bound_answer, end_attempt, install_sync
 from ._images import ImageInput
 from ._numbers import sleep_seconds
 from ._pool import (
@@ -99,17 +99,66 @@ async def _send_direct(
     happens)."""
     started = time.perf_counter()
     begun = time.monotonic()
+    token = attempt(deadline)  # every read and write ends by then (see _deadline)
     try:
-        response = await transport.handle_async_request(request)
-    except httpx.RequestError as exc:
-        if not _has_request(exc):  # as httpx's client does, for the error's message
-            exc.request = request
-        raise
-    response.request = request
-    await _read_whole(response, begun, deadline, billable)
+        try:
+            response = await transport.handle_async_request(request)
+        except httpx.RequestError as exc:
+            if not _has_request(exc):  # as httpx's client does, for the error's message
+                exc.request = request
+            raise
+        response.request = request
+        await _read_whole(response, begun, deadline, billable)
+    finally:
+        end_attempt(token)
     # as httpx's client sets it (an error's response is public: its elapsed may be read)
     response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
     return response
+
+
+async def _send_async(
+    http: httpx.AsyncClient,
+    request: httpx.Request,
+    started: float,
+    deadline: float | None,
+    billable: bool,
+) -> httpx.Response:
+    """``request`` sent through ``http`` and its response read in full within ``deadline``
+    of ``started`` (``time.monotonic()``), or closed."""
+    token = attempt(deadline)  # the reads and writes of the SDK's own pools end by then
+    try:
+        response = await http.send(request, stream=True)
+        await _read_whole(response, started, deadline, billable)
+        return response
+    finally:
+        end_attempt(token)
+
+
+def _send_sync(
+    http: httpx.Client,
+    request: httpx.Request,
+    started: float,
+    deadline: float | None,
+    billable: bool,
+) -> httpx.Response:
+    """``request`` sent through ``http`` and its response read in full within ``deadline``
+    of ``started`` (``time.monotonic()``), or closed; an undecodable body is a spoiled
+    answer."""
+    token = attempt(deadline)  # the reads and writes of the SDK's own pools end by then
+    try:
+        response = http.send(request, stream=True)
+        try:
+            bound_answer(response, started, deadline, request)
+            response.read()
+        except httpx.DecodingError as exc:
+            response.close()
+            raise _undecodable(response, exc, billable) from exc
+        except BaseException:
+            response.close()
+            raise
+        return response
+    finally:
+        end_attempt(token)
 
 
 async def _read_whole(
@@ -238,8 +287,8 @@ class PhotoroomClient(BaseClient):
         timeout: seconds or an :class:`httpx.Timeout`; ``None`` (or ``float("inf")``) waits
             forever. By default 120 s, 10 s to connect
             (:data:`~photoroom_bg._base_client.DEFAULT_TIMEOUT`). An attempt also ends
-            once it has taken the phases' timeouts together, however its answer trickles
-            in.
+            once it has taken the phases' timeouts together, however slowly the server
+            reads the request or sends the answer, its head included.
         max_retries: retries of failures a retry may fix (connection errors, timeouts, 408,
             429, 5xx but 501/505); 0 disables them. Failures the server may have billed (see
             :attr:`~photoroom_bg.errors.PhotoroomError.possibly_billed`) are retried too
@@ -248,7 +297,9 @@ class PhotoroomClient(BaseClient):
         default_headers: headers sent with every request.
         http_client: an :class:`httpx.Client` to use instead of creating one; it is not
             closed by :meth:`close`. Anything else raises
-            :class:`~photoroom_bg.errors.ConfigurationError`.
+            :class:`~photoroom_bg.errors.ConfigurationError`. Its network is its own, so
+            the attempt's deadline bounds the answer's body only: its head and the upload
+            are bounded by its own timeouts, each read and write.
 
     The environment's proxies (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``)
     are used as httpx uses them; one httpx cannot use is a
@@ -288,6 +339,7 @@ class PhotoroomClient(BaseClient):
                 )
             except PROXY_ERRORS as exc:
                 raise ConfigurationError(proxy_problem(exc)) from None
+            install_sync(http_client)  # reads and writes end with the attempt's deadline
         self._http = http_client
 
     def with_options(
@@ -442,16 +494,7 @@ class PhotoroomClient(BaseClient):
             error: PhotoroomError
             cause: Exception | None = None
             try:
-                response = self._http.send(request, stream=True)
-                try:
-                    bound_answer(response, started, deadline, request)
-                    response.read()
-                except httpx.DecodingError as exc:
-                    response.close()
-                    raise _undecodable(response, exc, spec.billable) from exc
-                except BaseException:
-                    response.close()
-                    raise
+                response = _send_sync(self._http, request, started, deadline, spec.billable)
             except APIResponseValidationError as exc:
                 error, cause = exc, _cause(exc)
                 self._log(spec, "undecodable", attempt, time.monotonic() - started)
@@ -668,8 +711,9 @@ class AsyncPhotoroomClient(BaseClient):
                 if direct is not None:
                     response = await _send_direct(direct, request, deadline, spec.billable)
                 else:
-                    response = await self._http.send(request, stream=True)
-                    await _read_whole(response, started, deadline, spec.billable)
+                    response = await _send_async(
+                        self._http, request, started, deadline, spec.billable
+                    )
             except APIResponseValidationError as exc:
                 error, cause = exc, _cause(exc)
                 self._log(spec, "undecodable", attempt, time.monotonic() - started)

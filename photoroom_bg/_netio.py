@@ -27,6 +27,8 @@ import httpcore
 import sniffio
 from httpcore._backends.base import SOCKET_OPTION
 
+from . import _deadline
+
 __all__ = ["READ_AHEAD", "AsyncioBackend", "install"]
 
 #: Bytes read ahead of the reader before the connection stops reading (until it drains).
@@ -157,7 +159,8 @@ class _Stream(httpcore.AsyncNetworkStream):
                 return b""  # the other end closed the connection
             if self._transport.is_closing():
                 raise httpcore.ReadError("the connection is closed")
-            if not await protocol.wait("read", timeout):
+            if not await protocol.wait("read", _deadline.capped(timeout)):
+                _deadline.check()  # the attempt's deadline, not the read's own timeout
                 raise httpcore.ReadTimeout("timed out reading")
         return protocol.take(max_bytes)
 
@@ -170,7 +173,8 @@ class _Stream(httpcore.AsyncNetworkStream):
             raise httpcore.WriteError(_reason(error) if error else "the connection is closed")
         self._transport.write(buffer)
         while protocol.writing_paused:  # the kernel's buffer is full: wait for it to drain
-            if not await protocol.wait("write", timeout):
+            if not await protocol.wait("write", _deadline.capped(timeout, writing=True)):
+                _deadline.check(writing=True)
                 raise httpcore.WriteTimeout("timed out writing")
         error = protocol.failure()
         if error is not None:  # the connection broke while the write waited
@@ -259,7 +263,7 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         if self._other is None:
             from httpcore._backends.auto import AutoBackend
 
-            self._other = AutoBackend()
+            self._other = _deadline.wrap_async(AutoBackend())
         return self._other
 
     async def connect_tcp(
@@ -333,10 +337,14 @@ _BACKEND = AsyncioBackend()
 def install(transport: Any) -> None:
     """Make ``transport`` (an :class:`httpx.AsyncHTTPTransport`) use :class:`AsyncioBackend`,
     unless it goes through a proxy: there TLS may run inside TLS, which asyncio's
-    ``start_tls`` cannot do on every Python supported, so httpcore's network stays."""
+    ``start_tls`` cannot do on every Python supported, so httpcore's network stays, its
+    reads and writes ending with the attempt under way (see :mod:`~photoroom_bg._deadline`),
+    as :class:`AsyncioBackend`'s do."""
     pool = transport._pool
-    if type(pool) is not httpcore.AsyncConnectionPool:  # an HTTP or SOCKS proxy
-        return
     if not hasattr(pool, "_network_backend"):  # pragma: no cover - a future httpcore
+        return
+    if type(pool) is not httpcore.AsyncConnectionPool:  # an HTTP or SOCKS proxy
+        # httpcore's own network, its reads and writes ending with the attempt under way
+        pool._network_backend = _deadline.wrap_async(pool._network_backend)
         return
     pool._network_backend = _BACKEND

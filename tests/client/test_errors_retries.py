@@ -752,10 +752,13 @@ async def test_an_unexpected_account_body_is_a_validation_error_that_risks_no_mo
 class RawAnswerServer:
     """On a loopback port, in a thread: answers every request with ``head``, then ``body``,
     all at once or one byte every ``interval`` seconds (each byte well inside a read
-    timeout)."""
+    timeout); the body, or with ``drip_head`` the head, the body then sent at once."""
 
-    def __init__(self, head: bytes, body: bytes, interval: float = 0.0) -> None:
+    def __init__(
+        self, head: bytes, body: bytes, interval: float = 0.0, drip_head: bool = False
+    ) -> None:
         self.head, self.body, self.interval = head, body, interval
+        self.drip_head = drip_head
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.stop = threading.Event()
@@ -803,15 +806,16 @@ class RawAnswerServer:
                 while len(body) < length:
                     body += conn.recv(65536)
                 self.answered += 1
-                try:
+                dripped, after = (self.head, self.body) if self.drip_head else (b"", b"")
+                if not self.drip_head:
                     conn.sendall(self.head)
-                    if not self.interval:
-                        conn.sendall(self.body)
-                        continue
-                    for byte in self.body:
+                    dripped, after = (self.body, b"") if self.interval else (b"", self.body)
+                try:
+                    for byte in dripped:
                         if self.stop.wait(self.interval):
                             return
                         conn.sendall(bytes([byte]))
+                    conn.sendall(after)
                 except OSError:
                     return  # the client gave up
 
@@ -832,10 +836,110 @@ async def test_an_answer_dripped_a_byte_at_a_time_ends_at_the_timeouts_deadline(
     assert caught.value.possibly_billed is True
 
 
-def test_a_batch_against_a_dripping_api_fails_the_job_instead_of_holding_it() -> None:
+def dripped_head(pad: int = 160) -> RawAnswerServer:
+    """A server that drips its answer's head (padded by a long header), one byte every
+    0.05 s; the answer has no body, so nothing arrives after the head to be checked."""
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: 0\r\n"
+        b"x-pad: %s\r\n\r\n" % (b"p" * pad)
+    )
+    return RawAnswerServer(head, b"", 0.05, drip_head=True)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_head_dripped_a_byte_at_a_time_ends_at_the_timeouts_deadline(kind: str) -> None:
+    # the deadline covered the body only: a server dripping its headers, each byte inside
+    # the read timeout, held the call as long as it went on (here about 10 s), and what
+    # came in the end was taken as the answer
+    with dripped_head() as server:
+        twin = make_twin(kind, base_url=server.url, timeout=0.25, max_retries=0)
+        try:
+            with pytest.raises(APITimeoutError, match="still arriving after 1 s") as caught:
+                await asyncio.wait_for(twin.call("remove_background", png()), 30)
+        finally:
+            await twin.close()
+    assert caught.value.possibly_billed is True
+    assert server.answered == 1
+
+
+class SlowReader:
+    """On a loopback port, in a thread: reads each request's body 16 KiB at a time, one
+    piece every 0.03 s (each well inside a write timeout; its receive buffer kept small),
+    then answers 200 with no body."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.heads = 0
+
+    def __enter__(self) -> SlowReader:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self.thread.join(10)
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):
+                received = read_request_head(conn)
+                if received is None:
+                    continue
+                self.heads += 1
+                head, _, body = received.partition(b"\r\n\r\n")
+                declared = re.search(rb"content-length: *(\d+)", head, re.I)
+                left = (int(declared.group(1)) if declared else 0) - len(body)
+                while left > 0 and not self.stop.wait(0.03):
+                    piece = conn.recv(16384)
+                    if not piece:
+                        break
+                    left -= len(piece)
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+
+
+def small_send_buffers(client: PhotoroomClient) -> None:
+    """Give the connections ``client``'s pool opens a small kernel send buffer, so that its
+    writes wait on a slow reader (on loopback the buffer grows to a few MB otherwise)."""
+    client._http._transport._pool._socket_options = [  # type: ignore[attr-defined]
+        (socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    ]
+
+
+def test_an_upload_read_a_little_at_a_time_ends_at_the_timeouts_deadline() -> None:
+    # the synchronous pool sends a large write in many sends, each under the write timeout:
+    # a server reading the request slowly held the call as long as the upload took (here
+    # about 20 s for 2.7 MB). (The asynchronous pool hands the body to the event loop in one
+    # write, whose wait for the kernel to take it all is bounded by the write timeout.)
+    noise = Image.frombytes("RGB", (1000, 900), os.urandom(1000 * 900 * 3))
+    buffer = io.BytesIO()
+    noise.save(buffer, format="PNG", compress_level=0)
+    with SlowReader() as server:
+        client = PhotoroomClient(api_key=API_KEY, base_url=server.url, timeout=0.25, max_retries=0)
+        small_send_buffers(client)
+        with client, pytest.raises(APITimeoutError, match="still being sent after 1 s") as caught:
+            client.remove_background(buffer.getvalue())
+    assert caught.value.possibly_billed is False  # the server never had the whole request
+    assert server.heads == 1
+
+
+@pytest.mark.parametrize("where", ["body", "head"])
+def test_a_batch_against_a_dripping_api_fails_the_job_instead_of_holding_it(where: str) -> None:
     from photoroom_bg import BatchRemover, MemorySink, PhotoroomEngine
 
-    with RawAnswerServer.dripping() as server:
+    with RawAnswerServer.dripping() if where == "body" else dripped_head() as server:
         client = AsyncPhotoroomClient(api_key=API_KEY, base_url=server.url, timeout=0.25)
         batch = BatchRemover(
             PhotoroomEngine(client), sink=MemorySink(), max_retries=1, track_credits=False,

@@ -3,6 +3,7 @@ clients as httpx honours them, against loopback servers that record what reaches
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import threading
@@ -11,9 +12,10 @@ from collections.abc import Iterator
 import pytest
 
 from photoroom_bg import AsyncPhotoroomClient
-from photoroom_bg.errors import ConfigurationError
+from photoroom_bg.errors import APITimeoutError, ConfigurationError
 
-from .conftest import make_twin
+from .conftest import make_twin, png
+from .test_errors_retries import dripped_head
 
 CREDITS = {"credits": {"available": 5, "subscription": 1}}
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
@@ -127,3 +129,20 @@ def test_a_proxy_httpx_cannot_use_is_refused_without_its_credentials(
         make_twin(kind, base_url="http://127.0.0.1:9")
     assert "hunter2" not in str(caught.value)
     assert "proxy-user" not in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_an_attempt_through_a_proxy_ends_at_the_timeouts_deadline(
+    kind: str, no_proxies: pytest.MonkeyPatch
+) -> None:
+    # through a proxy the pool uses httpcore's own network, whose reads waited each for the
+    # read timeout only: a proxy dripping the answer's head held the call for as long
+    with dripped_head() as dripping:
+        no_proxies.setenv("HTTP_PROXY", dripping.url)
+        twin = make_twin(kind, base_url="http://127.0.0.1:9", timeout=0.25, max_retries=0)
+        try:
+            with pytest.raises(APITimeoutError, match="still arriving after 1 s"):
+                await asyncio.wait_for(twin.call("remove_background", png()), 30)
+        finally:
+            await twin.close()
+    assert dripping.answered == 1
