@@ -78,14 +78,19 @@ def job_fields(result: JobResult) -> dict[str, Any]:
     }
 
 
-def _record(result: JobResult, engine: str, options_digest: str) -> dict[str, Any]:
-    return {
+def _record(
+    result: JobResult, engine: str, options_digest: str, made_as: bytes | None
+) -> dict[str, Any]:
+    record = {
         "v": VERSION,
         "time": round(time.time(), 3),
         **job_fields(result),
         "engine": engine,
         "options_digest": options_digest,
     }
+    if made_as is not None:
+        record["made_as"] = made_as.hex()
+    return record
 
 
 @attrs.define
@@ -96,6 +101,10 @@ class ManifestState:
         finished: output keys recorded as stored (``succeeded`` or ``skipped``).
         spilled: output keys whose cut-out waits in the spill folder, with its ``file://``
             URI (made and paid for, not stored yet).
+        made: for each cut-out recorded as stored, what it was made as (the first 16 bytes
+            of the sha-256 of the input's digest, the options' digest and the engine), with
+            the latest key it was stored under: a later run stores a copy of the same image
+            under another name from there, instead of paying for it again.
         sources: the re-openable sources of the latest run that recorded them (a
             ``retry_failed()`` run does not replace the batch's own list), or ``None``.
         runs: run headers seen.
@@ -104,6 +113,7 @@ class ManifestState:
 
     finished: set[str] = attrs.field(factory=set)
     spilled: dict[str, str] = attrs.field(factory=dict)
+    made: dict[bytes, str] = attrs.field(factory=dict)
     sources: list[str] | None = None
     runs: int = 0
     torn: int = 0
@@ -134,9 +144,23 @@ class ManifestState:
             if status in _STORED:
                 self.finished.add(key)
                 self.spilled.pop(key, None)
+                made_as = _made_as(record.get("made_as"))
+                if made_as is not None:
+                    self.made[made_as] = key
             elif status == JobStatus.SPILLED.value and record.get("uri"):
                 self.spilled[key] = str(record["uri"])
         return self
+
+
+def _made_as(field: object) -> bytes | None:
+    """A record's ``made_as`` (16 bytes as hex), or ``None`` when it has none (a record of
+    an older version) or an unreadable one."""
+    if not isinstance(field, str) or len(field) != 32:
+        return None
+    try:
+        return bytes.fromhex(field)
+    except ValueError:
+        return None
 
 
 #: How every manifest line begins (``json.dumps`` of a record, whose first field is ``v``).
@@ -273,10 +297,19 @@ class Manifest:
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
         await anyio.to_thread.run_sync(self._append, [line])
 
-    def write(self, result: JobResult, *, engine: str, options_digest: str) -> None:
-        """Queue one record for the writer (never blocks)."""
+    def write(
+        self,
+        result: JobResult,
+        *,
+        engine: str,
+        options_digest: str,
+        made_as: bytes | None = None,
+    ) -> None:
+        """Queue one record for the writer (never blocks); ``made_as``: what the job's
+        cut-out is made as (see :attr:`ManifestState.made`), when the job got that far."""
         assert self._send is not None, "open() the manifest first"
-        line = json.dumps(_record(result, engine, options_digest), ensure_ascii=False)
+        record = _record(result, engine, options_digest, made_as)
+        line = json.dumps(record, ensure_ascii=False)
         # a name that is not valid UTF-8 keeps its escapes: \udcxx reads back as it was
         self._send.send_nowait((line + "\n").encode("utf-8", "backslashreplace"))
 

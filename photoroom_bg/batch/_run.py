@@ -91,6 +91,7 @@ class _Job:
     source: ImageSource
     started: float
     fields: dict[str, Any] = attrs.field(factory=dict)
+    made_as: bytes | None = None  # what its cut-out is made as, once known (see _InFlight)
 
     def done(self, status: JobStatus, **fields: Any) -> JobResult:
         return JobResult(
@@ -153,6 +154,8 @@ class Batch:
         # identity -> (index, key, spilled) of a job that made it, the least recent first
         self._made: OrderedDict[bytes, tuple[int, str, bool]] = OrderedDict()
         self._finished_keys: set[str] = set()
+        # what the manifest records as made (see ManifestState.made): image -> its key
+        self._recorded_made: dict[bytes, str] = {}
         self._total: int | None = None
         self._started = time.monotonic()
         self._account_before: float | None = None
@@ -255,6 +258,7 @@ class Batch:
         except StorageError as exc:
             raise type(exc)(f"the spill folder is not usable (give spill_dir=): {exc}") from exc
         self._finished_keys = set(state.finished)
+        self._recorded_made = state.made
         if self._manifest is not None:
             await self._manifest.write_header(
                 replayable_sources(self.spec),
@@ -498,9 +502,11 @@ class Batch:
                         result = job.done(JobStatus.FAILED, error=typed(exc, UnexpectedError))
                 else:
                     result = job.done(JobStatus.CANCELLED, reason=self.stop_reason)
-                self._record(result, source, running)
+                self._record(result, source, running, job.made_as)
 
-    def _record(self, result: JobResult, source: ImageSource, running: bool) -> None:
+    def _record(
+        self, result: JobResult, source: ImageSource, running: bool, made_as: bytes | None
+    ) -> None:
         if result.error is not None:
             lighten(result.error)  # no input bytes kept through the error
         if result.status is JobStatus.FAILED:
@@ -509,7 +515,10 @@ class Batch:
             self._failure_counts[name] += 1
         if self._manifest is not None:
             self._manifest.write(
-                result, engine=self.engine.name, options_digest=self.r._options_digest
+                result,
+                engine=self.engine.name,
+                options_digest=self.r._options_digest,
+                made_as=made_as,
             )
         self.handle._job_finished(result, source, running)
         self._notify(result)
@@ -590,6 +599,7 @@ class Batch:
                 return await self._keep(job, key, content, content_type, reason)
             # the first one failed: try it ourselves
         entry = _InFlight(job.index, key, bytes.fromhex(identity[:32]))
+        job.made_as = entry.made_as
         self._inflight[identity] = entry
         try:
             result = await self._make(job, key, data, entry)
@@ -657,6 +667,13 @@ class Batch:
             content = await self.storage.read_back(made_key, spilled=spilled)
             if content is not None:
                 reason = f"the same image as #{index}: its cut-out, stored again"
+                return await self._keep(job, key, *content, reason)
+        recorded = self._recorded_made.get(entry.made_as)
+        if recorded is not None and recorded != key:
+            # an earlier run made it under another name (a renamed copy, a new SKU)
+            content = await self.storage.read_back(recorded, spilled=False)
+            if content is not None and answer_problem(*content) is None:
+                reason = f"the same image as {recorded}, made by an earlier run: stored again"
                 return await self._keep(job, key, *content, reason)
         return await self._pay(job, key, data, entry)
 

@@ -30,6 +30,7 @@ from photoroom_bg import (
     PhotoroomEngine,
     RetryPolicy,
     S3Sink,
+    SegmentOptions,
     _loop,
 )
 from photoroom_bg.batch import _claims
@@ -38,7 +39,7 @@ from photoroom_bg.sources import SourceReader
 from photoroom_bg.testing import BILLED_FAULTS, PhotoroomEmulator
 
 from ..s3server import S3Server
-from .conftest import FAST, photo, remover
+from .conftest import FAST, job_records, photo, remover
 
 
 @pytest.fixture
@@ -244,6 +245,68 @@ def test_a_copy_whose_first_cut_out_cannot_be_read_back_is_made_again(
     batch = remover(emulator, sink, concurrency=1, on_result=lose_the_first)
     report = batch.submit(_copies(tmp_path, "ab", photo())).wait()
     assert (report.succeeded_count, emulator.ledger.calls()) == (2, 2)
+
+
+@pytest.mark.parametrize(("since", "calls"), [("kept", 1), ("deleted", 2), ("spoiled", 2)])
+def test_a_renamed_copy_in_a_later_run_is_stored_from_the_earlier_cut_out(
+    emulator: PhotoroomEmulator, tmp_path: Path, since: str, calls: int
+) -> None:
+    # the manifest recorded keys only, so the same photo under a new name (a renamed file,
+    # a new SKU) in a later run was paid for again; now the earlier cut-out is copied, as
+    # long as it can still be read back whole
+    (tmp_path / "in").mkdir()
+    data = photo()
+    manifest = tmp_path / "manifest.jsonl"
+    sink = FileSystemSink(tmp_path / "out")
+    first = remover(emulator, sink, manifest=manifest).submit(_copies(tmp_path / "in", "a", data))
+    assert first.wait().succeeded_count == 1
+    [made] = list((tmp_path / "out").iterdir())
+    if since == "deleted":
+        made.unlink()
+    elif since == "spoiled":
+        made.write_bytes(made.read_bytes()[:100])  # cut short by a crash of someone else's
+    later = remover(emulator, sink, manifest=manifest, keep_results=True)
+    handle = later.submit(_copies(tmp_path / "in", "b", data))
+    report = handle.wait()
+    assert (report.succeeded_count, emulator.ledger.calls()) == (1, calls)
+    [result] = handle.results()
+    output = tmp_path / "out" / result.key
+    if since == "kept":
+        assert (
+            result.reason == f"the same image as {made.name}, made by an earlier run: stored again"
+        )
+        assert report.billed_calls == 0
+        assert output.read_bytes() == made.read_bytes()
+    else:
+        assert result.reason is None  # paid for, and stored
+        assert report.billed_calls == 1
+    # each record names what its cut-out was made as: the same image, the same options
+    first_as, later_as = (record["made_as"] for record in job_records(manifest))
+    assert first_as == later_as
+    assert len(bytes.fromhex(first_as)) == 16
+
+
+def test_a_renamed_copy_is_found_through_a_manifest_kept_in_the_sink(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    data, sink = photo(), MemorySink()
+    for name in "ab":
+        batch = remover(emulator, sink, manifest_key="runs/manifest.jsonl")
+        assert batch.submit(_copies(tmp_path, name, data)).wait().succeeded_count == 1
+    assert emulator.ledger.calls() == 1
+    a, b = sorted(key for key in sink.objects if not key.startswith("runs/"))
+    assert (a[:2], b[:2]) == ("a-", "b-")
+    assert sink.objects[a] == sink.objects[b]
+
+
+def test_a_renamed_copy_with_other_options_is_paid_for(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    data, sink, manifest = photo(), MemorySink(), tmp_path / "manifest.jsonl"
+    remover(emulator, sink, manifest=manifest).submit(_copies(tmp_path, "a", data)).wait()
+    jpeg = remover(emulator, sink, manifest=manifest, options=SegmentOptions(format="jpg"))
+    assert jpeg.submit(_copies(tmp_path, "b", data)).wait().succeeded_count == 1
+    assert emulator.ledger.calls() == 2
 
 
 class FailingPuts(MemorySink):
