@@ -26,6 +26,11 @@ class MemorySink:
     :attr:`objects`.
     """
 
+    #: Its objects last as long as the process (and the sink): a batch resuming from a
+    #: manifest looks each recorded output up here, and makes again one that is not, as it
+    #: does for ``FileSystemSink(durable=False)``, instead of trusting the record.
+    durable = False
+
     def __init__(self, *, max_bytes: int | None = None) -> None:
         if max_bytes is not None:
             check_count("max_bytes", max_bytes, 0)

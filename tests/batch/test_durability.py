@@ -192,6 +192,27 @@ def test_a_resume_checks_what_a_sink_that_is_not_durable_kept(
     assert emulator.ledger.calls() == (5 if durable else 7)
 
 
+def test_a_resume_in_a_new_process_makes_what_a_memory_sink_lost_with_the_old_one(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # a memory sink's objects end with the process, but a resume in a new one (a notebook's
+    # kernel restarted, the same manifest) trusted the records: every job ended "skipped",
+    # and no cut-out was anywhere
+    images = [photo() for _ in range(3)]
+    manifest = tmp_path / "m.jsonl"
+    assert (
+        remover(emulator, MemorySink(), manifest=manifest).submit(images).wait().stored_count == 3
+    )
+    sink = MemorySink()  # what the new process has
+    again = remover(emulator, sink, manifest=manifest).resume(images).wait()
+    assert (again.skipped_count, again.succeeded_count, again.billed_calls) == (0, 3, 3)
+    assert len(sink.objects) == 3
+    # in the same process, with the same sink, the records are kept, and nothing is paid
+    third = remover(emulator, sink, manifest=manifest).resume(images).wait()
+    assert (third.skipped_count, third.billed_calls) == (3, 0)
+    assert emulator.ledger.calls() == 6
+
+
 # -- the sink goes away -------------------------------------------------------------------
 
 
