@@ -200,10 +200,22 @@ class NetworkPolicy:
         allow_networks: networks allowed even though they are not public, e.g.
             ``["127.0.0.1/32"]`` for a test server, or a metadata address you really mean to
             reach; everything else stays refused.
+        front_end: whose words a refusal's advice is in, so that it names a setting the
+            reader can change: ``"sdk"`` (these arguments, the default), ``"cli"``
+            (``photoroom-bg --allow-private-networks``) or ``"service"`` (the operator's
+            ``PHOTOROOM_BG_ALLOW_NETWORKS``, for the service and its Prefect workers).
     """
 
     allow_private_networks: bool = attrs.field(default=False, validator=flag_validator)
     allow_networks: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_networks)
+    front_end: str = attrs.field(default="sdk", kw_only=True)
+
+    @front_end.validator
+    def _known(self, _: object, value: object) -> None:
+        if value not in _ADVICE:
+            raise ConfigurationError(
+                f"front_end must be one of {', '.join(map(repr, _ADVICE))}, not {value!r}"
+            )
 
     def check(self, address: str, *, host: str) -> IPAddress:
         """Return the parsed address if allowed, else raise :class:`UnsafeURLError`."""
@@ -238,15 +250,30 @@ class NetworkPolicy:
             raise UnsafeURLError(f"{host} resolves to {shown}, a non-unicast address: refused")
         metadata = _label(ip, CLOUD_METADATA_NETWORKS)
         if metadata is not None:
-            raise UnsafeURLError(
-                f"{host} resolves to {shown}, a {metadata} address: refused, even with "
-                "allow_private_networks (name it in allow_networks to reach it)"
-            )
+            advice = _ADVICE[self.front_end][1]
+            raise UnsafeURLError(f"{host} resolves to {shown}, a {metadata} address: {advice}")
         label = _non_public(ip)
         if label is None or self.allow_private_networks:
             return
         raise UnsafeURLError(
             f"{host} resolves to {shown}, a {label} address: refused to prevent "
-            "server-side request forgery (pass allow_private_networks=True for trusted "
-            "internal hosts)"
+            f"server-side request forgery ({_ADVICE[self.front_end][0]})"
         )
+
+
+#: For each front end, how to reach a non-public address, and what a metadata address's
+#: refusal says: settings its user can change, not another front end's.
+_ADVICE = {
+    "sdk": (
+        "pass allow_private_networks=True for trusted internal hosts",
+        "refused, even with allow_private_networks (name it in allow_networks to reach it)",
+    ),
+    "cli": (
+        "pass --allow-private-networks for trusted internal hosts",
+        "refused, even with --allow-private-networks",
+    ),
+    "service": (
+        "the service's operator can allow a network with PHOTOROOM_BG_ALLOW_NETWORKS",
+        "refused (the service's operator can allow it with PHOTOROOM_BG_ALLOW_NETWORKS)",
+    ),
+}

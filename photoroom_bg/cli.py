@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
+
 try:
     import click
 except ImportError:  # pragma: no cover - exercised only without the extra
@@ -549,6 +551,7 @@ def _run(
         reader = SourceReader(
             allow_private_networks=allow_private_networks, s3_options=s3_options or None
         )
+        reader.policy = attrs.evolve(reader.policy, front_end="cli")  # its advice: the flag
         opened.append(reader)
         batch = BatchRemover(
             local,  # None: the API engine, made and closed by the batch

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import attrs
+
 from ..errors import ConfigurationError
 from ..sinks import Sink, open_sink
 from ..sources import SourceReader
@@ -62,7 +64,10 @@ def worker_reader() -> SourceReader:
     separated), which only the worker's environment can set."""
     endpoint = s3_endpoint()
     allowed = os.environ.get(ALLOW_NETWORKS_VARIABLE, "").replace(",", " ").split()
-    return SourceReader(
+    reader = SourceReader(
         s3_options={"endpoint_url": endpoint} if endpoint else None,
         allow_networks=allowed,
     )
+    # a refusal's advice names the variable above, not the SDK's arguments
+    reader.policy = attrs.evolve(reader.policy, front_end="service")
+    return reader

@@ -53,11 +53,14 @@ def _open_sink(settings: ServiceSettings) -> Sink:
 
 
 def _reader(settings: ServiceSettings) -> SourceReader:
-    return SourceReader(
+    reader = SourceReader(
         max_bytes=settings.max_source_bytes,
         allow_networks=settings.allow_networks,
         timeout=30.0,
     )
+    # a refusal's advice names the operator's setting, not the SDK's arguments
+    reader.policy = attrs.evolve(reader.policy, front_end="service")
+    return reader
 
 
 @contextlib.asynccontextmanager

@@ -260,3 +260,18 @@ def test_the_command_closes_its_sink_and_reader(
     args = ["remove", str(folder), "-o", str(tmp_path / "out"), "--base-url", str(emulator.url)]
     assert run(*args, "-q", key=emulator.api_key).exit_code == 0
     assert sorted(closed) == ["reader", "sink"]
+
+
+def test_a_refused_url_is_told_the_commands_own_flag(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # the refusal advised allow_private_networks=True, an SDK argument the command has no
+    # way to pass (127.0.0.2 is loopback, refused by default: no connection is made)
+    url = "http://127.0.0.2:9/photo.png"
+    args = ["remove", url, "-o", str(tmp_path / "out"), "--base-url", str(emulator.url)]
+    result = run(*args, key=emulator.api_key)
+    assert result.exit_code == 1
+    assert "UnsafeURLError" in result.stderr
+    assert "(pass --allow-private-networks for trusted internal hosts)" in result.stderr
+    assert "allow_private_networks" not in result.stderr
+    assert emulator.ledger.calls() == 0

@@ -496,3 +496,20 @@ def test_a_new_attempt_clears_old_stops_but_keeps_a_cancel_aimed_at_its_own_run(
     assert other.stop is None
     assert aimed.stop == "cancelled by the user"
     assert aimed.attempt == "fr-4:1"
+
+
+async def test_a_workers_refusal_advises_the_variable_that_allows_a_network(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a task worker reads URLs with worker_reader(), whose only setting is the variable:
+    # its refusals told the service's callers to pass an SDK argument instead
+    from photoroom_bg.errors import UnsafeURLError
+    from photoroom_bg.prefect import worker_reader
+    from photoroom_bg.sources import ImageSource
+
+    monkeypatch.delenv("PHOTOROOM_BG_ALLOW_NETWORKS", raising=False)
+    async with worker_reader() as reader:
+        with pytest.raises(UnsafeURLError) as refused:  # loopback, refused before connecting
+            await reader.read(ImageSource("url", "http://127.0.0.2:9/photo.png", "photo"))
+    assert "allow a network with PHOTOROOM_BG_ALLOW_NETWORKS" in str(refused.value)
+    assert "allow_private_networks" not in str(refused.value)

@@ -452,6 +452,14 @@ def test_private_addresses_are_refused_before_any_connection(
         assert answer.json()["code"] == "unsafe_url"
         batch = client.post("/api/v1/remove-backgrounds", json={"image_urls": [url]}).json()
         assert batch["results"][0]["error"]["code"] == "unsafe_url"
+        job = client.post("/api/v2/remove-backgrounds", json={"image_urls": [url]}).json()
+        [item] = wait_for_job(client, job["job_id"])["items"]
+        assert item["error"]["code"] == "unsafe_url"
+    # the advice names the operator's setting, not an SDK argument no caller can pass
+    for told in (answer.json()["detail"], batch["results"][0]["error"]["message"]):
+        assert "allow a network with PHOTOROOM_BG_ALLOW_NETWORKS" in told
+        assert "allow_private_networks" not in told
+    assert item["error"]["message"] == answer.json()["detail"]
 
 
 def test_invalid_options_and_bodies_are_problems(

@@ -11,7 +11,7 @@ from photoroom_bg._netguard import (
     NetworkPolicy,
     embedded_ipv4,
 )
-from photoroom_bg.errors import UnsafeURLError
+from photoroom_bg.errors import ConfigurationError, UnsafeURLError
 
 
 @pytest.mark.parametrize(
@@ -96,3 +96,32 @@ def test_allow_networks_judge_the_embedded_address() -> None:
     assert str(policy.check("64:ff9b::10.1.2.3", host="h")) == "64:ff9b::a01:203"
     with pytest.raises(UnsafeURLError, match=r"10\.1\.3\.1"):
         policy.check("64:ff9b::10.1.3.1", host="h")
+
+
+@pytest.mark.parametrize(
+    ("front_end", "private", "metadata"),
+    [
+        ("sdk", "(pass allow_private_networks=True for", "(name it in allow_networks to"),
+        ("cli", "(pass --allow-private-networks for", "refused, even with --allow-private-"),
+        ("service", "allow a network with PHOTOROOM_BG_ALLOW_NETWORKS)", "with PHOTOROOM_BG_"),
+    ],
+)
+def test_a_refusal_advises_a_setting_of_the_front_end_in_use(
+    front_end: str, private: str, metadata: str
+) -> None:
+    # the advice named the SDK's arguments everywhere: a caller of the service, or of the
+    # command line, was told to pass allow_private_networks=True, which neither can
+    policy = NetworkPolicy(front_end=front_end)
+    for address, advice in (("10.1.2.3", private), ("169.254.169.254", metadata)):
+        with pytest.raises(UnsafeURLError) as refused:
+            policy.check(address, host="h")
+        message = str(refused.value)
+        assert advice in message
+        if front_end != "sdk":
+            assert "allow_private_networks" not in message
+            assert "allow_networks" not in message
+
+
+def test_a_front_end_of_no_known_words_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="front_end must be one of 'sdk'"):
+        NetworkPolicy(front_end="web")
