@@ -270,6 +270,11 @@ def _batch_options(func: F) -> F:
             callback=_not_empty,
             help="S3 endpoint for s3:// sources and destinations (MinIO, SeaweedFS...).",
         ),
+        click.option(
+            "--create-bucket",
+            is_flag=True,
+            help="Create the bucket of an s3:// DEST if it does not exist.",
+        ),
         click.option("--json", "json_out", is_flag=True, help="Machine output: JSON lines."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bar, no table."),
         _api_options,
@@ -525,6 +530,7 @@ def _run(
     manifest: str | None,
     allow_private_networks: bool,
     endpoint_url: str | None,
+    create_bucket: bool,
     json_out: bool,
     quiet: bool,
     api_key_file: str | None,
@@ -544,10 +550,13 @@ def _run(
         raise _UsageError(str(exc)) from None
     opened: list[Any] = [] if local is None else [local]  # closed on every way out
     try:
-        from .sinks import open_sink
+        from .sinks import S3Sink, open_sink
 
-        sink = open_sink(dest, **(s3_options if dest.startswith("s3://") else {}))
+        to_s3 = dest.startswith("s3://")
+        sink = open_sink(dest, **({**s3_options, "create_bucket": create_bucket} if to_s3 else {}))
         opened.append(sink)
+        if isinstance(sink, S3Sink):  # a missing bucket's advice: the flag, not the argument
+            sink._missing_bucket = "pass --create-bucket to create it"
         reader = SourceReader(
             allow_private_networks=allow_private_networks, s3_options=s3_options or None
         )
@@ -570,7 +579,7 @@ def _run(
             track_credits=True,  # the summary says what the run spent
         )
         handle = batch.submit(specs)
-    except (ConfigurationError, ValidationError, OSError) as exc:
+    except (PhotoroomBGError, OSError) as exc:  # settings, or a sink that is not usable
         _close(*opened)
         raise _UsageError(str(exc)) from None
     try:

@@ -130,6 +130,8 @@ class S3Sink:
             or "us-east-1"
         )
         self.create_bucket = check_flag("create_bucket", create_bucket)
+        # what a missing bucket's error advises (the command line names its own flag)
+        self._missing_bucket = "pass create_bucket=True to create it"
         self.url_expires = presign_seconds(url_expires, "url_expires")
         self.__credentials = {
             "aws_access_key_id": aws_access_key_id,
@@ -234,7 +236,7 @@ class S3Sink:
             code = _code(exc)
             if code == "NoSuchBucket":
                 return BucketNotFoundError(
-                    f"bucket {self.bucket!r} does not exist (pass create_bucket=True to create it)"
+                    f"bucket {self.bucket!r} does not exist ({self._missing_bucket})"
                 )
             if code in _AUTH_CODES:
                 return StorageAuthError(
@@ -339,7 +341,7 @@ class S3Sink:
         except ClientError as exc:
             if _code(exc) in ("404", "NoSuchBucket", "NotFound"):
                 raise BucketNotFoundError(
-                    f"bucket {self.bucket!r} does not exist (pass create_bucket=True to create it)"
+                    f"bucket {self.bucket!r} does not exist ({self._missing_bucket})"
                 ) from None
             raise self._error(exc, "look up the bucket") from None
         except Exception as exc:  # the server went away between two requests

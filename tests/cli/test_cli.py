@@ -20,6 +20,7 @@ from photoroom_bg.cli import MANIFEST_NAME, main
 from photoroom_bg.testing import Faults, PhotoroomEmulator
 
 from ..batch.conftest import photo, wait_for_jobs
+from ..loopback import closed_port
 from ..s3server import S3Server
 from .conftest import EXAMPLES, outputs, run
 
@@ -227,6 +228,51 @@ def test_remove_into_and_from_a_real_s3_bucket(
     assert again.exit_code == 0, again.output + again.stderr
     assert len(outputs(folder.parent / "back")) == 6
     assert s3_server.secret_key not in upload.output + again.output + upload.stderr
+
+
+def test_a_missing_bucket_is_told_the_commands_flag_which_creates_it(
+    emulator: PhotoroomEmulator, folder: Path, s3_server: S3Server, s3_new_bucket: str
+) -> None:
+    # the error advised create_bucket=True, an argument the command had no way to pass
+    env = {
+        "PHOTOROOM_API_KEY": emulator.api_key,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "AWS_DEFAULT_REGION": s3_server.region,
+    }
+    args = ["remove", str(folder), "-o", f"s3://{s3_new_bucket}/cut", "--json"]
+    args += ["--base-url", str(emulator.url), "--endpoint-url", s3_server.endpoint_url]
+    missing = CliRunner().invoke(main, args, env=env)
+    assert missing.exit_code != 0
+    assert f"bucket '{s3_new_bucket}' does not exist (pass --create-bucket" in missing.stderr
+    assert "create_bucket=True" not in missing.stderr
+    assert emulator.ledger.calls() == 0
+    made = CliRunner().invoke(main, [*args, "--create-bucket"], env=env)
+    assert made.exit_code == 0, made.output + made.stderr
+    jobs = [json.loads(line) for line in made.output.splitlines()[:-1]]
+    assert len(jobs) == 6
+    assert all(job["uri"].startswith(f"s3://{s3_new_bucket}/cut/") for job in jobs)
+
+
+def test_an_s3_destination_that_cannot_be_reached_is_a_setup_error(
+    emulator: PhotoroomEmulator, folder: Path
+) -> None:
+    # the sink's error escaped the command as a traceback, not its one-line "Error:"
+    env = {
+        "PHOTOROOM_API_KEY": emulator.api_key,
+        "AWS_ACCESS_KEY_ID": "test-access",
+        "AWS_SECRET_ACCESS_KEY": "test-secret-value",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    args = ["remove", str(folder), "-o", "s3://bucket/cut", "--base-url", str(emulator.url)]
+    args += ["--endpoint-url", f"http://127.0.0.1:{closed_port()}"]
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 2
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: the sink is not usable: ")
+    assert "test-secret-value" not in result.stderr
+    assert emulator.ledger.calls() == 0
 
 
 def test_the_command_closes_its_sink_and_reader(
