@@ -256,7 +256,10 @@ class Batch:
         try:  # where a paid cut-out goes when the sink does not take it
             await self.storage.spill.exists(PROBE_KEY)
         except StorageError as exc:
-            raise type(exc)(f"the spill folder is not usable (give spill_dir=): {exc}") from exc
+            raise type(exc)(
+                "the spill folder is not usable (give spill_dir=, or set "
+                f"PHOTOROOM_BG_SPILL_DIR): {exc}"
+            ) from exc
         self._finished_keys = set(state.finished)
         self._recorded_made = state.made
         if self._manifest is not None:

@@ -321,3 +321,18 @@ def test_a_refused_url_is_told_the_commands_own_flag(
     assert "(pass --allow-private-networks for trusted internal hosts)" in result.stderr
     assert "allow_private_networks" not in result.stderr
     assert emulator.ledger.calls() == 0
+
+
+def test_a_spill_folder_that_cannot_be_used_is_told_the_variable_that_moves_it(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    # the error advised spill_dir=, an argument the command had no way to pass
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = ["remove", str(folder), "-o", str(tmp_path / "out"), "--base-url", str(emulator.url)]
+    env = {"PHOTOROOM_API_KEY": emulator.api_key, "PHOTOROOM_BG_SPILL_DIR": str(blocker)}
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 2
+    assert "the spill folder is not usable" in result.stderr
+    assert "set PHOTOROOM_BG_SPILL_DIR" in result.stderr
+    assert emulator.ledger.calls() == 0
