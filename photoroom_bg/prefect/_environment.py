@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigurationError
-from ..sinks import Sink, open_sink
+from ..sinks import S3Sink, Sink, open_sink
 from ..sources import SourceReader
 
 __all__ = ["check_shared_sink", "open_worker_sink", "s3_endpoint", "worker_reader"]
@@ -50,7 +50,13 @@ def open_worker_sink(uri: str) -> Sink:
     endpoint = s3_endpoint()
     if uri.startswith("s3://") and endpoint:
         options["endpoint_url"] = endpoint
-    return open_sink(check_shared_sink(uri), **options)
+    sink = open_sink(check_shared_sink(uri), **options)
+    if isinstance(sink, S3Sink):  # a flow's caller cannot pass create_bucket=True
+        sink._missing_bucket = (
+            "create it before the job: workers do not create buckets (the service creates "
+            "its own at start)"
+        )
+    return sink
 
 
 #: networks image URLs may reach although not public (the service's variable too)

@@ -49,6 +49,7 @@ from photoroom_bg.prefect._coordinator import Coordinator, _Flight
 from photoroom_bg.prefect._summary import RunTotals
 from photoroom_bg.testing import PhotoroomEmulator
 
+from ..s3server import S3Server
 from .conftest import photo_folder
 
 # -- options travel as dicts -----------------------------------------------------------------
@@ -513,3 +514,25 @@ async def test_a_workers_refusal_advises_the_variable_that_allows_a_network(
             await reader.read(ImageSource("url", "http://127.0.0.2:9/photo.png", "photo"))
     assert "allow a network with PHOTOROOM_BG_ALLOW_NETWORKS" in str(refused.value)
     assert "allow_private_networks" not in str(refused.value)
+
+
+async def test_a_workers_missing_bucket_is_told_to_create_it_not_to_pass_an_argument(
+    s3_server: S3Server, s3_new_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the sink's error advised create_bucket=True, which a flow's caller cannot pass
+    from photoroom_bg.errors import BucketNotFoundError
+    from photoroom_bg.prefect import open_worker_sink
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint_url)
+    # a key that may write objects but not create buckets (SeaweedFS would make one on a put)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.writer_access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.writer_secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", s3_server.region)
+    sink = open_worker_sink(f"s3://{s3_new_bucket}/cut")
+    try:
+        with pytest.raises(BucketNotFoundError) as missing:
+            await sink.put("a.png", b"\x89PNG")
+    finally:
+        await sink.aclose()
+    assert "create it before the job: workers do not create buckets" in str(missing.value)
+    assert "create_bucket=True" not in str(missing.value)
