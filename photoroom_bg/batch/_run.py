@@ -239,7 +239,8 @@ class Batch:
             stop=self.stop,
             stopped=lambda: self.stop_reason is not None,
         )
-        state = await self._open_manifest()
+        # the sink and the spill folder are checked before the manifest file is made: a
+        # run that cannot start leaves nothing behind
         try:
             if r.manifest_key is not None:  # also proves the sink answers
                 self._earlier = await self.storage.bounded(
@@ -248,7 +249,6 @@ class Batch:
                 foreign = not_a_manifest(self._earlier[:64], f"the sink's {r.manifest_key!r}")
                 if foreign is not None:
                     raise foreign
-                state.feed(self._earlier.split(b"\n"))
             else:
                 await self.storage.bounded(r.sink.exists(PROBE_KEY), "to answer")
         except StorageError as exc:
@@ -260,6 +260,9 @@ class Batch:
                 "the spill folder is not usable (give spill_dir=, or set "
                 f"PHOTOROOM_BG_SPILL_DIR): {exc}"
             ) from exc
+        state = await self._open_manifest()
+        if r.manifest_key is not None:
+            state.feed(self._earlier.split(b"\n"))
         self._finished_keys = set(state.finished)
         self._recorded_made = state.made
         if self._manifest is not None:

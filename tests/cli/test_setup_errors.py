@@ -15,11 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import Result
+from click.testing import CliRunner, Result
 
+from photoroom_bg.cli import main
 from photoroom_bg.testing import PhotoroomEmulator
 
 from ..conftest import modes_bind
+from ..loopback import closed_port
 from .conftest import EXAMPLES, run, tree
 
 
@@ -297,3 +299,47 @@ def test_a_missing_key_is_refused_before_the_output_folder_is_created(
     (line,) = result.stderr.splitlines()
     assert line.startswith("Error: no API key: set PHOTOROOM_API_KEY")
     assert tree(tmp_path) == before
+
+
+def test_an_s3_destination_that_cannot_be_reached_is_refused(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    # the sink's error escaped the command as a traceback with exit code 1
+    env = {
+        "PHOTOROOM_API_KEY": emulator.api_key,
+        "AWS_ACCESS_KEY_ID": "test-access",
+        "AWS_SECRET_ACCESS_KEY": "test-secret-value",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    before = tree(tmp_path)
+    args = ["remove", str(folder), "-o", "s3://bucket/cut", "--endpoint-url", endpoint]
+    result = CliRunner().invoke(main, [*args, *api_args(emulator)], env=env)
+    assert_refused(
+        result,
+        2,
+        "the sink is not usable: cannot look up at s3://bucket/cut/.photoroom-bg-probe: "
+        f"EndpointConnectionError (is {endpoint} up?)",
+    )
+    assert tree(tmp_path) == before
+    assert emulator.requests == []
+
+
+def test_a_spill_folder_that_cannot_be_used_is_refused_naming_the_variable_that_moves_it(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    # the error advised spill_dir=, an argument the command has no way to pass
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    before = tree(tmp_path)
+    args = ["remove", str(folder), "-o", str(tmp_path / "out"), *api_args(emulator)]
+    env = {"PHOTOROOM_API_KEY": emulator.api_key, "PHOTOROOM_BG_SPILL_DIR": str(blocker)}
+    result = CliRunner().invoke(main, args, env=env)
+    assert_refused(
+        result,
+        2,
+        "the spill folder is not usable (give spill_dir=, or set PHOTOROOM_BG_SPILL_DIR): "
+        f"{blocker} cannot be the sink's folder: {blocker} is a file",
+    )
+    assert tree(tmp_path) == before
+    assert emulator.requests == []
