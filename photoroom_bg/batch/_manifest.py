@@ -445,11 +445,12 @@ async def upload(
             await sink.put(key, earlier + data, content_type="application/x-ndjson", metadata={})
         if put.cancelled_caught:
             raise StorageError(f"it took more than {timeout:g} s, the store_timeout")
-    except (PhotoroomBGError, OSError) as exc:
+    except Exception as exc:  # a sink of the caller's may raise anything: the run is done
+        shown = exc if isinstance(exc, (PhotoroomBGError, OSError)) else repr(exc)
         logger.warning(
             "could not store the manifest as %r in the sink (%s); it is kept at %s",
             key,
-            exc,
+            shown,
             path,
         )
         return False

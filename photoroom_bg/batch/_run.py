@@ -253,6 +253,10 @@ class Batch:
                 await self.storage.bounded(r.sink.exists(PROBE_KEY), "to answer")
         except StorageError as exc:
             raise type(exc)(f"the sink is not usable: {exc}") from exc
+        except PhotoroomBGError:
+            raise
+        except Exception as exc:  # a sink of the caller's may raise anything: typed here
+            raise StorageError(f"the sink is not usable: {type(exc).__name__}: {exc}") from exc
         try:  # where a paid cut-out goes when the sink does not take it
             await self.storage.spill.exists(PROBE_KEY)
         except StorageError as exc:

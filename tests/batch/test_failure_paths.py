@@ -48,7 +48,7 @@ from photoroom_bg.sources import ImageSource, SourceReader
 from photoroom_bg.testing import Faults, PhotoroomEmulator
 
 from ..loopback import closed_port
-from .conftest import photo, remover
+from .conftest import job_records, photo, remover
 
 # -- cancel() means no new billed request -----------------------------------------------------
 
@@ -403,6 +403,50 @@ def test_a_spill_folder_that_is_a_file_is_refused_before_anything_is_billed(
         with pytest.raises(StorageError, match=r"spill folder is not usable.*is a file"):
             asyncio.run(batch.run([photo() for _ in range(3)]))
     assert emulator.ledger.calls() == 0
+
+
+@pytest.mark.parametrize("manifest_key", [None, "runs/manifest.jsonl"])
+def test_a_sink_of_the_callers_that_raises_anything_at_the_start_is_a_storage_error(
+    emulator: PhotoroomEmulator, manifest_key: str | None
+) -> None:
+    # its own exception left the batch as it was, outside the SDK's errors
+    class Buggy(MemorySink):
+        async def exists(self, key: str) -> bool:
+            raise RuntimeError("a bug in the caller's sink")
+
+        async def get(self, key: str) -> bytes:
+            raise RuntimeError("a bug in the caller's sink")
+
+    batch = remover(emulator, Buggy(), manifest_key=manifest_key)
+    with pytest.raises(StorageError) as refused:
+        asyncio.run(batch.run([photo()]))
+    assert str(refused.value) == "the sink is not usable: RuntimeError: a bug in the caller's sink"
+    assert isinstance(refused.value.__cause__, RuntimeError)
+    assert emulator.ledger.calls() == 0
+
+
+def test_a_manifest_upload_that_raises_anything_keeps_the_report_and_the_records(
+    emulator: PhotoroomEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the caller's sink raised its own exception as the manifest was stored at the end, and
+    # run() raised it: the report of a batch whose images were all stored was lost
+    class Buggy(MemorySink):
+        async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+            if key == "runs/manifest.jsonl":
+                raise RuntimeError("a bug in the caller's sink")
+            return await super().put(key, data, **kwargs)
+
+    sink = Buggy()
+    batch = remover(emulator, sink, manifest_key="runs/manifest.jsonl")
+    with caplog.at_level(logging.WARNING, logger="photoroom_bg"):
+        report = asyncio.run(batch.run([photo(), photo()]))
+    assert (report.succeeded_count, report.billed_calls) == (2, 2)
+    assert len(sink.objects) == 2
+    [warning] = [r.getMessage() for r in caplog.records if "could not store" in r.getMessage()]
+    assert 'RuntimeError("a bug in the caller\'s sink")' in warning
+    kept = Path(warning.rsplit("it is kept at ", 1)[1])
+    assert len(job_records(kept)) == 2
+    kept.unlink()
 
 
 class FullSink(MemorySink):
