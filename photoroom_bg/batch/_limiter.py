@@ -91,7 +91,8 @@ class RateGate:
             logger.info(
                 "requests_per_minute=%g is what holds this batch back (%.1f images/s at "
                 "most); if your Photoroom account allows more, raise it "
-                "(BatchRemover(requests_per_minute=...), photoroom-bg --rpm)",
+                "(BatchRemover(requests_per_minute=...), photoroom-bg --rpm, the service's "
+                "PHOTOROOM_BG_PHOTOROOM_REQUESTS_PER_MINUTE)",
                 self.requests_per_minute,
                 self.rate,
             )

@@ -176,6 +176,9 @@ async def test_rate_gate_spaces_requests_and_says_once_when_it_holds_the_batch_b
     notices = [r for r in caplog.records if "holds this batch back" in r.getMessage()]
     assert len(notices) == 1  # once, after a few seconds of waiting, not per request
     assert "requests_per_minute=60" in notices[0].getMessage()
+    # how to raise it, in the words of each front end (the service's setting was missing)
+    for setting in ("requests_per_minute=...", "--rpm", "PHOTOROOM_BG_PHOTOROOM_REQUESTS_PER_"):
+        assert setting in notices[0].getMessage()
     unlimited = RateGate(None, clock=clock, sleep=clock.sleep)
     for _ in range(100):
         await unlimited.acquire()
