@@ -850,52 +850,31 @@ async def test_an_answer_dripped_a_byte_at_a_time_ends_at_the_timeouts_deadline(
     assert server.answered == 1
 
 
-class SlowReader:
-    """On a loopback port, in a thread: reads each request's body 16 KiB at a time, one
-    piece every 0.03 s (each well inside a write timeout; its receive buffer kept small),
-    then answers 200 with no body."""
+class SlowReader(RawAnswerServer):
+    """A :class:`RawAnswerServer` that reads each request's body 16 KiB at a time, one piece
+    every 0.03 s (each well inside a write timeout; its receive buffer kept small), then
+    answers 200 with no body."""
 
     def __init__(self) -> None:
-        self.listener = socket.socket()
+        super().__init__(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", b"")
+        # taken by the connections accepted from now on
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen()
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.heads = 0
 
-    def __enter__(self) -> SlowReader:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        self.thread.join(10)
-
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            received = read_request_head(conn)
+            if received is None:
                 return
-            with conn, contextlib.suppress(OSError):
-                received = read_request_head(conn)
-                if received is None:
-                    continue
-                self.heads += 1
-                head, _, body = received.partition(b"\r\n\r\n")
-                declared = re.search(rb"content-length: *(\d+)", head, re.I)
-                left = (int(declared.group(1)) if declared else 0) - len(body)
-                while left > 0 and not self.stop.wait(0.03):
-                    piece = conn.recv(16384)
-                    if not piece:
-                        break
-                    left -= len(piece)
-                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            self.answered += 1
+            head, _, body = received.partition(b"\r\n\r\n")
+            declared = re.search(rb"content-length: *(\d+)", head, re.I)
+            left = (int(declared.group(1)) if declared else 0) - len(body)
+            while left > 0 and not self.stop.wait(0.03):
+                piece = conn.recv(16384)
+                if not piece:
+                    break
+                left -= len(piece)
+            conn.sendall(self.head)
 
 
 def small_send_buffers(client: PhotoroomClient) -> None:
@@ -920,7 +899,7 @@ def test_an_upload_read_a_little_at_a_time_ends_at_the_timeouts_deadline() -> No
         with client, pytest.raises(APITimeoutError, match="still being sent after 1 s") as caught:
             client.remove_background(buffer.getvalue())
     assert caught.value.possibly_billed is False  # the server never had the whole request
-    assert server.heads == 1
+    assert server.answered == 1
 
 
 @pytest.mark.parametrize("where", ["body", "head"])
