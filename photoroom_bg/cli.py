@@ -3,7 +3,8 @@
 Needs the ``cli`` extra (``pip install 'photoroom-bg[cli]'``); ``--engine local`` also needs
 ``local``. Exit codes: 0 every input done, 1 some inputs failed or were cancelled (or there was
 nothing to do), 2 a usage or setup error, reported before any request is sent and before
-anything is created, 130 interrupted (Ctrl-C; the manifest is kept and a re-run resumes).
+anything is created, 130 interrupted (Ctrl-C; the manifest is kept and a re-run resumes),
+143 and 129 stopped the same way by SIGTERM (``kill``, ``docker stop``) and SIGHUP.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import itertools
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -64,6 +67,43 @@ class _NothingToDo(click.ClickException):
     """No image to process: ``Error: no images found in ...``, exit code 1."""
 
     exit_code = EXIT_FAILED
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the main thread is, as Ctrl-C raises KeyboardInterrupt."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+#: signals that stop a run as Ctrl-C does: kill, docker stop, systemd; a closed terminal
+_STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+@contextlib.contextmanager
+def _stop_signals_as_interrupts() -> Iterator[None]:
+    """While a run goes on, SIGTERM and SIGHUP raise :class:`_Terminated` (a
+    KeyboardInterrupt) instead of ending the process at once, which would drop the answers
+    of calls already paid for. A signal ignored when the run began (``nohup``) stays so."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise _Terminated(signum)
+
+    previous = {}
+    for signum in _STOP_SIGNALS:
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            previous[signum] = signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class _Group(click.Group):
@@ -578,14 +618,19 @@ def _run(
             url_passthrough=url_passthrough,
             track_credits=True,  # the summary says what the run spent
         )
+        # from the first job on, SIGTERM and SIGHUP stop the run as Ctrl-C does
+        signals = contextlib.ExitStack()
+        signals.enter_context(_stop_signals_as_interrupts())
         handle = batch.submit(specs)
     except (PhotoroomBGError, OSError) as exc:  # settings, or a sink that is not usable
+        signals.close()
         _close(*opened)
         raise _UsageError(str(exc)) from None
-    try:
-        _finish(handle, sources, dest, manifest, json_out, quiet)
-    finally:
-        _close(*opened)
+    with signals:
+        try:
+            _finish(handle, sources, dest, manifest, json_out, quiet)
+        finally:
+            _close(*opened)
 
 
 def _finish(
@@ -598,17 +643,20 @@ def _finish(
 ) -> None:
     try:
         report = handle.wait()
-    except KeyboardInterrupt:
-        handle.cancel("interrupted")
+    except KeyboardInterrupt as exc:
+        # Ctrl-C, SIGTERM or SIGHUP: the calls under way finish and are stored
+        signum = exc.signum if isinstance(exc, _Terminated) else None
+        how = "interrupted" if signum is None else f"stopped by {signal.Signals(signum).name}"
+        handle.cancel(how)
         report = _wait_out(handle)
         _summary(report, dest, json_out, quiet)
         where = f" (manifest: {printable(manifest)})" if manifest else ""
         click.echo(
-            f"\ninterrupted: {report.stored_count} of {report.total_count} stored{where}. "
+            f"\n{how}: {report.stored_count} of {report.total_count} stored{where}. "
             "Run the same command again to finish the rest; stored outputs are skipped.",
             err=True,
         )
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(EXIT_INTERRUPTED if signum is None else 128 + signum)
     if report.total_count == 0 and not report.stop_reason:
         raise _NothingToDo(f"no images found in {', '.join(printable(s) for s in sources)}")
     _summary(report, dest, json_out, quiet)
@@ -630,12 +678,12 @@ def _close(*resources: Any) -> None:
 
 
 def _wait_out(handle: Any) -> BatchReport:
-    """After Ctrl-C: let running jobs finish (a second Ctrl-C abandons them)."""
+    """After Ctrl-C (or SIGTERM, SIGHUP): let running jobs finish (a second one abandons them)."""
     try:
         report: BatchReport = handle.wait()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         click.echo("\nstopped without waiting for running jobs", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(128 + exc.signum if isinstance(exc, _Terminated) else EXIT_INTERRUPTED)
     return report
 
 
@@ -690,7 +738,7 @@ def _summary(report: BatchReport, dest: str, json_out: bool, quiet: bool) -> Non
         more = report.failure_counts.get(error_type, 0) - min(len(jobs), 20)
         if more > 0:
             click.echo(f"failed: ... and {more} more {error_type} (see the manifest)", err=True)
-    if report.stop_reason and report.stop_reason != "interrupted":
+    if report.stop_reason and not report.stop_reason.startswith(("interrupted", "stopped by")):
         click.echo(f"stopped early: {printable(report.stop_reason)}", err=True)
     if quiet:
         return

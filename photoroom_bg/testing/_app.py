@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -123,6 +124,11 @@ class EmulatorApp:
         path, method = request.url.path, request.method
         delay = self.faults.latency()
         if delay:
+            if method == "POST":
+                # a server has the whole upload before it works on it: a client that goes
+                # away while it works still pays for the work, as with Photoroom
+                with contextlib.suppress(Exception):  # gone mid-upload: answered 400 below
+                    await request.body()
             await asyncio.sleep(delay)
         fault = self.faults.pick(path, request.headers.get("x-emulator-fault"))
         host = "sdk" if path == "/v1/segment" else "image-api"

@@ -84,7 +84,8 @@ class Faults:
     """What goes wrong, and how often. Deterministic for a given ``seed``.
 
     Attributes:
-        latency: seconds added to every request, or ``(low, high)`` for a uniform draw.
+        latency: seconds added to every request, or ``(low, high)`` for a uniform draw;
+            a POST's upload is read first, so a client gone meanwhile is still billed.
         rates: probability of each fault per request, e.g. ``{"429": 0.1, "reset": 0.05}``;
             faults: ``429``, ``500``, ``502``, ``503``, ``reset`` (connection dropped after
             the headers), ``truncate`` (body shorter than its Content-Length), ``garble`` (a

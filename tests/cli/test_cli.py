@@ -196,6 +196,45 @@ def test_ctrl_c_keeps_the_manifest_and_a_rerun_finishes(tmp_path: Path) -> None:
     assert billed == {hashlib.sha256(data).hexdigest(): 1 for data in images.values()}
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_termination_signal_stops_as_ctrl_c_does_paying_for_nothing_twice(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """``kill``, ``docker stop``, systemd and a closed terminal end a run with SIGTERM or
+    SIGHUP, not SIGINT: the calls under way still finish and are stored, as after Ctrl-C,
+    so the re-run pays for no image a second time."""
+    source = tmp_path / "in"
+    source.mkdir()
+    images = {f"p{i:02d}.png": photo() for i in range(30)}
+    for name, data in images.items():
+        (source / name).write_bytes(data)
+    dest = tmp_path / "out"
+    manifest = dest / MANIFEST_NAME
+    # each call is under way for 0.3 s: at the signal, calls the server bills are in flight
+    emu = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.3), image_work=False)
+    with emu.serve() as url:
+        env = {**os.environ, "PHOTOROOM_API_KEY": emu.api_key}
+        args = [sys.executable, "-m", "photoroom_bg.cli", "remove", str(source), "-o", str(dest)]
+        args += ["--base-url", url, "--concurrency", "3", "-q"]
+        child = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+        wait_for_jobs(child, manifest, 3)
+        child.send_signal(signum)
+        _, stderr = child.communicate(timeout=60)
+        assert child.returncode == 128 + signum, stderr
+        assert "Run the same command again" in stderr
+        assert signum.name in stderr
+        stored_before = len(outputs(dest))
+        assert 3 <= stored_before < 30
+        billed_before = sum(emu.ledger.billed_per_image().values())
+        assert billed_before == stored_before  # every call paid for was stored
+
+        rerun = run("remove", str(source), "-o", str(dest), "--base-url", url, key=emu.api_key)
+    assert rerun.exit_code == 0, rerun.stderr
+    assert len(outputs(dest)) == 30
+    billed = emu.ledger.billed_per_image()
+    assert billed == {hashlib.sha256(data).hexdigest(): 1 for data in images.values()}
+
+
 def test_the_console_script_is_installed() -> None:
     script = shutil.which("photoroom-bg", path=os.path.dirname(sys.executable))
     assert script is not None
