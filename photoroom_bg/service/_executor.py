@@ -121,6 +121,7 @@ class LiveJob:
         self.summary: dict[str, Any] | None = None  # the report of a job run elsewhere
         self.error: BaseException | None = None
         self.cancel_requested = False
+        self.stopping = False  # the service is stopping: no more inputs, the job resumes later
         self.ended = False
         self.recorded = asyncio.Event()  # set once the service has recorded the end
         self._changed = asyncio.Event()
@@ -150,6 +151,10 @@ class LiveJob:
         """Start no more images; those running finish and are stored."""
         self.cancel_requested = True
 
+    def takes_no_more(self) -> bool:
+        """True once the job is to start no more images (cancelled, or the service stops)."""
+        return self.cancel_requested or self.stopping
+
     async def wait_for_change(self, seen: int, timeout: float) -> None:
         """Return once more than ``seen`` results exist or the job ended, or after
         ``timeout`` seconds."""
@@ -161,6 +166,11 @@ class LiveJob:
 
 
 OnEnd = Callable[[LiveJob], Awaitable[None]]
+
+
+#: How long a stopping service waits for the calls under way to finish and be stored
+#: (within the usual 30 s between SIGTERM and SIGKILL, after uvicorn's 10 s for connections).
+STOP_GRACE_SECONDS = 20.0
 
 
 class JobTasks:
@@ -189,6 +199,23 @@ class JobTasks:
     def ids(self) -> list[str]:
         """The jobs with a task here."""
         return list(self._jobs)
+
+    async def stop_all(self, grace: float) -> None:
+        """Let every job's calls under way finish and store their cut-outs, starting no
+        more images, for up to ``grace`` seconds; then cancel what is left. A call cancelled
+        after it was sent may be billed, and its image is paid again when the job resumes:
+        the grace is what keeps a graceful stop from paying twice."""
+        tasks = {task for task, _ in self._jobs.values()}
+        for _, live in self._jobs.values():
+            live.stopping = True
+        if tasks:
+            logger.info(
+                "stopping: waiting up to %g s for %d job(s) to finish their calls under way",
+                grace,
+                len(tasks),
+            )
+            await asyncio.wait(tasks, timeout=grace)
+        await self.cancel_all()
 
     async def cancel_all(self) -> None:
         """Cancel every task and wait for each to end (closing what it holds)."""
@@ -305,7 +332,7 @@ class LocalExecutor:
             on_progress=live.set_progress,
             keep_results=False,
         )
-        sources = open_sources(spec.sources, self.context.sink, lambda: live.cancel_requested)
+        sources = open_sources(spec.sources, self.context.sink, live.takes_no_more)
         task = asyncio.create_task(self._run(remover, sources, live, on_end))
         self._jobs.add(task, live)
         return live
@@ -323,6 +350,9 @@ class LocalExecutor:
             error = exc
         finally:
             self._jobs.discard(live.job_id)
+        cut_short = report is not None and report.total_count < live.image_count
+        if live.stopping and not live.cancel_requested and cut_short:
+            return  # stopped with the service, its calls under way stored: it resumes at start
         live.end(report, error)
         try:
             await on_end(live)
@@ -360,8 +390,10 @@ class LocalExecutor:
         return None
 
     async def aclose(self) -> None:
-        """Cancel every running job and wait for each to close its resources."""
-        await self._jobs.cancel_all()
+        """Stop every running job: the calls under way finish and are stored (for up to
+        :data:`STOP_GRACE_SECONDS`), then what is left is cancelled; the jobs resume at the
+        next start."""
+        await self._jobs.stop_all(STOP_GRACE_SECONDS)
 
 
 def _prefect_executor(context: ExecutorContext) -> Executor:

@@ -25,7 +25,14 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, PhotoroomBGError
-from ._executor import ExecutorContext, JobSpec, JobTasks, LiveJob, OnEnd
+from ._executor import (
+    STOP_GRACE_SECONDS,
+    ExecutorContext,
+    JobSpec,
+    JobTasks,
+    LiveJob,
+    OnEnd,
+)
 from ._store import JobStore as ServiceJobStore
 
 if TYPE_CHECKING:
@@ -41,8 +48,9 @@ _POLL_SECONDS = 1.0
 _MAX_RESUMES = 3
 # summary fields that name server-side places (the sink's path, inputs as sink objects)
 _SERVER_SIDE_FIELDS = frozenset({"sink", "manifests", "failures"})
-# how long closing waits for the flow runs coordinated here to stop by themselves
-_CLOSE_SECONDS = 30.0
+# how long closing waits for the flow runs coordinated here to stop by themselves: as long
+# as a local job's calls under way are given
+_CLOSE_SECONDS = STOP_GRACE_SECONDS
 
 
 class JobEndedWithoutSummary(PhotoroomBGError):

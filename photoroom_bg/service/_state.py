@@ -103,12 +103,14 @@ async def open_state(settings: ServiceSettings) -> AsyncIterator[ServiceState]:
         heartbeat = asyncio.create_task(jobs.heartbeat())
         yield state
     finally:
-        if heartbeat is not None:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-        if executor is not None:
-            await executor.aclose()
+        try:
+            if executor is not None:  # its jobs' records stay fresh while their calls end
+                await executor.aclose()
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
         await reader.aclose()
         if client is not None:
             await client.aclose()

@@ -159,6 +159,52 @@ def test_a_killed_service_finishes_its_job_on_restart_without_paying_twice(
         assert API_KEY not in log.read_text(errors="replace")
 
 
+def test_a_service_stopped_gracefully_lets_its_calls_finish_and_pays_for_no_image_twice(
+    s3_server: S3Server, s3_prefix: str, images: ImageServer, tmp_path: Path
+) -> None:
+    """A graceful stop (SIGTERM or Ctrl-C: a deploy, a scale-down) lets the calls already
+    sent finish and stores their cut-outs before the service exits: the restarted service
+    finishes the job and no image is paid for twice, where a kill may pay for those in
+    flight again."""
+    count = 40
+    # each call is under way for 0.3 s, so calls the server bills are in flight at the stop
+    slow = PhotoroomEmulator({API_KEY: 1000}, faults=Faults(latency=0.3), image_work=False)
+    with slow.serve() as emulator_url:
+        env = service_env(
+            emulator_url=emulator_url,
+            sink=s3_prefix,
+            state_dir=tmp_path / "state",
+            concurrency="4",
+            photoroom_requests_per_minute="0",
+        )
+        env.update(s3_env(s3_server))
+        first = start_service(env, tmp_path / "first.log")
+        try:
+            with first.client(ALICE) as client:
+                urls = [images.image(n) for n in range(30_000, 30_000 + count)]
+                answer = client.post("/api/v2/remove-backgrounds", json={"image_urls": urls})
+            job_id = answer.json()["job_id"]
+            poll(lambda: stored(first, job_id) >= 6, timeout=60, what="the job to start")
+        finally:
+            first.stop()
+        assert first.process.returncode is not None
+        paid_at_stop = slow.ledger.calls()
+        assert paid_at_stop < count, "the job finished before the stop: nothing was tested"
+        # every call paid for before the service exited was stored
+        assert len(output_keys(s3_server, s3_prefix)) == paid_at_stop
+
+        restarted = start_service(env, tmp_path / "restarted.log")
+        try:
+            done = poll(lambda: completed(restarted, job_id), timeout=120, what="the job")
+        finally:
+            restarted.stop()
+    assert done["status"] == "completed"
+    assert done["stored_count"] == count
+    assert len(output_keys(s3_server, s3_prefix)) == count
+    assert slow.ledger.calls() == count
+    assert set(slow.ledger.billed_per_image().values()) == {1}
+
+
 def test_another_replica_takes_over_a_job_whose_replica_died(
     s3_server: S3Server,
     s3_prefix: str,
