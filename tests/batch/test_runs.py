@@ -90,6 +90,42 @@ def test_a_killed_run_then_rerun_bills_nothing_twice(tmp_path: Path) -> None:
     assert len(finals) == 60
 
 
+def test_a_script_that_makes_sigterm_act_as_ctrl_c_pays_for_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """The batch guide's recipe: with SIGTERM acting as Ctrl-C, ``wait()`` cancels the
+    batch, the calls under way are stored, and the re-run pays for no image again."""
+    source = tmp_path / "in"
+    source.mkdir()
+    images = {f"img{i:03d}.png": photo() for i in range(30)}
+    for name, data in images.items():
+        (source / name).write_bytes(data)
+    out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
+    # calls take 0.3 s each: at the signal, calls the server bills are under way
+    emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.3), image_work=False)
+    env = {**os.environ, "PHOTOROOM_API_KEY": emulator.api_key}
+    script = "import signal\nsignal.signal(signal.SIGTERM, signal.default_int_handler)\n" + CHILD
+    with emulator.serve() as url:
+        args = [sys.executable, "-c", script, str(source), str(out), str(manifest), url]
+        with subprocess.Popen(args, env=env, stdout=subprocess.PIPE) as child:
+            wait_for_jobs(child, manifest, 4)
+            child.send_signal(signal.SIGTERM)
+            child.wait(60)
+        assert child.returncode != -signal.SIGTERM  # it ended on its own terms
+        stored = [r for r in job_records(manifest) if r["status"] == "succeeded"]
+        assert 4 <= len(stored) < 30
+        assert emulator.ledger.calls() == len(stored)  # every call paid for was stored
+
+        rerun = BatchRemover(
+            sink=out, manifest=manifest, base_url=url, api_key=emulator.api_key,
+            concurrency=4, requests_per_minute=None,
+        ).submit(source).wait()  # fmt: skip
+    assert rerun.stored_count == 30
+    assert emulator.ledger.billed_per_image() == {
+        hashlib.sha256(data).hexdigest(): 1 for data in images.values()
+    }
+
+
 def test_a_batch_into_a_real_s3_bucket(s3_server: S3Server, s3_prefix: str) -> None:
     images = [photo() for _ in range(20)]
     emulator = PhotoroomEmulator(credits=100)
