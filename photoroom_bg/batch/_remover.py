@@ -298,7 +298,10 @@ class BatchRemover:
 
         For async services that own their engine and sink objects on this loop; results
         arrive through ``on_result`` / ``on_progress``. Cancelling the awaiting task stops
-        the batch: calls already answered are stored, the rest end with the task.
+        the batch: calls already answered are stored, the rest end with the task (a call
+        under way may have been billed). To stop gracefully, end ``sources`` (an async
+        generator that returns once a stop is asked for): the calls under way then finish
+        and are stored, and the report covers the inputs taken.
         """
         handle = BatchHandle(keep_results=self.keep_results)
         make_bar = self._bar_maker()

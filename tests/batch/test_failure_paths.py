@@ -567,6 +567,38 @@ def test_a_cancelled_async_for_does_not_keep_asyncio_run_from_returning() -> Non
 # -- engines and clients ------------------------------------------------------------------
 
 
+def test_a_run_whose_source_iterator_ends_early_stores_every_call_under_way() -> None:
+    """The batch guide's graceful stop of ``run()``: the source iterator ends (a shutdown
+    hook set an event), the batch takes no more inputs, and every call already sent finishes
+    and is stored, none dropped as cancelling the task would drop it."""
+    emulator = PhotoroomEmulator(credits=100, faults=Faults(latency=0.2), image_work=False)
+    images = [photo() for _ in range(20)]
+
+    async def main() -> Any:
+        stop = asyncio.Event()
+        done: list[object] = []
+
+        def on_result(job: object) -> None:
+            done.append(job)
+            if len(done) == 3:
+                stop.set()
+
+        async def until() -> Any:
+            for image in images:
+                if stop.is_set():
+                    return
+                yield image
+
+        batch = remover(emulator, MemorySink(), concurrency=4, on_result=on_result)
+        return await batch.run(until())
+
+    with emulator.serve():
+        report = asyncio.run(main())
+    assert 3 < report.total_count < 20  # stopped part-way, the calls under way finished
+    assert report.stored_count == report.total_count
+    assert emulator.ledger.calls() == report.stored_count  # no call paid for was dropped
+
+
 def test_a_client_with_its_own_http_client_is_refused_by_submit_and_works_with_run(
     emulator: PhotoroomEmulator,
 ) -> None:
