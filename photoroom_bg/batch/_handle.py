@@ -415,7 +415,12 @@ class BatchHandle:
         with self._cond:
             self._waiters += 1
         try:
-            return await asyncio.wrap_future(future)
+            # shielded: a cancelled wait must not cancel the batch's own task, which would
+            # drop the calls under way (paid for); it stops the batch as cancel() does
+            return await asyncio.shield(asyncio.wrap_future(future))
+        except asyncio.CancelledError:
+            self.cancel("the task awaiting the batch was cancelled")
+            raise
         finally:
             with self._cond:
                 self._waiters -= 1

@@ -599,6 +599,25 @@ def test_a_run_whose_source_iterator_ends_early_stores_every_call_under_way() ->
     assert emulator.ledger.calls() == report.stored_count  # no call paid for was dropped
 
 
+def test_a_cancelled_await_of_a_handle_stops_the_batch_without_dropping_a_paid_call() -> None:
+    """``await handle`` cancelled (``asyncio.wait_for`` timing out, ``asyncio.run`` ending
+    on SIGTERM's ``sys.exit``) stops the batch as ``cancel()`` does: the calls under way
+    finish and are stored. It used to cancel the batch's own task, dropping them."""
+    emulator = PhotoroomEmulator(credits=100, faults=Faults(latency=0.3), image_work=False)
+    with emulator.serve():
+        handle = remover(emulator, MemorySink(), concurrency=4).submit([photo() for _ in range(20)])
+
+        async def main() -> None:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(handle, 0.45)
+
+        asyncio.run(main())
+        report = handle.wait(timeout=30)
+        assert 0 < report.stored_count < 20
+        assert report.cancelled_count == 20 - report.stored_count
+        assert emulator.ledger.calls() == report.stored_count  # every call paid for, stored
+
+
 def test_a_client_with_its_own_http_client_is_refused_by_submit_and_works_with_run(
     emulator: PhotoroomEmulator,
 ) -> None:
