@@ -6,7 +6,8 @@ sink and their Prefect states:
 
 - a shard whose worker died (no heartbeat for ``heartbeat_timeout`` seconds while Prefect
   still says it runs) is marked ``Crashed`` and given to another worker; the new copy skips
-  what the lost one stored;
+  what the lost one stored. So is one whose worker was stopped (SIGTERM: Prefect marks its
+  task run ``Crashed`` at once), and the shards either worker had taken ahead of its limit;
 - a stop request (a 402 or 401/403 in any shard, a lost sink, a cancel) ends dispatching;
   shards not started are cancelled without calling Photoroom, running ones stop at their
   next beat.
@@ -88,6 +89,9 @@ class Coordinator:
         self.cancelled = False
         self.dispatched = 0
         self._seq = 0
+        # shards queued before a worker was lost or stopped (by seq): one of them that
+        # stays waiting while a later one has started may be held by that worker
+        self._suspect_upto = 0
         self.heartbeat = max(0.2, params.heartbeat_timeout / 6)
         self.poll = min(0.5, max(0.1, params.heartbeat_timeout / 20))
         self._last_job_write = 0.0
@@ -277,6 +281,7 @@ class Coordinator:
         records = await asyncio.gather(*(self.store.read_shard(f.shard) for f in flights))
         now = time.monotonic()
         lost: list[_Flight] = []
+        stopped: dict[int, str] = {}  # shard -> why its worker stopped it
         for flight, record in zip(flights, records, strict=True):
             mine = record is not None and record.get("lease") == flight.lease
             state = states.get(str(flight.task_run_id))
@@ -285,6 +290,13 @@ class Coordinator:
                 if summary:
                     self._finish(flight, ShardSummary.from_dict(summary))
                     continue
+            if state is not None and state.type == StateType.CRASHED and not self.stopping:
+                # the runtime, not the shard, ended it: its worker was stopped (SIGTERM on a
+                # scale-down or a deploy) or died. As for a worker lost without a word,
+                # another one takes it over and skips what this one stored.
+                stopped[flight.shard] = state.message or "its task run crashed"
+                flight.started = True  # what its worker took ahead of it is stranded too
+                continue
             if state is not None and state.is_final():
                 await self._ended_without_record(flight, state)
                 continue
@@ -299,8 +311,15 @@ class Coordinator:
                 flight.beat, flight.alive_at = beat, now
             elif now - flight.alive_at > self.p.heartbeat_timeout:
                 lost.append(flight)
-        if lost:
-            stranded = self._stranded()
+        if lost or stopped:
+            self._suspect_upto = self._seq
+        # checked at every poll after a loss: a shard the lost worker took ahead of its limit
+        # looks stranded only once a later shard has started, which may be polls later
+        stranded = self._stranded()
+        if lost or stopped or stranded:
+            for flight in [f for f in flights if f.shard in stopped]:
+                why = f"its worker stopped it: {stopped[flight.shard]}"
+                await self._replace(flight, why, crashed=True, mark=False)
             for flight in lost:
                 await self._replace(
                     flight,
@@ -308,7 +327,7 @@ class Coordinator:
                     crashed=True,
                 )
             for flight in stranded:
-                if flight.shard in self.flights and flight not in lost:
+                if flight.shard in self.flights and flight not in lost:  # nor stopped: gone
                     await self._replace(
                         flight, "its worker may have been lost before it started", crashed=False
                     )
@@ -335,7 +354,11 @@ class Coordinator:
         if not started:
             return []
         newest = max(started)
-        return [f for f in self.flights.values() if not f.started and f.seq < newest]
+        return [
+            f
+            for f in self.flights.values()
+            if not f.started and f.seq < newest and f.seq <= self._suspect_upto
+        ]
 
     def _finish(self, flight: _Flight, summary: ShardSummary) -> None:
         del self.flights[flight.shard]
@@ -369,13 +392,17 @@ class Coordinator:
         # what failed one shard (a missing key, a broken sink) fails the others: stop
         await self._stop(f"shard {flight.shard} failed: {message}", "stopped")
 
-    async def _replace(self, flight: _Flight, reason: str, *, crashed: bool) -> None:
-        """Mark a shard's task run as ended and give the shard to another worker."""
+    async def _replace(
+        self, flight: _Flight, reason: str, *, crashed: bool, mark: bool = True
+    ) -> None:
+        """Mark a shard's task run as ended (unless ``mark=False``: it ended already) and
+        give the shard to another worker."""
         self.log.warning("shard %d: %s", flight.shard, reason)
         self.flights.pop(flight.shard, None)
         state: State[Any] = Crashed(message=reason) if crashed else Cancelled(message=reason)
         try:
-            await self.client.set_task_run_state(flight.task_run_id, state, force=True)
+            if mark:
+                await self.client.set_task_run_state(flight.task_run_id, state, force=True)
         except Exception as exc:  # the shard is replaced either way
             self.log.warning("could not mark shard %d's task run: %s", flight.shard, exc)
         if self.stopping:

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
+import anyio
 import attrs
 
 from ..batch import BatchRemover
@@ -143,6 +144,7 @@ async def run_shard(
     run_logger = _run_logger()
     parsed = options_from_dict(options)  # a bad option fails before anything is opened
     sink_obj = open_worker_sink(sink)
+    leave_open = False  # True when the batch outlives the task: it uses the sink at exit
     store = JobStore(sink_obj, job_id)
     try:
         control = await store.control()
@@ -173,6 +175,7 @@ async def run_shard(
             "task_run_id": task_run_id,
             "size": len(sources),
         }
+        handle: Any = None
         try:
             remover = BatchRemover(
                 engine_obj,
@@ -187,10 +190,19 @@ async def run_shard(
             )
             await store.write_shard(shard, {**base, "state": "running", "beat": 0})
             beat = _Beat(store, shard, base, attempt, heartbeat, run_logger)
-            report, ours = await beat.watch(remover.submit(sources))
+            handle = remover.submit(sources)
+            report, ours = await beat.watch(handle)
         finally:
-            await engine_obj.aclose()
-            await reader.aclose()
+            if _still_running(handle, run_logger, shard):
+                # the worker's process is going away before the batch ended: what the batch
+                # uses stays open, and at exit it stores its calls under way (up to its
+                # exit_timeout) and sends its manifest to the sink; closing them now would
+                # drop calls that are paid for
+                leave_open = True
+            else:
+                with anyio.CancelScope(shield=True):  # closed however the task ends
+                    await engine_obj.aclose()
+                    await reader.aclose()
         if beat.superseded:
             summary = shard_summary(
                 report,
@@ -232,7 +244,19 @@ async def run_shard(
             raise ShardStopped(f"shard {shard} stopped the job: {reason}")
         return summary, reason
     finally:
-        await sink_obj.aclose()
+        if not leave_open:
+            with anyio.CancelScope(shield=True):
+                await sink_obj.aclose()
+
+
+def _still_running(
+    handle: Any, log: logging.Logger | logging.LoggerAdapter[logging.Logger], shard: int
+) -> bool:
+    """Whether the shard's batch is still running as its task ends (its worker stopping)."""
+    if handle is None or handle.done():
+        return False
+    log.warning("shard %d: its task ended before its batch; the batch finishes at exit", shard)
+    return True
 
 
 def _record(
@@ -246,6 +270,11 @@ def _record(
         "state": summary.outcome,
         "summary": summary.to_dict(),
     }
+
+
+#: How long a shard whose task is going away (its worker stopping) waits for its calls under
+#: way to finish and be stored: they are paid for, and dropping them pays for them again.
+DRAIN_SECONDS = 20.0
 
 
 class _Beat:
@@ -280,10 +309,15 @@ class _Beat:
                     return waiter.result(), self.cancel_reason
                 await self._beat(handle)
         except BaseException:
-            # the task itself is going away (cancelled, timed out, worker stopping): start no
-            # more jobs, let the running ones finish and the manifest reach the sink
+            # the task itself is going away (cancelled, timed out, its worker stopping on
+            # SIGTERM): start no more jobs, let the running ones finish and the manifest
+            # reach the sink. Shielded from the cancel scope that is ending the task (anyio's
+            # scopes cancel again at every await: asyncio.shield alone let the calls under
+            # way drop), for at most DRAIN_SECONDS.
             handle.cancel("the shard task was interrupted")
-            await asyncio.shield(waiter)
+            with anyio.CancelScope(shield=True) as scope:
+                scope.deadline = anyio.current_time() + DRAIN_SECONDS
+                await asyncio.wait({waiter})
             raise
 
     def _cancel(self, handle: Any, reason: str) -> None:

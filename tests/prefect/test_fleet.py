@@ -94,9 +94,15 @@ def flow_and_task_runs(
     return flow_run, task_runs
 
 
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_fleet_finishes_a_job_when_a_worker_dies_mid_shard_without_paying_twice(
-    tmp_path: Path, s3_server: S3Server, s3_prefix: str
+    tmp_path: Path, s3_server: S3Server, s3_prefix: str, signum: signal.Signals
 ) -> None:
+    """SIGKILL: the worker dies without a word; only its calls in flight can be paid twice.
+    SIGTERM (a scale-down, a deploy): its shards end ``Crashed`` at once and are handed
+    over at the next poll, with those it had taken ahead of its limit; its calls under way
+    are stored as it exits, and the job completes with no image paid twice (it failed
+    before: the flow took the crashed shards for failed ones and stopped the job)."""
     key = "pr-fleet-" + uuid.uuid4().hex
     emulator = PhotoroomEmulator(
         [key],
@@ -157,7 +163,7 @@ def test_a_fleet_finishes_a_job_when_a_worker_dies_mid_shard_without_paying_twic
                         break
                     time.sleep(0.3)
                 calls_at_kill = emulator.ledger.calls()
-                worker_a.send_signal(signal.SIGKILL)
+                worker_a.send_signal(signum)
                 worker_a.wait(timeout=30)
                 _loop.run_sync(store.sink.aclose())
                 submitter.wait(timeout=240)
@@ -184,14 +190,16 @@ def test_a_fleet_finishes_a_job_when_a_worker_dies_mid_shard_without_paying_twic
     assert summary["counts"]["stored_count"] == IMAGES
     assert len(keys) == IMAGES  # one output per image, every one stored
     # the killed worker's shards were given to worker B; the only images paid twice are the
-    # ones worker A had in flight when it died
-    in_flight_bound = WORKER_LIMIT * CONCURRENCY
+    # ones worker A had in flight when it died, and none when it was stopped: its calls
+    # under way were stored as it exited
+    in_flight_bound = WORKER_LIMIT * CONCURRENCY if signum == signal.SIGKILL else 0
     assert IMAGES <= emulator.ledger.calls() <= IMAGES + in_flight_bound
     twice = [n for n in emulator.ledger.billed_per_image().values() if n > 1]
     assert len(twice) <= in_flight_bound
     assert max(emulator.ledger.billed_per_image().values()) <= 2
     assert calls_at_kill < IMAGES
-    assert "its worker was lost" in output  # the flow noticed, and handed the shard over
+    # the flow noticed, and handed the shard over
+    assert ("its worker was lost" if signum == signal.SIGKILL else "its worker stopped") in output
     # the dead worker's shard is visibly crashed, nothing is left "running"
     states = [run["state"]["type"] for run in task_runs]
     assert "CRASHED" in states

@@ -375,7 +375,14 @@ def test_shards_taken_by_a_worker_but_never_started_are_found_first_in_first_out
         2: flight(2, 3, True),
         3: flight(3, 4, False),  # nothing later started: it may just be queued
     }
+    # no worker lost or stopped yet: a live worker holds what it took ahead of its limit
+    assert coordinator._stranded() == []
+    coordinator._suspect_upto = 4  # a worker was lost once these four were queued
     assert [f.shard for f in coordinator._stranded()] == [1]
+    # queued after the loss: the lost worker cannot hold it, whatever started later
+    coordinator.flights[4] = flight(4, 5, False)
+    coordinator.flights[5] = flight(5, 6, True)
+    assert [f.shard for f in coordinator._stranded()] == [1, 3]
 
 
 def test_a_shard_that_ends_between_two_reads_is_counted_from_its_final_record(
