@@ -45,12 +45,18 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_a_killed_run_then_rerun_bills_nothing_twice(tmp_path: Path) -> None:
+def photo_folder(tmp_path: Path, count: int) -> tuple[Path, dict[str, bytes]]:
+    """A folder ``in`` of ``count`` distinct photos, and the photos by file name."""
     source = tmp_path / "in"
     source.mkdir()
-    images = {f"img{i:03d}.png": photo() for i in range(60)}
+    images = {f"img{i:03d}.png": photo() for i in range(count)}
     for name, data in images.items():
         (source / name).write_bytes(data)
+    return source, images
+
+
+def test_a_killed_run_then_rerun_bills_nothing_twice(tmp_path: Path) -> None:
+    source, images = photo_folder(tmp_path, 60)
     out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
     emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.05), image_work=False)
     env = {**os.environ, "PHOTOROOM_API_KEY": emulator.api_key}
@@ -95,11 +101,7 @@ def test_a_script_that_makes_sigterm_act_as_ctrl_c_pays_for_nothing_twice(
 ) -> None:
     """The batch guide's recipe: with SIGTERM acting as Ctrl-C, ``wait()`` cancels the
     batch, the calls under way are stored, and the re-run pays for no image again."""
-    source = tmp_path / "in"
-    source.mkdir()
-    images = {f"img{i:03d}.png": photo() for i in range(30)}
-    for name, data in images.items():
-        (source / name).write_bytes(data)
+    source, images = photo_folder(tmp_path, 30)
     out, manifest = tmp_path / "out", tmp_path / "run.jsonl"
     # calls take 0.3 s each: at the signal, calls the server bills are under way
     emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.3), image_work=False)
