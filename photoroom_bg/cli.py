@@ -589,6 +589,8 @@ def _run(
     except ConfigurationError as exc:
         raise _UsageError(str(exc)) from None
     opened: list[Any] = [] if local is None else [local]  # closed on every way out
+    # from the first job on, SIGTERM and SIGHUP stop the run as Ctrl-C does
+    signals = contextlib.ExitStack()
     try:
         from .sinks import S3Sink, open_sink
 
@@ -618,8 +620,6 @@ def _run(
             url_passthrough=url_passthrough,
             track_credits=True,  # the summary says what the run spent
         )
-        # from the first job on, SIGTERM and SIGHUP stop the run as Ctrl-C does
-        signals = contextlib.ExitStack()
         signals.enter_context(_stop_signals_as_interrupts())
         handle = batch.submit(specs)
     except (PhotoroomBGError, OSError) as exc:  # settings, or a sink that is not usable

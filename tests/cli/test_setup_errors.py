@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from photoroom_bg.cli import main
+from photoroom_bg.errors import StorageError
 from photoroom_bg.testing import PhotoroomEmulator
 
 from ..conftest import modes_bind
@@ -342,4 +343,21 @@ def test_a_spill_folder_that_cannot_be_used_is_refused_naming_the_variable_that_
         f"{blocker} cannot be the sink's folder: {blocker} is a file",
     )
     assert tree(tmp_path) == before
+    assert emulator.requests == []
+
+
+def test_a_sink_that_cannot_be_opened_is_one_error_line(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # opening the sink failing before the run set SIGTERM's handler up must still be the
+    # one-line refusal, not an UnboundLocalError from tearing that handler down
+    import photoroom_bg.sinks
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise StorageError("the sink refuses to open")
+
+    monkeypatch.setattr(photoroom_bg.sinks, "open_sink", refuse)
+    args = ["remove", str(folder), "-o", str(tmp_path / "out"), *api_args(emulator)]
+    result = CliRunner().invoke(main, args, env={"PHOTOROOM_API_KEY": emulator.api_key})
+    assert_refused(result, 2, "the sink refuses to open")
     assert emulator.requests == []
