@@ -281,7 +281,7 @@ class Coordinator:
         records = await asyncio.gather(*(self.store.read_shard(f.shard) for f in flights))
         now = time.monotonic()
         lost: list[_Flight] = []
-        stopped: dict[int, str] = {}  # shard -> why its worker stopped it
+        stopped: list[tuple[_Flight, str]] = []  # and why its worker stopped it
         for flight, record in zip(flights, records, strict=True):
             mine = record is not None and record.get("lease") == flight.lease
             state = states.get(str(flight.task_run_id))
@@ -294,7 +294,7 @@ class Coordinator:
                 # the runtime, not the shard, ended it: its worker was stopped (SIGTERM on a
                 # scale-down or a deploy) or died. As for a worker lost without a word,
                 # another one takes it over and skips what this one stored.
-                stopped[flight.shard] = state.message or "its task run crashed"
+                stopped.append((flight, state.message or "its task run crashed"))
                 flight.started = True  # what its worker took ahead of it is stranded too
                 continue
             if state is not None and state.is_final():
@@ -315,22 +315,20 @@ class Coordinator:
             self._suspect_upto = self._seq
         # checked at every poll after a loss: a shard the lost worker took ahead of its limit
         # looks stranded only once a later shard has started, which may be polls later
-        stranded = self._stranded()
-        if lost or stopped or stranded:
-            for flight in [f for f in flights if f.shard in stopped]:
-                why = f"its worker stopped it: {stopped[flight.shard]}"
-                await self._replace(flight, why, crashed=True, mark=False)
-            for flight in lost:
+        stranded = self._stranded()  # before the replacements: they leave self.flights
+        for flight, why in stopped:
+            await self._replace(flight, f"its worker stopped it: {why}", crashed=True, mark=False)
+        for flight in lost:
+            await self._replace(
+                flight,
+                f"no heartbeat for {self.p.heartbeat_timeout:g} s: its worker was lost",
+                crashed=True,
+            )
+        for flight in stranded:  # never started, so neither lost nor stopped
+            if flight.shard in self.flights:
                 await self._replace(
-                    flight,
-                    f"no heartbeat for {self.p.heartbeat_timeout:g} s: its worker was lost",
-                    crashed=True,
+                    flight, "its worker may have been lost before it started", crashed=False
                 )
-            for flight in stranded:
-                if flight.shard in self.flights and flight not in lost:  # nor stopped: gone
-                    await self._replace(
-                        flight, "its worker may have been lost before it started", crashed=False
-                    )
         await self._write_job("running")
 
     async def _states(self, flights: list[_Flight]) -> dict[str, State[Any]]:
