@@ -66,6 +66,15 @@ def output_keys(s3_server: S3Server, sink: str) -> list[str]:
     return keys
 
 
+def submit(service: ServiceProcess, images: ImageServer, numbers: range) -> str:
+    """Start a v2 job of the image server's images ``numbers``; return its id."""
+    urls = [images.image(n) for n in numbers]
+    with service.client(ALICE) as client:
+        answer = client.post("/api/v2/remove-backgrounds", json={"image_urls": urls})
+    assert answer.status_code == 202, answer.text
+    return str(answer.json()["job_id"])
+
+
 def status(service: ServiceProcess, job_id: str, **params: Any) -> dict[str, Any]:
     with service.client(ALICE) as client:
         answer = client.get(f"/api/v2/remove-backgrounds/{job_id}", params=params)
@@ -105,10 +114,7 @@ def test_a_killed_service_finishes_its_job_on_restart_without_paying_twice(
     env.update(s3_env(s3_server))
     first = start_service(env, tmp_path / "first.log")
     try:
-        with first.client(ALICE) as client:
-            urls = [images.image(n) for n in range(10_000, 10_000 + count)]
-            job = client.post("/api/v2/remove-backgrounds", json={"image_urls": urls}).json()
-        job_id = job["job_id"]
+        job_id = submit(first, images, range(10_000, 10_000 + count))
         poll(lambda: stored(first, job_id) >= count // 2, timeout=120, what="half the job")
         midway = status(first, job_id, status="pending", limit=5)
     finally:
@@ -180,10 +186,7 @@ def test_a_service_stopped_gracefully_lets_its_calls_finish_and_pays_for_no_imag
         env.update(s3_env(s3_server))
         first = start_service(env, tmp_path / "first.log")
         try:
-            with first.client(ALICE) as client:
-                urls = [images.image(n) for n in range(30_000, 30_000 + count)]
-                answer = client.post("/api/v2/remove-backgrounds", json={"image_urls": urls})
-            job_id = answer.json()["job_id"]
+            job_id = submit(first, images, range(30_000, 30_000 + count))
             poll(lambda: stored(first, job_id) >= 6, timeout=60, what="the job to start")
         finally:
             first.stop()
@@ -227,11 +230,7 @@ def test_another_replica_takes_over_a_job_whose_replica_died(
     base.update(s3_env(s3_server))
     a = start_service(base, tmp_path / "a.log")
     try:
-        with a.client(ALICE) as client:
-            urls = [images.image(n) for n in range(20_000, 20_000 + count)]
-            job_id = client.post("/api/v2/remove-backgrounds", json={"image_urls": urls}).json()[
-                "job_id"
-            ]
+        job_id = submit(a, images, range(20_000, 20_000 + count))
         poll(lambda: stored(a, job_id) >= 10, timeout=60, what="the job to start")
     finally:
         a.kill()
