@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -75,6 +76,7 @@ ENV_API_KEY = "PHOTOROOM_API_KEY"
 ENV_BASE_URL = "PHOTOROOM_BASE_URL"
 ENV_SEGMENT_BASE_URL = "PHOTOROOM_SEGMENT_BASE_URL"
 ENV_IMAGE_API_BASE_URL = "PHOTOROOM_IMAGE_API_BASE_URL"
+ENV_TIMEOUT = "PHOTOROOM_TIMEOUT"
 
 
 class NotGiven:
@@ -285,7 +287,8 @@ class BaseClient:
             or env.get(ENV_BASE_URL)
             or IMAGE_API_BASE_URL
         ).rstrip("/")
-        self.timeout = self._as_timeout(timeout)
+        given = _env_timeout() if isinstance(timeout, NotGiven) else timeout
+        self.timeout = self._as_timeout(given)
         self.max_retries = max_retries
         self.retry_policy = retry_policy or RetryPolicy()
         self.default_headers = dict(default_headers or {})
@@ -536,8 +539,7 @@ class BaseClient:
         if isinstance(exc, httpx.TimeoutException):
             why = overrun(exc) or type(exc).__name__
             return APITimeoutError(
-                f"{where} timed out ({why}){billing}; raise the client's timeout for large "
-                "images or AI features",
+                f"{where} timed out ({why}){billing}; {TIMEOUT_ADVICE}",
                 request=request,
                 possibly_billed=sent,
             )
@@ -707,6 +709,34 @@ def _int(value: str | None) -> int | None:
         return int(float(value)) if value is not None else None
     except ValueError:
         return None
+
+
+#: What a timed-out call advises, naming the setting of each way of calling Photoroom: a
+#: command-line user has no ``timeout=``, a worker or a service no flag.
+TIMEOUT_ADVICE = (
+    "for large images or AI features raise the timeout: timeout= in Python, --timeout on the "
+    f"command line, or {ENV_TIMEOUT}=<seconds> in the environment of the process that calls "
+    "Photoroom (a service, a worker)"
+)
+
+
+def _env_timeout() -> Timeout | NotGiven:
+    """The default timeout from ``$PHOTOROOM_TIMEOUT``: seconds, or ``none`` for no limit;
+    unset or empty, the built-in :data:`DEFAULT_TIMEOUT`."""
+    raw = os.environ.get(ENV_TIMEOUT, "").strip()
+    if not raw:
+        return NOT_GIVEN
+    if raw.lower() in ("none", "inf", "infinity"):
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0:  # NaN too
+        raise ConfigurationError(
+            f"{ENV_TIMEOUT}={raw!r} is not a timeout: give seconds > 0, or 'none' for no limit"
+        )
+    return seconds
 
 
 def _phase(name: str, seconds: object) -> float | None:

@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     raise SystemExit(2) from None
 
 from . import __version__
+from ._base_client import NOT_GIVEN
 from ._cli_checks import Number, check_destination, check_inputs, check_manifest, printable
 from .batch import BatchRemover, BatchReport, JobResult
 from .batch._manifest import job_fields
@@ -256,6 +257,15 @@ def _api_options(func: F) -> F:
             callback=_not_empty,
             help="Send API calls here instead of Photoroom (a proxy or the emulator).",
         ),
+        click.option(
+            "--timeout",
+            type=Number(0, min_open=True),
+            metavar="SECONDS",
+            help=(
+                "How long one Photoroom call may take (default: $PHOTOROOM_TIMEOUT, else 120; "
+                "inf: no limit). Raise it for large images or AI features."
+            ),
+        ),
         _verbose_option,
     ]
     for option in reversed(options):
@@ -472,7 +482,11 @@ def _number_or_text(value: str | None) -> float | str | None:
 @_api_options
 @click.option("--json", "json_out", is_flag=True, help="Print JSON.")
 def account(
-    api_key_file: str | None, api_key: str | None, base_url: str | None, json_out: bool
+    api_key_file: str | None,
+    api_key: str | None,
+    base_url: str | None,
+    timeout: float | None,
+    json_out: bool,
 ) -> None:
     """Show the credits left and the plan of your API key."""
     from ._client import PhotoroomClient
@@ -481,7 +495,8 @@ def account(
     if not key:
         raise _UsageError("no API key: set PHOTOROOM_API_KEY or pass --api-key-file")
     try:
-        with PhotoroomClient(api_key=key, base_url=base_url) as client:
+        wait = NOT_GIVEN if timeout is None else timeout
+        with PhotoroomClient(api_key=key, base_url=base_url, timeout=wait) as client:
             info = client.account()
     except PhotoroomBGError as exc:
         click.echo(f"error: {type(exc).__name__}: {printable(str(exc))}", err=True)
@@ -576,6 +591,7 @@ def _run(
     api_key_file: str | None,
     api_key: str | None,
     base_url: str | None,
+    timeout: float | None,
     url_passthrough: bool = False,
 ) -> None:
     key = _read_key(api_key_file, api_key) if engine == "photoroom" else None
@@ -608,6 +624,7 @@ def _run(
             local,  # None: the API engine, made and closed by the batch
             api_key=key,
             base_url=base_url,
+            timeout=NOT_GIVEN if timeout is None else timeout,
             sink=sink,
             options=options,
             concurrency=concurrency,

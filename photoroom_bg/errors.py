@@ -178,7 +178,9 @@ class APIConnectionError(PhotoroomError):
 
 
 class APITimeoutError(APIConnectionError):
-    """The request timed out; raise the client's ``timeout`` for large images or AI features.
+    """The request timed out; raise the timeout for large images or AI features (the
+    client's ``timeout``, the command's ``--timeout``, or ``PHOTOROOM_TIMEOUT`` in the
+    environment of a service or a worker).
 
     A timeout while waiting for the answer is ``possibly_billed``: the server may still have
     finished the image.

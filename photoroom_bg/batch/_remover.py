@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 
 from .. import _loop
+from .._base_client import NOT_GIVEN, BaseClient, NotGiven, Timeout, _env_timeout
 from .._client import AsyncPhotoroomClient
 from .._keys import KeyTemplate, options_digest
 from .._numbers import (
@@ -128,7 +129,10 @@ class BatchRemover:
             each: no input bytes are kept); ``True`` keeps all, ``False`` none. Counts stay
             exact; the manifest and the sink are the complete record; ``as_completed()``
             sees every job regardless.
-        api_key, base_url: for the default engine.
+        api_key, base_url, timeout: for the default engine (an engine or client given is
+            used with its own): the key (default ``$PHOTOROOM_API_KEY``), where calls go,
+            and each call's timeout in seconds (``None``: no limit; default
+            ``$PHOTOROOM_TIMEOUT``, else 120 s, 10 s to connect).
         track_credits: also ask the account balance before and after the batch, to report
             ``credits_spent``. Off by default: the two reads are two round trips whatever
             the batch's size (a one-image batch takes about three times as long), and
@@ -168,6 +172,7 @@ class BatchRemover:
         keep_results: bool | int = 1000,
         api_key: str | None = None,
         base_url: str | None = None,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
         track_credits: bool = False,
     ) -> None:
         check_count("concurrency", concurrency, 1)
@@ -199,6 +204,8 @@ class BatchRemover:
             check_given(name, given)
             check_type(name, given, types, what)
         _check_engine(engine)
+        if engine is None:  # a bad timeout, or $PHOTOROOM_TIMEOUT, fails here, not mid-batch
+            BaseClient._as_timeout(_env_timeout() if isinstance(timeout, NotGiven) else timeout)
         check_type("reader", reader, SourceReader, "a SourceReader or None")
         check_type("retry_policy", retry_policy, RetryPolicy, "a RetryPolicy or None")
         check_type("key_template", key_template, (str, KeyTemplate), "a str, a KeyTemplate or None")
@@ -237,6 +244,7 @@ class BatchRemover:
         self.track_credits = track_credits
         self._api_key = api_key
         self._base_url = base_url
+        self._timeout = timeout
         self._options_digest = options_digest(self.options)
         if progress:
             _tqdm()  # fail now, not mid-batch, when the extra is missing

@@ -299,7 +299,10 @@ class Batch:
         given = self.r.engine
         if given is None:
             made = PhotoroomEngine(
-                api_key=self.r._api_key, base_url=self.r._base_url, max_retries=0
+                api_key=self.r._api_key,
+                base_url=self.r._base_url,
+                timeout=self.r._timeout,
+                max_retries=0,
             )
             self._resources.push_async_callback(made.aclose)
             return made

@@ -84,6 +84,7 @@ class ExecutorContext:
             track_credits=False,
             api_key=s.api_key,
             base_url=s.base_url,
+            timeout=s.timeout,
             **kwargs,
         )
 

@@ -27,6 +27,7 @@ __all__ = ["ENVIRONMENT", "ServiceSettings"]
 ENVIRONMENT: dict[str, str] = {
     "api_key": "PHOTOROOM_API_KEY",
     "base_url": "PHOTOROOM_BASE_URL",
+    "timeout": "PHOTOROOM_TIMEOUT",
     "sink": "PHOTOROOM_BG_SINK",
     "s3_endpoint_url": "PHOTOROOM_BG_S3_ENDPOINT_URL",
     "state_dir": "PHOTOROOM_BG_STATE_DIR",
@@ -138,6 +139,9 @@ class ServiceSettings:
         api_key: the Photoroom key (``PHOTOROOM_API_KEY`` or ``PHOTOROOM_API_KEY_FILE``).
             Never shown in a repr, a response, a log line or a job record.
         base_url: send Photoroom calls here instead (a proxy, or the emulator).
+        timeout: seconds one Photoroom call may take (``inf``: no limit); raise it for large
+            images or AI features. Prefect workers read ``PHOTOROOM_TIMEOUT`` from their own
+            environment, as they read the key.
         sink: where cut-outs, job records and manifests go: a folder, ``s3://bucket/prefix``
             or ``memory://`` (tests; nothing survives a restart).
         s3_endpoint_url: an S3-compatible server for an ``s3://`` sink (MinIO). Credentials
@@ -181,6 +185,7 @@ class ServiceSettings:
 
     api_key: str | None = attrs.field(default=None, repr=False)
     base_url: str | None = None
+    timeout: float = attrs.field(default=120.0, validator=_positive)
     sink: str = "./photoroom-bg-data"
     s3_endpoint_url: str | None = None
     state_dir: str = "./.photoroom-bg-state"
@@ -273,6 +278,8 @@ def _parse(name: str, variable: str, raw: str, kind: Any) -> Any:
         if kind == "int":
             return int(text)
         if kind == "float":
+            if name == "timeout" and text.lower() == "none":  # as the client reads it
+                return math.inf
             return float(text)
     except ValueError:
         raise ConfigurationError(f"{variable}={raw!r} is not a valid {kind}") from None

@@ -70,7 +70,9 @@ async def open_state(settings: ServiceSettings) -> AsyncIterator[ServiceState]:
     sink = _open_sink(settings)
     client = None
     if settings.api_key:
-        client = AsyncPhotoroomClient(api_key=settings.api_key, base_url=settings.base_url)
+        client = AsyncPhotoroomClient(
+            api_key=settings.api_key, base_url=settings.base_url, timeout=settings.timeout
+        )
     reader = _reader(settings)
     heartbeat: asyncio.Task[None] | None = None
     executor: Executor | None = None

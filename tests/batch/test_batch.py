@@ -613,6 +613,32 @@ async def test_async_as_completed_times_out_with_a_message_and_the_batch_goes_on
         assert (await handle).stored_count == 1
 
 
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_the_default_engine_takes_a_timeout(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the batch's own engine always waited 120 s: a slow AI feature had no way to wait
+    # longer, a tight service no way to wait less
+    emulator = PhotoroomEmulator(credits=100, faults=Faults(latency=1.0))
+    kwargs: dict[str, Any] = {"max_retries": 0}
+    if how == "argument":
+        kwargs["timeout"] = 0.2
+    else:
+        monkeypatch.setenv("PHOTOROOM_TIMEOUT", "0.2")
+    with emulator.serve():
+        report = remover(emulator, MemorySink(), **kwargs).submit([photo()]).wait()
+    (job,) = report.failures["APITimeoutError"]
+    assert job.possibly_billed == 1
+    assert "PHOTOROOM_TIMEOUT=<seconds>" in str(job.error)
+    assert "--timeout" in str(job.error)
+
+
+def test_a_bad_timeout_fails_the_remover_not_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigurationError, match="timeout must be greater than 0"):
+        BatchRemover(sink=MemorySink(), timeout=0)
+    monkeypatch.setenv("PHOTOROOM_TIMEOUT", "soon")
+    with pytest.raises(ConfigurationError, match="PHOTOROOM_TIMEOUT='soon'"):
+        BatchRemover(sink=MemorySink())
+
+
 def test_wait_and_exception_time_out_with_a_message_and_the_batch_goes_on() -> None:
     # wait(timeout=0) raised a TimeoutError with no message (on Python 3.10, not even a
     # builtin TimeoutError)

@@ -311,3 +311,27 @@ def test_a_refused_url_is_told_the_commands_own_flag(
     assert "(pass --allow-private-networks for trusted internal hosts)" in result.stderr
     assert "allow_private_networks" not in result.stderr
     assert emulator.ledger.calls() == 0
+
+
+def test_a_timed_out_call_is_told_the_commands_timeout_which_then_lets_it_finish(
+    tmp_path: Path,
+) -> None:
+    # the command had no way to wait longer than 120 s, while its failure line advised
+    # raising "the client's timeout"
+    emu = PhotoroomEmulator(credits=100, faults=Faults(latency=0.5), image_work=False)
+    source = tmp_path / "p.png"
+    source.write_bytes(photo())
+    args = ["remove", str(source), "-o", str(tmp_path / "out"), "-q", "--rpm", "0"]
+    with emu.serve():
+        args += ["--base-url", str(emu.url)]
+        slow = run(*args, "--timeout", "0.1", key=emu.api_key)
+        assert slow.exit_code == 1, slow.output
+        assert "APITimeoutError" in slow.stderr
+        assert "--timeout on the command line" in slow.stderr
+        assert run(*args, "--timeout", "30", key=emu.api_key).exit_code == 0
+        account = run("account", "--base-url", str(emu.url), "--timeout", "0.1", key=emu.api_key)
+        assert account.exit_code == 1
+        assert "APITimeoutError" in account.stderr
+    assert len(outputs(tmp_path / "out")) == 1
+    for bad in ("0", "-1", "nan"):
+        assert run(*args, "--timeout", bad, key=emu.api_key).exit_code == 2

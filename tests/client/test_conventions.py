@@ -225,6 +225,39 @@ def test_base_urls_come_from_the_environment_per_host(monkeypatch: pytest.Monkey
         assert client.image_api_base_url == "http://127.0.0.1:3"
 
 
+@pytest.mark.parametrize("cls", [PhotoroomClient, AsyncPhotoroomClient])
+def test_the_default_timeout_comes_from_the_environment(
+    cls: type[PhotoroomClient] | type[AsyncPhotoroomClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a command-line user, a service or a worker has no timeout= to pass: the variable is
+    # the setting a timed-out call's advice names for them
+    monkeypatch.setenv("PHOTOROOM_TIMEOUT", "300")
+    client = cls(api_key=API_KEY)
+    assert (client.timeout.read, client.timeout.connect) == (300.0, 10.0)
+    assert client.with_options(max_retries=0).timeout.read == 300.0
+    assert cls(api_key=API_KEY, timeout=5).timeout.read == 5.0  # an argument beats it
+    monkeypatch.setenv("PHOTOROOM_TIMEOUT", "none")
+    assert cls(api_key=API_KEY).timeout.read is None
+    monkeypatch.setenv("PHOTOROOM_TIMEOUT", "")
+    assert cls(api_key=API_KEY).timeout == DEFAULT_TIMEOUT
+    for bad in ("0", "-3", "nan", "2 minutes"):
+        monkeypatch.setenv("PHOTOROOM_TIMEOUT", bad)
+        with pytest.raises(ConfigurationError, match=f"PHOTOROOM_TIMEOUT='{bad}'.*seconds > 0"):
+            cls(api_key=API_KEY)
+
+
+async def test_a_timeout_names_the_setting_of_each_way_of_calling(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    respx_mock.post(SEGMENT).mock(side_effect=httpx.ReadTimeout("slow"))
+    with pytest.raises(APITimeoutError) as caught:
+        await twin.call("remove_background", png(), max_retries=0)
+    message = str(caught.value)
+    for setting in ("timeout=", "--timeout", "PHOTOROOM_TIMEOUT=<seconds>"):
+        assert setting in message
+    assert "may have processed and billed it" in message
+
+
 # -- endpoints ------------------------------------------------------------------------------
 
 

@@ -543,3 +543,20 @@ async def test_a_workers_missing_bucket_is_told_to_create_it_not_to_pass_an_argu
         await sink.aclose()
     assert "create it before the job: workers do not create buckets" in str(missing.value)
     assert "create_bucket=True" not in str(missing.value)
+
+
+def test_a_workers_engine_waits_as_long_as_its_environment_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a worker has no argument to pass: PHOTOROOM_TIMEOUT, which a timed-out call's
+    # advice names, is its setting
+    from photoroom_bg import PhotoroomEngine
+    from photoroom_bg.prefect._shard import build_engine
+
+    monkeypatch.setenv("PHOTOROOM_TIMEOUT", "600")
+    engine = build_engine("photoroom", "worker-key", "fleet")
+    assert isinstance(engine, RateLimitedEngine)
+    inner = engine.engine
+    assert isinstance(inner, PhotoroomEngine)
+    assert inner.client.timeout.read == 600.0
+    _loop.run_sync(engine.aclose())
