@@ -355,7 +355,19 @@ def main(ctx: click.Context) -> None:
     show_default=True,
     help="The Photoroom API, or the offline model (needs the 'local' extra).",
 )
-@click.option("--model", default="u2netp", show_default=True, help="Model for --engine local.")
+@click.option(
+    "--model", help="Model for --engine local (default: u2netp, bundled), or --model-path's family."
+)
+@click.option(
+    "--model-path",
+    type=click.Path(dir_okay=False),
+    callback=_not_empty,
+    metavar="FILE",
+    help=(
+        "An .onnx file for --engine local; --model names its model or family (u2net, isnet, "
+        "birefnet) unless the file is named after one (u2net.onnx)."
+    ),
+)
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp"]), default="png")
 @click.option("--channels", type=click.Choice(["rgba", "alpha"]), default="rgba")
 @click.option("--bg-color", metavar="COLOR", help="Fill the background: a name or hex.")
@@ -367,7 +379,8 @@ def remove(
     sources: tuple[str, ...],
     dest: str,
     engine: str,
-    model: str,
+    model: str | None,
+    model_path: str | None,
     fmt: str,
     channels: str,
     bg_color: str | None,
@@ -389,7 +402,7 @@ def remove(
         )
     except ValidationError as exc:
         raise _UsageError(str(exc)) from None
-    _run(sources, dest, options, engine=engine, model=model, **common)
+    _run(sources, dest, options, engine=engine, model=model, model_path=model_path, **common)
 
 
 @main.command(short_help="Edit images with Photoroom's /v2/edit.")
@@ -533,13 +546,30 @@ def _sources(items: Sequence[str]) -> list[Any]:
     return [_stdin_sources() if item == "-" else item for item in items]
 
 
-def _engine(name: str, model: str, options: SegmentOptions | EditOptions) -> Any:
+def _engine(
+    name: str, model: str | None, model_path: str | None, options: SegmentOptions | EditOptions
+) -> Any:
     """The LocalEngine for ``--engine local``, its options checked; ``None`` means the API."""
     if name != "local":
+        if model_path is not None:
+            raise _UsageError("--model-path is for --engine local (an offline model)")
         return None
+    if isinstance(options, SegmentOptions) and options.despill:
+        raise _UsageError(
+            "--despill needs the Photoroom API: the offline model does not remove green-screen "
+            "spill. Drop --despill, or leave out --engine local"
+        )
+    from .engines._onnx_models import MODELS
     from .engines.local import LocalEngine
 
-    local = LocalEngine(model)
+    if model is None and model_path is not None:
+        model = Path(model_path).stem if Path(model_path).stem in MODELS else None
+        if model is None:
+            raise _UsageError(
+                f"--model-path {printable(model_path)}: name its model or family with --model "
+                "(u2net, isnet, birefnet, or a model name such as isnet-general-use)"
+            )
+    local = LocalEngine(model or "u2netp", model_path=model_path)
     try:
         check_engine_options(local, options)
     except ValidationError as exc:
@@ -578,7 +608,8 @@ def _run(
     options: SegmentOptions | EditOptions,
     *,
     engine: str,
-    model: str = "u2netp",
+    model: str | None = None,
+    model_path: str | None = None,
     concurrency: int,
     rpm: float,
     skip_existing: bool,
@@ -601,7 +632,7 @@ def _run(
     specs = _sources(sources)
     s3_options = {"endpoint_url": endpoint_url} if endpoint_url else {}
     try:
-        local = _engine(engine, model, options)
+        local = _engine(engine, model, model_path, options)
     except ConfigurationError as exc:
         raise _UsageError(str(exc)) from None
     opened: list[Any] = [] if local is None else [local]  # closed on every way out

@@ -145,8 +145,8 @@ class ModelSpec:
         if self.sha256 is not None and hashlib.sha256(data).hexdigest() != self.sha256:
             raise ConfigurationError(
                 f"model file {self.path} does not match the expected sha256 {self.sha256}: "
-                "it is corrupt or a different model; reinstall photoroom-bg[local] or pass "
-                "model_path= to load another file on purpose"
+                "it is corrupt or a different model; reinstall photoroom-bg[local], or load "
+                "another file on purpose (model_path=, or --model-path on the command line)"
             )
         return data
 
@@ -227,7 +227,8 @@ def resolve_model(name: str, model_path: str | os.PathLike[str] | None = None) -
         raise ConfigurationError(
             f"model file {name}.onnx not found (searched {searched}); available now: "
             f"{', '.join(available_models())}. Download it with rembg "
-            f"(`rembg d {name}`) or pass model_path="
+            f"(`rembg d {name}`), or load a file of your own (model_path=, or --model-path "
+            "on the command line)"
         )
     return ModelSpec(name, family, found)
 

@@ -271,24 +271,52 @@ def test_an_empty_list_on_stdin_says_so_and_exits_1(
     assert emulator.requests == []
 
 
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        (["--despill"], "despill=True is not available offline"),
-    ],
-)
-def test_options_the_local_engine_can_never_accept_are_refused_before_any_job(
-    folder: Path, tmp_path: Path, options: list[str], message: str
+def test_despill_with_the_local_engine_is_refused_in_the_commands_words(
+    folder: Path, tmp_path: Path
 ) -> None:
+    # the refusal advised "Use despill=False", an argument the command has no way to pass
     pytest.importorskip("onnxruntime")
     before = tree(tmp_path)
     result = run("remove", str(folder), "-o", str(tmp_path / "out"), "--engine", "local",
-                 *options)  # fmt: skip
+                 "--despill")  # fmt: skip
     assert result.exit_code == 2, result.output + result.stderr
     (line,) = result.stderr.splitlines()
-    assert line.startswith("Error: --engine local cannot do this: ")
-    assert message in line
+    assert line.startswith("Error: --despill needs the Photoroom API")
+    assert "Drop --despill, or leave out --engine local" in line
+    assert "despill=" not in line
     assert tree(tmp_path) == before
+
+
+def test_a_missing_local_model_is_told_the_commands_model_path_which_then_loads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the advice was "pass model_path=", and the command had no way to load a file of one's
+    # own: a model kept outside rembg's folders could not be used at all
+    pytest.importorskip("onnxruntime")
+    from photoroom_bg.engines._onnx_models import _bundled_path
+
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "models"))  # nothing downloaded there
+    image = tmp_path / "in.jpg"
+    image.write_bytes((EXAMPLES / "camera.jpg").read_bytes())
+    out = tmp_path / "out"
+    missing = run("remove", str(image), "-o", str(out), "--engine", "local", "--model", "u2net")
+    assert missing.exit_code == 2
+    (line,) = missing.stderr.splitlines()
+    assert "model file u2net.onnx not found" in line
+    assert "--model-path on the command line" in line
+    mine = tmp_path / "mine.onnx"
+    shutil.copyfile(_bundled_path(), mine)
+    unnamed = run("remove", str(image), "-o", str(out), "--engine", "local", "--model-path",
+                  str(mine))  # fmt: skip
+    assert unnamed.exit_code == 2
+    assert "name its model or family with --model" in unnamed.stderr
+    assert (
+        run("remove", str(image), "-o", str(out), "--model-path", str(mine), key="k").exit_code == 2
+    )  # fmt: skip  (a model file is for --engine local)
+    made = run("remove", str(image), "-o", str(out), "--engine", "local", "--model-path",
+               str(mine), "--model", "u2net", "-q")  # fmt: skip
+    assert made.exit_code == 0, made.output + made.stderr
+    assert len([p for p in out.iterdir() if not p.name.startswith(".")]) == 1
 
 
 def test_a_missing_key_is_refused_before_the_output_folder_is_created(
