@@ -48,6 +48,15 @@ _UNAVAILABLE_CODES = frozenset(
 _CREATE_RACE_CODES = _UNAVAILABLE_CODES | {"NoSuchBucket", "OperationAborted", "404"}
 
 
+#: Where an endpoint and a region are given instead of a URI's query string, in the words of
+#: each way of using a bucket (a command-line user has no ``endpoint_url=``).
+_ENDPOINT_ADVICE = (
+    "give the endpoint as endpoint_url= in Python, --endpoint-url on the command line, "
+    "PHOTOROOM_BG_S3_ENDPOINT_URL for the service or AWS_ENDPOINT_URL_S3 for a worker, and "
+    "the region as region= or AWS_REGION"
+)
+
+
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """Split ``s3://bucket/prefix`` into ``(bucket, prefix)``; a prefix ends with ``/``."""
     if not uri.startswith("s3://"):
@@ -58,8 +67,8 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     odd = sorted(set(_NOT_IN_BUCKET_NAMES.findall(bucket)))
     if odd:
         raise ConfigurationError(
-            f"{uri!r}: no bucket name has {', '.join(map(repr, odd))} (a sink URI takes no query "
-            "string: give endpoint_url= and region= as arguments)"
+            f"{uri!r}: no bucket name has {', '.join(map(repr, odd))} (an s3:// URI takes no "
+            f"query string: {_ENDPOINT_ADVICE})"
         )
     prefix = prefix.strip("/")
     if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):

@@ -354,6 +354,23 @@ def test_an_s3_destination_that_cannot_be_reached_is_refused(
     assert emulator.requests == []
 
 
+def test_an_s3_uri_with_a_query_string_is_told_the_commands_endpoint_flag(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    # the refusal advised "endpoint_url= and region= as arguments", which the command has
+    # no way to pass
+    before = tree(tmp_path)
+    for dest in ("s3://bucket?endpoint=http://127.0.0.1:9/cut", "s3://bucket?region=eu/cut"):
+        result = run("remove", str(folder), "-o", dest, *api_args(emulator), key="k")
+        assert result.exit_code == 2, result.output + result.stderr
+        (line,) = result.stderr.splitlines()
+        assert "an s3:// URI takes no query string" in line
+        assert "--endpoint-url on the command line" in line
+        assert "AWS_REGION" in line
+    assert tree(tmp_path) == before
+    assert emulator.requests == []
+
+
 def test_a_spill_folder_that_cannot_be_used_is_refused_naming_the_variable_that_moves_it(
     emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
 ) -> None:

@@ -258,8 +258,11 @@ def test_open_sink_from_strings(tmp_path: Path) -> None:
     ],
 )
 def test_an_s3_uri_no_bucket_or_key_can_follow_is_refused(uri: str, message: str) -> None:
-    with pytest.raises(ConfigurationError, match=message):
+    with pytest.raises(ConfigurationError, match=message) as refused:
         open_sink(uri, endpoint_url="http://127.0.0.1:1")
+    if "bucket name" in message:  # where the endpoint and region go, for each reader
+        for setting in ("endpoint_url=", "--endpoint-url", "PHOTOROOM_BG_S3_ENDPOINT_URL"):
+            assert setting in str(refused.value)
     # a legacy bucket name (upper case, '_') and a prefix with odd characters still work
     legacy = open_sink("s3://Old_Bucket/a?b/", endpoint_url="http://127.0.0.1:1")
     assert isinstance(legacy, S3Sink)
