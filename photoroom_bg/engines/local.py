@@ -257,7 +257,8 @@ class LocalEngine:
         if len(shape) != 4 or any(isinstance(d, int) and d != side for d in shape[2:]):
             raise ConfigurationError(
                 f"model {spec.path} takes input of shape {shape}, but the {spec.family.name} "
-                f"family feeds (1, 3, {side}, {side}); pass the matching model= family"
+                f"family feeds (1, 3, {side}, {side}): name the file's family (model=, or "
+                "--model on the command line)"
             )
         self._io_names = (inputs[0].name, outputs[0].name)
         return session

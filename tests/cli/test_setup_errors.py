@@ -313,6 +313,11 @@ def test_a_missing_local_model_is_told_the_commands_model_path_which_then_loads_
     assert (
         run("remove", str(image), "-o", str(out), "--model-path", str(mine), key="k").exit_code == 2
     )  # fmt: skip  (a model file is for --engine local)
+    wrong = run("remove", str(image), "-o", str(out), "--engine", "local", "--model-path",
+                str(mine), "--model", "isnet", "-q")  # fmt: skip
+    assert wrong.exit_code == 1
+    assert "the isnet family feeds (1, 3, 1024, 1024)" in wrong.stderr
+    assert "--model on the command line" in wrong.stderr
     made = run("remove", str(image), "-o", str(out), "--engine", "local", "--model-path",
                str(mine), "--model", "u2net", "-q")  # fmt: skip
     assert made.exit_code == 0, made.output + made.stderr
