@@ -194,11 +194,11 @@ async def run_shard(
             report, ours = await beat.watch(handle)
         finally:
             if _still_running(handle, run_logger, shard):
-                # the worker's process is going away before the batch ended: what the batch
-                # uses stays open, and at exit it stores its calls under way (up to its
-                # exit_timeout) and sends its manifest to the sink; closing them now would
-                # drop calls that are paid for
+                # the task ended before the batch (the worker stopping, or a task timeout
+                # with calls that outlast the drain): what the batch uses stays open until it
+                # ends, as closing it now would drop calls that are paid for
                 leave_open = True
+                _close_when_done(handle, engine_obj, reader, sink_obj)
             else:
                 with anyio.CancelScope(shield=True):  # closed however the task ends
                     await engine_obj.aclose()
@@ -257,6 +257,34 @@ def _still_running(
         return False
     log.warning("shard %d: its task ended before its batch; the batch finishes at exit", shard)
     return True
+
+
+#: Closers of shards whose task ended before their batch, kept until they have run.
+_CLOSERS: set[asyncio.Task[None]] = set()
+
+
+def _close_when_done(handle: Any, *resources: Any) -> None:
+    """Close ``resources`` once the batch of ``handle`` has ended, on this event loop (where
+    they were opened). On a worker that stays up after a task timeout this frees a shard's
+    pool and sink client; on one that is exiting, the loop cancels the closer first and they
+    stay open for the batch's exit hook, which stores the calls under way with them."""
+
+    async def close() -> None:
+        try:
+            await handle
+        except asyncio.CancelledError:
+            return  # the loop is going away: the batch still needs them at exit
+        except Exception:  # noqa: S110  its report or failure is the shard's, not ours
+            pass
+        for resource in resources:
+            try:
+                await resource.aclose()
+            except Exception as exc:  # one that fails to close keeps no other open
+                logger.warning("could not close %s: %s", type(resource).__name__, exc)
+
+    task = asyncio.get_running_loop().create_task(close())
+    _CLOSERS.add(task)
+    task.add_done_callback(_CLOSERS.discard)
 
 
 def _record(

@@ -560,3 +560,54 @@ def test_a_workers_engine_waits_as_long_as_its_environment_says(
     assert isinstance(inner, PhotoroomEngine)
     assert inner.client.timeout.read == 600.0
     _loop.run_sync(engine.aclose())
+
+
+def test_a_shard_task_cancelled_on_a_live_worker_closes_what_it_opened_once_its_batch_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a task timeout (the worker stays up) with calls that outlast the drain (AI features):
+    # the batch goes on to store its paid calls, so its engine, reader and sink stayed open,
+    # and were never closed: one connection pool and one sink client leaked per such shard
+    # on a long-lived worker
+    from photoroom_bg.prefect import _shard
+    from photoroom_bg.testing import Faults
+
+    monkeypatch.setattr(_shard, "DRAIN_SECONDS", 0.05)
+
+    closed: list[str] = []
+    all_closed = asyncio.Event()
+
+    def closing(name: str, obj: Any) -> Any:
+        original = obj.aclose
+
+        async def aclose() -> None:
+            await original()
+            closed.append(name)
+            if len(closed) == 3:
+                all_closed.set()
+
+        obj.aclose = aclose
+        return obj
+
+    build, reader, sink = _shard.build_engine, _shard.worker_reader, _shard.open_worker_sink
+    monkeypatch.setattr(_shard, "build_engine", lambda *a: closing("engine", build(*a)))
+    monkeypatch.setattr(_shard, "worker_reader", lambda: closing("reader", reader()))
+    monkeypatch.setattr(_shard, "open_worker_sink", lambda s: closing("sink", sink(s)))
+    emu = PhotoroomEmulator(credits=100, faults=Faults(latency=0.5), image_work=False)
+    sources = [str(p) for p in sorted(photo_folder(tmp_path / "in", 4).iterdir())]
+
+    async def scenario() -> None:
+        shard = run_shard(
+            sources, str(tmp_path / "out"), job_id="job", shard=0, lease="l", concurrency=4
+        )
+        with pytest.raises(TimeoutError):  # the calls are under way when the task ends
+            await asyncio.wait_for(shard, 0.25)
+        await asyncio.wait_for(all_closed.wait(), 30)
+
+    with emu.serve() as url:
+        monkeypatch.setenv("PHOTOROOM_BASE_URL", url)
+        monkeypatch.setenv("PHOTOROOM_API_KEY", emu.api_key)
+        asyncio.run(scenario())
+    assert sorted(closed) == ["engine", "reader", "sink"]
+    stored = [p for p in (tmp_path / "out").rglob("*.png")]
+    assert len(stored) == emu.ledger.calls() == 4  # every paid call stored, none dropped
