@@ -17,7 +17,7 @@ from .._images import sniff_format
 from ..batch import JobResult, JobStatus
 from ..errors import ObjectNotFoundError, PhotoroomBGError
 from ..options import EditOptions, SegmentOptions
-from ..sinks import MemorySink, Sink
+from ..sinks import Sink
 from ..sources import ImageSource
 from ._events import event_stream
 from ._http import RequestBody, read_body
@@ -83,7 +83,8 @@ async def _run(
         concurrency=min(state.settings.concurrency, max(1, len(sources))),
         on_result=results.append,
         keep_results=False,
-        skip_existing=sink is state.sink,
+        # what the sink or the recent outputs hold was paid for: a retry finds it there
+        skip_existing=sink is state.sink or sink is state.recent,
     )
     await remover.run(sources)
     return sorted(results, key=lambda r: r.index)
@@ -234,7 +235,7 @@ def add_routes(router: APIRouter) -> None:
         source = _one_source(body)
         _, options = parse_options(body.mapping("options"), body.mapping("edit_options"))
         store = body.flag("store")
-        sink: Sink = state.sink if store else MemorySink()
+        sink: Sink = state.sink if store else state.unstored_sink()
         result = (await _run(state, [source], options, sink))[0]
         if not result.ok:
             if result.error is not None:
@@ -282,7 +283,7 @@ def add_routes(router: APIRouter) -> None:
         _check_urls(urls)
         _, options = parse_options(body.mapping("options"), body.mapping("edit_options"))
         want_zip = "application/zip" in request.headers.get("accept", "")
-        sink: Sink = MemorySink() if want_zip and not body.flag("store") else state.sink
+        sink = state.unstored_sink() if want_zip and not body.flag("store") else state.sink
         results = await _run(state, list(urls), options, sink)
         items = []
         for result, url in zip(results, urls, strict=True):

@@ -38,6 +38,7 @@ ENVIRONMENT: dict[str, str] = {
     "max_source_bytes": "PHOTOROOM_BG_MAX_SOURCE_BYTES",
     "max_urls_per_request": "PHOTOROOM_BG_MAX_URLS_PER_REQUEST",
     "max_images_per_job": "PHOTOROOM_BG_MAX_IMAGES_PER_JOB",
+    "recent_outputs_bytes": "PHOTOROOM_BG_RECENT_OUTPUTS_BYTES",
     "max_jobs_per_token": "PHOTOROOM_BG_MAX_JOBS_PER_TOKEN",
     "requests_per_minute_per_token": "PHOTOROOM_BG_REQUESTS_PER_MINUTE_PER_TOKEN",
     "concurrency": "PHOTOROOM_BG_CONCURRENCY",
@@ -156,6 +157,9 @@ class ServiceSettings:
         max_source_bytes: the largest image read from a URL or upload.
         max_urls_per_request: images in one ``/api/v1/remove-backgrounds`` request.
         max_images_per_job: images in one ``/api/v2`` job.
+        recent_outputs_bytes: memory for the cut-outs ``/api/v1`` made without storing them
+            (``0``: none), kept 15 minutes so that a caller's retry after its timeout is
+            answered without paying for the image again.
         max_jobs_per_token: ``/api/v2`` jobs running at once per token (per replica).
         requests_per_minute_per_token: the service's own rate limit (429 beyond it).
         concurrency: images processed at once per request or job.
@@ -196,6 +200,9 @@ class ServiceSettings:
     max_source_bytes: int = attrs.field(default=25 * 1024 * 1024, validator=[_whole, _positive])
     max_urls_per_request: int = attrs.field(default=10, validator=[_whole, _positive])
     max_images_per_job: int = attrs.field(default=1000, validator=[_whole, _positive])
+    recent_outputs_bytes: int = attrs.field(
+        default=128 * 1024 * 1024, validator=[_whole, _not_negative]
+    )
     max_jobs_per_token: int = attrs.field(default=4, validator=[_whole, _positive])
     requests_per_minute_per_token: int = attrs.field(default=600, validator=[_whole, _positive])
     concurrency: int = attrs.field(default=16, validator=[_whole, _positive])

@@ -14,11 +14,12 @@ import attrs
 
 from .._client import AsyncPhotoroomClient
 from ..errors import ConfigurationError
-from ..sinks import Sink, open_sink
+from ..sinks import MemorySink, Sink, open_sink
 from ..sources import SourceReader
 from ._auth import RateLimiter, TokenAuth
 from ._executor import Executor, ExecutorContext, make_executor
 from ._jobs import JobService
+from ._recent import RecentOutputs
 from ._settings import ServiceSettings
 from ._store import JobStore, LocalClaims
 
@@ -41,6 +42,13 @@ class ServiceState:
     executor: Executor
     jobs: JobService
     context: ExecutorContext
+    #: cut-outs /api/v1 made without storing them, for a caller's retry (``None``: off)
+    recent: RecentOutputs | None = None
+
+    def unstored_sink(self) -> Sink:
+        """Where a request that keeps nothing puts its cut-outs: the recent outputs, or a
+        sink of its own when they are off."""
+        return self.recent if self.recent is not None else MemorySink()
 
 
 def _open_sink(settings: ServiceSettings) -> Sink:
@@ -97,6 +105,9 @@ async def open_state(settings: ServiceSettings) -> AsyncIterator[ServiceState]:
             executor=executor,
             jobs=jobs,
             context=context,
+            recent=RecentOutputs(settings.recent_outputs_bytes)
+            if settings.recent_outputs_bytes
+            else None,
         )
         try:
             await jobs.resume_orphans()
