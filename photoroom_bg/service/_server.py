@@ -9,7 +9,12 @@ from typing import Any
 from ..errors import ConfigurationError
 from ._settings import ServiceSettings
 
-__all__ = ["check_bind", "serve"]
+__all__ = ["GRACEFUL_SHUTDOWN_SECONDS", "check_bind", "serve"]
+
+#: How long a stopping server lets open requests end before it cancels them; the jobs' calls
+#: under way then get ``STOP_GRACE_SECONDS`` more (see ``_executor``). A supervisor must wait
+#: longer than both before it kills the process (the compose file's ``stop_grace_period``).
+GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
 def is_loopback(host: str) -> bool:
@@ -85,7 +90,7 @@ def serve(
         "port": port,
         "log_level": log_level,
         "server_header": False,
-        "timeout_graceful_shutdown": 10,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
         # longer than clients keep idle connections (httpx: 5 s), so a client never sends a
         # request on a connection the server is closing at that moment
         "timeout_keep_alive": 30,

@@ -118,3 +118,32 @@ def test_env_example_defines_what_compose_interpolates_and_names_every_setting()
     assert used <= defined, used - defined
     assert set(ENVIRONMENT.values()) <= defined, set(ENVIRONMENT.values()) - defined
     assert not re.search(r"^PHOTOROOM_BG_TOKENS=\S", text, re.MULTILINE)  # no usable default
+
+
+def _seconds(duration: str) -> float:
+    match = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", duration)
+    assert match is not None, duration
+    assert any(match.groups()), duration
+    return int(match.group(1) or 0) * 60 + int(match.group(2) or 0)
+
+
+def test_a_stopped_container_is_given_the_time_its_calls_under_way_need() -> None:
+    # Docker kills a container 10 s after SIGTERM unless told otherwise: the service's and
+    # the workers' drains of their paid calls (up to 30 s and 50 s) were cut short, and the
+    # next run paid for those images again
+    import inspect
+
+    from photoroom_bg import BatchRemover
+    from photoroom_bg.prefect._shard import DRAIN_SECONDS
+    from photoroom_bg.service._executor import STOP_GRACE_SECONDS
+    from photoroom_bg.service._server import GRACEFUL_SHUTDOWN_SECONDS
+
+    services = compose()["services"]
+    service_needs = GRACEFUL_SHUTDOWN_SECONDS + STOP_GRACE_SECONDS
+    assert _seconds(services["service"].get("stop_grace_period", "10s")) > service_needs
+    exit_timeout = inspect.signature(BatchRemover).parameters["exit_timeout"].default
+    workers = [s for s in services.values() if "task serve" in str(s.get("command", ""))]
+    assert len(workers) == 2
+    for worker in workers:
+        needs = DRAIN_SECONDS + exit_timeout
+        assert _seconds(worker.get("stop_grace_period", "10s")) > needs
