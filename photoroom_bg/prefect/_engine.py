@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,14 @@ if TYPE_CHECKING:
 __all__ = ["RateLimitedEngine", "ensure_rate_limit", "prefect_rate_limit"]
 
 Acquire = Callable[[str], Awaitable[None]]
+
+logger = logging.getLogger("photoroom_bg.prefect")
+
+#: A slot that takes longer than this to come waited for the limit (less: a round trip to
+#: the Prefect API).
+_SLOT_ROUND_TRIP = 0.25
+#: Seconds spent waiting for slots after which the engine says the limit holds it back.
+_HELD_BACK_NOTICE = 5.0
 
 
 async def prefect_rate_limit(name: str, *, timeout: float | None = None) -> None:
@@ -55,6 +65,10 @@ class RateLimitedEngine:
             :class:`~photoroom_bg.errors.ConfigurationError` (``None``: wait).
         acquire: ``async (name) -> None`` taking a slot (default: Prefect's ``rate_limit``;
             tests pass their own).
+        clock: a monotonic clock (for tests).
+
+    Once its calls have waited a few seconds for slots, it logs (once, at INFO) that the
+    fleet's limit is what holds it back, and how to raise it.
 
     The wrapper is used on one event loop (the batch's); :meth:`aclose` closes the wrapped
     engine on that loop, wherever it is called from.
@@ -67,6 +81,7 @@ class RateLimitedEngine:
         *,
         timeout: float | None = None,
         acquire: Acquire | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
         self.limit = limit
@@ -76,6 +91,10 @@ class RateLimitedEngine:
         self._acquire = acquire
         self._loop: asyncio.AbstractEventLoop | None = None
         self.slots_taken = 0
+        self._clock = clock
+        self._waited = 0.0  # seconds some call waited for a slot, each counted once
+        self._held_until = -math.inf
+        self._noticed = False
 
     def __repr__(self) -> str:
         return f"RateLimitedEngine({self.engine!r}, limit={self.limit!r})"
@@ -84,11 +103,29 @@ class RateLimitedEngine:
         self._loop = asyncio.get_running_loop()
         if not self.bills:
             return
+        asked = self._clock()
         if self._acquire is not None:
             await self._acquire(self.limit)
         else:
             await prefect_rate_limit(self.limit, timeout=self.timeout)
         self.slots_taken += 1
+        came = self._clock()
+        if came - asked > _SLOT_ROUND_TRIP:
+            self._held_back(asked, came)
+
+    def _held_back(self, asked: float, came: float) -> None:
+        self._waited += max(0.0, came - max(asked, self._held_until))
+        self._held_until = max(self._held_until, came)
+        if self._waited >= _HELD_BACK_NOTICE and not self._noticed:
+            self._noticed = True
+            logger.info(
+                "the fleet's rate limit %r is what holds this shard back (its calls waited "
+                "%.0f s for a slot); if your Photoroom account allows more, raise the job's "
+                "requests_per_minute (remove_backgrounds(requests_per_minute=...), the "
+                "service's PHOTOROOM_BG_PHOTOROOM_REQUESTS_PER_MINUTE) or the limit itself",
+                self.limit,
+                self._waited,
+            )
 
     async def process(self, image: bytes, options: SegmentOptions | EditOptions) -> ImageResult:
         """Take a slot, then let the wrapped engine process ``image``."""

@@ -321,6 +321,54 @@ def test_the_wrapped_engine_is_closed_on_the_loop_that_used_it() -> None:
     assert closed_on == [_loop.background_loop()]
 
 
+def test_a_fleet_held_back_by_its_rate_limit_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # the per-batch budget says when it is what holds a batch back; the fleet's limit, which
+    # replaces it on workers, capped a job at requests_per_minute in silence
+    import logging
+
+    now = [0.0]
+
+    class Slow:  # a slot comes one second after it is asked for
+        async def __call__(self, name: str) -> None:
+            now[0] += 1.0
+
+    class Api:
+        name = "photoroom"
+        bills = True
+
+        async def process(self, image: bytes, options: Any) -> Any:
+            return image
+
+        async def aclose(self) -> None:
+            pass
+
+    engine = RateLimitedEngine(Api(), "photoroom-bg", acquire=Slow(), clock=lambda: now[0])
+
+    async def calls(count: int) -> None:
+        for _ in range(count):
+            await engine.process(b"x", SegmentOptions())
+
+    with caplog.at_level(logging.INFO, logger="photoroom_bg.prefect"):
+        asyncio.run(calls(4))
+        assert not [r for r in caplog.records if "holds" in r.getMessage()]
+        asyncio.run(calls(10))
+    notices = [r for r in caplog.records if "holds" in r.getMessage()]
+    assert len(notices) == 1
+    told = notices[0].getMessage()
+    assert "'photoroom-bg'" in told
+    for setting in ("requests_per_minute=", "PHOTOROOM_BG_PHOTOROOM_REQUESTS_PER_MINUTE"):
+        assert setting in told
+    # slots that come at once (a round trip to the Prefect API) are not waiting for the limit
+    quick = RateLimitedEngine(Api(), "other", acquire=_CountingAcquire(), clock=lambda: now[0])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="photoroom_bg.prefect"):
+        for _ in range(50):
+            asyncio.run(quick.process(b"x", SegmentOptions()))
+    assert not caplog.records
+
+
 # -- shards that must not run ------------------------------------------------------------------
 
 
