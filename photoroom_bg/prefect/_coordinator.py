@@ -231,6 +231,8 @@ class Coordinator:
             "requests_per_minute": None if limit else self.p.requests_per_minute,
             "heartbeat": self.heartbeat,
             "max_failures": min(self.p.max_failures, 20),
+            "max_retries": self.p.max_retries,
+            "retry_backoff": self.p.retry_backoff,
         }
 
     async def _submit(self, shard: int, sources: list[str], *, resubmits: int) -> None:

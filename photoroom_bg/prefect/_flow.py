@@ -47,6 +47,8 @@ async def remove_shard(
     requests_per_minute: float | None = None,
     heartbeat: float = 5.0,
     max_failures: int = 20,
+    max_retries: int = 5,
+    retry_backoff: float = 0.5,
 ) -> dict[str, Any]:
     """Remove the backgrounds of one shard of a job, with :class:`~photoroom_bg.BatchRemover`.
 
@@ -73,6 +75,8 @@ async def remove_shard(
         requests_per_minute: a per-shard limit, used only without ``rate_limit``.
         heartbeat: seconds between beats.
         max_failures: failed inputs listed in the summary.
+        max_retries, retry_backoff: retries of a failed call that was not billed, and their
+            base delay in seconds.
     """
     from prefect.runtime import task_run
 
@@ -91,6 +95,8 @@ async def remove_shard(
         requests_per_minute=requests_per_minute,
         heartbeat=heartbeat,
         max_failures=max_failures,
+        max_retries=max_retries,
+        retry_backoff=retry_backoff,
         task_run_id=str(task_run.id) if task_run.id else None,
     )
     if summary.outcome in ("cancelled", "superseded"):
@@ -115,6 +121,8 @@ async def remove_backgrounds(
     job_id: str | None = None,
     heartbeat_timeout: float = 60.0,
     max_failures: int = 50,
+    max_retries: int = 5,
+    retry_backoff: float = 0.5,
 ) -> dict[str, Any]:
     """Remove the backgrounds of many images, in shards, on Prefect.
 
@@ -150,6 +158,8 @@ async def remove_backgrounds(
         heartbeat_timeout: seconds without a beat after which a running shard's worker is
             taken for dead and the shard is given to another.
         max_failures: failed inputs listed in the result and the artifact.
+        max_retries, retry_backoff: each shard's retries of a failed call that was not
+            billed (a 429, a 5xx, a dropped connection), and their base delay in seconds.
     """
     from prefect.runtime import flow_run
 
@@ -168,6 +178,8 @@ async def remove_backgrounds(
         job_id=job_id or str(flow_run.id),
         heartbeat_timeout=heartbeat_timeout,
         max_failures=max_failures,
+        max_retries=max_retries,
+        retry_backoff=retry_backoff,
     )
     attempt = f"{flow_run.id}:{flow_run.run_count}"
     summary = await Coordinator(params, attempt, str(flow_run.id), remove_shard).run()

@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from .._numbers import check_count, check_flag, check_given
+from .._numbers import check_count, check_flag, check_given, check_number
 from ..errors import ConfigurationError
 from ._environment import check_shared_sink
 from ._jobstore import check_job_id
@@ -40,15 +40,22 @@ class JobParameters:
     job_id: str | None = None
     heartbeat_timeout: float = 60.0
     max_failures: int = 50
+    max_retries: int = 5
+    retry_backoff: float = 0.5
 
     def __attrs_post_init__(self) -> None:
         check_shared_sink(self.sink)
         if not self.sources or not all(isinstance(s, str) and s for s in self.sources):
             raise ConfigurationError("sources must be a non-empty list of references (strings)")
         for name, least in (
-            ("shard_size", 1), ("concurrency", 1), ("max_running_shards", 1), ("max_failures", 0)
+            ("shard_size", 1), ("concurrency", 1), ("max_running_shards", 1), ("max_failures", 0),
+            ("max_retries", 0),
         ):  # fmt: skip
             check_count(name, getattr(self, name), least)
+        # NaN, a negative or an endless delay: every retry fails at once, or never comes
+        check_number("retry_backoff", self.retry_backoff, finite=True)
+        if self.retry_backoff < 0:
+            raise ConfigurationError("retry_backoff must be 0 or more seconds")
         check_flag("deferred", self.deferred)
         # NaN too; inf: a lost worker's shard would never be run again (and it is no JSON)
         if not 0 < self.heartbeat_timeout < math.inf:
@@ -96,4 +103,6 @@ class JobParameters:
             "job_id": self.job_id,
             "heartbeat_timeout": self.heartbeat_timeout,
             "max_failures": self.max_failures,
+            "max_retries": self.max_retries,
+            "retry_backoff": self.retry_backoff,
         }

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import attrs
 
+from .._retry import RetryPolicy
 from ..batch import BatchRemover
 from ..errors import (
     APIConnectionError,
@@ -130,6 +131,8 @@ async def run_shard(
     requests_per_minute: float | None = None,
     heartbeat: float = 5.0,
     max_failures: int = 20,
+    max_retries: int = 5,
+    retry_backoff: float = 0.5,
     task_run_id: str | None = None,
 ) -> tuple[ShardSummary, str | None]:
     """Process one shard; return its summary and, when it did not run to its end, why
@@ -183,6 +186,8 @@ async def run_shard(
                 options=parsed,
                 concurrency=concurrency,
                 requests_per_minute=None if rate_limit else requests_per_minute,
+                max_retries=max_retries,
+                retry_policy=RetryPolicy(initial_delay=retry_backoff),
                 manifest_key=store.manifest_key(shard),
                 reader=reader,
                 keep_results=max(1, max_failures),

@@ -125,6 +125,8 @@ class PrefectExecutor:
             "concurrency": s.concurrency,
             "api_key_secret": s.prefect_api_key_secret,
             "requests_per_minute": s.photoroom_requests_per_minute or None,
+            "max_retries": s.max_retries,
+            "retry_backoff": s.retry_backoff,
         }
         self.jobs: PrefectJobs = PrefectJobs(
             self.sink_uri,

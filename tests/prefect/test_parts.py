@@ -659,3 +659,35 @@ def test_a_shard_task_cancelled_on_a_live_worker_closes_what_it_opened_once_its_
     assert sorted(closed) == ["engine", "reader", "sink"]
     stored = [p for p in (tmp_path / "out").rglob("*.png")]
     assert len(stored) == emu.ledger.calls() == 4  # every paid call stored, none dropped
+
+
+def test_a_shard_retries_as_its_job_says(tmp_path: Path, emulator: PhotoroomEmulator) -> None:
+    # shards always retried 5 times from 0.5 s, whatever the job (or the service's
+    # PHOTOROOM_BG_MAX_RETRIES and PHOTOROOM_BG_RETRY_BACKOFF) said
+    sources = [str(p) for p in sorted(photo_folder(tmp_path / "in", 3).iterdir())]
+    emulator.inject("503")
+    summary, _ = asyncio.run(
+        run_shard(
+            sources,
+            str(tmp_path / "out"),
+            job_id="j",
+            shard=0,
+            lease="l",
+            concurrency=1,
+            max_retries=0,
+            retry_backoff=0.01,
+        )
+    )
+    assert summary.count("stored_count") == 2
+    assert summary.count("failed_count") == 1
+    assert summary.failure_counts == {"ServerError": 1}
+    params = JobParameters(
+        sources=["a.jpg"], sink=str(tmp_path), job_id="j", max_retries=0, retry_backoff=2
+    )
+    assert params.flow_parameters()["max_retries"] == 0
+    assert params.flow_parameters()["retry_backoff"] == 2
+    shard = Coordinator(params, "a:1", "a", None)._params(0, ["a.jpg"], "l")
+    assert (shard["max_retries"], shard["retry_backoff"]) == (0, 2)
+    for bad in ({"max_retries": -1}, {"retry_backoff": float("nan")}, {"retry_backoff": -1}):
+        with pytest.raises(ConfigurationError):
+            JobParameters(sources=["a.jpg"], sink=str(tmp_path), **bad)

@@ -324,3 +324,14 @@ def test_workers_must_reach_the_sink(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigurationError, match="workers can reach"):
         make_executor(context)
+
+
+async def test_the_services_retry_settings_reach_its_jobs_shards(tmp_path: Path) -> None:
+    # PHOTOROOM_BG_MAX_RETRIES and PHOTOROOM_BG_RETRY_BACKOFF held for local jobs only:
+    # shards on workers retried 5 times from 0.5 s whatever they said
+    svc = Service(tmp_path, max_retries=0, retry_backoff=0.1)
+    try:
+        defaults = svc.executor.jobs.defaults
+        assert (defaults["max_retries"], defaults["retry_backoff"]) == (0, 0.1)
+    finally:
+        await svc.close()
