@@ -107,7 +107,7 @@ class Coordinator:
         sink = open_worker_sink(self.p.sink)
         self.sink = sink
         self.store = JobStore(sink, self.job_id)
-        reader = worker_reader()
+        reader = worker_reader(self.p.max_source_bytes)
         try:
             control = await self.store.start_attempt(self.attempt, self.flow_run_id)
             await self.store.write(self.store.parameters_key, self.p.flow_parameters())
@@ -233,6 +233,7 @@ class Coordinator:
             "max_failures": min(self.p.max_failures, 20),
             "max_retries": self.p.max_retries,
             "retry_backoff": self.p.retry_backoff,
+            "max_source_bytes": self.p.max_source_bytes,
         }
 
     async def _submit(self, shard: int, sources: list[str], *, resubmits: int) -> None:

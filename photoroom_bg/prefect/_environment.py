@@ -17,6 +17,7 @@ import attrs
 
 from ..errors import ConfigurationError
 from ..sinks import S3Sink, Sink, open_sink
+from ..sources import _DEFAULT_MAX_BYTES as DEFAULT_MAX_BYTES
 from ..sources import SourceReader
 
 __all__ = ["check_shared_sink", "open_worker_sink", "s3_endpoint", "worker_reader"]
@@ -63,16 +64,18 @@ def open_worker_sink(uri: str) -> Sink:
 ALLOW_NETWORKS_VARIABLE = "PHOTOROOM_BG_ALLOW_NETWORKS"
 
 
-def worker_reader() -> SourceReader:
+def worker_reader(max_bytes: int | None = None) -> SourceReader:
     """A :class:`~photoroom_bg.sources.SourceReader` with this worker's S3 settings and the
     default SSRF policy: URLs to loopback, private or link-local addresses are refused, except
     in the networks ``$PHOTOROOM_BG_ALLOW_NETWORKS`` lists (``10.1.0.0/16``, comma or space
-    separated), which only the worker's environment can set."""
+    separated), which only the worker's environment can set. ``max_bytes``: the largest
+    source read (``None``: the reader's default, 50 MB)."""
     endpoint = s3_endpoint()
     allowed = os.environ.get(ALLOW_NETWORKS_VARIABLE, "").replace(",", " ").split()
     reader = SourceReader(
         s3_options={"endpoint_url": endpoint} if endpoint else None,
         allow_networks=allowed,
+        max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
     )
     # a refusal's advice names the variable above, not the SDK's arguments
     reader.policy = attrs.evolve(reader.policy, front_end="service")

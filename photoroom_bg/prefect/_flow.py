@@ -49,6 +49,7 @@ async def remove_shard(
     max_failures: int = 20,
     max_retries: int = 5,
     retry_backoff: float = 0.5,
+    max_source_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Remove the backgrounds of one shard of a job, with :class:`~photoroom_bg.BatchRemover`.
 
@@ -77,6 +78,7 @@ async def remove_shard(
         max_failures: failed inputs listed in the summary.
         max_retries, retry_backoff: retries of a failed call that was not billed, and their
             base delay in seconds.
+        max_source_bytes: the largest input read (``None``: the reader's 50 MB).
     """
     from prefect.runtime import task_run
 
@@ -97,6 +99,7 @@ async def remove_shard(
         max_failures=max_failures,
         max_retries=max_retries,
         retry_backoff=retry_backoff,
+        max_source_bytes=max_source_bytes,
         task_run_id=str(task_run.id) if task_run.id else None,
     )
     if summary.outcome in ("cancelled", "superseded"):
@@ -123,6 +126,7 @@ async def remove_backgrounds(
     max_failures: int = 50,
     max_retries: int = 5,
     retry_backoff: float = 0.5,
+    max_source_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Remove the backgrounds of many images, in shards, on Prefect.
 
@@ -160,6 +164,8 @@ async def remove_backgrounds(
         max_failures: failed inputs listed in the result and the artifact.
         max_retries, retry_backoff: each shard's retries of a failed call that was not
             billed (a 429, a 5xx, a dropped connection), and their base delay in seconds.
+        max_source_bytes: the largest input a shard reads (``None``: 50 MB, Photoroom's cap);
+            a larger one fails alone, unpaid.
     """
     from prefect.runtime import flow_run
 
@@ -180,6 +186,7 @@ async def remove_backgrounds(
         max_failures=max_failures,
         max_retries=max_retries,
         retry_backoff=retry_backoff,
+        max_source_bytes=max_source_bytes,
     )
     attempt = f"{flow_run.id}:{flow_run.run_count}"
     summary = await Coordinator(params, attempt, str(flow_run.id), remove_shard).run()

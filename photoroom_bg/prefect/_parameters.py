@@ -42,6 +42,7 @@ class JobParameters:
     max_failures: int = 50
     max_retries: int = 5
     retry_backoff: float = 0.5
+    max_source_bytes: int | None = None
 
     def __attrs_post_init__(self) -> None:
         check_shared_sink(self.sink)
@@ -56,6 +57,8 @@ class JobParameters:
         check_number("retry_backoff", self.retry_backoff, finite=True)
         if self.retry_backoff < 0:
             raise ConfigurationError("retry_backoff must be 0 or more seconds")
+        if self.max_source_bytes is not None:
+            check_count("max_source_bytes", self.max_source_bytes, 1)
         check_flag("deferred", self.deferred)
         # NaN too; inf: a lost worker's shard would never be run again (and it is no JSON)
         if not 0 < self.heartbeat_timeout < math.inf:
@@ -105,4 +108,5 @@ class JobParameters:
             "max_failures": self.max_failures,
             "max_retries": self.max_retries,
             "retry_backoff": self.retry_backoff,
+            "max_source_bytes": self.max_source_bytes,
         }

@@ -133,6 +133,7 @@ async def run_shard(
     max_failures: int = 20,
     max_retries: int = 5,
     retry_backoff: float = 0.5,
+    max_source_bytes: int | None = None,
     task_run_id: str | None = None,
 ) -> tuple[ShardSummary, str | None]:
     """Process one shard; return its summary and, when it did not run to its end, why
@@ -171,7 +172,7 @@ async def run_shard(
 
         api_key = await resolve_api_key(api_key_secret) if engine == "photoroom" else None
         engine_obj = build_engine(engine, api_key, rate_limit)
-        reader = worker_reader()
+        reader = worker_reader(max_source_bytes)
         base = {
             "lease": lease,
             "attempt": attempt,

@@ -127,6 +127,7 @@ class PrefectExecutor:
             "requests_per_minute": s.photoroom_requests_per_minute or None,
             "max_retries": s.max_retries,
             "retry_backoff": s.retry_backoff,
+            "max_source_bytes": s.max_source_bytes,
         }
         self.jobs: PrefectJobs = PrefectJobs(
             self.sink_uri,

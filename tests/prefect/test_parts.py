@@ -639,7 +639,7 @@ def test_a_shard_task_cancelled_on_a_live_worker_closes_what_it_opened_once_its_
 
     build, reader, sink = _shard.build_engine, _shard.worker_reader, _shard.open_worker_sink
     monkeypatch.setattr(_shard, "build_engine", lambda *a: closing("engine", build(*a)))
-    monkeypatch.setattr(_shard, "worker_reader", lambda: closing("reader", reader()))
+    monkeypatch.setattr(_shard, "worker_reader", lambda *a: closing("reader", reader(*a)))
     monkeypatch.setattr(_shard, "open_worker_sink", lambda s: closing("sink", sink(s)))
     emu = PhotoroomEmulator(credits=100, faults=Faults(latency=0.5), image_work=False)
     sources = [str(p) for p in sorted(photo_folder(tmp_path / "in", 4).iterdir())]
@@ -688,6 +688,29 @@ def test_a_shard_retries_as_its_job_says(tmp_path: Path, emulator: PhotoroomEmul
     assert params.flow_parameters()["retry_backoff"] == 2
     shard = Coordinator(params, "a:1", "a", None)._params(0, ["a.jpg"], "l")
     assert (shard["max_retries"], shard["retry_backoff"]) == (0, 2)
-    for bad in ({"max_retries": -1}, {"retry_backoff": float("nan")}, {"retry_backoff": -1}):
+    assert shard["max_source_bytes"] is None
+
+
+def test_a_shard_reads_no_larger_input_than_its_job_allows(
+    tmp_path: Path, emulator: PhotoroomEmulator
+) -> None:
+    # workers read up to 50 MB whatever the job (or the service's
+    # PHOTOROOM_BG_MAX_SOURCE_BYTES, 25 MB by default) allowed
+    sources = [str(p) for p in sorted(photo_folder(tmp_path / "in", 2).iterdir())]
+    summary, _ = asyncio.run(
+        run_shard(
+            sources, str(tmp_path / "out"), job_id="j", shard=0, lease="l", max_source_bytes=100
+        )
+    )
+    assert summary.count("failed_count") == 2
+    assert emulator.ledger.calls() == 0  # refused before any call
+    params = JobParameters(sources=["a.jpg"], sink=str(tmp_path), job_id="j", max_source_bytes=9)
+    assert Coordinator(params, "a:1", "a", None)._params(0, [], "l")["max_source_bytes"] == 9
+    for bad in (
+        {"max_retries": -1},
+        {"retry_backoff": float("nan")},
+        {"retry_backoff": -1},
+        {"max_source_bytes": 0},
+    ):
         with pytest.raises(ConfigurationError):
             JobParameters(sources=["a.jpg"], sink=str(tmp_path), **bad)

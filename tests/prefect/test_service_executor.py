@@ -326,12 +326,14 @@ def test_workers_must_reach_the_sink(tmp_path: Path) -> None:
         make_executor(context)
 
 
-async def test_the_services_retry_settings_reach_its_jobs_shards(tmp_path: Path) -> None:
-    # PHOTOROOM_BG_MAX_RETRIES and PHOTOROOM_BG_RETRY_BACKOFF held for local jobs only:
-    # shards on workers retried 5 times from 0.5 s whatever they said
-    svc = Service(tmp_path, max_retries=0, retry_backoff=0.1)
+async def test_the_services_retry_and_size_settings_reach_its_jobs_shards(tmp_path: Path) -> None:
+    # PHOTOROOM_BG_MAX_RETRIES, PHOTOROOM_BG_RETRY_BACKOFF and PHOTOROOM_BG_MAX_SOURCE_BYTES
+    # held for local jobs only: shards on workers retried 5 times from 0.5 s and read up to
+    # 50 MB whatever they said
+    svc = Service(tmp_path, max_retries=0, retry_backoff=0.1, max_source_bytes=1000)
     try:
         defaults = svc.executor.jobs.defaults
         assert (defaults["max_retries"], defaults["retry_backoff"]) == (0, 0.1)
+        assert defaults["max_source_bytes"] == 1000
     finally:
         await svc.close()
