@@ -11,12 +11,35 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-__all__ = ["AdaptiveLimit", "RateGate"]
+__all__ = ["AdaptiveLimit", "HeldBack", "RateGate"]
 
 logger = logging.getLogger("photoroom_bg.batch")
 
 # cumulative seconds spent waiting for the budget before saying it holds the batch back
 _HELD_BACK_NOTICE = 5.0
+
+
+class HeldBack:
+    """The seconds during which a limit held at least one call back (each second counted
+    once, however many calls waited in it), and whether to say so now: once, when they first
+    reach ``notice``."""
+
+    def __init__(self, notice: float = _HELD_BACK_NOTICE, since: float = -math.inf) -> None:
+        self.notice = notice
+        self.waited = 0.0
+        self._until = since
+        self._said = False
+
+    def add(self, start: float, end: float) -> bool:
+        """Count a wait from ``start`` to ``end``; ``True`` the one time the total first
+        reaches the notice."""
+        if end > self._until:
+            self.waited += end - max(start, self._until)
+            self._until = end
+        if self.waited >= self.notice and not self._said:
+            self._said = True
+            return True
+        return False
 
 
 class RateGate:
@@ -52,10 +75,12 @@ class RateGate:
         self.capacity = max(1.0, self.rate) if self.rate else 0.0
         # when the next call would go if no burst were left; a full bucket at first
         self._due = clock()
-        #: seconds during which the budget held at least one call back
-        self.waited = 0.0
-        self._held_until = self._due
-        self._noticed = False
+        self._held = HeldBack(since=self._due)
+
+    @property
+    def waited(self) -> float:
+        """Seconds during which the budget held at least one call back."""
+        return self._held.waited
 
     def _next_turn(self, rate: float, now: float) -> tuple[float, float]:
         """The next turn's place in the queue, and when it may go (a full bucket lets a
@@ -83,11 +108,7 @@ class RateGate:
         self._due = due + 1.0 / self.rate  # taken now: later callers queue behind it
         if go <= now:
             return
-        if go > self._held_until:  # count each held-back second once, however many wait
-            self.waited += go - max(now, self._held_until)
-            self._held_until = go
-        if self.waited >= _HELD_BACK_NOTICE and not self._noticed:
-            self._noticed = True
+        if self._held.add(now, go):
             logger.info(
                 "requests_per_minute=%g is what holds this batch back (%.1f images/s at "
                 "most); if your Photoroom account allows more, raise it "

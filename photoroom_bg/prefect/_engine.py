@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from ..batch._limiter import HeldBack
 from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -25,8 +26,6 @@ logger = logging.getLogger("photoroom_bg.prefect")
 #: A slot that takes longer than this to come waited for the limit (less: a round trip to
 #: the Prefect API).
 _SLOT_ROUND_TRIP = 0.25
-#: Seconds spent waiting for slots after which the engine says the limit holds it back.
-_HELD_BACK_NOTICE = 5.0
 
 
 async def prefect_rate_limit(name: str, *, timeout: float | None = None) -> None:
@@ -92,9 +91,7 @@ class RateLimitedEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.slots_taken = 0
         self._clock = clock
-        self._waited = 0.0  # seconds some call waited for a slot, each counted once
-        self._held_until = -math.inf
-        self._noticed = False
+        self._held = HeldBack()  # seconds some call waited for a slot
 
     def __repr__(self) -> str:
         return f"RateLimitedEngine({self.engine!r}, limit={self.limit!r})"
@@ -110,21 +107,14 @@ class RateLimitedEngine:
             await prefect_rate_limit(self.limit, timeout=self.timeout)
         self.slots_taken += 1
         came = self._clock()
-        if came - asked > _SLOT_ROUND_TRIP:
-            self._held_back(asked, came)
-
-    def _held_back(self, asked: float, came: float) -> None:
-        self._waited += max(0.0, came - max(asked, self._held_until))
-        self._held_until = max(self._held_until, came)
-        if self._waited >= _HELD_BACK_NOTICE and not self._noticed:
-            self._noticed = True
+        if came - asked > _SLOT_ROUND_TRIP and self._held.add(asked, came):
             logger.info(
                 "the fleet's rate limit %r is what holds this shard back (its calls waited "
                 "%.0f s for a slot); if your Photoroom account allows more, raise the job's "
                 "requests_per_minute (remove_backgrounds(requests_per_minute=...), the "
                 "service's PHOTOROOM_BG_PHOTOROOM_REQUESTS_PER_MINUTE) or the limit itself",
                 self.limit,
-                self._waited,
+                self._held.waited,
             )
 
     async def process(self, image: bytes, options: SegmentOptions | EditOptions) -> ImageResult:
