@@ -562,9 +562,9 @@ def _engine(
     from .engines._onnx_models import MODELS
     from .engines.local import LocalEngine
 
-    if model is None and model_path is not None:
-        model = Path(model_path).stem if Path(model_path).stem in MODELS else None
-        if model is None:
+    if model is None and model_path is not None:  # a file named after its model: u2net.onnx
+        model = Path(model_path).stem
+        if model not in MODELS:
             raise _UsageError(
                 f"--model-path {printable(model_path)}: name its model or family with --model "
                 "(u2net, isnet, birefnet, or a model name such as isnet-general-use)"
