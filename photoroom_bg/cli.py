@@ -550,9 +550,10 @@ def _engine(
     name: str, model: str | None, model_path: str | None, options: SegmentOptions | EditOptions
 ) -> Any:
     """The LocalEngine for ``--engine local``, its options checked; ``None`` means the API."""
-    if name != "local":
-        if model_path is not None:
-            raise _UsageError("--model-path is for --engine local (an offline model)")
+    if name != "local":  # a model given without --engine local was silently not used
+        for flag, given in (("--model", model), ("--model-path", model_path)):
+            if given is not None:
+                raise _UsageError(f"{flag} is for --engine local (an offline model)")
         return None
     if isinstance(options, SegmentOptions) and options.despill:
         raise _UsageError(

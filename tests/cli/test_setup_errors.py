@@ -310,9 +310,11 @@ def test_a_missing_local_model_is_told_the_commands_model_path_which_then_loads_
                   str(mine))  # fmt: skip
     assert unnamed.exit_code == 2
     assert "name its model or family with --model" in unnamed.stderr
-    assert (
-        run("remove", str(image), "-o", str(out), "--model-path", str(mine), key="k").exit_code == 2
-    )  # fmt: skip  (a model file is for --engine local)
+    for model in (["--model-path", str(mine)], ["--model", "u2net"]):
+        nowhere = f"http://127.0.0.1:{closed_port()}"  # should it go on: no call leaves
+        api = run("remove", str(image), "-o", str(out), *model, "--base-url", nowhere, key="k")
+        assert api.exit_code == 2  # was run on the API, the model silently not used
+        assert f"{model[0]} is for --engine local" in api.stderr
     wrong = run("remove", str(image), "-o", str(out), "--engine", "local", "--model-path",
                 str(mine), "--model", "isnet", "-q")  # fmt: skip
     assert wrong.exit_code == 1
