@@ -86,7 +86,8 @@ async def _run(
         # what the sink or the recent outputs hold was paid for: a retry finds it there
         skip_existing=sink is state.sink or sink is state.recent,
     )
-    await remover.run(sources)
+    # the batch outlives a request cancelled by a stopping server: its calls are paid for
+    await state.outliving_request(remover.run(sources))
     return sorted(results, key=lambda r: r.index)
 
 

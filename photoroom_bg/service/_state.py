@@ -7,8 +7,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import attrs
 
@@ -17,7 +17,7 @@ from ..errors import ConfigurationError
 from ..sinks import MemorySink, Sink, open_sink
 from ..sources import SourceReader
 from ._auth import RateLimiter, TokenAuth
-from ._executor import Executor, ExecutorContext, make_executor
+from ._executor import STOP_GRACE_SECONDS, Executor, ExecutorContext, make_executor
 from ._jobs import JobService
 from ._recent import RecentOutputs
 from ._settings import ServiceSettings
@@ -26,6 +26,8 @@ from ._store import JobStore, LocalClaims
 __all__ = ["ServiceState", "open_state"]
 
 logger = logging.getLogger("photoroom_bg.service")
+
+T = TypeVar("T")
 
 
 @attrs.define
@@ -44,6 +46,35 @@ class ServiceState:
     context: ExecutorContext
     #: cut-outs /api/v1 made without storing them, for a caller's retry (``None``: off)
     recent: RecentOutputs | None = None
+    #: the small batches of /api/v1 requests under way
+    requests: set[asyncio.Task[Any]] = attrs.field(factory=set)
+
+    async def outliving_request(self, work: Awaitable[T]) -> T:
+        """Run a request's small batch so that it outlives the request: a request
+        cancelled (a stopping server cancels those still open after its grace) does not
+        cancel calls already paid for, which go on to store their cut-outs; the service
+        waits for them when it stops (:meth:`finish_requests`)."""
+        task = asyncio.ensure_future(work)
+        self.requests.add(task)
+        task.add_done_callback(self.requests.discard)
+        return await asyncio.shield(task)
+
+    async def finish_requests(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for the requests' batches under way; then cancel
+        what is left."""
+        running = set(self.requests)
+        if running:
+            logger.info(
+                "stopping: waiting up to %g s for %d request(s) to finish their calls under way",
+                grace,
+                len(running),
+            )
+            await asyncio.wait(running, timeout=grace)
+        for task in running:
+            task.cancel()
+        for task in running:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     def unstored_sink(self) -> Sink:
         """Where a request that keeps nothing puts its cut-outs: the recent outputs, or a
@@ -84,6 +115,7 @@ async def open_state(settings: ServiceSettings) -> AsyncIterator[ServiceState]:
     reader = _reader(settings)
     heartbeat: asyncio.Task[None] | None = None
     executor: Executor | None = None
+    state: ServiceState | None = None
     try:
         context = ExecutorContext(settings=settings, sink=sink, client=client, reader=reader)
         executor = make_executor(context)
@@ -117,8 +149,15 @@ async def open_state(settings: ServiceSettings) -> AsyncIterator[ServiceState]:
         yield state
     finally:
         try:
+            # jobs and requests end their calls under way side by side, each within the grace
+            stops: list[Awaitable[None]] = []
             if executor is not None:  # its jobs' records stay fresh while their calls end
-                await executor.aclose()
+                stops.append(executor.aclose())
+            if state is not None:
+                stops.append(state.finish_requests(STOP_GRACE_SECONDS))
+            for outcome in await asyncio.gather(*stops, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
         finally:
             if heartbeat is not None:
                 heartbeat.cancel()

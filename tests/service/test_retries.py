@@ -15,7 +15,7 @@ from photoroom_bg.errors import ObjectNotFoundError
 from photoroom_bg.service._recent import KEEP_SECONDS, PIN_SECONDS, RecentOutputs
 from photoroom_bg.testing import Faults, PhotoroomEmulator
 
-from .live import API_KEY, ImageServer, ServiceProcess, service_env, start_service
+from .live import API_KEY, ImageServer, ServiceProcess, poll, service_env, start_service
 
 
 def test_recent_outputs_forget_the_oldest_past_their_budget_or_age_but_not_the_newest() -> None:
@@ -103,3 +103,47 @@ def test_the_same_image_sent_twice_at_once_is_paid_once(
     assert [a.status_code for a in answers] == [200, 200, 200]
     assert len({a.content for a in answers}) == 1
     assert emulator.ledger.calls() - before == 1
+
+
+@pytest.mark.slow
+def test_a_request_still_open_when_the_service_stops_stores_what_it_paid_for(
+    tmp_path: Path, images: ImageServer
+) -> None:
+    # a stopping server gives open requests 10 s, then cancels them: a call longer than
+    # that (an AI feature) was paid and dropped, and the caller's retry paid for it again
+    emulator = PhotoroomEmulator([API_KEY], credits=100, faults=Faults(latency=12.0))
+    body = {"image_url": images.image(33), "store": True}
+    with emulator.serve():
+        assert emulator.url is not None
+        env = service_env(
+            emulator_url=emulator.url, sink=str(tmp_path / "sink"), state_dir=tmp_path
+        )
+        first = start_service(env, tmp_path / "first.log")
+        answers: list[object] = []
+
+        def send() -> None:
+            try:
+                with first.client() as client:
+                    answers.append(client.post("/api/v1/remove-background", json=body))
+            except httpx.HTTPError as exc:
+                answers.append(exc)
+
+        caller = threading.Thread(target=send)
+        try:
+            caller.start()
+            poll(lambda: images.hits.get("/img/33.png"), timeout=30, what="the image's fetch")
+        finally:
+            first.stop()  # under way for 12 s: past the server's 10 s for open requests
+            caller.join(60)
+        assert "Cancel 1 running task(s)" in first.log_text()  # the request was cut
+        # its call went on and its cut-out was stored before the service exited
+        assert len(list((tmp_path / "sink" / "outputs").glob("*.png"))) == 1
+        again = start_service(env, tmp_path / "again.log")
+        try:
+            with again.client() as client:
+                retry = client.post("/api/v1/remove-background", json=body)
+        finally:
+            again.stop()
+    assert retry.status_code == 200, retry.text
+    assert retry.json()["status"] == "skipped"  # stored by the stopped service
+    assert emulator.ledger.calls() == 1
