@@ -57,7 +57,11 @@ class ServiceState:
         task = asyncio.ensure_future(work)
         self.requests.add(task)
         task.add_done_callback(self.requests.discard)
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_ended_request)  # nobody awaits it any more
+            raise
 
     async def finish_requests(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for the requests' batches under way; then cancel
@@ -89,6 +93,12 @@ def _open_sink(settings: ServiceSettings) -> Sink:
         if settings.s3_endpoint_url:
             options["endpoint_url"] = settings.s3_endpoint_url
     return open_sink(settings.sink, **options)
+
+
+def _ended_request(task: asyncio.Task[Any]) -> None:
+    """Log the failure of a request's batch whose request was gone (nobody else sees it)."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("a request's batch failed after its request ended: %r", task.exception())
 
 
 def _reader(settings: ServiceSettings) -> SourceReader:
