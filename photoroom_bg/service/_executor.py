@@ -174,6 +174,24 @@ OnEnd = Callable[[LiveJob], Awaitable[None]]
 STOP_GRACE_SECONDS = 20.0
 
 
+async def drain(tasks: set[asyncio.Task[Any]], grace: float, what: str) -> None:
+    """Wait up to ``grace`` seconds for ``tasks`` (their calls under way) to end; then
+    cancel those left and wait for each to end."""
+    if tasks:
+        logger.info(
+            "stopping: waiting up to %g s for %d %s to finish their calls under way",
+            grace,
+            len(tasks),
+            what,
+        )
+        await asyncio.wait(tasks, timeout=grace)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
 class JobTasks:
     """An executor's tasks, one per job it runs or follows in this process, with each job's
     in-process view; :meth:`cancel_all` is how the executor stops them all."""
@@ -206,17 +224,10 @@ class JobTasks:
         more images, for up to ``grace`` seconds; then cancel what is left. A call cancelled
         after it was sent may be billed, and its image is paid again when the job resumes:
         the grace is what keeps a graceful stop from paying twice."""
-        tasks = {task for task, _ in self._jobs.values()}
         for _, live in self._jobs.values():
             live.stopping = True
-        if tasks:
-            logger.info(
-                "stopping: waiting up to %g s for %d job(s) to finish their calls under way",
-                grace,
-                len(tasks),
-            )
-            await asyncio.wait(tasks, timeout=grace)
-        await self.cancel_all()
+        await drain({task for task, _ in self._jobs.values()}, grace, "job(s)")
+        await self.cancel_all()  # any that began meanwhile
 
     async def cancel_all(self) -> None:
         """Cancel every task and wait for each to end (closing what it holds)."""

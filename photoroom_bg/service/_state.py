@@ -17,7 +17,7 @@ from ..errors import ConfigurationError
 from ..sinks import MemorySink, Sink, open_sink
 from ..sources import SourceReader
 from ._auth import RateLimiter, TokenAuth
-from ._executor import STOP_GRACE_SECONDS, Executor, ExecutorContext, make_executor
+from ._executor import STOP_GRACE_SECONDS, Executor, ExecutorContext, drain, make_executor
 from ._jobs import JobService
 from ._recent import RecentOutputs
 from ._settings import ServiceSettings
@@ -66,19 +66,7 @@ class ServiceState:
     async def finish_requests(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for the requests' batches under way; then cancel
         what is left."""
-        running = set(self.requests)
-        if running:
-            logger.info(
-                "stopping: waiting up to %g s for %d request(s) to finish their calls under way",
-                grace,
-                len(running),
-            )
-            await asyncio.wait(running, timeout=grace)
-        for task in running:
-            task.cancel()
-        for task in running:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await drain(set(self.requests), grace, "request(s)")
 
     def unstored_sink(self) -> Sink:
         """Where a request that keeps nothing puts its cut-outs: the recent outputs, or a
