@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -185,6 +185,11 @@ async def drain(tasks: set[asyncio.Task[Any]], grace: float, what: str) -> None:
             what,
         )
         await asyncio.wait(tasks, timeout=grace)
+    await cancel_and_wait(tasks)
+
+
+async def cancel_and_wait(tasks: Collection[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait for each to end (closing what it holds)."""
     for task in tasks:
         task.cancel()
     for task in tasks:
@@ -231,12 +236,7 @@ class JobTasks:
 
     async def cancel_all(self) -> None:
         """Cancel every task and wait for each to end (closing what it holds)."""
-        tasks = [task for task, _ in self._jobs.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait([task for task, _ in self._jobs.values()])
 
 
 @runtime_checkable
