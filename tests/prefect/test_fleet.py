@@ -180,6 +180,7 @@ def test_a_fleet_finishes_a_job_when_a_worker_dies_mid_shard_without_paying_twic
             if not unsettled or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
+        unsettled_story = describe(fleet, unsettled)
         leaked = everything_recorded(fleet, flow_run, task_runs)
         keys = asyncio.run(output_keys(s3_server, sink))
     elapsed = time.monotonic() - started
@@ -203,13 +204,25 @@ def test_a_fleet_finishes_a_job_when_a_worker_dies_mid_shard_without_paying_twic
     # the dead worker's shard is visibly crashed, nothing is left "running"
     states = [run["state"]["type"] for run in task_runs]
     assert "CRASHED" in states
-    assert not _NOT_FINAL & set(states), states
+    assert not _NOT_FINAL & set(states), (states, unsettled_story)
     assert flow_run["state"]["type"] == "COMPLETED"
     # the key never reached Prefect: parameters, states, logs, results, artifacts
     assert "photoroom-key" in json.dumps(flow_run["parameters"])  # only the block's name
     assert key not in leaked
     assert os.environ.get("PHOTOROOM_API_KEY") != key
     print(f"fleet test: {elapsed:.1f} s, {emulator.ledger.calls()} billed calls")
+
+
+def describe(fleet: Fleet, runs: list[dict[str, Any]]) -> str:
+    """Each of these task runs: its name, its states in order, and which worker ran it."""
+    logs = {name: (fleet.home / f"{name}.log").read_text() for name in ("worker-a", "worker-b")}
+    lines = []
+    for run in runs:
+        history = fleet.api("GET", "/task_run_states/", params={"task_run_id": run["id"]})
+        states = [(s["timestamp"], s["type"], s["name"]) for s in history]
+        workers = [name for name, text in logs.items() if run["id"] in text]
+        lines.append(f"{run['name']} {run['id']} {run['state']['type']} {workers} {states}")
+    return "\n".join(lines)
 
 
 def _flow_run_id(fleet: Fleet, job_id: str) -> str:
