@@ -10,7 +10,10 @@ sink and their Prefect states:
   task run ``Crashed`` at once), and the shards either worker had taken ahead of its limit;
 - a stop request (a 402 or 401/403 in any shard, a lost sink, a cancel) ends dispatching;
   shards not started are cancelled without calling Photoroom, running ones stop at their
-  next beat.
+  next beat;
+- a shard that wrote its final record but whose task run Prefect still shows running (its
+  worker died between the two) is marked ended for it once ``heartbeat_timeout`` has passed,
+  so that no task run of a finished job stays "running" for ever.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import anyio
 import attrs
 from prefect import get_run_logger
 from prefect.client.schemas.objects import State
-from prefect.states import Cancelled, Crashed
+from prefect.states import Cancelled, Completed, Crashed, Failed
 
 from ..batch import _run
 from ..batch._claims import stored_under
@@ -65,6 +68,16 @@ class _Flight:
     started: bool = False
 
 
+@attrs.define
+class _Unreported:
+    """A shard ended by its record whose task run had not ended yet in Prefect."""
+
+    shard: int
+    task_run_id: Any
+    outcome: str
+    since: float
+
+
 class Coordinator:
     """One attempt of a job: dispatches shards, watches them, adds them up.
 
@@ -85,6 +98,8 @@ class Coordinator:
         self.flow_run_id = flow_run_id
         self.totals = RunTotals(max_failures=params.max_failures)
         self.flights: dict[int, _Flight] = {}
+        # task run id -> a shard whose final record came before its task run's end
+        self.unreported: dict[str, _Unreported] = {}
         self.stopping = False
         self.cancelled = False
         self.dispatched = 0
@@ -188,7 +203,7 @@ class Coordinator:
                     pending = None
                 # creating a deferred task run is a few round trips: make them side by side
                 await asyncio.gather(*(self._submit(i, s, resubmits=0) for i, s in batch))
-                if not self.flights and (listed_all or self.stopping):
+                if not self.flights and not self.unreported and (listed_all or self.stopping):
                     break
                 await asyncio.sleep(self.poll)
                 await self._poll()
@@ -292,6 +307,13 @@ class Coordinator:
                 summary = record.get("summary")
                 if summary:
                     self._finish(flight, ShardSummary.from_dict(summary))
+                    if self.p.deferred and (state is None or not state.is_final()):
+                        # its worker reports the end in a moment, unless it died between
+                        # the record and the report: watched below until then
+                        outcome = str(record["state"])
+                        self.unreported[str(flight.task_run_id)] = _Unreported(
+                            flight.shard, flight.task_run_id, outcome, now
+                        )
                     continue
             if state is not None and state.type == StateType.CRASHED and not self.stopping:
                 # the runtime, not the shard, ended it: its worker was stopped (SIGTERM on a
@@ -332,14 +354,39 @@ class Coordinator:
                 await self._replace(
                     flight, "its worker may have been lost before it started", crashed=False
                 )
+        await self._settle(states, now)
         await self._write_job("running")
+
+    async def _settle(self, states: dict[str, State[Any]], now: float) -> None:
+        """End, in Prefect, the task runs of finished shards that their workers never
+        reported ended (they died between the shard's final record and the report)."""
+        for run_id, shard in list(self.unreported.items()):
+            state = states.get(run_id)
+            if state is not None and state.is_final():
+                del self.unreported[run_id]
+            elif now - shard.since > self.p.heartbeat_timeout:
+                del self.unreported[run_id]
+                message = (
+                    f"shard {shard.shard} ended {shard.outcome} (its record in the sink "
+                    "holds its summary), but its worker was lost before reporting it"
+                )
+                self.log.warning("%s", message)
+                ended: State[Any] = (
+                    Failed(message=message)
+                    if shard.outcome == "stopped"
+                    else Completed(message=message)
+                )
+                try:
+                    await self.client.set_task_run_state(shard.task_run_id, ended, force=True)
+                except Exception as exc:  # the job's outcome does not hang on it
+                    self.log.warning("could not mark shard %d's task run: %s", shard.shard, exc)
 
     async def _states(self, flights: list[_Flight]) -> dict[str, State[Any]]:
         from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
 
-        if not flights:
+        ids = [f.task_run_id for f in flights] + [u.task_run_id for u in self.unreported.values()]
+        if not ids:
             return {}
-        ids = [f.task_run_id for f in flights]
         runs = await self.client.read_task_runs(
             task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=ids)), limit=len(ids)
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import time
 from pathlib import Path
 from typing import Any
 
@@ -466,6 +467,63 @@ def test_a_shard_that_ends_between_two_reads_is_counted_from_its_final_record(
     assert coordinator.totals.shard_outcomes == {"completed": 1}
     assert coordinator.totals.counts["stored_count"] == 1
     assert not coordinator.stopping
+
+
+@pytest.mark.parametrize("reported", [True, False], ids=["reported", "worker-lost"])
+def test_a_shard_whose_worker_died_after_its_final_record_is_not_left_running(
+    tmp_path: Path, reported: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed between a shard's final record and its report of the task run's end
+    left that task run "running" in Prefect for ever, the job long completed. The flow counts
+    the shard from its record at once, waits for the report as long as for a lost beat, and
+    then marks the run ended itself; a report that comes in time is left as it is."""
+    from types import SimpleNamespace
+
+    from prefect.states import Completed, Running
+
+    from photoroom_bg.prefect import _coordinator
+
+    clock = SimpleNamespace(now=1000.0)
+    fake_time = SimpleNamespace(monotonic=lambda: clock.now, time=time.time)
+    monkeypatch.setattr(_coordinator, "time", fake_time)
+    params = JobParameters(
+        sources=["a.jpg"],
+        sink=str(tmp_path / "out"),
+        job_id="late",
+        deferred=True,
+        heartbeat_timeout=10,
+    )
+    coordinator = Coordinator(params, "run:1", "run", None)
+    coordinator.store = store = _job_store(tmp_path / "out", "late")
+    coordinator.client = client = _FakeClient()
+    summary = ShardSummary(
+        job_id="late", shard=0, size=1, outcome="completed", counts={"stored_count": 1}
+    )
+    asyncio.run(
+        store.write_shard(0, {"lease": "l", "state": "completed", "summary": summary.to_dict()})
+    )
+    coordinator.flights = {0: _Flight(0, ["a.jpg"], "l", 1, "run-1", None, 0, clock.now)}
+    state: dict[str, Any] = {"run-1": Running()}
+
+    async def states(flights: list[_Flight]) -> dict[str, Any]:
+        return dict(state)
+
+    coordinator._states = states  # type: ignore[method-assign]
+    asyncio.run(coordinator._poll())
+    # counted at once, from its record
+    assert coordinator.flights == {}
+    assert coordinator.totals.counts["stored_count"] == 1
+    clock.now += params.heartbeat_timeout / 2
+    asyncio.run(coordinator._poll())
+    assert client.forced == []  # not yet: its report may be on its way
+    if reported:
+        state["run-1"] = Completed()
+    clock.now += params.heartbeat_timeout  # as long as a lost beat takes
+    asyncio.run(coordinator._poll())
+    assert client.forced == ([] if reported else [("run-1", "COMPLETED")])
+    clock.now += params.heartbeat_timeout
+    asyncio.run(coordinator._poll())  # marked once, and no more watched
+    assert len(client.forced) == (0 if reported else 1)
 
 
 class _FakeTask:
