@@ -626,6 +626,13 @@ def _run(
     timeout: float | None,
     url_passthrough: bool = False,
 ) -> None:
+    if engine == "local":  # they were silently not used
+        for flag, given in (("--base-url", base_url), ("--timeout", timeout)):
+            if given is not None:
+                raise _UsageError(
+                    f"{flag} is for Photoroom calls, and --engine local makes none: drop "
+                    f"{flag}, or leave out --engine local"
+                )
     key = _read_key(api_key_file, api_key) if engine == "photoroom" else None
     if manifest is None and "://" not in dest:
         manifest = str(Path(dest) / MANIFEST_NAME)

@@ -326,6 +326,23 @@ def test_a_missing_local_model_is_told_the_commands_model_path_which_then_loads_
     assert len([p for p in out.iterdir() if not p.name.startswith(".")]) == 1
 
 
+@pytest.mark.parametrize("flag", [["--timeout", "300"], ["--base-url", "http://127.0.0.1:9"]])
+def test_an_api_setting_with_the_offline_engine_is_refused_not_ignored(
+    tmp_path: Path, flag: list[str]
+) -> None:
+    # --timeout and --base-url were silently not used by --engine local: a user who bounded
+    # each image's time, or meant to send calls elsewhere, was not told
+    image = tmp_path / "in.jpg"
+    image.write_bytes((EXAMPLES / "camera.jpg").read_bytes())
+    before = tree(tmp_path)
+    result = run("remove", str(image), "-o", str(tmp_path / "out"), "--engine", "local", *flag)
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert f"{flag[0]} is for Photoroom calls, and --engine local makes none" in line
+    assert f"drop {flag[0]}" in line
+    assert tree(tmp_path) == before  # refused before anything is made or loaded
+
+
 def test_a_missing_key_is_refused_before_the_output_folder_is_created(
     folder: Path, tmp_path: Path
 ) -> None:
