@@ -714,9 +714,9 @@ def _int(value: str | None) -> int | None:
 #: What a timed-out call advises, naming the setting of each way of calling Photoroom: a
 #: command-line user has no ``timeout=``, a worker or a service no flag.
 TIMEOUT_ADVICE = (
-    "for large images or AI features raise the timeout: timeout= in Python, --timeout on the "
-    f"command line, or {ENV_TIMEOUT}=<seconds> in the environment of the process that calls "
-    "Photoroom (a service, a worker)"
+    "for large images or AI features raise the timeout: timeout= in Python, call_timeout= "
+    f"for a Prefect job, --timeout on the command line, or {ENV_TIMEOUT}=<seconds> in the "
+    "environment of the process that calls Photoroom (a service, a worker)"
 )
 
 

@@ -249,6 +249,7 @@ class Coordinator:
             "max_retries": self.p.max_retries,
             "retry_backoff": self.p.retry_backoff,
             "max_source_bytes": self.p.max_source_bytes,
+            "call_timeout": self.p.call_timeout,
         }
 
     async def _submit(self, shard: int, sources: list[str], *, resubmits: int) -> None:

@@ -50,6 +50,7 @@ async def remove_shard(
     max_retries: int = 5,
     retry_backoff: float = 0.5,
     max_source_bytes: int | None = None,
+    call_timeout: float | None = None,
 ) -> dict[str, Any]:
     """Remove the backgrounds of one shard of a job, with :class:`~photoroom_bg.BatchRemover`.
 
@@ -79,6 +80,8 @@ async def remove_shard(
         max_retries, retry_backoff: retries of a failed call that was not billed, and their
             base delay in seconds.
         max_source_bytes: the largest input read (``None``: the reader's 50 MB).
+        call_timeout: seconds one Photoroom call may take (``None``: the worker's
+            ``$PHOTOROOM_TIMEOUT``, else 120 s).
     """
     from prefect.runtime import task_run
 
@@ -100,6 +103,7 @@ async def remove_shard(
         max_retries=max_retries,
         retry_backoff=retry_backoff,
         max_source_bytes=max_source_bytes,
+        call_timeout=call_timeout,
         task_run_id=str(task_run.id) if task_run.id else None,
     )
     if summary.outcome in ("cancelled", "superseded"):
@@ -127,6 +131,7 @@ async def remove_backgrounds(
     max_retries: int = 5,
     retry_backoff: float = 0.5,
     max_source_bytes: int | None = None,
+    call_timeout: float | None = None,
 ) -> dict[str, Any]:
     """Remove the backgrounds of many images, in shards, on Prefect.
 
@@ -166,6 +171,8 @@ async def remove_backgrounds(
             billed (a 429, a 5xx, a dropped connection), and their base delay in seconds.
         max_source_bytes: the largest input a shard reads (``None``: 50 MB, Photoroom's cap);
             a larger one fails alone, unpaid.
+        call_timeout: seconds one Photoroom call may take in any shard (``None``: each worker's
+            ``$PHOTOROOM_TIMEOUT``, else 120 s); raise it for large images and AI features.
     """
     from prefect.runtime import flow_run
 
@@ -187,6 +194,7 @@ async def remove_backgrounds(
         max_retries=max_retries,
         retry_backoff=retry_backoff,
         max_source_bytes=max_source_bytes,
+        call_timeout=call_timeout,
     )
     attempt = f"{flow_run.id}:{flow_run.run_count}"
     summary = await Coordinator(params, attempt, str(flow_run.id), remove_shard).run()

@@ -98,7 +98,8 @@ class PrefectJobs:
             (``"remove-backgrounds/<name>"``) instead of in this process.
         **defaults: default job parameters (``shard_size``, ``concurrency``, ``engine``,
             ``api_key_secret``, ``requests_per_minute``, ``rate_limit``,
-            ``max_running_shards``, ``heartbeat_timeout``, ``max_failures``).
+            ``max_running_shards``, ``heartbeat_timeout``, ``max_failures``,
+            ``max_retries``, ``retry_backoff``, ``max_source_bytes``, ``call_timeout``).
     """
 
     def __init__(

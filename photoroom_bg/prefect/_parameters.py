@@ -43,6 +43,7 @@ class JobParameters:
     max_retries: int = 5
     retry_backoff: float = 0.5
     max_source_bytes: int | None = None
+    call_timeout: float | None = None
 
     def __attrs_post_init__(self) -> None:
         check_shared_sink(self.sink)
@@ -59,6 +60,14 @@ class JobParameters:
             raise ConfigurationError("retry_backoff must be 0 or more seconds")
         if self.max_source_bytes is not None:
             check_count("max_source_bytes", self.max_source_bytes, 1)
+        # a job's parameters are JSON: no inf there ("no limit" is a worker's own setting)
+        if self.call_timeout is not None:
+            check_number("call_timeout", self.call_timeout, finite=True)
+            if not self.call_timeout > 0:
+                raise ConfigurationError(
+                    "call_timeout must be positive, finite seconds, or None for each worker's "
+                    "PHOTOROOM_TIMEOUT (default 120 s)"
+                )
         check_flag("deferred", self.deferred)
         # NaN too; inf: a lost worker's shard would never be run again (and it is no JSON)
         if not 0 < self.heartbeat_timeout < math.inf:
@@ -109,4 +118,5 @@ class JobParameters:
             "max_retries": self.max_retries,
             "retry_backoff": self.retry_backoff,
             "max_source_bytes": self.max_source_bytes,
+            "call_timeout": self.call_timeout,
         }

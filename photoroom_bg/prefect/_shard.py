@@ -74,9 +74,13 @@ def should_retry(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> 
     return isinstance(error, (OSError, TimeoutError, httpx.TransportError))
 
 
-def build_engine(name: str, api_key: str | None, rate_limit: str | None) -> Engine:
+def build_engine(
+    name: str, api_key: str | None, rate_limit: str | None, call_timeout: float | None = None
+) -> Engine:
     """The engine a shard uses: ``"photoroom"`` (the API, with the fleet rate limit when
-    ``rate_limit`` names one) or ``"local"`` / ``"local:<model>"`` (offline, never limited).
+    ``rate_limit`` names one, and each call's ``call_timeout`` in seconds; ``None``: the worker's
+    ``$PHOTOROOM_TIMEOUT``, else 120 s) or ``"local"`` / ``"local:<model>"`` (offline, never
+    limited).
 
     Raises:
         ConfigurationError: an unknown engine name, or the API without a key.
@@ -90,7 +94,8 @@ def build_engine(name: str, api_key: str | None, rate_limit: str | None) -> Engi
                 "Prefect Secret block) or set PHOTOROOM_API_KEY in the worker's environment"
             )
         # the batch retries what was not billed; the client must not retry underneath it
-        engine: Engine = PhotoroomEngine(api_key=api_key, max_retries=0)
+        given: dict[str, Any] = {} if call_timeout is None else {"timeout": call_timeout}
+        engine: Engine = PhotoroomEngine(api_key=api_key, max_retries=0, **given)
         return RateLimitedEngine(engine, rate_limit) if rate_limit else engine
     if name == "local" or name.startswith("local:"):
         from ..engines import LocalEngine
@@ -134,6 +139,7 @@ async def run_shard(
     max_retries: int = 5,
     retry_backoff: float = 0.5,
     max_source_bytes: int | None = None,
+    call_timeout: float | None = None,
     task_run_id: str | None = None,
 ) -> tuple[ShardSummary, str | None]:
     """Process one shard; return its summary and, when it did not run to its end, why
@@ -171,7 +177,7 @@ async def run_shard(
             return summary, reason
 
         api_key = await resolve_api_key(api_key_secret) if engine == "photoroom" else None
-        engine_obj = build_engine(engine, api_key, rate_limit)
+        engine_obj = build_engine(engine, api_key, rate_limit, call_timeout)
         reader = worker_reader(max_source_bytes)
         base = {
             "lease": lease,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -128,6 +129,8 @@ class PrefectExecutor:
             "max_retries": s.max_retries,
             "retry_backoff": s.retry_backoff,
             "max_source_bytes": s.max_source_bytes,
+            # PHOTOROOM_TIMEOUT=none (no limit) is no JSON: each worker's own then applies
+            "call_timeout": s.timeout if math.isfinite(s.timeout) else None,
         }
         self.jobs: PrefectJobs = PrefectJobs(
             self.sink_uri,

@@ -253,7 +253,7 @@ async def test_a_timeout_names_the_setting_of_each_way_of_calling(
     with pytest.raises(APITimeoutError) as caught:
         await twin.call("remove_background", png(), max_retries=0)
     message = str(caught.value)
-    for setting in ("timeout=", "--timeout", "PHOTOROOM_TIMEOUT=<seconds>"):
+    for setting in ("timeout=", "call_timeout=", "--timeout", "PHOTOROOM_TIMEOUT=<seconds>"):
         assert setting in message
     assert "may have processed and billed it" in message
 

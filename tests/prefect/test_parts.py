@@ -749,6 +749,41 @@ def test_a_shard_retries_as_its_job_says(tmp_path: Path, emulator: PhotoroomEmul
     assert shard["max_source_bytes"] is None
 
 
+def test_a_shard_waits_for_a_call_as_long_as_its_job_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a shard's calls waited 120 s (or the worker's PHOTOROOM_TIMEOUT) whatever the job (or
+    # the service's PHOTOROOM_TIMEOUT) said: an AI feature that needs longer failed on
+    # every worker, and nothing the job could say would raise it
+    from photoroom_bg.testing import Faults
+
+    sources = [str(p) for p in sorted(photo_folder(tmp_path / "in", 2).iterdir())]
+    emu = PhotoroomEmulator(credits=10, faults=Faults(stall_seconds=2))
+    with emu.serve() as url:
+        monkeypatch.setenv("PHOTOROOM_BASE_URL", url)
+        monkeypatch.setenv("PHOTOROOM_API_KEY", emu.api_key)
+        monkeypatch.setenv("PHOTOROOM_TIMEOUT", "60")  # the worker's own: the job's wins
+        emu.inject("stall")
+        summary, _ = asyncio.run(
+            run_shard(
+                sources,
+                str(tmp_path / "out"),
+                job_id="j",
+                shard=0,
+                lease="l",
+                concurrency=1,
+                max_retries=0,
+                call_timeout=0.5,
+            )
+        )
+    assert summary.count("stored_count") == 1
+    assert summary.failure_counts == {"APITimeoutError": 1}
+    params = JobParameters(sources=["a.jpg"], sink=str(tmp_path), job_id="j", call_timeout=300)
+    assert params.flow_parameters()["call_timeout"] == 300
+    assert Coordinator(params, "a:1", "a", None)._params(0, [], "l")["call_timeout"] == 300
+    assert JobParameters(sources=["a.jpg"], sink=str(tmp_path)).call_timeout is None
+
+
 def test_a_shard_reads_no_larger_input_than_its_job_allows(
     tmp_path: Path, emulator: PhotoroomEmulator
 ) -> None:
@@ -769,6 +804,9 @@ def test_a_shard_reads_no_larger_input_than_its_job_allows(
         {"retry_backoff": float("nan")},
         {"retry_backoff": -1},
         {"max_source_bytes": 0},
+        {"call_timeout": 0},
+        {"call_timeout": float("nan")},
+        {"call_timeout": float("inf")},  # no JSON: no limit is PHOTOROOM_TIMEOUT=none
     ):
         with pytest.raises(ConfigurationError):
             JobParameters(sources=["a.jpg"], sink=str(tmp_path), **bad)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from prefect.client.orchestration import get_client
 
 from photoroom_bg import FileSystemSink
 from photoroom_bg.errors import ConfigurationError
+from photoroom_bg.prefect import JobParameters
 from photoroom_bg.service import (
     ExecutorContext,
     JobService,
@@ -335,5 +337,21 @@ async def test_the_services_retry_and_size_settings_reach_its_jobs_shards(tmp_pa
         defaults = svc.executor.jobs.defaults
         assert (defaults["max_retries"], defaults["retry_backoff"]) == (0, 0.1)
         assert defaults["max_source_bytes"] == 1000
+    finally:
+        await svc.close()
+
+
+@pytest.mark.parametrize(("setting", "passed"), [(300.0, 300.0), (math.inf, None)])
+async def test_the_services_photoroom_timeout_reaches_its_jobs_shards(
+    tmp_path: Path, setting: float, passed: float | None
+) -> None:
+    # PHOTOROOM_TIMEOUT held for the service's own calls and local jobs: shards on workers
+    # waited 120 s (or their own environment's value) whatever the service said. "none" (no
+    # limit) is no JSON: the workers' own setting applies then
+    svc = Service(tmp_path, timeout=setting)
+    try:
+        assert svc.executor.jobs.defaults["call_timeout"] == passed
+        params = JobParameters(sources=["a.jpg"], sink=str(tmp_path), **svc.executor.jobs.defaults)
+        assert params.flow_parameters()["call_timeout"] == passed
     finally:
         await svc.close()
