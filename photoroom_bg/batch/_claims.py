@@ -45,7 +45,11 @@ def place_of(sink: object) -> Hashable:
     """Where ``sink`` stores: what comes before a key's name in the name of what it stores
     (last), and where that name lives. Two sinks over one folder or bucket prefix give the
     same place, and a key under a sink's subfolder or longer prefix the same claim as the
-    key that names it from the parent (see :func:`_claim`)."""
+    key that names it from the parent (see :func:`_claim`). A view of another sink (its
+    ``view_of``) stores where that sink does."""
+    under = getattr(sink, "view_of", None)
+    if under is not None:
+        return place_of(under)
     if isinstance(sink, FileSystemSink):
         return ("file", str(sink.root).rstrip(os.sep) + os.sep)
     if isinstance(sink, S3Sink):

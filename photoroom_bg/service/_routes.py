@@ -24,6 +24,7 @@ from ._http import RequestBody, read_body
 from ._options import parse_options
 from ._outputs import archive, ext, media
 from ._problems import Problem, problem_for
+from ._recent import RecentSession
 from ._serialize import item_from_result
 from ._state import ServiceState
 from ._store import JobRecord
@@ -84,7 +85,7 @@ async def _run(
         on_result=results.append,
         keep_results=False,
         # what the sink or the recent outputs hold was paid for: a retry finds it there
-        skip_existing=sink is state.sink or sink is state.recent,
+        skip_existing=sink is state.sink or isinstance(sink, RecentSession),
     )
     # the batch outlives a request cancelled by a stopping server: its calls are paid for
     await state.outliving_request(remover.run(sources))
@@ -237,31 +238,35 @@ def add_routes(router: APIRouter) -> None:
         _, options = parse_options(body.mapping("options"), body.mapping("edit_options"))
         store = body.flag("store")
         sink: Sink = state.sink if store else state.unstored_sink()
-        result = (await _run(state, [source], options, sink))[0]
-        if not result.ok:
-            if result.error is not None:
-                raise problem_for(result.error)
-            # cancelled, or made but not stored (spilled): the status is the code
-            raise Problem(503, result.status.value, "The image was not stored", result.reason)
-        if store:
+        try:
+            result = (await _run(state, [source], options, sink))[0]
+            if not result.ok:
+                if result.error is not None:
+                    raise problem_for(result.error)
+                # cancelled, or made but not stored (spilled): the status is the code
+                raise Problem(503, result.status.value, "The image was not stored", result.reason)
+            if store:
+                assert result.key is not None
+                return JSONResponse(
+                    {
+                        "status": result.status.value,
+                        "key": result.key,
+                        "content_type": media(result.key),
+                        "size": result.output.size if result.output else None,
+                        **await _urls_for(request, state, result.key),
+                    }
+                )
             assert result.key is not None
-            return JSONResponse(
-                {
-                    "status": result.status.value,
-                    "key": result.key,
-                    "content_type": media(result.key),
-                    "size": result.output.size if result.output else None,
-                    **await _urls_for(request, state, result.key),
-                }
+            data = await sink.get(result.key)
+            filename = f"background_removed.{ext(result.key)}"
+            return Response(
+                data,
+                media_type=media(result.key),
+                headers={"Content-Disposition": f'attachment; filename="{filename}"'},
             )
-        assert result.key is not None
-        data = await sink.get(result.key)
-        filename = f"background_removed.{ext(result.key)}"
-        return Response(
-            data,
-            media_type=media(result.key),
-            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-        )
+        finally:  # the cut-out is read back: held in memory no longer
+            if sink is not state.sink:
+                await sink.aclose()
 
     @router.post("/api/v1/remove-backgrounds", response_model=None, summary="A few images")
     async def remove_backgrounds(request: Request, owner: Caller) -> Response:
@@ -285,26 +290,32 @@ def add_routes(router: APIRouter) -> None:
         _, options = parse_options(body.mapping("options"), body.mapping("edit_options"))
         want_zip = "application/zip" in request.headers.get("accept", "")
         sink = state.unstored_sink() if want_zip and not body.flag("store") else state.sink
-        results = await _run(state, list(urls), options, sink)
-        items = []
-        for result, url in zip(results, urls, strict=True):
-            item = item_from_result(result)
-            item.update(url=url, original_url=result.source, success=result.ok, storage_url=None)
-            if item["stored"]:
-                links = await _urls_for(request, state, result.key or "")
-                item.update(links, storage_url=links["download_url"])
-            items.append(item)
-        if want_zip:
-            return await archive(sink, items, filename="background_removed_images.zip")
-        succeeded = sum(1 for item in items if item["success"])
-        return JSONResponse(
-            {
-                "total_count": len(items),
-                "success_count": succeeded,
-                "failed_count": len(items) - succeeded,
-                "results": items,
-            }
-        )
+        try:
+            results = await _run(state, list(urls), options, sink)
+            items = []
+            for result, url in zip(results, urls, strict=True):
+                item = item_from_result(result)
+                item.update(
+                    url=url, original_url=result.source, success=result.ok, storage_url=None
+                )
+                if item["stored"]:
+                    links = await _urls_for(request, state, result.key or "")
+                    item.update(links, storage_url=links["download_url"])
+                items.append(item)
+            if want_zip:
+                return await archive(sink, items, filename="background_removed_images.zip")
+            succeeded = sum(1 for item in items if item["success"])
+            return JSONResponse(
+                {
+                    "total_count": len(items),
+                    "success_count": succeeded,
+                    "failed_count": len(items) - succeeded,
+                    "results": items,
+                }
+            )
+        finally:  # the ZIP is written: its cut-outs held in memory no longer
+            if sink is not state.sink:
+                await sink.aclose()
 
     @router.get("/api/v1/outputs/{key:path}", name="download_output", response_model=None)
     async def download_output(request: Request, key: str, owner: Caller) -> Response:

@@ -69,9 +69,10 @@ class ServiceState:
         await drain(set(self.requests), grace, "request(s)")
 
     def unstored_sink(self) -> Sink:
-        """Where a request that keeps nothing puts its cut-outs: the recent outputs, or a
-        sink of its own when they are off."""
-        return self.recent if self.recent is not None else MemorySink()
+        """Where a request that keeps nothing puts its cut-outs: the recent outputs (its
+        session of them, which holds them until the request closes it), or a sink of its
+        own when they are off."""
+        return self.recent.session() if self.recent is not None else MemorySink()
 
 
 def _open_sink(settings: ServiceSettings) -> Sink:
