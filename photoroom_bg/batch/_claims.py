@@ -47,13 +47,13 @@ def place_of(sink: object) -> Hashable:
     same place, and a key under a sink's subfolder or longer prefix the same claim as the
     key that names it from the parent (see :func:`_claim`). A view of another sink (its
     ``view_of``) stores where that sink does."""
-    under = getattr(sink, "view_of", None)
-    if under is not None:
-        return place_of(under)
     if isinstance(sink, FileSystemSink):
         return ("file", str(sink.root).rstrip(os.sep) + os.sep)
     if isinstance(sink, S3Sink):
         return ("s3", _endpoint(sink.endpoint_url), sink.bucket, sink.prefix)
+    under = getattr(sink, "view_of", None)
+    if under is not None:
+        return place_of(under)
     return ("object", id(sink))  # alive while a claim on it is held: the id is not reused
 
 
