@@ -377,10 +377,17 @@ class Coordinator:
                     if shard.outcome == "stopped"
                     else Completed(message=message)
                 )
-                try:
-                    await self.client.set_task_run_state(shard.task_run_id, ended, force=True)
-                except Exception as exc:  # the job's outcome does not hang on it
-                    self.log.warning("could not mark shard %d's task run: %s", shard.shard, exc)
+                await self._mark(shard.task_run_id, ended, shard.shard)
+
+    async def _mark(self, task_run_id: Any, state: State[Any], shard: int) -> None:
+        """Set a shard's task run's state in Prefect; a failure is logged: the job goes on
+        either way (the shard is replaced, counted or cancelled all the same)."""
+        try:
+            await self.client.set_task_run_state(task_run_id, state, force=True)
+        except Exception as exc:
+            self.log.warning(
+                "could not mark shard %d's task run %s: %s", shard, state.type.value, exc
+            )
 
     async def _states(self, flights: list[_Flight]) -> dict[str, State[Any]]:
         from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
@@ -449,11 +456,8 @@ class Coordinator:
         self.log.warning("shard %d: %s", flight.shard, reason)
         self.flights.pop(flight.shard, None)
         state: State[Any] = Crashed(message=reason) if crashed else Cancelled(message=reason)
-        try:
-            if mark:
-                await self.client.set_task_run_state(flight.task_run_id, state, force=True)
-        except Exception as exc:  # the shard is replaced either way
-            self.log.warning("could not mark shard %d's task run: %s", flight.shard, exc)
+        if mark:
+            await self._mark(flight.task_run_id, state, flight.shard)
         if self.stopping:
             self.totals.add(
                 unstarted_summary(
@@ -489,12 +493,8 @@ class Coordinator:
             return  # local shards check the stop as they start
         for flight in [f for f in self.flights.values() if not f.started]:
             del self.flights[flight.shard]
-            try:
-                await self.client.set_task_run_state(
-                    flight.task_run_id, Cancelled(message=f"job stopped: {reason}"), force=True
-                )
-            except Exception as exc:
-                self.log.warning("could not cancel shard %d's task run: %s", flight.shard, exc)
+            cancelled: State[Any] = Cancelled(message=f"job stopped: {reason}")
+            await self._mark(flight.task_run_id, cancelled, flight.shard)
             self.totals.add(
                 unstarted_summary(
                     job_id=self.job_id,

@@ -119,14 +119,17 @@ class RecentSession:
 
     def __init__(self, recent: RecentOutputs) -> None:
         self.recent = recent
-        #: the sink this is a view of: requests' batches claim keys there, so that a retry
-        #: waits for the first call instead of paying for the same image again
-        self.view_of = recent
         self._held: set[str] = set()
         self._closed = False
 
     def __repr__(self) -> str:
         return f"RecentSession(held={len(self._held)}, closed={self._closed})"
+
+    @property
+    def view_of(self) -> RecentOutputs:
+        """The sink this is a view of: requests' batches claim keys there, so that a retry
+        waits for the first call instead of paying for the same image again."""
+        return self.recent
 
     def _hold(self, key: str) -> None:
         if not self._closed and key not in self._held:
