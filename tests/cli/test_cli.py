@@ -188,7 +188,11 @@ def test_ctrl_c_or_a_termination_signal_keeps_the_manifest_and_a_rerun_pays_noth
         env = {**os.environ, "PHOTOROOM_API_KEY": emu.api_key}
         args = [sys.executable, "-m", "photoroom_bg.cli", "remove", str(source), "-o", str(dest)]
         args += ["--base-url", url, "--concurrency", "3", "-q"]
-        child = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+        # as from a terminal, whatever this run inherited (under nohup SIGHUP is ignored, and
+        # a signal ignored at start stays ignored: see the next test)
+        child = subprocess.Popen(
+            args, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals
+        )
         wait_for_jobs(child, manifest, 3)
         child.send_signal(signum)
         _, stderr = child.communicate(timeout=60)
@@ -206,6 +210,39 @@ def test_ctrl_c_or_a_termination_signal_keeps_the_manifest_and_a_rerun_pays_noth
     assert len(outputs(dest)) == 30
     billed = emu.ledger.billed_per_image()
     assert billed == {hashlib.sha256(data).hexdigest(): 1 for data in images.values()}
+
+
+def _default_signals() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def test_a_run_under_nohup_goes_on_when_its_terminal_closes(tmp_path: Path) -> None:
+    """``nohup photoroom-bg remove ...``: SIGHUP was ignored when the run began, and a closed
+    terminal does not stop it."""
+    source = tmp_path / "in"
+    source.mkdir()
+    for i in range(12):
+        (source / f"p{i:02d}.png").write_bytes(photo())
+    dest = tmp_path / "out"
+    emu = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.3), image_work=False)
+
+    def as_nohup() -> None:
+        _default_signals()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    with emu.serve() as url:
+        env = {**os.environ, "PHOTOROOM_API_KEY": emu.api_key}
+        args = [sys.executable, "-m", "photoroom_bg.cli", "remove", str(source), "-o", str(dest)]
+        args += ["--base-url", url, "--concurrency", "3", "-q"]
+        child = subprocess.Popen(
+            args, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=as_nohup
+        )
+        wait_for_jobs(child, dest / MANIFEST_NAME, 3)
+        child.send_signal(signal.SIGHUP)
+        _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 0, stderr
+    assert len(outputs(dest)) == 12
 
 
 def test_the_console_script_is_installed() -> None:
