@@ -53,8 +53,19 @@ from .conftest import job_records, photo, remover
 # -- cancel() means no new billed request -----------------------------------------------------
 
 
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt, as from a terminal, whatever this run inherited (a
+    run started in the background of a script has SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("blocked_in", ["wait", "as_completed", "exception"])
-def test_ctrl_c_while_blocked_on_a_batch_cancels_it(blocked_in: str) -> None:
+def test_ctrl_c_while_blocked_on_a_batch_cancels_it(blocked_in: str, ctrl_c: None) -> None:
     # in a notebook the kernel lives on after an interrupt: the batch went on paying for
     # every image in the background while the user thought it stopped
     emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.05))
