@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..errors import PhotoroomBGError
+from ._outputs import temporary_folder_error
 from ._problems import Problem, problem_for
 
 __all__ = ["ProblemRoute", "RequestBody", "problem_response", "read_body"]
@@ -205,7 +206,10 @@ async def read_body(request: Request, *, max_files: int) -> RequestBody:
     """Parse a JSON object, a JSON list (taken as ``image_urls``) or a multipart form."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        form = await request.form(max_files=max_files, max_fields=max_files + 16)
+        try:  # a large upload is spooled to a temporary file
+            form = await request.form(max_files=max_files, max_fields=max_files + 16)
+        except OSError as exc:
+            raise temporary_folder_error(exc, "an upload") from None
         data: dict[str, Any] = {}
         uploads: list[tuple[str, bytes]] = []
         try:

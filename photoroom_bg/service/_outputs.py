@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import os
 import re
@@ -14,10 +16,10 @@ from fastapi import Response
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from ..errors import ObjectNotFoundError
+from ..errors import ObjectNotFoundError, StorageError, StorageFullError
 from ..sinks import Sink
 
-__all__ = ["archive", "ext", "media", "zip_name"]
+__all__ = ["archive", "ext", "media", "temporary_folder_error", "zip_name"]
 
 MEDIA = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp", "avif": "image/avif"}
 
@@ -53,13 +55,23 @@ def zip_name(position: int, name: str, key: str) -> str:
 async def archive(sink: Sink, items: list[dict[str, Any]], *, filename: str) -> Response:
     """The stored outputs among ``items`` as a ZIP, with ``errors.json`` listing every item
     that finished without one (or whose output has left the sink since); written to a
-    temporary file, one output in memory at a time."""
-    fd, path = tempfile.mkstemp(prefix="photoroom-bg-", suffix=".zip")
+    temporary file, one output in memory at a time.
+
+    Raises:
+        StorageFullError: the temporary folder is full (the caller is told the storage is
+            full; the log names the folder).
+        StorageError: it cannot be written.
+    """
+    try:
+        fd, path = tempfile.mkstemp(prefix="photoroom-bg-", suffix=".zip")
+    except OSError as exc:
+        raise temporary_folder_error(exc, "the ZIP") from None
     os.close(fd)
-    zipped = await asyncio.to_thread(zipfile.ZipFile, path, "w", zipfile.ZIP_STORED)
+    zipped: zipfile.ZipFile | None = None
     errors = []
     stored = 0
     try:
+        zipped = await asyncio.to_thread(zipfile.ZipFile, path, "w", zipfile.ZIP_STORED)
         for item in items:
             if item.get("stored"):
                 try:
@@ -73,11 +85,15 @@ async def archive(sink: Sink, items: list[dict[str, Any]], *, filename: str) -> 
             elif item["status"] not in ("pending", "running"):
                 errors.append(_error_fields(item))
         await asyncio.to_thread(zipped.writestr, "errors.json", json.dumps(errors, indent=2))
-    except BaseException:
-        zipped.close()
+        await asyncio.to_thread(zipped.close)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # full: its last writes fail again
+            if zipped is not None:
+                zipped.close()
         os.unlink(path)
+        if isinstance(exc, OSError):
+            raise temporary_folder_error(exc, "the ZIP") from None
         raise
-    await asyncio.to_thread(zipped.close)
     return FileResponse(
         path,
         media_type="application/zip",
@@ -85,3 +101,14 @@ async def archive(sink: Sink, items: list[dict[str, Any]], *, filename: str) -> 
         headers={"X-Success-Count": str(stored), "X-Failed-Count": str(len(errors))},
         background=BackgroundTask(os.unlink, path),
     )
+
+
+def temporary_folder_error(exc: OSError, what: str) -> StorageError:
+    """The typed error of ``what`` (a ZIP, an upload) that could not be written where
+    temporary files go: the caller is told the service's storage failed or is full, and the
+    log names the folder."""
+    where = f"{what} in the temporary folder {tempfile.gettempdir()}"
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return StorageFullError(f"no space left to write {where} ({reason}): make room there")
+    return StorageError(f"cannot write {where}: {reason}")

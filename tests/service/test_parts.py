@@ -622,3 +622,113 @@ async def test_an_item_the_batch_reported_is_stored_before_its_manifest_line_is_
     line = json.dumps({"index": 0, "status": "succeeded", "key": key})
     claims.manifest_path(job_id).write_text(line + "\n")  # it has now: the same item, once
     assert [item["status"] for item in await service.items(record)] == ["succeeded", "pending"]
+
+
+@pytest.mark.filterwarnings("ignore:Using .httpx. with .starlette.testclient")
+@pytest.mark.parametrize(("failure", "code"), [(28, "storage_full"), (13, "storage_unavailable")])
+def test_a_zip_that_cannot_be_written_is_a_storage_problem_not_a_bug(
+    tmp_path: Path,
+    images: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    failure: int,
+    code: str,
+) -> None:
+    # a full (or unwritable) temporary folder under a v1 ZIP answered 500 "Unexpected error",
+    # logged as a bug with its traceback: the operator was not told to make room (the
+    # cut-outs are paid for: a retry after that finds them among the recent outputs)
+    import errno
+    import os
+    import tempfile
+    import zipfile
+
+    from fastapi.testclient import TestClient
+
+    from photoroom_bg.service import create_app
+    from photoroom_bg.testing import PhotoroomEmulator
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(failure, os.strerror(failure))
+
+    made: list[str] = []
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        fd, path = real_mkstemp(*args, **kwargs)
+        made.append(path)
+        return fd, path
+
+    emulator = PhotoroomEmulator(credits=10)
+    with emulator.serve() as url:
+        settings = ServiceSettings(
+            api_key=emulator.api_key,
+            base_url=url,
+            sink=str(tmp_path / "sink"),
+            state_dir=str(tmp_path / "state"),
+            tokens=("t0ken",),
+            allow_networks=("127.0.0.1/32",),
+        )
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            monkeypatch.setattr(zipfile.ZipFile, "writestr", full)
+            monkeypatch.setattr("photoroom_bg.service._outputs.tempfile.mkstemp", mkstemp)
+            request: dict[str, Any] = {
+                "json": {"image_urls": [images.image(51)]},
+                "headers": {"Authorization": "Bearer t0ken", "Accept": "application/zip"},
+            }
+            answer = client.post("/api/v1/remove-backgrounds", **request)
+            monkeypatch.undo()  # room made: the caller's retry gets the ZIP, paid for once
+            again = client.post("/api/v1/remove-backgrounds", **request)
+    assert again.status_code == 200
+    assert again.headers["X-Success-Count"] == "1"
+    assert emulator.ledger.calls() == 1
+    assert answer.status_code == (507 if failure == errno.ENOSPC else 503), answer.text
+    assert answer.json()["code"] == code
+    assert str(tmp_path) not in answer.text  # the folder is for the operator's log
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]  # no bug was logged
+    told = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("the ZIP in the temporary folder" in line for line in told), told  # the operator
+    assert made
+    assert not any(os.path.exists(p) for p in made)  # no half ZIP left behind
+
+
+@pytest.mark.filterwarnings("ignore:Using .httpx. with .starlette.testclient")
+def test_an_upload_that_cannot_be_spooled_is_a_storage_problem_not_a_bug(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a large upload goes to a temporary file while the form is read: a full temporary
+    # folder answered 500 "Unexpected error", logged as a bug, and nothing told the operator
+    import errno
+    import os
+    from tempfile import SpooledTemporaryFile
+
+    from fastapi.testclient import TestClient
+
+    from photoroom_bg.service import create_app
+    from photoroom_bg.testing import PhotoroomEmulator
+
+    class FullSpool(SpooledTemporaryFile):  # type: ignore[type-arg]
+        def write(self, data: Any) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    emulator = PhotoroomEmulator(credits=10)
+    with emulator.serve() as url:
+        settings = ServiceSettings(
+            api_key=emulator.api_key,
+            base_url=url,
+            sink=str(tmp_path / "sink"),
+            state_dir=str(tmp_path / "state"),
+            tokens=("t0ken",),
+        )
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            monkeypatch.setattr("starlette.formparsers.SpooledTemporaryFile", FullSpool)
+            answer = client.post(
+                "/api/v1/remove-background",
+                files={"image_file": ("shoe.png", b"\x89PNG" + bytes(1000), "image/png")},
+                headers={"Authorization": "Bearer t0ken"},
+            )
+    assert answer.status_code == 507, answer.text
+    assert answer.json()["code"] == "storage_full"
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]  # no bug was logged
+    told = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("an upload in the temporary folder" in line for line in told), told
+    assert emulator.ledger.calls() == 0
