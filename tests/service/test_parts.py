@@ -3,6 +3,7 @@ serialization of results (including fields and statuses added later), job record
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -625,14 +626,13 @@ async def test_an_item_the_batch_reported_is_stored_before_its_manifest_line_is_
 
 
 @pytest.mark.filterwarnings("ignore:Using .httpx. with .starlette.testclient")
-@pytest.mark.parametrize(("failure", "code"), [(28, "storage_full"), (13, "storage_unavailable")])
+@pytest.mark.parametrize("failure", ["full", "refused"])
 def test_a_zip_that_cannot_be_written_is_a_storage_problem_not_a_bug(
     tmp_path: Path,
     images: Any,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
-    failure: int,
-    code: str,
+    failure: str,
 ) -> None:
     # a full (or unwritable) temporary folder under a v1 ZIP answered 500 "Unexpected error",
     # logged as a bug with its traceback: the operator was not told to make room (the
@@ -647,19 +647,14 @@ def test_a_zip_that_cannot_be_written_is_a_storage_problem_not_a_bug(
     from photoroom_bg.service import create_app
     from photoroom_bg.testing import PhotoroomEmulator
 
-    def full(*args: Any, **kwargs: Any) -> None:
-        raise OSError(failure, os.strerror(failure))
+    from ..disks import fill, small_disk
 
-    made: list[str] = []
-    real_mkstemp = tempfile.mkstemp
-
-    def mkstemp(*args: Any, **kwargs: Any) -> tuple[int, str]:
-        fd, path = real_mkstemp(*args, **kwargs)
-        made.append(path)
-        return fd, path
+    def refused(*args: Any, **kwargs: Any) -> None:  # root is never refused for real
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES))
 
     emulator = PhotoroomEmulator(credits=10)
-    with emulator.serve() as url:
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(emulator.serve())
         settings = ServiceSettings(
             api_key=emulator.api_key,
             base_url=url,
@@ -668,27 +663,37 @@ def test_a_zip_that_cannot_be_written_is_a_storage_problem_not_a_bug(
             tokens=("t0ken",),
             allow_networks=("127.0.0.1/32",),
         )
-        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-            monkeypatch.setattr(zipfile.ZipFile, "writestr", full)
-            monkeypatch.setattr("photoroom_bg.service._outputs.tempfile.mkstemp", mkstemp)
-            request: dict[str, Any] = {
-                "json": {"image_urls": [images.image(51)]},
-                "headers": {"Authorization": "Bearer t0ken", "Accept": "application/zip"},
-            }
-            answer = client.post("/api/v1/remove-backgrounds", **request)
-            monkeypatch.undo()  # room made: the caller's retry gets the ZIP, paid for once
-            again = client.post("/api/v1/remove-backgrounds", **request)
+        client = stack.enter_context(
+            TestClient(create_app(settings), raise_server_exceptions=False)
+        )
+        temporary = tmp_path / "temporary"
+        if failure == "full":  # a real file system with no room left
+            stack.enter_context(small_disk(temporary, "256k"))
+            fill(temporary)
+        else:
+            temporary.mkdir()
+            monkeypatch.setattr(zipfile.ZipFile, "writestr", refused)
+        monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+        request: dict[str, Any] = {
+            "json": {"image_urls": [images.image(51)]},
+            "headers": {"Authorization": "Bearer t0ken", "Accept": "application/zip"},
+        }
+        answer = client.post("/api/v1/remove-backgrounds", **request)
+        left = sorted(p.name for p in temporary.iterdir())
+        monkeypatch.undo()  # room made: the caller's retry gets the ZIP, paid for once
+        again = client.post("/api/v1/remove-backgrounds", **request)
     assert again.status_code == 200
     assert again.headers["X-Success-Count"] == "1"
     assert emulator.ledger.calls() == 1
-    assert answer.status_code == (507 if failure == errno.ENOSPC else 503), answer.text
-    assert answer.json()["code"] == code
-    assert str(tmp_path) not in answer.text  # the folder is for the operator's log
+    if failure == "full":
+        assert (answer.status_code, answer.json()["code"]) == (507, "storage_full"), answer.text
+    else:
+        assert (answer.status_code, answer.json()["code"]) == (503, "storage_unavailable")
+    assert str(temporary) not in answer.text  # the folder is for the operator's log
     assert not [r for r in caplog.records if r.levelname == "ERROR"]  # no bug was logged
     told = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert any("the ZIP in the temporary folder" in line for line in told), told  # the operator
-    assert made
-    assert not any(os.path.exists(p) for p in made)  # no half ZIP left behind
+    assert any(f"the ZIP in the temporary folder {temporary}" in line for line in told), told
+    assert left == (["filler"] if failure == "full" else [])  # no half ZIP left behind
 
 
 @pytest.mark.filterwarnings("ignore:Using .httpx. with .starlette.testclient")
