@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,16 +186,9 @@ def test_ctrl_c_or_a_termination_signal_keeps_the_manifest_and_a_rerun_pays_noth
     # each call is under way for 0.3 s: at the signal, calls the server bills are in flight
     emu = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.3), image_work=False)
     with emu.serve() as url:
-        env = {**os.environ, "PHOTOROOM_API_KEY": emu.api_key}
-        args = [sys.executable, "-m", "photoroom_bg.cli", "remove", str(source), "-o", str(dest)]
-        args += ["--base-url", url, "--concurrency", "3", "-q"]
         # as from a terminal, whatever this run inherited (under nohup SIGHUP is ignored, and
         # a signal ignored at start stays ignored: see the next test)
-        child = subprocess.Popen(
-            args, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals
-        )
-        wait_for_jobs(child, manifest, 3)
-        child.send_signal(signum)
+        child = _signalled_run(source, dest, url, emu.api_key, _default_signals, signum)
         _, stderr = child.communicate(timeout=60)
         assert child.returncode == 128 + signum, stderr  # 130 for Ctrl-C
         assert "Run the same command again" in stderr
@@ -217,6 +211,25 @@ def _default_signals() -> None:
         signal.signal(signum, signal.SIG_DFL)
 
 
+def _signalled_run(
+    source: Path,
+    dest: Path,
+    url: str,
+    key: str,
+    setup: Callable[[], None],
+    signum: signal.Signals,
+) -> subprocess.Popen[str]:
+    """``photoroom-bg remove source -o dest`` started with ``setup`` run in the child first,
+    sent ``signum`` once three jobs are in its manifest."""
+    env = {**os.environ, "PHOTOROOM_API_KEY": key}
+    args = [sys.executable, "-m", "photoroom_bg.cli", "remove", str(source), "-o", str(dest)]
+    args += ["--base-url", url, "--concurrency", "3", "-q"]
+    child = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=setup)
+    wait_for_jobs(child, dest / MANIFEST_NAME, 3)
+    child.send_signal(signum)
+    return child
+
+
 def test_a_run_under_nohup_goes_on_when_its_terminal_closes(tmp_path: Path) -> None:
     """``nohup photoroom-bg remove ...``: SIGHUP was ignored when the run began, and a closed
     terminal does not stop it."""
@@ -232,14 +245,7 @@ def test_a_run_under_nohup_goes_on_when_its_terminal_closes(tmp_path: Path) -> N
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     with emu.serve() as url:
-        env = {**os.environ, "PHOTOROOM_API_KEY": emu.api_key}
-        args = [sys.executable, "-m", "photoroom_bg.cli", "remove", str(source), "-o", str(dest)]
-        args += ["--base-url", url, "--concurrency", "3", "-q"]
-        child = subprocess.Popen(
-            args, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=as_nohup
-        )
-        wait_for_jobs(child, dest / MANIFEST_NAME, 3)
-        child.send_signal(signal.SIGHUP)
+        child = _signalled_run(source, dest, url, emu.api_key, as_nohup, signal.SIGHUP)
         _, stderr = child.communicate(timeout=60)
     assert child.returncode == 0, stderr
     assert len(outputs(dest)) == 12
