@@ -251,6 +251,22 @@ def _start_service(
     return service
 
 
+def app_settings(root: Path, emulator_url: str, api_key: str = API_KEY, **extra: Any) -> Any:
+    """The settings of a service run in this process (an app under ``TestClient``): the
+    emulator as Photoroom, a folder sink, the one token ``t0ken``, loopback images allowed."""
+    from photoroom_bg.service import ServiceSettings
+
+    return ServiceSettings(
+        api_key=api_key,
+        base_url=emulator_url,
+        sink=str(root / "sink"),
+        state_dir=str(root / "state"),
+        tokens=("t0ken",),
+        allow_networks=("127.0.0.1/32",),
+        **extra,
+    )
+
+
 def service_env(
     *, emulator_url: str, sink: str, state_dir: Path, tokens: str = f"{ALICE},{BOB}", **extra: str
 ) -> dict[str, str]:

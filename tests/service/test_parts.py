@@ -42,6 +42,8 @@ from photoroom_bg.service._serialize import item_from_record, item_from_result, 
 from photoroom_bg.sinks import MemorySink
 from photoroom_bg.sources import SourceReader
 
+from .live import app_settings
+
 # -- settings --------------------------------------------------------------------------------
 
 
@@ -655,14 +657,7 @@ def test_a_zip_that_cannot_be_written_is_a_storage_problem_not_a_bug(
     emulator = PhotoroomEmulator(credits=10)
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(emulator.serve())
-        settings = ServiceSettings(
-            api_key=emulator.api_key,
-            base_url=url,
-            sink=str(tmp_path / "sink"),
-            state_dir=str(tmp_path / "state"),
-            tokens=("t0ken",),
-            allow_networks=("127.0.0.1/32",),
-        )
+        settings = app_settings(tmp_path, url, emulator.api_key)
         client = stack.enter_context(
             TestClient(create_app(settings), raise_server_exceptions=False)
         )
@@ -717,13 +712,7 @@ def test_an_upload_that_cannot_be_spooled_is_a_storage_problem_not_a_bug(
 
     emulator = PhotoroomEmulator(credits=10)
     with emulator.serve() as url:
-        settings = ServiceSettings(
-            api_key=emulator.api_key,
-            base_url=url,
-            sink=str(tmp_path / "sink"),
-            state_dir=str(tmp_path / "state"),
-            tokens=("t0ken",),
-        )
+        settings = app_settings(tmp_path, url, emulator.api_key)
         with TestClient(create_app(settings), raise_server_exceptions=False) as client:
             monkeypatch.setattr("starlette.formparsers.SpooledTemporaryFile", FullSpool)
             answer = client.post(

@@ -16,7 +16,15 @@ from photoroom_bg.errors import ObjectNotFoundError
 from photoroom_bg.service._recent import KEEP_SECONDS, RecentOutputs
 from photoroom_bg.testing import Faults, PhotoroomEmulator
 
-from .live import API_KEY, ImageServer, ServiceProcess, poll, service_env, start_service
+from .live import (
+    API_KEY,
+    ImageServer,
+    ServiceProcess,
+    app_settings,
+    poll,
+    service_env,
+    start_service,
+)
 
 
 def test_recent_outputs_forget_the_oldest_past_their_budget_or_age() -> None:
@@ -94,18 +102,14 @@ def test_a_zip_past_the_memory_budget_keeps_every_cut_out_it_paid_for(
 
     from fastapi.testclient import TestClient
 
-    from photoroom_bg.service import ServiceSettings, _recent, create_app
+    from photoroom_bg.service import _recent, create_app
 
     monkeypatch.setattr(_recent, "PIN_SECONDS", 0.2, raising=False)
     emulator = PhotoroomEmulator([API_KEY], credits=10, faults=Faults(latency=0.5))
     with emulator.serve() as url:
-        settings = ServiceSettings(
-            api_key=API_KEY,
-            base_url=url,
-            sink=str(tmp_path / "sink"),
-            state_dir=str(tmp_path / "state"),
-            tokens=("t0ken",),
-            allow_networks=("127.0.0.1/32",),
+        settings = app_settings(
+            tmp_path,
+            url,
             concurrency=1,  # one call after the other: the first cut-out waits for the last
             recent_outputs_bytes=1,
         )
