@@ -81,7 +81,9 @@ class BatchHandle:
     :class:`concurrent.futures.Future` conventions (:meth:`done`, :meth:`result`,
     :meth:`exception`, :meth:`cancel`). From sync code use :attr:`progress`,
     :meth:`results`, :meth:`as_completed` and :meth:`wait`; from async code the same plus
-    ``await handle`` and ``async for job in handle``.
+    ``await handle`` and ``async for job in handle``. Ctrl-C while blocked in the sync
+    ones, and cancelling a task blocked in the async ones, stop the batch as :meth:`cancel`
+    does.
 
     If the batch itself fails (not one of its jobs: its machinery), :meth:`wait` and
     ``await`` raise that error, :meth:`as_completed` and ``async for`` raise it after the
@@ -339,7 +341,13 @@ class BatchHandle:
             self.cancel("interrupted")  # as the command says it
             raise
 
-    async def __aiter__(self) -> AsyncIterator[JobResult]:
+    def __aiter__(self) -> AsyncIterator[JobResult]:
+        return self._aiter_completed(None)
+
+    async def _aiter_completed(self, limit: float | None) -> AsyncIterator[JobResult]:
+        """The async twin of :meth:`_iter_completed`. A task cancelled while it waits here
+        (``asyncio.wait_for`` timing out, ``asyncio.run`` ending on Ctrl-C) cancels the batch,
+        as a cancelled ``await handle`` does; ``limit`` running out does not."""
         subscriber = self._subscribe(asyncio.get_running_loop())
         assert subscriber.event is not None
         try:
@@ -355,7 +363,16 @@ class BatchHandle:
                     with self._cond:
                         self._raise_if_failed()
                     return
-                await subscriber.event.wait()  # cancellable: no thread is left behind
+                try:  # cancellable: no thread is left behind
+                    if limit is None:
+                        await subscriber.event.wait()
+                    else:
+                        await asyncio.wait_for(subscriber.event.wait(), limit)
+                except asyncio.TimeoutError:  # the limit, not a cancelled task
+                    raise TimeoutError(_no_job_within(limit)) from None
+                except asyncio.CancelledError:
+                    self.cancel("the task iterating over the batch was cancelled")
+                    raise
         finally:
             self._unsubscribe(subscriber)
 
@@ -509,13 +526,8 @@ class CompletedJobs(Iterator[JobResult], AsyncIterator[JobResult]):
 
     async def __anext__(self) -> JobResult:
         if self._async is None:
-            self._async = self._handle.__aiter__()
-        if self._limit is None:
-            return await self._async.__anext__()
-        try:
-            return await asyncio.wait_for(self._async.__anext__(), self._limit)
-        except asyncio.TimeoutError:
-            raise TimeoutError(_no_job_within(self._limit)) from None
+            self._async = self._handle._aiter_completed(self._limit)
+        return await self._async.__anext__()
 
     def close(self) -> None:
         """Stop listening for jobs in a ``for`` loop left early (done anyway when this

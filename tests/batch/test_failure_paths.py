@@ -25,6 +25,7 @@ from photoroom_bg import (
     AsyncPhotoroomClient,
     BatchRemover,
     ImageResult,
+    JobResult,
     JobStatus,
     MemorySink,
     PhotoroomEngine,
@@ -549,30 +550,41 @@ def test_an_unwatched_failed_batch_logs_its_error(
     assert "the batch failed" in caplog.text
 
 
-def test_a_cancelled_async_for_does_not_keep_asyncio_run_from_returning() -> None:
-    emulator = PhotoroomEmulator(credits=100, faults=Faults(latency=5))
+@pytest.mark.parametrize("loop", ["handle", "as_completed"])
+def test_a_cancelled_async_for_stops_the_batch_without_dropping_a_paid_call(loop: str) -> None:
+    """``async for job in handle`` cancelled while it waits for a job (``asyncio.wait_for``
+    timing out, ``asyncio.run`` ending on Ctrl-C) stops the batch as a cancelled ``await
+    handle`` does: the calls under way finish and are stored, nothing more is paid for.
+    It used to leave the batch billing on its own loop, nobody watching it."""
+    emulator = PhotoroomEmulator(credits=100, faults=Faults(latency=0.3), image_work=False)
     with emulator.serve():
-        handle = remover(emulator, MemorySink(), concurrency=2).submit([photo() for _ in range(4)])
+        handle = remover(emulator, MemorySink(), concurrency=4).submit([photo() for _ in range(20)])
+        seen: list[JobResult] = []
 
         async def consume() -> None:
-            async def loop() -> None:
-                async for _ in handle:
-                    pass
+            jobs = handle if loop == "handle" else handle.as_completed(timeout=30)
+            async for job in jobs:
+                seen.append(job)
 
+        async def main() -> None:
             with pytest.raises(asyncio.TimeoutError):
-                await asyncio.wait_for(loop(), 0.2)
+                await asyncio.wait_for(consume(), 0.45)
 
         finished = threading.Event()
 
         def script() -> None:
-            asyncio.run(consume())
+            asyncio.run(main())
             finished.set()
 
         thread = threading.Thread(target=script, daemon=True)
         thread.start()
         assert finished.wait(20), "asyncio.run() did not return after the loop was cancelled"
-        handle.cancel()
-        handle.wait(timeout=30)
+        report = handle.wait(timeout=30)
+        assert handle.cancelled()
+        assert 0 < report.stored_count < 20
+        assert report.cancelled_count == 20 - report.stored_count
+        assert emulator.ledger.calls() == report.stored_count  # every call paid for, stored
+        assert len(seen) < report.stored_count  # the calls under way finished after it left
 
 
 # -- engines and clients ------------------------------------------------------------------
