@@ -3,7 +3,9 @@
 Directory symlinks are followed, but a directory is entered at most once per walk (by its
 ``(st_dev, st_ino)``), so a link such as ``a -> .`` or ``a -> ..`` cannot make a walk loop or
 list a file twice. Only regular files (after symlinks) are listed, so a FIFO or a link to
-``/dev/zero`` named ``x.png`` is never handed on. The walkers run in a worker thread and check a
+``/dev/zero`` named ``x.png`` is never handed on. A folder that cannot be listed (no
+permission, an I/O error) is handed on as an :class:`Unlistable`, so that its images are
+accounted for, not left out silently. The walkers run in a worker thread and check a
 :class:`threading.Event` between entries: setting it stops them promptly.
 """
 
@@ -15,9 +17,11 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "Unlistable",
     "glob_base",
     "glob_images",
     "is_image_path",
@@ -35,12 +39,24 @@ def is_image_path(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
+class Unlistable(NamedTuple):
+    """A folder a walk met but could not list."""
+
+    #: the folder
+    folder: str
+    #: what lists the images it holds: the folder, or the rest of the glob under it
+    spec: str
+    #: why it could not be listed
+    error: OSError
+
+
 def _scandir(folder: str) -> list[os.DirEntry[str]]:
-    """The entries of ``folder`` sorted by name; empty when it cannot be listed."""
+    """The entries of ``folder`` sorted by name; empty when it is gone (removed, or
+    replaced by a file, since it was seen). Any other :class:`OSError` is raised."""
     try:
         with os.scandir(folder) as entries:
             return sorted(entries, key=lambda e: e.name)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
 
 
@@ -78,10 +94,11 @@ def real_path(path: str | os.PathLike[str]) -> str:
 
 def walk_images(
     root: str, stop: threading.Event, leave_out: frozenset[str] = frozenset()
-) -> Iterator[str]:
-    """Image files under ``root``, depth first, each folder's files before its subfolders;
-    never in the folders ``leave_out`` names (real paths: a batch's output and spill
-    folders, whose cut-outs are no inputs; ``root`` itself is walked)."""
+) -> Iterator[str | Unlistable]:
+    """Image files under ``root``, depth first, each folder's files before its subfolders,
+    and the folders that could not be listed; never in the folders ``leave_out`` names (real
+    paths: a batch's output and spill folders, whose cut-outs are no inputs; ``root``
+    itself is walked)."""
     seen: set[Identity] = set()
     pending = [root]
     while pending and not stop.is_set():
@@ -91,7 +108,12 @@ def walk_images(
             continue
         seen.add(identity)
         subfolders = []
-        for entry in _scandir(folder):
+        try:
+            entries = _scandir(folder)
+        except OSError as exc:
+            yield Unlistable(folder, folder, exc)
+            continue
+        for entry in entries:
             if stop.is_set():
                 return
             if _is_dir(entry):
@@ -129,8 +151,9 @@ def _matcher(segment: str) -> Callable[[str], bool]:
 
 def glob_images(
     pattern: str, stop: threading.Event, leave_out: frozenset[str] = frozenset()
-) -> Iterator[str]:
-    """Image files matching ``pattern`` (``*``, ``?``, ``[...]`` and recursive ``**``).
+) -> Iterator[str | Unlistable]:
+    """Image files matching ``pattern`` (``*``, ``?``, ``[...]`` and recursive ``**``), and
+    the folders that could not be listed (with the rest of the pattern under them).
 
     Follows :func:`glob.glob`'s rules (wildcards and ``**`` skip hidden names), but enters
     each folder at most once per ``**``, so directory symlinks cannot make it loop; never
@@ -153,7 +176,12 @@ def glob_images(
             if identity is None or (identity, index) in seen:
                 continue
             seen.add((identity, index))
-            for entry in _scandir(folder or "."):
+            try:
+                entries = _scandir(folder or ".")
+            except OSError as exc:
+                yield Unlistable(folder or ".", os.path.join(folder, *segments[index:]), exc)
+                continue  # the rest of the pattern under it is that one spec
+            for entry in entries:
                 if stop.is_set():
                     return
                 path = os.path.join(folder, entry.name)
@@ -172,7 +200,12 @@ def glob_images(
             elif os.path.isdir(path) and not _left_out(path, leave_out):
                 later.append((path, index + 1))
         else:
-            for entry in _scandir(folder or "."):
+            try:
+                entries = _scandir(folder or ".")
+            except OSError as exc:
+                yield Unlistable(folder or ".", os.path.join(folder, *segments[index:]), exc)
+                continue
+            for entry in entries:
                 if stop.is_set():
                     return
                 if not match(entry.name):

@@ -58,6 +58,7 @@ from ._images import (
 from ._inflate import UnsupportedEncoding, decoder_for
 from ._listing import (
     IMAGE_EXTENSIONS,
+    Unlistable,
     glob_base,
     glob_images,
     is_image_path,
@@ -246,28 +247,42 @@ def _path_shapes(items: Sequence[Any]) -> dict[int, str]:
 
 
 async def _paths_off_loop(
-    list_paths: Callable[[threading.Event], Iterator[str]],
+    list_paths: Callable[[threading.Event], Iterator[str | Unlistable]],
 ) -> AsyncIterator[ImageSource]:
     """Pull paths from a blocking lister in chunks, in a worker thread.
 
     When the consumer stops (cancelled, or done early), the lister is told to stop at its
-    next entry, so no thread keeps scanning a huge tree for nobody.
+    next entry, so no thread keeps scanning a huge tree for nobody. A folder it could not
+    list becomes an :class:`UnlistedSource` (a failed job) that lists it again when retried.
     """
     stop = threading.Event()
     paths = list_paths(stop)
 
-    def chunk() -> list[str]:
+    def chunk() -> list[str | Unlistable]:
         return [p for _, p in zip(range(_WALK_CHUNK), paths, strict=False)]
 
     try:
         while True:
             batch = await _threads.run_sync(chunk)
             for path in batch:
-                yield ImageSource("path", path, _stem(path))
+                if isinstance(path, Unlistable):
+                    yield _unlistable(path)
+                else:
+                    yield ImageSource("path", path, _stem(path))
             if len(batch) < _WALK_CHUNK:
                 return
     finally:
         stop.set()
+
+
+def _unlistable(found: Unlistable) -> UnlistedSource:
+    reason = found.error.strerror or f"{type(found.error).__name__}: {found.error}"
+    error = SourceError(
+        f"{printable(found.folder)}: this folder could not be listed ({reason}), so its "
+        "images were left out; mend that and run the batch again (what is stored is skipped)"
+    )
+    error.__cause__ = found.error
+    return UnlistedSource("path", found.spec, _stem(found.spec), error=error)
 
 
 async def _read_file_object(item: Any, name: str, cap: int) -> bytes:

@@ -11,7 +11,7 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
@@ -20,19 +20,19 @@ from .._numbers import wait_limit
 from .._retry import is_retryable
 from ..errors import (
     AuthenticationError,
+    InvalidSourceError,
     OutOfCreditsError,
     PhotoroomError,
     SourceError,
     SourceNotFoundError,
+    SourceTooLargeError,
     StorageError,
     UnexpectedError,
     UnsafeKeyError,
     UnsafeURLError,
 )
+from ..sources import ImageSource, UnlistedSource
 from ._jobs import BatchReport, JobResult, JobStatus, Progress
-
-if TYPE_CHECKING:
-    from ..sources import ImageSource
 
 __all__ = ["BatchHandle", "CompletedJobs"]
 
@@ -42,8 +42,9 @@ logger = logging.getLogger("photoroom_bg.batch")
 def retry_can_fix(result: JobResult) -> bool:
     """Whether running this job again may end differently: cancelled and spilled jobs,
     transient API failures, running out of credits (they can be topped up), storage
-    failures, timeouts fetching a source, and the unexpected. Not a bad key, an image the API
-    refuses, a missing file or a refused URL."""
+    failures, timeouts fetching a source, a folder that could not be listed, and the
+    unexpected. Not a bad key, an image the API refuses, a missing file, a refused URL, or a
+    source that is no file or is too large."""
     if result.status in (JobStatus.CANCELLED, JobStatus.SPILLED):
         return True
     if result.status is not JobStatus.FAILED:
@@ -55,9 +56,20 @@ def retry_can_fix(result: JobResult) -> bool:
         return True
     if isinstance(error, (AuthenticationError, PhotoroomError, UnsafeKeyError)):
         return False
-    if isinstance(error, (SourceNotFoundError, UnsafeURLError)):
+    if isinstance(error, (SourceNotFoundError, UnsafeURLError, InvalidSourceError)):
+        return False
+    if isinstance(error, SourceTooLargeError):
         return False
     return isinstance(error, (StorageError, SourceError, UnexpectedError))
+
+
+def _submitted_again(source: ImageSource) -> ImageSource | str | None:
+    """What a retry submits for ``source``: the source without its bytes; for a folder,
+    glob or listing that could not be listed, its text, to be listed again (not its error,
+    replayed); ``None`` for an item that was never a source (``None``, a closed file)."""
+    if isinstance(source, UnlistedSource):
+        return source.location if source.kind in ("path", "s3") else None
+    return attrs.evolve(source, data=None)
 
 
 class _Subscriber:
@@ -100,7 +112,7 @@ class BatchHandle:
         self._unbounded = limit is None
         self._subscribers: list[_Subscriber] = []
         # inputs a retry may fix, without their bytes (in-memory inputs are not kept)
-        self._retryable: deque[ImageSource] = deque(maxlen=limit)
+        self._retryable: deque[ImageSource | str] = deque(maxlen=limit)
         self._retryable_total = 0
         self._not_retryable: Counter[str] = Counter()
         self._counts: Counter[JobStatus] = Counter()
@@ -115,7 +127,7 @@ class BatchHandle:
         self._waiters = 0
         self._future: Future[BatchReport] | None = None
         self._cancel: Callable[[str], None] | None = None
-        self._retry: Callable[[list[ImageSource]], BatchHandle] | None = None
+        self._retry: Callable[[list[ImageSource | str]], BatchHandle] | None = None
         self._cancel_requested = False
 
     def __repr__(self) -> str:
@@ -132,7 +144,7 @@ class BatchHandle:
         self,
         future: Future[BatchReport],
         cancel: Callable[[str], None],
-        retry: Callable[[list[ImageSource]], BatchHandle],
+        retry: Callable[[list[ImageSource | str]], BatchHandle],
     ) -> None:
         self._future = future
         self._cancel = cancel
@@ -173,10 +185,11 @@ class BatchHandle:
             else:
                 self._kept.append(result)
             if result.status in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.SPILLED):
+                again = _submitted_again(source)
                 if source.data is not None:
                     self._not_retryable["in-memory input (its bytes are not kept)"] += 1
-                elif retry_can_fix(result):
-                    self._retryable.append(attrs.evolve(source, data=None))
+                elif again is not None and retry_can_fix(result):
+                    self._retryable.append(again)
                     self._retryable_total += 1
                 else:
                     self._not_retryable[result.error_type or "error"] += 1
@@ -463,10 +476,12 @@ class BatchHandle:
 
     def retry_failed(self) -> BatchHandle:
         """Submit again, as a new batch, the inputs a retry may fix: cancelled and spilled
-        jobs, and failures that were transient (connection errors, timeouts, 429, 5xx, out
-        of credits, storage). Inputs that cannot succeed as they are (an image the API
-        refuses, a missing file, a refused URL, a bad key) and in-memory inputs (the handle
-        keeps no input bytes) are left out, and a warning says how many and why.
+        jobs, failures that were transient (connection errors, timeouts, 429, 5xx, out of
+        credits, storage), and folders or listings that could not be listed (listed
+        again). Inputs that cannot succeed as they are (an image the API refuses, a missing
+        file, a refused URL, a source that is no regular file or is too large, a bad key)
+        and in-memory inputs (the handle keeps no input bytes) are left out, and a warning
+        says how many and why.
         """
         if not self.done():
             raise RuntimeError("retry_failed() needs a finished batch: wait for it first")

@@ -357,6 +357,69 @@ def test_one_bad_item_of_a_list_fails_alone_and_the_items_after_it_are_made(
     assert message in str(failed.error)
 
 
+@pytest.fixture
+def unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[str]]:
+    """A folder ``in`` with two images and a subfolder ``private`` of two more that cannot
+    be listed (EACCES, as for a folder of another user's; simulated: tests may run as root,
+    whom permissions do not stop) until its name is taken off the returned list."""
+    from photoroom_bg import _listing
+
+    root = tmp_path / "in"
+    (root / "private").mkdir(parents=True)
+    for path in ["a.png", "b.png", "private/c.png", "private/d.png"]:
+        (root / path).write_bytes(photo())
+    denied = [str(root / "private")]
+    real_scandir = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        if str(path) in denied:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(_listing.os, "scandir", scandir)
+    return root, denied
+
+
+@pytest.mark.parametrize("how", ["folder", "glob"])
+def test_a_folder_that_cannot_be_listed_fails_as_a_job_and_a_retry_lists_it_again(
+    emulator: PhotoroomEmulator, unreadable: tuple[Path, list[str]], how: str
+) -> None:
+    # Its images were left out silently: the batch reported every job made and all_ok,
+    # and retry_failed() had nothing to retry.
+    root, denied = unreadable
+    spec = str(root) if how == "folder" else str(root / "**" / "*.png")
+    handle = remover(emulator, MemorySink(), keep_results=True).submit(spec)
+    report = handle.wait(timeout=60)
+    assert (report.succeeded_count, report.failed_count) == (2, 1)
+    assert not report.all_ok
+    (failed,) = report.failures["SourceError"]
+    assert str(root / "private") in str(failed.error)
+    assert "could not be listed" in str(failed.error)
+    assert "Permission denied" in str(failed.error)
+    denied.clear()  # its permissions mended
+    again = handle.retry_failed().wait(timeout=60)
+    assert (again.succeeded_count, again.failed_count) == (2, 0)  # c and d, listed now
+    assert emulator.ledger.calls() == 4
+
+
+def test_retry_failed_leaves_out_sources_that_are_no_file_or_too_large(
+    emulator: PhotoroomEmulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a FIFO named like an image and a file over the byte cap were submitted again by
+    # retry_failed(), to fail again the same way
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "big.png").write_bytes(photo() + b"\0" * 2000)
+    (tmp_path / "ok.png").write_bytes(photo())
+    batch = remover(emulator, MemorySink(), reader=SourceReader(max_bytes=1500))
+    handle = batch.submit([str(tmp_path / name) for name in ["pipe.png", "big.png", "ok.png"]])
+    report = handle.wait(timeout=60)
+    assert report.failure_counts == {"InvalidSourceError": 1, "SourceTooLargeError": 1}
+    with caplog.at_level("WARNING", logger="photoroom_bg.batch"):
+        again = handle.retry_failed().wait(timeout=60)
+    assert again.total_count == 0
+    assert "1 InvalidSourceError, 1 SourceTooLargeError" in caplog.text
+
+
 # -- the batch's own machinery ------------------------------------------------------------
 
 
