@@ -15,6 +15,7 @@ import fnmatch
 import glob
 import os
 import re
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
@@ -76,10 +77,25 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
 
 
 def _is_image_file(entry: os.DirEntry[str]) -> bool:
+    """Whether ``entry`` is named like an image and is a regular file (after links); also
+    when what it is cannot be found out (a link loop, an I/O error): then reading it fails
+    its job with the reason, where skipping it would leave it out silently."""
     try:
-        return is_image_path(entry.name) and entry.is_file()  # is_file: regular, after links
+        return is_image_path(entry.name) and entry.is_file()  # False when gone
     except OSError:
+        return True
+
+
+def _is_image_path_file(path: str) -> bool:
+    """:func:`_is_image_file` for a path with no directory entry at hand."""
+    if not is_image_path(path):
         return False
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
 
 
 def _left_out(folder: str, leave_out: frozenset[str]) -> bool:
@@ -195,7 +211,7 @@ def glob_images(
         elif not glob.has_magic(segments[index]):
             path = os.path.join(folder, segments[index])
             if last:
-                if is_image_path(path) and os.path.isfile(path):
+                if _is_image_path_file(path):
                     yield path
             elif os.path.isdir(path) and not _left_out(path, leave_out):
                 later.append((path, index + 1))

@@ -23,6 +23,7 @@ from photoroom_bg._images import load_image, validate_image
 from photoroom_bg.errors import (
     InvalidImageError,
     InvalidSourceError,
+    SourceError,
     SourceTooLargeError,
 )
 from photoroom_bg.sources import ImageSource, SourceReader, iter_sources
@@ -123,6 +124,28 @@ async def test_folders_skip_special_files_named_like_images(
     (tmp_path / "real.png").write_bytes(png_bytes())
     sources = [s async for s in iter_sources(tmp_path)]
     assert [Path(s.location).name for s in sources] == ["real.png"]
+
+
+@pytest.mark.parametrize("how", ["folder", "glob", "glob-literal"])
+async def test_an_image_name_whose_file_cannot_be_looked_at_is_listed_to_fail_as_a_job(
+    tmp_path: Path, how: str
+) -> None:
+    # a symbolic link loop named like an image (stat fails with ELOOP, as it would with
+    # EIO on a bad disk) was skipped silently by listings, while naming it failed its job
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "self.png").symlink_to("self.png")
+    (tmp_path / "sub" / "real.png").write_bytes(png_bytes())
+    spec = {
+        "folder": tmp_path,
+        "glob": str(tmp_path / "*" / "*.png"),
+        "glob-literal": str(tmp_path / "*" / "self.png"),
+    }[how]
+    sources = [s async for s in iter_sources(spec)]
+    names = sorted(Path(s.location).name for s in sources)
+    assert names == (["self.png"] if how == "glob-literal" else ["real.png", "self.png"])
+    (looping,) = [s for s in sources if s.location.endswith("self.png")]
+    with pytest.raises(SourceError, match="Too many levels of symbolic links"):
+        await SourceReader().read(looping)
 
 
 @pytest.fixture
