@@ -6,12 +6,13 @@ counted, never a crash, and appending after a torn line starts on a new line.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -21,7 +22,13 @@ import anyio.abc
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..errors import ConfigurationError, ObjectNotFoundError, PhotoroomBGError, StorageError
+from ..errors import (
+    ConfigurationError,
+    ObjectNotFoundError,
+    PhotoroomBGError,
+    StorageError,
+    StorageFullError,
+)
 from ..sinks import Sink
 from ..sinks._common import try_lock
 from ._jobs import JobResult, JobStatus
@@ -217,13 +224,27 @@ def finished_keys_in(lines: Iterable[bytes | str]) -> set[str]:
     return ManifestState().feed(lines).finished
 
 
+def manifest_error(path: str | os.PathLike[str], exc: OSError) -> StorageError:
+    """The typed error for a manifest that cannot be written: full, or broken."""
+    reason = exc.strerror or f"{type(exc).__name__}: {exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return StorageFullError(
+            f"cannot write the manifest at {path} ({reason}): make room there, or give the "
+            "manifest another place"
+        )
+    return StorageError(f"cannot write the manifest at {path} ({reason})")
+
+
 class Manifest:
     """Appends job records to a JSON-lines file; a crash loses at most the records not yet
     flushed (the outputs themselves are in the sink, which a re-run asks).
 
     :meth:`open` creates the file (raising :class:`~photoroom_bg.errors.ConfigurationError`
     when it cannot, before anything is billed); :meth:`writer` is the one task that appends
-    and fsyncs, in groups, off the event loop; :meth:`write` queues a record for it.
+    and fsyncs, in groups, off the event loop; :meth:`write` queues a record for it. When
+    the file cannot be written (a full disk, an I/O error), the writer tells its caller
+    once and drops the records after it: the outputs are in the sink, where a re-run
+    finds them.
 
     Records hold the source without query string or credentials, the output key and URI,
     the status, the error type and message: never an API key or storage secret.
@@ -232,6 +253,10 @@ class Manifest:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._handle: IO[bytes] | None = None
+        #: why the file could not be written, once it could not
+        self.error: StorageError | None = None
+        #: records dropped since
+        self.dropped = 0
         self._send: MemoryObjectSendStream[bytes] | None = None
         self._receive: MemoryObjectReceiveStream[bytes] | None = None
 
@@ -245,7 +270,8 @@ class Manifest:
         manifest is refused with :class:`~photoroom_bg.errors.ConfigurationError`."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = self.path.open("ab")
+            # unbuffered: a write that fails leaves nothing behind for close() to retry
+            handle = open(self.path, "ab", buffering=0)  # noqa: SIM115
             try:
                 if try_lock(handle.fileno()) is False:
                     # held until this run closes it (or its process ends): two runs on one
@@ -271,9 +297,21 @@ class Manifest:
 
     def _append(self, lines: list[bytes]) -> None:
         assert self._handle is not None
-        self._handle.write(b"".join(lines))
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        fd = self._handle.fileno()
+        data = memoryview(b"".join(lines))
+        while data:  # a write may take part of it (a disk filling up, a signal)
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)
+
+    def _append_or_drop(self, lines: list[bytes]) -> None:
+        """Append ``lines``; once the file cannot be written, count them as dropped."""
+        if self.error is None:
+            try:
+                self._append(lines)
+                return
+            except OSError as exc:  # the file is torn at worst: readers skip a torn line
+                self.error = manifest_error(self.path, exc)
+        self.dropped += len(lines)
 
     async def write_header(
         self,
@@ -295,7 +333,10 @@ class Manifest:
         if retry:
             record["retry"] = True
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
-        await anyio.to_thread.run_sync(self._append, [line])
+        try:
+            await anyio.to_thread.run_sync(self._append, [line])
+        except OSError as exc:  # before the run starts: nothing is billed
+            raise manifest_error(self.path, exc) from None
 
     def write(
         self,
@@ -318,9 +359,10 @@ class Manifest:
         if self._send is not None:
             self._send.close()
 
-    async def writer(self) -> None:
+    async def writer(self, failed: Callable[[StorageError], None]) -> None:
         """Append queued records until :meth:`finish`; each group is fsynced once. When
-        cancelled, what is already queued is still written."""
+        cancelled, what is already queued is still written. ``failed`` is called once, on
+        the event loop, when the file cannot be written."""
         assert self._receive is not None
         receive = self._receive
         lines: list[bytes] = []  # taken from the queue, not yet on disk
@@ -334,19 +376,33 @@ class Manifest:
                         break
                 # a cancel may land before the thread starts (e.g. while every worker
                 # thread is busy): the group stays in ``lines`` for the finally below
-                await anyio.to_thread.run_sync(self._append, lines)
+                fine = self.error is None
+                await anyio.to_thread.run_sync(self._append_or_drop, lines)
                 lines = []
+                if fine and self.error is not None:
+                    failed(self.error)
         finally:
             while True:
                 try:
                     lines.append(receive.receive_nowait())
                 except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                     break
-            if lines:
-                self._append(lines)  # cancelled: written inline rather than lost
+            if lines:  # cancelled: written inline rather than lost
+                fine = self.error is None
+                self._append_or_drop(lines)
+                if fine and self.error is not None:
+                    failed(self.error)
 
     def close(self) -> None:
         """Close the file."""
+        if self.dropped:
+            logger.warning(
+                "%d job record(s) could not be written to the manifest at %s (their outputs "
+                "are in the sink, where a later run finds them)",
+                self.dropped,
+                self.path,
+            )
+            self.dropped = 0
         if self._send is not None:
             self._send.close()
         if self._receive is not None:

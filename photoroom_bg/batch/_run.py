@@ -184,6 +184,12 @@ class Batch:
         if self.bar is not None:
             self.bar.set_description("stopped", refresh=False)
 
+    def _manifest_failed(self, error: StorageError) -> None:
+        """The manifest cannot be written: no more paid calls whose records would be lost
+        (the calls under way finish and are stored; a re-run finds them in the sink)."""
+        logger.error("%s; the batch stops", error)
+        self.stop(f"{error}; the outputs stored are kept, and a run of the batch again skips them")
+
     async def _stoppable(self, wait: Callable[[], Awaitable[T]]) -> T:
         """Await ``wait()``; raise :class:`Stopped` if the batch stops meanwhile."""
         if self.stop_reason is not None:
@@ -365,7 +371,7 @@ class Batch:
             async with one_error(), anyio.create_task_group() as tg:
                 self.storage.task_group = tg  # where an outage prober runs
                 if self._manifest is not None:
-                    tg.start_soon(self._manifest.writer)
+                    tg.start_soon(self._manifest.writer, self._manifest_failed)
                 balance_read = anyio.Event()
                 if self.r.track_credits:
                     # read while the first jobs read and check their inputs; they wait for

@@ -118,11 +118,12 @@ def test_records_the_writer_holds_when_it_is_cancelled_are_written(tmp_path: Pat
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = 1
         release = threading.Event()
+        failures: list[Exception] = []
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(anyio.to_thread.run_sync, release.wait)  # the only thread
                 await until(lambda: limiter.borrowed_tokens == 1)
-                tg.start_soon(manifest.writer)
+                tg.start_soon(manifest.writer, failures.append)
                 for n in range(3):
                     manifest._send.send_nowait(f'{{"n": {n}}}\n'.encode())  # type: ignore[union-attr]
                 await until(lambda: manifest._receive.statistics().current_buffer_used == 0)  # type: ignore[union-attr]
@@ -131,6 +132,7 @@ def test_records_the_writer_holds_when_it_is_cancelled_are_written(tmp_path: Pat
         finally:
             limiter.total_tokens = 40
             manifest.close()
+        assert failures == []
         assert (tmp_path / "m.jsonl").read_text().splitlines() == [
             f'{{"n": {n}}}' for n in range(3)
         ]

@@ -552,16 +552,91 @@ def test_options_the_engine_cannot_take_are_refused_at_submit() -> None:
         batch.submit([photo()])
 
 
+def test_a_manifest_whose_disk_fills_stops_the_batch_and_the_next_run_pays_for_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    # The batch died with a raw "OSError: [Errno 28] No space left on device", raised from
+    # the manifest's close with a traceback through contextlib, and no report.
+    from ..disks import fill, small_disk
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(40):
+        (inputs / f"p{i:02}.png").write_bytes(photo())
+    emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.05), image_work=False)
+    sink = MemorySink()
+    with small_disk(tmp_path / "disk", "64k") as disk, emulator.serve():
+        manifest = disk / "m.jsonl"
+        seen: list[JobResult] = []
+
+        def on_result(job: JobResult) -> None:
+            seen.append(job)
+            if len(seen) == 5:
+                fill(disk)
+
+        batch = remover(emulator, sink, manifest=manifest, concurrency=4, on_result=on_result)
+        report = batch.submit(str(inputs)).wait(timeout=60)
+        assert report.stop_reason is not None
+        assert f"cannot write the manifest at {manifest}" in report.stop_reason
+        assert "No space left on device" in report.stop_reason
+        assert "make room" in report.stop_reason
+        assert 5 <= report.stored_count < 40
+        assert report.cancelled_count == 40 - report.stored_count
+        assert emulator.ledger.calls() == report.stored_count  # every call paid for, stored
+        assert len(job_records(manifest)) < report.stored_count  # not all recorded
+        (disk / "filler").unlink()
+        again = remover(emulator, sink, manifest=manifest, concurrency=4).submit(str(inputs))
+        assert again.wait(timeout=60).all_ok
+        assert emulator.ledger.calls() == 40  # the unrecorded outputs were found, not re-paid
+
+
+def test_a_manifest_on_a_full_disk_is_refused_before_anything_is_billed(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    from ..disks import fill, small_disk
+
+    with small_disk(tmp_path / "disk", "64k") as disk:
+        fill(disk)
+        batch = remover(emulator, MemorySink(), manifest=disk / "m.jsonl")
+        with pytest.raises(StorageFullError, match=r"cannot write the manifest at .*m\.jsonl"):
+            batch.submit([photo()])
+    assert emulator.ledger.calls() == 0
+
+
 class ExplodingManifest(_manifest.Manifest):
-    """A manifest whose disk fails after its run header and ``healthy`` groups of records."""
+    """A manifest whose writer meets ``fault`` (a bug: no disk's failure) after its run
+    header and ``healthy`` groups of records."""
 
     healthy = 2
+    fault: Exception = RuntimeError("the manifest writer has a bug")
 
     def _append(self, lines: list[bytes]) -> None:
         self.writes = getattr(self, "writes", 0) + 1
         if self.writes > 1 + self.healthy:
-            raise OSError(5, "Input/output error")
+            raise self.fault
         super()._append(lines)
+
+
+def test_a_manifest_whose_disk_breaks_stops_the_batch_with_a_storage_error(
+    emulator: PhotoroomEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # an I/O error on the manifest's disk killed the batch with the raw OSError
+    from photoroom_bg.batch import _run
+
+    monkeypatch.setattr(ExplodingManifest, "fault", OSError(5, "Input/output error"))
+    monkeypatch.setattr(_run, "Manifest", ExplodingManifest)
+    batch = remover(emulator, MemorySink(), manifest=tmp_path / "m.jsonl", concurrency=2)
+    with caplog.at_level("WARNING", logger="photoroom_bg.batch"):
+        report = batch.submit([photo() for _ in range(50)]).wait(timeout=60)
+    assert "job record(s) could not be written to the manifest" in caplog.text
+    assert report.stop_reason is not None
+    assert "cannot write the manifest at" in report.stop_reason
+    assert "(Input/output error)" in report.stop_reason
+    assert report.cancelled_count > 0
+    assert emulator.ledger.calls() == report.stored_count
 
 
 def test_a_batch_whose_machinery_dies_stops_billing_and_its_handle_raises(
@@ -574,18 +649,18 @@ def test_a_batch_whose_machinery_dies_stops_billing_and_its_handle_raises(
     with emulator.serve():
         batch = remover(emulator, MemorySink(), manifest=tmp_path / "m.jsonl", concurrency=2)
         handle = batch.submit([photo() for _ in range(200)])
-        with pytest.raises(OSError, match="Input/output error"):
+        with pytest.raises(RuntimeError, match="has a bug"):
             list(handle.as_completed(timeout=30))  # ends, does not block forever
-        with pytest.raises(OSError, match="Input/output error"):
+        with pytest.raises(RuntimeError, match="has a bug"):
             handle.wait(timeout=30)
         assert handle.done()
-        assert isinstance(handle.exception(), OSError)
+        assert isinstance(handle.exception(), RuntimeError)
 
         async def iterate() -> None:
             async for _ in handle:
                 pass
 
-        with pytest.raises(OSError, match="Input/output error"):
+        with pytest.raises(RuntimeError, match="has a bug"):
             asyncio.run(iterate())
         # a call sent just before the end is still billed by the server, which does not
         # know that the client left: past the emulator's latency, those are done

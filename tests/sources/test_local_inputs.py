@@ -263,8 +263,10 @@ async def test_names_that_are_not_utf8_can_be_shown_read_and_recorded(undecodabl
         options_digest="d",
     )
     manifest.finish()
-    await manifest.writer()
+    failures: list[Exception] = []
+    await manifest.writer(failures.append)
     manifest.close()
+    assert failures == []
     [line] = (undecodable / "manifest.jsonl").read_text("utf-8").splitlines()
     assert json.loads(line)["name"] == "caf\\xe9-\\xff"
 
