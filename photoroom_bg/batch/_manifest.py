@@ -303,15 +303,19 @@ class Manifest:
             data = data[os.write(fd, data) :]
         os.fsync(fd)
 
-    def _append_or_drop(self, lines: list[bytes]) -> None:
-        """Append ``lines``; once the file cannot be written, count them as dropped."""
+    def _append_or_drop(self, lines: list[bytes]) -> StorageError | None:
+        """Append ``lines``; once the file cannot be written, count them as dropped.
+        Returns the error when this call is the one that met it."""
         if self.error is None:
             try:
                 self._append(lines)
-                return
+                return None
             except OSError as exc:  # the file is torn at worst: readers skip a torn line
                 self.error = manifest_error(self.path, exc)
+                self.dropped += len(lines)
+                return self.error
         self.dropped += len(lines)
+        return None
 
     async def write_header(
         self,
@@ -376,22 +380,18 @@ class Manifest:
                         break
                 # a cancel may land before the thread starts (e.g. while every worker
                 # thread is busy): the group stays in ``lines`` for the finally below
-                fine = self.error is None
-                await anyio.to_thread.run_sync(self._append_or_drop, lines)
+                error = await anyio.to_thread.run_sync(self._append_or_drop, lines)
                 lines = []
-                if fine and self.error is not None:
-                    failed(self.error)
+                if error is not None:
+                    failed(error)
         finally:
             while True:
                 try:
                     lines.append(receive.receive_nowait())
                 except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                     break
-            if lines:  # cancelled: written inline rather than lost
-                fine = self.error is None
-                self._append_or_drop(lines)
-                if fine and self.error is not None:
-                    failed(self.error)
+            if lines and (error := self._append_or_drop(lines)) is not None:
+                failed(error)  # cancelled: written inline rather than lost, if it can be
 
     def close(self) -> None:
         """Close the file."""
