@@ -18,7 +18,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -87,17 +87,55 @@ def is_blocked(loop: asyncio.AbstractEventLoop) -> bool:
         return loop in _blocked
 
 
-def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+#: how long an interrupted :func:`run_sync` waits for its coroutine to finish cancelling
+CANCEL_WAIT = 10.0
+
+
+def run_sync(
+    coro: Coroutine[Any, Any, T], timeout: float | None = None, *, cancel: bool = True
+) -> T:
     """Run ``coro`` on the background loop and block until it finishes.
 
     Safe to call while another event loop runs in the calling thread (Jupyter). Calling it
     from the background loop's own thread would deadlock, so that raises ``RuntimeError``.
+    An interrupt while blocked here (Ctrl-C, or ``SystemExit`` from a signal handler)
+    cancels ``coro`` and waits up to :data:`CANCEL_WAIT` seconds for it to clean up before
+    it propagates, so that nothing the call began goes on behind the caller's back; with
+    ``cancel=False`` (a close, best finished) it is left to finish.
     """
     if in_background_loop():
         coro.close()
         raise RuntimeError("run_sync() called from the photoroom-bg loop thread; await instead")
+    interrupted = threading.Event()
+    running: list[asyncio.Task[Any]] = []
+
+    async def guarded() -> T:
+        if interrupted.is_set():  # interrupted before it began: it never begins
+            coro.close()
+            raise asyncio.CancelledError
+        task = asyncio.current_task()
+        assert task is not None
+        running.append(task)
+        return await coro
+
+    def cancel_it() -> None:  # on the loop: before guarded() begins, or while it runs
+        for task in running:
+            task.cancel()
+
+    loop = background_loop()
     with _blocking_caller():
-        return submit(coro).result(timeout)
+        future = asyncio.run_coroutine_threadsafe(guarded(), loop)
+        try:
+            return future.result(timeout)
+        except (KeyboardInterrupt, SystemExit):
+            if not cancel:
+                raise
+            interrupted.set()
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing runs
+                loop.call_soon_threadsafe(cancel_it)
+            # it cleans up before the interrupt goes on; a second interrupt ends this wait
+            wait([future], timeout=CANCEL_WAIT)
+            raise
 
 
 def at_exit(hook: Callable[[], None]) -> Callable[[], None]:

@@ -728,7 +728,7 @@ def _close(*resources: Any) -> None:
 
     for resource in resources:
         try:
-            _loop.run_sync(resource.aclose(), timeout=30)
+            _loop.run_sync(resource.aclose(), timeout=30, cancel=False)
         except Exception as exc:  # closing must never hide the batch's own outcome
             click.echo(f"warning: could not close {type(resource).__name__}: {exc}", err=True)
 

@@ -289,7 +289,7 @@ class BatchRemover:
             try:
                 batch.bar = make_bar()
             except BaseException:
-                _loop.run_sync(batch.close_unstarted())
+                _loop.run_sync(batch.close_unstarted(), cancel=False)
                 raise
         future: Future[BatchReport] = _loop.submit(batch.process())
         loop = _loop.background_loop()
@@ -366,7 +366,7 @@ class BatchRemover:
     def close(self) -> None:
         """:meth:`aclose` for sync code."""
         if self._owns_sink:
-            _loop.run_sync(self.sink.aclose())
+            _loop.run_sync(self.sink.aclose(), cancel=False)
 
     def __enter__(self) -> BatchRemover:
         return self

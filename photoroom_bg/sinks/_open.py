@@ -92,7 +92,7 @@ class SyncSink:
 
     def close(self) -> None:
         """Close the underlying sink."""
-        _loop.run_sync(self.sink.aclose())
+        _loop.run_sync(self.sink.aclose(), cancel=False)
 
     def __enter__(self) -> SyncSink:
         return self

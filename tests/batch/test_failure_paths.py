@@ -96,6 +96,49 @@ def test_ctrl_c_while_blocked_on_a_batch_cancels_it(blocked_in: str, ctrl_c: Non
     assert emulator.ledger.calls() == report.succeeded_count  # each paid call stored
 
 
+class SlowToAnswerSink(MemorySink):
+    """A sink whose first ``exists`` (submit()'s check that it answers) takes a while."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = threading.Event()
+        self.cancelled = False
+
+    async def exists(self, key: str) -> bool:
+        if not self.asked.is_set():
+            self.asked.set()
+            try:
+                await asyncio.sleep(2)
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+        return await super().exists(key)
+
+
+def test_ctrl_c_while_submit_opens_the_batch_leaves_nothing_running(
+    emulator: PhotoroomEmulator, tmp_path: Path, ctrl_c: None
+) -> None:
+    # submit() kept opening the batch on its own loop after the interrupt: it then made and
+    # locked the manifest for a batch nobody would run, and the next submit() on it was
+    # refused as "in use by another run" until the interpreter ended
+    sink = SlowToAnswerSink()
+    main = threading.main_thread().ident
+    assert main is not None
+    assert threading.current_thread().ident == main  # where Python runs signal handlers
+
+    def interrupt() -> None:
+        assert sink.asked.wait(30)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    manifest = tmp_path / "m.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        remover(emulator, sink, manifest=manifest).submit([photo()])
+    assert sink.cancelled  # the opening was stopped, not left running
+    report = remover(emulator, sink, manifest=manifest).submit([photo()]).wait(timeout=30)
+    assert report.stored_count == 1
+
+
 def test_cancel_wakes_jobs_waiting_for_the_request_budget(emulator: PhotoroomEmulator) -> None:
     # one request every 10 seconds: without cancellation reaching the budget's wait, the
     # 19 other jobs would sit in it for three minutes
