@@ -56,9 +56,8 @@ def retry_can_fix(result: JobResult) -> bool:
         return True
     if isinstance(error, (AuthenticationError, PhotoroomError, UnsafeKeyError)):
         return False
-    if isinstance(error, (SourceNotFoundError, UnsafeURLError, InvalidSourceError)):
-        return False
-    if isinstance(error, SourceTooLargeError):
+    permanent = (SourceNotFoundError, UnsafeURLError, InvalidSourceError, SourceTooLargeError)
+    if isinstance(error, permanent):
         return False
     return isinstance(error, (StorageError, SourceError, UnexpectedError))
 
