@@ -6,7 +6,6 @@ counted, never a crash, and appending after a torn line starts on a new line.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
@@ -30,7 +29,7 @@ from ..errors import (
     StorageFullError,
 )
 from ..sinks import Sink
-from ..sinks._common import try_lock
+from ..sinks._common import DISK_FULL, try_lock
 from ._jobs import JobResult, JobStatus
 
 __all__ = [
@@ -227,7 +226,7 @@ def finished_keys_in(lines: Iterable[bytes | str]) -> set[str]:
 def manifest_error(path: str | os.PathLike[str], exc: OSError) -> StorageError:
     """The typed error for a manifest that cannot be written: full, or broken."""
     reason = exc.strerror or f"{type(exc).__name__}: {exc}"
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if exc.errno in DISK_FULL:
         return StorageFullError(
             f"cannot write the manifest at {path} ({reason}): make room there, or give the "
             "manifest another place"

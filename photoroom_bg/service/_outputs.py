@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import os
 import re
@@ -18,6 +17,7 @@ from starlette.background import BackgroundTask
 
 from ..errors import ObjectNotFoundError, StorageError, StorageFullError
 from ..sinks import Sink
+from ..sinks._common import DISK_FULL
 
 __all__ = ["archive", "ext", "media", "temporary_folder_error", "zip_name"]
 
@@ -109,6 +109,6 @@ def temporary_folder_error(exc: OSError, what: str) -> StorageError:
     log names the folder."""
     where = f"{what} in the temporary folder {tempfile.gettempdir()}"
     reason = exc.strerror or str(exc)
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if exc.errno in DISK_FULL:
         return StorageFullError(f"no space left to write {where} ({reason}): make room there")
     return StorageError(f"cannot write {where}: {reason}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from datetime import timedelta
 from types import ModuleType
@@ -9,7 +10,10 @@ from types import ModuleType
 from .._numbers import check_number
 from ..errors import UnsafeKeyError
 
-__all__ = ["check_key", "seconds", "sha256_checksum", "try_lock"]
+__all__ = ["DISK_FULL", "check_key", "seconds", "sha256_checksum", "try_lock"]
+
+#: the ``errno`` values of a write that found no room: the disk full, a quota, a size cap
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 fcntl: ModuleType | None
 try:

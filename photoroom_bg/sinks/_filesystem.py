@@ -38,7 +38,7 @@ from ..errors import (
     UnsafeKeyError,
 )
 from ._base import StoredObject
-from ._common import check_key, sha256_checksum, try_lock
+from ._common import DISK_FULL, check_key, sha256_checksum, try_lock
 
 __all__ = ["FileSystemSink"]
 
@@ -331,7 +331,7 @@ class FileSystemSink:
         reason = exc.strerror or str(exc)
         where = f"{action} {key!r} under {printable(str(self.root))}"
         code = exc.errno
-        if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if code in DISK_FULL:
             return StorageFullError(f"no space left to {where} ({reason})")
         if code == errno.ENAMETOOLONG:
             return UnsafeKeyError(f"key {key!r} is too long for this file system ({reason})")
