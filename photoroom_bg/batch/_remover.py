@@ -38,6 +38,7 @@ from ..sources import SourceReader, SourceSpec
 from ._handle import BatchHandle
 from ._jobs import BatchReport, JobResult, Progress
 from ._manifest import load_sources
+from ._progress import ProgressBar
 from ._run import Batch
 
 __all__ = ["BatchRemover", "default_spill_dir"]
@@ -351,12 +352,12 @@ class BatchRemover:
             return _with_changes(self, manifest=path).submit(sources)
         return self.submit(sources)
 
-    def _bar_maker(self) -> Callable[[], Any] | None:
+    def _bar_maker(self) -> Callable[[], ProgressBar] | None:
         """What makes the progress bar (``None``: no bar); a missing tqdm is refused now."""
         if not self.progress_bar:
             return None
         tqdm = _tqdm()
-        return lambda: tqdm(desc="cut-outs", unit="img", dynamic_ncols=True)
+        return lambda: ProgressBar(tqdm)
 
     async def aclose(self) -> None:
         """Close the sink if this remover opened it from a string."""

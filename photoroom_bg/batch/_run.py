@@ -50,6 +50,7 @@ from ._manifest import (
     replayable_sources,
     upload,
 )
+from ._progress import ProgressBar
 from ._storage import PROBE_KEY, Storage, Unstored
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ class Batch:
         handle: BatchHandle,
         *,
         retry: bool = False,
-        bar: Any = None,
+        bar: ProgressBar | None = None,
     ) -> None:
         self.r = remover
         self.spec = spec
@@ -182,7 +183,7 @@ class Batch:
         for scope in list(self._waiting):
             scope.cancel()
         if self.bar is not None:
-            self.bar.set_description("stopped", refresh=False)
+            self.bar.stopped()
 
     def _manifest_failed(self, error: StorageError) -> None:
         """The manifest cannot be written: no more paid calls whose records would be lost
@@ -491,8 +492,7 @@ class Batch:
                 self._total = self.calls.total = total
                 self.handle._sources_done()
                 if self.bar is not None:
-                    self.bar.total = total
-                    self.bar.refresh()
+                    self.bar.set_total(total)
 
     async def _work(self, receive: MemoryObjectReceiveStream[tuple[int, ImageSource]]) -> None:
         async with receive:
@@ -545,13 +545,11 @@ class Batch:
     def _notify(self, result: JobResult) -> None:
         if self.bar is not None:
             p = self.handle.progress
-            if result.status is not JobStatus.CANCELLED:
-                self.bar.update(1)
-            self.bar.set_postfix(
+            self.bar.job_done(
+                result.status is not JobStatus.CANCELLED,
                 made=p.succeeded, skipped=p.skipped, failed=p.failed,
                 **({"spilled": p.spilled} if p.spilled else {}),
                 **({"cancelled": p.cancelled} if p.cancelled else {}),
-                refresh=False,
             )  # fmt: skip
         try:
             if self.r.on_result is not None:

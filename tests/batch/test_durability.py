@@ -4,7 +4,9 @@ back, an interpreter that exits under a running batch, resources of loops that e
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
+import io
 import json
 import os
 import subprocess
@@ -447,6 +449,71 @@ def test_the_bar_shows_the_total_once_the_listing_ends(
     remover(emulator, MemorySink(), progress=True).submit(images).wait()
     final = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
     assert "5/5" in final
+
+
+class _FailingStream(io.TextIOBase):
+    """``stderr`` that fails after ``writes`` writes: its reader gone (``... 2>&1 | tee log``
+    with ``tee`` killed), its disk full, or the stream closed in-process."""
+
+    def __init__(self, writes: int, error: Exception) -> None:
+        self.left = writes
+        self.error = error
+        self.failures = 0
+
+    def write(self, text: str) -> int:
+        self._spend()
+        return len(text)
+
+    def flush(self) -> None:
+        if self.left <= 0:
+            self._spend()
+
+    def _spend(self) -> None:
+        if self.left <= 0:
+            self.failures += 1
+            raise self.error
+        self.left -= 1
+
+
+@pytest.mark.parametrize(
+    ("writes", "error"),
+    [
+        (0, BrokenPipeError(errno.EPIPE, "Broken pipe")),
+        (2, BrokenPipeError(errno.EPIPE, "Broken pipe")),
+        (2, OSError(errno.ENOSPC, "No space left on device")),
+        (2, ValueError("I/O operation on closed file.")),
+    ],
+    ids=["closed-pipe-at-once", "closed-pipe-mid-batch", "full-disk", "closed-file"],
+)
+@pytest.mark.parametrize("how", ["submit", "run"])
+def test_a_progress_bar_that_cannot_be_drawn_never_stops_the_batch(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    writes: int,
+    error: Exception,
+    how: str,
+) -> None:
+    # the bar's error ended the batch: calls under way paid for and dropped, and a raw
+    # BrokenPipeError out of wait() (or out of submit() when the first draw failed)
+    emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.05), image_work=False)
+    stderr = _FailingStream(writes, error)
+    sink = MemorySink()
+    with emulator.serve():
+        monkeypatch.setattr(sys, "stderr", stderr)
+        batch = remover(emulator, sink, concurrency=2, progress=True)
+        images = [photo() for _ in range(30)]
+        report = (
+            batch.submit(images).wait() if how == "submit" else asyncio.run(batch.run(images))
+        )
+        billed = emulator.ledger.calls()
+    assert (report.stored_count, report.failed_count, report.stop_reason) == (30, 0, None)
+    assert billed == len(sink.objects) == 30
+    assert stderr.failures == 1  # the bar stopped drawing at its first failure
+    warned = [r.getMessage() for r in caplog.records if "progress bar" in r.getMessage()]
+    assert warned == [
+        f"the progress bar cannot be drawn ({type(error).__name__}: {error}); "
+        "the batch goes on without it"
+    ]
 
 
 def test_a_submitted_batch_shows_its_bar_in_a_jupyter_kernel(tmp_path: Path) -> None:
