@@ -502,9 +502,7 @@ def test_a_progress_bar_that_cannot_be_drawn_never_stops_the_batch(
         monkeypatch.setattr(sys, "stderr", stderr)
         batch = remover(emulator, sink, concurrency=2, progress=True)
         images = [photo() for _ in range(30)]
-        report = (
-            batch.submit(images).wait() if how == "submit" else asyncio.run(batch.run(images))
-        )
+        report = batch.submit(images).wait() if how == "submit" else asyncio.run(batch.run(images))
         billed = emulator.ledger.calls()
     assert (report.stored_count, report.failed_count, report.stop_reason) == (30, 0, None)
     assert billed == len(sink.objects) == 30
