@@ -292,6 +292,13 @@ class Storage:
                 spill_error,
             )
             error.__cause__ = spill_error
+            # every later cut-out the sink does not take would be paid for and lost too
+            self._stop(
+                f"the sink did not take a paid cut-out ({type(error).__name__}: {error}), and "
+                f"the spill folder could not keep it either ({spill_error}): the batch stops, "
+                "so that no more paid cut-outs are lost; run it again once the sink, or the "
+                "spill folder (spill_dir), can take them"
+            )
             return Unstored(JobStatus.FAILED, None, error, "paid for, but neither stored nor kept")
         logger.warning("the sink did not take %s (%s); kept at %s", key, error, kept.uri)
         return Unstored(

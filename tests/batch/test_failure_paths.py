@@ -572,6 +572,46 @@ class FullSink(MemorySink):
         raise StorageFullError(f"no space left to write {key!r}")
 
 
+class RefusingSink(MemorySink):
+    """Answers look-ups, but every put fails with an error a retry might fix."""
+
+    async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+        raise StorageError(f"the server refused {key!r} (HTTP 500)")
+
+
+class BuggySink(MemorySink):
+    """A sink of the caller's whose put has a bug."""
+
+    async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+        raise RuntimeError("a bug in the caller's sink")
+
+
+@pytest.mark.parametrize("sink", [RefusingSink, BuggySink], ids=["refusing", "buggy"])
+def test_a_spill_folder_that_cannot_keep_a_cut_out_stops_the_batch(
+    tmp_path: Path, sink: type[MemorySink]
+) -> None:
+    # each image was billed, refused by the sink, and "neither stored nor kept" on the full
+    # disk of the spill folder: the batch paid for all 30 and kept none
+    from ..disks import fill, small_disk
+
+    emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.05), image_work=False)
+    with small_disk(tmp_path / "disk", "64k") as disk, emulator.serve():
+        batch = remover(emulator, sink(), concurrency=2, spill_dir=disk / "spill",
+                        store_retry_budget=0.05)  # fmt: skip
+        handle = batch.submit([photo() for _ in range(30)])
+        fill(disk)  # after the start's check of the spill folder
+        report = handle.wait(timeout=60)
+        billed = emulator.ledger.calls()
+    lost = [job for jobs in report.failures.values() for job in jobs]
+    assert 1 <= len(lost) <= 2  # the calls under way when the first could not be kept
+    assert all(job.reason == "paid for, but neither stored nor kept" for job in lost)
+    assert billed == len(lost)
+    assert report.cancelled_count == 30 - len(lost)
+    assert report.stop_reason is not None
+    assert "the spill folder could not keep it either" in report.stop_reason
+    assert "No space left on device" in report.stop_reason
+
+
 def test_an_unreachable_sink_is_refused_before_anything_is_billed(
     emulator: PhotoroomEmulator,
 ) -> None:
