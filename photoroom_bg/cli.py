@@ -4,7 +4,8 @@ Needs the ``cli`` extra (``pip install 'photoroom-bg[cli]'``); ``--engine local`
 ``local``. Exit codes: 0 every input done, 1 some inputs failed or were cancelled (or there was
 nothing to do), 2 a usage or setup error, reported before any request is sent and before
 anything is created, 130 interrupted (Ctrl-C; the manifest is kept and a re-run resumes),
-143 and 129 stopped the same way by SIGTERM (``kill``, ``docker stop``) and SIGHUP.
+143 and 129 stopped the same way by SIGTERM (``kill``, ``docker stop``) and SIGHUP; 1 too
+when the output could not be written (``--json | head``), which stops the run the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import attrs
 
@@ -644,6 +645,7 @@ def _run(
     except ConfigurationError as exc:
         raise _UsageError(str(exc)) from None
     opened: list[Any] = [] if local is None else [local]  # closed on every way out
+    out = _Output()
     # from the first job on, SIGTERM and SIGHUP stop the run as Ctrl-C does
     signals = contextlib.ExitStack()
     try:
@@ -671,26 +673,28 @@ def _run(
             skip_existing=skip_existing,
             manifest=manifest,
             progress=not (quiet or json_out),
-            on_result=_print_job if json_out else None,
+            on_result=out.job if json_out else None,
             reader=reader,
             url_passthrough=url_passthrough,
             track_credits=True,  # the summary says what the run spent
         )
         signals.enter_context(_stop_signals_as_interrupts())
         handle = batch.submit(specs)
+        out.bind(handle)
     except (PhotoroomBGError, OSError) as exc:  # settings, or a sink that is not usable
         signals.close()
         _close(*opened)
         raise _UsageError(str(exc)) from None
     with signals:
         try:
-            _finish(handle, sources, dest, manifest, json_out, quiet)
+            _finish(handle, out, sources, dest, manifest, json_out, quiet)
         finally:
             _close(*opened)
 
 
 def _finish(
     handle: Any,
+    out: _Output,
     sources: Sequence[str],
     dest: str,
     manifest: str | None,
@@ -705,7 +709,7 @@ def _finish(
         how = "interrupted" if signum is None else f"stopped by {signal.Signals(signum).name}"
         handle.cancel(how)
         report = _wait_out(handle)
-        _summary(report, dest, json_out, quiet)
+        out.summary(report, dest, json_out, quiet)
         where = f" (manifest: {printable(manifest)})" if manifest else ""
         click.echo(
             f"\n{how}: {report.stored_count} of {report.total_count} stored{where}. "
@@ -715,7 +719,9 @@ def _finish(
         sys.exit(EXIT_INTERRUPTED if signum is None else 128 + signum)
     if report.total_count == 0 and not report.stop_reason:
         raise _NothingToDo(f"no images found in {', '.join(printable(s) for s in sources)}")
-    _summary(report, dest, json_out, quiet)
+    out.summary(report, dest, json_out, quiet)
+    if out.error is not None:
+        out.failed(report, manifest)
     if report.stop_reason and report.total_count == 0:
         click.echo(f"Error: {printable(report.stop_reason)}", err=True)
         sys.exit(EXIT_USAGE)
@@ -757,9 +763,73 @@ _JSON_FIELDS = (
 )
 
 
-def _print_job(job: JobResult) -> None:
-    fields = job_fields(job)
-    click.echo(json.dumps({name: fields[name] for name in _JSON_FIELDS}, ensure_ascii=False))
+class _Output:
+    """Standard output, for ``--json``'s job lines and the summary. When it cannot be written
+    (a pipe whose reader has gone, as in ``... --json | head``; ``> /dev/full``), the run
+    stops as on Ctrl-C: the calls under way finish and are stored, the rest is left for a
+    re-run, and one line on stderr says so. Each job used to print a traceback instead,
+    while the batch went on paying for cut-outs nobody was told about."""
+
+    def __init__(self) -> None:
+        self.error: OSError | None = None
+        self._handle: Any = None
+        self._lock = threading.Lock()
+
+    def bind(self, handle: Any) -> None:
+        """The run to stop when the output fails (a job may have failed it already)."""
+        with self._lock:
+            self._handle = handle
+            broken = self.error is not None
+        if broken:
+            handle.cancel(self._reason())
+
+    def job(self, job: JobResult) -> None:
+        """``on_result`` for ``--json``: one line per job (run on the batch's thread)."""
+        if self.error is not None:
+            return
+        fields = job_fields(job)
+        line = json.dumps({name: fields[name] for name in _JSON_FIELDS}, ensure_ascii=False)
+        try:
+            click.echo(line)
+        except OSError as exc:
+            with self._lock:
+                self.error = exc
+                handle = self._handle
+            if handle is not None:
+                handle.cancel(self._reason())
+
+    def summary(self, report: BatchReport, dest: str, json_out: bool, quiet: bool) -> None:
+        if self.error is None:
+            try:
+                _summary(report, dest, json_out, quiet)
+            except OSError as exc:
+                self.error = exc
+
+    def failed(self, report: BatchReport, manifest: str | None) -> NoReturn:
+        """Say on stderr that the output failed, and exit with 1."""
+        with contextlib.suppress(OSError, ValueError):
+            # the interpreter's last flush of stdout would fail again, with a traceback
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        where = f" (manifest: {printable(manifest)})" if manifest else ""
+        rest = (
+            " Run the same command again to finish the rest; stored outputs are skipped."
+            if report.stored_count < report.total_count
+            else ""
+        )
+        with contextlib.suppress(OSError, ValueError):
+            click.echo(
+                f"Error: {self._reason()}: {report.stored_count} of {report.total_count} "
+                f"stored{where}.{rest}",
+                err=True,
+            )
+        sys.exit(EXIT_FAILED)
+
+    def _reason(self) -> str:
+        error = self.error
+        cause = (error.strerror or str(error)) if error is not None else "unknown"
+        return f"the output could not be written ({cause})"
 
 
 def _summary(report: BatchReport, dest: str, json_out: bool, quiet: bool) -> None:

@@ -251,6 +251,53 @@ def test_a_run_under_nohup_goes_on_when_its_terminal_closes(tmp_path: Path) -> N
     assert len(outputs(dest)) == 12
 
 
+@pytest.mark.parametrize(
+    ("output", "json_out"),
+    [("closed-pipe", True), ("full-device", True), ("closed-pipe", False)],
+    ids=["json-into-a-closed-pipe", "json-into-a-full-device", "table-into-a-closed-pipe"],
+)
+def test_an_output_that_cannot_be_written_stops_the_run_politely(
+    tmp_path: Path, output: str, json_out: bool
+) -> None:
+    # "... --json | head -2": every job printed a traceback on stderr while the batch went
+    # on paying, and the summary ended the command with a raw BrokenPipeError
+    source = tmp_path / "in"
+    source.mkdir()
+    for i in range(12):
+        (source / f"p{i:02d}.png").write_bytes(photo())
+    dest = tmp_path / "out"
+    emu = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.05), image_work=False)
+    args = [sys.executable, "-m", "photoroom_bg.cli", "remove", str(source), "-o", str(dest)]
+    args += ["--concurrency", "2", *(["--json", "-q"] if json_out else [])]
+    env = {**os.environ, "PHOTOROOM_API_KEY": emu.api_key}
+    if output == "closed-pipe":
+        reader, stdout = os.pipe()
+        os.close(reader)  # the reader has gone before the first line
+    else:
+        stdout = os.open("/dev/full", os.O_WRONLY)
+    with emu.serve() as url:
+        args += ["--base-url", url]
+        try:
+            done = subprocess.run(
+                args, stdout=stdout, stderr=subprocess.PIPE, env=env, text=True, timeout=120
+            )
+        finally:
+            os.close(stdout)
+        billed = emu.ledger.calls()
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    stored = len(outputs(dest))
+    assert billed == stored  # every call paid for was stored
+    cause = "Broken pipe" if output == "closed-pipe" else "No space left on device"
+    message = f"Error: the output could not be written ({cause}): {stored} of 12 stored"
+    assert message in done.stderr
+    if json_out:  # the first line could not be written: the run stopped
+        assert stored < 12
+        assert "Run the same command again to finish the rest" in done.stderr
+    else:  # the table comes once every job has ended
+        assert stored == 12
+
+
 def test_the_console_script_is_installed() -> None:
     script = shutil.which("photoroom-bg", path=os.path.dirname(sys.executable))
     assert script is not None
