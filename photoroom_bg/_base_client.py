@@ -27,7 +27,7 @@ from ._images import ImageInput, answer_problem, load_image, validate_image
 from ._numbers import check_given, check_number, check_type, wait_limit
 from ._redact import install_log_redaction, redact_url
 from ._retry import RetryPolicy, parse_retry_after
-from ._warnings import PhotoroomWarning, warn
+from ._warnings import PhotoroomWarning, warn_paid
 from .errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -628,7 +628,7 @@ class BaseClient:
             )
         unsupported = _split_unsupported(headers.get("pr-unsupported-attributes"))
         if unsupported:
-            warn(f"Photoroom ignored unsupported parameters: {', '.join(unsupported)}")
+            warn_paid(f"Photoroom ignored unsupported parameters: {', '.join(unsupported)}")
         return ImageResult(
             content=content,
             content_type=content_type,

@@ -8,11 +8,14 @@ first frame outside this package instead, so the warning names the line a user w
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
 
-__all__ = ["PhotoroomWarning", "warn"]
+__all__ = ["PhotoroomWarning", "warn", "warn_paid"]
+
+logger = logging.getLogger("photoroom_bg")
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -35,3 +38,19 @@ def warn(message: str, category: type[Warning] = PhotoroomWarning) -> None:
         frame = frame.f_back
         level += 1
     warnings.warn(message, category, stacklevel=level)
+
+
+def warn_paid(message: str) -> None:
+    """:func:`warn` about an answer already paid for, which never raises: the paid image must
+    still reach the caller when warnings are errors (``-W error``, a test suite's
+    ``filterwarnings = error``) or when showing one fails (its stream gone). What could not
+    be issued as a warning is logged instead."""
+    try:
+        warn(message)
+    except Exception as exc:
+        why = (
+            "warnings are errors here, but this call was paid for"
+            if isinstance(exc, Warning)
+            else f"the warning could not be shown ({type(exc).__name__}: {exc})"
+        )
+        logger.warning("%s (%s: its result is kept)", message, why)

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -863,3 +864,17 @@ def test_an_answer_with_no_whole_image_is_never_stored_and_the_next_run_makes_it
         if cut.is_file():
             with Image.open(cut) as img:
                 img.load()  # whole images only
+
+
+def test_a_batch_under_warnings_as_errors_keeps_every_answer_it_paid_for(
+    emulator: PhotoroomEmulator,
+) -> None:
+    # Photoroom's "ignored unsupported parameters" header became a PhotoroomWarning raised
+    # from each billed answer: 6 images charged, none stored, and the report said 0 billed
+    options = SegmentOptions(extra_params={"someNewParam": "x"})
+    sink = MemorySink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = remover(emulator, sink, options=options).submit([photo() for _ in range(6)]).wait()
+    assert (report.stored_count, report.billed_calls) == (6, 6)
+    assert emulator.ledger.calls() == len(sink.objects) == 6

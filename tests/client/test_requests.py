@@ -235,6 +235,40 @@ async def test_unsupported_attributes_become_a_warning(
     assert result.unsupported_attributes == ("foo.bar", "baz")
 
 
+def _broken_stderr(*args: object, **kwargs: object) -> None:
+    raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+
+@pytest.mark.parametrize("how", ["warnings-are-errors", "stderr-gone"])
+async def test_a_warning_about_a_paid_answer_never_loses_it(
+    twin: Twin, respx_mock: respx.MockRouter, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    # under "-W error" (or a test suite's filterwarnings = error) the warning was raised
+    # from the answer of a call already billed, and the image paid for was thrown away
+    respx_mock.post(EDIT).respond(
+        200,
+        content=CUTOUT,
+        headers={"content-type": "image/png", "pr-unsupported-attributes": "Unsupported: baz"},
+    )
+    with warnings.catch_warnings():
+        if how == "warnings-are-errors":
+            warnings.simplefilter("error")
+        else:
+            warnings.simplefilter("always")
+            warnings.showwarning = _broken_stderr
+        result = await twin.call("edit", png(), EditOptions(extra_params={"baz": 2}))
+    assert result.content == CUTOUT
+    assert result.unsupported_attributes == ("baz",)
+    why = (
+        "warnings are errors here, but this call was paid for"
+        if how == "warnings-are-errors"
+        else "the warning could not be shown (BrokenPipeError: [Errno 32] Broken pipe)"
+    )
+    assert [r.getMessage() for r in caplog.records if r.name == "photoroom_bg"] == [
+        f"Photoroom ignored unsupported parameters: baz ({why}: its result is kept)"
+    ]
+
+
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_sandbox_keys_mark_results_watermarked(
     kind: str, respx_mock: respx.MockRouter
