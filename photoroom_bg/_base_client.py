@@ -698,17 +698,17 @@ def _split_unsupported(value: str | None) -> tuple[str, ...]:
 
 
 def _float(value: str | None) -> float | None:
+    """A header's number, or ``None``: read after the call was billed, so never raising."""
     try:
-        return float(value) if value is not None else None
+        number = float(value) if value is not None else None
     except ValueError:
         return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _int(value: str | None) -> int | None:
-    try:
-        return int(float(value)) if value is not None else None
-    except ValueError:
-        return None
+    number = _float(value)
+    return int(number) if number is not None else None
 
 
 #: What a timed-out call advises, naming the setting of each way of calling Photoroom: a

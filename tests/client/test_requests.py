@@ -235,6 +235,27 @@ async def test_unsupported_attributes_become_a_warning(
     assert result.unsupported_attributes == ("foo.bar", "baz")
 
 
+@pytest.mark.parametrize("value", ["1e400", "-1e400", "inf", "nan", "12abc", ""])
+async def test_an_answer_paid_for_with_odd_numbers_in_its_headers_is_returned(
+    twin: Twin, respx_mock: respx.MockRouter, value: str
+) -> None:
+    # "pr-texts-detected: 1e400" raised OverflowError from the answer of a billed call,
+    # outside the SDK's errors, and the image paid for was lost
+    headers = {"x-uncertainty-score": value, "pr-ai-background-seed": value}
+    respx_mock.post(EDIT).respond(
+        200,
+        content=CUTOUT,
+        headers={"content-type": "image/png", "pr-texts-detected": value, **headers},
+    )
+    result = await twin.call("edit", png(), EditOptions())
+    assert result.content == CUTOUT
+    assert (result.uncertainty_score, result.ai_background_seed, result.texts_detected) == (
+        None,
+        None,
+        None,
+    )
+
+
 def _broken_stderr(*args: object, **kwargs: object) -> None:
     raise BrokenPipeError(errno.EPIPE, "Broken pipe")
 
