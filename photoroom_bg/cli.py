@@ -11,6 +11,7 @@ when the output could not be written (``--json | head``), which stops the run th
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import json
 import logging
@@ -39,6 +40,7 @@ from .batch._manifest import job_fields
 from .engines import check_engine_options
 from .errors import ConfigurationError, PhotoroomBGError, ValidationError
 from .options import EditOptions, SegmentOptions
+from .sinks._common import DISK_FULL
 from .sources import SourceReader
 
 __all__ = ["main"]
@@ -113,6 +115,18 @@ class _Group(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Click's, with output that cannot be written (``> /dev/full``) told on one line, as
+        click tells a closed pipe, instead of with a traceback."""
+        try:
+            return super().main(*args, **kwargs)
+        except OSError as exc:
+            if exc.errno not in (*DISK_FULL, errno.EIO):
+                raise
+            with contextlib.suppress(OSError, ValueError):
+                click.echo(f"Error: the output could not be written ({exc.strerror})", err=True)
+            sys.exit(EXIT_FAILED)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:

@@ -298,6 +298,23 @@ def test_an_output_that_cannot_be_written_stops_the_run_politely(
         assert stored == 12
 
 
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["remove", "--help"]])
+def test_a_command_whose_output_finds_no_room_says_so_on_one_line(args: list[str]) -> None:
+    # "> /dev/full" ended every command with a traceback (click tells only a closed pipe)
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "photoroom_bg.cli", *args],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert (done.returncode, done.stderr) == (
+        1,
+        "Error: the output could not be written (No space left on device)\n",
+    )
+
+
 def test_the_console_script_is_installed() -> None:
     script = shutil.which("photoroom-bg", path=os.path.dirname(sys.executable))
     assert script is not None
