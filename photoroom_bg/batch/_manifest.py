@@ -139,8 +139,13 @@ class ManifestState:
                 continue
             if record.get("type") == "run":
                 self.runs += 1
-                if record.get("sources") is not None and not record.get("retry"):
-                    self.sources = [str(item) for item in record["sources"]]
+                sources = record.get("sources")
+                if sources is None or record.get("retry"):
+                    continue
+                if isinstance(sources, list) and all(isinstance(s, str) for s in sources):
+                    self.sources = sources
+                else:  # a hand edit: a string would be replayed character by character
+                    self.torn += 1
                 continue
             key = record.get("key")
             if not key:

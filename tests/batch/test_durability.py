@@ -52,6 +52,26 @@ def test_a_manifest_torn_inside_a_utf8_character_is_read_and_the_tear_counted(
     assert read_manifest(manifest).torn == 1
 
 
+@pytest.mark.parametrize(
+    "sources", ["photos", ["photos", 3, None], {"photos": 1}], ids=["a-string", "not-text", "a-map"]
+)
+def test_a_run_header_whose_sources_are_no_list_of_names_is_not_replayed(
+    emulator: PhotoroomEmulator, tmp_path: Path, sources: object
+) -> None:
+    # "sources": "photos" (a hand edit, another tool) made resume() open "p", "h", "o"...:
+    # one failed job per character, written back as the next run's sources
+    manifest = tmp_path / "m.jsonl"
+    good = {"v": 1, "type": "run", "time": 1.0, "sources": [str(tmp_path / "in")]}
+    odd = {"v": 1, "type": "run", "time": 2.0, "sources": sources}
+    manifest.write_text(json.dumps(good) + "\n" + json.dumps(odd) + "\n")
+    assert read_manifest(manifest).torn == 1  # counted as a line that could not be read
+    assert load_sources(manifest) == [str(tmp_path / "in")]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "p.png").write_bytes(photo())
+    report = remover(emulator, MemorySink()).resume(manifest=manifest).wait()
+    assert (report.total_count, report.succeeded_count) == (1, 1)
+
+
 def test_appending_after_a_torn_line_starts_on_a_new_line(
     emulator: PhotoroomEmulator, tmp_path: Path
 ) -> None:
