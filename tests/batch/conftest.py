@@ -34,6 +34,16 @@ def photo() -> bytes:
     return out.getvalue()
 
 
+def photo_folder(tmp_path: Path, count: int) -> tuple[Path, dict[str, bytes]]:
+    """A folder ``in`` of ``count`` distinct photos, and the photos by file name."""
+    source = tmp_path / "in"
+    source.mkdir()
+    images = {f"img{i:03d}.png": photo() for i in range(count)}
+    for name, data in images.items():
+        (source / name).write_bytes(data)
+    return source, images
+
+
 @pytest.fixture
 def emulator() -> Iterator[PhotoroomEmulator]:
     """A fresh emulator (10,000 credits) per test, so its ledger is the test's own."""

@@ -49,7 +49,7 @@ from photoroom_bg.sources import ImageSource, SourceReader
 from photoroom_bg.testing import Faults, PhotoroomEmulator
 
 from ..loopback import closed_port
-from .conftest import job_records, photo, remover
+from .conftest import job_records, photo, photo_folder, remover
 
 # -- cancel() means no new billed request -----------------------------------------------------
 
@@ -642,10 +642,7 @@ def test_a_manifest_whose_disk_fills_stops_the_batch_and_the_next_run_pays_for_n
     # the manifest's close with a traceback through contextlib, and no report.
     from ..disks import fill, small_disk
 
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for i in range(40):
-        (inputs / f"p{i:02}.png").write_bytes(photo())
+    inputs, _ = photo_folder(tmp_path, 40)
     emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.05), image_work=False)
     sink = MemorySink()
     with small_disk(tmp_path / "disk", "64k") as disk, emulator.serve():

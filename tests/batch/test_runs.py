@@ -26,7 +26,7 @@ from photoroom_bg.testing import Faults, PhotoroomEmulator
 
 from ..s3server import S3Server
 from ..tcpproxy import running_proxy
-from .conftest import job_records, photo, wait_for_jobs
+from .conftest import job_records, photo, photo_folder, wait_for_jobs
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 
@@ -43,16 +43,6 @@ CHILD = textwrap.dedent(
     print(report.stored_count)
     """
 )
-
-
-def photo_folder(tmp_path: Path, count: int) -> tuple[Path, dict[str, bytes]]:
-    """A folder ``in`` of ``count`` distinct photos, and the photos by file name."""
-    source = tmp_path / "in"
-    source.mkdir()
-    images = {f"img{i:03d}.png": photo() for i in range(count)}
-    for name, data in images.items():
-        (source / name).write_bytes(data)
-    return source, images
 
 
 def test_a_killed_run_then_rerun_bills_nothing_twice(tmp_path: Path) -> None:

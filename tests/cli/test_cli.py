@@ -20,7 +20,7 @@ from PIL import Image
 from photoroom_bg.cli import MANIFEST_NAME, main
 from photoroom_bg.testing import Faults, PhotoroomEmulator
 
-from ..batch.conftest import photo, wait_for_jobs
+from ..batch.conftest import photo, photo_folder, wait_for_jobs
 from ..s3server import S3Server
 from .conftest import EXAMPLES, outputs, run
 
@@ -233,10 +233,7 @@ def _signalled_run(
 def test_a_run_under_nohup_goes_on_when_its_terminal_closes(tmp_path: Path) -> None:
     """``nohup photoroom-bg remove ...``: SIGHUP was ignored when the run began, and a closed
     terminal does not stop it."""
-    source = tmp_path / "in"
-    source.mkdir()
-    for i in range(12):
-        (source / f"p{i:02d}.png").write_bytes(photo())
+    source, _ = photo_folder(tmp_path, 12)
     dest = tmp_path / "out"
     emu = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.3), image_work=False)
 
@@ -261,10 +258,7 @@ def test_an_output_that_cannot_be_written_stops_the_run_politely(
 ) -> None:
     # "... --json | head -2": every job printed a traceback on stderr while the batch went
     # on paying, and the summary ended the command with a raw BrokenPipeError
-    source = tmp_path / "in"
-    source.mkdir()
-    for i in range(12):
-        (source / f"p{i:02d}.png").write_bytes(photo())
+    source, _ = photo_folder(tmp_path, 12)
     dest = tmp_path / "out"
     emu = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.05), image_work=False)
     args = [sys.executable, "-m", "photoroom_bg.cli", "remove", str(source), "-o", str(dest)]
