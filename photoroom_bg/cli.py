@@ -124,6 +124,7 @@ class _Group(click.Group):
         except OSError as exc:
             if exc.errno not in (*DISK_FULL, errno.EIO):
                 raise
+            _drop_stdout()
             with contextlib.suppress(OSError, ValueError):
                 click.echo(f"Error: the output could not be written ({exc.strerror})", err=True)
             sys.exit(EXIT_FAILED)
@@ -132,6 +133,15 @@ class _Group(click.Group):
         if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
             return _load_command(cmd_name)
         return super().get_command(ctx, cmd_name)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at ``/dev/null`` once it cannot be written: the interpreter's last flush
+    of what it still holds would fail again, with a traceback and exit code 120."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _load_command(name: str) -> click.Command:
@@ -821,11 +831,7 @@ class _Output:
 
     def failed(self, report: BatchReport, manifest: str | None) -> NoReturn:
         """Say on stderr that the output failed, and exit with 1."""
-        with contextlib.suppress(OSError, ValueError):
-            # the interpreter's last flush of stdout would fail again, with a traceback
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
+        _drop_stdout()
         where = f" (manifest: {printable(manifest)})" if manifest else ""
         rest = (
             " Run the same command again to finish the rest; stored outputs are skipped."

@@ -248,6 +248,12 @@ def test_a_run_under_nohup_goes_on_when_its_terminal_closes(tmp_path: Path) -> N
     assert len(outputs(dest)) == 12
 
 
+def _buffered() -> dict[str, str]:
+    """The environment, with stdout buffered as it is by default (PYTHONUNBUFFERED unset):
+    what is left in the buffer is written once more at exit."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+
+
 @pytest.mark.parametrize(
     ("output", "json_out"),
     [("closed-pipe", True), ("full-device", True), ("closed-pipe", False)],
@@ -263,7 +269,7 @@ def test_an_output_that_cannot_be_written_stops_the_run_politely(
     emu = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.05), image_work=False)
     args = [sys.executable, "-m", "photoroom_bg.cli", "remove", str(source), "-o", str(dest)]
     args += ["--concurrency", "2", *(["--json", "-q"] if json_out else [])]
-    env = {**os.environ, "PHOTOROOM_API_KEY": emu.api_key}
+    env = {**_buffered(), "PHOTOROOM_API_KEY": emu.api_key}
     if output == "closed-pipe":
         reader, stdout = os.pipe()
         os.close(reader)  # the reader has gone before the first line
@@ -300,6 +306,7 @@ def test_a_command_whose_output_finds_no_room_says_so_on_one_line(args: list[str
             [sys.executable, "-m", "photoroom_bg.cli", *args],
             stdout=full,
             stderr=subprocess.PIPE,
+            env=_buffered(),
             text=True,
             timeout=60,
         )
