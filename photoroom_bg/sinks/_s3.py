@@ -90,23 +90,24 @@ METADATA_LIMIT = 2048
 
 def _ascii_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     """S3 user metadata travels in HTTP headers: kept ASCII (the rest percent-encoded), and
-    within :data:`METADATA_LIMIT`, the longest values cut short between two characters
+    within :data:`METADATA_LIMIT`, the longest value cut short between two characters
     (ending ``...``)."""
     texts = {quote(str(k).lower(), safe="-_."): str(v) for k, v in (metadata or {}).items()}
     encoded = {name: _header_text(text) for name, text in texts.items()}
-    while (over := sum(map(len, [*encoded, *encoded.values()])) - METADATA_LIMIT) > 0:
-        name = max(encoded, key=lambda k: len(encoded[k]))
-        room = len(encoded[name]) - over - len("...")
-        if room < 0 or not texts[name]:
-            break  # the names alone are past the limit: S3 says so
-        text, low, high = texts[name], 0, min(len(texts[name]), room)
-        while low < high:  # the longest start of the text that fits in the room
-            middle = (low + high + 1) // 2
-            low, high = (
-                (middle, high) if len(_header_text(text[:middle])) <= room else (low, middle - 1)
-            )
-        texts[name] = ""  # cut once: never again the longest
-        encoded[name] = _header_text(text[:low]) + "..."
+    over = sum(map(len, [*encoded, *encoded.values()])) - METADATA_LIMIT
+    if over <= 0:
+        return encoded
+    name = max(encoded, key=lambda k: len(encoded[k]))
+    room = len(encoded[name]) - over - len("...")  # cut to fit it, all the rest fits
+    if room < 0:
+        return encoded  # the names and other values alone are past the limit: S3 says so
+    text, low, high = texts[name], 0, min(len(texts[name]), room)
+    while low < high:  # the longest start of the text that fits in the room
+        middle = (low + high + 1) // 2
+        low, high = (
+            (middle, high) if len(_header_text(text[:middle])) <= room else (low, middle - 1)
+        )
+    encoded[name] = _header_text(text[:low]) + "..."
     return encoded
 
 
