@@ -48,6 +48,8 @@ __all__ = ["main"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: what a run stopped before its end tells
+RERUN = "Run the same command again to finish the rest; stored outputs are skipped."
 MANIFEST_NAME = ".photoroom-bg-manifest.jsonl"
 
 #: Commands whose code needs an extra, imported only when used: name -> (module, attribute,
@@ -126,7 +128,7 @@ class _Group(click.Group):
                 raise
             _drop_stdout()
             with contextlib.suppress(OSError, ValueError):
-                click.echo(f"Error: the output could not be written ({exc.strerror})", err=True)
+                click.echo(f"Error: {_unwritable(exc)}", err=True)
             sys.exit(EXIT_FAILED)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
@@ -734,12 +736,7 @@ def _finish(
         handle.cancel(how)
         report = _wait_out(handle)
         out.summary(report, dest, json_out, quiet)
-        where = f" (manifest: {printable(manifest)})" if manifest else ""
-        click.echo(
-            f"\n{how}: {report.stored_count} of {report.total_count} stored{where}. "
-            "Run the same command again to finish the rest; stored outputs are skipped.",
-            err=True,
-        )
+        click.echo(f"\n{how}: {_stored(report, manifest)}. {RERUN}", err=True)
         sys.exit(EXIT_INTERRUPTED if signum is None else 128 + signum)
     if report.total_count == 0 and not report.stop_reason:
         raise _NothingToDo(f"no images found in {', '.join(printable(s) for s in sources)}")
@@ -805,7 +802,7 @@ class _Output:
             self._handle = handle
             broken = self.error is not None
         if broken:
-            handle.cancel(self._reason())
+            handle.cancel(_unwritable(self.error))
 
     def job(self, job: JobResult) -> None:
         """``on_result`` for ``--json``: one line per job (run on the batch's thread)."""
@@ -820,7 +817,7 @@ class _Output:
                 self.error = exc
                 handle = self._handle
             if handle is not None:
-                handle.cancel(self._reason())
+                handle.cancel(_unwritable(self.error))
 
     def summary(self, report: BatchReport, dest: str, json_out: bool, quiet: bool) -> None:
         if self.error is None:
@@ -832,24 +829,22 @@ class _Output:
     def failed(self, report: BatchReport, manifest: str | None) -> NoReturn:
         """Say on stderr that the output failed, and exit with 1."""
         _drop_stdout()
-        where = f" (manifest: {printable(manifest)})" if manifest else ""
-        rest = (
-            " Run the same command again to finish the rest; stored outputs are skipped."
-            if report.stored_count < report.total_count
-            else ""
-        )
+        rest = f" {RERUN}" if report.stored_count < report.total_count else ""
         with contextlib.suppress(OSError, ValueError):
             click.echo(
-                f"Error: {self._reason()}: {report.stored_count} of {report.total_count} "
-                f"stored{where}.{rest}",
-                err=True,
+                f"Error: {_unwritable(self.error)}: {_stored(report, manifest)}.{rest}", err=True
             )
         sys.exit(EXIT_FAILED)
 
-    def _reason(self) -> str:
-        error = self.error
-        cause = (error.strerror or str(error)) if error is not None else "unknown"
-        return f"the output could not be written ({cause})"
+
+def _stored(report: BatchReport, manifest: str | None) -> str:
+    where = f" (manifest: {printable(manifest)})" if manifest else ""
+    return f"{report.stored_count} of {report.total_count} stored{where}"
+
+
+def _unwritable(error: OSError | None) -> str:
+    cause = "unknown" if error is None else error.strerror or str(error)
+    return f"the output could not be written ({cause})"
 
 
 def _summary(report: BatchReport, dest: str, json_out: bool, quiet: bool) -> None:
