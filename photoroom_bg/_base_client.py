@@ -24,6 +24,7 @@ import httpx
 from . import _rules, _wire
 from ._deadline import overrun
 from ._images import ImageInput, answer_problem, load_image, validate_image
+from ._logs import get_logger
 from ._numbers import check_given, check_number, check_type, wait_limit
 from ._redact import install_log_redaction, redact_url
 from ._retry import RetryPolicy, parse_retry_after
@@ -59,7 +60,7 @@ __all__ = [
     "parse_error_body",
 ]
 
-logger = logging.getLogger("photoroom_bg")
+logger = get_logger("photoroom_bg")
 
 SEGMENT_BASE_URL = "https://sdk.photoroom.com"
 IMAGE_API_BASE_URL = "https://image-api.photoroom.com"

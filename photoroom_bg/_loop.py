@@ -15,15 +15,16 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import logging
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future, wait
 from typing import Any, TypeVar
 
+from ._logs import get_logger
+
 T = TypeVar("T")
 
-logger = logging.getLogger("photoroom_bg")
+logger = get_logger("photoroom_bg")
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None

@@ -30,13 +30,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
-import logging
 import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from ._logs import get_logger
 
 __all__ = ["IDLE_SECONDS", "QUICK_BYTES", "QUICK_SECONDS", "QuickCalls", "run_sync", "thread_count"]
 
@@ -58,7 +59,7 @@ MAX_HOLD_SECONDS = 60.0
 #: Files larger than this are read or written in worker threads, never in place.
 QUICK_BYTES = 1 << 20
 
-logger = logging.getLogger("photoroom_bg")
+logger = get_logger("photoroom_bg")
 
 _Call = tuple[
     float, contextvars.Context, Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"

@@ -8,14 +8,15 @@ first frame outside this package instead, so the warning names the line a user w
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import warnings
 
+from ._logs import get_logger
+
 __all__ = ["PhotoroomWarning", "warn", "warn_paid"]
 
-logger = logging.getLogger("photoroom_bg")
+logger = get_logger("photoroom_bg")
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 

@@ -4,12 +4,12 @@ attempts, and watching for an API that cannot be reached at all."""
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
 
+from .._logs import get_logger
 from .._retry import RetryPolicy, is_retryable
 from ..engines._base import Engine
 from ..errors import APIConnectionError, APIStatusError, PhotoroomBGError, RateLimitError
@@ -18,7 +18,7 @@ from ._limiter import AdaptiveLimit, RateGate
 
 __all__ = ["EngineCalls", "EngineFailed", "Stopped"]
 
-logger = logging.getLogger("photoroom_bg.batch")
+logger = get_logger("photoroom_bg.batch")
 
 T = TypeVar("T")
 

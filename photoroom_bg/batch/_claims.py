@@ -21,7 +21,6 @@ import errno
 import functools
 import hashlib
 import importlib
-import logging
 import os
 import stat
 import struct
@@ -31,11 +30,12 @@ import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
 
+from .._logs import get_logger
 from ..sinks import FileSystemSink, S3Sink
 
 __all__ = ["making", "place_of", "stored_under"]
 
-logger = logging.getLogger("photoroom_bg.batch")
+logger = get_logger("photoroom_bg.batch")
 
 _lock = threading.Lock()
 _held: dict[tuple[Hashable, str], list[Callable[[], None]]] = {}  # claim -> its waiters' wakes

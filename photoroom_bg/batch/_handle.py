@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import logging
 import threading
 import time
 from collections import Counter, deque
@@ -16,6 +15,7 @@ from typing import Any
 import attrs
 
 from .. import _loop
+from .._logs import get_logger
 from .._numbers import wait_limit
 from .._retry import is_retryable
 from ..errors import (
@@ -36,7 +36,7 @@ from ._jobs import BatchReport, JobResult, JobStatus, Progress
 
 __all__ = ["BatchHandle", "CompletedJobs"]
 
-logger = logging.getLogger("photoroom_bg.batch")
+logger = get_logger("photoroom_bg.batch")
 
 
 def retry_can_fix(result: JobResult) -> bool:

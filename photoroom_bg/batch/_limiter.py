@@ -4,16 +4,17 @@ that shrinks when the server says "too many" and grows back as calls succeed."""
 from __future__ import annotations
 
 import collections
-import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
 
 import anyio
 
+from .._logs import get_logger
+
 __all__ = ["AdaptiveLimit", "HeldBack", "RateGate"]
 
-logger = logging.getLogger("photoroom_bg.batch")
+logger = get_logger("photoroom_bg.batch")
 
 # cumulative seconds spent waiting for the budget before saying it holds the batch back
 _HELD_BACK_NOTICE = 5.0

@@ -7,7 +7,6 @@ counted, never a crash, and appending after a torn line starts on a new line.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -21,6 +20,7 @@ import anyio.abc
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .._logs import get_logger
 from ..errors import (
     ConfigurationError,
     ObjectNotFoundError,
@@ -48,7 +48,7 @@ __all__ = [
     "upload",
 ]
 
-logger = logging.getLogger("photoroom_bg.batch")
+logger = get_logger("photoroom_bg.batch")
 
 VERSION = 1
 _STORED = (JobStatus.SUCCEEDED.value, JobStatus.SKIPPED.value)

@@ -8,12 +8,13 @@ then dropped. Here the bar stops drawing, one warning says so, and the batch goe
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-logger = logging.getLogger("photoroom_bg.batch")
+from .._logs import get_logger
+
+logger = get_logger("photoroom_bg.batch")
 
 
 class _Stream:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import os
 import threading
 import weakref
@@ -20,6 +19,7 @@ from .. import _loop
 from .._base_client import NOT_GIVEN, BaseClient, NotGiven, Timeout, _env_timeout
 from .._client import AsyncPhotoroomClient
 from .._keys import KeyTemplate, options_digest
+from .._logs import get_logger
 from .._numbers import (
     check_callback,
     check_count,
@@ -43,7 +43,7 @@ from ._run import Batch
 
 __all__ = ["BatchRemover", "default_spill_dir"]
 
-logger = logging.getLogger("photoroom_bg.batch")
+logger = get_logger("photoroom_bg.batch")
 
 
 def default_spill_dir() -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import tempfile
 import time
@@ -20,6 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .._client import AsyncPhotoroomClient
 from .._images import answer_problem
 from .._keys import content_digest
+from .._logs import get_logger
 from ..engines._base import Engine, check_engine_options
 from ..errors import (
     AuthenticationError,
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Batch"]
 
-logger = logging.getLogger("photoroom_bg.batch")
+logger = get_logger("photoroom_bg.batch")
 
 T = TypeVar("T")
 

@@ -4,7 +4,6 @@ for paid cut-outs the sink does not take."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -13,6 +12,7 @@ import anyio
 import anyio.abc
 import attrs
 
+from .._logs import get_logger
 from .._retry import RetryPolicy
 from ..errors import (
     BucketNotFoundError,
@@ -33,7 +33,7 @@ __all__ = ["STOPPING_STORAGE_ERRORS", "Storage", "Unstored"]
 
 T = TypeVar("T")
 
-logger = logging.getLogger("photoroom_bg.batch")
+logger = get_logger("photoroom_bg.batch")
 
 # the sink cannot take any output: every later job would pay for a cut-out it cannot keep
 STOPPING_STORAGE_ERRORS = (StorageFullError, StorageAuthError, BucketNotFoundError)

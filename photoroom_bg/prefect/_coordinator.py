@@ -19,7 +19,6 @@ sink and their Prefect states:
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -31,6 +30,7 @@ from prefect import get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.states import Cancelled, Completed, Crashed, Failed
 
+from .._logs import get_logger
 from ..batch import _run
 from ..batch._claims import stored_under
 from ..errors import AuthenticationError, PhotoroomBGError
@@ -45,7 +45,7 @@ from ._summary import RunSummary, RunTotals, ShardSummary, unstarted_summary
 
 __all__ = ["Coordinator"]
 
-logger = logging.getLogger("photoroom_bg.prefect")
+logger = get_logger("photoroom_bg.prefect")
 
 _MAX_RESUBMITS = 3
 _FINAL_RECORDS = frozenset({"completed", "stopped", "cancelled"})

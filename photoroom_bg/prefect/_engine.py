@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from .._logs import get_logger
 from ..batch._limiter import HeldBack
 from ..errors import ConfigurationError
 
@@ -21,7 +21,7 @@ __all__ = ["RateLimitedEngine", "ensure_rate_limit", "prefect_rate_limit"]
 
 Acquire = Callable[[str], Awaitable[None]]
 
-logger = logging.getLogger("photoroom_bg.prefect")
+logger = get_logger("photoroom_bg.prefect")
 
 #: A slot that takes longer than this to come waited for the limit (less: a round trip to
 #: the Prefect API).

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import attrs
 
+from .._logs import SafeLogger, get_logger
 from .._retry import RetryPolicy
 from ..batch import BatchRemover
 from ..errors import (
@@ -38,14 +39,19 @@ from ._secrets import resolve_api_key
 from ._summary import ShardOutcome, ShardSummary, shard_summary, unstarted_summary
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from prefect.client.schemas.objects import State, TaskRun
     from prefect.tasks import Task
 
     from ..engines import Engine
 
+    #: where a shard logs: Prefect's run logger in a task run, the package's own elsewhere
+    _Log: TypeAlias = logging.Logger | logging.LoggerAdapter[logging.Logger] | SafeLogger
+
 __all__ = ["ShardStopped", "build_engine", "run_shard", "should_retry"]
 
-logger = logging.getLogger("photoroom_bg.prefect")
+logger = get_logger("photoroom_bg.prefect")
 
 # a shard failing with one of these is not helped by running it again
 _PERMANENT_STORAGE = (StorageAuthError, BucketNotFoundError, StorageFullError, UnsafeKeyError)
@@ -107,7 +113,7 @@ def build_engine(
     )
 
 
-def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+def _run_logger() -> _Log:
     try:
         from prefect import get_run_logger
 
@@ -262,7 +268,9 @@ async def run_shard(
 
 
 def _still_running(
-    handle: Any, log: logging.Logger | logging.LoggerAdapter[logging.Logger], shard: int
+    handle: Any,
+    log: _Log,
+    shard: int,
 ) -> bool:
     """Whether the shard's batch is still running as its task ends (its worker stopping)."""
     if handle is None or handle.done():
@@ -327,7 +335,7 @@ class _Beat:
         base: dict[str, Any],
         attempt: str | None,
         interval: float,
-        log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        log: _Log,
     ) -> None:
         self.store = store
         self.shard = shard

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from .._logs import get_logger
 from ._http import ProblemRoute, problem_response, to_problem
 from ._problems import Problem
 from ._routes import add_routes
@@ -21,7 +21,7 @@ from ._state import open_state
 
 __all__ = ["create_app", "create_router"]
 
-logger = logging.getLogger("photoroom_bg.service")
+logger = get_logger("photoroom_bg.service")
 
 
 def create_router(settings: ServiceSettings | None = None) -> APIRouter:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 from .._client import AsyncPhotoroomClient
+from .._logs import get_logger
 from .._retry import RetryPolicy
 from ..batch import BatchRemover, BatchReport, JobResult, Progress
 from ..errors import ConfigurationError, ObjectNotFoundError
@@ -41,7 +41,7 @@ __all__ = [
     "make_executor",
 ]
 
-logger = logging.getLogger("photoroom_bg.service")
+logger = get_logger("photoroom_bg.service")
 
 #: output keys: one folder, named by content and options, so a job never pays for an image
 #: any earlier request or job already stored with the same options

@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._logs import get_logger
 from ..batch._manifest import job_fields
 from ..errors import PhotoroomBGError
 from ._executor import Executor, JobSpec, LiveJob
@@ -44,7 +44,7 @@ from ._store import (
 
 __all__ = ["JobService"]
 
-logger = logging.getLogger("photoroom_bg.service")
+logger = get_logger("photoroom_bg.service")
 
 
 _FINISHED_CACHE = 32  # finished jobs whose items are kept parsed

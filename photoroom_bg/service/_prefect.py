@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 import os
 from typing import TYPE_CHECKING, Any
 
+from .._logs import get_logger
 from ..errors import ConfigurationError, PhotoroomBGError
 from ._executor import (
     STOP_GRACE_SECONDS,
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["JobEndedWithoutSummary", "PrefectExecutor", "shared_sink_uri"]
 
-logger = logging.getLogger("photoroom_bg.service")
+logger = get_logger("photoroom_bg.service")
 
 # how often a watcher reads a job's status; a crashed coordinator is resumed at most this
 # many times in a row before the job is recorded as failed

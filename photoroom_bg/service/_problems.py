@@ -7,12 +7,12 @@ later maps through its nearest mapped base class.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping
 from typing import Any
 
 from .. import errors
+from .._logs import get_logger
 
 __all__ = [
     "PROBLEM_CODES",
@@ -25,7 +25,7 @@ __all__ = [
 
 PROBLEM_TYPE = "urn:photoroom-bg:problem:"
 
-logger = logging.getLogger("photoroom_bg.service")
+logger = get_logger("photoroom_bg.service")
 
 #: SDK error class name -> (HTTP status, code, title)
 PROBLEM_CODES: dict[str, tuple[int, str, str]] = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
@@ -13,6 +12,7 @@ from typing import Any, TypeVar
 import attrs
 
 from .._client import AsyncPhotoroomClient
+from .._logs import get_logger
 from ..errors import ConfigurationError
 from ..sinks import MemorySink, Sink, open_sink
 from ..sources import SourceReader
@@ -25,7 +25,7 @@ from ._store import JobStore, LocalClaims
 
 __all__ = ["ServiceState", "open_state"]
 
-logger = logging.getLogger("photoroom_bg.service")
+logger = get_logger("photoroom_bg.service")
 
 T = TypeVar("T")
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import shutil
 import subprocess
@@ -32,6 +33,7 @@ from photoroom_bg import (
     RetryPolicy,
     S3Sink,
     SegmentOptions,
+    _logs,
     _loop,
 )
 from photoroom_bg.batch import _claims
@@ -878,3 +880,46 @@ def test_a_batch_under_warnings_as_errors_keeps_every_answer_it_paid_for(
         report = remover(emulator, sink, options=options).submit([photo() for _ in range(6)]).wait()
     assert (report.stored_count, report.billed_calls) == (6, 6)
     assert emulator.ledger.calls() == len(sink.objects) == 6
+
+
+class _RaisingHandler(logging.Handler):
+    """An application's log handler with a bug: it raises on every record."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.calls = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.calls += 1
+        raise RuntimeError("the handler broke")
+
+
+def test_a_log_handler_that_raises_never_loses_an_answer_paid_for(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # the SDK's own log lines (a call's status, a retry after a billed 500) raised out of the
+    # job once the call was billed: 15 images charged, 3 stored, and the batch ended raw
+    from photoroom_bg.testing import Faults
+
+    monkeypatch.setattr(_logs, "_reported", set())  # each failure is shown once
+    faults = Faults(rates={"bill-500": 0.2, "503": 0.1}, seed=5)
+    emulator = PhotoroomEmulator(credits=1000, faults=faults)
+    handler, logger = _RaisingHandler(), logging.getLogger("photoroom_bg")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    sink = MemorySink()
+    try:
+        with emulator.serve():
+            report = remover(emulator, sink).submit([photo() for _ in range(20)]).wait()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert handler.calls > 20  # it was called, and failed, all along
+    assert (report.stored_count, report.failed_count, len(sink.objects)) == (20, 0, 20)
+    assert report.billed_calls + report.possibly_billed_calls >= emulator.ledger.calls()
+    # reported as the logging module reports a handler's own failure, once
+    err = capsys.readouterr().err
+    assert err.count("--- Logging error ---") == 1
+    assert "RuntimeError: the handler broke" in err

@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import errno
 import io
+import logging
 import warnings
 from pathlib import Path
 
 import pytest
 import respx
 
-from photoroom_bg import Account, EditOptions, ImageResult, PhotoroomWarning, SegmentOptions
+from photoroom_bg import Account, EditOptions, ImageResult, PhotoroomWarning, SegmentOptions, _logs
 from photoroom_bg.errors import InvalidImageError
 
 from ..disks import fill, small_disk
@@ -288,6 +289,34 @@ async def test_a_warning_about_a_paid_answer_never_loses_it(
     assert [r.getMessage() for r in caplog.records if r.name == "photoroom_bg"] == [
         f"Photoroom ignored unsupported parameters: baz ({why}: its result is kept)"
     ]
+
+
+class _RaisingHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        raise RuntimeError("the handler broke")
+
+
+async def test_a_log_handler_that_raises_never_loses_an_answer_paid_for(
+    monkeypatch: pytest.MonkeyPatch,
+    twin: Twin,
+    respx_mock: respx.MockRouter,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # the client's debug line for a billed answer ("POST /v2/edit -> 200") raised a handler's
+    # error out of the call, and the image paid for was thrown away
+    monkeypatch.setattr(_logs, "_reported", set())  # each failure is shown once
+    respx_mock.post(EDIT).respond(200, content=CUTOUT, headers={"content-type": "image/png"})
+    logger, handler = logging.getLogger("photoroom_bg"), _RaisingHandler(logging.DEBUG)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        result = await twin.call("edit", png(), EditOptions())
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert result.content == CUTOUT
+    assert "RuntimeError: the handler broke" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
