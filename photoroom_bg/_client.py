@@ -40,9 +40,11 @@ from ._pool import (
 )
 from ._retry import RetryPolicy, is_retryable
 from .errors import (
+    APIConnectionError,
     APIResponseValidationError,
     APIStatusError,
     ConfigurationError,
+    PhotoroomBGError,
     PhotoroomError,
     ValidationError,
 )
@@ -88,6 +90,36 @@ def _undecodable(
     return error
 
 
+#: What a pool passed in as ``http_client`` may raise that the client handles itself: a
+#: connection's failure (retried or not as such), a body it cannot decode, the SDK's own.
+_PASSED_ON = (httpx.TransportError, httpx.DecodingError, PhotoroomBGError)
+
+
+def _hooked(exc: Exception, request: httpx.Request, billable: bool) -> httpx.Response:
+    """The error status a response hook of a pool passed in raised on
+    (``response.raise_for_status()``, a common hook), as an answer whose status the client
+    handles as usual (a 429 retried, a 402 an :class:`~photoroom_bg.errors.OutOfCreditsError`);
+    the hook closed its body, so it comes without one. Anything else such a pool raised (a
+    hook or an auth flow of the caller's that fails, too many redirects) is an
+    :class:`~photoroom_bg.errors.APIConnectionError`, never retried: a hook that fails on an
+    answer would fail on the next one too, and each might be billed."""
+    if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code >= 400:
+        headers = exc.response.headers.copy()
+        for name in ("content-length", "content-encoding", "transfer-encoding"):
+            headers.pop(name, None)  # of the body left unread
+        return httpx.Response(
+            exc.response.status_code, headers=headers, content=b"", request=request
+        )
+    billing = "; the request may have been sent, and billed" if billable else ""
+    error = APIConnectionError(
+        f"the http_client passed in raised {type(exc).__name__} (from its event hooks, auth "
+        f"or transport: see this error's __cause__){billing}",
+        request=request,
+        possibly_billed=billable,
+    )
+    raise error from exc
+
+
 async def _send_direct(
     transport: httpx.AsyncBaseTransport,
     request: httpx.Request,
@@ -127,7 +159,12 @@ async def _send_async(
     of ``started`` (``time.monotonic()``), or closed."""
     token = attempt(deadline)  # the reads and writes of the SDK's own pools end by then
     try:
-        response = await http.send(request, stream=True)
+        try:
+            response = await http.send(request, stream=True)
+        except _PASSED_ON:
+            raise
+        except Exception as exc:
+            response = _hooked(exc, request, billable)
         await _read_whole(response, started, deadline, billable)
         return response
     finally:
@@ -146,7 +183,12 @@ def _send_sync(
     answer."""
     token = attempt(deadline)  # the reads and writes of the SDK's own pools end by then
     try:
-        response = http.send(request, stream=True)
+        try:
+            response = http.send(request, stream=True)
+        except _PASSED_ON:
+            raise
+        except Exception as exc:
+            response = _hooked(exc, request, billable)
         try:
             bound_answer(response, started, deadline, request)
             response.read()

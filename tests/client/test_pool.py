@@ -18,7 +18,13 @@ from PIL import Image
 
 from photoroom_bg import AsyncPhotoroomClient, PhotoroomClient, SegmentOptions, _pool
 from photoroom_bg._pool import ShardedTransport, split_budget
-from photoroom_bg.errors import APITimeoutError, ConfigurationError, ServerError
+from photoroom_bg.errors import (
+    APIConnectionError,
+    APITimeoutError,
+    ConfigurationError,
+    OutOfCreditsError,
+    ServerError,
+)
 from photoroom_bg.sources import SourceReader
 
 from ..loopback import KeepAliveServer
@@ -260,6 +266,84 @@ async def test_a_pool_passed_in_goes_through_its_hooks_and_auth() -> None:
         client = AsyncPhotoroomClient(api_key="k", base_url="http://127.0.0.1:9", http_client=http)
         assert (await client.credits()).available == 2
     assert seen == ["request t-1", "response 200"]
+
+
+class _Answers:
+    """A mock API for a pool passed in: the statuses to answer, in turn, and the calls."""
+
+    def __init__(self, *statuses: int) -> None:
+        self.statuses = list(statuses)
+        self.calls = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        status = self.statuses.pop(0)
+        if status == 200:
+            return httpx.Response(200, content=_png(), headers={"content-type": "image/png"})
+        headers = {"retry-after": "0"} if status == 429 else {}
+        return httpx.Response(status, json={"detail": "nope"}, headers=headers)
+
+
+def _call_through(kind: str, answers: _Answers, hook: Any) -> Any:
+    """remove_background through a pool of the caller's with ``hook`` on its responses."""
+    transport = httpx.MockTransport(answers)
+    if kind == "sync":
+        with httpx.Client(transport=transport, event_hooks={"response": [hook]}) as http:
+            client = PhotoroomClient(
+                api_key="k", base_url="http://127.0.0.1:9", http_client=http, max_retries=2
+            )
+            client._sleep = lambda seconds: None  # type: ignore[method-assign]
+            return client.remove_background(_png())
+
+    async def main() -> Any:
+        async def async_hook(response: httpx.Response) -> None:
+            hook(response)
+
+        hooks = {"response": [async_hook]}
+        async with httpx.AsyncClient(transport=transport, event_hooks=hooks) as http:
+            client = AsyncPhotoroomClient(
+                api_key="k", base_url="http://127.0.0.1:9", http_client=http, max_retries=2
+            )
+
+            async def no_wait(seconds: float) -> None:
+                pass
+
+            client._sleep = no_wait  # type: ignore[method-assign]
+            return await client.remove_background(_png())
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_raise_for_status_hook_keeps_the_errors_typed_and_the_retries(kind: str) -> None:
+    # a pool whose response hook is raise_for_status (a common setting) made every error
+    # status a raw httpx.HTTPStatusError: a 429 was never retried, a 402 not an SDK error
+    def raise_for_status(response: httpx.Response) -> None:
+        response.raise_for_status()
+
+    answers = _Answers(429, 503, 200)
+    assert _call_through(kind, answers, raise_for_status).content == _png()
+    assert answers.calls == 3
+    answers = _Answers(402)
+    with pytest.raises(OutOfCreditsError) as caught:
+        _call_through(kind, answers, raise_for_status)
+    error = caught.value
+    assert (error.status_code, error.possibly_billed, answers.calls) == (402, False, 1)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_hook_that_fails_on_an_answer_is_a_typed_error_never_paid_for_twice(kind: str) -> None:
+    # a response hook with a bug raised out of the client raw; had it been retried as a
+    # dropped connection, each attempt would have been billed again
+    def broken(response: httpx.Response) -> None:
+        raise KeyError("x-request-id")
+
+    answers = _Answers(200, 200, 200)
+    with pytest.raises(APIConnectionError, match="raised KeyError") as caught:
+        _call_through(kind, answers, broken)
+    assert caught.value.possibly_billed
+    assert isinstance(caught.value.__cause__, KeyError)
+    assert answers.calls == 1
 
 
 class _Writes(httpx.AsyncBaseTransport):
