@@ -107,17 +107,26 @@ class KeyTemplate:
     """
 
     template: str | KeyFunction = DEFAULT_TEMPLATE
+    #: whether every key holds the whole ``{digest}`` or ``{digest12}``, so that no two
+    #: images can share one (a callable, or ``{digest:.4}``, may give two images one key)
+    _distinct: bool = attrs.field(init=False, default=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         if callable(self.template):
             return
         import string
 
-        names = {
-            field.split(".")[0].split("[")[0]
-            for _, field, _, _ in string.Formatter().parse(self.template)
+        parsed = [
+            (field, spec, conversion)
+            for _, field, spec, conversion in string.Formatter().parse(self.template)
             if field
-        }
+        ]
+        names = {field.split(".")[0].split("[")[0] for field, _, _ in parsed}
+        distinct = any(
+            field in ("digest", "digest12") and not spec and conversion is None
+            for field, spec, conversion in parsed
+        )
+        object.__setattr__(self, "_distinct", distinct)
         unknown = names - _FIELDS
         if unknown:
             raise ValidationError(
@@ -143,6 +152,9 @@ class KeyTemplate:
         The digest covers the input's bytes, the options and the engine: a cut-out from one
         engine never stands in for another's. (The Photoroom engine's digests leave its name
         out, so that outputs stored before engines were told apart keep their keys.)
+
+        Raises:
+            ValidationError: a callable template returned something other than a ``str``.
         """
         identity = f"{content_digest}:{options_digest}"
         if engine != "photoroom":
@@ -158,5 +170,11 @@ class KeyTemplate:
             "engine": safe_stem(engine),
         }
         if callable(self.template):
-            return str(self.template(**fields))
+            key = self.template(**fields)
+            if not isinstance(key, str):  # str(None) would be the key "None" for every image
+                raise ValidationError(
+                    f"the key template returned {type(key).__name__}, not a str (an output "
+                    "key such as 'cutouts/{stem}-{digest12}.{ext}')"
+                )
+            return key
         return self.template.format(**fields)

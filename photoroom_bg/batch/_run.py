@@ -29,6 +29,7 @@ from ..errors import (
     SourceError,
     StorageError,
     UnexpectedError,
+    ValidationError,
 )
 from ..models import ImageResult
 from ..options import SegmentOptions
@@ -157,6 +158,10 @@ class Batch:
         self._finished_keys: set[str] = set()
         # what the manifest records as made (see ManifestState.made): image -> its key
         self._recorded_made: dict[bytes, str] = {}
+        # key -> the image (made_as) a job of this batch makes, or an earlier run stored,
+        # under it: a key template of the caller's may give two images one key
+        self._owners: dict[str, bytes] = {}
+        self._recorded_owners: dict[str, bytes] = {}
         self._total: int | None = None
         self._started = time.monotonic()
         self._account_before: float | None = None
@@ -276,6 +281,8 @@ class Batch:
             state.feed(self._earlier.split(b"\n"))
         self._finished_keys = set(state.finished)
         self._recorded_made = state.made
+        if not r.key_template._distinct:  # (only such a template can give two images one key)
+            self._recorded_owners = {key: made_as for made_as, key in state.made.items()}
         if self._manifest is not None:
             await self._manifest.write_header(
                 replayable_sources(self.spec),
@@ -616,6 +623,9 @@ class Batch:
                 return await self._keep(job, key, content, content_type, reason)
             # the first one failed: try it ourselves
         entry = _InFlight(job.index, key, bytes.fromhex(identity[:32]))
+        clash = self._clash(key, entry.made_as)
+        if clash is not None:
+            return job.done(JobStatus.FAILED, error=clash)
         job.made_as = entry.made_as
         self._inflight[identity] = entry
         try:
@@ -630,6 +640,24 @@ class Batch:
             if entry.waiters == 0:
                 entry.content = None
             entry.done.set()
+
+    def _clash(self, key: str, made_as: bytes) -> ValidationError | None:
+        """Why ``key`` cannot hold this image's cut-out: another image of this batch, or one
+        an earlier run recorded, has it. Only a key template of the caller's (a callable)
+        can give two images one key; a later one was skipped as "already stored" (never
+        made), or paid for and written over the first."""
+        if self.r.key_template._distinct:  # the key holds the image's digest: no clash
+            return None
+        if self._owners.setdefault(key, made_as) != made_as:
+            whose = "another image of this batch"
+        elif self._recorded_owners.get(key, made_as) != made_as:
+            whose = "another image (or options, or engine) an earlier run recorded"
+        else:
+            return None
+        return ValidationError(
+            f"the key template gave the key {key!r} to this image and to {whose}: it must "
+            "tell inputs apart (use {digest12} or {digest}); nothing was paid for this one"
+        )
 
     async def _make(self, job: _Job, key: str, data: bytes, entry: _InFlight) -> JobResult:
         if key in self._finished_keys:

@@ -27,6 +27,7 @@ from photoroom_bg import (
     ImageResult,
     JobResult,
     JobStatus,
+    KeyTemplate,
     MemorySink,
     PhotoroomEngine,
     RetryPolicy,
@@ -508,6 +509,75 @@ def test_a_key_through_a_file_in_the_sink_fails_its_job_before_anything_is_bille
     assert emulator.ledger.calls() == 0
     (failure, *_) = report.failures["UnsafeKeyError"]
     assert "photoroom is a file, not a folder" in str(failure.error)
+
+
+def _by_file_name(stem: str, ext: str, **_: str) -> str:
+    """A key template of the caller's that leaves the digest out: the file's name only."""
+    return f"{stem}.{ext}"
+
+
+def _two_folders_sharing_a_name(tmp_path: Path) -> list[Path]:
+    """Folders ``a`` and ``b``: each a ``shoe.png`` of its own, and a photo only it has."""
+    folders = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "shoe.png").write_bytes(photo())
+        (folder / f"only-{name}.png").write_bytes(photo())
+        folders.append(folder)
+    return folders
+
+
+@pytest.mark.parametrize("skip_existing", [True, False])
+@pytest.mark.parametrize("concurrency", [1, 16])
+def test_a_key_template_that_gives_two_images_one_key_fails_the_second_unpaid(
+    emulator: PhotoroomEmulator, tmp_path: Path, concurrency: int, skip_existing: bool
+) -> None:
+    # b/shoe.png was skipped as "output already stored" (never made, yet counted as stored);
+    # with skip_existing=False it was paid for and written over a/shoe.png's cut-out
+    sink = MemorySink()
+    batch = remover(emulator, sink, key_template=KeyTemplate(_by_file_name),
+                    concurrency=concurrency, skip_existing=skip_existing)  # fmt: skip
+    report = asyncio.run(batch.run(_two_folders_sharing_a_name(tmp_path)))
+    counts = (report.succeeded_count, report.skipped_count, report.failed_count)
+    assert counts == (3, 0, 1)
+    assert emulator.ledger.calls() == len(sink.objects) == 3
+    (failure,) = report.failures["ValidationError"]
+    assert "'shoe.png'" in str(failure.error)
+    assert "{digest12}" in str(failure.error)
+    assert failure.billed == 0
+
+
+def test_a_key_an_earlier_run_gave_another_image_fails_unpaid(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # a second run (same manifest and sink) took b/shoe.png for the a/shoe.png it recorded
+    a, b = _two_folders_sharing_a_name(tmp_path)
+    sink, manifest = MemorySink(), tmp_path / "manifest.jsonl"
+    template = KeyTemplate(_by_file_name)
+    first = asyncio.run(remover(emulator, sink, key_template=template, manifest=manifest).run(a))
+    assert first.succeeded_count == 2
+    again = asyncio.run(remover(emulator, sink, key_template=template, manifest=manifest).run(b))
+    assert (again.succeeded_count, again.skipped_count, again.failed_count) == (1, 0, 1)
+    assert "an earlier run" in str(again.failures["ValidationError"][0].error)
+    # the same image again is no clash: it is skipped, as ever
+    rerun = asyncio.run(remover(emulator, sink, key_template=template, manifest=manifest).run(a))
+    assert (rerun.skipped_count, rerun.failed_count) == (2, 0)
+    assert emulator.ledger.calls() == len(sink.objects) == 3
+
+
+@pytest.mark.parametrize("value", [None, 5, b"shoe.png"])
+def test_a_key_template_that_returns_no_text_fails_each_job_unpaid(
+    emulator: PhotoroomEmulator, value: object
+) -> None:
+    # its None was stored as the key "None", every image after the first skipped as stored
+    sink = MemorySink()
+    batch = remover(emulator, sink, key_template=KeyTemplate(lambda **_: value))
+    report = asyncio.run(batch.run([photo() for _ in range(3)]))
+    assert (report.failed_count, emulator.ledger.calls(), len(sink.objects)) == (3, 0, 0)
+    assert f"returned {type(value).__name__}, not a str" in str(
+        report.failures["ValidationError"][0].error
+    )
 
 
 def test_a_spill_folder_that_is_a_file_is_refused_before_anything_is_billed(
