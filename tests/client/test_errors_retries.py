@@ -37,6 +37,7 @@ from photoroom_bg.errors import (
     BadRequestError,
     ConfigurationError,
     InvalidImageError,
+    InvalidSourceError,
     NotFoundError,
     OutOfCreditsError,
     PhotoroomError,
@@ -418,6 +419,25 @@ async def test_segment_accepts_heic_unchecked_by_pillow(
 async def test_missing_file_is_a_typed_error(twin: Twin, respx_mock: respx.MockRouter) -> None:
     with pytest.raises(SourceNotFoundError, match="not found"):
         await twin.call("remove_background", "/nonexistent/shoe.jpg")
+
+
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [
+        ("remove_background", "http://user:pw@127.0.0.1:9/shoe.jpg?token=s3cret"),
+        ("remove_background", "s3://bucket/shoe.jpg"),
+        ("edit", "s3://bucket/shoe.jpg"),  # edit() fetches only http(s) URLs (imageUrl)
+    ],
+)
+async def test_a_url_given_where_a_path_goes_says_what_the_call_takes(
+    twin: Twin, respx_mock: respx.MockRouter, method: str, url: str
+) -> None:
+    # "image file not found: http:/127.0.0.1:9/shoe.jpg": the URL was taken for a path
+    with pytest.raises(InvalidSourceError, match="is a URL, not a path") as caught:
+        await twin.call(method, url)
+    assert "edit() takes an http(s) URL" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    assert "pw" not in str(caught.value)
 
 
 async def test_wrong_options_type_is_refused(twin: Twin) -> None:
