@@ -25,6 +25,7 @@ import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
 from . import _rules
+from ._redact import printable
 from ._warnings import warn
 from .errors import APIResponseValidationError, ValidationError
 from .models import Account, Credits
@@ -133,6 +134,21 @@ def wire_value(value: object) -> str:
     raise ValidationError(f"cannot send {type(value).__name__} value {value!r} as a form field")
 
 
+def _check_text(text: str, origin: str) -> str:
+    """``text``, which UTF-8 can carry: a lone surrogate (text decoded from bytes that were
+    not UTF-8, such as a file name read with ``os.fsdecode``) cannot be sent."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            f"{origin} cannot be sent: {printable(text)} holds a character UTF-8 cannot carry "
+            f"at position {exc.start} (a lone surrogate, from bytes that were not UTF-8 text)",
+            parameter=origin,
+            rule="type",
+        ) from None
+    return text
+
+
 @attrs.define
 class Encoded:
     """Options on the wire: text fields (a list for a repeated name), file fields, headers,
@@ -148,12 +164,13 @@ class Encoded:
         """Add one flattened field (a list of scalars repeats the name)."""
         self.texts.pop(name, None)
         self.files.pop(name, None)
+        _check_text(name, origin)
         if isinstance(value, bytes):
             self.files[name] = value
         elif isinstance(value, (list, tuple)):
-            self.texts[name] = [wire_value(v) for v in value]
+            self.texts[name] = [_check_text(wire_value(v), origin) for v in value]
         else:
-            self.texts[name] = wire_value(value)
+            self.texts[name] = _check_text(wire_value(value), origin)
         self.origins[name] = origin
         self.values[name] = python
 

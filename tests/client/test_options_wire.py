@@ -280,3 +280,22 @@ def test_scalar_encoding(value: object, text: str) -> None:
 def test_wire_value_refuses_containers() -> None:
     with pytest.raises(ValidationError, match="cannot send list"):
         wire_value([1, 2])
+
+
+@pytest.mark.parametrize(
+    ("make", "parameter"),
+    [
+        (lambda: EditOptions(background_prompt="a shoe on \udcff sand"), "background_prompt"),
+        (lambda: SegmentOptions(extra_params={"someParam": "\udcff"}), "extra_params['someParam']"),
+        (lambda: EditOptions(extra_params={"x.\udcff": "1"}), "extra_params['x.\\udcff']"),
+        (lambda: EditOptions(extra_params={"tags": ["ok", "\udcff"]}), "extra_params['tags']"),
+    ],
+)
+def test_text_utf8_cannot_carry_is_refused_when_the_options_are_made(
+    make: object, parameter: str
+) -> None:
+    # a lone surrogate (a file name read with os.fsdecode, say) passed every check and then
+    # raised a raw UnicodeEncodeError from the call, outside the SDK's errors
+    with pytest.raises(ValidationError, match="UTF-8 cannot carry") as caught:
+        make()  # type: ignore[operator]
+    assert caught.value.parameter == parameter
