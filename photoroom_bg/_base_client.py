@@ -319,8 +319,8 @@ class BaseClient:
     def __repr__(self) -> str:
         key = "sandbox" if self.is_sandbox else ("set" if self._api_key else "missing")
         return (
-            f"{type(self).__name__}(segment_base_url={self.segment_base_url!r}, "
-            f"image_api_base_url={self.image_api_base_url!r}, api_key=<{key}>, "
+            f"{type(self).__name__}(segment_base_url={redact_url(self.segment_base_url)!r}, "
+            f"image_api_base_url={redact_url(self.image_api_base_url)!r}, api_key=<{key}>, "
             f"max_retries={self.max_retries})"
         )
 

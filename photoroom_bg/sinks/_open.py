@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .. import _loop
+from .._redact import redact_url
 from ..errors import ConfigurationError
 from ._base import Sink, StoredObject
 from ._filesystem import FileSystemSink
@@ -39,11 +40,11 @@ def open_sink(target: str | os.PathLike[str] | Sink, **options: Any) -> Sink:
     if text.startswith("file://"):
         parts = urlsplit(text)
         if parts.netloc not in ("", "localhost"):
-            raise ConfigurationError(f"{text!r}: file:// URIs must name a local path")
+            raise ConfigurationError(f"{redact_url(text)!r}: file:// URIs must name a local path")
         return FileSystemSink(unquote(parts.path), **options)
     if "://" in text:
         raise ConfigurationError(
-            f"unsupported sink {text!r}: use a folder, file://, s3:// or memory://"
+            f"unsupported sink {redact_url(text)!r}: use a folder, file://, s3:// or memory://"
         )
     return FileSystemSink(text, **options)
 

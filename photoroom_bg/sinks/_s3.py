@@ -9,10 +9,11 @@ from collections.abc import Mapping
 from datetime import timedelta
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from .._numbers import check_flag, check_given, check_type
 from .._perloop import PerLoop
+from .._redact import redact_url
 from .._s3client import close_s3_client, open_s3_client
 from ..errors import (
     BucketNotFoundError,
@@ -59,22 +60,49 @@ _ENDPOINT_ADVICE = (
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """Split ``s3://bucket/prefix`` into ``(bucket, prefix)``; a prefix ends with ``/``."""
+    shown = repr(redact_url(uri))  # never its credentials or query (a token, a secret)
     if not uri.startswith("s3://"):
-        raise ConfigurationError(f"{uri!r} is not an s3:// URI")
+        raise ConfigurationError(f"{shown} is not an s3:// URI")
     bucket, _, prefix = uri[len("s3://") :].partition("/")
+    if "@" in bucket:
+        raise ConfigurationError(
+            f"{shown}: an s3:// URI takes no credentials: give them as aws_access_key_id= and "
+            "aws_secret_access_key= (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        )
     if not bucket:
-        raise ConfigurationError(f"{uri!r} names no bucket")
+        raise ConfigurationError(f"{shown} names no bucket")
     odd = sorted(set(_NOT_IN_BUCKET_NAMES.findall(bucket)))
     if odd:
         raise ConfigurationError(
-            f"{uri!r}: no bucket name has {', '.join(map(repr, odd))} (an s3:// URI takes no "
+            f"{shown}: no bucket name has {', '.join(map(repr, odd))} (an s3:// URI takes no "
             f"query string: {_ENDPOINT_ADVICE})"
         )
     prefix = prefix.strip("/")
     if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
         # every key under it would be refused (see check_key), after the engine was paid
-        raise ConfigurationError(f"{uri!r}: a prefix has no empty, '.' or '..' segments")
+        raise ConfigurationError(f"{shown}: a prefix has no empty, '.' or '..' segments")
     return bucket, f"{prefix}/" if prefix else ""
+
+
+def _check_endpoint(endpoint_url: str | None) -> str | None:
+    """``endpoint_url``, an http(s) URL of a server with no credentials, query or fragment
+    in it (botocore fails on those with errors of its own, and a secret there would show)."""
+    if endpoint_url is None:
+        return None
+    parts = urlsplit(endpoint_url)
+    shown = repr(redact_url(endpoint_url))
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"endpoint_url {shown} is not the http(s) URL of a server (http://localhost:9000)"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError(
+            f"endpoint_url {shown} takes no credentials: give them as aws_access_key_id= and "
+            "aws_secret_access_key= (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        )
+    if parts.query or parts.fragment or "?" in endpoint_url or "#" in endpoint_url:
+        raise ConfigurationError(f"endpoint_url {shown} takes no query string or fragment")
+    return endpoint_url
 
 
 #: What no bucket name holds: AWS allows lower-case letters, digits, '.' and '-' (old
@@ -156,7 +184,7 @@ class S3Sink:
         ):
             check_type(name, value, str, "a str or None")
         self.bucket, self.prefix = parse_s3_uri(uri)
-        self.endpoint_url = check_given("endpoint_url", endpoint_url)
+        self.endpoint_url = _check_endpoint(check_given("endpoint_url", endpoint_url))
         self.region = (
             region
             or os.environ.get("AWS_REGION")

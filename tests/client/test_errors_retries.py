@@ -545,6 +545,18 @@ async def test_the_key_never_appears_in_repr_errors_or_logs(
         assert API_KEY not in text
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_base_url_with_credentials_is_shown_without_them(kind: str) -> None:
+    # repr() showed the user, password and query of a gateway's URL given as base_url
+    from .conftest import make_twin
+
+    twin = make_twin(kind, base_url="http://gateway:s3cret-pw@127.0.0.1:9/photoroom?sig=t0ken")
+    shown = repr(twin.client)
+    assert "http://127.0.0.1:9/photoroom" in shown
+    assert "s3cret-pw" not in shown
+    assert "t0ken" not in shown
+
+
 def test_retry_after_parsing() -> None:
     assert parse_retry_after("2.5") == 2.5
     assert parse_retry_after("-3") is None  # not delta-seconds: the backoff applies

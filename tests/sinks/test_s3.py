@@ -17,6 +17,7 @@ from photoroom_bg.errors import (
 )
 from photoroom_bg.sinks import S3Sink, SyncSink, open_sink
 
+from ..loopback import closed_port
 from ..s3server import S3Server
 
 
@@ -189,6 +190,42 @@ def test_repr_shows_no_secret(s3_server: S3Server) -> None:
     assert s3_server.secret_key not in repr(sink)
     assert s3_server.access_key not in repr(sink)
     assert repr(sink).startswith("S3Sink('s3://bucket/prefix/'")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "s3://AKIAEXAMPLE:SECRETKEY789@bucket/prefix",
+        "s3://bucket?X-Amz-Security-Token=SECRETKEY789",
+        "ftp://AKIAEXAMPLE:SECRETKEY789@127.0.0.1/out?token=SECRETKEY789",
+    ],
+)
+def test_a_sink_uri_holding_credentials_is_refused_without_showing_them(target: str) -> None:
+    # the message quoted the URI whole: an access key and its secret in an exception
+    with pytest.raises(ConfigurationError) as caught:
+        open_sink(target)
+    assert "SECRETKEY789" not in str(caught.value)
+    assert "AKIAEXAMPLE" not in str(caught.value)
+    if "@bucket" in target:
+        assert "takes no credentials" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        f"http://user:SECRETKEY789@127.0.0.1:{closed_port()}",
+        f"http://127.0.0.1:{closed_port()}/?token=SECRETKEY789",
+        "127.0.0.1:9000",
+    ],
+)
+async def test_an_endpoint_that_is_no_server_url_is_refused_without_its_secrets(
+    endpoint: str,
+) -> None:
+    # botocore failed on the first put instead: a raw AttributeError for the credentials,
+    # "EndpointResolutionError" for the query; repr() showed them
+    with pytest.raises(ConfigurationError, match="endpoint_url") as caught:
+        S3Sink("s3://bucket", endpoint_url=endpoint)
+    assert "SECRETKEY789" not in str(caught.value)
 
 
 @pytest.mark.parametrize("name", ["商品画像" * 256, "фото" * 256, "a" * 3000])
