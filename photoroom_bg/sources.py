@@ -69,7 +69,6 @@ from ._netguard import NetworkPolicy, Resolver, default_resolver
 from ._numbers import (
     check_callback,
     check_count,
-    check_given,
     check_number,
     check_type,
     wait_limit,
@@ -77,7 +76,7 @@ from ._numbers import (
 from ._perloop import PerLoop
 from ._pool import tls_context
 from ._redact import install_log_redaction, printable, redact_text, redact_url
-from ._s3client import close_s3_client, open_s3_client
+from ._s3client import check_endpoint, close_s3_client, open_s3_client
 from .errors import (
     ConfigurationError,
     InvalidImageError,
@@ -482,7 +481,7 @@ class SourceReader:
         check_callback("resolver", resolver)
         check_type("s3_options", s3_options, Mapping, "a mapping or None")
         check_type("http_client", http_client, httpx.AsyncClient, "an httpx.AsyncClient or None")
-        check_given("s3_options['endpoint_url']", (s3_options or {}).get("endpoint_url"))
+        check_endpoint("s3_options['endpoint_url']", (s3_options or {}).get("endpoint_url"))
         self.max_bytes = max_bytes
         self.policy = NetworkPolicy(allow_private_networks, allow_networks)
         self.max_redirects = max_redirects

@@ -9,12 +9,12 @@ from collections.abc import Mapping
 from datetime import timedelta
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-from .._numbers import check_flag, check_given, check_type
+from .._numbers import check_flag, check_type
 from .._perloop import PerLoop
 from .._redact import redact_url
-from .._s3client import close_s3_client, open_s3_client
+from .._s3client import check_endpoint, close_s3_client, open_s3_client
 from ..errors import (
     BucketNotFoundError,
     ConfigurationError,
@@ -82,27 +82,6 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
         # every key under it would be refused (see check_key), after the engine was paid
         raise ConfigurationError(f"{shown}: a prefix has no empty, '.' or '..' segments")
     return bucket, f"{prefix}/" if prefix else ""
-
-
-def _check_endpoint(endpoint_url: str | None) -> str | None:
-    """``endpoint_url``, an http(s) URL of a server with no credentials, query or fragment
-    in it (botocore fails on those with errors of its own, and a secret there would show)."""
-    if endpoint_url is None:
-        return None
-    parts = urlsplit(endpoint_url)
-    shown = repr(redact_url(endpoint_url))
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(
-            f"endpoint_url {shown} is not the http(s) URL of a server (http://localhost:9000)"
-        )
-    if parts.username is not None or parts.password is not None:
-        raise ConfigurationError(
-            f"endpoint_url {shown} takes no credentials: give them as aws_access_key_id= and "
-            "aws_secret_access_key= (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
-        )
-    if parts.query or parts.fragment or "?" in endpoint_url or "#" in endpoint_url:
-        raise ConfigurationError(f"endpoint_url {shown} takes no query string or fragment")
-    return endpoint_url
 
 
 #: What no bucket name holds: AWS allows lower-case letters, digits, '.' and '-' (old
@@ -184,7 +163,7 @@ class S3Sink:
         ):
             check_type(name, value, str, "a str or None")
         self.bucket, self.prefix = parse_s3_uri(uri)
-        self.endpoint_url = _check_endpoint(check_given("endpoint_url", endpoint_url))
+        self.endpoint_url = check_endpoint("endpoint_url", endpoint_url)
         self.region = (
             region
             or os.environ.get("AWS_REGION")

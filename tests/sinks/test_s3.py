@@ -16,6 +16,7 @@ from photoroom_bg.errors import (
     StorageError,
 )
 from photoroom_bg.sinks import S3Sink, SyncSink, open_sink
+from photoroom_bg.sources import SourceReader
 
 from ..loopback import closed_port
 from ..s3server import S3Server
@@ -218,13 +219,19 @@ def test_a_sink_uri_holding_credentials_is_refused_without_showing_them(target: 
         "127.0.0.1:9000",
     ],
 )
+@pytest.mark.parametrize("who", ["sink", "reader"])
 async def test_an_endpoint_that_is_no_server_url_is_refused_without_its_secrets(
-    endpoint: str,
+    endpoint: str, who: str
 ) -> None:
     # botocore failed on the first put instead: a raw AttributeError for the credentials,
-    # "EndpointResolutionError" for the query; repr() showed them
+    # "EndpointResolutionError" for the query; repr() showed them (the reader's too)
+    def make() -> object:
+        if who == "sink":
+            return S3Sink("s3://bucket", endpoint_url=endpoint)
+        return SourceReader(s3_options={"endpoint_url": endpoint})
+
     with pytest.raises(ConfigurationError, match="endpoint_url") as caught:
-        S3Sink("s3://bucket", endpoint_url=endpoint)
+        make()
     assert "SECRETKEY789" not in str(caught.value)
 
 
