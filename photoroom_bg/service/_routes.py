@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from .. import __version__
 from .._images import sniff_format
+from .._redact import redact_url
 from ..batch import JobResult, JobStatus
 from ..errors import ObjectNotFoundError, PhotoroomBGError
 from ..options import EditOptions, SegmentOptions
@@ -66,7 +67,7 @@ def _check_urls(urls: list[str]) -> None:
                 422,
                 "unsafe_url",
                 "The URL was refused",
-                f"{url[:200]!r}: only http and https URLs are accepted",
+                f"{redact_url(url)[:200]!r}: only http and https URLs are accepted",
             )
 
 
