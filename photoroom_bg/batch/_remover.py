@@ -119,7 +119,9 @@ class BatchRemover:
             granted to the jobs in flight to store what they made (``float("inf")``: as
             long as they take).
         progress: show a progress bar (terminal or Jupyter; needs ``tqdm``).
-        on_result: called with each :class:`JobResult` as it finishes.
+        on_result: called with each :class:`JobResult` as it finishes, on the batch's event
+            loop. An ``Exception`` it raises is logged; anything else (``sys.exit()``)
+            stops the batch, and is raised by ``wait()`` or ``run()`` once it has ended.
         on_progress: called with a :class:`Progress` after each job.
         reader: a :class:`~photoroom_bg.sources.SourceReader` (SSRF policy, byte cap, S3
             settings); by default a safe one that refuses private networks.
@@ -323,7 +325,10 @@ class BatchRemover:
                 with anyio.CancelScope(shield=True):
                     await batch.close_unstarted()
                 raise
-        return await batch.process()
+        report = await batch.process()
+        if batch.callback_exit is not None:  # sys.exit() in a callback, say: now it goes on
+            raise batch.callback_exit
+        return report
 
     def resume(
         self,

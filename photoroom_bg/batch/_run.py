@@ -156,6 +156,9 @@ class Batch:
         # identity -> (index, key, spilled) of a job that made it, the least recent first
         self._made: OrderedDict[bytes, tuple[int, str, bool]] = OrderedDict()
         self._finished_keys: set[str] = set()
+        #: what a callback raised that is no Exception (``sys.exit()``...): the batch stops,
+        #: and its caller gets it once the batch has ended
+        self.callback_exit: BaseException | None = None
         # what the manifest records as made (see ManifestState.made): image -> its key
         self._recorded_made: dict[bytes, str] = {}
         # key -> the image (made_as) a job of this batch makes, or an earlier run stored,
@@ -450,7 +453,7 @@ class Batch:
             listing_error=self.listing_error,
             duration=time.monotonic() - self._started,
         )
-        self.handle._finish(report)
+        self.handle._finish(report, self.callback_exit)
         return report
 
     def _outputs(self) -> list[str]:
@@ -565,6 +568,12 @@ class Batch:
                 self.r.on_progress(self.handle.progress)
         except Exception:
             logger.exception("a batch callback failed; the batch goes on")
+        except BaseException as exc:  # sys.exit(), KeyboardInterrupt, pytest.fail()...
+            # a request to stop: the batch stops as cancel() stops it, and the caller gets
+            # the exception once it has ended (raised here, it would end the loop's thread)
+            if self.callback_exit is None:
+                self.callback_exit = exc
+            self.stop(f"a batch callback raised {type(exc).__name__}")
 
     # -- one job ---------------------------------------------------------------------------
 

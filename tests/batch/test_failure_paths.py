@@ -580,6 +580,39 @@ def test_a_key_template_that_returns_no_text_fails_each_job_unpaid(
     )
 
 
+@pytest.mark.parametrize("raised", [SystemExit(3), KeyboardInterrupt()], ids=repr)
+@pytest.mark.parametrize("how", ["submit", "run"])
+def test_a_callback_that_asks_to_exit_stops_the_batch_and_the_caller_gets_it(
+    emulator: PhotoroomEmulator, how: str, raised: BaseException
+) -> None:
+    # sys.exit() (or pytest.fail(), a KeyboardInterrupt) in on_result killed the thread of
+    # the background loop: the batch hung, wait() never returned, and no later batch of the
+    # process could start
+    seen: list[JobResult] = []
+
+    def on_result(result: JobResult) -> None:
+        seen.append(result)
+        if len(seen) == 2:
+            raise raised
+
+    sink = MemorySink()
+    batch = remover(emulator, sink, on_result=on_result, concurrency=2)
+    images = [photo() for _ in range(30)]
+
+    def process() -> object:
+        if how == "submit":
+            return batch.submit(images).wait(timeout=30)
+        return asyncio.run(batch.run(images))
+
+    with pytest.raises(type(raised)) as caught:
+        process()
+    assert caught.value is raised
+    assert emulator.ledger.calls() == len(sink.objects) < 30  # stopped; every paid call kept
+    assert sum(job.status is JobStatus.CANCELLED for job in seen) > 0
+    again = remover(emulator, MemorySink()).submit([photo()]).wait(timeout=30)
+    assert again.stored_count == 1  # the background loop lives on
+
+
 def test_a_spill_folder_that_is_a_file_is_refused_before_anything_is_billed(
     emulator: PhotoroomEmulator, tmp_path: Path
 ) -> None:
