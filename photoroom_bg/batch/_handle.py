@@ -123,8 +123,8 @@ class BatchHandle:
         self._ended_at: float | None = None
         self._report: BatchReport | None = None
         self._error: BaseException | None = None
-        # what a callback raised to stop (sys.exit()...): raised to whoever waits, once ended
-        self._callback_exit: BaseException | None = None
+        # what code of the caller's raised to stop (sys.exit()...): raised to whoever waits
+        self._raised_to_stop: BaseException | None = None
         self._waiters = 0
         self._future: Future[BatchReport] | None = None
         self._cancel: Callable[[str], None] | None = None
@@ -204,10 +204,10 @@ class BatchHandle:
         with self._cond:
             return Counter(self._counts)
 
-    def _finish(self, report: BatchReport, callback_exit: BaseException | None = None) -> None:
+    def _finish(self, report: BatchReport, raised_to_stop: BaseException | None = None) -> None:
         with self._cond:
             self._report = report
-            self._callback_exit = callback_exit
+            self._raised_to_stop = raised_to_stop
             self._ended_at = time.monotonic()
             self._wake_all()
 
@@ -317,8 +317,8 @@ class BatchHandle:
     def _raise_if_failed(self) -> None:
         if self._error is not None:
             raise self._error
-        if self._callback_exit is not None:
-            raise self._callback_exit
+        if self._raised_to_stop is not None:
+            raise self._raised_to_stop
 
     def as_completed(self, timeout: float | None = None) -> CompletedJobs:
         """The jobs as they finish until the batch ends, for ``for`` and ``async for``
@@ -416,7 +416,7 @@ class BatchHandle:
                 raise  # the batch's own error
             raise TimeoutError(_still_running(limit)) from None
         else:
-            self._raise_if_failed()  # what a callback raised to stop the batch
+            self._raise_if_failed()  # what code of the caller's raised to stop the batch
             return report
         finally:
             with self._cond:
@@ -455,7 +455,7 @@ class BatchHandle:
             # shielded: a cancelled wait must not cancel the batch's own task, which would
             # drop the calls under way (paid for); it stops the batch as cancel() does
             report = await asyncio.shield(asyncio.wrap_future(future))
-            self._raise_if_failed()  # what a callback raised to stop the batch
+            self._raise_if_failed()  # what code of the caller's raised to stop the batch
             return report
         except asyncio.CancelledError:
             self.cancel("the task awaiting the batch was cancelled")

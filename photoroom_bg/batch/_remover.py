@@ -326,8 +326,8 @@ class BatchRemover:
                     await batch.close_unstarted()
                 raise
         report = await batch.process()
-        if batch.callback_exit is not None:  # sys.exit() in a callback, say: now it goes on
-            raise batch.callback_exit
+        if batch.raised_to_stop is not None:  # sys.exit() in a callback, say: now it goes on
+            raise batch.raised_to_stop
         return report
 
     def resume(

@@ -156,9 +156,10 @@ class Batch:
         # identity -> (index, key, spilled) of a job that made it, the least recent first
         self._made: OrderedDict[bytes, tuple[int, str, bool]] = OrderedDict()
         self._finished_keys: set[str] = set()
-        #: what a callback raised that is no Exception (``sys.exit()``...): the batch stops,
-        #: and its caller gets it once the batch has ended
-        self.callback_exit: BaseException | None = None
+        #: what code of the caller's (a callback, a sink, a reader, a key template, the
+        #: sources) raised that is no Exception (``sys.exit()``...): the batch stops, and its
+        #: caller gets it once the batch has ended
+        self.raised_to_stop: BaseException | None = None
         # what the manifest records as made (see ManifestState.made): image -> its key
         self._recorded_made: dict[bytes, str] = {}
         # key -> the image (made_as) a job of this batch makes, or an earlier run stored,
@@ -192,6 +193,16 @@ class Batch:
             scope.cancel()
         if self.bar is not None:
             self.bar.stopped()
+
+    def stop_for(self, exc: BaseException, where: str) -> None:
+        """Stop as :meth:`stop` does for ``exc``, which is no ``Exception`` and was raised by
+        code of the caller's (``sys.exit()``, ``KeyboardInterrupt``, ``pytest.fail()``): a
+        request to stop. Raised on, it would end the batch's tasks with the calls under way
+        (paid for), or the thread of the background loop; the caller gets it once the batch
+        has ended instead."""
+        if self.raised_to_stop is None:
+            self.raised_to_stop = exc
+        self.stop(f"{where} raised {type(exc).__name__}")
 
     def _manifest_failed(self, error: StorageError) -> None:
         """The manifest cannot be written: no more paid calls whose records would be lost
@@ -453,7 +464,7 @@ class Batch:
             listing_error=self.listing_error,
             duration=time.monotonic() - self._started,
         )
-        self.handle._finish(report, self.callback_exit)
+        self.handle._finish(report, self.raised_to_stop)
         return report
 
     def _outputs(self) -> list[str]:
@@ -498,6 +509,10 @@ class Batch:
                 error = typed(exc, SourceError, "listing the sources")
                 self.listing_error = f"{type(error).__name__}: {error}"
                 logger.error("listing the sources stopped after %d: %s", total, error)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:  # sys.exit() in the caller's iterator of sources
+                self.stop_for(exc, "the sources")
             finally:
                 self._total = self.calls.total = total
                 self.handle._sources_done()
@@ -529,6 +544,11 @@ class Batch:
                             "job %d (%s) failed unexpectedly", index, _display(source), exc_info=exc
                         )
                         result = job.done(JobStatus.FAILED, error=typed(exc, UnexpectedError))
+                    except anyio.get_cancelled_exc_class():
+                        raise
+                    except BaseException as exc:  # sys.exit() in a sink, a reader, a template
+                        self.stop_for(exc, f"job {index}")
+                        result = job.done(JobStatus.CANCELLED, reason=self.stop_reason)
                 else:
                     result = job.done(JobStatus.CANCELLED, reason=self.stop_reason)
                 self._record(result, source, running, job.made_as)
@@ -569,11 +589,7 @@ class Batch:
         except Exception:
             logger.exception("a batch callback failed; the batch goes on")
         except BaseException as exc:  # sys.exit(), KeyboardInterrupt, pytest.fail()...
-            # a request to stop: the batch stops as cancel() stops it, and the caller gets
-            # the exception once it has ended (raised here, it would end the loop's thread)
-            if self.callback_exit is None:
-                self.callback_exit = exc
-            self.stop(f"a batch callback raised {type(exc).__name__}")
+            self.stop_for(exc, "a batch callback")
 
     # -- one job ---------------------------------------------------------------------------
 

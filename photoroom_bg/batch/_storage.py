@@ -222,6 +222,19 @@ class Storage:
         """Put a paid cut-out in the sink: retried for ``retry_budget`` seconds and through
         an outage of up to ``outage_budget``; if the sink still does not take it, kept in
         the spill folder. Never abandoned when the batch stops or is cancelled."""
+        try:
+            return await self._store(key, content, content_type, metadata)
+        except (Exception, anyio.get_cancelled_exc_class()):
+            raise
+        except BaseException as exc:  # sys.exit() in a sink's put: keep what was paid
+            interrupted = StorageError(f"the sink's put raised {type(exc).__name__}")
+            with anyio.CancelScope(shield=True):
+                await self._spill(key, content, content_type, interrupted)
+            raise
+
+    async def _store(
+        self, key: str, content: bytes, content_type: str, metadata: dict[str, str]
+    ) -> StoredObject | Unstored:
         deadline = time.monotonic() + self.retry_budget
         delays = self.policy.delays()
         failed: Exception | None = None

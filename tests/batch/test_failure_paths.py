@@ -613,6 +613,72 @@ def test_a_callback_that_asks_to_exit_stops_the_batch_and_the_caller_gets_it(
     assert again.stored_count == 1  # the background loop lives on
 
 
+class _ExitOnThird:
+    """Code of the caller's that calls sys.exit() the third time it runs."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.calls == 3:
+            raise SystemExit(4)
+
+
+@pytest.mark.parametrize("where", ["sink", "reader", "key template", "source list"])
+@pytest.mark.parametrize("how", ["submit", "run"])
+def test_code_of_the_callers_that_calls_sys_exit_stops_the_batch_and_keeps_what_was_paid(
+    tmp_path: Path, where: str, how: str
+) -> None:
+    # SystemExit from a sink's put, a reader, a key template or the source iterator hung a
+    # submitted batch (wait() timed out), and ended run() with paid calls dropped
+    exit_on_third = _ExitOnThird()
+    emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.02), image_work=False)
+
+    class Sink(MemorySink):
+        async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+            if where == "sink":
+                exit_on_third()
+            return await super().put(key, data, **kwargs)
+
+    class Reader(SourceReader):
+        async def read(self, source: ImageSource) -> bytes:
+            if where == "reader":
+                exit_on_third()
+            return await super().read(source)
+
+    def template(**fields: str) -> str:
+        if where == "key template":
+            exit_on_third()
+        return f"{fields['stem']}-{fields['digest12']}.{fields['ext']}"
+
+    def images() -> Iterator[bytes]:
+        for _ in range(20):
+            if where == "source list":
+                exit_on_third()
+            yield photo()
+
+    sink = Sink()
+    with emulator.serve():
+        batch = remover(emulator, sink, reader=Reader(), key_template=KeyTemplate(template),
+                        spill_dir=tmp_path / "spill", concurrency=2)  # fmt: skip
+
+        def process() -> object:
+            if how == "submit":
+                return batch.submit(images()).wait(timeout=30)
+            return asyncio.run(batch.run(images()))
+
+        with pytest.raises(SystemExit) as caught:
+            process()
+        assert caught.value.code == 4
+        spill = tmp_path / "spill"
+        spilled = [p for p in spill.rglob("*") if p.is_file()] if spill.exists() else []
+        # stopped: every call paid for is stored, or kept in the spill folder for a re-run
+        assert emulator.ledger.calls() == len(sink.objects) + len(spilled) < 20
+        again = remover(emulator, MemorySink()).submit([photo()]).wait(timeout=30)
+        assert again.stored_count == 1  # and the process goes on
+
+
 def test_a_spill_folder_that_is_a_file_is_refused_before_anything_is_billed(
     emulator: PhotoroomEmulator, tmp_path: Path
 ) -> None:
