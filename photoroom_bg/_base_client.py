@@ -25,7 +25,7 @@ from . import _rules, _wire
 from ._deadline import overrun
 from ._images import ImageInput, answer_problem, load_image, validate_image
 from ._logs import get_logger
-from ._numbers import check_given, check_number, check_type, wait_limit
+from ._numbers import check_given, check_number, check_server_url, check_type, wait_limit
 from ._redact import install_log_redaction, redact_url
 from ._retry import RetryPolicy, parse_retry_after
 from ._warnings import PhotoroomWarning, warn_paid
@@ -274,20 +274,20 @@ class BaseClient:
         key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
         self._api_key = None if key is None else checked_api_key(key)
         env = os.environ
-        self.segment_base_url = (
-            segment_base_url
-            or base_url
-            or env.get(ENV_SEGMENT_BASE_URL)
-            or env.get(ENV_BASE_URL)
-            or SEGMENT_BASE_URL
-        ).rstrip("/")
-        self.image_api_base_url = (
-            image_api_base_url
-            or base_url
-            or env.get(ENV_IMAGE_API_BASE_URL)
-            or env.get(ENV_BASE_URL)
-            or IMAGE_API_BASE_URL
-        ).rstrip("/")
+        self.segment_base_url = _base_url(
+            ("segment_base_url", segment_base_url),
+            ("base_url", base_url),
+            (ENV_SEGMENT_BASE_URL, env.get(ENV_SEGMENT_BASE_URL)),
+            (ENV_BASE_URL, env.get(ENV_BASE_URL)),
+            default=SEGMENT_BASE_URL,
+        )
+        self.image_api_base_url = _base_url(
+            ("image_api_base_url", image_api_base_url),
+            ("base_url", base_url),
+            (ENV_IMAGE_API_BASE_URL, env.get(ENV_IMAGE_API_BASE_URL)),
+            (ENV_BASE_URL, env.get(ENV_BASE_URL)),
+            default=IMAGE_API_BASE_URL,
+        )
         given = _env_timeout() if isinstance(timeout, NotGiven) else timeout
         self.timeout = self._as_timeout(given)
         self.max_retries = max_retries
@@ -673,6 +673,16 @@ class BaseClient:
             attempt,
             elapsed,
         )
+
+
+def _base_url(*candidates: tuple[str, str | None], default: str) -> str:
+    """The first URL given among ``(name, url)`` candidates, else ``default``; checked as a
+    server's URL (a URL without its scheme, say, would fail only at the first call)."""
+    for name, url in candidates:
+        if url:
+            check_server_url(name, url, "https://sdk.photoroom.com, or the emulator's URL")
+            return url.rstrip("/")
+    return default
 
 
 def _has_request(exc: httpx.RequestError) -> bool:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import math
 import threading
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
+from ._redact import redact_url
 from .errors import ConfigurationError
 
 T = TypeVar("T")
@@ -29,6 +31,7 @@ __all__ = [
     "check_flag",
     "check_given",
     "check_number",
+    "check_server_url",
     "check_type",
     "flag_validator",
     "sleep_seconds",
@@ -48,6 +51,26 @@ def check_given(name: str, value: T) -> T:
             f"{name} is an empty string (an unset variable?): give a value, or None for the default"
         )
     return value
+
+
+def check_server_url(name: str, url: str, example: str, *, credentials: str | None = None) -> str:
+    """``url``, the http(s) URL of a server (``example`` shows one) with no query string or
+    fragment in it, nor credentials when ``credentials`` says where they go instead: a URL
+    without a scheme, or with a query, fails only at the first call, as something else.
+    It is shown without its credentials or query."""
+    shown = repr(redact_url(url))
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # "http://[::1" and the like
+        host = None
+    if host is None or parts.scheme.lower() not in ("http", "https"):
+        raise ConfigurationError(f"{name} {shown} is not the http(s) URL of a server ({example})")
+    if credentials is not None and (parts.username is not None or parts.password is not None):
+        raise ConfigurationError(f"{name} {shown} takes no credentials: {credentials}")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ConfigurationError(f"{name} {shown} takes no query string or fragment")
+    return url
 
 
 def check_flag(name: str, value: object) -> bool:

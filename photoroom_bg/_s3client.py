@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
-from ._numbers import check_given
-from ._redact import install_log_redaction, redact_url
+from ._numbers import check_given, check_server_url
+from ._redact import install_log_redaction
 from .errors import ConfigurationError
 
 __all__ = ["check_endpoint", "close_s3_client", "open_s3_client"]
@@ -22,24 +21,13 @@ def check_endpoint(name: str, endpoint_url: object) -> str | None:
     if not isinstance(endpoint_url, str):
         raise ConfigurationError(f"{name} must be a str, not {type(endpoint_url).__name__}")
     check_given(name, endpoint_url)
-    shown = repr(redact_url(endpoint_url))
-    try:
-        parts = urlsplit(endpoint_url)
-        host = parts.hostname
-    except ValueError:  # "http://[::1" and the like
-        host = None
-    if host is None or parts.scheme.lower() not in ("http", "https"):
-        raise ConfigurationError(
-            f"{name} {shown} is not the http(s) URL of a server (http://localhost:9000)"
-        )
-    if parts.username is not None or parts.password is not None:
-        raise ConfigurationError(
-            f"{name} {shown} takes no credentials: give them as aws_access_key_id= and "
-            "aws_secret_access_key= (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
-        )
-    if parts.query or parts.fragment or "?" in endpoint_url or "#" in endpoint_url:
-        raise ConfigurationError(f"{name} {shown} takes no query string or fragment")
-    return endpoint_url
+    return check_server_url(
+        name,
+        endpoint_url,
+        "http://localhost:9000",
+        credentials="give them as aws_access_key_id= and aws_secret_access_key= (or "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+    )
 
 
 async def open_s3_client(

@@ -545,16 +545,40 @@ async def test_the_key_never_appears_in_repr_errors_or_logs(
         assert API_KEY not in text
 
 
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"base_url": "127.0.0.1:8000"}, "is not the http(s) URL of a server"),
+        ({"base_url": "ftp://127.0.0.1:8000"}, "is not the http(s) URL of a server"),
+        ({"segment_base_url": "http://127.0.0.1:8000/?x=1"}, "takes no query string"),
+        ({"image_api_base_url": "http://[::1"}, "is not the http(s) URL of a server"),
+        ({"env": "localhost:8000"}, "PHOTOROOM_BASE_URL 'localhost:8000' is not the http(s)"),
+    ],
+)
 @pytest.mark.parametrize("kind", ["sync", "async"])
-def test_a_base_url_with_credentials_is_shown_without_them(kind: str) -> None:
-    # repr() showed the user, password and query of a gateway's URL given as base_url
+def test_a_base_url_that_is_no_server_url_is_refused_when_the_client_is_made(
+    kind: str, given: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # each was taken, and every call then failed: "Request URL is missing an 'http://'
+    # protocol" (a batch stopped as if the API were down), or a 404 for a query's path
     from .conftest import make_twin
 
-    twin = make_twin(kind, base_url="http://gateway:s3cret-pw@127.0.0.1:9/photoroom?sig=t0ken")
+    arguments = dict(given)
+    if "env" in arguments:
+        monkeypatch.setenv("PHOTOROOM_BASE_URL", arguments.pop("env"))
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        make_twin(kind, **arguments)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_base_url_with_credentials_is_shown_without_them(kind: str) -> None:
+    # repr() showed the user and password of a gateway's URL given as base_url
+    from .conftest import make_twin
+
+    twin = make_twin(kind, base_url="http://gateway:s3cret-pw@127.0.0.1:9/photoroom")
     shown = repr(twin.client)
     assert "http://127.0.0.1:9/photoroom" in shown
     assert "s3cret-pw" not in shown
-    assert "t0ken" not in shown
 
 
 def test_retry_after_parsing() -> None:
