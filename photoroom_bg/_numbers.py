@@ -1,5 +1,5 @@
-"""Numbers a caller gives the SDK (counts, seconds, budgets) and its flags, checked where
-they are given.
+"""Numbers a caller gives the SDK (counts, seconds, budgets), its flags and the URLs of the
+servers it names, checked where they are given.
 
 A NaN compares false with everything, so ``value <= 0`` checks let it through, to fail
 later outside the SDK's errors or to mean "no limit" by accident; a bool is an ``int`` to
