@@ -428,8 +428,9 @@ class BatchHandle:
         return self.wait(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        """The error that ended the batch itself, or ``None`` when it ran to its end (failed
-        jobs are in the report, not here); waits like :meth:`wait`."""
+        """The error that ended the batch itself (or what code of yours raised to stop it,
+        such as ``sys.exit()`` in a callback), or ``None`` when it ran to its end (failed jobs
+        are in the report, not here); waits like :meth:`wait`."""
         self._check_not_on_loop("exception()", "await handle")
         future = self._bound()
         with self._cond:
@@ -437,7 +438,7 @@ class BatchHandle:
         limit = wait_limit("timeout", timeout)
         try:
             with self._cancelled_by_interrupt():
-                return future.exception(limit)
+                return future.exception(limit) or self._raised_to_stop
         except (TimeoutError, concurrent.futures.TimeoutError):
             raise TimeoutError(_still_running(limit)) from None
         finally:

@@ -599,14 +599,18 @@ def test_a_callback_that_asks_to_exit_stops_the_batch_and_the_caller_gets_it(
     batch = remover(emulator, sink, on_result=on_result, concurrency=2)
     images = [photo() for _ in range(30)]
 
+    handle = batch.submit(images) if how == "submit" else None
+
     def process() -> object:
-        if how == "submit":
-            return batch.submit(images).wait(timeout=30)
+        if handle is not None:
+            return handle.wait(timeout=30)
         return asyncio.run(batch.run(images))
 
     with pytest.raises(type(raised)) as caught:
         process()
     assert caught.value is raised
+    if handle is not None:  # what ended the batch, as wait() raised it
+        assert handle.exception(timeout=30) is raised
     assert emulator.ledger.calls() == len(sink.objects) < 30  # stopped; every paid call kept
     assert sum(job.status is JobStatus.CANCELLED for job in seen) > 0
     again = remover(emulator, MemorySink()).submit([photo()]).wait(timeout=30)
