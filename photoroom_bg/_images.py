@@ -19,7 +19,7 @@ from typing import IO, Literal, Union
 
 from PIL import Image, UnidentifiedImageError
 
-from ._redact import printable, redact_url
+from ._redact import is_url, printable, redact_url
 from .errors import InvalidImageError, InvalidSourceError, SourceNotFoundError
 
 __all__ = [
@@ -44,8 +44,6 @@ MAX_SIDE = 6000
 _FORMATS = {"segment": ("png", "jpeg", "webp", "heic"), "edit": ("png", "jpeg", "webp")}
 _MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "heic": "image/heic"}
 Endpoint = Literal["segment", "edit"]
-#: a URL's start: a scheme and "://" (a path such as "shoes/a.png" or "C:\\a.png" has none)
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
@@ -169,7 +167,7 @@ def load_image(image: ImageInput, *, max_bytes: int = MAX_INPUT_BYTES) -> tuple[
         try:
             data = read_regular_file(path, max_bytes)
         except FileNotFoundError:
-            if isinstance(image, str) and _URL.match(image):  # no file: a URL, made a path
+            if isinstance(image, str) and is_url(image):  # no file: a URL, made a path
                 raise InvalidSourceError(
                     f"{printable(redact_url(image))} is a URL, not a path: this call takes a "
                     "path, bytes or a binary file; edit() takes an http(s) URL, and a "

@@ -16,6 +16,7 @@ import threading
 __all__ = [
     "RedactingFilter",
     "install_log_redaction",
+    "is_url",
     "printable",
     "redact_text",
     "redact_url",
@@ -57,6 +58,12 @@ def printable(text: str) -> str:
             raw = text.encode("utf-8", "backslashreplace")
         return raw.decode("utf-8", "backslashreplace")
     return text
+
+
+def is_url(text: str) -> bool:
+    """Whether ``text`` starts as a URL does: a scheme and ``://`` (a path such as
+    ``shoes/a.png`` or ``C:\\a.png`` has none)."""
+    return _URL.match(text) is not None
 
 
 def redact_url(url: str) -> str:

@@ -9,7 +9,13 @@ from ._numbers import check_given, check_server_url
 from ._redact import install_log_redaction
 from .errors import ConfigurationError
 
-__all__ = ["check_endpoint", "close_s3_client", "open_s3_client"]
+__all__ = ["CREDENTIALS_ADVICE", "check_endpoint", "close_s3_client", "open_s3_client"]
+
+#: Where S3 credentials go, for a URI or an endpoint that holds them (never shown).
+CREDENTIALS_ADVICE = (
+    "give them as aws_access_key_id= and aws_secret_access_key= (or AWS_ACCESS_KEY_ID and "
+    "AWS_SECRET_ACCESS_KEY)"
+)
 
 
 def check_endpoint(name: str, endpoint_url: object) -> str | None:
@@ -25,8 +31,7 @@ def check_endpoint(name: str, endpoint_url: object) -> str | None:
         name,
         endpoint_url,
         "http://localhost:9000",
-        credentials="give them as aws_access_key_id= and aws_secret_access_key= (or "
-        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+        credentials=CREDENTIALS_ADVICE,
     )
 
 

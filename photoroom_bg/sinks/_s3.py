@@ -14,7 +14,7 @@ from urllib.parse import quote
 from .._numbers import check_flag, check_type
 from .._perloop import PerLoop
 from .._redact import redact_url
-from .._s3client import check_endpoint, close_s3_client, open_s3_client
+from .._s3client import CREDENTIALS_ADVICE, check_endpoint, close_s3_client, open_s3_client
 from ..errors import (
     BucketNotFoundError,
     ConfigurationError,
@@ -66,8 +66,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     bucket, _, prefix = uri[len("s3://") :].partition("/")
     if "@" in bucket:
         raise ConfigurationError(
-            f"{shown}: an s3:// URI takes no credentials: give them as aws_access_key_id= and "
-            "aws_secret_access_key= (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+            f"{shown}: an s3:// URI takes no credentials: {CREDENTIALS_ADVICE}"
         )
     if not bucket:
         raise ConfigurationError(f"{shown} names no bucket")
