@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ class S3Server:
     writer_secret_key: str
     region: str = "us-east-1"
     bucket: str = "photoroom-bg-tests"  # created at start-up, shared by the tests
+    ports: tuple[int, ...] = ()  # master, volume, filer, S3 (their gRPC ports are +10000)
 
     def sink_options(self) -> dict[str, str]:
         """Keyword arguments for S3Sink / SourceReader with the admin identity."""
@@ -41,6 +43,10 @@ class S3Server:
             "aws_access_key_id": self.access_key,
             "aws_secret_access_key": self.secret_key,
         }
+
+
+#: What a running weed leaves outside its folder, by its S3 endpoint: removed when it stops.
+_LEFT_BEHIND: dict[str, list[Path]] = {}
 
 
 def find_weed() -> str:
@@ -81,7 +87,7 @@ def start_s3_server(workdir: Path) -> Iterator[S3Server]:
     try:
         yield server
     finally:
-        stop(process)
+        stop(server, process)
 
 
 def start(folder: Path) -> tuple[S3Server, subprocess.Popen[bytes]]:
@@ -91,7 +97,7 @@ def start(folder: Path) -> tuple[S3Server, subprocess.Popen[bytes]]:
     try:
         wait_ready(server, process, log)
     except BaseException:
-        stop(process)
+        stop(server, process)
         raise
     return server, process
 
@@ -105,6 +111,7 @@ def launch(workdir: Path) -> tuple[S3Server, subprocess.Popen[bytes], Path]:
         secret_key=uuid.uuid4().hex + uuid.uuid4().hex,
         writer_access_key="AKW" + uuid.uuid4().hex[:17].upper(),
         writer_secret_key=uuid.uuid4().hex + uuid.uuid4().hex,
+        ports=(master, volume, filer, s3),
     )
     identities = {
         "identities": [
@@ -127,6 +134,15 @@ def launch(workdir: Path) -> tuple[S3Server, subprocess.Popen[bytes], Path]:
     data = workdir / "data"
     data.mkdir()
     log = workdir / "weed.log"
+    # short, whatever workdir is: a Unix socket's path has room for 107 bytes
+    sockets = Path(tempfile.mkdtemp(prefix="weed-"))
+    _LEFT_BEHIND[server.endpoint_url] = [
+        sockets,
+        *(
+            Path(f"/tmp/seaweedfs-{kind}-grpc-{port + 10000}.sock")
+            for kind, port in (("master", master), ("volume", volume), ("filer", filer), ("s3", s3))
+        ),
+    ]
     command = [
         find_weed(),
         "server",
@@ -143,6 +159,10 @@ def launch(workdir: Path) -> tuple[S3Server, subprocess.Popen[bytes], Path]:
         "-s3",
         f"-s3.port={s3}",
         f"-s3.port.grpc={s3 + 10000}",
+        # weed puts a Unix socket beside the filer's and the S3 gateway's ports in /tmp
+        # whatever TMPDIR says, and never removes them: these two go to a folder of ours
+        f"-filer.localSocket={sockets / 'filer.sock'}",
+        f"-s3.localSocket={sockets / 's3.sock'}",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         f"-s3.config={config}",
@@ -165,15 +185,21 @@ def launch(workdir: Path) -> tuple[S3Server, subprocess.Popen[bytes], Path]:
     return server, process, log
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
+def stop(server: S3Server, process: subprocess.Popen[bytes]) -> None:
     """Stop ``weed``: it ignores SIGTERM and SIGINT for as long as we measured (20 s), and
-    its data is a throwaway folder, so after a short grace it is killed."""
+    its data is a throwaway folder, so after a short grace it is killed. Then remove the
+    sockets it left outside its folder."""
     process.terminate()
     try:
         process.wait(timeout=1)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=15)
+    for path in _LEFT_BEHIND.pop(server.endpoint_url, []):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_socket():  # named after a port weed held until now: its own
+            path.unlink(missing_ok=True)
 
 
 def wait_ready(server: S3Server, process: subprocess.Popen[bytes], log: Path) -> None:

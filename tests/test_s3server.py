@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,3 +68,25 @@ def test_a_port_taken_between_choosing_and_binding_it_gets_a_new_start_on_new_po
             assert "address already in use" in log
         finally:
             server.close()
+
+
+def test_the_s3_server_leaves_nothing_behind_in_tmp(tmp_path: Path) -> None:
+    # weed makes a Unix socket for each of its gRPC ports, and for its filer and S3 ports,
+    # in /tmp (whatever TMPDIR says) and never removes them: every run of the suite used to
+    # leave six there for good
+    server = start_s3_server(tmp_path)
+    try:
+        started = next(server)
+        master, volume, filer, s3 = started.ports
+        kinds = {"master": master, "volume": volume, "filer": filer, "s3": s3}
+        grpc = [
+            Path(f"/tmp/seaweedfs-{kind}-grpc-{port + 10000}.sock") for kind, port in kinds.items()
+        ]
+        assert all(path.is_socket() for path in grpc)  # the test looks where weed puts them
+        local = list(Path(tempfile.gettempdir()).glob("weed-*/*.sock"))
+        assert len(local) == 2  # the filer's and the S3 gateway's, in a folder of their own
+    finally:
+        server.close()
+    left = [*grpc, Path(f"/tmp/seaweedfs-filer-{filer}.sock"), Path(f"/tmp/seaweedfs-s3-{s3}.sock")]
+    assert not [str(path) for path in left + local if path.exists()]
+    assert not [path for path in local if path.parent.exists()]
