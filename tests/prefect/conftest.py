@@ -6,6 +6,7 @@ anything imports it: no analytics, no UI, a throwaway PREFECT_HOME.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import io
 import itertools
@@ -34,6 +35,10 @@ QUIET_PREFECT = {
 }
 
 _HOME = tempfile.mkdtemp(prefix="photoroom-bg-prefect-home-")
+# Run by their path, these tests load this file before the session's own temporary folder
+# exists, so _HOME may be in the user's: removed at exit, after what Prefect cleans then
+# (exit callbacks run last registered first)
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ.update(QUIET_PREFECT)
 os.environ["PREFECT_HOME"] = _HOME
 os.environ.pop("PREFECT_API_URL", None)
