@@ -125,12 +125,25 @@ class ImageSource:
         name: a display name and the stem used for output keys (no directory, no query
             string, no credentials).
         data: the bytes of an in-memory source.
+        base: for a relative ``path``, the working folder it was given in (the listing of
+            a batch sets it when the batch starts), so that a change of working folder
+            while the batch runs (``os.chdir``, a notebook's ``%cd``) does not change which
+            file is read; ``None``: the working folder when it is read.
     """
 
     kind: SourceKind
     location: str
     name: str
     data: bytes | None = attrs.field(default=None, eq=False)
+    base: str | None = attrs.field(default=None, eq=False, kw_only=True)
+
+    @property
+    def path(self) -> str:
+        """Where a ``path`` source is read from: ``location`` under :attr:`base` when it is
+        relative."""
+        if self.base is None or os.path.isabs(self.location):
+            return self.location
+        return os.path.join(self.base, self.location)
 
     @property
     def display(self) -> str:
@@ -239,23 +252,34 @@ def _local_path(item: Any) -> str | None:
     return None if _is_uri(text) else text
 
 
-def _path_shapes(items: Sequence[Any]) -> dict[int, str]:
-    """:func:`_path_shape` of each local path among ``items``, by position: one trip to a
-    worker thread for a whole chunk of a list, rather than one per path."""
-    return {i: _path_shape(text) for i, item in enumerate(items) if (text := _local_path(item))}
+def _path_shapes(items: Sequence[Any], here: Callable[[str], str]) -> dict[int, str]:
+    """:func:`_path_shape` of each local path among ``items`` (each taken ``here``), by
+    position: one trip to a worker thread for a whole chunk of a list, not one per path."""
+    return {
+        i: _path_shape(here(text)) for i, item in enumerate(items) if (text := _local_path(item))
+    }
 
 
 async def _paths_off_loop(
     list_paths: Callable[[threading.Event], Iterator[str | Unlistable]],
+    base: str | None = None,
+    given: str = "",
 ) -> AsyncIterator[ImageSource]:
     """Pull paths from a blocking lister in chunks, in a worker thread.
 
     When the consumer stops (cancelled, or done early), the lister is told to stop at its
     next entry, so no thread keeps scanning a huge tree for nobody. A folder it could not
     list becomes an :class:`UnlistedSource` (a failed job) that lists it again when retried.
+    A lister given ``given`` (a relative folder or glob) under ``base`` lists the paths
+    under ``base``; they are shown as under ``given`` again, and read under ``base``.
     """
     stop = threading.Event()
     paths = list_paths(stop)
+    full = os.path.join(base, given) if base is not None and given else ""
+    cut = len(full) - len(given) if full else 0  # "base/", as the lister's paths begin
+
+    def shown(path: str) -> str:
+        return path[cut:] if cut and path.startswith(full[:cut]) else path
 
     def chunk() -> list[str | Unlistable]:
         return [p for _, p in zip(range(_WALK_CHUNK), paths, strict=False)]
@@ -265,13 +289,28 @@ async def _paths_off_loop(
             batch = await _threads.run_sync(chunk)
             for path in batch:
                 if isinstance(path, Unlistable):
-                    yield _unlistable(path)
+                    found = Unlistable(shown(path.folder), shown(path.spec), path.error)
+                    yield _unlistable(found)
                 else:
-                    yield ImageSource("path", path, _stem(path))
+                    path = shown(path)
+                    yield ImageSource("path", path, _stem(path), base=_base_of(path, base))
             if len(batch) < _WALK_CHUNK:
                 return
     finally:
         stop.set()
+
+
+def _base_of(path: str, base: str | None) -> str | None:
+    """The base a listed or given ``path`` is read under: none for an absolute one."""
+    return None if base is None or os.path.isabs(path) else base
+
+
+def _working_folder() -> str | None:
+    """The working folder, or ``None`` when it is gone (relative paths then fail as read)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
 
 
 def _unlistable(found: Unlistable) -> UnlistedSource:
@@ -291,7 +330,11 @@ async def _read_file_object(item: Any, name: str, cap: int) -> bytes:
 
 
 async def iter_sources(
-    spec: SourceSpec, *, reader: SourceReader | None = None, leave_out: Sequence[str] = ()
+    spec: SourceSpec,
+    *,
+    reader: SourceReader | None = None,
+    leave_out: Sequence[str] = (),
+    cwd: str | None = None,
 ) -> AsyncIterator[ImageSource]:
     """Expand ``spec`` into :class:`ImageSource` items, lazily.
 
@@ -304,8 +347,17 @@ async def iter_sources(
             never takes the cut-outs of an earlier one for inputs. Naming one of them as a
             folder, glob or prefix to list is an :class:`~photoroom_bg.errors.InvalidSourceError`
             for that item; a file named on its own is still taken.
+        cwd: the folder relative paths are taken in (a batch passes the working folder it
+            was started in); by default, the working folder when the listing begins. Listed
+            and read there, whatever the working folder is by then; shown as given.
     """
     counter = 0
+    base = cwd if cwd is not None else _working_folder()
+
+    def here(text: str) -> str:
+        """``text``, a local path, under ``base``."""
+        return text if base is None else os.path.join(base, text)
+
     cap = reader.max_bytes if reader is not None else _DEFAULT_MAX_BYTES
     s3_out = [parse_s3_uri(uri) for uri in leave_out if uri.startswith("s3://")]
     local_out = [path for path in leave_out if not path.startswith("s3://")]
@@ -328,6 +380,8 @@ async def iter_sources(
     async def expand(item: Any, shape: str | None = None) -> AsyncIterator[ImageSource]:
         nonlocal counter
         if isinstance(item, ImageSource):
+            if item.kind == "path" and item.base is None and _base_of(item.location, base):
+                item = attrs.evolve(item, base=base)
             yield item
         elif isinstance(item, (bytes, bytearray, memoryview)):
             counter += 1
@@ -349,18 +403,21 @@ async def iter_sources(
             elif _is_uri(text):
                 yield _url_source(text)
             else:
+                full = here(text)
                 if shape is None:
-                    shape = await _threads.run_sync(_path_shape, text)
+                    shape = await _threads.run_sync(_path_shape, full)
                 if shape == "dir":
-                    out = await left_out(text)
-                    async for source in _paths_off_loop(lambda s: walk_images(text, s, out)):
+                    out = await left_out(full)
+                    listed = _paths_off_loop(lambda s: walk_images(full, s, out), base, text)
+                    async for source in listed:
                         yield source
                 elif shape == "glob":
-                    out = await left_out(glob_base(text))
-                    async for source in _paths_off_loop(lambda s: glob_images(text, s, out)):
+                    out = await left_out(glob_base(full))
+                    listed = _paths_off_loop(lambda s: glob_images(full, s, out), base, text)
+                    async for source in listed:
                         yield source
                 else:
-                    yield ImageSource("path", text, _stem(text))
+                    yield ImageSource("path", text, _stem(text), base=_base_of(text, base))
         elif hasattr(item, "read"):
             counter += 1
             raw_name = getattr(item, "name", "")
@@ -377,7 +434,7 @@ async def iter_sources(
                 chunk = item[start : start + _WALK_CHUNK]
                 shapes: dict[int, str] = {}
                 if any(_local_path(inner) is not None for inner in chunk):
-                    shapes = await _threads.run_sync(_path_shapes, chunk)
+                    shapes = await _threads.run_sync(_path_shapes, chunk, here)
                 for i, inner in enumerate(chunk):
                     async for source in each(inner, shapes.get(i)):
                         yield source
@@ -549,7 +606,7 @@ class SourceReader:
 
     def _read_path(self, source: ImageSource, large: int | None = None) -> bytes:
         try:
-            return read_regular_file(source.location, self.max_bytes, large=large)
+            return read_regular_file(source.path, self.max_bytes, large=large)
         except FileNotFoundError:
             raise SourceNotFoundError(f"{source.display}: no such file") from None
         except IsADirectoryError:

@@ -35,7 +35,7 @@ from ..models import ImageResult
 from ..options import SegmentOptions
 from ..sinks import StoredObject
 from ..sinks._common import check_key
-from ..sources import ImageSource, SourceReader, SourceSpec, iter_sources
+from ..sources import ImageSource, SourceReader, SourceSpec, _working_folder, iter_sources
 from ._calls import EngineCalls, EngineFailed, Stopped
 from ._claims import making, place_of, stored_under
 from ._failures import lighten, one_error, typed
@@ -138,6 +138,9 @@ class Batch:
     ) -> None:
         self.r = remover
         self.spec = spec
+        # relative paths are the working folder's now, when the batch is started: a change
+        # of working folder while it runs (a notebook's %cd) must not change what it reads
+        self.cwd = _working_folder()
         self.handle = handle
         self.retry = retry
         self.bar = bar
@@ -488,7 +491,7 @@ class Batch:
         async with send, receive:  # the workers hold clones of receive
             try:
                 async for source in iter_sources(
-                    self.spec, reader=self.reader, leave_out=self._outputs()
+                    self.spec, reader=self.reader, leave_out=self._outputs(), cwd=self.cwd
                 ):
                     if self.stop_reason is not None and one_shot:
                         break  # a generator may never end: stop pulling from it

@@ -1283,3 +1283,40 @@ def test_a_batch_without_an_api_key_stops_at_the_first_call_instead_of_failing_e
     assert 1 <= report.failure_counts["ConfigurationError"] <= 2
     assert report.cancelled_count >= 38
     assert emulator.requests == []
+
+
+@pytest.mark.parametrize("given", ["folder", "glob", "files"])
+def test_a_change_of_working_folder_while_the_batch_runs_reads_the_files_it_was_given(
+    emulator: PhotoroomEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    # A notebook's %cd, or code of the application's calling os.chdir, while a submitted
+    # batch runs: paths given relative to the folder it was submitted from were read from the
+    # new one, so every later job failed (58 of 60) or, where the new folder holds files of
+    # the same names, paid for and stored the wrong images
+    source, images = photo_folder(tmp_path, 40)
+    elsewhere = tmp_path / "elsewhere" / "in"
+    elsewhere.mkdir(parents=True)
+    for name in images:  # the same names, other pictures (16 x 16)
+        Image.new("RGB", (16, 16), "red").save(elsewhere / name)
+    monkeypatch.chdir(tmp_path)
+    spec: Any = {"folder": "in", "glob": "in/*.png", "files": [f"in/{n}" for n in images]}[given]
+    moved: list[str] = []
+
+    def on_result(job: JobResult) -> None:
+        if not moved:
+            moved.append(job.source)
+            os.chdir(elsewhere.parent)
+
+    sink = FileSystemSink(tmp_path / "out")
+    batch = remover(emulator, sink, concurrency=2, on_result=on_result)
+    handle = batch.submit(spec)
+    report = handle.wait(timeout=60)
+    assert moved and os.getcwd() == str(elsewhere.parent)
+    assert (report.stored_count, report.failed_count) == (40, 0), report.failures[:2]
+    sizes = {}
+    for job in handle.results():
+        assert job.ok and job.key is not None and not os.path.isabs(str(job.source))
+        with Image.open(sink.path(job.key)) as cutout:
+            sizes[job.source] = cutout.size
+    expected = {f"in/{n}": Image.open(io.BytesIO(data)).size for n, data in images.items()}
+    assert sizes == expected
