@@ -34,6 +34,7 @@ class S3Server:
     region: str = "us-east-1"
     bucket: str = "photoroom-bg-tests"  # created at start-up, shared by the tests
     ports: tuple[int, ...] = ()  # master, volume, filer, S3 (their gRPC ports are +10000)
+    socket_folder: str = ""  # where the filer's and the S3 gateway's Unix sockets go
 
     def sink_options(self) -> dict[str, str]:
         """Keyword arguments for S3Sink / SourceReader with the admin identity."""
@@ -105,6 +106,8 @@ def start(folder: Path) -> tuple[S3Server, subprocess.Popen[bytes]]:
 def launch(workdir: Path) -> tuple[S3Server, subprocess.Popen[bytes], Path]:
     """Start ``weed`` on free ports, its data and log under ``workdir``."""
     master, volume, filer, s3 = free_ports(4)
+    # short, whatever workdir is: a Unix socket's path has room for 107 bytes
+    sockets = Path(tempfile.mkdtemp(prefix="weed-"))
     server = S3Server(
         endpoint_url=f"http://127.0.0.1:{s3}",
         access_key="AK" + uuid.uuid4().hex[:18].upper(),
@@ -112,6 +115,7 @@ def launch(workdir: Path) -> tuple[S3Server, subprocess.Popen[bytes], Path]:
         writer_access_key="AKW" + uuid.uuid4().hex[:17].upper(),
         writer_secret_key=uuid.uuid4().hex + uuid.uuid4().hex,
         ports=(master, volume, filer, s3),
+        socket_folder=str(sockets),
     )
     identities = {
         "identities": [
@@ -134,8 +138,6 @@ def launch(workdir: Path) -> tuple[S3Server, subprocess.Popen[bytes], Path]:
     data = workdir / "data"
     data.mkdir()
     log = workdir / "weed.log"
-    # short, whatever workdir is: a Unix socket's path has room for 107 bytes
-    sockets = Path(tempfile.mkdtemp(prefix="weed-"))
     _LEFT_BEHIND[server.endpoint_url] = [
         sockets,
         *(

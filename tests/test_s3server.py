@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,7 +82,7 @@ def test_the_s3_server_leaves_nothing_behind_in_tmp(tmp_path: Path) -> None:
             Path(f"/tmp/seaweedfs-{kind}-grpc-{port + 10000}.sock") for kind, port in kinds.items()
         ]
         assert all(path.is_socket() for path in grpc)  # the test looks where weed puts them
-        local = list(Path(tempfile.gettempdir()).glob("weed-*/*.sock"))
+        local = list(Path(started.socket_folder).glob("*.sock"))
         assert len(local) == 2  # the filer's and the S3 gateway's, in a folder of their own
     finally:
         server.close()
