@@ -305,6 +305,14 @@ def _base_of(path: str, base: str | None) -> str | None:
     return None if base is None or os.path.isabs(path) else base
 
 
+def local_under(folder: str | None, text: str) -> str:
+    """``text`` under ``folder`` when it is a relative local path; else ``text`` as it is
+    (a URL, an ``s3://`` URI, an absolute path, a path from ``~``, or no ``folder``)."""
+    if folder is None or _is_uri(text) or text.startswith("~") or os.path.isabs(text):
+        return text
+    return os.path.join(folder, text)
+
+
 def _working_folder() -> str | None:
     """The working folder, or ``None`` when it is gone (relative paths then fail as read)."""
     try:
@@ -356,7 +364,7 @@ async def iter_sources(
 
     def here(text: str) -> str:
         """``text``, a local path, under ``base``."""
-        return text if base is None else os.path.join(base, text)
+        return local_under(base, text)
 
     cap = reader.max_bytes if reader is not None else _DEFAULT_MAX_BYTES
     s3_out = [parse_s3_uri(uri) for uri in leave_out if uri.startswith("s3://")]

@@ -239,6 +239,26 @@ def test_job_parameters_are_checked_before_anything_runs(
         JobParameters(**{**base, **changes})
 
 
+def test_relative_paths_of_a_job_are_the_callers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a job's flow run and its task workers may work in other folders than the caller that
+    # named "photos/" and "out": they listed, read and stored there (or found nothing)
+    monkeypatch.chdir(tmp_path)
+    given = ["photos/", "more/*.jpg", "one.png", "/abs/x.png", "~/y.png"]
+    urls = ["s3://b/raw/", "https://127.0.0.1:9/z.png"]
+    params = JobParameters(sources=[*given, *urls], sink="out")
+    assert params.sources == [
+        *(str(tmp_path / "photos") + "/", str(tmp_path / "more/*.jpg"), str(tmp_path / "one.png")),
+        "/abs/x.png",
+        "~/y.png",
+        *urls,
+    ]
+    assert params.sink == str(tmp_path / "out")
+    assert params.flow_parameters()["sink"] == params.sink
+    assert JobParameters(sources=urls, sink="s3://b/out").sink == "s3://b/out"
+
+
 def test_job_ids_must_be_safe_key_segments() -> None:
     assert check_job_id("2026-11_run.3") == "2026-11_run.3"
     for bad in ("", "a/b", "..", ".hidden", "x" * 129, "a b"):
