@@ -230,9 +230,13 @@ class BatchRemover:
             else KeyTemplate()
         )
         self.skip_existing = skip_existing
-        self.manifest = manifest
+        # taken in the working folder of now, as the sink's folder is: a notebook's %cd
+        # before a submit() must not split one remover's files between two folders
+        self.manifest = Path(manifest).absolute() if manifest is not None else None
         self.manifest_key = manifest_key
-        self.spill_dir = Path(spill_dir) if spill_dir is not None else default_spill_dir()
+        self.spill_dir = (
+            Path(spill_dir) if spill_dir is not None else default_spill_dir()
+        ).absolute()
         self.store_retry_budget = store_retry_budget
         self.store_timeout = store_timeout
         self.sink_outage_budget = sink_outage_budget
@@ -353,7 +357,7 @@ class BatchRemover:
             if path is None:
                 raise ConfigurationError("resume() without sources needs a manifest")
             sources = load_sources(path)
-        if path is not None and path != self.manifest:
+        if path is not None and Path(path).absolute() != self.manifest:
             return _with_changes(self, manifest=path).submit(sources)
         return self.submit(sources)
 

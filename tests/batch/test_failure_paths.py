@@ -1323,3 +1323,22 @@ def test_a_change_of_working_folder_while_the_batch_runs_reads_the_files_it_was_
             sizes[job.source] = cutout.size
     expected = {f"in/{n}": Image.open(io.BytesIO(data)).size for n, data in images.items()}
     assert sizes == expected
+
+
+def test_a_removers_manifest_and_spill_folder_stay_where_it_was_made(
+    emulator: PhotoroomEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the sink's folder was taken in the working folder of when the remover was made, its
+    # manifest and spill folder in that of each submit(): a %cd in between split them
+    source, _ = photo_folder(tmp_path, 3)
+    made, later = tmp_path / "made", tmp_path / "later"
+    made.mkdir()
+    later.mkdir()
+    monkeypatch.chdir(made)
+    batch = remover(emulator, "out", manifest="run.jsonl", spill_dir="spill")
+    monkeypatch.chdir(later)
+    report = batch.submit(str(source)).wait(timeout=60)
+    assert report.stored_count == 3
+    assert len(job_records(made / "run.jsonl")) == 3
+    assert batch.spill_dir == made / "spill"
+    assert sorted(p.name for p in later.iterdir()) == []
