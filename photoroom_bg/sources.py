@@ -264,19 +264,19 @@ async def _paths_off_loop(
     list_paths: Callable[[threading.Event], Iterator[str | Unlistable]],
     base: str | None = None,
     given: str = "",
+    full: str = "",
 ) -> AsyncIterator[ImageSource]:
     """Pull paths from a blocking lister in chunks, in a worker thread.
 
     When the consumer stops (cancelled, or done early), the lister is told to stop at its
     next entry, so no thread keeps scanning a huge tree for nobody. A folder it could not
     list becomes an :class:`UnlistedSource` (a failed job) that lists it again when retried.
-    A lister given ``given`` (a relative folder or glob) under ``base`` lists the paths
-    under ``base``; they are shown as under ``given`` again, and read under ``base``.
+    A lister of ``full``, the relative folder or glob ``given`` under ``base``, lists paths
+    under ``base``: they are shown as under ``given`` again, and read under ``base``.
     """
     stop = threading.Event()
     paths = list_paths(stop)
-    full = os.path.join(base, given) if base is not None and given else ""
-    cut = len(full) - len(given) if full else 0  # "base/", as the lister's paths begin
+    cut = len(full) - len(given) if full != given else 0  # "base/", as the paths begin
 
     def shown(path: str) -> str:
         return path[cut:] if cut and path.startswith(full[:cut]) else path
@@ -305,7 +305,7 @@ def _base_of(path: str, base: str | None) -> str | None:
     return None if base is None or os.path.isabs(path) else base
 
 
-def local_under(folder: str | None, text: str) -> str:
+def _local_under(folder: str | None, text: str) -> str:
     """``text`` under ``folder`` when it is a relative local path; else ``text`` as it is
     (a URL, an ``s3://`` URI, an absolute path, a path from ``~``, or no ``folder``)."""
     if folder is None or _is_uri(text) or text.startswith("~") or os.path.isabs(text):
@@ -364,7 +364,7 @@ async def iter_sources(
 
     def here(text: str) -> str:
         """``text``, a local path, under ``base``."""
-        return local_under(base, text)
+        return _local_under(base, text)
 
     cap = reader.max_bytes if reader is not None else _DEFAULT_MAX_BYTES
     s3_out = [parse_s3_uri(uri) for uri in leave_out if uri.startswith("s3://")]
@@ -416,12 +416,12 @@ async def iter_sources(
                     shape = await _threads.run_sync(_path_shape, full)
                 if shape == "dir":
                     out = await left_out(full)
-                    listed = _paths_off_loop(lambda s: walk_images(full, s, out), base, text)
+                    listed = _paths_off_loop(lambda s: walk_images(full, s, out), base, text, full)
                     async for source in listed:
                         yield source
                 elif shape == "glob":
                     out = await left_out(glob_base(full))
-                    listed = _paths_off_loop(lambda s: glob_images(full, s, out), base, text)
+                    listed = _paths_off_loop(lambda s: glob_images(full, s, out), base, text, full)
                     async for source in listed:
                         yield source
                 else:

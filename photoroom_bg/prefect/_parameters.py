@@ -9,7 +9,7 @@ import attrs
 
 from .._numbers import check_count, check_flag, check_given, check_number
 from ..errors import ConfigurationError
-from ..sources import _working_folder, local_under
+from ..sources import _local_under, _working_folder
 from ._environment import check_shared_sink
 from ._jobstore import check_job_id
 from ._options import options_to_dict
@@ -94,8 +94,8 @@ class JobParameters:
         # relative paths are the caller's: a flow run or a task worker working in another
         # folder would list, read and store somewhere else (or nowhere)
         here = _working_folder()
-        object.__setattr__(self, "sources", [local_under(here, s) for s in self.sources])
-        object.__setattr__(self, "sink", local_under(here, self.sink))
+        object.__setattr__(self, "sources", [_local_under(here, s) for s in self.sources])
+        object.__setattr__(self, "sink", _local_under(here, self.sink))
 
     @property
     def limit_name(self) -> str | None:
