@@ -76,7 +76,7 @@ from ._numbers import (
 from ._perloop import PerLoop
 from ._pool import tls_context
 from ._redact import install_log_redaction, printable, redact_text, redact_url
-from ._s3client import check_endpoint, close_s3_client, open_s3_client
+from ._s3client import CREDENTIALS_ADVICE, check_endpoint, close_s3_client, open_s3_client
 from .errors import (
     ConfigurationError,
     InvalidImageError,
@@ -154,6 +154,8 @@ class ImageSource:
         """
         if self.kind == "url":
             return redact_url(self.location)
+        if self.kind == "s3":  # a key may hold "?" or "#": only credentials go
+            return printable(_without_credentials(str(self.location)))
         return printable(str(self.location))
 
     def __repr__(self) -> str:
@@ -185,7 +187,7 @@ def _unlisted(item: Any, exc: Exception, listed: int) -> UnlistedSource:
     if isinstance(exc, PhotoroomBGError) and not listed:
         error = exc
     else:
-        shown = redact_url(text) if kind == "url" else printable(text)
+        shown = redact_url(text) if kind == "url" else printable(_without_credentials(text))
         after = f" after {listed} source{'s' if listed != 1 else ''}" if listed else ""
         reason = str(exc) if isinstance(exc, PhotoroomBGError) else f"{type(exc).__name__}: {exc}"
         reason = redact_text(reason)  # a URL in a foreign error keeps no credentials or query
@@ -305,6 +307,15 @@ def _base_of(path: str, base: str | None) -> str | None:
     return None if base is None or os.path.isabs(path) else base
 
 
+def _without_credentials(uri: str) -> str:
+    """An ``s3://`` URI without the ``user:secret@`` an ``s3://user:secret@bucket/...`` holds
+    (anything else as it is)."""
+    if not uri.startswith("s3://"):
+        return uri
+    bucket, slash, key = uri[len("s3://") :].partition("/")
+    return f"s3://{bucket.rpartition('@')[2]}{slash}{key}" if "@" in bucket else uri
+
+
 def _local_under(folder: str | None, text: str) -> str:
     """``text`` under ``folder`` when it is a relative local path; else ``text`` as it is
     (a URL, an ``s3://`` URI, an absolute path, a path from ``~``, or no ``folder``)."""
@@ -401,6 +412,11 @@ async def iter_sources(
                     "an empty path (an unset variable?): name a file, a folder, a glob or a URL"
                 )
             if text.startswith("s3://"):
+                if _without_credentials(text) != text:
+                    raise InvalidSourceError(
+                        f"{printable(_without_credentials(text))}: an s3:// URI takes no "
+                        f"credentials: {CREDENTIALS_ADVICE}"
+                    )
                 if text.endswith("/"):
                     if reader is None:
                         raise ConfigurationError("listing s3:// prefixes needs a SourceReader")
@@ -827,6 +843,10 @@ class SourceReader:
     @staticmethod
     def _split_s3(uri: str, shown: str) -> tuple[str, str]:
         bucket, _, key = uri[len("s3://") :].partition("/")
+        if "@" in bucket:
+            raise InvalidSourceError(
+                f"{shown}: an s3:// URI takes no credentials: {CREDENTIALS_ADVICE}"
+            )
         if not bucket:
             raise InvalidSourceError(f"{shown}: an s3:// URI names a bucket")
         return bucket, key

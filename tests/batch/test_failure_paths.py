@@ -1342,3 +1342,25 @@ def test_a_removers_manifest_and_spill_folder_stay_where_it_was_made(
     assert len(job_records(made / "run.jsonl")) == 3
     assert batch.spill_dir == made / "spill"
     assert sorted(p.name for p in later.iterdir()) == []
+
+
+def test_an_s3_source_holding_credentials_fails_alone_and_never_shows_them(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # s3://KEY:SECRET@bucket/... failed its job, but the secret went to the manifest, the
+    # job's repr, its source and its error (botocore's message repeated the "bucket")
+    secret = "wJalrXUtnFEMIK7MDENGbPxRfiCYSECRETKEY"
+    given = [f"s3://AKIAEXAMPLE:{secret}@bucket/photo.png", f"s3://AKIAEXAMPLE:{secret}@b/raw/"]
+    reader = SourceReader(s3_options={"endpoint_url": f"http://127.0.0.1:{closed_port()}"})
+    manifest = tmp_path / "run.jsonl"
+    batch = remover(emulator, MemorySink(), reader=reader, manifest=str(manifest))
+    handle = batch.submit([*given, photo()])
+    report = handle.wait(timeout=60)
+    assert (report.stored_count, report.failed_count) == (1, 2)
+    failed = [job for job in handle.results() if not job.ok]
+    assert all(isinstance(job.error, InvalidSourceError) for job in failed)
+    assert all("takes no credentials" in str(job.error) for job in failed)
+    assert {str(job.source) for job in failed} == {"s3://bucket/photo.png", "s3://b/raw/"}
+    shown = [manifest.read_text(), repr(report)]
+    shown += [repr(job) + str(job.source) + str(job.error) for job in handle.results()]
+    assert not [text for text in shown if secret in text or "AKIAEXAMPLE" in text]
