@@ -165,8 +165,10 @@ def _run_exit_hooks() -> None:
 
 def _shutdown() -> None:
     _run_exit_hooks()
-    loop = _loop
+    loop, thread = _loop, _thread
     if loop is None or loop.is_closed() or not loop.is_running():
+        return
+    if thread is None or not thread.is_alive():  # a forked child's copy: nothing runs it
         return
     from ._perloop import close_loop_resources
 

@@ -449,6 +449,18 @@ def _watch_at_exit(batch: Batch, future: Future[BatchReport], timeout: float) ->
     future.add_done_callback(lambda _: _forget(batch))
 
 
+def _forget_in_child() -> None:
+    """In a forked child: its parent's batches run in the parent, not here (the child has no
+    thread of their event loop), so its exit must not wait for them, nor warn about them."""
+    global _running_lock
+    _running_lock = threading.Lock()  # another thread may have held it at the fork
+    _running.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def _forget(batch: Batch) -> None:
     with _running_lock:
         _running.pop(batch, None)

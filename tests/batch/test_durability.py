@@ -584,3 +584,53 @@ def wait_until(condition: Any, timeout: float = 30) -> None:
     while not condition():
         assert time.monotonic() < deadline
         time.sleep(0.01)
+
+
+_FORK_AND_EXIT = """
+import io, os, sys, time
+from PIL import Image
+from photoroom_bg import BatchRemover, MemorySink
+
+def photo(n):
+    out = io.BytesIO()
+    Image.new("RGB", (40 + n, 30), (n, 90, 90)).save(out, "PNG")
+    return out.getvalue()
+
+batch = BatchRemover(
+    sink=MemorySink(), api_key=sys.argv[1], base_url=sys.argv[2], concurrency=2,
+    requests_per_minute=None, track_credits=False, exit_timeout=float("inf"),
+)
+handle = batch.submit([photo(n) for n in range(40)])
+pid = os.fork()
+if pid == 0:  # the child never touches its parent's batch: it just ends
+    sys.exit(0)
+deadline = time.monotonic() + 20
+while not os.waitpid(pid, os.WNOHANG)[0]:
+    if time.monotonic() > deadline:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        print("the child did not exit")
+        break
+    time.sleep(0.02)
+else:
+    print("the child exited", handle.done())
+handle.cancel()
+handle.wait(timeout=60)
+"""
+
+
+def test_a_forked_child_exits_without_waiting_for_its_parents_batch(tmp_path: Path) -> None:
+    # the child inherited the list of running batches its exit waits for: with
+    # exit_timeout=inf it never exited (with the default, after 35 s, warning about a batch
+    # it does not own)
+    emulator = PhotoroomEmulator(credits=1_000, faults=Faults(latency=0.2))
+    with emulator.serve():
+        child = subprocess.run(
+            [sys.executable, "-c", _FORK_AND_EXIT, emulator.api_key, emulator.url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.strip() == "the child exited False", child.stderr[-2000:]
+    assert "the interpreter exited before the batch ended" not in child.stderr
