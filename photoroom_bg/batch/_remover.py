@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -247,7 +248,10 @@ class BatchRemover:
         self.on_progress = on_progress
         self.reader = reader
         self.url_passthrough = url_passthrough
-        self.keep_results = keep_results
+        # more than any process can hold is "every job" (a deque takes no larger bound)
+        self.keep_results = (
+            keep_results if isinstance(keep_results, bool) else min(keep_results, sys.maxsize)
+        )
         self.track_credits = track_credits
         self._api_key = api_key
         self._base_url = base_url

@@ -1364,3 +1364,13 @@ def test_an_s3_source_holding_credentials_fails_alone_and_never_shows_them(
     shown = [manifest.read_text(), repr(report)]
     shown += [repr(job) + str(job.source) + str(job.error) for job in handle.results()]
     assert not [text for text in shown if secret in text or "AKIAEXAMPLE" in text]
+
+
+def test_a_keep_results_larger_than_any_process_holds_keeps_every_job(
+    emulator: PhotoroomEmulator,
+) -> None:
+    # taken by the constructor, then submit() raised a bare OverflowError (a deque's bound)
+    batch = remover(emulator, MemorySink(), keep_results=10**30)
+    handle = batch.submit([photo() for _ in range(3)])
+    assert handle.wait(timeout=60).stored_count == 3
+    assert len(handle.results()) == 3
