@@ -22,9 +22,11 @@ of a million URLs never sits in memory. A :class:`SourceReader` reads one source
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import os
+import queue
 import re
 import threading
 import time
@@ -33,6 +35,7 @@ from collections.abc import (
     AsyncIterable,
     AsyncIterator,
     Callable,
+    Collection,
     Iterable,
     Iterator,
     Mapping,
@@ -45,7 +48,7 @@ import anyio
 import attrs
 import httpx
 
-from . import _netio, _threads
+from . import _loop, _netio, _threads
 from ._images import (
     FileTooLarge,
     LargerThan,
@@ -302,6 +305,54 @@ async def _paths_off_loop(
         stop.set()
 
 
+_END = object()
+
+
+async def _pulled_in_a_thread(items: Iterable[Any]) -> AsyncIterator[Any]:
+    """The items of a one-shot iterator, each ``next()`` made in a thread of its own, one
+    at a time as they are asked for: a generator that waits (for a queue, a cursor, a
+    sleep) then holds up neither the event loop every submitted batch shares, nor
+    ``cancel()``. Once the consumer stops, the thread ends after the ``next()`` under way
+    returns (a daemon: one that never returns does not hold up the interpreter's exit)."""
+    iterator = iter(items)
+    loop = asyncio.get_running_loop()
+    asks: queue.SimpleQueue[asyncio.Future[tuple[Any, BaseException | None]] | None]
+    asks = queue.SimpleQueue()
+
+    def answer(
+        future: asyncio.Future[tuple[Any, BaseException | None]],
+        outcome: tuple[Any, BaseException | None],
+    ) -> None:
+        if not future.done():
+            future.set_result(outcome)
+
+    def pull() -> None:
+        while (future := asks.get()) is not None:
+            outcome: tuple[Any, BaseException | None]
+            try:
+                outcome = (next(iterator), None)
+            except StopIteration:
+                outcome = (_END, None)
+            except BaseException as exc:  # sys.exit() in the generator too: the batch's
+                outcome = (None, exc)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody asks
+                loop.call_soon_threadsafe(answer, future, outcome)
+
+    threading.Thread(target=pull, name="photoroom-bg-sources", daemon=True).start()
+    try:
+        while True:
+            future: asyncio.Future[tuple[Any, BaseException | None]] = loop.create_future()
+            asks.put(future)
+            item, error = await future
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item
+    finally:
+        asks.put(None)
+
+
 def _base_of(path: str, base: str | None) -> str | None:
     """The base a listed or given ``path`` is read under: none for an absolute one."""
     return None if base is None or os.path.isabs(path) else base
@@ -463,9 +514,14 @@ async def iter_sources(
                     async for source in each(inner, shapes.get(i)):
                         yield source
         elif isinstance(item, Iterable):
-            for inner in item:
-                async for source in each(inner):
-                    yield source
+            if isinstance(item, Collection) or not _loop.in_background_loop():
+                for inner in item:
+                    async for source in each(inner):
+                        yield source
+            else:  # a one-shot iterator on the loop every submitted batch shares
+                async for inner in _pulled_in_a_thread(item):
+                    async for source in each(inner):
+                        yield source
         else:
             raise SourceError(f"not an image source: {type(item).__name__}")
 

@@ -9,7 +9,7 @@ import os
 import tempfile
 import time
 from collections import Counter, OrderedDict, defaultdict, deque
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -488,13 +488,17 @@ class Batch:
         # over after a stop is reported as cancelled; one-shot iterators are not drained.
         one_shot = not isinstance(self.spec, (str, bytes, os.PathLike, Collection))
         total = 0
+        sources = iter_sources(
+            self.spec, reader=self.reader, leave_out=self._outputs(), cwd=self.cwd
+        )
         async with send, receive:  # the workers hold clones of receive
             try:
-                async for source in iter_sources(
-                    self.spec, reader=self.reader, leave_out=self._outputs(), cwd=self.cwd
-                ):
+                while True:
                     if self.stop_reason is not None and one_shot:
                         break  # a generator may never end: stop pulling from it
+                    source = await (self._next_input(sources) if one_shot else anext(sources))
+                    if source is None:
+                        break  # stopped while a generator made its next input wait
                     self.handle._source_seen()
                     if total < self.r.concurrency:
                         spawn()
@@ -508,6 +512,8 @@ class Batch:
                         send.send_nowait((total, source))
                     total += 1
                     self._sent = total
+            except StopAsyncIteration:
+                pass  # listed to the end
             except Exception as exc:  # the listing ends; what it listed is processed
                 error = typed(exc, SourceError, "listing the sources")
                 self.listing_error = f"{type(error).__name__}: {error}"
@@ -521,6 +527,17 @@ class Batch:
                 self.handle._sources_done()
                 if self.bar is not None:
                     self.bar.set_total(total)
+
+    async def _next_input(self, sources: AsyncIterator[ImageSource]) -> ImageSource | None:
+        """The next input of a one-shot iterator of sources, or ``None`` when the batch
+        stops while it waits for one (a generator waiting for a queue may never give one)."""
+        with anyio.CancelScope() as scope:
+            self._waiting.add(scope)
+            try:
+                return await anext(sources)
+            finally:
+                self._waiting.discard(scope)
+        return None
 
     async def _work(self, receive: MemoryObjectReceiveStream[tuple[int, ImageSource]]) -> None:
         async with receive:

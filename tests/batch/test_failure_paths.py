@@ -8,6 +8,7 @@ import gc
 import io
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -1374,3 +1375,38 @@ def test_a_keep_results_larger_than_any_process_holds_keeps_every_job(
     handle = batch.submit([photo() for _ in range(3)])
     assert handle.wait(timeout=60).stored_count == 3
     assert len(handle.results()) == 3
+
+
+def test_a_generator_that_waits_holds_up_neither_the_batch_nor_cancel(
+    emulator: PhotoroomEmulator,
+) -> None:
+    # a plain generator was pulled on the loop every submitted batch shares: while it waited
+    # (here for a queue fed by another thread), no job ran, cancel() did nothing, and no
+    # other batch of the process moved
+    fed: queue.Queue[bytes | None] = queue.Queue()
+    for _ in range(4):
+        fed.put(photo())
+
+    def feed() -> Iterator[bytes]:
+        while (item := fed.get()) is not None:
+            yield item
+
+    other_done = threading.Event()
+
+    def other_batch() -> None:  # a thread of its own: before, its submit() never returned
+        if remover(emulator, MemorySink()).submit([photo()]).wait(timeout=60).stored_count:
+            other_done.set()
+
+    try:
+        handle = remover(emulator, MemorySink(), concurrency=8).submit(feed())
+        threading.Thread(target=other_batch, daemon=True).start()
+        assert other_done.wait(30), "another batch of the process did not move"
+        deadline = time.monotonic() + 30
+        while handle.progress.stored < 4:  # the four given are made meanwhile
+            assert time.monotonic() < deadline, handle.progress
+            time.sleep(0.01)
+        assert handle.cancel()
+        report = handle.wait(timeout=30)
+        assert (report.stored_count, report.failed_count) == (4, 0)
+    finally:
+        fed.put(None)  # the generator ends, and the thread that waits for it
