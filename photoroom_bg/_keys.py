@@ -68,6 +68,12 @@ def options_digest(options: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+#: The longest part of a key a format template makes, in UTF-8 bytes: a file system's
+#: 255-byte name, less what FileSystemSink adds to the last part for its temporary and
+#: metadata files. A key whose part is longer gets a shorter stem (keys that fit keep theirs).
+KEY_PART_BYTES = 255 - len("..123456789abc.tmp") - len(".meta.json")
+
+
 def safe_stem(name: str, *, max_length: int = 80, max_bytes: int = 160) -> str:
     """A file-name stem safe in any sink.
 
@@ -177,4 +183,10 @@ class KeyTemplate:
                     "key such as 'cutouts/{stem}-{digest12}.{ext}')"
                 )
             return key
-        return self.template.format(**fields)
+        key = self.template.format(**fields)
+        over = max(len(part.encode()) for part in key.split("/")) - KEY_PART_BYTES
+        if over > 0:  # a long stem beside the whole {digest}, say: the stem gives way
+            room = len(fields["stem"].encode()) - over
+            fields["stem"] = safe_stem(fields["stem"], max_bytes=max(room, 1))
+            key = self.template.format(**fields)
+        return key

@@ -1410,3 +1410,26 @@ def test_a_generator_that_waits_holds_up_neither_the_batch_nor_cancel(
         assert (report.stored_count, report.failed_count) == (4, 0)
     finally:
         fed.put(None)  # the generator ends, and the thread that waits for it
+
+
+def test_a_long_name_with_the_whole_digest_makes_a_key_a_file_system_takes(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # a stem is cut to 160 bytes "so a key fits a file system's 255-byte names", but with
+    # the documented {digest} (64 characters) a long Japanese name made a 228-byte name,
+    # which FileSystemSink refuses (it keeps 28 bytes for its temporary and metadata names)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    long_name = "夏のコレクション" * 8  # 64 characters, 192 bytes
+    fitting = "é" * 75  # 150 bytes: its key is 219 bytes, fits already, and keeps its stem
+    for name in (long_name, fitting):
+        (folder / f"{name}.png").write_bytes(photo())
+    handle = remover(
+        emulator, FileSystemSink(tmp_path / "out"), key_template="{stem}-{digest}.{ext}"
+    ).submit(str(folder))
+    report = handle.wait(timeout=60)
+    assert (report.stored_count, report.failed_count) == (2, 0), report.failures
+    keys = {job.source.rsplit("/", 1)[1]: job.key for job in handle.results()}
+    assert all(key is not None and len(key.encode()) <= 227 for key in keys.values())
+    assert keys[f"{fitting}.png"].startswith(f"{fitting}-")
+    assert keys[f"{long_name}.png"].startswith("夏のコレクション")
