@@ -707,14 +707,15 @@ class Batch:
     async def _make(self, job: _Job, key: str, data: bytes, entry: _InFlight) -> JobResult:
         if key in self._finished_keys:
             found: StoredObject | bool | None
-            if self.storage.durable:  # what the manifest records is there: trusted
+            if self.storage.durable:  # described by a stat; trusted where it cannot tell
                 found = await self.storage.describe(key)
             else:
                 found = await self._stoppable(lambda: self.storage.lookup(key))
             if found is not False:
                 output = found if isinstance(found, StoredObject) else None
                 return job.done(JobStatus.SKIPPED, output=output, reason="output already stored")
-            # recorded, but lost since (a sink that is not durable, and a power cut): made again
+            # recorded, but not there: lost since (a sink that is not durable, and a power
+            # cut), removed, or the manifest is another sink's: made again
             self._finished_keys.discard(key)
         spilled = await self.storage.from_spill(key)
         if spilled is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.abc
@@ -132,14 +132,16 @@ class Storage:
             return await call
         raise StorageError(f"the sink took more than {self.timeout:g} s {doing} (store_timeout)")
 
-    async def describe(self, key: str) -> StoredObject | None:
-        """The stored object's description by a stat, never a download; ``None`` if the
-        sink cannot tell cheaply."""
+    async def describe(self, key: str) -> StoredObject | Literal[False] | None:
+        """The stored object's description by a stat, never a download; ``False`` if the
+        sink has no such object, ``None`` if it cannot tell cheaply."""
         stat = getattr(self.sink, "stat", None)
         if stat is None:
             return None
         try:
             return await self.bounded(stat(key), "to describe an output")
+        except ObjectNotFoundError:
+            return False
         except PhotoroomBGError:
             return None
 

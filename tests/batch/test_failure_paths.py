@@ -1433,3 +1433,26 @@ def test_a_long_name_with_the_whole_digest_makes_a_key_a_file_system_takes(
     assert all(key is not None and len(key.encode()) <= 227 for key in keys.values())
     assert keys[f"{fitting}.png"].startswith(f"{fitting}-")
     assert keys[f"{long_name}.png"].startswith("夏のコレクション")
+
+
+@pytest.mark.parametrize("how", ["another sink", "outputs removed"])
+def test_a_recorded_output_the_durable_sink_does_not_hold_is_made_again(
+    emulator: PhotoroomEmulator, tmp_path: Path, how: str
+) -> None:
+    # the manifest's record was trusted, though the stat made to describe the output said
+    # there was none: "skipped, output already stored", and no cut-out anywhere
+    source, _ = photo_folder(tmp_path, 3)
+    manifest = str(tmp_path / "run.jsonl")
+    first = remover(emulator, FileSystemSink(tmp_path / "a"), manifest=manifest)
+    assert first.submit(str(source)).wait(timeout=60).stored_count == 3
+    if how == "outputs removed":
+        sink = FileSystemSink(tmp_path / "a")
+        for path in (tmp_path / "a").iterdir():
+            path.unlink()
+    else:
+        sink = FileSystemSink(tmp_path / "b")
+    handle = remover(emulator, sink, manifest=manifest).submit(str(source))
+    report = handle.wait(timeout=60)
+    assert (report.succeeded_count, report.skipped_count) == (3, 0)
+    assert all(job.key and sink.path(job.key).is_file() for job in handle.results())
+    assert emulator.ledger.calls() == 6
