@@ -462,12 +462,7 @@ async def iter_sources(
                 raise InvalidSourceError(
                     "an empty path (an unset variable?): name a file, a folder, a glob or a URL"
                 )
-            if text.startswith("s3://"):
-                if _without_credentials(text) != text:
-                    raise InvalidSourceError(
-                        f"{printable(_without_credentials(text))}: an s3:// URI takes no "
-                        f"credentials: {CREDENTIALS_ADVICE}"
-                    )
+            if text.startswith("s3://"):  # credentials in it: refused as it is read or listed
                 if text.endswith("/"):
                     if reader is None:
                         raise ConfigurationError("listing s3:// prefixes needs a SourceReader")
