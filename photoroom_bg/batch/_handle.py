@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import threading
 import time
 from collections import Counter, deque
@@ -99,6 +100,10 @@ class BatchHandle:
     If the batch itself fails (not one of its jobs: its machinery), :meth:`wait` and
     ``await`` raise that error, :meth:`as_completed` and ``async for`` raise it after the
     jobs that finished, and a handle nobody waits on logs it.
+
+    The batch runs in the process that submitted it. In a child forked while it runs, the
+    handle shows what it held at the fork; waiting for the batch and :meth:`cancel` raise
+    :class:`RuntimeError` there, as no thread of the child runs it.
     """
 
     def __init__(self, *, keep_results: bool | int = True) -> None:
@@ -130,6 +135,7 @@ class BatchHandle:
         self._cancel: Callable[[str], None] | None = None
         self._retry: Callable[[list[ImageSource | str]], BatchHandle] | None = None
         self._cancel_requested = False
+        self._pid = os.getpid()  # a forked child has the handle, but not the batch
 
     def __repr__(self) -> str:
         p = self.progress
@@ -337,6 +343,7 @@ class BatchHandle:
 
     def _iter_completed(self, limit: float | None) -> Iterator[JobResult]:
         self._check_not_on_loop("as_completed()", "async for job in handle.as_completed()")
+        self._check_own_process()
         subscriber = self._subscribe(None)
         try:
             while True:
@@ -365,6 +372,7 @@ class BatchHandle:
         """The async twin of :meth:`_iter_completed`. A task cancelled while it waits here
         (``asyncio.wait_for`` timing out, ``asyncio.run`` ending on Ctrl-C) cancels the batch,
         as a cancelled ``await handle`` does; ``limit`` running out does not."""
+        self._check_own_process()
         subscriber = self._subscribe(asyncio.get_running_loop())
         assert subscriber.event is not None
         try:
@@ -402,6 +410,8 @@ class BatchHandle:
             TimeoutError: the batch did not end within ``timeout`` seconds (``None`` or
                 ``float("inf")``: no limit).
             PhotoroomBGError: the batch itself failed (not one of its jobs).
+            RuntimeError: called on the batch's own event loop, or in a child forked while
+                the batch ran.
         """
         self._check_not_on_loop("wait()", "await handle")
         future = self._bound()
@@ -468,16 +478,28 @@ class BatchHandle:
     def _bound(self) -> Future[BatchReport]:
         if self._future is None:
             raise RuntimeError("this handle is not bound to a batch")
+        self._check_own_process()
         return self._future
+
+    def _check_own_process(self) -> None:
+        """Refuse, in a process forked while the batch ran, what needs the batch itself: no
+        thread runs it there, so a wait would block forever and a cancel do nothing."""
+        if os.getpid() != self._pid and not self.done():
+            raise RuntimeError(
+                f"this batch runs in process {self._pid}, not in this forked child: the child "
+                "can neither wait for it nor cancel it (submit a batch of its own there)"
+            )
 
     def cancel(self, reason: str = "cancelled") -> bool:
         """Start no new billed request: jobs not started, and jobs waiting for the rate
         budget or to retry, end ``cancelled``; calls already sent finish and are stored.
 
-        Returns ``False`` when the batch had already ended, else ``True``.
+        Returns ``False`` when the batch had already ended, else ``True``. Raises
+        :class:`RuntimeError` in a child forked while the batch ran.
         """
         if self.done():
             return False
+        self._check_own_process()
         self._cancel_requested = True
         self._stopping()
         if self._cancel is not None:

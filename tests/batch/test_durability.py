@@ -635,3 +635,78 @@ def test_a_forked_child_exits_without_waiting_for_its_parents_batch(tmp_path: Pa
     assert child.returncode == 0, child.stderr[-2000:]
     assert child.stdout.strip() == "the child exited False", child.stderr[-2000:]
     assert "the interpreter exited before the batch ended" not in child.stderr
+
+
+_FORK_AND_WAIT = """
+import asyncio, io, os, signal, sys
+from PIL import Image
+from photoroom_bg import BatchRemover, MemorySink
+
+def photo(n):
+    out = io.BytesIO()
+    Image.new("RGB", (40 + n, 30), (n, 90, 90)).save(out, "PNG")
+    return out.getvalue()
+
+batch = BatchRemover(
+    sink=MemorySink(), api_key=sys.argv[1], base_url=sys.argv[2], concurrency=2,
+    requests_per_minute=None, track_credits=False,
+)
+finished = batch.submit([photo(100)])
+finished.wait(timeout=60)
+handle = batch.submit([photo(n) for n in range(20)])
+
+async def awaited():
+    return await handle
+
+async def iterated():
+    return [job async for job in handle]
+
+calls = {
+    "wait": handle.wait,
+    "result": handle.result,
+    "exception": handle.exception,
+    "as_completed": lambda: list(handle.as_completed()),
+    "await": lambda: asyncio.run(awaited()),
+    "async for": lambda: asyncio.run(iterated()),
+    "cancel": handle.cancel,
+}
+pid = os.fork()
+if pid == 0:
+    signal.alarm(20)  # a call that blocks forever ends the child here
+    for name, call in calls.items():
+        try:
+            call()
+        except RuntimeError as exc:
+            print(name, "refused:", exc)
+        else:
+            print(name, "returned")
+    print("finished in the child:", finished.wait().succeeded_count)
+    sys.stdout.flush()
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print("child status", status)
+report = handle.wait(timeout=60)
+print("parent", report.succeeded_count, report.cancelled_count)
+"""
+
+
+def test_a_forked_child_is_refused_waiting_for_or_cancelling_its_parents_batch() -> None:
+    # in the child no thread runs the batch: wait() and the rest blocked forever there, and
+    # cancel() said True and did nothing
+    emulator = PhotoroomEmulator(credits=1_000, faults=Faults(latency=0.2))
+    with emulator.serve():
+        child = subprocess.run(
+            [sys.executable, "-c", _FORK_AND_WAIT, emulator.api_key, emulator.url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert child.returncode == 0, child.stderr[-2000:]
+    lines = child.stdout.splitlines()
+    names = ["wait", "result", "exception", "as_completed", "await", "async for", "cancel"]
+    refused = [line.split(" refused:")[0] for line in lines if " refused: " in line]
+    assert refused == names, child.stdout
+    assert all("forked" in line for line in lines if " refused: " in line), child.stdout
+    assert "finished in the child: 1" in lines  # a batch that ended before the fork is there
+    assert "child status 0" in lines, child.stdout
+    assert "parent 20 0" in lines  # the child's cancel() did not touch the parent's batch
