@@ -360,7 +360,9 @@ class StorageAuthError(StorageError):
 
 
 class BucketNotFoundError(StorageError):
-    """The bucket does not exist (pass ``create_bucket=True`` to create it)."""
+    """The bucket does not exist (pass ``create_bucket=True`` to create it), or a
+    :class:`~photoroom_bg.FileSystemSink`'s folder cannot be one (a file, or a link to
+    nothing, is in its place)."""
 
 
 class ObjectNotFoundError(StorageError, KeyError):

@@ -30,6 +30,7 @@ from .._images import NotARegularFile, read_regular_file
 from .._numbers import check_flag
 from .._redact import printable
 from ..errors import (
+    BucketNotFoundError,
     ConfigurationError,
     ObjectNotFoundError,
     StorageAuthError,
@@ -339,6 +340,12 @@ class FileSystemSink:
             return UnsafeKeyError(f"key {key!r} runs into a symlink loop ({reason})")
         if code in (errno.EACCES, errno.EPERM, errno.EROFS):
             return StorageAuthError(f"cannot {where}: {reason}")
+        if code in (errno.ENOTDIR, errno.ENOENT) and action == "write":
+            # the root itself gone from under the sink (a file, or a link to nothing, in its
+            # place): no put can succeed, so this stops a batch rather than being retried
+            problem = self._root_problem()
+            if problem is not None:
+                return BucketNotFoundError(f"cannot {where}: {problem}")
         if code in (errno.ENOENT, errno.ENOTDIR) and action in ("read", "describe"):
             return ObjectNotFoundError(f"no object {key!r} under {printable(str(self.root))}")
         if code == errno.EISDIR:
@@ -545,7 +552,8 @@ class FileSystemSink:
         """True when ``root/key`` is a file.
 
         Raises:
-            StorageError: the root cannot be a folder (it, or a folder above it, is a file).
+            BucketNotFoundError: the root cannot be a folder (it, or a folder above it, is
+                a file; or it is a link to nothing).
             UnsafeKeyError: the key cannot be stored here: too long for this file system,
                 or a folder it names is a file.
         """
@@ -559,19 +567,31 @@ class FileSystemSink:
         return await self._run("check", key, check, self._quick_lookups)
 
     def _check_root(self) -> None:
-        """Refuse a root that no put could ever write to: it, or the nearest part of its path
-        that exists, is not a folder."""
+        """Refuse a root that no put could ever write to (see :meth:`_root_problem`)."""
+        problem = self._root_problem()
+        if problem is not None:
+            raise BucketNotFoundError(problem)
+
+    def _root_problem(self) -> str | None:
+        """Why no put could write under the root, if that is so: it, or the nearest part of
+        its path that exists, is not a folder, or it is a link to nothing."""
         for folder in (self.root, *self.root.parents):
             try:
                 mode = os.stat(folder).st_mode
             except (FileNotFoundError, NotADirectoryError):
+                if os.path.islink(folder):  # mkdir cannot make it: the link is in the way
+                    return (
+                        f"{printable(str(self.root))} cannot be the sink's folder: "
+                        f"{printable(str(folder))} is a link to nothing"
+                    )
                 continue
             if not stat.S_ISDIR(mode):
-                raise StorageError(
+                return (
                     f"{printable(str(self.root))} cannot be the sink's folder: "
                     f"{printable(str(folder))} is a file"
                 )
-            return
+            return None
+        return None
 
     async def get(self, key: str) -> bytes:
         """The bytes of ``root/key``."""

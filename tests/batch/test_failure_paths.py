@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import queue
+import shutil
 import signal
 import threading
 import time
@@ -31,11 +32,13 @@ from photoroom_bg import (
     KeyTemplate,
     MemorySink,
     PhotoroomEngine,
+    Progress,
     RetryPolicy,
     SegmentOptions,
 )
 from photoroom_bg.batch import _manifest
 from photoroom_bg.errors import (
+    BucketNotFoundError,
     ConfigurationError,
     InvalidSourceError,
     ServerError,
@@ -1456,3 +1459,41 @@ def test_a_recorded_output_the_durable_sink_does_not_hold_is_made_again(
     assert (report.succeeded_count, report.skipped_count) == (3, 0)
     assert all(job.key and sink.path(job.key).is_file() for job in handle.results())
     assert emulator.ledger.calls() == 6
+
+
+@pytest.mark.parametrize("key_template", ["{stem}-{digest12}.png", "cut/{stem}-{digest12}.png"])
+@pytest.mark.parametrize("replacement", ["file", "broken link"])
+def test_a_sink_folder_replaced_mid_batch_stops_the_batch(
+    emulator: PhotoroomEmulator, tmp_path: Path, replacement: str, key_template: str
+) -> None:
+    # a put into a root that became a file failed as an ordinary storage error: each job was
+    # retried for store_retry_budget, then spilled, and the batch went on paying for all 12
+    source, _ = photo_folder(tmp_path, 12)
+    root = tmp_path / "out"
+    replaced: list[int] = []
+
+    def replace_the_root(progress: Progress) -> None:
+        if progress.succeeded == 2 and not replaced:
+            replaced.append(progress.succeeded)
+            shutil.rmtree(root)
+            if replacement == "file":
+                root.write_bytes(b"not a folder")
+            else:
+                root.symlink_to(tmp_path / "nowhere")
+
+    batch = remover(
+        emulator, FileSystemSink(root), concurrency=1, key_template=key_template,
+        spill_dir=tmp_path / "spill", store_retry_budget=2.0, on_progress=replace_the_root,
+    )  # fmt: skip
+    handle = batch.submit(source)
+    report = handle.wait(timeout=60)
+    assert replaced == [2]
+    billed = emulator.ledger.calls()
+    assert (report.succeeded_count, report.spilled_count, billed) == (2, 1, 3)
+    assert report.cancelled_count == 9
+    assert report.stop_reason is not None
+    assert f"{root} cannot be the sink's folder" in report.stop_reason
+    [spilled] = [job for job in handle.results() if job.status is JobStatus.SPILLED]
+    assert isinstance(spilled.error, BucketNotFoundError)
+    assert spilled.output is not None
+    assert (tmp_path / "spill" / spilled.key).is_file()  # paid for, and kept
