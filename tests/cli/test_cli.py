@@ -39,7 +39,7 @@ def test_remove_offline_with_the_local_engine_then_resume(tmp_path: Path) -> Non
     assert (dest / MANIFEST_NAME).exists()
     again = run("remove", str(EXAMPLES), "-o", str(dest), "--engine", "local", "--json")
     assert again.exit_code == 0
-    summary = json.loads(again.output.splitlines()[-1])["summary"]
+    summary = json.loads(again.stdout.splitlines()[-1])["summary"]
     assert (summary["skipped"], summary["succeeded"]) == (5, 0)
 
 
@@ -50,7 +50,7 @@ def test_remove_through_the_api_with_json_output(
     args = ["remove", str(folder), "-o", str(dest), "--base-url", str(emulator.url)]
     result = run(*args, "--json", "--crop", key=emulator.api_key)
     assert result.exit_code == 0, result.output
-    lines = [json.loads(line) for line in result.output.splitlines()]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
     jobs, summary = lines[:-1], lines[-1]["summary"]
     assert len(jobs) == 6
     assert {job["status"] for job in jobs} == {"succeeded"}
@@ -154,7 +154,7 @@ def test_account_and_emulator_commands(emulator: PhotoroomEmulator) -> None:
     assert text.exit_code == 0
     assert "images available:    1000" in text.output
     as_json = run("account", "--base-url", str(emulator.url), "--json", key=emulator.api_key)
-    assert json.loads(as_json.output)["images_available"] == 1000
+    assert json.loads(as_json.stdout)["images_available"] == 1000
     wrong = run("account", "--base-url", str(emulator.url), key="wrong-key")
     assert wrong.exit_code == 1
     assert "AuthenticationError" in wrong.stderr
@@ -343,7 +343,7 @@ def test_remove_into_and_from_a_real_s3_bucket(
         main, ["remove", str(folder), "-o", f"{s3_prefix}/cut", *common], env=env
     )
     assert upload.exit_code == 0, upload.output + upload.stderr
-    jobs = [json.loads(line) for line in upload.output.splitlines()[:-1]]
+    jobs = [json.loads(line) for line in upload.stdout.splitlines()[:-1]]
     assert all(job["uri"].startswith(f"{s3_prefix}/cut/") for job in jobs)
     # the cut-outs are sources too: an s3:// prefix is listed and read
     again = CliRunner().invoke(
@@ -368,7 +368,7 @@ def test_a_missing_bucket_is_told_the_commands_flag_which_creates_it(
     assert emulator.ledger.calls() == 0
     made = CliRunner().invoke(main, [*args, "--create-bucket"], env=env)
     assert made.exit_code == 0, made.output + made.stderr
-    jobs = [json.loads(line) for line in made.output.splitlines()[:-1]]
+    jobs = [json.loads(line) for line in made.stdout.splitlines()[:-1]]
     assert len(jobs) == 6
     assert all(job["uri"].startswith(f"s3://{s3_new_bucket}/cut/") for job in jobs)
 
