@@ -805,7 +805,7 @@ class _Output:
             handle.cancel(_unwritable(self.error))
 
     def job(self, job: JobResult) -> None:
-        """``on_result`` for ``--json``: one line per job (run on the batch's thread)."""
+        """``on_result`` for ``--json``: one line per job (run in a worker thread)."""
         if self.error is not None:
             return
         fields = job_fields(job)

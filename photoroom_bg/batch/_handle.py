@@ -33,6 +33,7 @@ from ..errors import (
     UnsafeURLError,
 )
 from ..sources import ImageSource, UnlistedSource
+from ._callbacks import in_callback_of
 from ._jobs import BatchReport, JobResult, JobStatus, Progress
 
 __all__ = ["BatchHandle", "CompletedJobs"]
@@ -539,6 +540,8 @@ class BatchHandle:
     def _check_not_on_loop(self, name: str, instead: str) -> None:
         if _loop.in_background_loop():  # where submitted batches run
             raise RuntimeError(f"{name} would block the batch's own event loop; use {instead}")
+        if in_callback_of(self):  # the batch ends once its callbacks have returned
+            raise RuntimeError(f"{name} in a callback of the same batch would wait for itself")
 
 
 def _no_job_within(limit: float | None) -> str:

@@ -36,6 +36,7 @@ from ..options import SegmentOptions
 from ..sinks import StoredObject
 from ..sinks._common import check_key
 from ..sources import ImageSource, SourceReader, SourceSpec, _working_folder, iter_sources
+from ._callbacks import Callbacks
 from ._calls import EngineCalls, EngineFailed, Stopped
 from ._claims import making, place_of, stored_under
 from ._failures import lighten, one_error, typed
@@ -145,6 +146,12 @@ class Batch:
         self.retry = retry
         self.bar = bar
         self.stop_reason: str | None = None
+        self._callbacks: Callbacks | None = None
+        if remover.on_result is not None or remover.on_progress is not None:
+            self._callbacks = Callbacks(
+                remover.on_result, remover.on_progress, handle=handle,
+                stop_for=self.stop_for,
+            )  # fmt: skip
         self.billed_calls = 0
         self.possibly_billed_calls = 0
         self.possibly_billed_twice = 0
@@ -405,6 +412,8 @@ class Batch:
                     tg.start_soon(self._balance_before, balance_read)
                 else:
                     balance_read.set()
+                if self._callbacks is not None:
+                    tg.start_soon(self._callbacks.deliver)
                 async with anyio.create_task_group() as jobs:
                     # a worker per input listed, up to the concurrency: a batch of three
                     # inputs at concurrency=100_000 starts three
@@ -412,6 +421,8 @@ class Batch:
                         jobs.start_soon(self._work, receive.clone())
 
                     jobs.start_soon(self._list, send, receive, spawn)
+                if self._callbacks is not None:  # every job's calls made before the report
+                    await self._callbacks.drain()
                 if self._manifest is not None:
                     self._manifest.finish()
                 await balance_read.wait()  # even when no job called the engine
@@ -571,11 +582,14 @@ class Batch:
                         result = job.done(JobStatus.CANCELLED, reason=self.stop_reason)
                 else:
                     result = job.done(JobStatus.CANCELLED, reason=self.stop_reason)
-                self._record(result, source, running, job.made_as)
+                made = self._record(result, source, running, job.made_as)
+                if made is not None:  # this job's callbacks made before the next job
+                    await made.wait()
 
     def _record(
         self, result: JobResult, source: ImageSource, running: bool, made_as: bytes | None
-    ) -> None:
+    ) -> anyio.Event | None:
+        """Count and record a finished job; the event of its callbacks, if any."""
         if result.error is not None:
             lighten(result.error)  # no input bytes kept through the error
         if result.status is JobStatus.FAILED:
@@ -590,9 +604,9 @@ class Batch:
                 made_as=made_as,
             )
         self.handle._job_finished(result, source, running)
-        self._notify(result)
+        return self._notify(result)
 
-    def _notify(self, result: JobResult) -> None:
+    def _notify(self, result: JobResult) -> anyio.Event | None:
         if self.bar is not None:
             p = self.handle.progress
             self.bar.job_done(
@@ -601,15 +615,11 @@ class Batch:
                 **({"spilled": p.spilled} if p.spilled else {}),
                 **({"cancelled": p.cancelled} if p.cancelled else {}),
             )  # fmt: skip
-        try:
-            if self.r.on_result is not None:
-                self.r.on_result(result)
-            if self.r.on_progress is not None:
-                self.r.on_progress(self.handle.progress)
-        except Exception:
-            logger.exception("a batch callback failed; the batch goes on")
-        except BaseException as exc:  # sys.exit(), KeyboardInterrupt, pytest.fail()...
-            self.stop_for(exc, "a batch callback")
+        if self._callbacks is None:
+            return None
+        # made off the loop (see Callbacks)
+        progress = self.handle.progress if self._callbacks.wants_progress else None
+        return self._callbacks.add(result, progress)
 
     # -- one job ---------------------------------------------------------------------------
 

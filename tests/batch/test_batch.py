@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from photoroom_bg import (
     AsyncPhotoroomClient,
+    BatchHandle,
     BatchRemover,
     EditOptions,
     JobResult,
@@ -588,6 +590,34 @@ def test_blocking_calls_refuse_to_run_on_the_batch_loop(emulator: PhotoroomEmula
 
     _loop.run_sync(on_the_batch_loop())
     assert handle.wait().stored_count == 1
+
+
+def test_a_callback_waiting_for_its_own_batch_is_refused(emulator: PhotoroomEmulator) -> None:
+    # callbacks run in a worker thread: a wait there for the batch whose callback it is
+    # would wait for itself, as the batch ends once its callbacks have returned
+    handles: list[BatchHandle] = []
+    submitted = threading.Event()
+    other = remover(emulator, MemorySink()).submit([photo()])
+    seen: list[str] = []
+
+    def on_result(result: JobResult) -> None:
+        assert submitted.wait(30)
+        for call in (handles[0].wait, lambda: next(iter(handles[0].as_completed()))):
+            try:
+                call()
+            except RuntimeError as exc:
+                seen.append(str(exc))
+        seen.append(f"the other batch stored {other.wait(timeout=30).stored_count}")
+
+    batch = remover(emulator, MemorySink(), on_result=on_result)
+    handles.append(batch.submit([photo()]))
+    submitted.set()
+    assert handles[0].wait(timeout=30).stored_count == 1
+    assert seen == [
+        "wait() in a callback of the same batch would wait for itself",
+        "as_completed() in a callback of the same batch would wait for itself",
+        "the other batch stored 1",
+    ]
 
 
 async def test_as_completed_works_with_async_for_too(emulator: PhotoroomEmulator) -> None:

@@ -1497,3 +1497,37 @@ def test_a_sink_folder_replaced_mid_batch_stops_the_batch(
     assert isinstance(spilled.error, BucketNotFoundError)
     assert spilled.output is not None
     assert (tmp_path / "spill" / spilled.key).is_file()  # paid for, and kept
+
+
+def test_a_slow_callback_holds_up_no_call_and_pays_for_nothing_twice(tmp_path: Path) -> None:
+    # the callbacks ran on the event loop: while the first one took 0.8 s, the answers to the
+    # calls under way arrived but were not read, their 0.5 s timeouts fired, and the calls,
+    # billed already, were made again
+    emulator = PhotoroomEmulator(credits=100, faults=Faults(latency=0.2), image_work=False)
+    called: list[tuple[str, int]] = []
+    threads: set[str] = set()
+
+    def on_result(result: JobResult) -> None:
+        threads.add(threading.current_thread().name)
+        called.append(("result", result.index))
+        time.sleep(0.8)  # a slow callback: a database write, a network call
+
+    def on_progress(progress: Progress) -> None:
+        called.append(("progress", progress.succeeded))
+
+    with emulator.serve():
+        batch = remover(
+            emulator, MemorySink(), concurrency=4, timeout=0.5, on_result=on_result,
+            on_progress=on_progress,
+        )  # fmt: skip
+        handle = batch.submit([photo() for _ in range(8)])
+        report = handle.wait(timeout=60)
+        calls = emulator.ledger.calls()
+    assert (report.succeeded_count, report.billed_calls, calls) == (8, 8, 8)
+    assert report.possibly_billed_calls == 0
+    # one call at a time, in the order jobs ended, each job's result then its progress
+    results = [index for kind, index in called if kind == "result"]
+    assert sorted(results) == list(range(8))
+    assert [kind for kind, _ in called] == ["result", "progress"] * 8
+    assert [count for kind, count in called if kind == "progress"] == list(range(1, 9))
+    assert "photoroom-bg-loop" not in threads, threads
