@@ -1,14 +1,19 @@
-"""The caller's ``on_result`` and ``on_progress``, called off the batch's event loop.
+"""The caller's ``on_result`` and ``on_progress``, for a submitted batch called off its
+event loop.
 
-Run on the loop, a callback that takes its time (a database write, a network call, a
-``sleep``) held every task of the batch up while it ran: the answers to the calls under way,
-paid for, were not read, their timeouts fired, and the calls were made again. Here each
-finished job's calls are queued and made in a worker thread, one at a time, in the order the
-jobs ended. The worker of the batch whose job ended takes no other input until they are made,
-as when they ran in its place: a callback that acts on what it sees (cancels the batch,
-removes an output) does so before that worker's next job, and a callback slower than the
-batch slows it down instead of queueing without bound. The loop meanwhile goes on reading
-the answers of the calls under way.
+A submitted batch runs on the background loop, shared by every batch of the process. Run
+there, a callback that takes its time (a database write, a network call, a ``sleep``) held
+every task up while it ran: the answers to the calls under way, paid for, were not read,
+their timeouts fired, and the calls were made again. Here each finished job's calls are
+queued and made in a worker thread, one at a time, in the order the jobs ended. The worker of
+the batch whose job ended takes no other input until they are made, as when they ran in its
+place: a callback that acts on what it sees (cancels the batch, removes an output) does so
+before that worker's next job, and a callback slower than the batch slows it down instead of
+queueing without bound. The loop meanwhile goes on reading the answers of the calls under
+way.
+
+``run()`` runs on the caller's own loop, among the caller's tasks, whose objects (an
+``asyncio.Queue``, an ``Event``) its callbacks may use: there they are called in place.
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ class Callbacks:
         on_progress: called with the progress as that job finished.
         handle: the batch's handle (a callback cannot wait for its own batch).
         stop_for: stops the batch for what a callback raised that is no ``Exception``.
+
+    Attributes:
+        threaded: whether calls are made in a worker thread (else in place, by :meth:`add`).
     """
 
     def __init__(
@@ -66,15 +74,19 @@ class Callbacks:
         self._more = anyio.Event()
         self._closed = False
         self._done = anyio.Event()
+        self.threaded = True
 
     @property
     def wants_progress(self) -> bool:
         """Whether :meth:`add` needs the progress (``on_progress`` is set)."""
         return self._on_progress is not None
 
-    def add(self, result: JobResult, progress: Progress | None) -> anyio.Event:
+    def add(self, result: JobResult, progress: Progress | None) -> anyio.Event | None:
         """Queue the calls for a job that finished (on the loop); the event is set once they
-        are made."""
+        are made. Not threaded: make them now (``None``)."""
+        if not self.threaded:
+            self._handled(self._call, result, progress)
+            return None
         made = anyio.Event()
         self._queue.append((result, progress, made))
         self._more.set()
@@ -94,10 +106,8 @@ class Callbacks:
                     await _threads.run_sync(self._call, result, progress)
                 except anyio.get_cancelled_exc_class():
                     raise
-                except Exception:
-                    logger.exception("a batch callback failed; the batch goes on")
-                except BaseException as exc:  # sys.exit(), KeyboardInterrupt, pytest.fail()...
-                    self._stop_for(exc, "a batch callback")
+                except BaseException as exc:  # raised here, on the loop, where it can stop
+                    self._handled(_raise, exc)
                 self._queue.popleft()
                 made.set()
         finally:
@@ -106,7 +116,7 @@ class Callbacks:
                 made.set()
 
     def _call(self, result: JobResult, progress: Progress | None) -> None:
-        """In a worker thread: the two callbacks for one job."""
+        """The two callbacks for one job."""
         token = _CALLING.set(self._handle)
         try:
             if self._on_result is not None:
@@ -116,8 +126,21 @@ class Callbacks:
         finally:
             _CALLING.reset(token)
 
+    def _handled(self, call: Callable[..., None], *args: object) -> None:
+        """``call(*args)`` on the loop: what it raises is logged, or stops the batch."""
+        try:
+            call(*args)
+        except Exception:
+            logger.exception("a batch callback failed; the batch goes on")
+        except BaseException as exc:  # sys.exit(), KeyboardInterrupt, pytest.fail()...
+            self._stop_for(exc, "a batch callback")
+
     async def drain(self) -> None:
         """Wait until every queued call is made (the batch's jobs have all ended)."""
         self._closed = True
         self._more.set()
         await self._done.wait()
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc

@@ -120,11 +120,12 @@ class BatchRemover:
             granted to the jobs in flight to store what they made (``float("inf")``: as
             long as they take).
         progress: show a progress bar (terminal or Jupyter; needs ``tqdm``).
-        on_result: called with each :class:`JobResult` as it finishes, in a worker thread,
-            one call at a time in the order jobs end (so a slow one holds no answer up);
-            the worker whose job it was takes its next input once it has returned. An
-            ``Exception`` it raises is logged; anything else (``sys.exit()``) stops the
-            batch, and is raised by ``wait()`` or ``run()`` once it has ended.
+        on_result: called with each :class:`JobResult` as it finishes. For :meth:`submit`,
+            in a worker thread, one call at a time in the order jobs end (so a slow one
+            holds no answer up), and the worker whose job it was takes its next input once
+            it has returned; for :meth:`run`, on the caller's event loop. An ``Exception``
+            it raises is logged; anything else (``sys.exit()``) stops the batch, and is
+            raised by ``wait()`` or ``run()`` once it has ended.
         on_progress: called with a :class:`Progress` after each job (and after
             ``on_result``), as that job ended, in the same way.
         reader: a :class:`~photoroom_bg.sources.SourceReader` (SSRF policy, byte cap, S3

@@ -413,7 +413,13 @@ class Batch:
                 else:
                     balance_read.set()
                 if self._callbacks is not None:
-                    tg.start_soon(self._callbacks.deliver)
+                    from .. import _loop
+
+                    # submitted, on the loop every batch shares: called off it (see
+                    # Callbacks); run() on the caller's loop calls them in place
+                    self._callbacks.threaded = _loop.in_background_loop()
+                    if self._callbacks.threaded:
+                        tg.start_soon(self._callbacks.deliver)
                 async with anyio.create_task_group() as jobs:
                     # a worker per input listed, up to the concurrency: a batch of three
                     # inputs at concurrency=100_000 starts three
@@ -421,8 +427,8 @@ class Batch:
                         jobs.start_soon(self._work, receive.clone())
 
                     jobs.start_soon(self._list, send, receive, spawn)
-                if self._callbacks is not None:  # every job's calls made before the report
-                    await self._callbacks.drain()
+                if self._callbacks is not None and self._callbacks.threaded:
+                    await self._callbacks.drain()  # every job's calls made before the report
                 if self._manifest is not None:
                     self._manifest.finish()
                 await balance_read.wait()  # even when no job called the engine

@@ -620,6 +620,28 @@ def test_a_callback_waiting_for_its_own_batch_is_refused(emulator: PhotoroomEmul
     ]
 
 
+async def test_run_calls_its_callbacks_on_the_callers_loop(emulator: PhotoroomEmulator) -> None:
+    # run() shares the caller's loop with the caller's tasks: its callbacks may feed them
+    # through the loop's own objects, which are not thread-safe, so they are called there
+    finished: asyncio.Queue[int] = asyncio.Queue()
+    caller = threading.current_thread()
+    threads: set[threading.Thread] = set()
+
+    def on_result(result: JobResult) -> None:
+        threads.add(threading.current_thread())
+        finished.put_nowait(result.index)
+
+    async def consume() -> list[int]:
+        return sorted([await finished.get() for _ in range(3)])
+
+    batch = remover(emulator, MemorySink(), on_result=on_result)
+    consumer = asyncio.create_task(consume())
+    report = await batch.run([photo() for _ in range(3)])
+    assert report.stored_count == 3
+    assert await asyncio.wait_for(consumer, 30) == [0, 1, 2]
+    assert threads == {caller}
+
+
 async def test_as_completed_works_with_async_for_too(emulator: PhotoroomEmulator) -> None:
     # the issue promised as_completed() for "for" and "async for": async for raised a
     # TypeError ("requires an object with __aiter__ method, got generator")
