@@ -535,6 +535,54 @@ def test_a_progress_bar_that_cannot_be_drawn_never_stops_the_batch(
     ]
 
 
+class _StalledStream(io.TextIOBase):
+    """``stderr`` that takes one write, then blocks every later one until ``go`` is set: a
+    terminal paused with Ctrl-S, or a pipe whose reader stopped reading."""
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+        self.text: list[str] = []
+
+    def write(self, text: str) -> int:
+        self._stall()
+        self.text.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._stall()
+
+    def _stall(self) -> None:
+        if self.text and not self.go.wait(30):
+            raise OSError(errno.EIO, "stalled for 30 s")
+
+
+@pytest.mark.parametrize("how", ["submit", "run"])
+def test_a_stalled_terminal_holds_up_neither_the_batch_nor_its_paid_calls(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    # the bar was drawn on the event loop: its write blocked the loop, with every call under
+    # way, paid for, until the terminal took output again (wait() timed out after 20 s; run()
+    # went on only once the write failed, 30 s later)
+    emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.2), image_work=False)
+    stderr = _StalledStream()
+    sink = MemorySink()
+    try:
+        with emulator.serve():
+            monkeypatch.setattr(sys, "stderr", stderr)
+            batch = remover(emulator, sink, concurrency=4, progress=True, timeout=0.5)
+            images = [photo() for _ in range(12)]
+            if how == "submit":
+                report = batch.submit(images).wait(timeout=20)
+            else:
+                report = asyncio.run(asyncio.wait_for(batch.run(images), 20))
+            billed = emulator.ledger.calls()
+    finally:
+        stderr.go.set()
+    assert (report.stored_count, report.possibly_billed_calls, billed) == (12, 0, 12)
+    assert len(sink.objects) == 12
+    assert not [r for r in caplog.records if "progress bar" in r.getMessage()]
+
+
 def test_a_submitted_batch_shows_its_bar_in_a_jupyter_kernel(tmp_path: Path) -> None:
     jupyter_client = pytest.importorskip("jupyter_client")
     pytest.importorskip("ipykernel")
