@@ -579,18 +579,17 @@ class FileSystemSink:
             try:
                 mode = os.stat(folder).st_mode
             except (FileNotFoundError, NotADirectoryError):
-                if os.path.islink(folder):  # mkdir cannot make it: the link is in the way
-                    return (
-                        f"{printable(str(self.root))} cannot be the sink's folder: "
-                        f"{printable(str(folder))} is a link to nothing"
-                    )
-                continue
-            if not stat.S_ISDIR(mode):
-                return (
-                    f"{printable(str(self.root))} cannot be the sink's folder: "
-                    f"{printable(str(folder))} is a file"
-                )
-            return None
+                if not os.path.islink(folder):
+                    continue
+                what = "a link to nothing"  # mkdir cannot make the folder: the link is there
+            else:
+                if stat.S_ISDIR(mode):
+                    return None
+                what = "a file"
+            return (
+                f"{printable(str(self.root))} cannot be the sink's folder: "
+                f"{printable(str(folder))} is {what}"
+            )
         return None
 
     async def get(self, key: str) -> bytes:
