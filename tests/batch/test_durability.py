@@ -635,8 +635,8 @@ def wait_until(condition: Any, timeout: float = 30) -> None:
         time.sleep(0.01)
 
 
-_FORK_AND_EXIT = """
-import io, os, sys, time
+_FORKING = """
+import asyncio, io, os, signal, sys, time
 from PIL import Image
 from photoroom_bg import BatchRemover, MemorySink
 
@@ -645,10 +645,29 @@ def photo(n):
     Image.new("RGB", (40 + n, 30), (n, 90, 90)).save(out, "PNG")
     return out.getvalue()
 
-batch = BatchRemover(
-    sink=MemorySink(), api_key=sys.argv[1], base_url=sys.argv[2], concurrency=2,
-    requests_per_minute=None, track_credits=False, exit_timeout=float("inf"),
-)
+def remover(**extra):
+    return BatchRemover(
+        sink=MemorySink(), api_key=sys.argv[1], base_url=sys.argv[2], concurrency=2,
+        requests_per_minute=None, track_credits=False, **extra,
+    )
+"""
+
+
+def _run_forking(script: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script``, after the helpers of :data:`_FORKING`, in a child Python that calls an
+    emulator (the script forks)."""
+    emulator = PhotoroomEmulator(credits=1_000, faults=Faults(latency=0.2))
+    with emulator.serve():
+        return subprocess.run(
+            [sys.executable, "-c", _FORKING + script, emulator.api_key, emulator.url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+
+_FORK_AND_EXIT = """
+batch = remover(exit_timeout=float("inf"))
 handle = batch.submit([photo(n) for n in range(40)])
 pid = os.fork()
 if pid == 0:  # the child never touches its parent's batch: it just ends
@@ -672,33 +691,14 @@ def test_a_forked_child_exits_without_waiting_for_its_parents_batch(tmp_path: Pa
     # the child inherited the list of running batches its exit waits for: with
     # exit_timeout=inf it never exited (with the default, after 35 s, warning about a batch
     # it does not own)
-    emulator = PhotoroomEmulator(credits=1_000, faults=Faults(latency=0.2))
-    with emulator.serve():
-        child = subprocess.run(
-            [sys.executable, "-c", _FORK_AND_EXIT, emulator.api_key, emulator.url],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    child = _run_forking(_FORK_AND_EXIT)
     assert child.returncode == 0, child.stderr[-2000:]
     assert child.stdout.strip() == "the child exited False", child.stderr[-2000:]
     assert "the interpreter exited before the batch ended" not in child.stderr
 
 
 _FORK_AND_WAIT = """
-import asyncio, io, os, signal, sys
-from PIL import Image
-from photoroom_bg import BatchRemover, MemorySink
-
-def photo(n):
-    out = io.BytesIO()
-    Image.new("RGB", (40 + n, 30), (n, 90, 90)).save(out, "PNG")
-    return out.getvalue()
-
-batch = BatchRemover(
-    sink=MemorySink(), api_key=sys.argv[1], base_url=sys.argv[2], concurrency=2,
-    requests_per_minute=None, track_credits=False,
-)
+batch = remover()
 finished = batch.submit([photo(100)])
 finished.wait(timeout=60)
 handle = batch.submit([photo(n) for n in range(20)])
@@ -741,14 +741,7 @@ print("parent", report.succeeded_count, report.cancelled_count)
 def test_a_forked_child_is_refused_waiting_for_or_cancelling_its_parents_batch() -> None:
     # in the child no thread runs the batch: wait() and the rest blocked forever there, and
     # cancel() said True and did nothing
-    emulator = PhotoroomEmulator(credits=1_000, faults=Faults(latency=0.2))
-    with emulator.serve():
-        child = subprocess.run(
-            [sys.executable, "-c", _FORK_AND_WAIT, emulator.api_key, emulator.url],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    child = _run_forking(_FORK_AND_WAIT)
     assert child.returncode == 0, child.stderr[-2000:]
     lines = child.stdout.splitlines()
     names = ["wait", "result", "exception", "as_completed", "await", "async for", "cancel"]
