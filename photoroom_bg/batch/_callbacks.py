@@ -85,7 +85,10 @@ class Callbacks:
         """Queue the calls for a job that finished (on the loop); the event is set once they
         are made. Not threaded: make them now (``None``)."""
         if not self.threaded:
-            self._handled(self._call, result, progress)
+            try:
+                self._call(result, progress)
+            except BaseException as exc:
+                self._raised(exc)
             return None
         made = anyio.Event()
         self._queue.append((result, progress, made))
@@ -106,8 +109,8 @@ class Callbacks:
                     await _threads.run_sync(self._call, result, progress)
                 except anyio.get_cancelled_exc_class():
                     raise
-                except BaseException as exc:  # raised here, on the loop, where it can stop
-                    self._handled(_raise, exc)
+                except BaseException as exc:  # handled here, on the loop, where it can stop
+                    self._raised(exc)
                 self._queue.popleft()
                 made.set()
         finally:
@@ -126,13 +129,11 @@ class Callbacks:
         finally:
             _CALLING.reset(token)
 
-    def _handled(self, call: Callable[..., None], *args: object) -> None:
-        """``call(*args)`` on the loop: what it raises is logged, or stops the batch."""
-        try:
-            call(*args)
-        except Exception:
-            logger.exception("a batch callback failed; the batch goes on")
-        except BaseException as exc:  # sys.exit(), KeyboardInterrupt, pytest.fail()...
+    def _raised(self, exc: BaseException) -> None:
+        """On the loop: what a callback raised is logged, or stops the batch."""
+        if isinstance(exc, Exception):
+            logger.error("a batch callback failed; the batch goes on", exc_info=exc)
+        else:  # sys.exit(), KeyboardInterrupt, pytest.fail()...
             self._stop_for(exc, "a batch callback")
 
     async def drain(self) -> None:
@@ -140,7 +141,3 @@ class Callbacks:
         self._closed = True
         self._more.set()
         await self._done.wait()
-
-
-def _raise(exc: BaseException) -> None:
-    raise exc

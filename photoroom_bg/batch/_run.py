@@ -613,19 +613,20 @@ class Batch:
         return self._notify(result)
 
     def _notify(self, result: JobResult) -> anyio.Event | None:
+        callbacks = self._callbacks
+        wants = self.bar is not None or (callbacks is not None and callbacks.wants_progress)
+        p = self.handle.progress if wants else None  # one snapshot for the bar and on_progress
         if self.bar is not None:
-            p = self.handle.progress
+            assert p is not None
             self.bar.job_done(
                 result.status is not JobStatus.CANCELLED,
                 made=p.succeeded, skipped=p.skipped, failed=p.failed,
                 **({"spilled": p.spilled} if p.spilled else {}),
                 **({"cancelled": p.cancelled} if p.cancelled else {}),
             )  # fmt: skip
-        if self._callbacks is None:
+        if callbacks is None:
             return None
-        # made off the loop (see Callbacks)
-        progress = self.handle.progress if self._callbacks.wants_progress else None
-        return self._callbacks.add(result, progress)
+        return callbacks.add(result, p if callbacks.wants_progress else None)
 
     # -- one job ---------------------------------------------------------------------------
 
