@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 import attrs
 import httpx
 
-from . import _rules, _wire
+from . import _jsonsafe, _rules, _wire
 from ._deadline import overrun
 from ._images import ImageInput, answer_problem, load_image, validate_image
 from ._logs import get_logger
@@ -564,9 +564,9 @@ class BaseClient:
     def _status_error_of(response: httpx.Response) -> APIStatusError:
         status = response.status_code
         body: Any = None
-        try:
-            body = response.json()
-        except ValueError:  # not JSON (HTML from a proxy, an empty body), or not UTF-8
+        try:  # not JSON (HTML from a proxy, an empty body, nested too deeply), or not UTF-8
+            body = _jsonsafe.loads(response.content)
+        except ValueError:
             body = None
         message, kind = parse_error_body(body)
         if not message:
@@ -644,7 +644,7 @@ class BaseClient:
     @staticmethod
     def _structure(response: httpx.Response, cls: type[T]) -> T:
         try:
-            return _wire.converter.structure(response.json(), cls)
+            return _wire.converter.structure(_jsonsafe.loads(response.content), cls)
         except (ValueError, TypeError, KeyError) as exc:
             raise APIResponseValidationError(
                 f"unexpected {cls.__name__.lower()} body: {exc}",

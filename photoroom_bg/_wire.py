@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import mimetypes
 import os
 import re
@@ -24,7 +23,7 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
-from . import _rules
+from . import _jsonsafe, _rules
 from ._redact import printable
 from ._warnings import warn
 from .errors import APIResponseValidationError, ValidationError
@@ -398,7 +397,7 @@ converter.register_structure_hook(Credits, _structure_credits)
 def decode_base64_image(body: bytes, response: httpx.Response | None = None) -> bytes:
     """Decode the JSON body of a base64 ``/v1/segment`` answer (``base64img`` or ``result_b64``)."""
     try:
-        data = json.loads(body)
+        data = _jsonsafe.loads(body)
         encoded = data.get("base64img") or data.get("result_b64")
         if not isinstance(encoded, str):
             raise KeyError("base64img")

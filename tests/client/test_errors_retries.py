@@ -1120,3 +1120,46 @@ async def test_a_redirect_says_where_it_led_without_following_it(
     assert "check base_url" in str(caught.value)
     assert "s3cr3t" not in str(caught.value)
     assert route.call_count == 1  # neither followed nor retried
+
+
+#: A JSON value nested deeper than Python's parser recurses: a few hundred kilobytes that a
+#: broken proxy or server could answer with; ``json.loads`` raises ``RecursionError`` on it
+DEEP_JSON = b"[" * 200_000 + b"]" * 200_000
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(500, ServerError), (402, OutOfCreditsError), (400, BadRequestError)],
+)
+async def test_an_error_body_nested_too_deeply_is_read_as_text_of_the_status_error(
+    twin: Twin, respx_mock: respx.MockRouter, status: int, error: type[APIStatusError]
+) -> None:
+    # the parse's RecursionError left the client raw, outside the SDK's tree
+    respx_mock.post(SEGMENT).respond(
+        status, content=DEEP_JSON, headers={"content-type": "application/json"}
+    )
+    with pytest.raises(error) as caught:
+        await twin.call("remove_background", png(), max_retries=0)
+    assert caught.value.status_code == status
+    assert caught.value.body is None
+    assert caught.value.message.startswith("[[[")
+    assert len(caught.value.message) < 1000
+
+
+async def test_an_answer_or_account_body_nested_too_deeply_is_a_spoiled_answer(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    respx_mock.post(SEGMENT).respond(
+        200,
+        content=b'{"base64img": ' + DEEP_JSON + b"}",
+        headers={"content-type": "application/json"},
+    )
+    respx_mock.get(ACCOUNT).respond(
+        200, content=DEEP_JSON, headers={"content-type": "application/json"}
+    )
+    with pytest.raises(APIResponseValidationError, match="no usable image") as image:
+        await twin.call("remove_background", png(), max_retries=0)
+    assert image.value.possibly_billed is True
+    with pytest.raises(APIResponseValidationError, match="unexpected account body") as account:
+        await twin.call("account", max_retries=0)
+    assert account.value.possibly_billed is False

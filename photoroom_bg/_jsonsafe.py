@@ -1,0 +1,23 @@
+"""JSON from elsewhere (a server's answer, a caller's body, a file others may write), read
+so that any text which is not a usable JSON value fails as ``ValueError``.
+
+``json.loads`` already raises ``ValueError`` for malformed text and for an integer of more
+digits than Python converts, but a value nested a few thousand levels deep (``[[[[...``, a
+few kilobytes) raises ``RecursionError``, which no ``except ValueError`` around a parse
+catches: a broken proxy's answer or a caller's body then escaped every typed error.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = ["loads"]
+
+
+def loads(text: str | bytes | bytearray) -> Any:
+    """``json.loads``, but a value nested too deeply is a ``ValueError`` too."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
