@@ -15,6 +15,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from .. import _jsonsafe
 from ..errors import PhotoroomBGError
 from ._outputs import temporary_folder_error
 from ._problems import Problem, problem_for
@@ -190,8 +191,8 @@ class RequestBody:
             return None
         if isinstance(value, str):
             try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
+                value = _jsonsafe.loads(value)
+            except ValueError:  # malformed, nested too deeply, an integer of too many digits
                 raise Problem(
                     422, "invalid_request", "The request is not valid", f"{name}: not JSON"
                 ) from None
@@ -226,9 +227,9 @@ async def read_body(request: Request, *, max_files: int) -> RequestBody:
     raw = await request.body()
     if not raw.strip():
         return RequestBody({})
-    try:
-        parsed = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    try:  # UnicodeDecodeError and JSONDecodeError are ValueErrors, as is nesting too deep
+        parsed = _jsonsafe.loads(raw)
+    except ValueError:
         raise Problem(
             415 if content_type not in ("application/json", "") else 422,
             "invalid_request",

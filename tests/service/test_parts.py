@@ -726,3 +726,51 @@ def test_an_upload_that_cannot_be_spooled_is_a_storage_problem_not_a_bug(
     told = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("an upload in the temporary folder" in line for line in told), told
     assert emulator.ledger.calls() == 0
+
+
+#: JSON that ``json.loads`` cannot read although it is well formed: nested past the parser's
+#: recursion (a ``RecursionError``), and an integer of more digits than Python converts
+UNREADABLE_JSON = {"nested": "[" * 100_000 + "]" * 100_000, "digits": "1" * 5_000}
+
+
+@pytest.mark.filterwarnings("ignore:Using .httpx. with .starlette.testclient")
+@pytest.mark.parametrize("kind", sorted(UNREADABLE_JSON))
+def test_json_too_deep_or_too_long_to_read_is_a_422_on_every_endpoint(
+    tmp_path: Path, kind: str
+) -> None:
+    """Such a body, or such an ``options`` field of a form, raised out of the body's parse
+    as a bug: a 500 from the service's app, and from an application's own app that mounts
+    the router, an error its handlers never see as the caller's."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from photoroom_bg.service import create_router
+
+    text = UNREADABLE_JSON[kind]
+    app = FastAPI()
+    settings = ServiceSettings(sink="memory://", state_dir=str(tmp_path), tokens=("t0ken",))
+    app.include_router(create_router(settings))
+    auth = {"Authorization": "Bearer t0ken"}
+    paths = [
+        "/api/v1/remove-background",
+        "/api/v1/remove-backgrounds",
+        "/api/v2/remove-backgrounds",
+        "/api/v2/remove-backgrounds/results",
+    ]
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for path in paths:
+            whole = client.post(
+                path, content=text, headers={**auth, "Content-Type": "application/json"}
+            )
+            inside = client.post(
+                path,
+                content=f'{{"image_urls": ["https://a.example/x.png"], "options": {text}}}',
+                headers={**auth, "Content-Type": "application/json"},
+            )
+            form = client.post(
+                path, data={"image_url": "https://a.example/x.png", "options": text}, headers=auth
+            )
+            for answer in (whole, inside) + ((form,) if path != paths[-1] else ()):
+                assert answer.status_code == 422, (path, answer.text[:300])
+                assert answer.headers["content-type"] == "application/problem+json"
+                assert answer.json()["code"] == "invalid_request"
