@@ -20,6 +20,7 @@ import anyio.abc
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .. import _jsonsafe
 from .._logs import get_logger
 from ..errors import (
     ConfigurationError,
@@ -131,7 +132,7 @@ class ManifestState:
                 text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
                 if not text.strip():
                     continue
-                record = json.loads(text)
+                record = _jsonsafe.loads(text)
                 if not isinstance(record, dict):
                     raise ValueError("not a record")
             except (UnicodeDecodeError, ValueError):

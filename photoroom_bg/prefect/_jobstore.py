@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import attrs
 
+from .. import _jsonsafe
 from ..errors import ObjectNotFoundError, ValidationError
 from ..sinks import Sink
 
@@ -129,7 +130,7 @@ class JobStore:
         except ObjectNotFoundError:
             return None
         try:
-            value = json.loads(data)
+            value = _jsonsafe.loads(data)
         except ValueError:
             return None
         return value if isinstance(value, dict) else None
@@ -188,7 +189,7 @@ class JobStore:
         records = []
         for line in data.decode("utf-8", "replace").splitlines():
             try:
-                record = json.loads(line)
+                record = _jsonsafe.loads(line)
             except ValueError:
                 continue
             if isinstance(record, dict) and "status" in record:

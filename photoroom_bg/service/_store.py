@@ -30,6 +30,7 @@ from typing import IO, Any
 
 import attrs
 
+from .. import _jsonsafe
 from ..errors import ObjectNotFoundError
 from ..sinks import Sink
 
@@ -152,8 +153,8 @@ def job_lines(lines: list[str]) -> Iterator[dict[str, Any]]:
     """The job records among manifest lines (run headers and a torn last line skipped)."""
     for line in lines:
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = _jsonsafe.loads(line)
+        except ValueError:
             continue
         if isinstance(record, dict) and "index" in record and "status" in record:
             yield record

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.lowlevel
 
-from .. import _threads
+from .. import _jsonsafe, _threads
 from .._images import NotARegularFile, read_regular_file
 from .._numbers import check_flag
 from .._redact import printable
@@ -652,7 +652,7 @@ class FileSystemSink:
         sidecar = target.with_name(target.name + _META_SUFFIX)
         if sidecar.is_file():
             try:
-                stored = json.loads(sidecar.read_bytes())
+                stored = _jsonsafe.loads(sidecar.read_bytes())
             except ValueError:
                 stored = {}
             if isinstance(stored, dict):

@@ -52,6 +52,25 @@ def test_a_manifest_torn_inside_a_utf8_character_is_read_and_the_tear_counted(
     assert read_manifest(manifest).torn == 1
 
 
+#: Lines ``json.loads`` cannot read although they are well formed: nested past the parser's
+#: recursion (a ``RecursionError``, no ``ValueError``) and an integer of too many digits
+UNREADABLE_LINES = ["[" * 100_000 + "]" * 100_000, '{"v": 1, "key": ' + "1" * 5_000 + "}"]
+
+
+def test_a_manifest_line_too_deep_or_too_long_to_read_is_counted_torn(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # the nested line raised RecursionError out of every read of the manifest: the batch
+    # could be neither started nor resumed on it
+    manifest = tmp_path / "m.jsonl"
+    lines = [record("a"), *UNREADABLE_LINES, record("b")]
+    manifest.write_text("\n".join(lines) + "\n")
+    assert load_finished_keys(manifest) == {"a", "b"}
+    assert read_manifest(manifest).torn == 2
+    report = remover(emulator, MemorySink(), manifest=manifest).submit([photo()]).wait()
+    assert report.succeeded_count == 1
+
+
 @pytest.mark.parametrize(
     "sources", ["photos", ["photos", 3, None], {"photos": 1}], ids=["a-string", "not-text", "a-map"]
 )

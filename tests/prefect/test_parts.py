@@ -4,6 +4,7 @@ summaries, the rate-limited engine, the retry rule, the job records."""
 from __future__ import annotations
 
 import asyncio
+import json
 import pickle
 import time
 from pathlib import Path
@@ -830,3 +831,27 @@ def test_a_shard_reads_no_larger_input_than_its_job_allows(
     ):
         with pytest.raises(ConfigurationError):
             JobParameters(sources=["a.jpg"], sink=str(tmp_path), **bad)
+
+
+def test_a_job_record_or_manifest_line_too_deep_or_too_long_to_read_counts_as_torn(
+    tmp_path: Path,
+) -> None:
+    """The shards' records and manifests, and the service's job manifests, skip a line they
+    cannot read; one nested past the parser's recursion raised ``RecursionError`` instead,
+    and one with an integer of too many digits a ``ValueError`` the service's reader missed."""
+    from photoroom_bg.service._store import job_lines
+
+    deep, digits = "[" * 100_000 + "]" * 100_000, '{"status": ' + "1" * 5_000 + "}"
+    good = '{"index": 0, "status": "succeeded"}'
+    store = _job_store(tmp_path)
+
+    async def check() -> None:
+        await store.sink.put(store.shard_key(0), deep.encode(), metadata={})
+        assert await store.read_shard(0) is None
+        lines = "\n".join([good, deep, digits, good]).encode()
+        await store.sink.put(store.manifest_key(0), lines, metadata={})
+        assert len(await store.read_manifest(0)) == 2
+        await store.sink.aclose()
+
+    _loop.run_sync(check())
+    assert list(job_lines([good, deep, digits])) == [json.loads(good)]

@@ -677,6 +677,20 @@ async def test_stat_falls_back_to_the_sidecar_then_to_a_weak_validator(
     assert (await plain.stat("c.png")).checksum.startswith('W/"4-')
 
 
+@pytest.mark.parametrize(
+    "sidecar", ["{nope", "[" * 100_000 + "]" * 100_000, '{"checksum": ' + "1" * 5_000 + "}"]
+)
+async def test_a_sidecar_that_cannot_be_read_leaves_stat_to_the_file(
+    tmp_path: Path, sidecar: str
+) -> None:
+    # a sidecar nested past the parser's recursion raised RecursionError out of stat()
+    sink = FileSystemSink(tmp_path)
+    await sink.put("a.png", b"abc", content_type="image/png")
+    (tmp_path / "a.png.meta.json").write_text(sidecar)
+    info = await sink.stat("a.png")
+    assert (info.size, info.content_type) == (3, "image/png")
+
+
 @pytest.mark.parametrize("write_metadata", [False, True])
 async def test_without_checksums_nothing_is_hashed_and_the_checksum_is_a_weak_validator(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_metadata: bool
