@@ -33,6 +33,7 @@ from ._store import JobRecord
 __all__ = ["add_routes"]
 
 _OUTPUT_KEY = re.compile(r"outputs/[A-Za-z0-9._-]{1,100}-[0-9a-f]{12}\.(png|jpg|webp|avif)")
+_ITEM_INDEX = re.compile(r"[0-9]{1,9}")
 _STATIC = {"app.js": "text/javascript", "app.css": "text/css", "index.html": "text/html"}
 _UPLOAD_EXT = {"png": "png", "jpeg": "jpg", "webp": "webp", "heic": "heic", "avif": "avif"}
 
@@ -373,7 +374,9 @@ def add_routes(router: APIRouter) -> None:
                 except Problem:
                     cache[job_id] = None
             entry = cache[job_id]
-            if entry is None or (index and not (index.isdigit() and int(index) < len(entry[1]))):
+            # a plain number: "²" passes isdigit() but not int(), nor do 5,000 digits
+            number = int(index) if _ITEM_INDEX.fullmatch(index) else -1
+            if entry is None or (index and not 0 <= number < len(entry[1])):
                 results[ident] = {
                     "status": "not_found",
                     "success": False,
@@ -383,7 +386,7 @@ def add_routes(router: APIRouter) -> None:
                 }
                 continue
             record, items = entry
-            chosen = [items[int(index)]] if index else items
+            chosen = [items[number]] if index else items
             for item in chosen:
                 url = (
                     str(request.url_for("job_output", job_id=job_id, index=item["index"]))

@@ -305,6 +305,23 @@ def test_v2_upload_job_and_results_by_id_in_the_original_shape(service: ServiceP
         assert by_job["success_count"] == 2
 
 
+def test_an_item_id_whose_index_is_no_plain_number_is_not_found(service: ServiceProcess) -> None:
+    # "²" passes str.isdigit() but not int(), and so do 5,000 digits (Python's limit): each
+    # was a 500 for a caller naming an item of a job of theirs; "٠" read as item 0
+    files = [("files", ("p.png", photo(32), "image/png"))]
+    with service.client() as client:
+        job_id = client.post("/api/v2/remove-backgrounds", files=files).json()["job_id"]
+        wait_for_job(client, job_id)
+        ids = [f"{job_id}.{index}" for index in ("\u00b2", "1" * 5_000, "\u0660", "-0", " 0")]
+        answer = client.post("/api/v2/remove-backgrounds/results", json={"job_ids": ids})
+        assert answer.status_code == 200, answer.text[:300]
+        results = answer.json()["results"]
+        assert sorted(results) == sorted(ids)
+        assert {r["status"] for r in results.values()} == {"not_found"}
+        whole = client.post("/api/v2/remove-backgrounds/results", json=[f"{job_id}.0"]).json()
+        assert whole["results"][f"{job_id}.0"]["success"] is True
+
+
 def test_v2_events_stream_every_item_then_done(
     service: ServiceProcess, images: ImageServer
 ) -> None:
