@@ -774,3 +774,27 @@ def test_json_too_deep_or_too_long_to_read_is_a_422_on_every_endpoint(
                 assert answer.status_code == 422, (path, answer.text[:300])
                 assert answer.headers["content-type"] == "application/problem+json"
                 assert answer.json()["code"] == "invalid_request"
+
+
+@pytest.mark.filterwarnings("ignore:Using .httpx. with .starlette.testclient")
+def test_a_declared_length_too_long_for_int_is_a_body_too_large(tmp_path: Path) -> None:
+    """A server in front may pass on a Content-Length of thousands of digits: ``int()``
+    refuses past 4,300 of them, and the cap's check raised that as a bug (a 500)."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from photoroom_bg.service import create_router
+
+    app = FastAPI()
+    settings = ServiceSettings(sink="memory://", state_dir=str(tmp_path), tokens=("t0ken",))
+    app.include_router(create_router(settings))
+    headers = {"Authorization": "Bearer t0ken", "Content-Type": "application/json"}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for length in ("9" * 5_000, "9" * 21):
+            answer = client.post(
+                "/api/v1/remove-background",
+                content=b"{}",
+                headers={**headers, "Content-Length": length},
+            )
+            assert answer.status_code == 413, answer.text[:300]
+            assert answer.json()["code"] == "body_too_large"
