@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -733,6 +734,27 @@ def test_an_upload_that_cannot_be_spooled_is_a_storage_problem_not_a_bug(
 UNREADABLE_JSON = {"nested": "[" * 100_000 + "]" * 100_000, "digits": "1" * 5_000}
 
 
+@contextlib.contextmanager
+def mounted(tmp_path: Path) -> Iterator[tuple[Any, dict[str, str]]]:
+    """A test client of an application's own app that mounts the router (so no handler of
+    the service's app turns a bug into a problem), and the headers that authenticate."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from photoroom_bg.service import create_router
+
+    app = FastAPI()
+    settings = ServiceSettings(sink="memory://", state_dir=str(tmp_path), tokens=("t0ken",))
+    app.include_router(create_router(settings))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client, {"Authorization": "Bearer t0ken"}
+
+
+#: An image URL of no server (loopback, port 9): the requests below are refused before it
+#: could be fetched
+NO_IMAGE = "http://127.0.0.1:9/x.png"
+
+
 @pytest.mark.filterwarnings("ignore:Using .httpx. with .starlette.testclient")
 @pytest.mark.parametrize("kind", sorted(UNREADABLE_JSON))
 def test_json_too_deep_or_too_long_to_read_is_a_422_on_every_endpoint(
@@ -741,36 +763,28 @@ def test_json_too_deep_or_too_long_to_read_is_a_422_on_every_endpoint(
     """Such a body, or such an ``options`` field of a form, raised out of the body's parse
     as a bug: a 500 from the service's app, and from an application's own app that mounts
     the router, an error its handlers never see as the caller's."""
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
-
-    from photoroom_bg.service import create_router
-
     text = UNREADABLE_JSON[kind]
-    app = FastAPI()
-    settings = ServiceSettings(sink="memory://", state_dir=str(tmp_path), tokens=("t0ken",))
-    app.include_router(create_router(settings))
-    auth = {"Authorization": "Bearer t0ken"}
     paths = [
         "/api/v1/remove-background",
         "/api/v1/remove-backgrounds",
         "/api/v2/remove-backgrounds",
         "/api/v2/remove-backgrounds/results",
     ]
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with mounted(tmp_path) as (client, auth):
+        as_json = {**auth, "Content-Type": "application/json"}
         for path in paths:
-            whole = client.post(
-                path, content=text, headers={**auth, "Content-Type": "application/json"}
-            )
-            inside = client.post(
-                path,
-                content=f'{{"image_urls": ["https://a.example/x.png"], "options": {text}}}',
-                headers={**auth, "Content-Type": "application/json"},
-            )
-            form = client.post(
-                path, data={"image_url": "https://a.example/x.png", "options": text}, headers=auth
-            )
-            for answer in (whole, inside) + ((form,) if path != paths[-1] else ()):
+            answers = [
+                client.post(path, content=text, headers=as_json),
+                client.post(
+                    path,
+                    content=f'{{"image_urls": ["{NO_IMAGE}"], "options": {text}}}',
+                    headers=as_json,
+                ),
+            ]
+            if path != paths[-1]:  # the results take no options
+                form = {"image_url": NO_IMAGE, "options": text}
+                answers.append(client.post(path, data=form, headers=auth))
+            for answer in answers:
                 assert answer.status_code == 422, (path, answer.text[:300])
                 assert answer.headers["content-type"] == "application/problem+json"
                 assert answer.json()["code"] == "invalid_request"
@@ -780,21 +794,12 @@ def test_json_too_deep_or_too_long_to_read_is_a_422_on_every_endpoint(
 def test_a_declared_length_too_long_for_int_is_a_body_too_large(tmp_path: Path) -> None:
     """A server in front may pass on a Content-Length of thousands of digits: ``int()``
     refuses past 4,300 of them, and the cap's check raised that as a bug (a 500)."""
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
-
-    from photoroom_bg.service import create_router
-
-    app = FastAPI()
-    settings = ServiceSettings(sink="memory://", state_dir=str(tmp_path), tokens=("t0ken",))
-    app.include_router(create_router(settings))
-    headers = {"Authorization": "Bearer t0ken", "Content-Type": "application/json"}
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with mounted(tmp_path) as (client, auth):
         for length in ("9" * 5_000, "9" * 21):
             answer = client.post(
                 "/api/v1/remove-background",
                 content=b"{}",
-                headers={**headers, "Content-Length": length},
+                headers={**auth, "Content-Type": "application/json", "Content-Length": length},
             )
             assert answer.status_code == 413, answer.text[:300]
             assert answer.json()["code"] == "body_too_large"
