@@ -108,8 +108,11 @@ class KeyTemplate:
             contain ``/`` to make folders, e.g. ``"{options_digest:.8}/{stem}-{digest12}.{ext}"``.
 
     Raises:
-        ValidationError: the template names an unknown field or cannot tell inputs apart (it
-            uses neither ``digest`` nor ``content_digest``).
+        ValidationError: the template names an unknown field, cannot tell inputs apart (it
+            uses neither ``digest`` nor ``content_digest``), or cannot make a key for every
+            input: it is malformed, gives a field an attribute or an index
+            (``{stem.upper}``), a format spec or conversion the field does not take, or
+            makes keys with a part too long for a file name whatever the input's name.
     """
 
     template: str | KeyFunction = DEFAULT_TEMPLATE
@@ -122,11 +125,23 @@ class KeyTemplate:
             return
         import string
 
-        parsed = [
-            (field, spec, conversion)
-            for _, field, spec, conversion in string.Formatter().parse(self.template)
-            if field
-        ]
+        try:
+            parsed = [
+                (field, spec, conversion)
+                for _, field, spec, conversion in string.Formatter().parse(self.template)
+                if field is not None
+            ]
+        except ValueError as exc:  # "{digest", "{digest}}"
+            raise ValidationError(f"key template {self.template!r}: {exc}") from None
+        for field, _, _ in parsed:
+            # "{stem.upper}" would put a method's repr, with its memory address, in every
+            # key: keys that change with each process, so nothing stored is found again
+            if field not in _FIELDS and field.split(".")[0].split("[")[0] in _FIELDS:
+                raise ValidationError(
+                    f"key template {self.template!r}: {{{field}}}: a field is a plain name, "
+                    "without attributes or indexes (shorten one with a format spec: "
+                    "{digest:.8})"
+                )
         names = {field.split(".")[0].split("[")[0] for field, _, _ in parsed}
         distinct = any(
             field in ("digest", "digest12") and not spec and conversion is None
@@ -136,12 +151,33 @@ class KeyTemplate:
         unknown = names - _FIELDS
         if unknown:
             raise ValidationError(
-                f"unknown key template field(s) {sorted(unknown)}; use {sorted(_FIELDS)}"
+                f"unknown key template field(s) {sorted(unknown)} in {self.template!r}; use "
+                f"{sorted(_FIELDS)}"
             )
         if not names & {"digest", "digest12", "content_digest"}:
             raise ValidationError(
                 "a key template must contain {digest}, {digest12} or {content_digest}, "
                 "or different images would overwrite each other"
+            )
+        self._check_renders()
+
+    def _check_renders(self) -> None:
+        """Render a key for a one-letter name: a format spec or conversion that fails does so
+        now, not in every job, and so does a template whose keys are too long whatever the
+        input's name."""
+        assert isinstance(self.template, str)
+        try:
+            made = self.render(
+                stem="x", content_digest="0" * 64, options_digest="0" * 64, ext="png"
+            )
+        except (ValueError, TypeError, OverflowError, MemoryError) as exc:  # "{stem:d}"
+            reason = str(exc) or "a key would not fit in memory"  # "{stem:>99999999999}"
+            raise ValidationError(f"key template {self.template!r}: {reason}") from None
+        if max(len(part.encode()) for part in made.split("/")) > KEY_PART_BYTES:
+            raise ValidationError(
+                f"key template {self.template!r} makes keys with a part of over "
+                f"{KEY_PART_BYTES} bytes (a file name or an S3 key's part) whatever the "
+                "input's name; pad or repeat less"
             )
 
     def render(

@@ -77,6 +77,43 @@ def test_templates_that_could_collide_are_refused(template: str, message: str) -
 
 
 @pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        # a field's attribute is the repr of a method, with its memory address: keys that
+        # change with every process, so a re-run found none stored and paid again
+        ("{stem.upper}-{digest}.{ext}", r"\{stem.upper\}: a field is a plain name"),
+        ("{digest[3]}/{stem}-{digest12}.{ext}", r"\{digest\[3\]\}: a field is a plain name"),
+        # these failed every job at run time, as UnexpectedError, or raised a bare ValueError
+        ("{stem:d}-{digest}.{ext}", "Unknown format code 'd'"),
+        ("{stem!z}-{digest}.{ext}", "Unknown conversion specifier z"),
+        ("{stem:>99999999999999999999}-{digest}.{ext}", "Too many decimal digits"),
+        ("{stem:>99999999999}-{digest}.{ext}", "a key would not fit in memory"),
+        ("{}/{digest}.{ext}", r"unknown key template field\(s\) \[''\]"),
+        ("{digest", "expected '}' before end of string"),
+        ("{digest}}.{ext}", "Single '}'"),
+        # every key, whatever the input's name, has a part no file system or bucket takes
+        ("{stem:>300}-{digest}.{ext}", "with a part of over 227 bytes"),
+    ],
+)
+def test_a_template_that_cannot_make_a_key_for_every_input_is_refused_when_made(
+    template: str, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message) as caught:
+        KeyTemplate(template)
+    assert template in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{digest!s:.20}/{stem!r}.{ext}", "{stem:_<12}-{content_digest:.16}-{options_digest:.8}.png"],
+)
+def test_format_specs_and_conversions_that_make_keys_are_kept(template: str) -> None:
+    made = key(b"x", SegmentOptions(), template=KeyTemplate(template))
+    assert made == key(b"x", SegmentOptions(), template=KeyTemplate(template))
+    assert "0x" not in made
+
+
+@pytest.mark.parametrize(
     ("name", "stem"),
     [
         ("invoice\u202egnp.exe", "invoicegnp.exe"),  # RIGHT-TO-LEFT OVERRIDE
