@@ -15,6 +15,7 @@ usual way to say "no limit", so a wait that long or longer means no limit
 from __future__ import annotations
 
 import math
+import sys
 import threading
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -34,6 +35,7 @@ __all__ = [
     "check_server_url",
     "check_type",
     "flag_validator",
+    "shown",
     "sleep_seconds",
     "wait_limit",
 ]
@@ -114,10 +116,27 @@ def check_callback(name: str, value: T) -> T:
     return value
 
 
-def check_count(name: str, value: object, least: int) -> int:
-    """A whole number ``>= least`` (not a bool, not a float); return it."""
+def shown(value: object) -> str:
+    """``repr(value)`` for a message, which an integer of more digits than Python prints
+    (4,300 by default) makes raise ``ValueError``: that one is described instead."""
+    try:
+        return repr(value)
+    except ValueError:
+        limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
+        sign = "-" if isinstance(value, int) and value < 0 else ""
+        return f"an integer of {sign}more than {limit:,} digits"
+
+
+def check_count(name: str, value: object, least: int, *, most: int | None = sys.maxsize) -> int:
+    """A whole number ``>= least`` (not a bool, not a float) and, unless ``most`` is
+    ``None``, ``<= most`` (past ``sys.maxsize`` no container, thread pool or float holds
+    it); return it."""
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ConfigurationError(f"{name} must be a whole number >= {least}, not {value!r}")
+        raise ConfigurationError(f"{name} must be a whole number >= {least}, not {shown(value)}")
+    if most is not None and value > most:
+        raise ConfigurationError(
+            f"{name} must be a whole number from {least} to {most:,}, not {shown(value)}"
+        )
     return value
 
 
@@ -125,8 +144,16 @@ def check_number(
     name: str, value: object, *, positive: bool = False, finite: bool = False
 ) -> float:
     """A number (seconds, requests...): not NaN, not negative (not 0 when ``positive``, not
-    infinite when ``finite``); return it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    infinite when ``finite``), and not an integer past what a float holds (``math.isnan``
+    and every wait raise ``OverflowError`` on it; ``float("inf")`` says "no limit");
+    return it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name} must be a number, not {shown(value)}")
+    if isinstance(value, int) and abs(value) > sys.float_info.max:
+        raise ConfigurationError(
+            f"{name} must be a number a float holds (float('inf') for no limit), not {shown(value)}"
+        )
+    if math.isnan(value):
         raise ConfigurationError(f"{name} must be a number, not {value!r}")
     if value < 0 or (positive and value == 0):
         least = "greater than 0" if positive else ">= 0"

@@ -8,6 +8,7 @@ nothing and report 0 of 0, ``retry_policy={}`` failed every job as unexpected,
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -74,3 +75,43 @@ def test_a_setting_of_the_wrong_type_is_refused_naming_it(
     with pytest.raises(ConfigurationError) as caught:
         make()
     assert str(caught.value).startswith(f"{name} must be ")
+
+
+#: An integer past what a float holds (about 1.8e308): ``math.isnan`` or ``float()`` of it
+#: raise ``OverflowError``, and ``repr()`` of it ``ValueError`` (past 4,300 digits)
+HUGE = 10**5000
+
+TOO_LARGE: list[tuple[str, Callable[[], object]]] = [
+    ("concurrency", batch(concurrency=HUGE)),
+    ("concurrency", batch(concurrency=2**63)),
+    ("max_retries", batch(max_retries=-HUGE)),
+    ("keep_results", batch(keep_results=-HUGE)),
+    ("requests_per_minute", batch(requests_per_minute=HUGE)),
+    ("store_retry_budget", batch(store_retry_budget=HUGE)),
+    ("exit_timeout", batch(exit_timeout=-HUGE)),
+    ("timeout", lambda: PhotoroomClient(api_key="sk_test", timeout=HUGE)),
+    ("max_bytes", lambda: SourceReader(max_bytes=HUGE)),
+    ("max_redirects", lambda: SourceReader(max_redirects=-HUGE)),
+    ("timeout", lambda: SourceReader(timeout=HUGE)),
+    ("max_bytes", lambda: MemorySink(max_bytes=-HUGE)),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "make"), TOO_LARGE, ids=[f"{n}-{i}" for i, (n, _) in enumerate(TOO_LARGE)]
+)
+def test_a_number_too_large_for_a_float_or_a_count_is_refused_naming_it(
+    name: str, make: Callable[[], object]
+) -> None:
+    # these raised OverflowError when made or when the batch opened (a reader's max_bytes
+    # when a file object was read), or ValueError while the message was written; a count
+    # past sys.maxsize, which no container holds, is refused as well
+    with pytest.raises(ConfigurationError) as caught:
+        make()
+    message = str(caught.value)
+    assert message.startswith(f"{name} must be "), message
+    assert "more than 4,300 digits" in message or "9,223,372,036,854,775,807" in message
+
+
+def test_a_count_of_results_to_keep_past_any_process_still_means_every_job() -> None:
+    assert batch(keep_results=HUGE)().keep_results == sys.maxsize  # type: ignore[attr-defined]

@@ -201,7 +201,7 @@ class BatchRemover:
         check_number("engine_outage_budget", engine_outage_budget)
         check_number("exit_timeout", exit_timeout)
         if not isinstance(keep_results, bool):
-            check_count("keep_results", keep_results, 0)
+            check_count("keep_results", keep_results, 0, most=None)  # more: every job
         path = ((str, os.PathLike), "a path (a str or os.PathLike) or None")
         for name, given, (types, what) in (
             ("manifest", manifest, path),
