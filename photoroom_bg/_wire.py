@@ -24,6 +24,7 @@ import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
 from . import _jsonsafe, _rules
+from ._numbers import shown
 from ._redact import printable
 from ._warnings import warn
 from .errors import APIResponseValidationError, ValidationError
@@ -164,12 +165,20 @@ class Encoded:
         self.texts.pop(name, None)
         self.files.pop(name, None)
         _check_text(name, origin)
-        if isinstance(value, bytes):
-            self.files[name] = value
-        elif isinstance(value, (list, tuple)):
-            self.texts[name] = [_check_text(wire_value(v), origin) for v in value]
-        else:
-            self.texts[name] = _check_text(wire_value(value), origin)
+        try:
+            if isinstance(value, bytes):
+                self.files[name] = value
+            elif isinstance(value, (list, tuple)):
+                self.texts[name] = [_check_text(wire_value(v), origin) for v in value]
+            else:
+                self.texts[name] = _check_text(wire_value(value), origin)
+        except ValueError as exc:
+            if isinstance(exc, ValidationError):
+                raise
+            # str() of an integer past 4,300 digits: no number Photoroom takes either
+            raise ValidationError(
+                f"{origin} (sent as {name}) is {shown(python)}: too long to send"
+            ) from None
         self.origins[name] = origin
         self.values[name] = python
 

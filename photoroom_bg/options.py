@@ -26,6 +26,7 @@ import attrs
 
 from . import _rules, _spec, _wire
 from ._images import sniff_format
+from ._numbers import shown
 from .errors import ValidationError
 
 __all__ = [
@@ -179,7 +180,7 @@ def _blob_repr(value: object) -> str:
     if isinstance(value, (bytes, bytearray, memoryview)):
         kind = sniff_format(bytes(value[:16]))
         return f"<{kind.upper() + ' image' if kind else 'bytes'}, {len(value):,} bytes>"
-    return repr(value)
+    return shown(value)  # repr() of an integer past 4,300 digits raises
 
 
 def _frozen(value: Mapping[Any, Any] | None) -> FrozenDict[Any, Any]:

@@ -406,3 +406,20 @@ def test_repr_shows_files_by_format_and_size_never_their_bytes() -> None:
     assert "\\x" not in text
     assert repr(EditOptions()) == "EditOptions()"
     assert repr(SegmentOptions(size="hd")) == "SegmentOptions(size='hd')"
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda n: EditOptions(max_width=n), "maxWidth"),
+        (lambda n: EditOptions(background_seed=n), "background.seed"),
+        (lambda n: EditOptions(padding=-n), "padding"),
+        (lambda n: SegmentOptions(size=n), "size"),
+    ],
+    ids=["max_width", "background_seed", "padding", "segment-size"],
+)
+def test_an_integer_too_long_to_send_is_a_validation_error(make: Any, name: str) -> None:
+    # str() of an integer past 4,300 digits raises ValueError: it left the options raw
+    with pytest.raises(ValidationError, match="more than 4,300 digits") as caught:
+        make(10**5000)
+    assert name in str(caught.value)
