@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from .._numbers import check_type, flag_validator
+from .._numbers import check_type, flag_validator, shown
 from ..errors import ConfigurationError
 from ..sinks._s3 import presign_seconds
 
@@ -108,14 +109,25 @@ def _typed(_: type, fields: list[attrs.Attribute[Any]]) -> list[attrs.Attribute[
     return typed
 
 
+def _held(name: str, value: object) -> None:
+    """An int a float holds (the waits and the batch take every number as one)."""
+    if isinstance(value, int) and abs(value) > sys.float_info.max:
+        raise ConfigurationError(f"{name} must be a number a float holds, not {shown(value)}")
+
+
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    _held(attribute.name, value)
     if not value > 0:  # NaN too
-        raise ConfigurationError(f"{attribute.name} must be positive, not {value}")
+        raise ConfigurationError(f"{attribute.name} must be positive, not {shown(value)}")
 
 
 def _whole(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):  # 2.5 images, True tokens
         raise ConfigurationError(f"{attribute.name} must be a whole number, not {value!r}")
+    if value > sys.maxsize:  # the batch each request makes refuses it: every request failed
+        raise ConfigurationError(
+            f"{attribute.name} must be a whole number up to {sys.maxsize:,}, not {shown(value)}"
+        )
 
 
 def _presignable(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -123,8 +135,9 @@ def _presignable(_: object, attribute: attrs.Attribute[Any], value: int) -> None
 
 
 def _not_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    _held(attribute.name, value)
     if not value >= 0:  # NaN too
-        raise ConfigurationError(f"{attribute.name} must be 0 or more, not {value}")
+        raise ConfigurationError(f"{attribute.name} must be 0 or more, not {shown(value)}")
 
 
 def _finite(_: object, attribute: attrs.Attribute[Any], value: float) -> None:

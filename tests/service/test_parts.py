@@ -90,6 +90,10 @@ def test_bad_settings_are_configuration_errors(tmp_path: Path) -> None:
         ("PHOTOROOM_BG_RETRY_BACKOFF", "inf"),  # every job failed at its first retry
         ("PHOTOROOM_BG_LEASE_SECONDS", "inf"),  # a job of a gone replica never taken over
         ("PHOTOROOM_BG_HEARTBEAT_SECONDS", "inf"),
+        # past sys.maxsize, which each request's batch refuses: the service started, and
+        # failed every request
+        ("PHOTOROOM_BG_CONCURRENCY", "9" * 20),
+        ("PHOTOROOM_BG_MAX_RETRIES", "9" * 20),
     ]:
         with pytest.raises(ConfigurationError, match="must be"):
             ServiceSettings.from_env({name: value})
@@ -102,6 +106,9 @@ def test_bad_settings_are_configuration_errors(tmp_path: Path) -> None:
     assert ServiceSettings.from_env({"PHOTOROOM_BG_HEARTBEAT_SECONDS": "30"}).lease_seconds == 60
     # given from Python: a fraction or a bool is no count; a URL longer-lived than S3 signs
     for setting in [
+        {"concurrency": 2**63},
+        {"timeout": 10**5000},  # no float holds it: each request's client refuses it
+        {"photoroom_requests_per_minute": -(10**5000)},
         {"concurrency": 2.5},
         {"max_images_per_job": True},
         {"max_retries": 1.5},
