@@ -80,7 +80,7 @@ def check_flag(name: str, value: object) -> bool:
     is truthy whatever it says (``"false"`` included), and ``None`` or ``0`` mean a mistake
     more often than "off"."""
     if not isinstance(value, bool):
-        raise ConfigurationError(f"{name} must be True or False, not {value!r}")
+        raise ConfigurationError(f"{name} must be True or False, not {shown(value)}")
     return value
 
 

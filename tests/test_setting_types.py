@@ -94,6 +94,7 @@ TOO_LARGE: list[tuple[str, Callable[[], object]]] = [
     ("max_redirects", lambda: SourceReader(max_redirects=-HUGE)),
     ("timeout", lambda: SourceReader(timeout=HUGE)),
     ("max_bytes", lambda: MemorySink(max_bytes=-HUGE)),
+    ("progress", batch(progress=HUGE)),
 ]
 
 
