@@ -739,11 +739,18 @@ class SourceReader:
                 f"{source.display}: only http and https URLs are fetched, not "
                 f"{parsed.scheme or 'this'}:"
             )
-        if not parsed.host:
+        try:  # the host decoded from IDNA: "xn--a" is no punycode (idna's UnicodeError)
+            host = parsed.host
+        except (UnicodeError, ValueError):
+            raise InvalidSourceError(
+                f"{source.display}: {printable(parsed.raw_host.decode('ascii', 'replace'))!r} "
+                "is not a valid host name"
+            ) from None
+        if not host:
             raise InvalidSourceError(f"{source.display}: URL has no host")
         if parsed.port is not None and not 0 < parsed.port < 65536:
             raise InvalidSourceError(f"{source.display}: port {parsed.port} is out of range")
-        _check_host(parsed.host, source.display)
+        _check_host(host, source.display)
         return parsed
 
     async def _send_pinned(
@@ -786,6 +793,10 @@ class SourceReader:
             raise SourceError(f"{source.display}: {type(exc).__name__}") from None
         except httpx.HTTPError as exc:
             raise SourceError(f"{source.display}: {type(exc).__name__}") from None
+        except UnicodeError as exc:  # httpx reads a redirect's host as it answers: "xn--a"
+            raise InvalidSourceError(
+                f"{source.display}: redirected to a malformed URL ({redact_text(str(exc))})"
+            ) from None
 
     async def _read_body(self, response: httpx.Response, source: ImageSource) -> bytes:
         if response.status_code == 404:
