@@ -30,6 +30,7 @@ __all__ = [
     "check_callback",
     "check_count",
     "check_flag",
+    "check_float_range",
     "check_given",
     "check_number",
     "check_server_url",
@@ -129,8 +130,7 @@ def shown(value: object) -> str:
 
 def check_count(name: str, value: object, least: int, *, most: int | None = sys.maxsize) -> int:
     """A whole number ``>= least`` (not a bool, not a float) and, unless ``most`` is
-    ``None``, ``<= most`` (past ``sys.maxsize`` no container, thread pool or float holds
-    it); return it."""
+    ``None``, ``<= most`` (no container holds more than ``sys.maxsize`` items); return it."""
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ConfigurationError(f"{name} must be a whole number >= {least}, not {shown(value)}")
     if most is not None and value > most:
@@ -138,6 +138,15 @@ def check_count(name: str, value: object, least: int, *, most: int | None = sys.
             f"{name} must be a whole number from {least} to {most:,}, not {shown(value)}"
         )
     return value
+
+
+def check_float_range(name: str, value: object) -> None:
+    """Refuse an integer past what a float holds (about 1.8e308): every wait and rate takes
+    a number as a float, and ``float()`` of it raises ``OverflowError``."""
+    if isinstance(value, int) and abs(value) > sys.float_info.max:
+        raise ConfigurationError(
+            f"{name} must be a number a float holds (float('inf') for no limit), not {shown(value)}"
+        )
 
 
 def check_number(
@@ -149,10 +158,7 @@ def check_number(
     return it."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"{name} must be a number, not {shown(value)}")
-    if isinstance(value, int) and abs(value) > sys.float_info.max:
-        raise ConfigurationError(
-            f"{name} must be a number a float holds (float('inf') for no limit), not {shown(value)}"
-        )
+    check_float_range(name, value)
     if math.isnan(value):
         raise ConfigurationError(f"{name} must be a number, not {value!r}")
     if value < 0 or (positive and value == 0):

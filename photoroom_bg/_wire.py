@@ -172,10 +172,9 @@ class Encoded:
                 self.texts[name] = [_check_text(wire_value(v), origin) for v in value]
             else:
                 self.texts[name] = _check_text(wire_value(value), origin)
-        except ValueError as exc:
-            if isinstance(exc, ValidationError):
-                raise
-            # str() of an integer past 4,300 digits: no number Photoroom takes either
+        except ValidationError:
+            raise
+        except ValueError:  # str() of an integer past 4,300 digits: none Photoroom takes
             raise ValidationError(
                 f"{origin} (sent as {name}) is {shown(python)}: too long to send"
             ) from None

@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from .._numbers import check_type, flag_validator, shown
+from .._numbers import check_float_range, check_type, flag_validator, shown
 from ..errors import ConfigurationError
 from ..sinks._s3 import presign_seconds
 
@@ -109,14 +109,8 @@ def _typed(_: type, fields: list[attrs.Attribute[Any]]) -> list[attrs.Attribute[
     return typed
 
 
-def _held(name: str, value: object) -> None:
-    """An int a float holds (the waits and the batch take every number as one)."""
-    if isinstance(value, int) and abs(value) > sys.float_info.max:
-        raise ConfigurationError(f"{name} must be a number a float holds, not {shown(value)}")
-
-
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    _held(attribute.name, value)
+    check_float_range(attribute.name, value)
     if not value > 0:  # NaN too
         raise ConfigurationError(f"{attribute.name} must be positive, not {shown(value)}")
 
@@ -135,7 +129,7 @@ def _presignable(_: object, attribute: attrs.Attribute[Any], value: int) -> None
 
 
 def _not_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    _held(attribute.name, value)
+    check_float_range(attribute.name, value)
     if not value >= 0:  # NaN too
         raise ConfigurationError(f"{attribute.name} must be 0 or more, not {shown(value)}")
 
