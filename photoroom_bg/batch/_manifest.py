@@ -22,6 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .. import _jsonsafe
 from .._logs import get_logger
+from .._redact import printable
 from ..errors import (
     ConfigurationError,
     ObjectNotFoundError,
@@ -296,6 +297,10 @@ class Manifest:
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot write the manifest at {self.path}: {exc.strerror or exc}"
+            ) from None
+        except ValueError as exc:  # a NUL byte in the path: no file can have that name
+            raise ConfigurationError(
+                f"cannot write the manifest at {printable(str(self.path))!r}: {exc}"
             ) from None
         self._handle = handle
         self._send, self._receive = anyio.create_memory_object_stream[bytes](math.inf)

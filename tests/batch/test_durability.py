@@ -104,6 +104,17 @@ def test_appending_after_a_torn_line_starts_on_a_new_line(
     assert len(job_records(manifest)) == 1 + 3
 
 
+def test_a_manifest_path_no_file_can_have_is_refused_before_anything_is_billed(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # open() raises ValueError for a NUL byte: it left submit() outside the SDK's errors,
+    # where the spill folder's and the sink's folder's were ConfigurationErrors
+    manifest = tmp_path / "runs\x00.jsonl"
+    with pytest.raises(ConfigurationError, match="cannot write the manifest"):
+        remover(emulator, MemorySink(), manifest=manifest).submit([photo()]).wait()
+    assert emulator.ledger.calls() == 0
+
+
 def test_a_file_that_is_not_a_manifest_is_refused_untouched_before_anything_is_billed(
     emulator: PhotoroomEmulator, tmp_path: Path
 ) -> None:
