@@ -11,6 +11,7 @@ a second store of jobs.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -165,7 +166,8 @@ class PrefectJobs:
         job_id: str | None = None,
         **overrides: Any,
     ) -> JobInfo:
-        """Start a job over ``sources`` (references: URLs, ``s3://`` URIs, paths).
+        """Start a job over ``sources`` (references: URLs, ``s3://`` URIs, paths; one may be
+        given alone, as a str or a path).
 
         Returns at once, with the job ``scheduled``. Parameters are validated first: a bad
         option, sink or engine raises here and nothing is created.
@@ -178,7 +180,10 @@ class PrefectJobs:
             **{
                 **self.defaults,
                 **overrides,
-                "sources": [str(s) for s in sources],
+                # one reference as a str (a Sequence[str] too): not one per character
+                "sources": [os.fspath(sources)]
+                if isinstance(sources, (str, os.PathLike))
+                else [str(s) for s in sources],
                 "sink": sink or self.sink,
                 "options": options_to_dict(options),
                 "job_id": check_job_id(job_id) if job_id else uuid.uuid4().hex,

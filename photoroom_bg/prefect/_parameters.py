@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -20,6 +21,14 @@ __all__ = ["DEFAULT_RATE_LIMIT", "JobParameters"]
 DEFAULT_RATE_LIMIT = "photoroom-bg"
 
 
+def _references(value: str | Sequence[str]) -> Any:
+    """One reference given as a str, as the flow takes it, is a list of one: not a list of
+    its characters (a str is a ``Sequence[str]`` too). Anything else is checked later."""
+    if isinstance(value, str):
+        return [value]
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 @attrs.frozen(kw_only=True)
 class JobParameters:
     """The validated parameters of a job (what ``remove_backgrounds`` takes).
@@ -27,7 +36,7 @@ class JobParameters:
     Checked when built: a bad value fails before anything is listed or billed.
     """
 
-    sources: list[str]
+    sources: list[str] = attrs.field(converter=_references)
     sink: str
     options: dict[str, Any] = attrs.field(factory=dict)
     shard_size: int = 100

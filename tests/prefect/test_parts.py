@@ -260,6 +260,28 @@ def test_relative_paths_of_a_job_are_the_callers(
     assert JobParameters(sources=urls, sink="s3://b/out").sink == "s3://b/out"
 
 
+def test_one_reference_given_as_a_string_is_one_source_not_one_per_character(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a str is a Sequence[str], so mypy let jobs.start("photos") through: the job listed
+    # "p", "h", "o", "t", "o", "s", each a path of its own, as JobParameters("photos") did
+    from photoroom_bg.prefect import PrefectJobs
+
+    monkeypatch.chdir(tmp_path)
+    assert JobParameters(sources="photos", sink="out").sources == [str(tmp_path / "photos")]
+    started: list[JobParameters] = []
+
+    async def start(self: PrefectJobs, params: JobParameters) -> JobParameters:
+        started.append(params)
+        return params
+
+    monkeypatch.setattr(PrefectJobs, "_start", start)
+    jobs = PrefectJobs("out")
+    _loop.run_sync(jobs.start("photos"))
+    _loop.run_sync(jobs.start(tmp_path / "more"))  # type: ignore[arg-type]
+    assert [p.sources for p in started] == [[str(tmp_path / "photos")], [str(tmp_path / "more")]]
+
+
 def test_job_ids_must_be_safe_key_segments() -> None:
     assert check_job_id("2026-11_run.3") == "2026-11_run.3"
     for bad in ("", "a/b", "..", ".hidden", "x" * 129, "a b"):
