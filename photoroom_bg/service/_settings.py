@@ -109,6 +109,11 @@ def _typed(_: type, fields: list[attrs.Attribute[Any]]) -> list[attrs.Attribute[
     return typed
 
 
+def _file_name(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if "\x00" in value:  # os.makedirs raises ValueError: the service would not start
+        raise ConfigurationError(f"{attribute.name} {value!r} holds a NUL byte: no folder can")
+
+
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     check_float_range(attribute.name, value)
     if not value > 0:  # NaN too
@@ -199,7 +204,7 @@ class ServiceSettings:
     timeout: float = attrs.field(default=120.0, validator=_positive)
     sink: str = "./photoroom-bg-data"
     s3_endpoint_url: str | None = None
-    state_dir: str = "./.photoroom-bg-state"
+    state_dir: str = attrs.field(default="./.photoroom-bg-state", validator=_file_name)
     tokens: tuple[str, ...] = attrs.field(default=(), converter=_words, repr=False)
     allow_unauthenticated: bool = False
     cors_origins: tuple[str, ...] = attrs.field(default=(), converter=_words)

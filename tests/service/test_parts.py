@@ -121,6 +121,7 @@ def test_bad_settings_are_configuration_errors(tmp_path: Path) -> None:
         {"base_url": 5},
         {"api_key": 5},
         {"state_dir": None},
+        {"state_dir": "state\x00"},  # a bare ValueError when the service started
         {"replica_id": 5},
         {"lease_seconds": "5"},
         {"photoroom_requests_per_minute": "5"},
