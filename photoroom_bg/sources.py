@@ -237,8 +237,11 @@ def _has_magic(text: str) -> bool:
 
 
 def _fs_text(item: str | os.PathLike[Any]) -> str:
-    text = os.fspath(item)
-    return os.fsdecode(text) if isinstance(text, bytes) else text
+    """The text of a path or URL; a path from ``~`` taken in the home folder, as the sink's
+    folder and a shell take it (``os.path.expanduser``: unchanged where no home is known)."""
+    path = os.fspath(item)
+    text = os.fsdecode(path) if isinstance(path, bytes) else path
+    return os.path.expanduser(text) if text.startswith("~") else text
 
 
 def _is_uri(text: str) -> bool:

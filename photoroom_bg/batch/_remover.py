@@ -47,6 +47,12 @@ __all__ = ["BatchRemover", "default_spill_dir"]
 logger = get_logger("photoroom_bg.batch")
 
 
+def _local_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute in the working folder of now, a path from ``~`` in the home
+    folder (as the sink's folder is taken): never a folder named "~" in the working one."""
+    return Path(os.path.expanduser(path)).absolute()
+
+
 def default_spill_dir() -> Path:
     """Where paid cut-outs wait when the sink does not take them:
     ``$PHOTOROOM_BG_SPILL_DIR``, else ``$XDG_CACHE_HOME/photoroom-bg/spill`` (or
@@ -237,11 +243,9 @@ class BatchRemover:
         self.skip_existing = skip_existing
         # taken in the working folder of now, as the sink's folder is: a notebook's %cd
         # before a submit() must not split one remover's files between two folders
-        self.manifest = Path(manifest).absolute() if manifest is not None else None
+        self.manifest = _local_file(manifest) if manifest is not None else None
         self.manifest_key = manifest_key
-        self.spill_dir = (
-            Path(spill_dir) if spill_dir is not None else default_spill_dir()
-        ).absolute()
+        self.spill_dir = _local_file(spill_dir if spill_dir is not None else default_spill_dir())
         self.store_retry_budget = store_retry_budget
         self.store_timeout = store_timeout
         self.sink_outage_budget = sink_outage_budget
@@ -364,8 +368,8 @@ class BatchRemover:
         if sources is None:
             if path is None:
                 raise ConfigurationError("resume() without sources needs a manifest")
-            sources = load_sources(path)
-        if path is not None and Path(path).absolute() != self.manifest:
+            sources = load_sources(_local_file(path))
+        if path is not None and _local_file(path) != self.manifest:
             return _with_changes(self, manifest=path).submit(sources)
         return self.submit(sources)
 

@@ -232,7 +232,8 @@ class FileSystemSink:
         if not os.fspath(root):  # an unset variable, most often: not "this folder"
             raise ConfigurationError("the sink's folder is an empty path: name one ('.' is here)")
         try:
-            self.root = Path(root).expanduser().resolve()
+            # os.path's expanduser: Path's raises RuntimeError where no home is known
+            self.root = Path(os.path.expanduser(root)).resolve()
         except (ValueError, OSError) as exc:  # a NUL byte, a symlink loop...
             shown = printable(os.fspath(root))
             raise ConfigurationError(f"{shown!r}: not a usable folder ({exc})") from None

@@ -1531,3 +1531,29 @@ def test_a_slow_callback_holds_up_no_call_and_pays_for_nothing_twice(tmp_path: P
     assert [kind for kind, _ in called] == ["result", "progress"] * 8
     assert [count for kind, count in called if kind == "progress"] == list(range(1, 9))
     assert "photoroom-bg-loop" not in threads, threads
+
+
+def test_paths_from_home_are_read_and_written_in_home_as_the_sinks_folder_is(
+    emulator: PhotoroomEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sink="~/cutouts"`` was expanded, but "~/photos" as a source was read as a folder
+    named "~" in the working folder (a SourceNotFoundError; a glob found nothing and the
+    batch reported 0 of 0), and ``manifest="~/runs.jsonl"`` made that folder."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    (home / "photos").mkdir(parents=True)
+    work.mkdir()
+    for name in ("a", "b", "c"):
+        (home / "photos" / f"{name}.png").write_bytes(photo())
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    batch = remover(emulator, "~/cutouts", manifest="~/runs.jsonl", spill_dir="~/spill")
+    runs = [(["~/photos"], 3), (["~/photos/*.png"], 3), (["~/photos/a.png", Path("~/b.png")], 2)]
+    (home / "b.png").write_bytes((home / "photos" / "b.png").read_bytes())
+    for sources, total in runs:
+        report = batch.submit(sources).wait(timeout=30)
+        assert report.failure_counts == {}, report
+        assert report.total_count == total
+    assert len(list((home / "cutouts").glob("*.png"))) == 3  # b twice: one image, one key
+    assert (home / "runs.jsonl").is_file()
+    assert batch.spill_dir == home / "spill"
+    assert list(work.iterdir()) == []  # no folder named "~"
