@@ -109,6 +109,12 @@ def _typed(_: type, fields: list[attrs.Attribute[Any]]) -> list[attrs.Attribute[
     return typed
 
 
+def _home(value: Any) -> Any:
+    """A folder from ``~`` in the home folder, as the sink's folder is taken (a ``.env`` file
+    or a compose file passes "~/state" on unexpanded): never a folder named "~"."""
+    return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") else value
+
+
 def _file_name(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if "\x00" in value:  # os.makedirs raises ValueError: the service would not start
         raise ConfigurationError(f"{attribute.name} {value!r} holds a NUL byte: no folder can")
@@ -204,7 +210,9 @@ class ServiceSettings:
     timeout: float = attrs.field(default=120.0, validator=_positive)
     sink: str = "./photoroom-bg-data"
     s3_endpoint_url: str | None = None
-    state_dir: str = attrs.field(default="./.photoroom-bg-state", validator=_file_name)
+    state_dir: str = attrs.field(
+        default="./.photoroom-bg-state", converter=_home, validator=_file_name
+    )
     tokens: tuple[str, ...] = attrs.field(default=(), converter=_words, repr=False)
     allow_unauthenticated: bool = False
     cors_origins: tuple[str, ...] = attrs.field(default=(), converter=_words)

@@ -73,6 +73,17 @@ def test_settings_are_read_from_the_environment_with_types(tmp_path: Path) -> No
     assert "first-token" not in repr(settings)
 
 
+def test_a_state_folder_from_home_is_in_home_as_the_sinks_folder_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a .env or compose file passes "~/state" on unexpanded: the sink's folder was taken in
+    # the home folder, the state folder as a folder named "~" in the working folder
+    monkeypatch.setenv("HOME", str(tmp_path))
+    settings = ServiceSettings.from_env({"PHOTOROOM_BG_STATE_DIR": "~/state"})
+    assert settings.state_dir == str(tmp_path / "state")
+    assert ServiceSettings(state_dir="~/s").state_dir == str(tmp_path / "s")
+
+
 def test_bad_settings_are_configuration_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="PHOTOROOM_BG_CONCURRENCY"):
         ServiceSettings.from_env({"PHOTOROOM_BG_CONCURRENCY": "many"})
