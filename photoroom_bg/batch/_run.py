@@ -120,6 +120,14 @@ class _InFlight:
     content: tuple[bytes, str] | None = None  # kept only while duplicates wait
 
 
+def _real(path: str) -> str:
+    """``path`` with its symlinks resolved, as far as they can be (else as given)."""
+    try:
+        return os.path.realpath(path)
+    except (OSError, ValueError):  # a NUL byte: refused where the file is opened
+        return os.path.normpath(path)
+
+
 class Batch:
     """One run of a :class:`~photoroom_bg.BatchRemover` over some sources.
 
@@ -324,11 +332,30 @@ class Batch:
             self._manifest_path = self._spool
         if self._manifest_path is None:
             return ManifestState()
+        if self.r.manifest is not None:
+            self._check_manifest_place(os.fspath(self.r.manifest))
         self._manifest = Manifest(self._manifest_path)
         await anyio.to_thread.run_sync(self._manifest.open)
         self._resources.callback(self._manifest.close)
         self._offset = await anyio.to_thread.run_sync(file_size, self._manifest_path)
         return await anyio.to_thread.run_sync(read_manifest, self._manifest_path)
+
+    def _check_manifest_place(self, manifest: str) -> None:
+        """Refuse a manifest named as the sink's folder or the spill folder, or as a folder
+        above one: those folders are made as cut-outs arrive, after the manifest, and a file
+        in their place would leave a paid cut-out nowhere to go."""
+        folders = [("the spill folder", os.fspath(self.r.spill_dir))]
+        place = place_of(self.r.sink)  # ("file", folder) for a file-system sink or a view
+        if isinstance(place, tuple) and place[0] == "file":
+            folders.insert(0, ("the sink's folder", str(place[1])))
+        file = _real(manifest)
+        for what, folder in folders:
+            real = _real(folder)
+            if real == file or real.startswith(file.rstrip(os.sep) + os.sep):
+                raise ConfigurationError(
+                    f"the manifest {manifest} is where {what} ({folder.rstrip(os.sep)}) goes: "
+                    "a file there leaves no room for the folder; name another file"
+                )
 
     def _make_engine(self) -> Engine:
         from .. import _loop

@@ -115,6 +115,36 @@ def test_a_manifest_path_no_file_can_have_is_refused_before_anything_is_billed(
     assert emulator.ledger.calls() == 0
 
 
+@pytest.mark.parametrize(
+    ("sink", "manifest", "spill", "where"),
+    [
+        ("out", "out", "spill", "the sink's folder"),
+        ("out/cutouts", "out", "spill", "the sink's folder"),
+        ("out", "runs", "runs", "the spill folder"),
+        ("out", "runs", "runs/spill", "the spill folder"),
+    ],
+)
+def test_a_manifest_where_a_folder_of_the_batch_goes_is_refused_before_anything_is_billed(
+    emulator: PhotoroomEmulator, tmp_path: Path, sink: str, manifest: str, spill: str, where: str
+) -> None:
+    # the folders are made as cut-outs arrive, the manifest when the batch opens: a manifest
+    # named as the sink's folder took its place, and the first paid cut-out could not be
+    # stored (spilled, the batch stopped); named as the spill folder, a cut-out the sink
+    # refused had nowhere to go
+    made = remover(
+        emulator, str(tmp_path / sink), manifest=tmp_path / manifest, spill_dir=tmp_path / spill
+    )
+    with pytest.raises(ConfigurationError, match=f"is where {where} .* goes"):
+        made.submit([photo()]).wait()
+    assert emulator.ledger.calls() == 0
+    assert sorted(os.listdir(tmp_path)) == []
+    with pytest.raises(ConfigurationError, match=f"is where {where} .* goes"):
+        remover(emulator, str(tmp_path / sink), spill_dir=tmp_path / spill).resume(
+            [photo()], manifest=tmp_path / manifest
+        )
+    assert emulator.ledger.calls() == 0
+
+
 def test_a_file_that_is_not_a_manifest_is_refused_untouched_before_anything_is_billed(
     emulator: PhotoroomEmulator, tmp_path: Path
 ) -> None:
