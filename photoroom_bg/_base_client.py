@@ -26,7 +26,7 @@ from ._deadline import overrun
 from ._images import ImageInput, answer_problem, load_image, validate_image
 from ._logs import get_logger
 from ._numbers import check_given, check_number, check_server_url, check_type, wait_limit
-from ._redact import install_log_redaction, redact_url
+from ._redact import install_log_redaction, printable, redact_text, redact_url
 from ._retry import RetryPolicy, parse_retry_after
 from ._warnings import PhotoroomWarning, warn_paid
 from .errors import (
@@ -38,6 +38,7 @@ from .errors import (
     BadRequestError,
     ConfigurationError,
     InvalidImageError,
+    InvalidSourceError,
     NotFoundError,
     OutOfCreditsError,
     PhotoroomBGError,
@@ -181,6 +182,23 @@ def parse_error_body(body: Any) -> tuple[str | None, str | None]:
 
 def _is_url(image: object) -> bool:
     return isinstance(image, str) and image[:8].lower().startswith(("http://", "https://"))
+
+
+def _image_url(image: str) -> str:
+    """``image``, an http(s) URL sent on as ``imageUrl``, once it is known to be a URL at all:
+    one that cannot be parsed or encoded (a NUL byte, a lone surrogate, no host, a port out of
+    range) is refused here, as a batch refuses it as a source, not sent for Photoroom to fail."""
+    try:
+        url = httpx.URL(image)
+        host, port = url.host, url.port  # the host decoded from IDNA may fail too
+        image.encode("utf-8")
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:  # UnicodeError is a ValueError
+        problem = redact_text(printable(str(exc)))
+    else:
+        if host and (port is None or 0 < port < 65536):
+            return image
+        problem = "no host" if not host else f"port {port} is out of range"
+    raise InvalidSourceError(f"{printable(redact_url(image))} is not a valid URL ({problem})")
 
 
 def _heavy(image: object, blobs: list[bytes]) -> bool:
@@ -403,7 +421,7 @@ class BaseClient:
         headers.update(encoded.headers)
         url = f"{self.image_api_base_url}/v2/edit"
         if _is_url(image):
-            image_url = str(image)
+            image_url = _image_url(str(image))
 
             def build_get(_: FileParts) -> RequestSpec:
                 _check_call(
@@ -465,7 +483,7 @@ class BaseClient:
             _wire.raise_or_warn(_rules.violations(_rules.RENDER_RULES, request), encoded, request)
 
         if _is_url(image):
-            image_url = str(image)
+            image_url = _image_url(str(image))
 
             def build_get(_: FileParts) -> RequestSpec:
                 check(encoded.request(method="GET", texts={"imageUrl": image_url}))

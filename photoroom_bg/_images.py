@@ -186,6 +186,14 @@ def load_image(image: ImageInput, *, max_bytes: int = MAX_INPUT_BYTES) -> tuple[
             ) from None
         except OSError as exc:
             raise InvalidImageError(f"cannot read {shown}: {exc.strerror or exc}") from None
+        except ValueError as exc:  # a NUL byte or a lone surrogate: no file system takes it
+            if isinstance(image, str) and is_url(image):
+                raise InvalidSourceError(
+                    f"{printable(redact_url(image))} is a URL, not a path: this call takes a "
+                    "path, bytes or a binary file"
+                ) from None
+            problem = printable(str(exc))
+            raise InvalidSourceError(f"{shown}: not a usable path ({problem})") from None
         return data, name
     read = getattr(image, "read", None)
     if read is None:

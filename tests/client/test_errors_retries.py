@@ -12,6 +12,7 @@ import re
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -438,6 +439,49 @@ async def test_a_url_given_where_a_path_goes_says_what_the_call_takes(
     assert "edit() takes an http(s) URL" in str(caught.value)
     assert "s3cret" not in str(caught.value)
     assert "pw" not in str(caught.value)
+
+
+@pytest.mark.parametrize("method", ["remove_background", "edit"])
+@pytest.mark.parametrize(
+    ("image", "shown"),
+    [
+        ("shoe\x00.jpg", "shoe\x00\\.jpg: not a usable path"),  # a NUL byte: no file system
+        (Path("shoe\x00.jpg"), "shoe\x00\\.jpg: not a usable path"),
+        ("shoe\ud800.jpg", r"shoe\\ud800\.jpg: not a usable path"),  # a lone surrogate
+        ("s3://bucket/shoe\x00.jpg", "is a URL, not a path"),
+    ],
+)
+async def test_a_path_no_file_system_takes_is_a_typed_error(
+    twin: Twin, respx_mock: respx.MockRouter, method: str, image: str | Path, shown: str
+) -> None:
+    # os.stat raised ValueError (embedded null byte) or UnicodeEncodeError out of the call,
+    # where a BatchRemover fails that job with InvalidSourceError
+    with pytest.raises(InvalidSourceError, match=shown):
+        await twin.call(method, image)
+    assert not respx_mock.calls
+    if method == "remove_background":  # edit() sends an http(s) URL on: see below
+        with pytest.raises(InvalidSourceError, match="is a URL, not a path"):
+            await twin.call(method, "http://127.0.0.1:9/shoe\x00.jpg")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/shoe\x00.jpg",
+        "https://127.0.0.1:9/\ud800.jpg",
+        "http://",
+        "https://[::1/shoe.jpg",
+        "http://127.0.0.1:99999/shoe.jpg",
+    ],
+)
+async def test_edit_refuses_an_image_url_that_is_no_url_before_sending(
+    twin: Twin, respx_mock: respx.MockRouter, url: str
+) -> None:
+    # sent on as imageUrl (httpx percent-encodes a NUL in a query), or UnicodeEncodeError
+    # out of the call; the batch refuses the same URLs as sources
+    with pytest.raises(InvalidSourceError, match="not a valid URL"):
+        await twin.call("edit", url)
+    assert not respx_mock.calls
 
 
 async def test_wrong_options_type_is_refused(twin: Twin) -> None:
