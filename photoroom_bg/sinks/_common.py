@@ -23,11 +23,20 @@ except ImportError:  # pragma: no cover - Windows
 
 
 def check_key(key: str) -> str:
-    """Refuse keys no sink should accept: empty, NUL, backslash, ``..``, absolute."""
+    """Refuse keys no sink should accept: empty, NUL, backslash, ``..``, absolute, or text
+    with no UTF-8 form (a lone surrogate, such as an undecodable file-name byte)."""
     if not isinstance(key, str) or not key:
         raise UnsafeKeyError("a key must be a non-empty string")
     if "\x00" in key:
         raise UnsafeKeyError(f"key {key!r} contains a NUL byte")
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise UnsafeKeyError(
+                f"key {key!r} is not text (a lone surrogate, {key[exc.start]!r}, at position "
+                f"{exc.start}): keys are UTF-8, as S3 keys are"
+            ) from None
     if "\\" in key:
         raise UnsafeKeyError(f"key {key!r} contains a backslash; use '/' between folders")
     if key.startswith("/"):

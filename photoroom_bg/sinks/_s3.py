@@ -389,9 +389,10 @@ class S3Sink:
 
     async def get(self, key: str) -> bytes:
         """Download ``key``."""
+        object_key = self._object_key(key)  # a malformed key is an UnsafeKeyError, not wrapped
         client = await self._s3()
         try:
-            answer = await client.get_object(Bucket=self.bucket, Key=self._object_key(key))
+            answer = await client.get_object(Bucket=self.bucket, Key=object_key)
             async with answer["Body"] as body:
                 return bytes(await body.read())
         except Exception as exc:
@@ -399,8 +400,9 @@ class S3Sink:
 
     async def url(self, key: str, *, expires: float | timedelta = 3600) -> str:
         """A presigned (SigV4) GET URL for ``key``, valid for ``expires`` (at most 7 days)."""
+        object_key = self._object_key(key)
         client = await self._s3()
-        return await self._presign(client, self._object_key(key), presign_seconds(expires))
+        return await self._presign(client, object_key, presign_seconds(expires))
 
     async def _presign(self, client: Any, object_key: str, expires: int) -> str:
         url = await client.generate_presigned_url(
@@ -410,9 +412,10 @@ class S3Sink:
 
     async def delete(self, key: str) -> None:
         """Delete ``key`` (no error if it is missing)."""
+        object_key = self._object_key(key)
         client = await self._s3()
         try:
-            await client.delete_object(Bucket=self.bucket, Key=self._object_key(key))
+            await client.delete_object(Bucket=self.bucket, Key=object_key)
         except Exception as exc:
             raise self._error(exc, "delete", key) from None
 

@@ -52,12 +52,34 @@ async def test_two_hundred_concurrent_puts(sink: Sink) -> None:
     assert dict(zip(payloads, contents, strict=True)) == payloads
 
 
-@pytest.mark.parametrize(
-    "key", ["../escape.png", "a/../../b.png", "/etc/passwd", "a\\b.png", "nul\x00.png", "", "a//b"]
-)
+MALFORMED_KEYS = [
+    "../escape.png",
+    "a/../../b.png",
+    "/etc/passwd",
+    "a\\b.png",
+    "nul\x00.png",
+    "",
+    "a//b",
+    "\ud800.png",  # a lone surrogate: no UTF-8 for it, so no S3 key and no file name
+    "a/\udcff.png",  # an undecodable file-name byte: a file name here, no S3 key
+]
+
+
+@pytest.mark.parametrize("key", MALFORMED_KEYS)
 async def test_traversal_and_malformed_keys_are_refused(sink: Sink, key: str) -> None:
     with pytest.raises(UnsafeKeyError):
         await sink.put(key, b"x")
+
+
+@pytest.mark.parametrize("key", MALFORMED_KEYS)
+async def test_every_call_refuses_a_malformed_key_with_the_same_typed_error(
+    sink: Sink, key: str
+) -> None:
+    # a lone surrogate raised UnicodeEncodeError out of put, exists, get and url, or was
+    # "not found" by one sink and an encoding error for another
+    for call in (sink.exists, sink.get, sink.url, sink.delete):
+        with pytest.raises(UnsafeKeyError, match="key"):
+            await call(key)
 
 
 @pytest.mark.parametrize(
