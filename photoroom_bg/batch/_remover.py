@@ -32,9 +32,10 @@ from .._numbers import (
 )
 from .._retry import RetryPolicy
 from ..engines._base import Engine
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, UnsafeKeyError
 from ..options import EditOptions, SegmentOptions
 from ..sinks import Sink, open_sink
+from ..sinks._common import check_key
 from ..sources import SourceReader, SourceSpec
 from ._handle import BatchHandle
 from ._jobs import BatchReport, JobResult, Progress
@@ -217,6 +218,11 @@ class BatchRemover:
         ):
             check_given(name, given)
             check_type(name, given, types, what)
+        if manifest_key is not None:
+            try:  # refused now, naming the setting, not as a sink that "is not usable"
+                check_key(manifest_key)
+            except UnsafeKeyError as exc:
+                raise ConfigurationError(f"manifest_key {manifest_key!r}: {exc}") from None
         _check_engine(engine)
         if engine is None:  # a bad timeout, or $PHOTOROOM_TIMEOUT, fails here, not mid-batch
             BaseClient._as_timeout(_env_timeout() if isinstance(timeout, NotGiven) else timeout)

@@ -145,6 +145,17 @@ def test_a_manifest_where_a_folder_of_the_batch_goes_is_refused_before_anything_
     assert emulator.ledger.calls() == 0
 
 
+@pytest.mark.parametrize("key", ["../runs.jsonl", "runs\x00.jsonl", "\ud800.jsonl", "/runs"])
+def test_a_manifest_key_no_sink_takes_is_refused_when_the_remover_is_made(
+    emulator: PhotoroomEmulator, key: str
+) -> None:
+    # refused only once the batch opened, as "the sink is not usable: key ...": the sink
+    # was fine, the setting was not
+    with pytest.raises(ConfigurationError, match=r"^manifest_key .*: key "):
+        remover(emulator, MemorySink(), manifest_key=key)
+    assert emulator.ledger.calls() == 0
+
+
 def test_a_file_that_is_not_a_manifest_is_refused_untouched_before_anything_is_billed(
     emulator: PhotoroomEmulator, tmp_path: Path
 ) -> None:
