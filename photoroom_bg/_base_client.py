@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import re
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -29,6 +28,7 @@ from ._numbers import check_given, check_number, check_server_url, check_type, w
 from ._redact import install_log_redaction, printable, redact_text, redact_url
 from ._retry import RetryPolicy, parse_retry_after
 from ._warnings import PhotoroomWarning, warn_paid
+from ._wire import check_headers
 from .errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -41,7 +41,6 @@ from .errors import (
     InvalidSourceError,
     NotFoundError,
     OutOfCreditsError,
-    PhotoroomBGError,
     RateLimitError,
     ServerError,
     ValidationError,
@@ -219,12 +218,6 @@ def _check_call(
     )
 
 
-# what h11 lets through: a token for a name; visible ASCII, with spaces and tabs inside, for
-# a value
-_HEADER_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
-_HEADER_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\x20\x09\x21-\x7e]*[\x21-\x7e])?)?")
-
-
 def checked_api_key(key: object) -> str:
     """The API key with the spaces and line breaks around it dropped (a key pasted or read
     from a file often has some). A key an HTTP header cannot carry is refused without being
@@ -242,21 +235,6 @@ def checked_api_key(key: object) -> str:
                 "copied whole, without quotes or a line break?)"
             )
     return key
-
-
-def check_headers(headers: Mapping[Any, Any], where: str, error: type[PhotoroomBGError]) -> None:
-    """Refuse header names and values that cannot travel over HTTP, naming the header but
-    not showing its value (it may be a credential)."""
-    for name, value in headers.items():
-        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
-            raise error(f"{where}: {name!r} is not a header name (letters, digits, - and _)")
-        if not isinstance(value, str):
-            raise error(f"{where}[{name!r}] must be a string, not {type(value).__name__}")
-        if not _HEADER_VALUE.fullmatch(value):
-            raise error(
-                f"{where}[{name!r}] cannot be sent: a header value is visible ASCII, without "
-                "line breaks, control characters or spaces around it (the value is not shown)"
-            )
 
 
 class BaseClient:

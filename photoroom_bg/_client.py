@@ -25,7 +25,6 @@ from ._base_client import (
     RequestSpec,
     Timeout,
     _has_request,
-    check_headers,
 )
 from ._deadline import answer_deadline, attempt, bound_answer, end_attempt, install_sync
 from ._images import ImageInput
@@ -241,7 +240,7 @@ def _build_request(
     (nine writes for one image and a few fields, where one does)."""
     headers = dict(spec.headers)
     if extra_headers:
-        check_headers(extra_headers, "extra_headers", ValidationError)
+        _wire.check_headers(extra_headers, "extra_headers", ValidationError)
         headers.update(extra_headers)
     if spec.files and not spec.params and http in _OWN_TRANSPORTS:
         request = _build_multipart(http, spec, headers, timeout)

@@ -27,7 +27,7 @@ from . import _jsonsafe, _rules
 from ._numbers import shown
 from ._redact import printable
 from ._warnings import warn
-from .errors import APIResponseValidationError, ValidationError
+from .errors import APIResponseValidationError, PhotoroomBGError, ValidationError
 from .models import Account, Credits
 
 if TYPE_CHECKING:
@@ -147,6 +147,27 @@ def _check_text(text: str, origin: str) -> str:
             rule="type",
         ) from None
     return text
+
+
+# what h11 lets through: a token for a name; visible ASCII, with spaces and tabs inside, for
+# a value
+_HEADER_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\x20\x09\x21-\x7e]*[\x21-\x7e])?)?")
+
+
+def check_headers(headers: Mapping[Any, Any], where: str, error: type[PhotoroomBGError]) -> None:
+    """Refuse header names and values that cannot travel over HTTP, naming the header but
+    not showing its value (it may be a credential)."""
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise error(f"{where}: {name!r} is not a header name (letters, digits, - and _)")
+        if not isinstance(value, str):
+            raise error(f"{where}[{name!r}] must be a string, not {type(value).__name__}")
+        if not _HEADER_VALUE.fullmatch(value):
+            raise error(
+                f"{where}[{name!r}] cannot be sent: a header value is visible ASCII, without "
+                "line breaks, control characters or spaces around it (the value is not shown)"
+            )
 
 
 @attrs.define
@@ -277,6 +298,9 @@ def encode(options: Any) -> Encoded:
             encoded.headers[header] = str(value)
             encoded.origins[header] = field.name
             encoded.values[header] = value
+    # refused when the options are made: a value that is not ASCII raised UnicodeEncodeError
+    # out of the call, and a line break or a bad name failed as it was sent
+    check_headers(options.extra_headers, "extra_headers", ValidationError)
     for name, value in options.extra_headers.items():
         encoded.headers[name] = value
         encoded.origins[name.lower()] = f"extra_headers[{name!r}]"

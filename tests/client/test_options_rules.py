@@ -423,3 +423,35 @@ def test_an_integer_too_long_to_send_is_a_validation_error(make: Any, name: str)
     with pytest.raises(ValidationError, match="more than 4,300 digits") as caught:
         make(10**5000)
     assert name in str(caught.value)
+
+
+@pytest.mark.parametrize("options", [SegmentOptions, EditOptions])
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ({"x-trace": "caf\u00e9"}, "cannot be sent: a header value is visible ASCII"),  # non-ASCII
+        ({"x-trace": "\ud800"}, "cannot be sent: a header value is visible ASCII"),
+        ({"x-trace": "a\r\nx-api-key: other"}, "cannot be sent: a header value is visible ASCII"),
+        ({"x-trace": "a\x00"}, "cannot be sent: a header value is visible ASCII"),
+        ({"x trace": "1"}, "is not a header name"),
+        ({"x-tr\u00e4ce": "1"}, "is not a header name"),
+        ({"": "1"}, "is not a header name"),
+        ({"x-trace": 1}, "must be a string, not int"),
+    ],
+)
+def test_a_header_http_cannot_carry_is_refused_when_the_options_are_made(
+    options: Any, headers: dict[str, Any], problem: str
+) -> None:
+    # a non-ASCII value raised UnicodeEncodeError out of the call; a CR LF, a NUL or a bad
+    # name failed when sent, as an APIConnectionError that a batch retried
+    with pytest.raises(ValidationError, match=problem) as caught:
+        options(extra_headers=headers)
+    assert str(caught.value).startswith("extra_headers")
+    assert "other" not in str(caught.value)  # a value is never shown: it may be a secret
+
+
+def test_headers_http_can_carry_are_kept() -> None:
+    made = SegmentOptions(extra_headers={"X-Trace_ID.1": "a b\tc !~", "x-empty": ""})
+    assert dict(made.extra_headers) == {"X-Trace_ID.1": "a b\tc !~", "x-empty": ""}
+    with pytest.raises(ValidationError, match="cannot be sent"):  # spaces around: h11's rule
+        SegmentOptions(extra_headers={"x-trace": " a"})
