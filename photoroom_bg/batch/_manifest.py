@@ -346,7 +346,8 @@ class Manifest:
         }
         if retry:
             record["retry"] = True
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        # a name that is not valid UTF-8 keeps its escapes, as in the job records below
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
         try:
             await anyio.to_thread.run_sync(self._append, [line])
         except OSError as exc:  # before the run starts: nothing is billed

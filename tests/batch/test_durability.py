@@ -257,6 +257,25 @@ def test_resume_after_retry_failed_finds_the_batch_sources_in_an_earlier_run(
     assert emulator.ledger.calls() == 5
 
 
+def test_sources_that_are_not_utf8_text_are_recorded_and_resumed_as_given(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # the run's record of its sources was encoded strictly: a file name that is not UTF-8
+    # (os.fsdecode's \udcxx) or a URL holding a lone surrogate made submit() raise
+    # UnicodeEncodeError, and the batch could not start
+    odd = tmp_path / os.fsdecode(b"caf\xe9.png")
+    odd.write_bytes(photo())
+    manifest = tmp_path / "m.jsonl"
+    sources = [str(odd), "http://127.0.0.1:9/\ud800.png"]
+    batch = remover(emulator, tmp_path / "out", manifest=manifest)
+    first = batch.submit(sources).wait()
+    assert (first.stored_count, first.failure_counts) == (1, {"InvalidSourceError": 1})
+    assert load_sources(manifest) == sources
+    again = batch.resume().wait()  # from the manifest's own record of the sources
+    assert (again.total_count, again.skipped_count) == (2, 1)
+    assert emulator.ledger.calls() == 1
+
+
 @pytest.mark.parametrize("skip_existing", [True, False])
 @pytest.mark.parametrize("durable", [True, False])
 def test_a_resume_checks_what_a_sink_that_is_not_durable_kept(
