@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["loads"]
+__all__ = ["loads", "loads_text"]
 
 
 def loads(text: str | bytes | bytearray) -> Any:
@@ -21,3 +21,17 @@ def loads(text: str | bytes | bytearray) -> Any:
         return json.loads(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply to read") from None
+
+
+def loads_text(text: str | bytes | bytearray) -> Any:
+    """:func:`loads`, and a string holding a lone surrogate (a ``\\ud800`` escape: valid
+    JSON, but no text UTF-8 can carry) is a ``ValueError`` too: echoed in an answer or a
+    record, it would fail that answer's own encoding."""
+    value = loads(text)
+    probe = text.lower() if isinstance(text, str) else bytes(text).lower()
+    if ("\\ud" if isinstance(probe, str) else b"\\ud") in probe:  # only an escape makes one
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("JSON holds a \\ud800-\\udfff escape that is not text") from None
+    return value

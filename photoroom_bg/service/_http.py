@@ -193,10 +193,11 @@ class RequestBody:
             return None
         if isinstance(value, str):
             try:
-                value = _jsonsafe.loads(value)
-            except ValueError:  # malformed, nested too deeply, an integer of too many digits
+                value = _jsonsafe.loads_text(value)
+            except ValueError as exc:  # malformed, too deep, too many digits, no text
+                detail = "not text" if "not text" in str(exc) else "not JSON"
                 raise Problem(
-                    422, "invalid_request", "The request is not valid", f"{name}: not JSON"
+                    422, "invalid_request", "The request is not valid", f"{name}: {detail}"
                 ) from None
         if not isinstance(value, dict):
             raise Problem(
@@ -230,13 +231,16 @@ async def read_body(request: Request, *, max_files: int) -> RequestBody:
     if not raw.strip():
         return RequestBody({})
     try:  # UnicodeDecodeError and JSONDecodeError are ValueErrors, as is nesting too deep
-        parsed = _jsonsafe.loads(raw)
-    except ValueError:
+        parsed = _jsonsafe.loads_text(raw)
+    except ValueError as exc:
+        no_text = "not text" in str(exc)
         raise Problem(
             415 if content_type not in ("application/json", "") else 422,
             "invalid_request",
             "The request is not valid",
-            "send a JSON object or a multipart/form-data form",
+            "a string of the body is not text: it holds a \\ud800-\\udfff escape of no character"
+            if no_text
+            else "send a JSON object or a multipart/form-data form",
         ) from None
     if isinstance(parsed, list):
         parsed = {"image_urls": parsed}

@@ -822,3 +822,35 @@ def test_a_declared_length_too_long_for_int_is_a_body_too_large(tmp_path: Path) 
             )
             assert answer.status_code == 413, answer.text[:300]
             assert answer.json()["code"] == "body_too_large"
+
+
+@pytest.mark.filterwarnings("ignore:Using .httpx. with .starlette.testclient")
+def test_json_text_no_utf8_can_carry_is_a_422_on_every_endpoint(tmp_path: Path) -> None:
+    """A ``\\ud800`` escape is valid JSON syntax but no text: echoed in an answer it failed
+    the answer's own encoding (a 500), after the request had been taken."""
+    url = r"http://127.0.0.1:9/\ud800.png"  # the JSON escape, as a caller sends it
+    bodies = [
+        f'{{"image_urls": ["{url}"]}}',
+        f'["{url}"]',
+        f'{{"image_url": "{url}"}}',
+        f'{{"image_urls": ["{NO_IMAGE}"], "options": {{"bg_color": "\\udfff"}}}}',
+        f'{{"job_ids": ["\\ud83d"], "image_urls": ["{url}"]}}',
+    ]
+    paths = [
+        "/api/v1/remove-background",
+        "/api/v1/remove-backgrounds",
+        "/api/v2/remove-backgrounds",
+        "/api/v2/remove-backgrounds/results",
+    ]
+    with mounted(tmp_path) as (client, auth):
+        as_json = {**auth, "Content-Type": "application/json"}
+        for path in paths:
+            answers = [client.post(path, content=body, headers=as_json) for body in bodies]
+            if path != paths[-1]:
+                field = "image_url" if path == paths[0] else "image_urls"
+                form = {field: NO_IMAGE, "options": '{"bg_color": "\\ud800"}'}
+                answers.append(client.post(path, data=form, headers=auth))
+            for answer in answers:
+                assert answer.status_code == 422, (path, answer.text[:300])
+                assert answer.json()["code"] == "invalid_request", (path, answer.text[:300])
+                assert "not text" in answer.json()["detail"]
