@@ -137,7 +137,11 @@ class JobStore:
 
     async def write(self, key: str, record: dict[str, Any]) -> None:
         """Store ``record`` as JSON under ``key`` (replacing it)."""
-        body = json.dumps(record, ensure_ascii=False, sort_keys=True).encode()
+        # a file name that is not UTF-8 (a shard's paths, listed on a worker) keeps its
+        # \udcxx escapes: it reads back as it was
+        body = json.dumps(record, ensure_ascii=False, sort_keys=True).encode(
+            "utf-8", "backslashreplace"
+        )
         await self.sink.put(key, body, content_type="application/json", metadata={})
 
     async def control(self) -> Control:

@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from .._numbers import check_count, check_flag, check_given, check_number
+from .._redact import printable
 from ..errors import ConfigurationError
 from ..sources import _local_under, _working_folder
 from ._environment import check_shared_sink
@@ -27,6 +28,21 @@ def _references(value: str | Sequence[str]) -> Any:
     if isinstance(value, str):
         return [value]
     return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _check_text(name: str, value: str) -> None:
+    """Refuse a string JSON cannot carry as text: a job's parameters travel as JSON, to the
+    Prefect server and into the job's own records."""
+    if value.isascii():
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigurationError(
+            f"{name} {printable(value)!r} is not text: it holds a lone surrogate at position "
+            f"{exc.start} (a file name that is not UTF-8, read with os.fsdecode?), which a job's "
+            "parameters cannot carry; rename the file, or give its folder"
+        ) from None
 
 
 @attrs.frozen(kw_only=True)
@@ -59,6 +75,9 @@ class JobParameters:
         check_shared_sink(self.sink)
         if not self.sources or not all(isinstance(s, str) and s for s in self.sources):
             raise ConfigurationError("sources must be a non-empty list of references (strings)")
+        _check_text("sink", self.sink)
+        for index, source in enumerate(self.sources):
+            _check_text(f"sources[{index}]", source)
         for name, least in (
             ("shard_size", 1), ("concurrency", 1), ("max_running_shards", 1), ("max_failures", 0),
             ("max_retries", 0),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pickle
 import time
 from pathlib import Path
@@ -280,6 +281,33 @@ def test_one_reference_given_as_a_string_is_one_source_not_one_per_character(
     _loop.run_sync(jobs.start("photos"))
     _loop.run_sync(jobs.start(tmp_path / "more"))  # type: ignore[arg-type]
     assert [p.sources for p in started] == [[str(tmp_path / "photos")], [str(tmp_path / "more")]]
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"sources": ["http://127.0.0.1:9/\ud800.png"]},
+        {"sources": [os.fsdecode(b"/photos/caf\xe9.png")]},  # a file name that is no UTF-8
+        {"sink": "out/\udcff"},
+    ],
+)
+def test_a_reference_no_worker_can_be_sent_is_refused_naming_it(given: dict[str, Any]) -> None:
+    # job parameters travel as JSON (to Prefect's server, and the job's own records): such
+    # a string raised UnicodeEncodeError from the first record's write
+    kwargs: dict[str, Any] = {"sources": ["http://127.0.0.1:9/a.png"], "sink": "out", **given}
+    with pytest.raises(ConfigurationError, match=r"is not text: .*rename"):
+        JobParameters(**kwargs)
+
+
+def test_a_record_holding_a_file_name_that_is_no_utf8_reads_back_as_it_was(
+    tmp_path: Path,
+) -> None:
+    # a folder's listing on a worker gives such names (os.fsdecode's \udcxx); a shard's
+    # record of them raised UnicodeEncodeError, and the shard could not be written
+    store = _job_store(tmp_path)
+    name = os.fsdecode(b"/photos/caf\xe9.png")
+    _loop.run_sync(store.write("jobs/job/shards/0.json", {"sources": [name]}))
+    assert _loop.run_sync(store.read("jobs/job/shards/0.json")) == {"sources": [name]}
 
 
 def test_job_ids_must_be_safe_key_segments() -> None:
