@@ -28,8 +28,8 @@ def loads_text(text: str | bytes | bytearray) -> Any:
     JSON, but no text UTF-8 can carry) is a ``ValueError`` too: echoed in an answer or a
     record, it would fail that answer's own encoding."""
     value = loads(text)
-    probe = text.lower() if isinstance(text, str) else bytes(text).lower()
-    if ("\\ud" if isinstance(probe, str) else b"\\ud") in probe:  # only an escape makes one
+    escaped = "\\ud" in text.lower() if isinstance(text, str) else b"\\ud" in text.lower()
+    if escaped:  # only a \\udxxx escape makes one: UTF-8 decoding never does
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
