@@ -561,7 +561,7 @@ class BaseClient:
         status = response.status_code
         body: Any = None
         try:  # not JSON (HTML from a proxy, an empty body, nested too deeply), or not UTF-8
-            body = _jsonsafe.loads(response.content)
+            body = _jsonsafe.loads_answer(response.content)
         except ValueError:
             body = None
         message, kind = parse_error_body(body)
@@ -640,7 +640,7 @@ class BaseClient:
     @staticmethod
     def _structure(response: httpx.Response, cls: type[T]) -> T:
         try:
-            return _wire.converter.structure(_jsonsafe.loads(response.content), cls)
+            return _wire.converter.structure(_jsonsafe.loads_answer(response.content), cls)
         except (ValueError, TypeError, KeyError) as exc:
             raise APIResponseValidationError(
                 f"unexpected {cls.__name__.lower()} body: {exc}",

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["loads", "loads_text"]
+from ._redact import printable
+
+__all__ = ["loads", "loads_answer", "loads_text"]
 
 
 def loads(text: str | bytes | bytearray) -> Any:
@@ -34,4 +36,28 @@ def loads_text(text: str | bytes | bytearray) -> Any:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError("JSON holds a \\ud800-\\udfff escape that is not text") from None
+    return value
+
+
+def loads_answer(text: str | bytes | bytearray) -> Any:
+    """:func:`loads` for a server's answer, whose strings end up in messages and models: a
+    lone surrogate (a ``\\ud800`` escape) is kept as that escape's text, so that printing or
+    logging what the answer said never fails to encode."""
+    value = loads(text)
+    escaped = "\\ud" in text.lower() if isinstance(text, str) else b"\\ud" in text.lower()
+    if not escaped:
+        return value
+    try:
+        return _printable(value)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, list):
+        return [_printable(item) for item in value]
+    if isinstance(value, dict):
+        return {printable(key): _printable(item) for key, item in value.items()}
     return value

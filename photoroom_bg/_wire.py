@@ -429,7 +429,7 @@ converter.register_structure_hook(Credits, _structure_credits)
 def decode_base64_image(body: bytes, response: httpx.Response | None = None) -> bytes:
     """Decode the JSON body of a base64 ``/v1/segment`` answer (``base64img`` or ``result_b64``)."""
     try:
-        data = _jsonsafe.loads(body)
+        data = _jsonsafe.loads_answer(body)
         encoded = data.get("base64img") or data.get("result_b64")
         if not isinstance(encoded, str):
             raise KeyError("base64img")

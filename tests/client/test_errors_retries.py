@@ -1207,3 +1207,28 @@ async def test_an_answer_or_account_body_nested_too_deeply_is_a_spoiled_answer(
     with pytest.raises(APIResponseValidationError, match="unexpected account body") as account:
         await twin.call("account", max_retries=0)
     assert account.value.possibly_billed is False
+
+
+@pytest.mark.parametrize("status", [400, 402, 500])
+async def test_an_answer_whose_text_is_no_utf8_gives_messages_that_print(
+    twin: Twin, respx_mock: respx.MockRouter, status: int
+) -> None:
+    # a \ud800 escape is valid JSON but no character: the error's message (and an account's
+    # plan) held a lone surrogate, so printing or logging it raised UnicodeEncodeError
+    respx_mock.post(SEGMENT).respond(
+        status,
+        content=b'{"detail": "bad \\ud800 input", "type": "\\udfff"}',
+        headers={"content-type": "application/json"},
+    )
+    respx_mock.get(ACCOUNT).respond(
+        200,
+        content=b'{"credits": {"available": 1, "subscription": 2}, "plan": "pro \\udc00"}',
+        headers={"content-type": "application/json"},
+    )
+    with pytest.raises(APIStatusError) as caught:
+        await twin.call("remove_background", png(), max_retries=0)
+    assert "bad \\ud800 input" in str(caught.value)
+    str(caught.value).encode()
+    caught.value.message.encode()
+    account = await twin.call("account", max_retries=0)
+    assert account.plan == "pro \\udc00"
