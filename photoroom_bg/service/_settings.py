@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable, Mapping
@@ -18,6 +19,7 @@ from typing import Any
 import attrs
 
 from .._numbers import check_float_range, check_type, flag_validator, shown
+from .._redact import printable
 from ..errors import ConfigurationError
 from ..sinks._s3 import presign_seconds
 
@@ -64,6 +66,9 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+
+
 def _words(value: Any) -> Any:
     """A comma or space separated str, or a list of str, as a tuple; anything else as it is
     (for the field's type check to refuse, naming the field)."""
@@ -72,6 +77,20 @@ def _words(value: Any) -> Any:
     if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
         return tuple(value)
     return value
+
+
+def _sendable(_: object, attribute: attrs.Attribute[Any], tokens: object) -> None:
+    """Each token a client can send as ``Authorization: Bearer <token>``: visible ASCII. A
+    token is never shown: it is a secret."""
+    if not isinstance(tokens, tuple):
+        return  # the type check's to refuse
+    for number, token in enumerate(tokens, 1):
+        if isinstance(token, str) and not _TOKEN.fullmatch(token):
+            raise ConfigurationError(
+                f"{ENVIRONMENT[attribute.name]}: token {number} of {len(tokens)} cannot be sent "
+                "in an Authorization header (it holds a space, a control character or a "
+                "character that is not ASCII): no client could use it"
+            )
 
 
 def _of_type(kind: str) -> Callable[[object, attrs.Attribute[Any], object], None] | None:
@@ -213,7 +232,9 @@ class ServiceSettings:
     state_dir: str = attrs.field(
         default="./.photoroom-bg-state", converter=_home, validator=_file_name
     )
-    tokens: tuple[str, ...] = attrs.field(default=(), converter=_words, repr=False)
+    tokens: tuple[str, ...] = attrs.field(
+        default=(), converter=_words, validator=_sendable, repr=False
+    )
     allow_unauthenticated: bool = False
     cors_origins: tuple[str, ...] = attrs.field(default=(), converter=_words)
     max_body_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=[_whole, _positive])
@@ -290,6 +311,11 @@ def _read_file(variable: str, path: str) -> str:
         return Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigurationError(f"cannot read {variable}={path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:  # a secret: its bytes are not shown
+        raise ConfigurationError(
+            f"{variable}={printable(path)}: the file is not UTF-8 text (byte {exc.start}); "
+            "save it as UTF-8"
+        ) from None
 
 
 def _parse(name: str, variable: str, raw: str, kind: Any) -> Any:

@@ -84,6 +84,35 @@ def test_a_state_folder_from_home_is_in_home_as_the_sinks_folder_is(
     assert ServiceSettings(state_dir="~/s").state_dir == str(tmp_path / "s")
 
 
+@pytest.mark.parametrize(
+    "token",
+    ["s3cret\udcff", "s3cr\u00e9t", "s3cret\x7f", "s3cret\x00"],
+    ids=["not-utf8", "non-ascii", "del", "nul"],
+)
+def test_a_token_no_client_can_send_is_refused_without_showing_it(
+    tmp_path: Path, token: str
+) -> None:
+    # a byte that is no UTF-8 (os.environ's \udcxx) made the service's start fail with a bare
+    # UnicodeEncodeError; the others started a service no client could authenticate to
+    with pytest.raises(ConfigurationError, match="token 2 of 2") as caught:
+        ServiceSettings(sink="memory://", state_dir=str(tmp_path), tokens=("fine", token))
+    assert "s3cr" not in str(caught.value)
+    with pytest.raises(ConfigurationError, match="PHOTOROOM_BG_TOKENS: token 2 of 2"):
+        ServiceSettings.from_env({"PHOTOROOM_BG_TOKENS": f"fine,{token}"})
+
+
+@pytest.mark.parametrize("variable", ["PHOTOROOM_BG_TOKENS_FILE", "PHOTOROOM_API_KEY_FILE"])
+def test_a_secret_file_that_is_no_utf8_text_is_refused_without_showing_it(
+    tmp_path: Path, variable: str
+) -> None:
+    # read_text raised UnicodeDecodeError (a ValueError, where OSErrors were caught)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s3cret\xff\xfe\n")
+    with pytest.raises(ConfigurationError, match=f"{variable}=.*not UTF-8 text") as caught:
+        ServiceSettings.from_env({variable: str(secret)})
+    assert "s3cret" not in str(caught.value)
+
+
 def test_bad_settings_are_configuration_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="PHOTOROOM_BG_CONCURRENCY"):
         ServiceSettings.from_env({"PHOTOROOM_BG_CONCURRENCY": "many"})
