@@ -263,6 +263,10 @@ def _read_key(api_key_file: str | None, api_key: str | None) -> str | None:
             key = Path(api_key_file).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise _UsageError(f"cannot read --api-key-file: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:  # a secret: its bytes are not shown
+            raise _UsageError(
+                f"--api-key-file: the file is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+            ) from None
         if not key:
             raise _UsageError(f"--api-key-file {printable(api_key_file)} is empty")
         return key

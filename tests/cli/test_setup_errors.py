@@ -70,6 +70,24 @@ def test_an_empty_option_is_refused_rather_than_read_as_the_default(
     assert emulator.ledger.calls() == 0
 
 
+def test_an_api_key_file_that_is_no_utf8_text_is_refused_without_showing_it(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    # read_text raised UnicodeDecodeError: a traceback, where an unreadable file was a usage
+    # error
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"s3cret\xff\xfe\n")
+    result = run(
+        "remove", str(folder), "-o", str(tmp_path / "out"), "--api-key-file", str(key_file),
+        "--base-url", str(emulator.url), "-q",
+    )  # fmt: skip
+    assert_refused(
+        result, 2, "--api-key-file: the file is not UTF-8 text (byte 6); save it as UTF-8"
+    )
+    assert "s3cret" not in result.output
+    assert emulator.ledger.calls() == 0
+
+
 def test_an_empty_input_argument_is_called_an_empty_path(
     emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
 ) -> None:
