@@ -39,7 +39,7 @@ from ..errors import (
     UnsafeKeyError,
 )
 from ._base import StoredObject
-from ._common import DISK_FULL, check_key, sha256_checksum, try_lock
+from ._common import DISK_FULL, check_key, seconds, sha256_checksum, try_lock
 
 __all__ = ["FileSystemSink"]
 
@@ -665,7 +665,9 @@ class FileSystemSink:
         return self._describe(key, where, info.st_size, content_type, checksum, meta)
 
     async def url(self, key: str, *, expires: float | timedelta = 3600) -> str:
-        """The ``file://`` URI of ``root/key`` (``expires`` does not apply)."""
+        """The ``file://`` URI of ``root/key`` (``expires`` is checked as S3Sink checks it;
+        a file URI does not expire)."""
+        seconds(expires)
         target = self.path(key)
         if not await self._run("check", key, lambda: _is_regular(target)):
             raise ObjectNotFoundError(f"no object {key!r} under {self.root}")

@@ -10,7 +10,7 @@ from urllib.parse import quote
 from .._numbers import check_count
 from ..errors import ObjectNotFoundError, StorageFullError
 from ._base import StoredObject
-from ._common import check_key, sha256_checksum
+from ._common import check_key, seconds, sha256_checksum
 
 __all__ = ["MemorySink"]
 
@@ -102,7 +102,9 @@ class MemorySink:
             raise ObjectNotFoundError(f"no object {key!r} in MemorySink") from None
 
     async def url(self, key: str, *, expires: float | timedelta = 3600) -> str:
-        """The ``memory://`` URI of ``key``."""
+        """The ``memory://`` URI of ``key`` (``expires`` is checked as S3Sink checks it; a
+        memory URI does not expire)."""
+        seconds(expires)
         return (await self.stat(key)).url
 
     async def delete(self, key: str) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
+from typing import Any
 
 import pytest
 
-from photoroom_bg.errors import ObjectNotFoundError, UnsafeKeyError
+from photoroom_bg.errors import ConfigurationError, ObjectNotFoundError, UnsafeKeyError
 from photoroom_bg.sinks import Sink
 
 from .conftest import fetch
@@ -99,3 +101,17 @@ async def test_odd_keys_round_trip_and_their_urls_fetch_the_right_object(
 
 def stored_bytes(key: str) -> bytes:
     return f"right object for {key}".encode()
+
+
+@pytest.mark.parametrize(
+    "expires",
+    [0, -1, float("nan"), float("inf"), "3600", True, timedelta(seconds=-5), 10**400],
+    ids=["zero", "negative", "nan", "inf", "str", "bool", "negative-timedelta", "huge"],
+)
+async def test_every_sink_refuses_an_expiry_no_url_can_have(sink: Sink, expires: Any) -> None:
+    # memory and file-system sinks took any value and S3 refused it: code tried on a
+    # folder failed on the bucket
+    await sink.put("k.png", b"x")
+    with pytest.raises(ConfigurationError, match="expires"):
+        await sink.url("k.png", expires=expires)
+    assert await sink.url("k.png", expires=timedelta(minutes=5))
