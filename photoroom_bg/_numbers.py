@@ -171,12 +171,19 @@ def check_number(
 
 def wait_limit(name: str, timeout: float | None) -> float | None:
     """``timeout`` for a blocking wait: ``None`` (no limit) for ``None``, ``inf`` or more than
-    :data:`LONGEST_WAIT`; a NaN or something other than a number is refused, naming ``name``."""
+    :data:`LONGEST_WAIT`, 0 for a negative one; a NaN or something other than a number is
+    refused, naming ``name``."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout):
-        raise ConfigurationError(f"{name} must be seconds or None, not {timeout!r}")
-    return None if timeout >= LONGEST_WAIT else float(timeout)
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or (isinstance(timeout, float) and math.isnan(timeout))
+    ):
+        raise ConfigurationError(f"{name} must be seconds or None, not {shown(timeout)}")
+    # an integer past what a float holds is compared as it is (float() of it would raise);
+    # a negative wait is no wait
+    return None if timeout >= LONGEST_WAIT else float(max(timeout, 0))
 
 
 def sleep_seconds(seconds: float) -> float:

@@ -705,7 +705,15 @@ def test_wait_and_exception_time_out_with_a_message_and_the_batch_goes_on() -> N
             handle.exception(timeout=0.01)
         with pytest.raises(TimeoutError, match=r"no job finished within 0\.01 s"):
             next(handle.as_completed(timeout=0.01))
-        assert handle.wait().stored_count == 1
+        # past what a float holds: math.isnan raised OverflowError out of each call. Too
+        # long to wait is no limit, as inf is; a negative one is no wait, as 0 is
+        for wait in (handle.wait, handle.exception):
+            with pytest.raises(TimeoutError, match="within 0 s; it goes on"):
+                wait(timeout=-(10**400))
+        with pytest.raises(TimeoutError, match="within 0 s; the batch goes on"):
+            next(handle.as_completed(timeout=-(10**400)))
+        assert handle.wait(timeout=10**400).stored_count == 1
+        assert [job.index for job in handle.as_completed(timeout=10**400)] == [0]
 
 
 async def test_a_completed_jobs_loop_left_early_stops_listening_when_closed(
