@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import math
 import random
 import re
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping
 
 import attrs
+
+from .._numbers import shown
 
 __all__ = ["BILLED_FAULTS", "FAULTS", "Faults", "parse_duration"]
 
@@ -59,8 +61,8 @@ def _check_paths(_: object, __: object, paths: tuple[str, ...] | None) -> None:
 def _seconds(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be seconds, not {value!r}")
-    if not 0 <= value < math.inf:  # NaN too
-        raise ValueError(f"{name} must be finite seconds >= 0, not {value!r}")
+    if not 0 <= value <= sys.float_info.max:  # NaN and inf too, and an int no float holds
+        raise ValueError(f"{name} must be finite seconds >= 0, not {shown(value)}")
 
 
 def _check_latency(_: object, __: object, latency: float | tuple[float, float]) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from .._numbers import shown
 from ._app import EmulatorApp, LoggedRequest
 from ._faults import FaultPicker, Faults
 from ._imaging import BorderColorSegmenter, Segmenter
@@ -31,6 +32,18 @@ def listen_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     return sock
+
+
+def _credits(value: object) -> float:
+    """A balance as a float: a number, or a ``ValueError`` naming ``credits``."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(
+            f"credits must be a number >= 0 (inf: never runs out), not {shown(value)}"
+        ) from None
 
 
 class PhotoroomEmulator:
@@ -71,9 +84,9 @@ class PhotoroomEmulator:
         fetch_image_urls: bool = True,
     ) -> None:
         keys = (
-            {str(k): float(v) for k, v in api_keys.items()}
+            {str(k): _credits(v) for k, v in api_keys.items()}
             if isinstance(api_keys, Mapping)
-            else {str(k): float(credits) for k in api_keys}
+            else {str(k): _credits(credits) for k in api_keys}
         )
         if plan not in ("basic", "plus"):
             raise ValueError("plan must be 'basic' or 'plus'")

@@ -145,8 +145,11 @@ async def test_the_rate_limit_answers_429_with_retry_after() -> None:
         {"stall_seconds": float("nan")},
         {"paths": "/v1/segment"},  # would match by substring: "/" and "/v1" too
         {"paths": ("/v1/segment", 5)},
+        {"latency": 10**400},  # no float holds it: each request's sleep raised
+        {"retry_after": 10**400},
+        {"stall_seconds": 10**400},
     ],
-    ids=repr,
+    ids=lambda setting: str(list(setting)),
 )
 def test_nonsense_fault_settings_are_refused_naming_the_setting(setting: dict[str, Any]) -> None:
     (name,) = setting
@@ -166,13 +169,16 @@ def test_a_fault_probability_must_be_a_number_within_0_and_1(rate: Any) -> None:
         ({"credits": -1}, "credits"),
         ({"credits": float("nan")}, "credits"),  # a key that never ran out
         ({"api_keys": {"k": float("nan")}}, "credits"),
+        ({"credits": 10**400}, "credits"),  # float() of it raised OverflowError
+        ({"api_keys": {"k": "plenty"}}, "credits"),  # a bare ValueError naming nothing
+        ({"credits": None}, "credits"),  # TypeError
         ({"requests_per_minute": 0}, "requests_per_minute"),
         ({"requests_per_minute": 1.5}, "requests_per_minute"),
         ({"image_work": "false"}, "image_work must be True or False"),
         ({"fetch_image_urls": "false"}, "fetch_image_urls must be True or False"),
         ({"faults": {"latency": 1}}, "faults must be a Faults"),
     ],
-    ids=repr,
+    ids=lambda value: str(value)[:40],
 )
 def test_nonsense_emulator_accounts_are_refused(setting: dict[str, Any], name: str) -> None:
     with pytest.raises(ValueError, match=name):
