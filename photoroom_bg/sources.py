@@ -914,6 +914,14 @@ class SourceReader:
             )
         if not bucket:
             raise InvalidSourceError(f"{shown}: an s3:// URI names a bucket")
+        if not uri.isascii():
+            try:  # S3 names are UTF-8: botocore's own encoding raised on a lone surrogate
+                uri.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidSourceError(
+                    f"{shown}: not text (a lone surrogate at position {exc.start}, from a name "
+                    "that was not UTF-8?): S3 keys and buckets are UTF-8"
+                ) from None
         return bucket, key
 
     async def _read_s3(self, source: ImageSource) -> bytes:

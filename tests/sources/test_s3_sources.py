@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from photoroom_bg.errors import InvalidImageError, SourceNotFoundError, SourceTooLargeError
+from photoroom_bg.errors import (
+    InvalidImageError,
+    InvalidSourceError,
+    SourceNotFoundError,
+    SourceTooLargeError,
+)
 from photoroom_bg.sinks import S3Sink
 from photoroom_bg.sources import ImageSource, SourceReader, iter_sources
 
@@ -97,3 +102,23 @@ async def test_s3_reads_have_a_deadline(
         monkeypatch.setattr(client, "get_object", hanging_get_object)
         with pytest.raises(SourceTimeoutError, match=r"0\.2 s deadline"):
             await reader.read(ImageSource("s3", f"{s3_prefix}/slow.png", "slow"))
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["s3://bucket/\ud800.png", "s3://bucket/\ud800/", "s3://bucket/x\udcff/*.png"],
+    ids=["object", "prefix", "glob"],
+)
+async def test_an_s3_uri_that_is_no_text_is_a_typed_error_before_any_request(
+    s3_server: S3Server, uri: str
+) -> None:
+    # a lone surrogate (a \udcxx from a file name that is no UTF-8, say) raised botocore's
+    # UnicodeEncodeError: the batch filed the object and the glob as unexpected errors
+    async with reader_for(s3_server) as reader:
+
+        async def read_all() -> None:
+            async for source in iter_sources([uri], reader=reader):
+                await reader.read(source)
+
+        with pytest.raises(InvalidSourceError, match="not text"):
+            await read_all()
