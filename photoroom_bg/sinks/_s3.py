@@ -22,6 +22,7 @@ from ..errors import (
     StorageAuthError,
     StorageError,
     StorageUnavailableError,
+    UnsafeKeyError,
 )
 from ._base import StoredObject
 from ._common import check_key, seconds
@@ -80,6 +81,11 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
         # every key under it would be refused (see check_key), after the engine was paid
         raise ConfigurationError(f"{shown}: a prefix has no empty, '.' or '..' segments")
+    if prefix:
+        try:  # a prefix no key may hold makes every key refused, after the engine was paid
+            check_key(prefix)
+        except UnsafeKeyError as exc:
+            raise ConfigurationError(f"{shown}: no key can start with this prefix: {exc}") from None
     return bucket, f"{prefix}/" if prefix else ""
 
 
