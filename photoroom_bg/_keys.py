@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 from ._redact import printable
-from .errors import ValidationError
+from .errors import UnsafeKeyError, ValidationError
 
 __all__ = ["DEFAULT_TEMPLATE", "KeyTemplate", "content_digest", "options_digest", "safe_stem"]
 
@@ -179,6 +179,14 @@ class KeyTemplate:
                 f"{KEY_PART_BYTES} bytes (a file name or an S3 key's part) whatever the "
                 "input's name; pad or repeat less"
             )
+        from .sinks._common import check_key  # (sinks import this module)
+
+        try:
+            check_key(made)
+        except UnsafeKeyError as exc:
+            raise ValidationError(
+                f"key template {self.template!r} makes keys no sink takes: {exc}"
+            ) from None
 
     def render(
         self,

@@ -93,6 +93,13 @@ def test_templates_that_could_collide_are_refused(template: str, message: str) -
         ("{digest}}.{ext}", "Single '}'"),
         # every key, whatever the input's name, has a part no file system or bucket takes
         ("{stem:>300}-{digest}.{ext}", "with a part of over 227 bytes"),
+        # every key has what no sink takes: each job failed with UnsafeKeyError
+        ("../{digest}.{ext}", "makes keys no sink takes: .*'.' or '..' segments"),
+        ("/out/{digest}.{ext}", "makes keys no sink takes: .*absolute"),
+        ("out//{digest}.{ext}", "makes keys no sink takes: .*empty path segment"),
+        ("out\\{digest}.{ext}", "makes keys no sink takes: .*backslash"),
+        ("out\x00{digest}.{ext}", "makes keys no sink takes: .*NUL byte"),
+        ("out/{digest}.{ext}/", "makes keys no sink takes: .*empty path segment"),
     ],
 )
 def test_a_template_that_cannot_make_a_key_for_every_input_is_refused_when_made(
@@ -100,7 +107,7 @@ def test_a_template_that_cannot_make_a_key_for_every_input_is_refused_when_made(
 ) -> None:
     with pytest.raises(ValidationError, match=message) as caught:
         KeyTemplate(template)
-    assert template in str(caught.value)
+    assert repr(template) in str(caught.value)  # named, with what it holds escaped
 
 
 @pytest.mark.parametrize(
