@@ -22,7 +22,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from .._numbers import check_flag
+from .._numbers import check_flag, check_number
 from ..errors import ConfigurationError, ObjectNotFoundError, PhotoroomBGError
 from ..options import EditOptions, SegmentOptions
 from ..sinks import Sink
@@ -288,7 +288,13 @@ class PrefectJobs:
         interval: float = 0.5,
     ) -> JobInfo:
         """Poll :meth:`status` every ``interval`` seconds until the job is done and its flow
-        run has ended (bound the wait with ``anyio.fail_after`` / ``asyncio.timeout``)."""
+        run has ended (bound the wait with ``anyio.fail_after`` / ``asyncio.timeout``).
+
+        Raises:
+            ConfigurationError: ``interval`` is not a positive, finite number of seconds.
+        """
+        # 0, a negative number or NaN polled with no pause at all; inf never polled again
+        check_number("interval", interval, positive=True, finite=True)
         done_at: float | None = None
         while True:
             info = await self.status(job_id, sink=sink)

@@ -310,6 +310,22 @@ def test_a_record_holding_a_file_name_that_is_no_utf8_reads_back_as_it_was(
     assert _loop.run_sync(store.read("jobs/job/shards/0.json")) == {"sources": [name]}
 
 
+@pytest.mark.parametrize(
+    "interval", [-1, 0, float("nan"), float("inf"), 10**400, "1", True], ids=repr
+)
+def test_a_wait_interval_that_is_no_pause_is_refused_before_anything_is_read(
+    tmp_path: Path, interval: Any
+) -> None:
+    # a negative, zero or NaN interval polled the job's record (and Prefect's API) with no
+    # pause at all, for up to 30 s after the job ended; inf never polled again
+    from photoroom_bg.prefect import PrefectJobs
+
+    jobs = PrefectJobs(str(tmp_path / "out"))
+    with pytest.raises(ConfigurationError, match="interval"):
+        _loop.run_sync(jobs.wait("no-such-job", interval=interval))
+    assert not (tmp_path / "out").exists()
+
+
 def test_job_ids_must_be_safe_key_segments() -> None:
     assert check_job_id("2026-11_run.3") == "2026-11_run.3"
     for bad in ("", "a/b", "..", ".hidden", "x" * 129, "a b"):
