@@ -14,7 +14,7 @@ from typing import Any
 
 from ._redact import printable
 
-__all__ = ["loads", "loads_answer", "loads_text"]
+__all__ = ["NotTextError", "loads", "loads_answer", "loads_text"]
 
 
 def loads(text: str | bytes | bytearray) -> Any:
@@ -25,17 +25,25 @@ def loads(text: str | bytes | bytearray) -> Any:
         raise ValueError("JSON nested too deeply to read") from None
 
 
+class NotTextError(ValueError):
+    """JSON whose strings hold a lone surrogate: valid JSON, but no text."""
+
+
+def _may_hold_surrogates(text: str | bytes | bytearray) -> bool:
+    """Only a ``\\udxxx`` escape makes a lone surrogate: UTF-8 decoding never does."""
+    return "\\ud" in text.lower() if isinstance(text, str) else b"\\ud" in text.lower()
+
+
 def loads_text(text: str | bytes | bytearray) -> Any:
     """:func:`loads`, and a string holding a lone surrogate (a ``\\ud800`` escape: valid
-    JSON, but no text UTF-8 can carry) is a ``ValueError`` too: echoed in an answer or a
+    JSON, but no text UTF-8 can carry) is a :class:`NotTextError`: echoed in an answer or a
     record, it would fail that answer's own encoding."""
     value = loads(text)
-    escaped = "\\ud" in text.lower() if isinstance(text, str) else b"\\ud" in text.lower()
-    if escaped:  # only a \\udxxx escape makes one: UTF-8 decoding never does
+    if _may_hold_surrogates(text):
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
-            raise ValueError("JSON holds a \\ud800-\\udfff escape that is not text") from None
+            raise NotTextError("JSON holds a \\ud800-\\udfff escape that is not text") from None
     return value
 
 
@@ -44,8 +52,7 @@ def loads_answer(text: str | bytes | bytearray) -> Any:
     lone surrogate (a ``\\ud800`` escape) is kept as that escape's text, so that printing or
     logging what the answer said never fails to encode."""
     value = loads(text)
-    escaped = "\\ud" in text.lower() if isinstance(text, str) else b"\\ud" in text.lower()
-    if not escaped:
+    if not _may_hold_surrogates(text):
         return value
     try:
         return _printable(value)

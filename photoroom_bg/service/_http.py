@@ -195,7 +195,7 @@ class RequestBody:
             try:
                 value = _jsonsafe.loads_text(value)
             except ValueError as exc:  # malformed, too deep, too many digits, no text
-                detail = "not text" if "not text" in str(exc) else "not JSON"
+                detail = "not text" if isinstance(exc, _jsonsafe.NotTextError) else "not JSON"
                 raise Problem(
                     422, "invalid_request", "The request is not valid", f"{name}: {detail}"
                 ) from None
@@ -233,7 +233,7 @@ async def read_body(request: Request, *, max_files: int) -> RequestBody:
     try:  # UnicodeDecodeError and JSONDecodeError are ValueErrors, as is nesting too deep
         parsed = _jsonsafe.loads_text(raw)
     except ValueError as exc:
-        no_text = "not text" in str(exc)
+        no_text = isinstance(exc, _jsonsafe.NotTextError)
         raise Problem(
             415 if content_type not in ("application/json", "") else 422,
             "invalid_request",
