@@ -439,7 +439,12 @@ def remove(
 @main.command(short_help="Edit images with Photoroom's /v2/edit.")
 @_batch_options
 @click.option("--background-color", metavar="COLOR", help="Background colour (hex or name).")
-@click.option("--background-prompt", metavar="TEXT", help="Generate an AI background.")
+@click.option(
+    "--background-prompt",
+    metavar="TEXT",
+    callback=_not_empty,  # "$PROMPT" unset: a paid AI background nobody described
+    help="Generate an AI background.",
+)
 @click.option("--output-size", metavar="WxH", help="e.g. 1000x1000, or 'originalImage'.")
 @click.option("--padding", metavar="P", help="Padding around the subject, e.g. 0.1 or 10%.")
 @click.option(

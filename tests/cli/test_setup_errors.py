@@ -70,6 +70,25 @@ def test_an_empty_option_is_refused_rather_than_read_as_the_default(
     assert emulator.ledger.calls() == 0
 
 
+def test_an_empty_background_prompt_is_refused_rather_than_sent(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    # "--background-prompt $PROMPT" with PROMPT unset sent an empty prompt for an AI
+    # background: a paid call for a background nobody described
+    before = tree(tmp_path)
+    result = run(
+        "edit", str(folder), "-o", str(tmp_path / "out"), "--background-prompt", " ",
+        *api_args(emulator), key=emulator.api_key,
+    )  # fmt: skip
+    assert_refused(
+        result,
+        2,
+        "--background-prompt is empty (an unset variable?): give it a value or leave it out",
+    )
+    assert tree(tmp_path) == before
+    assert emulator.ledger.calls() == 0
+
+
 def test_an_api_key_file_that_is_no_utf8_text_is_refused_without_showing_it(
     emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
 ) -> None:
