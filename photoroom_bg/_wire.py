@@ -161,6 +161,11 @@ def check_headers(headers: Mapping[Any, Any], where: str, error: type[PhotoroomB
     for name, value in headers.items():
         if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
             raise error(f"{where}: {name!r} is not a header name (letters, digits, - and _)")
+        if name.lower() == "x-api-key":  # it would replace the client's own key, silently
+            raise error(
+                f"{where}[{name!r}]: the API key goes in api_key= (or PHOTOROOM_API_KEY), "
+                "not in a header (the value is not shown)"
+            )
         if not isinstance(value, str):
             raise error(f"{where}[{name!r}] must be a string, not {type(value).__name__}")
         if not _HEADER_VALUE.fullmatch(value):

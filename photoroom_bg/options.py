@@ -263,6 +263,11 @@ def _mapping(**kwargs: Any) -> Any:
     return attrs.field(factory=FrozenDict, converter=_frozen, **kwargs)
 
 
+def _header_names(headers: Mapping[str, str]) -> str:
+    """``extra_headers`` in a repr: their names, not their values (a gateway's token)."""
+    return "{" + ", ".join(f"{name!r}: <set>" for name in headers) + "}"
+
+
 def _repr(self: Any) -> str:
     """Only the options that differ from their default (file bytes summarised)."""
     shown = []
@@ -426,7 +431,7 @@ class SegmentOptions:
     despill: bool = _field("despill", _BOOL, default=False)
     base64: bool = attrs.field(default=False, validator=_BOOL)
     extra_params: Mapping[str, Any] = _mapping()
-    extra_headers: Mapping[str, str] = _mapping()
+    extra_headers: Mapping[str, str] = _mapping(repr=_header_names)
 
     def __attrs_post_init__(self) -> None:
         _check(self, _rules.SEGMENT_RULES)
@@ -643,7 +648,7 @@ class EditOptions:
     hd_background_removal: Literal["auto"] | None = _header("pr-hd-background-removal")
     # pass-through
     extra_params: Mapping[str, Any] = _mapping()
-    extra_headers: Mapping[str, str] = _mapping()
+    extra_headers: Mapping[str, str] = _mapping(repr=_header_names)
 
     def __attrs_post_init__(self) -> None:
         _check(self, _rules.EDIT_RULES)

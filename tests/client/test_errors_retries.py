@@ -1129,6 +1129,20 @@ def test_default_headers_http_cannot_carry_are_refused_when_the_client_is_made()
     PhotoroomClient(api_key=API_KEY, default_headers=headers).close()
 
 
+async def test_the_api_key_is_refused_as_a_header_of_the_client_or_the_call(
+    twin: Twin, respx_mock: respx.MockRouter
+) -> None:
+    # a key given as a header replaced the client's own, silently: another account billed
+    with pytest.raises(ConfigurationError, match="api_key=") as made:
+        PhotoroomClient(api_key=API_KEY, default_headers={"X-Api-Key": "sk_live_s3cret"})
+    assert "s3cret" not in str(made.value)
+    route = respx_mock.post(SEGMENT)
+    with pytest.raises(ValidationError, match="api_key=") as called:
+        await twin.call("remove_background", png(), extra_headers={"x-api-key": "sk_s3cret"})
+    assert "s3cret" not in str(called.value)
+    assert not route.called
+
+
 def test_a_header_value_refused_on_the_wire_is_not_quoted_in_the_error() -> None:
     request = httpx.Request("POST", "https://sdk.photoroom.com/v1/segment")
     refused = httpx.LocalProtocolError("Illegal header value b'sk_live_abc\\n'", request=request)

@@ -455,3 +455,20 @@ def test_headers_http_can_carry_are_kept() -> None:
     assert dict(made.extra_headers) == {"X-Trace_ID.1": "a b\tc !~", "x-empty": ""}
     with pytest.raises(ValidationError, match="cannot be sent"):  # spaces around: h11's rule
         SegmentOptions(extra_headers={"x-trace": " a"})
+
+
+@pytest.mark.parametrize("name", ["x-api-key", "X-API-Key"])
+def test_the_api_key_is_refused_as_an_extra_header_without_showing_it(name: str) -> None:
+    # it went through: it replaced the client's own key (billing another account), and the
+    # options' repr, which logs and job records show, printed it
+    for options in (SegmentOptions, EditOptions):
+        with pytest.raises(ValidationError, match="api_key=") as caught:
+            options(extra_headers={name: "sk_live_s3cret"})
+        assert "s3cret" not in str(caught.value)
+
+
+def test_header_values_are_not_shown_in_the_options_repr() -> None:
+    # a gateway's token in extra_headers was printed whole by the options' repr
+    options = SegmentOptions(extra_headers={"authorization": "Bearer s3cret", "x-trace": "1"})
+    assert "s3cret" not in repr(options)
+    assert "authorization" in repr(options)
