@@ -293,9 +293,18 @@ def encode(options: Any) -> Encoded:
         attribute = by_wire[wire]
         for name, item in _flatten(wire, value):
             encoded.put(name, item, attribute, getattr(options, attribute))
+    typed = dict(encoded.origins)  # wire name: the attribute that sends it
     for key, value in options.extra_params.items():
         for name, item in _flatten(str(key), value):
+            if name in typed:  # it would replace the typed value, which was checked, unsent
+                raise ValidationError(
+                    f"extra_params[{key!r}] sends {name}, which {typed[name]} sends too: give "
+                    "one of them",
+                    parameter=f"extra_params[{key!r}]",
+                    rule="type",
+                )
             encoded.put(name, item, f"extra_params[{key!r}]", value)
+    typed_headers: dict[str, str] = {}  # lower-case name: the attribute that sends it
     for field in attrs.fields(type(options)):
         header = field.metadata.get("header")
         value = getattr(options, field.name)
@@ -303,10 +312,18 @@ def encode(options: Any) -> Encoded:
             encoded.headers[header] = str(value)
             encoded.origins[header] = field.name
             encoded.values[header] = value
+            typed_headers[header.lower()] = field.name
     # refused when the options are made: a value that is not ASCII raised UnicodeEncodeError
     # out of the call, and a line break or a bad name failed as it was sent
     check_headers(options.extra_headers, "extra_headers", ValidationError)
     for name, value in options.extra_headers.items():
+        if name.lower() in typed_headers:
+            raise ValidationError(
+                f"extra_headers[{name!r}] sends a header which {typed_headers[name.lower()]} "
+                "sends too: give one of them",
+                parameter=f"extra_headers[{name!r}]",
+                rule="type",
+            )
         encoded.headers[name] = value
         encoded.origins[name.lower()] = f"extra_headers[{name!r}]"
         encoded.values[name.lower()] = value

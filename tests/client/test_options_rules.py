@@ -472,3 +472,33 @@ def test_header_values_are_not_shown_in_the_options_repr() -> None:
     options = SegmentOptions(extra_headers={"authorization": "Bearer s3cret", "x-trace": "1"})
     assert "s3cret" not in repr(options)
     assert "authorization" in repr(options)
+
+
+@pytest.mark.parametrize(
+    ("make", "named"),
+    [
+        (lambda: SegmentOptions(size="hd", extra_params={"size": "preview"}), "size"),
+        (
+            lambda: EditOptions(background_prompt="beach", extra_params={"background.prompt": ""}),
+            "background_prompt",
+        ),
+        (
+            lambda: EditOptions(shadow_mode="ai.soft", extra_params={"shadow": {"mode": "x"}}),
+            "shadow_mode",
+        ),
+    ],
+)
+def test_a_field_given_typed_and_as_an_extra_param_is_refused(make: Any, named: str) -> None:
+    # the extra param's value replaced the typed one without a word: the typed value, which
+    # the options validated and showed in their repr, was never sent
+    with pytest.raises(ValidationError, match=f"which {named} sends too: give one of them"):
+        make()
+    with pytest.raises(ValidationError, match="which ai_shadows_model_version sends too"):
+        _quietly(
+            ai_shadows_model_version="2026-04-15",
+            extra_headers={"PR-AI-Shadows-Model-Version": "2027-01-01"},
+        )
+    # an extra param alone still replaces nothing and passes through
+    assert edit_fields(_quietly(extra_params={"background.prompt": "x"}))[0] == {
+        "background.prompt": "x"
+    }
