@@ -113,8 +113,9 @@ class ManifestState:
             of the sha-256 of the input's digest, the options' digest and the engine), with
             the latest key it was stored under: a later run stores a copy of the same image
             under another name from there, instead of paying for it again.
-        sources: the re-openable sources of the latest run that recorded them (a
-            ``retry_failed()`` run does not replace the batch's own list), or ``None``.
+        sources: the re-openable sources of the latest run (a ``retry_failed()`` run does
+            not replace the batch's own list), or ``None`` when that run could not record
+            them (bytes, file objects, generators, signed URLs).
         runs: run headers seen.
         torn: lines that could not be read (a crash mid-write).
     """
@@ -142,9 +143,13 @@ class ManifestState:
             if record.get("type") == "run":
                 self.runs += 1
                 sources = record.get("sources")
-                if sources is None or record.get("retry"):
+                if record.get("retry"):  # a retry_failed() run: the batch's list stands
                     continue
-                if isinstance(sources, list) and all(isinstance(s, str) for s in sources):
+                if sources is None:
+                    # the latest run's own sources cannot be opened again: an older run's
+                    # list in their place would skip what it stored and say nothing of these
+                    self.sources = None
+                elif isinstance(sources, list) and all(isinstance(s, str) for s in sources):
                     self.sources = sources
                 else:  # a hand edit: a string would be replayed character by character
                     self.torn += 1
@@ -455,10 +460,10 @@ def replayable_sources(spec: object) -> list[str] | None:
 
 def load_sources(path: str | os.PathLike[str]) -> list[str]:
     """The sources a manifest's batch recorded, for :meth:`BatchRemover.resume`: those of
-    the latest run that recorded them (a ``retry_failed()`` run does not count).
+    the latest run (a ``retry_failed()`` run does not count).
 
     Raises:
-        ConfigurationError: no such manifest, or no run of it could record its sources
+        ConfigurationError: no such manifest, or its latest run could not record its sources
             (bytes, file objects, generators, signed URLs): pass them to ``resume`` again.
     """
     target = Path(path)

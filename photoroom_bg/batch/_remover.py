@@ -39,7 +39,7 @@ from ..sinks._common import check_key
 from ..sources import SourceReader, SourceSpec
 from ._handle import BatchHandle
 from ._jobs import BatchReport, JobResult, Progress
-from ._manifest import load_sources
+from ._manifest import load_sources, replayable_sources
 from ._progress import ProgressBar
 from ._run import Batch
 
@@ -509,11 +509,16 @@ def _finish_at_exit() -> None:
         )
         if future.done() and not future.cancelled() and not left and not progress.spilled:
             continue  # it ended within the grace period with nothing left: nothing to say
-        where = (
-            f"resume with BatchRemover(..., manifest={str(batch.r.manifest)!r}).resume()"
-            if batch.r.manifest is not None
-            else "submit the same sources again"
-        )
+        if batch.r.manifest is None:
+            where = "submit the same sources again"
+        elif replayable_sources(batch.spec) is None:  # bytes, a generator: not recorded
+            where = (
+                f"resume with BatchRemover(..., manifest={str(batch.r.manifest)!r})"
+                ".resume(sources), given the same sources again (bytes, file objects and "
+                "generators are not recorded)"
+            )
+        else:
+            where = f"resume with BatchRemover(..., manifest={str(batch.r.manifest)!r}).resume()"
         logger.warning(
             "the interpreter exited before the batch ended (no wait() call?): %d stored, "
             "%d spilled, %d failed, %d not processed; %s to finish it (stored outputs are "

@@ -29,7 +29,7 @@ from photoroom_bg.testing import Faults, PhotoroomEmulator
 from ..loopback import until
 from ..s3server import S3Server
 from ..tcpproxy import running_proxy
-from .conftest import job_records, photo, remover
+from .conftest import job_records, photo, photo_folder, remover
 
 # -- the manifest -----------------------------------------------------------------------
 
@@ -257,6 +257,25 @@ def test_resume_after_retry_failed_finds_the_batch_sources_in_an_earlier_run(
     assert emulator.ledger.calls() == 5
 
 
+def test_resume_never_replays_an_older_run_in_place_of_one_whose_sources_were_not_recorded(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # a run of bytes records no sources; resume() then replayed the run before it, skipped
+    # everything that run had stored, and reported all_ok: the interrupted images, never
+    # made, were not mentioned
+    folder, _ = photo_folder(tmp_path, 2)
+    manifest = tmp_path / "m.jsonl"
+    batch = remover(emulator, tmp_path / "out", manifest=manifest, max_retries=0)
+    assert batch.submit(str(folder)).wait().stored_count == 2
+    emulator.inject("500")
+    interrupted = photo()
+    assert batch.submit([interrupted]).wait().failed_count == 1
+    with pytest.raises(ConfigurationError, match="does not record re-openable sources"):
+        batch.resume()
+    assert emulator.ledger.calls() == 2  # the 500 billed nothing
+    assert batch.resume([interrupted]).wait().stored_count == 1  # given again, it goes on
+
+
 def test_sources_that_are_not_utf8_text_are_recorded_and_resumed_as_given(
     emulator: PhotoroomEmulator, tmp_path: Path
 ) -> None:
@@ -441,7 +460,8 @@ def test_an_interpreter_exit_lets_running_jobs_store_and_says_how_to_resume(
     recorded = [r for r in job_records(manifest) if r["status"] == "succeeded"]
     assert len(recorded) == billed  # and the manifest was flushed
     assert "interpreter exited before the batch ended" in done.stderr
-    assert "resume" in done.stderr
+    # the images were bytes, which no manifest records: a bare resume() would be refused
+    assert ".resume(sources), given the same sources again" in done.stderr
 
 
 def test_an_exit_that_leaves_nothing_undone_says_nothing(tmp_path: Path) -> None:
