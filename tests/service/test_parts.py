@@ -779,6 +779,14 @@ def test_an_upload_that_cannot_be_spooled_is_a_storage_problem_not_a_bug(
 
 #: JSON that ``json.loads`` cannot read although it is well formed: nested past the parser's
 #: recursion (a ``RecursionError``), and an integer of more digits than Python converts
+#: The service's POST endpoints; the results (the last) take no options
+POST_PATHS = [
+    "/api/v1/remove-background",
+    "/api/v1/remove-backgrounds",
+    "/api/v2/remove-backgrounds",
+    "/api/v2/remove-backgrounds/results",
+]
+
 UNREADABLE_JSON = {"nested": "[" * 100_000 + "]" * 100_000, "digits": "1" * 5_000}
 
 
@@ -812,12 +820,7 @@ def test_json_too_deep_or_too_long_to_read_is_a_422_on_every_endpoint(
     as a bug: a 500 from the service's app, and from an application's own app that mounts
     the router, an error its handlers never see as the caller's."""
     text = UNREADABLE_JSON[kind]
-    paths = [
-        "/api/v1/remove-background",
-        "/api/v1/remove-backgrounds",
-        "/api/v2/remove-backgrounds",
-        "/api/v2/remove-backgrounds/results",
-    ]
+    paths = POST_PATHS
     with mounted(tmp_path) as (client, auth):
         as_json = {**auth, "Content-Type": "application/json"}
         for path in paths:
@@ -865,12 +868,7 @@ def test_json_text_no_utf8_can_carry_is_a_422_on_every_endpoint(tmp_path: Path) 
         f'{{"image_urls": ["{NO_IMAGE}"], "options": {{"bg_color": "\\udfff"}}}}',
         f'{{"job_ids": ["\\ud83d"], "image_urls": ["{url}"]}}',
     ]
-    paths = [
-        "/api/v1/remove-background",
-        "/api/v1/remove-backgrounds",
-        "/api/v2/remove-backgrounds",
-        "/api/v2/remove-backgrounds/results",
-    ]
+    paths = POST_PATHS
     with mounted(tmp_path) as (client, auth):
         as_json = {**auth, "Content-Type": "application/json"}
         for path in paths:
