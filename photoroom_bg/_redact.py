@@ -43,6 +43,19 @@ _SIGNATURE = re.compile(r"(?P<name>\bsignature\s*[:=]\s*)(?P<value>[0-9a-fA-F]{1
 REDACTED = "[redacted]"
 
 
+def lone_surrogate(text: str) -> int | None:
+    """Where ``text`` holds its first character UTF-8 cannot carry (a lone surrogate, as
+    ``os.fsdecode`` makes of a byte that is not UTF-8, or a ``\\ud800`` JSON escape), or
+    ``None`` when it has none."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
 def printable(text: str) -> str:
     """``text`` with lone surrogates (undecodable file-name bytes) shown as ``\\xNN`` escapes.
 

@@ -25,7 +25,7 @@ from cattrs.gen import make_dict_unstructure_fn, override
 
 from . import _jsonsafe, _rules
 from ._numbers import shown
-from ._redact import printable
+from ._redact import lone_surrogate, printable
 from ._warnings import warn
 from .errors import APIResponseValidationError, PhotoroomBGError, ValidationError
 from .models import Account, Credits
@@ -137,15 +137,14 @@ def wire_value(value: object) -> str:
 def _check_text(text: str, origin: str) -> str:
     """``text``, which UTF-8 can carry: a lone surrogate (text decoded from bytes that were
     not UTF-8, such as a file name read with ``os.fsdecode``) cannot be sent."""
-    try:
-        text.encode()
-    except UnicodeEncodeError as exc:
+    at = lone_surrogate(text)
+    if at is not None:
         raise ValidationError(
             f"{origin} cannot be sent: {printable(text)} holds a character UTF-8 cannot carry "
-            f"at position {exc.start} (a lone surrogate, from bytes that were not UTF-8 text)",
+            f"at position {at} (a lone surrogate, from bytes that were not UTF-8 text)",
             parameter=origin,
             rule="type",
-        ) from None
+        )
     return text
 
 

@@ -78,7 +78,7 @@ from ._numbers import (
 )
 from ._perloop import PerLoop
 from ._pool import tls_context
-from ._redact import install_log_redaction, printable, redact_text, redact_url
+from ._redact import install_log_redaction, lone_surrogate, printable, redact_text, redact_url
 from ._s3client import CREDENTIALS_ADVICE, check_endpoint, close_s3_client, open_s3_client
 from .errors import (
     ConfigurationError,
@@ -914,14 +914,12 @@ class SourceReader:
             )
         if not bucket:
             raise InvalidSourceError(f"{shown}: an s3:// URI names a bucket")
-        if not uri.isascii():
-            try:  # S3 names are UTF-8: botocore's own encoding raised on a lone surrogate
-                uri.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise InvalidSourceError(
-                    f"{shown}: not text (a lone surrogate at position {exc.start}, from a name "
-                    "that was not UTF-8?): S3 keys and buckets are UTF-8"
-                ) from None
+        at = lone_surrogate(uri)  # S3 names are UTF-8: botocore's own encoding raised on it
+        if at is not None:
+            raise InvalidSourceError(
+                f"{shown}: not text (a lone surrogate at position {at}, from a name that was "
+                "not UTF-8?): S3 keys and buckets are UTF-8"
+            )
         return bucket, key
 
     async def _read_s3(self, source: ImageSource) -> bytes:

@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 
 from .._numbers import check_count, check_flag, check_given, check_number
-from .._redact import printable
+from .._redact import lone_surrogate, printable
 from ..errors import ConfigurationError
 from ..sources import _local_under, _working_folder
 from ._environment import check_shared_sink
@@ -33,16 +33,13 @@ def _references(value: str | Sequence[str]) -> Any:
 def _check_text(name: str, value: str) -> None:
     """Refuse a string JSON cannot carry as text: a job's parameters travel as JSON, to the
     Prefect server and into the job's own records."""
-    if value.isascii():
-        return
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
+    at = lone_surrogate(value)
+    if at is not None:
         raise ConfigurationError(
             f"{name} {printable(value)!r} is not text: it holds a lone surrogate at position "
-            f"{exc.start} (a file name that is not UTF-8, read with os.fsdecode?), which a job's "
+            f"{at} (a file name that is not UTF-8, read with os.fsdecode?), which a job's "
             "parameters cannot carry; rename the file, or give its folder"
-        ) from None
+        )
 
 
 @attrs.frozen(kw_only=True)

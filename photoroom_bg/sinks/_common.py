@@ -8,6 +8,7 @@ from datetime import timedelta
 from types import ModuleType
 
 from .._numbers import check_number
+from .._redact import lone_surrogate
 from ..errors import UnsafeKeyError
 
 __all__ = ["DISK_FULL", "check_key", "seconds", "sha256_checksum", "try_lock"]
@@ -29,14 +30,12 @@ def check_key(key: str) -> str:
         raise UnsafeKeyError("a key must be a non-empty string")
     if "\x00" in key:
         raise UnsafeKeyError(f"key {key!r} contains a NUL byte")
-    if not key.isascii():
-        try:
-            key.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise UnsafeKeyError(
-                f"key {key!r} is not text (a lone surrogate, {key[exc.start]!r}, at position "
-                f"{exc.start}): keys are UTF-8, as S3 keys are"
-            ) from None
+    at = lone_surrogate(key)
+    if at is not None:
+        raise UnsafeKeyError(
+            f"key {key!r} is not text (a lone surrogate, {key[at]!r}, at position {at}): keys "
+            "are UTF-8, as S3 keys are"
+        )
     if "\\" in key:
         raise UnsafeKeyError(f"key {key!r} contains a backslash; use '/' between folders")
     if key.startswith("/"):
