@@ -31,7 +31,9 @@ class NotTextError(ValueError):
 
 def _may_hold_surrogates(text: str | bytes | bytearray) -> bool:
     """Only a ``\\udxxx`` escape makes a lone surrogate: UTF-8 decoding never does."""
-    return "\\ud" in text.lower() if isinstance(text, str) else b"\\ud" in text.lower()
+    if isinstance(text, str):
+        return "\\ud" in text or "\\uD" in text
+    return b"\\ud" in text or b"\\uD" in text  # no lower-case copy of a large answer
 
 
 def loads_text(text: str | bytes | bytearray) -> Any:
