@@ -15,12 +15,12 @@ import re
 import stat
 import warnings
 from pathlib import Path
-from typing import IO, Literal, Union
+from typing import IO, Any, Literal, Union
 
 from PIL import Image, UnidentifiedImageError
 
 from ._redact import is_url, printable, redact_url
-from .errors import InvalidImageError, InvalidSourceError, SourceNotFoundError
+from .errors import InvalidImageError, InvalidSourceError, PhotoroomBGError, SourceNotFoundError
 
 __all__ = [
     "FileTooLarge",
@@ -30,6 +30,7 @@ __all__ = [
     "file_object_bytes",
     "file_position",
     "load_image",
+    "read_file_object",
     "read_regular_file",
     "sniff_format",
     "validate_image",
@@ -202,10 +203,27 @@ def load_image(image: ImageInput, *, max_bytes: int = MAX_INPUT_BYTES) -> tuple[
         )
     name = printable(os.path.basename(str(getattr(image, "name", "") or ""))) or "image"
     position = file_position(image)
-    data = file_object_bytes(read(max_bytes + 1), position, name)
+    data = file_object_bytes(read_file_object(image, max_bytes + 1, name), position, name)
     if len(data) > max_bytes:
         raise InvalidImageError(_too_large(name, len(data), max_bytes, "Photoroom", at_least=True))
     return data, name
+
+
+def read_file_object(
+    image: Any, size: int, name: str, error: type[PhotoroomBGError] = InvalidImageError
+) -> object:
+    """``image.read(size)``; a closed file object, or a ``read()`` that fails in any way (a
+    disk's I/O error, a wrapper of the caller's), is an ``error`` (the client's
+    :class:`InvalidImageError`, a batch's :class:`SourceError`) naming ``name``, with the
+    failure as its cause."""
+    if getattr(image, "closed", False) is True:
+        raise error(f"{name}: the file object is closed (its with block ended?): open it again")
+    try:
+        return image.read(size)
+    except OSError as exc:
+        raise error(f"{name}: its read() failed: {exc.strerror or exc}") from exc
+    except Exception as exc:  # the caller's object may raise anything
+        raise error(f"{name}: its read() failed: {type(exc).__name__}: {exc}") from exc
 
 
 def file_object_bytes(data: object, position: int, name: str) -> bytes:

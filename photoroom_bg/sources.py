@@ -55,6 +55,7 @@ from ._images import (
     NotARegularFile,
     file_object_bytes,
     file_position,
+    read_file_object,
     read_regular_file,
     sniff_format,
 )
@@ -398,7 +399,8 @@ def _unlistable(found: Unlistable) -> UnlistedSource:
 
 async def _read_file_object(item: Any, name: str, cap: int) -> bytes:
     position = file_position(item)
-    data = await _threads.run_sync(item.read, cap + 1)  # a byte over the cap is enough to refuse
+    # a byte over the cap is enough to refuse
+    data = await _threads.run_sync(read_file_object, item, cap + 1, name, SourceError)
     return file_object_bytes(data, position, name)
 
 

@@ -376,7 +376,7 @@ def _half_a_listing() -> Iterator[bytes]:
         ("a\x00b.png", InvalidSourceError, "not a usable path"),
         ("", InvalidSourceError, "an empty path"),
         (_BrokenPath(), SourceError, "this path object is broken"),
-        (_closed_file(), SourceError, "closed file"),
+        (_closed_file(), SourceError, "file-2: the file object is closed"),
         (_half_a_listing(), SourceError, "listing it stopped after 1 source"),
     ],
     ids=[
@@ -1269,6 +1269,21 @@ def test_a_file_object_read_already_fails_its_job_with_a_hint(
     assert failed.index == 0
     assert "nothing left to read" in str(failed.error)
     assert "seek(0)" in str(failed.error)
+    assert emulator.ledger.calls() == 1
+
+
+def test_a_closed_file_object_fails_its_job_saying_so(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # it failed as "<BufferedReader>: listing it stopped: ValueError: read of closed file"
+    path = tmp_path / "shoe.png"
+    path.write_bytes(photo())
+    with path.open("rb") as closed:
+        pass
+    report = remover(emulator, MemorySink()).submit([closed, photo()]).wait()
+    assert report.succeeded_count == 1
+    (failed,) = report.failures["SourceError"]
+    assert "shoe.png: the file object is closed" in str(failed.error)
     assert emulator.ledger.calls() == 1
 
 

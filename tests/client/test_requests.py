@@ -8,6 +8,7 @@ import io
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import respx
@@ -116,6 +117,45 @@ async def test_a_file_object_already_read_is_refused_with_a_hint(
     inside.seek(8)
     await twin.call("remove_background", inside)
     assert multipart_fields(route.calls.last.request)["image_file"][1] == png()
+
+
+class _FailingRead:
+    """A file object whose read() fails as a broken disk or a caller's wrapper may."""
+
+    name = "shoe.jpg"
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def read(self, size: int = -1) -> bytes:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        ("closed", r"shoe.jpg: the file object is closed"),
+        (OSError(5, "Input/output error"), r"shoe.jpg: its read\(\) failed: Input/output error"),
+        (KeyError("chunk"), r"shoe.jpg: its read\(\) failed: KeyError: 'chunk'"),
+    ],
+    ids=["closed", "oserror", "other"],
+)
+async def test_a_file_object_that_cannot_be_read_is_refused_with_a_typed_error(
+    twin: Twin, respx_mock: respx.MockRouter, tmp_path: Path, make: Any, message: str
+) -> None:
+    # read() of a closed file raised ValueError out of the call, and a failing read() its
+    # own error, where a batch fails that job with a typed error
+    route = respx_mock.post(SEGMENT)
+    if make == "closed":
+        photo = tmp_path / "shoe.jpg"
+        photo.write_bytes(jpeg())
+        with photo.open("rb") as source:
+            pass  # the with block ended before the call
+    else:
+        source = _FailingRead(make)
+    with pytest.raises(InvalidImageError, match=message):
+        await twin.call("remove_background", source)
+    assert not route.called
 
 
 async def test_edit_with_url_uses_get_and_encodes_query(
