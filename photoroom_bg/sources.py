@@ -948,8 +948,9 @@ class SourceReader:
             if code in ("NoSuchKey", "404", "NoSuchBucket"):
                 raise SourceNotFoundError(f"{source.display}: no such object") from None
             raise SourceError(f"{source.display}: S3 error {code}") from None
-        except BotoCoreError as exc:
-            raise SourceError(f"{source.display}: {type(exc).__name__}") from None
+        except BotoCoreError as exc:  # its message says why (a bucket name, the endpoint)
+            detail = redact_text(printable(" ".join(str(exc).split())))[:300]
+            raise SourceError(f"{source.display}: {type(exc).__name__}: {detail}") from None
         self._sniff(bytes(body[:32]), source)
         return bytes(body)
 

@@ -7,6 +7,7 @@ import pytest
 from photoroom_bg.errors import (
     InvalidImageError,
     InvalidSourceError,
+    SourceError,
     SourceNotFoundError,
     SourceTooLargeError,
 )
@@ -122,3 +123,12 @@ async def test_an_s3_uri_that_is_no_text_is_a_typed_error_before_any_request(
 
         with pytest.raises(InvalidSourceError, match="not text"):
             await read_all()
+
+
+async def test_an_s3_object_botocore_refuses_is_an_error_that_says_why(
+    s3_server: S3Server,
+) -> None:
+    # the message was the exception's class name alone: "s3://B_ad!/k.png: ParamValidationError"
+    async with reader_for(s3_server) as reader:
+        with pytest.raises(SourceError, match=r"ParamValidationError: .*Invalid bucket name"):
+            await reader.read(ImageSource("s3", "s3://B_ad!/k.png", "k"))
