@@ -169,11 +169,7 @@ def load_image(image: ImageInput, *, max_bytes: int = MAX_INPUT_BYTES) -> tuple[
             data = read_regular_file(path, max_bytes)
         except FileNotFoundError:
             if isinstance(image, str) and is_url(image):  # no file: a URL, made a path
-                raise InvalidSourceError(
-                    f"{printable(redact_url(image))} is a URL, not a path: this call takes a "
-                    "path, bytes or a binary file; edit() takes an http(s) URL, and a "
-                    "BatchRemover downloads http(s) and s3:// URLs itself"
-                ) from None
+                raise _url_not_path(image) from None
             raise SourceNotFoundError(f"image file not found: {shown}") from None
         except IsADirectoryError:
             raise InvalidImageError(f"{shown} is a directory, not an image file") from None
@@ -189,10 +185,7 @@ def load_image(image: ImageInput, *, max_bytes: int = MAX_INPUT_BYTES) -> tuple[
             raise InvalidImageError(f"cannot read {shown}: {exc.strerror or exc}") from None
         except ValueError as exc:  # a NUL byte or a lone surrogate: no file system takes it
             if isinstance(image, str) and is_url(image):
-                raise InvalidSourceError(
-                    f"{printable(redact_url(image))} is a URL, not a path: this call takes a "
-                    "path, bytes or a binary file"
-                ) from None
+                raise _url_not_path(image) from None
             problem = printable(str(exc))
             raise InvalidSourceError(f"{shown}: not a usable path ({problem})") from None
         return data, name
@@ -207,6 +200,15 @@ def load_image(image: ImageInput, *, max_bytes: int = MAX_INPUT_BYTES) -> tuple[
     if len(data) > max_bytes:
         raise InvalidImageError(_too_large(name, len(data), max_bytes, "Photoroom", at_least=True))
     return data, name
+
+
+def _url_not_path(url: str) -> InvalidSourceError:
+    """The error for a URL given where a path goes, without its credentials or query."""
+    return InvalidSourceError(
+        f"{printable(redact_url(url))} is a URL, not a path: this call takes a path, bytes or "
+        "a binary file; edit() takes an http(s) URL, and a BatchRemover downloads http(s) and "
+        "s3:// URLs itself"
+    )
 
 
 def read_file_object(
