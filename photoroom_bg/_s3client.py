@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +36,32 @@ def check_endpoint(name: str, endpoint_url: object) -> str | None:
     )
 
 
+#: botocore's data loaders, by ``data_path`` setting: one per process, shared by every session.
+_loaders: dict[object, Any] = {}
+_loaders_lock = threading.Lock()
+
+
+def _new_session() -> Any:
+    """A new aiobotocore session that shares this process's botocore data loader.
+
+    Each session parses botocore's endpoint and S3 model files (some 150 ms of CPU) into a
+    loader of its own, and every sink, source reader and job record makes a session per event
+    loop: a Prefect worker spent half its CPU there. The loader only reads files and caches
+    what it read, so one serves every session (as it serves every client of one session);
+    sessions themselves are not shared, as their credential caches are bound to an event loop.
+    """
+    from aiobotocore.session import get_session
+
+    session = get_session()
+    data_path = session.get_config_variable("data_path")
+    with _loaders_lock:
+        loader = _loaders.get(data_path)
+        if loader is None:
+            loader = _loaders[data_path] = session.get_component("data_loader")
+    session.register_component("data_loader", loader)
+    return session
+
+
 async def open_s3_client(
     needs: str, config: Mapping[str, Any] | None = None, **options: Any
 ) -> tuple[Any, Any]:
@@ -47,13 +74,13 @@ async def open_s3_client(
         options: arguments for ``create_client`` (endpoint, region, credentials...).
     """
     try:
-        from aiobotocore.session import get_session
+        import aiobotocore.session  # noqa: F401
         from botocore.config import Config
     except ImportError:
         raise ConfigurationError(f"{needs} the s3 extra: pip install 'photoroom-bg[s3]'") from None
     if config is not None:
         options["config"] = Config(**config)
-    context = get_session().create_client("s3", **options)
+    context = _new_session().create_client("s3", **options)
     client = await context.__aenter__()
     install_log_redaction()  # botocore's loggers exist now: no signature in their DEBUG lines
     return context, client

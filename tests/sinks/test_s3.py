@@ -16,10 +16,11 @@ from photoroom_bg.errors import (
     StorageError,
 )
 from photoroom_bg.sinks import S3Sink, SyncSink, open_sink
-from photoroom_bg.sources import SourceReader
+from photoroom_bg.sources import ImageSource, SourceReader
 
 from ..loopback import closed_port
 from ..s3server import S3Server
+from ..sources.conftest import png_bytes
 
 
 async def test_urls_are_presigned_and_the_bucket_is_private(
@@ -174,6 +175,46 @@ async def test_one_client_is_reused_and_closed(s3_server: S3Server, s3_prefix: s
     assert len(sink._clients) == 1  # one per event loop, reused
     await sink.aclose()
     assert len(sink._clients) == 0
+
+
+async def test_a_new_client_reads_none_of_botocores_data_files_again(
+    s3_server: S3Server, s3_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every S3Sink, SourceReader and job record opens a client of its own (one per event
+    loop); each one parsed botocore's endpoint and S3 model files anew (~150 ms of CPU), which
+    was half the CPU of a Prefect worker running 50-image shards."""
+    from botocore.loaders import JSONFileLoader
+
+    async def another_sink_and_reader() -> None:
+        async with S3Sink(s3_prefix, **s3_server.sink_options()) as sink:
+            await sink.put("again.png", png_bytes())
+        reader = SourceReader(
+            s3_options={
+                "endpoint_url": s3_server.endpoint_url,
+                "region_name": s3_server.region,
+                "aws_access_key_id": s3_server.access_key,
+                "aws_secret_access_key": s3_server.secret_key,
+            }
+        )
+        async with reader:
+            assert (
+                await reader.read(ImageSource("s3", s3_prefix + "/again.png", "again"))
+                == png_bytes()
+            )
+
+    await another_sink_and_reader()  # the first clients of this process parse them
+    parsed: list[str] = []
+    load_file = JSONFileLoader.load_file
+
+    def counted(self: JSONFileLoader, file_path: str) -> object:
+        parsed.append(file_path)
+        return load_file(self, file_path)
+
+    monkeypatch.setattr(JSONFileLoader, "load_file", counted)
+
+    await another_sink_and_reader()
+    await asyncio.to_thread(asyncio.run, another_sink_and_reader())  # another thread and loop
+    assert parsed == []
 
 
 def test_sync_façade_inside_a_running_loop(s3_server: S3Server, s3_prefix: str) -> None:
