@@ -80,6 +80,11 @@ async def open_s3_client(
         raise ConfigurationError(f"{needs} the s3 extra: pip install 'photoroom-bg[s3]'") from None
     if config is not None:
         options["config"] = Config(**config)
+    endpoint = options.get("endpoint_url")
+    if isinstance(endpoint, str) and endpoint[:7].lower() == "http://":
+        # no TLS on this connection: the context aiohttp would build for it, reading the CA
+        # bundle (some 20 ms of CPU per client), is never used
+        options.setdefault("verify", False)
     context = _new_session().create_client("s3", **options)
     client = await context.__aenter__()
     install_log_redaction()  # botocore's loggers exist now: no signature in their DEBUG lines

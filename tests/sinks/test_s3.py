@@ -217,6 +217,39 @@ async def test_a_new_client_reads_none_of_botocores_data_files_again(
     assert parsed == []
 
 
+async def test_a_client_of_a_plain_http_endpoint_loads_no_certificates(
+    s3_server: S3Server, s3_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each client built a TLS context and read the CA bundle into it (some 20 ms of CPU,
+    the next largest cost of a worker's shard) for an http:// endpoint, where it is never
+    used."""
+    import ssl
+
+    loaded: list[object] = []
+    load = ssl.SSLContext.load_verify_locations
+
+    def counted(self: ssl.SSLContext, *args: object, **kwargs: object) -> None:
+        loaded.append(args)
+        load(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    assert s3_server.endpoint_url.startswith("http://")
+    async with S3Sink(s3_prefix, **s3_server.sink_options()) as sink:
+        await sink.put("plain.png", png_bytes())
+        assert await sink.get("plain.png") == png_bytes()
+    reader = SourceReader(
+        s3_options={
+            "endpoint_url": s3_server.endpoint_url,
+            "region_name": s3_server.region,
+            "aws_access_key_id": s3_server.access_key,
+            "aws_secret_access_key": s3_server.secret_key,
+        }
+    )
+    async with reader:
+        assert await reader.read(ImageSource("s3", s3_prefix + "/plain.png", "p")) == png_bytes()
+    assert loaded == []
+
+
 def test_sync_façade_inside_a_running_loop(s3_server: S3Server, s3_prefix: str) -> None:
     async def notebook_cell() -> bytes:
         with SyncSink(open_sink(s3_prefix, **s3_server.sink_options())) as sink:
