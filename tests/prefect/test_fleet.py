@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,14 @@ SUBMIT = str(Path(__file__).with_name("submit_job.py"))
 _NOT_FINAL = {"RUNNING", "PENDING", "SCHEDULED"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
+
+
+@pytest.fixture(scope="module")
+def fleet_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """One Prefect server for the tests of this module (it takes some 15 s to start); each
+    test brings its own workers, job and key, and reads back only its own flow run."""
+    with prefect_server(tmp_path_factory.mktemp("prefect")) as fleet:
+        yield fleet
 
 
 async def upload(server: S3Server, prefix: str, count: int) -> None:
@@ -96,7 +105,7 @@ def flow_and_task_runs(
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_fleet_finishes_a_job_when_a_worker_dies_mid_shard_without_paying_twice(
-    tmp_path: Path, s3_server: S3Server, s3_prefix: str, signum: signal.Signals
+    fleet_server: Fleet, s3_server: S3Server, s3_prefix: str, signum: signal.Signals
 ) -> None:
     """SIGKILL: the worker dies without a word; only its calls in flight can be paid twice.
     SIGTERM (a scale-down, a deploy): its shards end ``Crashed`` at once and are handed
@@ -112,8 +121,10 @@ def test_a_fleet_finishes_a_job_when_a_worker_dies_mid_shard_without_paying_twic
     )
     sources, sink = f"{s3_prefix}/raw/", f"{s3_prefix}/out"
     job_id = "fleet-" + uuid.uuid4().hex[:8]
+    secret = "photoroom-key-" + job_id  # the block of this test; the server is the module's
     started = time.monotonic()
-    with emulator.serve() as url, prefect_server(tmp_path / "prefect") as fleet:
+    fleet = fleet_server
+    with emulator.serve() as url:
         asyncio.run(upload(s3_server, sources, IMAGES))
         worker_env = {
             "AWS_ENDPOINT_URL_S3": s3_server.endpoint_url,
@@ -130,13 +141,13 @@ def test_a_fleet_finishes_a_job_when_a_worker_dies_mid_shard_without_paying_twic
             wait_for_line(log_a, "Subscribing to runs", worker_a)
             wait_for_line(fleet.home / "worker-b.log", "Subscribing to runs", worker_b)
             spec = {
-                "secret": {"name": "photoroom-key", "value_env": "FLEET_TEST_KEY"},
+                "secret": {"name": secret, "value_env": "FLEET_TEST_KEY"},
                 "parameters": {
                     "sources": sources,
                     "sink": sink,
                     "shard_size": SHARD_SIZE,
                     "concurrency": CONCURRENCY,
-                    "api_key_secret": "photoroom-key",
+                    "api_key_secret": secret,
                     "deferred": True,
                     "max_running_shards": 4 * WORKER_LIMIT,  # work for both workers
                     "job_id": job_id,
@@ -207,7 +218,7 @@ def test_a_fleet_finishes_a_job_when_a_worker_dies_mid_shard_without_paying_twic
     assert not _NOT_FINAL & set(states), (states, unsettled_story)
     assert flow_run["state"]["type"] == "COMPLETED"
     # the key never reached Prefect: parameters, states, logs, results, artifacts
-    assert "photoroom-key" in json.dumps(flow_run["parameters"])  # only the block's name
+    assert secret in json.dumps(flow_run["parameters"])  # only the block's name
     assert key not in leaked
     assert os.environ.get("PHOTOROOM_API_KEY") != key
     print(f"fleet test: {elapsed:.1f} s, {emulator.ledger.calls()} billed calls")
