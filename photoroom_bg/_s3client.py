@@ -83,7 +83,7 @@ async def open_s3_client(
     endpoint = options.get("endpoint_url")
     if isinstance(endpoint, str) and endpoint[:7].lower() == "http://":
         # no TLS on this connection: the context aiohttp would build for it, reading the CA
-        # bundle (some 20 ms of CPU per client), is never used
+        # bundle (some 50 ms of CPU per client), is never used
         options.setdefault("verify", False)
     context = _new_session().create_client("s3", **options)
     client = await context.__aenter__()

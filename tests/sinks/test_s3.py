@@ -220,7 +220,7 @@ async def test_a_new_client_reads_none_of_botocores_data_files_again(
 async def test_a_client_of_a_plain_http_endpoint_loads_no_certificates(
     s3_server: S3Server, s3_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each client built a TLS context and read the CA bundle into it (some 20 ms of CPU,
+    """Each client built a TLS context and read the CA bundle into it (some 50 ms of CPU,
     the next largest cost of a worker's shard) for an http:// endpoint, where it is never
     used."""
     import ssl
