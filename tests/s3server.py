@@ -45,6 +45,12 @@ class S3Server:
             "aws_secret_access_key": self.secret_key,
         }
 
+    def reader_options(self) -> dict[str, str]:
+        """``s3_options`` for SourceReader (botocore's names) with the admin identity."""
+        options = self.sink_options()
+        options["region_name"] = options.pop("region")
+        return options
+
 
 #: What a running weed leaves outside its folder, by its S3 endpoint: removed when it stops.
 _LEFT_BEHIND: dict[str, list[Path]] = {}

@@ -60,14 +60,7 @@ async def output_keys(server: S3Server, prefix: str) -> list[str]:
     from photoroom_bg.sources import SourceReader
 
     bucket, _, path = prefix[len("s3://") :].partition("/")
-    reader = SourceReader(
-        s3_options={
-            "endpoint_url": server.endpoint_url,
-            "region_name": server.region,
-            "aws_access_key_id": server.access_key,
-            "aws_secret_access_key": server.secret_key,
-        }
-    )
+    reader = SourceReader(s3_options=server.reader_options())
     async with reader:
         client = await reader._s3()
         keys: list[str] = []

@@ -188,14 +188,7 @@ async def test_a_new_client_reads_none_of_botocores_data_files_again(
     async def another_sink_and_reader() -> None:
         async with S3Sink(s3_prefix, **s3_server.sink_options()) as sink:
             await sink.put("again.png", png_bytes())
-        reader = SourceReader(
-            s3_options={
-                "endpoint_url": s3_server.endpoint_url,
-                "region_name": s3_server.region,
-                "aws_access_key_id": s3_server.access_key,
-                "aws_secret_access_key": s3_server.secret_key,
-            }
-        )
+        reader = SourceReader(s3_options=s3_server.reader_options())
         async with reader:
             assert (
                 await reader.read(ImageSource("s3", s3_prefix + "/again.png", "again"))
@@ -237,14 +230,7 @@ async def test_a_client_of_a_plain_http_endpoint_loads_no_certificates(
     async with S3Sink(s3_prefix, **s3_server.sink_options()) as sink:
         await sink.put("plain.png", png_bytes())
         assert await sink.get("plain.png") == png_bytes()
-    reader = SourceReader(
-        s3_options={
-            "endpoint_url": s3_server.endpoint_url,
-            "region_name": s3_server.region,
-            "aws_access_key_id": s3_server.access_key,
-            "aws_secret_access_key": s3_server.secret_key,
-        }
-    )
+    reader = SourceReader(s3_options=s3_server.reader_options())
     async with reader:
         assert await reader.read(ImageSource("s3", s3_prefix + "/plain.png", "p")) == png_bytes()
     assert loaded == []

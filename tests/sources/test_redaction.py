@@ -54,12 +54,7 @@ async def test_s3_presigned_urls_and_signed_requests_are_not_logged(
     debug_logs.clear()
     reader = SourceReader(
         allow_networks=["127.0.0.1/32"],
-        s3_options={
-            "endpoint_url": s3_server.endpoint_url,
-            "region_name": s3_server.region,
-            "aws_access_key_id": s3_server.access_key,
-            "aws_secret_access_key": s3_server.secret_key,
-        },
+        s3_options=s3_server.reader_options(),
     )
     async with reader:
         assert await reader.read(ImageSource("url", presigned, "a")) == png_bytes()

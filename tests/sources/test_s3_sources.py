@@ -20,12 +20,7 @@ from .conftest import png_bytes
 
 def reader_for(server: S3Server, **kwargs: object) -> SourceReader:
     return SourceReader(
-        s3_options={
-            "endpoint_url": server.endpoint_url,
-            "region_name": server.region,
-            "aws_access_key_id": server.access_key,
-            "aws_secret_access_key": server.secret_key,
-        },
+        s3_options=server.reader_options(),
         **kwargs,  # type: ignore[arg-type]
     )
 
