@@ -270,7 +270,12 @@ class S3Sink:
         where = f"s3://{self.bucket}/{self._object_key(key) if key else self.prefix}"
         if isinstance(exc, NoCredentialsError):
             return StorageAuthError(f"cannot {action} at {where}: no AWS credentials found")
-        if isinstance(exc, (ConnectionError, HTTPClientError)) and not isinstance(exc, SSLError):
+        if isinstance(exc, SSLError):
+            return StorageError(
+                f"cannot {action} at {where}: SSLError (the TLS handshake with {self._server} "
+                "failed: does it serve https, with a certificate this machine trusts?)"
+            )
+        if isinstance(exc, (ConnectionError, HTTPClientError)):
             return StorageUnavailableError(
                 f"cannot {action} at {where}: {type(exc).__name__} (is {self._server} up?)"
             )
@@ -442,7 +447,11 @@ class S3Sink:
 
 
 def _code(exc: Any) -> str:
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+    """The S3 error code of a botocore error, or ``""``: only a ``ClientError`` carries an
+    answer (an ``HTTPClientError``'s ``response`` is ``None``)."""
+    response = getattr(exc, "response", None)
+    error = response.get("Error") if isinstance(response, Mapping) else None
+    return str(error.get("Code", "")) if isinstance(error, Mapping) else ""
 
 
 #: The longest a SigV4 presigned URL may live (S3 refuses a longer ``X-Amz-Expires``).

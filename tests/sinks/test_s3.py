@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from urllib.parse import unquote
 
@@ -14,6 +17,7 @@ from photoroom_bg.errors import (
     ConfigurationError,
     StorageAuthError,
     StorageError,
+    StorageUnavailableError,
 )
 from photoroom_bg.sinks import S3Sink, SyncSink, open_sink
 from photoroom_bg.sources import ImageSource, SourceReader
@@ -244,6 +248,66 @@ def test_sync_façade_inside_a_running_loop(s3_server: S3Server, s3_prefix: str)
             return httpx.get(sink.url("sync.png")).content
 
     assert asyncio.run(notebook_cell()) == b"from a notebook"
+
+
+@pytest.fixture
+def not_s3() -> Iterator[int]:
+    """A loopback port whose server answers every request with bytes that are no HTTP."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.recv(65536)  # the start of a request, or of a TLS handshake
+                conn.sendall(b"\x00\xffnot http\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+        thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_an_endpoint_that_speaks_no_http_is_a_storage_error_on_every_call(
+    not_s3: int, scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put raised AttributeError ('NoneType' object has no attribute 'get'): it read the
+    error code of botocore's HTTPClientError, whose response is None, as a dict."""
+    from botocore.retries.standard import ExponentialBackoff
+
+    # botocore tries each call 3 times, a second or so apart: no pause between them here
+    monkeypatch.setattr(ExponentialBackoff, "delay_amount", lambda self, context: 0)
+    sink = S3Sink(
+        "s3://bucket/prefix",
+        endpoint_url=f"{scheme}://127.0.0.1:{not_s3}",
+        aws_access_key_id="AKIAEXAMPLE",
+        aws_secret_access_key="SECRETKEY789",
+        region="us-east-1",
+    )
+    calls = {
+        "put": lambda: sink.put("a.png", b"x"),
+        "exists": lambda: sink.exists("a.png"),
+        "stat": lambda: sink.stat("a.png"),
+        "get": lambda: sink.get("a.png"),
+        "delete": lambda: sink.delete("a.png"),
+    }
+    async with sink:
+        for name, call in calls.items():
+            with pytest.raises(StorageError) as caught:
+                await call()
+            message = str(caught.value)
+            assert "SECRETKEY789" not in message, name
+            if scheme == "http":
+                assert isinstance(caught.value, StorageUnavailableError), (name, message)
+            else:  # a TLS handshake with a server that does not speak TLS
+                assert "TLS" in message, (name, message)
 
 
 def test_repr_shows_no_secret(s3_server: S3Server) -> None:
