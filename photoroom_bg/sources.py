@@ -943,14 +943,8 @@ class SourceReader:
                     if not sniffed and len(body) >= 16:
                         self._sniff(bytes(body[:32]), source)
                         sniffed = True
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in ("NoSuchKey", "404", "NoSuchBucket"):
-                raise SourceNotFoundError(f"{source.display}: no such object") from None
-            raise SourceError(f"{source.display}: S3 error {code}") from None
-        except BotoCoreError as exc:  # its message says why (a bucket name, the endpoint)
-            detail = redact_text(printable(" ".join(str(exc).split())))[:300]
-            raise SourceError(f"{source.display}: {type(exc).__name__}: {detail}") from None
+        except (ClientError, BotoCoreError) as exc:
+            raise _s3_error(exc, source.display, "no such object") from None
         self._sniff(bytes(body[:32]), source)
         return bytes(body)
 
@@ -971,9 +965,18 @@ class SourceReader:
                 f"{shown} is where this batch stores cut-outs: they are not inputs; give the "
                 "outputs a prefix of their own"
             )
+        from botocore.exceptions import BotoCoreError, ClientError
+
         client = await self._s3()
         paginator = client.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        pages = aiter(paginator.paginate(Bucket=bucket, Prefix=prefix))
+        while True:
+            try:
+                page = await anext(pages)
+            except StopAsyncIteration:
+                return
+            except (ClientError, BotoCoreError) as exc:
+                raise _s3_error(exc, shown, "no such bucket") from None
             for item in page.get("Contents", []):
                 key = str(item["Key"])
                 if is_image_path(key) and not key.startswith(tuple(inside)):
@@ -994,6 +997,21 @@ class SourceReader:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _s3_error(exc: Exception, shown: str, missing: str) -> SourceError:
+    """The error of an S3 read or listing of ``shown`` that botocore failed with ``exc``
+    (``missing``: what a 404 means there)."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("NoSuchKey", "404", "NoSuchBucket"):
+            return SourceNotFoundError(f"{shown}: {missing}")
+        return SourceError(f"{shown}: S3 error {code}")
+    # its message says why (a bucket name, the endpoint)
+    detail = redact_text(printable(" ".join(str(exc).split())))[:300]
+    return SourceError(f"{shown}: {type(exc).__name__}: {detail}")
 
 
 class _Pools:

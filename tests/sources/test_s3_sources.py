@@ -14,6 +14,7 @@ from photoroom_bg.errors import (
 from photoroom_bg.sinks import S3Sink
 from photoroom_bg.sources import ImageSource, SourceReader, iter_sources
 
+from ..loopback import closed_port
 from ..s3server import S3Server
 from .conftest import png_bytes
 
@@ -127,3 +128,30 @@ async def test_an_s3_object_botocore_refuses_is_an_error_that_says_why(
     async with reader_for(s3_server) as reader:
         with pytest.raises(SourceError, match=r"ParamValidationError: .*Invalid bucket name"):
             await reader.read(ImageSource("s3", "s3://B_ad!/k.png", "k"))
+
+
+async def test_a_prefix_that_cannot_be_listed_is_a_source_error_that_says_why(
+    s3_server: S3Server, s3_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # listing let botocore's own errors out (ClientError, ParamValidationError,
+    # EndpointConnectionError): a caller of iter_sources or list_s3 met no error of ours
+    import botocore.retryhandler
+
+    # botocore tries a refused connection 5 times, a second or so apart: no pause here
+    monkeypatch.setattr(botocore.retryhandler, "delay_exponential", lambda **_: 0)
+    bucket = s3_prefix[len("s3://") :].split("/")[0]
+    async with reader_for(s3_server) as reader:
+        with pytest.raises(SourceNotFoundError, match="no such bucket"):
+            [s async for s in reader.list_s3(f"s3://{bucket}-missing/raw/")]
+        with pytest.raises(SourceError, match=r"ParamValidationError: .*Invalid bucket name"):
+            [s async for s in iter_sources("s3://B_ad!/raw/", reader=reader)]
+    unreachable = SourceReader(
+        s3_options={
+            **s3_server.reader_options(),
+            "endpoint_url": f"http://127.0.0.1:{closed_port()}",
+        }
+    )
+    async with unreachable:
+        with pytest.raises(SourceError, match="EndpointConnectionError") as caught:
+            [s async for s in unreachable.list_s3(f"{s3_prefix}/raw/")]
+        assert s3_server.secret_key not in str(caught.value)
