@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import select
 import socket
 import ssl
@@ -247,6 +248,15 @@ def _readable(sock: socket.socket | None) -> bool:
     return bool(poll.poll(0))
 
 
+def _is_address(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address (one address: nothing to resolve)."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
@@ -279,10 +289,13 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
             return await other.connect_tcp(host, port, timeout, local_address, socket_options)
         loop = asyncio.get_running_loop()
         local = None if local_address is None else (local_address, 0)
+        # one address races nothing, and asyncio's race (3.10, 3.11) drops the socket that won
+        # when the connect is cancelled just as it connects: an open socket nobody closes
+        delay = None if _is_address(host) else 0.25
         try:
             with anyio.fail_after(timeout):
                 transport, protocol = await loop.create_connection(
-                    _Protocol, host, port, local_addr=local, happy_eyeballs_delay=0.25
+                    _Protocol, host, port, local_addr=local, happy_eyeballs_delay=delay
                 )
         except TimeoutError as exc:
             raise httpcore.ConnectTimeout(f"timed out connecting to {host}:{port}") from exc

@@ -431,3 +431,34 @@ def test_a_large_chunk_is_read_in_pieces_without_copying_what_is_left_of_it() ->
         assert protocol.buffered == left
     assert [len(piece) for piece in pieces] == [65536] * 4 + [35, 65536, 70_000 - 65536]
     assert b"".join(pieces) == b"".join(sent)
+
+
+async def test_a_connect_cancelled_at_any_turn_of_the_loop_leaves_no_socket_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """asyncio's happy-eyeballs race (Python 3.10 and 3.11) drops the socket that won when
+    the connect is cancelled just after it connected: a batch cancelled mid-connect left
+    open sockets, collected later as ResourceWarnings in whatever ran then."""
+    unraisable: list[str] = []
+    monkeypatch.setattr("sys.unraisablehook", lambda u: unraisable.append(repr(u.exc_value)))
+    backend = _netio.AsyncioBackend()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.setblocking(False)
+        port = server.getsockname()[1]
+        accepted: list[socket.socket] = []
+        for turns in range(40):
+            connecting = asyncio.ensure_future(backend.connect_tcp("127.0.0.1", port, timeout=5))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await (await connecting).aclose()
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    accepted.append(server.accept()[0])
+        for peer in accepted:
+            peer.close()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            gc.collect()
+    assert unraisable == []
