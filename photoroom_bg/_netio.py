@@ -30,7 +30,7 @@ from httpcore._backends.base import SOCKET_OPTION
 
 from . import _deadline
 
-__all__ = ["READ_AHEAD", "AsyncioBackend", "install"]
+__all__ = ["READ_AHEAD", "AsyncioBackend", "install", "is_address"]
 
 #: Bytes read ahead of the reader before the connection stops reading (until it drains).
 READ_AHEAD = 1 << 20
@@ -248,10 +248,10 @@ def _readable(sock: socket.socket | None) -> bool:
     return bool(poll.poll(0))
 
 
-def _is_address(host: str) -> bool:
+def is_address(host: str) -> bool:
     """Whether ``host`` is an IPv4 or IPv6 address (one address: nothing to resolve)."""
     try:
-        ipaddress.ip_address(host.strip("[]"))
+        ipaddress.ip_address(host)
     except ValueError:
         return False
     return True
@@ -291,7 +291,7 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         local = None if local_address is None else (local_address, 0)
         # one address races nothing, and asyncio's race (3.10, 3.11) drops the socket that won
         # when the connect is cancelled just as it connects: an open socket nobody closes
-        delay = None if _is_address(host) else 0.25
+        delay = None if is_address(host) else 0.25
         try:
             with anyio.fail_after(timeout):
                 transport, protocol = await loop.create_connection(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import ipaddress
 import itertools
 import math
 import os
@@ -253,21 +252,13 @@ def environment_proxies() -> dict[str, str | None]:
             continue
         if "://" in host:
             patterns[host] = None
-        elif _is_ip(host):
+        elif _netio.is_address(host):
             patterns[f"all://[{host}]" if ":" in host else f"all://{host}"] = None
         elif host.lower() == "localhost":
             patterns[f"all://{host}"] = None
         else:  # "example.com" also covers "www.example.com"
             patterns[f"all://*{host}"] = None
     return patterns
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def proxy_mounts(
