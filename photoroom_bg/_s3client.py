@@ -10,7 +10,13 @@ from ._numbers import check_given, check_server_url
 from ._redact import install_log_redaction
 from .errors import ConfigurationError
 
-__all__ = ["CREDENTIALS_ADVICE", "check_endpoint", "close_s3_client", "open_s3_client"]
+__all__ = [
+    "CREDENTIALS_ADVICE",
+    "check_endpoint",
+    "close_s3_client",
+    "error_code",
+    "open_s3_client",
+]
 
 #: Where S3 credentials go, for a URI or an endpoint that holds them (never shown).
 CREDENTIALS_ADVICE = (
@@ -94,3 +100,11 @@ async def open_s3_client(
 async def close_s3_client(entry: tuple[Any, Any]) -> None:
     """Exit a client made by :func:`open_s3_client`."""
     await entry[0].__aexit__(None, None, None)
+
+
+def error_code(exc: Any) -> str:
+    """The S3 error code of a botocore error, or ``""``: only a ``ClientError`` carries an
+    answer (an ``HTTPClientError``'s ``response`` is ``None``)."""
+    response = getattr(exc, "response", None)
+    error = response.get("Error") if isinstance(response, Mapping) else None
+    return str(error.get("Code", "")) if isinstance(error, Mapping) else ""

@@ -80,7 +80,13 @@ from ._numbers import (
 from ._perloop import PerLoop
 from ._pool import tls_context
 from ._redact import install_log_redaction, lone_surrogate, printable, redact_text, redact_url
-from ._s3client import CREDENTIALS_ADVICE, check_endpoint, close_s3_client, open_s3_client
+from ._s3client import (
+    CREDENTIALS_ADVICE,
+    check_endpoint,
+    close_s3_client,
+    error_code,
+    open_s3_client,
+)
 from .errors import (
     ConfigurationError,
     InvalidImageError,
@@ -1005,7 +1011,7 @@ def _s3_error(exc: Exception, shown: str, missing: str) -> SourceError:
     from botocore.exceptions import ClientError
 
     if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
+        code = error_code(exc)
         if code in ("NoSuchKey", "404", "NoSuchBucket"):
             return SourceNotFoundError(f"{shown}: {missing}")
         return SourceError(f"{shown}: S3 error {code}")

@@ -14,7 +14,13 @@ from urllib.parse import quote
 from .._numbers import check_flag, check_type
 from .._perloop import PerLoop
 from .._redact import redact_url
-from .._s3client import CREDENTIALS_ADVICE, check_endpoint, close_s3_client, open_s3_client
+from .._s3client import (
+    CREDENTIALS_ADVICE,
+    check_endpoint,
+    close_s3_client,
+    error_code,
+    open_s3_client,
+)
 from ..errors import (
     BucketNotFoundError,
     ConfigurationError,
@@ -237,7 +243,7 @@ class S3Sink:
                 await client.create_bucket(**kwargs)
                 return
             except ClientError as exc:
-                code = _code(exc)
+                code = error_code(exc)
                 if code in _BUCKET_EXISTS:
                     return
                 # workers racing to create the same bucket: some servers answer the losers
@@ -279,12 +285,12 @@ class S3Sink:
             return StorageUnavailableError(
                 f"cannot {action} at {where}: {type(exc).__name__} (is {self._server} up?)"
             )
-        if isinstance(exc, ClientError) and _code(exc) in _UNAVAILABLE_CODES:
+        code = error_code(exc)
+        if isinstance(exc, ClientError) and code in _UNAVAILABLE_CODES:
             return StorageUnavailableError(
-                f"cannot {action} at {where}: S3 error {_code(exc)} (the server is unavailable)"
+                f"cannot {action} at {where}: S3 error {code} (the server is unavailable)"
             )
         if isinstance(exc, ClientError):
-            code = _code(exc)
             if code == "NoSuchBucket":
                 return BucketNotFoundError(
                     f"bucket {self.bucket!r} does not exist ({self._missing_bucket})"
@@ -320,7 +326,7 @@ class S3Sink:
                 Metadata=meta,
             )
         except Exception as exc:
-            if _code(exc) in _AUTH_CODES:
+            if error_code(exc) in _AUTH_CODES:
                 # servers that auto-create buckets answer AccessDenied for a missing one
                 await self._check_bucket(client)
             raise self._error(exc, "store", key) from None
@@ -343,7 +349,7 @@ class S3Sink:
         try:
             await client.head_object(Bucket=self.bucket, Key=object_key)
         except ClientError as exc:
-            if _code(exc) in _MISSING_KEY_CODES:
+            if error_code(exc) in _MISSING_KEY_CODES:
                 # a HEAD on a missing bucket is also a bare 404: tell the two apart
                 await self._check_bucket(client)
                 return False
@@ -365,7 +371,7 @@ class S3Sink:
         try:
             head = await client.head_object(Bucket=self.bucket, Key=object_key)
         except ClientError as exc:
-            if _code(exc) in _MISSING_KEY_CODES:
+            if error_code(exc) in _MISSING_KEY_CODES:
                 await self._check_bucket(client)
             raise self._error(exc, "look up", key) from None
         except Exception as exc:
@@ -390,7 +396,7 @@ class S3Sink:
         try:
             await client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
-            if _code(exc) in ("404", "NoSuchBucket", "NotFound"):
+            if error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
                 raise BucketNotFoundError(
                     f"bucket {self.bucket!r} does not exist ({self._missing_bucket})"
                 ) from None
@@ -444,14 +450,6 @@ class S3Sink:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-def _code(exc: Any) -> str:
-    """The S3 error code of a botocore error, or ``""``: only a ``ClientError`` carries an
-    answer (an ``HTTPClientError``'s ``response`` is ``None``)."""
-    response = getattr(exc, "response", None)
-    error = response.get("Error") if isinstance(response, Mapping) else None
-    return str(error.get("Code", "")) if isinstance(error, Mapping) else ""
 
 
 #: The longest a SigV4 presigned URL may live (S3 refuses a longer ``X-Amz-Expires``).
