@@ -23,11 +23,22 @@ _GUARD_SITE = str(Path(__file__).resolve().parent / "_guard_site")
 TEMP_ENV = "PHOTOROOM_BG_TEST_TMPDIR"
 
 
+def _xdist_worker(config: pytest.Config) -> str | None:
+    """This process's name as a pytest-xdist worker ("gw0", ...), None in any other session
+    (a pytest a test starts inherits the worker's environment, not its ``workerinput``)."""
+    workerinput: dict[str, object] = getattr(config, "workerinput", {})
+    worker = workerinput.get("workerid")
+    return worker if isinstance(worker, str) else None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Install the loopback guard here and, through ``sitecustomize``, in Python children."""
+    worker = _xdist_worker(config)
+    _measure_workers_as_this_process(config, worker)
     netguard.install()
-    if netguard.LOG_ENV not in os.environ:  # else an outer test session owns the log
-        log = config.rootpath / ".netguard.log"
+    if netguard.LOG_ENV not in os.environ or worker:  # else an outer session owns it
+        # a log per worker: what one worker's children tried is blamed on its own test only
+        log = config.rootpath / (f".netguard.{worker}.log" if worker else ".netguard.log")
         log.unlink(missing_ok=True)
         os.environ[netguard.LOG_ENV] = str(log)
     paths = [_GUARD_SITE, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
@@ -40,6 +51,29 @@ def pytest_configure(config: pytest.Config) -> None:
         # at exit, after the libraries that clean their own folders in it then (Prefect's
         # test harness): exit callbacks run last registered first
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+
+def _measure_workers_as_this_process(config: pytest.Config, worker: str | None) -> None:
+    """Under ``coverage run -m pytest -n N`` (tox), measure the xdist workers too.
+
+    coverage's ``.pth`` starts measuring any Python process that finds
+    ``COVERAGE_PROCESS_START`` set, from its first line: the workers then count the modules our
+    pytest plugin imports before any pytest plugin could start coverage. A worker drops the
+    variable again, so the servers and commands the tests start are not measured, as without
+    workers."""
+    if worker:
+        os.environ.pop("COVERAGE_PROCESS_START", None)
+        return
+    if not getattr(config.option, "numprocesses", None):  # no workers to start
+        return
+    try:
+        import coverage
+    except ImportError:  # pragma: no cover - nothing measures this run
+        return
+
+    current = coverage.Coverage.current()
+    if current is not None and current.config.config_file:
+        os.environ.setdefault("COVERAGE_PROCESS_START", current.config.config_file)
 
 
 @pytest.fixture(autouse=True)

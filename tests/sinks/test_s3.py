@@ -342,6 +342,7 @@ def test_a_sink_uri_holding_credentials_is_refused_without_showing_them(target: 
         f"http://127.0.0.1:{closed_port()}/?token=SECRETKEY789",
         "127.0.0.1:9000",
     ],
+    ids=["user-info", "query", "no-scheme"],  # the same in every process that collects them
 )
 @pytest.mark.parametrize("who", ["sink", "reader"])
 async def test_an_endpoint_that_is_no_server_url_is_refused_without_its_secrets(
