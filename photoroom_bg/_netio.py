@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ipaddress
+import itertools
 import select
 import socket
 import ssl
@@ -287,16 +288,10 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         other = self._fallback()
         if other is not None:
             return await other.connect_tcp(host, port, timeout, local_address, socket_options)
-        loop = asyncio.get_running_loop()
         local = None if local_address is None else (local_address, 0)
-        # one address races nothing, and asyncio's race (3.10, 3.11) drops the socket that won
-        # when the connect is cancelled just as it connects: an open socket nobody closes
-        delay = None if is_address(host) else 0.25
         try:
             with anyio.fail_after(timeout):
-                transport, protocol = await loop.create_connection(
-                    _Protocol, host, port, local_addr=local, happy_eyeballs_delay=delay
-                )
+                transport, protocol = await _open(host, port, local)
         except TimeoutError as exc:
             raise httpcore.ConnectTimeout(f"timed out connecting to {host}:{port}") from exc
         except OSError as exc:
@@ -324,6 +319,75 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
+
+
+#: How long an attempt to connect to one of a name's addresses has before the next one starts
+#: beside it (RFC 8305's "Connection Attempt Delay", as asyncio and anyio use it).
+HAPPY_EYEBALLS_DELAY = 0.25
+
+_Connection = tuple[asyncio.Transport, asyncio.BaseProtocol]
+
+
+async def _open(host: str, port: int, local: tuple[str, int] | None) -> _Connection:
+    """A connection to ``host``: to its one address, or to whichever of its addresses answers
+    first, the next attempt starting when one fails or after :data:`HAPPY_EYEBALLS_DELAY`.
+
+    Not asyncio's own race (``happy_eyeballs_delay``): on Python 3.10 and 3.11 it drops the
+    socket that won when the connect is cancelled just as it connects, an open socket nobody
+    closes. Each attempt here connects to one address, which asyncio does without a race and
+    closes on a cancel; the race keeps what it won until it is handed over, and closes it on
+    any way out."""
+    loop = asyncio.get_running_loop()
+    if is_address(host):
+        return await loop.create_connection(_Protocol, host, port, local_addr=local)
+    found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = _interleaved([(family, str(address[0])) for family, *_, address in found])
+    if not addresses:
+        raise OSError(f"no address found for {host}")
+    if len(addresses) == 1:
+        return await loop.create_connection(_Protocol, addresses[0], port, local_addr=local)
+    won: list[_Connection] = []
+    errors: list[Exception] = []
+
+    async def attempt(address: str, failed: anyio.Event, scope: anyio.CancelScope) -> None:
+        try:
+            connection = await loop.create_connection(_Protocol, address, port, local_addr=local)
+        except Exception as exc:  # each attempt's error is reported below
+            errors.append(exc)
+            failed.set()
+            return
+        won.append(connection)
+        scope.cancel()  # the attempts still under way, and the wait to start the next one
+
+    try:
+        async with anyio.create_task_group() as group:
+            for address in addresses:
+                failed = anyio.Event()
+                group.start_soon(attempt, address, failed, group.cancel_scope)
+                with anyio.move_on_after(HAPPY_EYEBALLS_DELAY):
+                    await failed.wait()
+    except BaseException:
+        for transport, _ in won:
+            transport.abort()
+        raise
+    for transport, _ in won[1:]:  # two may connect before either is seen
+        transport.abort()
+    if won:
+        return won[0]
+    reasons = list(dict.fromkeys(_reason(exc) for exc in errors))
+    if len(reasons) == 1:
+        raise errors[0]
+    raise OSError(f"every address of {host} failed: {'; '.join(reasons)}")
+
+
+def _interleaved(addresses: list[tuple[int, str]]) -> list[str]:
+    """The addresses in the order RFC 8305 tries them: one of the first family, one of the
+    other, and so on (duplicates dropped)."""
+    by_family: dict[int, list[str]] = {}
+    for family, address in dict.fromkeys(addresses):
+        by_family.setdefault(family, []).append(address)
+    lists = list(by_family.values())
+    return [a for group in itertools.zip_longest(*lists) for a in group if a is not None]
 
 
 def _connected(

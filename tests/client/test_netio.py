@@ -433,32 +433,132 @@ def test_a_large_chunk_is_read_in_pieces_without_copying_what_is_left_of_it() ->
     assert b"".join(pieces) == b"".join(sent)
 
 
+def _resolve_as(monkeypatch: pytest.MonkeyPatch, name: str, addresses: list[str]) -> None:
+    """Make the running loop resolve ``name`` to ``addresses`` (loopback ones), in that order
+    (asyncio's own connect resolves through the same method)."""
+    loop = asyncio.get_running_loop()
+    resolve = loop.getaddrinfo
+
+    async def getaddrinfo(host: str, port: int, **kwargs: Any) -> list[Any]:
+        if host != name:
+            return await resolve(host, port, **kwargs)
+        family = socket.AF_INET
+        return [(family, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+
+
+def _servers_on(addresses: list[str]) -> tuple[list[socket.socket], int]:
+    """Listening sockets on the same free port of each loopback address."""
+    for _ in range(20):
+        first = socket.create_server((addresses[0], 0))
+        servers, port = [first], first.getsockname()[1]
+        try:
+            servers += [socket.create_server((a, port)) for a in addresses[1:]]
+        except OSError:  # that port is taken on another address: draw another
+            for server in servers:
+                server.close()
+            continue
+        for server in servers:
+            server.setblocking(False)
+        return servers, port
+    raise AssertionError("no port free on every address")
+
+
+@pytest.mark.parametrize(
+    ("name", "addresses"),
+    [
+        ("127.0.0.1", []),
+        ("localhost", ["127.0.0.1"]),
+        ("localhost", ["127.0.0.1", "127.0.0.2"]),
+    ],
+    ids=["an address", "a name with one address", "a name with two"],
+)
 async def test_a_connect_cancelled_at_any_turn_of_the_loop_leaves_no_socket_open(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, name: str, addresses: list[str]
 ) -> None:
     """asyncio's happy-eyeballs race (Python 3.10 and 3.11) drops the socket that won when
     the connect is cancelled just after it connected: a batch cancelled mid-connect left
-    open sockets, collected later as ResourceWarnings in whatever ran then."""
+    open sockets, collected later as ResourceWarnings in whatever ran then. A name (one
+    address or several) connects through our own race, which closes what it won."""
     unraisable: list[str] = []
     monkeypatch.setattr("sys.unraisablehook", lambda u: unraisable.append(repr(u.exc_value)))
+    _resolve_as(monkeypatch, name, addresses)
     backend = _netio.AsyncioBackend()
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        server.setblocking(False)
-        port = server.getsockname()[1]
+    servers, port = _servers_on(addresses or [name])
+    try:
         accepted: list[socket.socket] = []
-        for turns in range(40):
-            connecting = asyncio.ensure_future(backend.connect_tcp("127.0.0.1", port, timeout=5))
+        for turns in range(60):
+            connecting = asyncio.ensure_future(backend.connect_tcp(name, port, timeout=5))
             for _ in range(turns):
                 await asyncio.sleep(0)
             connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await (await connecting).aclose()
-            with contextlib.suppress(BlockingIOError):
-                while True:
-                    accepted.append(server.accept()[0])
+            for server in servers:
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        accepted.append(server.accept()[0])
         for peer in accepted:
             peer.close()
         with warnings.catch_warnings():
             warnings.simplefilter("error", ResourceWarning)
             gc.collect()
+    finally:
+        for server in servers:
+            server.close()
     assert unraisable == []
+
+
+async def test_a_name_connects_to_the_address_that_answers_and_closes_the_attempt_that_hangs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first address takes no connection (its listener's queue is full, so the kernel
+    drops the handshake): the next address starts after the delay and wins, and the attempt
+    left hanging is closed, not leaked."""
+    unraisable: list[str] = []
+    monkeypatch.setattr("sys.unraisablehook", lambda u: unraisable.append(repr(u.exc_value)))
+    monkeypatch.setattr(_netio, "HAPPY_EYEBALLS_DELAY", 0.05)
+    _resolve_as(monkeypatch, "two-addresses.test", ["127.0.0.2", "127.0.0.1"])
+    (full, good), port = _servers_on(["127.0.0.2", "127.0.0.1"])
+    full.listen(0)
+    fillers: list[socket.socket] = []
+    try:
+        for _ in range(4):  # fill the queue: connects that are never accepted
+            filler = socket.socket()
+            filler.setblocking(False)
+            fillers.append(filler)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.2", port))
+        stream = await _netio.AsyncioBackend().connect_tcp("two-addresses.test", port, timeout=5)
+        try:
+            assert stream.get_extra_info("server_addr") == ("127.0.0.1", port)
+        finally:
+            await stream.aclose()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            gc.collect()
+    finally:
+        for sock in [full, good, *fillers]:
+            sock.close()
+    assert unraisable == []
+
+
+async def test_a_name_whose_first_address_refuses_connects_to_the_next_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refusal starts the next attempt without waiting for the delay (set here to longer
+    than the test's timeout); when every address refuses, the error names each reason."""
+    monkeypatch.setattr(_netio, "HAPPY_EYEBALLS_DELAY", 60)
+    (good,), port = _servers_on(["127.0.0.1"])
+    _resolve_as(monkeypatch, "two-addresses.test", ["127.0.0.2", "127.0.0.1"])
+    with good:
+        stream = await _netio.AsyncioBackend().connect_tcp("two-addresses.test", port, timeout=5)
+        await stream.aclose()
+    _resolve_as(monkeypatch, "refusing.test", ["127.0.0.2", "127.0.0.3"])
+    with pytest.raises(httpcore.ConnectError) as raised:
+        await _netio.AsyncioBackend().connect_tcp("refusing.test", port, timeout=5)
+    message = str(raised.value)
+    assert "every address of refusing.test failed" in message
+    assert "127.0.0.2" in message
+    assert "127.0.0.3" in message
