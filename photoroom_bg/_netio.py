@@ -338,20 +338,24 @@ async def _open(host: str, port: int, local: tuple[str, int] | None) -> _Connect
     closes on a cancel; the race keeps what it won until it is handed over, and closes it on
     any way out."""
     loop = asyncio.get_running_loop()
+
+    async def connect(address: str) -> _Connection:  # one address: asyncio races nothing
+        return await loop.create_connection(_Protocol, address, port, local_addr=local)
+
     if is_address(host):
-        return await loop.create_connection(_Protocol, host, port, local_addr=local)
+        return await connect(host)
     found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     addresses = _interleaved([(family, str(address[0])) for family, *_, address in found])
     if not addresses:
         raise OSError(f"no address found for {host}")
     if len(addresses) == 1:
-        return await loop.create_connection(_Protocol, addresses[0], port, local_addr=local)
+        return await connect(addresses[0])
     won: list[_Connection] = []
     errors: list[Exception] = []
 
     async def attempt(address: str, failed: anyio.Event, scope: anyio.CancelScope) -> None:
         try:
-            connection = await loop.create_connection(_Protocol, address, port, local_addr=local)
+            connection = await connect(address)
         except Exception as exc:  # each attempt's error is reported below
             errors.append(exc)
             failed.set()
