@@ -20,6 +20,9 @@ sys.path.insert(0, str(HERE / "_ext"))
 # Prefect's SDK (set before autodoc imports prefect, which reads its settings once)
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# ... and 180 s for it to start, as the tests give it (tests/prefect/conftest.py): Prefect's
+# 20 s ran out in CI, where the docs build shares two cores with the test workers
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 project = "photoroom_bg"
 author = "photoroom_bg developers"
