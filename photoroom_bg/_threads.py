@@ -39,7 +39,15 @@ from typing import Any, TypeVar
 
 from ._logs import get_logger
 
-__all__ = ["IDLE_SECONDS", "QUICK_BYTES", "QUICK_SECONDS", "QuickCalls", "run_sync", "thread_count"]
+__all__ = [
+    "IDLE_SECONDS",
+    "QUICK_BYTES",
+    "QUICK_SECONDS",
+    "QuickCalls",
+    "carried",
+    "run_sync",
+    "thread_count",
+]
 
 T = TypeVar("T")
 
@@ -161,7 +169,7 @@ class _Workers:
             try:
                 result: _Result = (future, context.run(fn, *args), None)
             except BaseException as exc:
-                result = (future, None, exc)
+                result = (future, None, carried(exc, fn))
             self.results.append(result)
             del result, future, fn, args, context
             with self.lock:
@@ -198,6 +206,26 @@ class _Workers:
             threads = list(self.threads)
         for thread in threads:
             thread.join()
+
+
+# Raised in a worker thread, these mean something else once raised in the awaiting
+# coroutine: a StopIteration cannot be set on a future at all (its result was never handed
+# back, and the caller waited forever), a GeneratorExit breaks the coroutine it reaches, and a
+# CancelledError passes for a cancel of the awaiting task, which nothing asked for.
+_MISLEADING = (StopIteration, StopAsyncIteration, GeneratorExit, asyncio.CancelledError)
+
+
+def carried(exc: BaseException, fn: object, *, where: str = " in a worker thread") -> BaseException:
+    """What ``fn``, a plain function run in a worker thread (or ``where`` else), raised, as
+    it may be raised in a coroutine: one of :data:`_MISLEADING` becomes a
+    :class:`RuntimeError` with it as its cause, as PEP 479 does for a generator's
+    ``StopIteration``."""
+    if not isinstance(exc, _MISLEADING):
+        return exc
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    error = RuntimeError(f"{name} raised {type(exc).__name__}{where}")
+    error.__cause__ = exc
+    return error
 
 
 _workers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Workers] = (

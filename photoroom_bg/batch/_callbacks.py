@@ -87,8 +87,8 @@ class Callbacks:
         if not self.threaded:
             try:
                 self._call(result, progress)
-            except BaseException as exc:
-                self._raised(exc)
+            except BaseException as exc:  # as from the worker thread (see _threads.carried)
+                self._raised(_threads.carried(exc, self._call, where=""))
             return None
         made = anyio.Event()
         self._queue.append((result, progress, made))

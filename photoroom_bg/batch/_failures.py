@@ -3,7 +3,9 @@ errors that keep nothing heavy alive."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import math
 import sys
 from collections.abc import AsyncIterator
 
@@ -15,7 +17,7 @@ from ..errors import APIConnectionError, APIStatusError, PhotoroomBGError
 if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport there
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["lighten", "one_error", "typed"]
+__all__ = ["lighten", "misleading", "one_error", "typed"]
 
 
 @contextlib.asynccontextmanager
@@ -42,6 +44,36 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
         if not isinstance(leaf, cancelled):
             return leaf
     return leaves[0] if leaves else group
+
+
+def misleading(exc: BaseException, where: str) -> RuntimeError | None:
+    """A :class:`RuntimeError` standing for ``exc``, which code of the caller's (``where``)
+    raised, when ``exc`` is no ``Exception`` and yet no request to stop either: a
+    ``GeneratorExit``, or a cancellation that nothing asked for (leaked from a task that code
+    cancelled, say); else ``None``. Taken for a cancel of the batch, such a cancellation ended
+    the batch's tasks with paid calls under way and their jobs unrecorded; as an error it is
+    handled where it was raised as an ``Exception`` there would be."""
+    if not isinstance(exc, GeneratorExit) and not _stray_cancel(exc):
+        return None
+    why = "" if isinstance(exc, GeneratorExit) else ", though nothing cancelled the batch"
+    error = RuntimeError(f"{where} raised {type(exc).__name__}{why}")
+    error.__cause__ = exc
+    return error
+
+
+def _stray_cancel(exc: BaseException) -> bool:
+    """Whether ``exc`` is a cancellation while nothing cancels the current task: no cancel
+    scope around it is cancelled, nor (Python 3.11 on) is the task itself."""
+    if not isinstance(exc, anyio.get_cancelled_exc_class()):
+        return False
+    if anyio.current_effective_deadline() == -math.inf:
+        return False
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # trio: its cancel scopes, checked above, are all there is
+        return True
+    cancelling = getattr(task, "cancelling", None)
+    return not (cancelling is not None and cancelling())
 
 
 def typed(exc: BaseException, kind: type[PhotoroomBGError], doing: str = "") -> PhotoroomBGError:

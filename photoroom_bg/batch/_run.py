@@ -39,7 +39,7 @@ from ..sources import ImageSource, SourceReader, SourceSpec, _working_folder, it
 from ._callbacks import Callbacks
 from ._calls import EngineCalls, EngineFailed, Stopped
 from ._claims import making, place_of, stored_under
-from ._failures import lighten, one_error, typed
+from ._failures import lighten, misleading, one_error, typed
 from ._handle import BatchHandle
 from ._jobs import BatchReport, JobResult, JobStatus
 from ._manifest import (
@@ -559,18 +559,26 @@ class Batch:
             except StopAsyncIteration:
                 pass  # listed to the end
             except Exception as exc:  # the listing ends; what it listed is processed
-                error = typed(exc, SourceError, "listing the sources")
-                self.listing_error = f"{type(error).__name__}: {error}"
-                logger.error("listing the sources stopped after %d: %s", total, error)
-            except anyio.get_cancelled_exc_class():
-                raise
-            except BaseException as exc:  # sys.exit() in the caller's iterator of sources
-                self.stop_for(exc, "the sources")
+                self._listing_failed(exc, total)
+            except BaseException as exc:
+                error = misleading(exc, "the iterator of sources")
+                if error is not None:
+                    self._listing_failed(error, total)
+                elif isinstance(exc, anyio.get_cancelled_exc_class()):
+                    raise
+                else:  # sys.exit() in the caller's iterator of sources
+                    self.stop_for(exc, "the sources")
             finally:
                 self._total = self.calls.total = total
                 self.handle._sources_done()
                 if self.bar is not None:
                     self.bar.set_total(total)
+
+    def _listing_failed(self, exc: Exception, total: int) -> None:
+        """The listing ends with ``exc``; what it listed is processed."""
+        error = typed(exc, SourceError, "listing the sources")
+        self.listing_error = f"{type(error).__name__}: {error}"
+        logger.error("listing the sources stopped after %d: %s", total, error)
 
     async def _next_input(self, sources: AsyncIterator[ImageSource]) -> ImageSource | None:
         """The next input of a one-shot iterator of sources, or ``None`` when the batch
@@ -604,20 +612,28 @@ class Batch:
                     try:
                         result = await self._job(job)
                     except Exception as exc:  # one job's surprise must not end the batch
-                        logger.error(
-                            "job %d (%s) failed unexpectedly", index, _display(source), exc_info=exc
-                        )
-                        result = job.done(JobStatus.FAILED, error=typed(exc, UnexpectedError))
-                    except anyio.get_cancelled_exc_class():
-                        raise
-                    except BaseException as exc:  # sys.exit() in a sink, a reader, a template
-                        self.stop_for(exc, f"job {index}")
-                        result = job.done(JobStatus.CANCELLED, reason=self.stop_reason)
+                        result = self._unexpected(job, exc)
+                    except BaseException as exc:
+                        error = misleading(exc, "code of the caller's run for this job")
+                        if error is not None:
+                            result = self._unexpected(job, error)
+                        elif isinstance(exc, anyio.get_cancelled_exc_class()):
+                            raise
+                        else:  # sys.exit() in a sink, a reader, a template
+                            self.stop_for(exc, f"job {index}")
+                            result = job.done(JobStatus.CANCELLED, reason=self.stop_reason)
                 else:
                     result = job.done(JobStatus.CANCELLED, reason=self.stop_reason)
                 made = self._record(result, source, running, job.made_as)
                 if made is not None:  # this job's callbacks made before the next job
                     await made.wait()
+
+    def _unexpected(self, job: _Job, exc: Exception) -> JobResult:
+        """A job that raised what none of its steps expected: failed, and logged."""
+        logger.error(
+            "job %d (%s) failed unexpectedly", job.index, _display(job.source), exc_info=exc
+        )
+        return job.done(JobStatus.FAILED, error=typed(exc, UnexpectedError))
 
     def _record(
         self, result: JobResult, source: ImageSource, running: bool, made_as: bytes | None

@@ -26,7 +26,7 @@ from ..errors import (
 )
 from ..sinks import FileSystemSink, Sink, StoredObject
 from ..sinks._filesystem import stored_keys
-from ._failures import typed
+from ._failures import misleading, typed
 from ._jobs import JobStatus
 
 __all__ = ["STOPPING_STORAGE_ERRORS", "Storage", "Unstored"]
@@ -52,6 +52,17 @@ def _plain_files(sink: Sink, method: str) -> FileSystemSink | None:
 
 def _content_type(key: str) -> str:
     return _MIME.get(key.rsplit(".", 1)[-1].lower(), "image/png")
+
+
+def _answer(value: object, kind: type[T], method: str) -> T:
+    """``value``, which the sink's ``method`` returned, if it is the ``kind`` the protocol
+    asks for; else a :class:`StorageError`. A sink of the caller's whose ``exists`` returned
+    ``None`` had every image skipped as "already stored", and none made."""
+    if not isinstance(value, kind):
+        raise StorageError(
+            f"the sink's {method}() returned {type(value).__name__}, not a {kind.__name__}"
+        )
+    return value
 
 
 @attrs.frozen
@@ -139,11 +150,12 @@ class Storage:
         if stat is None:
             return None
         try:
-            return await self.bounded(stat(key), "to describe an output")
+            found = await self.bounded(stat(key), "to describe an output")
         except ObjectNotFoundError:
             return False
         except PhotoroomBGError:
             return None
+        return found if isinstance(found, StoredObject) else None  # a sink of the caller's
 
     def looks_up_in_place(self) -> bool:
         """Whether :meth:`lookup` runs in place now: on the event loop, with no turn of it,
@@ -171,10 +183,15 @@ class Storage:
             try:
                 if stat is not None:
                     try:
-                        return await self.bounded(stat(key), "to look an output up")
+                        stated: object = await self.bounded(stat(key), "to look an output up")
                     except ObjectNotFoundError:
                         return False
-                return await self.bounded(self.sink.exists(key), "to look an output up")
+                    return _answer(stated, StoredObject, "stat")
+                return _answer(
+                    await self.bounded(self.sink.exists(key), "to look an output up"),
+                    bool,
+                    "exists",
+                )
             except StorageUnavailableError as exc:
                 self.outage(exc)
 
@@ -195,7 +212,10 @@ class Storage:
         if spilled:
             return await self.from_spill(key, listed=False)
         try:
-            data = await self.bounded(self.sink.get(key), "to read a cut-out back")
+            got: object = await self.bounded(self.sink.get(key), "to read a cut-out back")
+            if isinstance(got, (bytearray, memoryview)):
+                got = bytes(got)
+            data = _answer(got, bytes, "get")
         except Exception as exc:  # a sink of the caller's may raise anything: make it anew
             logger.debug("%s could not be read back (%s): made again", key, exc)
             return None
@@ -266,9 +286,15 @@ class Storage:
                         error, failed = failed, None
                         raise error
                     with anyio.move_on_after(self.timeout):
-                        return await self.sink.put(
+                        stored = await self.sink.put(
                             key, content, content_type=content_type, metadata=metadata
                         )
+                        if not isinstance(stored, StoredObject):  # a sink of the caller's
+                            raise TypeError(
+                                f"the sink's put returned {type(stored).__name__}, "
+                                "not a StoredObject"
+                            )
+                        return stored
                     hung = StorageError(
                         f"the sink took more than {self.timeout:g} s to store it (store_timeout)"
                     )
@@ -285,11 +311,22 @@ class Storage:
                     logger.debug("retrying the put of %s after %s", key, exc)
                     await anyio.sleep(delay)
                 except Exception as exc:  # a sink of the caller's with a bug: keep what was paid
-                    logger.error("the sink failed to store %s", key, exc_info=exc)
-                    error = typed(exc, StorageError, "storing the cut-out")
-                    assert isinstance(error, StorageError)
-                    return await self._spill(key, content, content_type, error)
+                    return await self._put_failed(key, content, content_type, exc)
+                except BaseException as exc:
+                    surprise = misleading(exc, "the sink's put")
+                    if surprise is None:  # sys.exit() in the put: see store()
+                        raise
+                    return await self._put_failed(key, content, content_type, surprise)
         raise AssertionError("unreachable: the store loop ends by returning")
+
+    async def _put_failed(
+        self, key: str, content: bytes, content_type: str, exc: Exception
+    ) -> Unstored:
+        """The sink's put raised what no sink should: keep the paid cut-out."""
+        logger.error("the sink failed to store %s", key, exc_info=exc)
+        error = typed(exc, StorageError, "storing the cut-out")
+        assert isinstance(error, StorageError)
+        return await self._spill(key, content, content_type, error)
 
     async def _spill(
         self, key: str, content: bytes, content_type: str, error: StorageError

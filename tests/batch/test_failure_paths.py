@@ -687,6 +687,148 @@ def test_code_of_the_callers_that_calls_sys_exit_stops_the_batch_and_keeps_what_
         assert again.stored_count == 1  # and the process goes on
 
 
+class _RaiseOnThird:
+    """Code of the caller's that raises ``raised`` the third time it runs."""
+
+    def __init__(self, raised: BaseException) -> None:
+        self.raised = raised
+        self.calls = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.calls == 3:
+            raise self.raised
+
+
+@pytest.mark.parametrize(
+    "raised", [asyncio.CancelledError(), GeneratorExit()], ids=["CancelledError", "GeneratorExit"]
+)
+@pytest.mark.parametrize("where", ["sink", "reader", "key template", "source list", "callback"])
+@pytest.mark.parametrize("how", ["submit", "run"])
+def test_code_of_the_callers_that_raises_a_cancel_nothing_asked_for_fails_only_its_part(
+    tmp_path: Path, where: str, how: str, raised: BaseException
+) -> None:
+    # a CancelledError of the caller's own (leaked from a task it cancelled) was taken for a
+    # cancel of the batch: the batch's tasks ended without a word, wait() returned with
+    # jobs unrecorded and paid cut-outs thrown away, and calls went on after it returned;
+    # a GeneratorExit in on_result broke the batch's task, and wait() raised a RuntimeError
+    raise_on_third = _RaiseOnThird(raised)
+    emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.02), image_work=False)
+    results: list[JobResult] = []
+
+    class Sink(MemorySink):
+        async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+            if where == "sink":
+                raise_on_third()
+            return await super().put(key, data, **kwargs)
+
+    class Reader(SourceReader):
+        async def read(self, source: ImageSource) -> bytes:
+            if where == "reader":
+                raise_on_third()
+            return await super().read(source)
+
+    def template(**fields: str) -> str:
+        if where == "key template":
+            raise_on_third()
+        return f"{fields['stem']}-{fields['digest12']}.{fields['ext']}"
+
+    def images() -> Iterator[bytes]:
+        for _ in range(8):
+            if where == "source list":
+                raise_on_third()
+            yield photo()
+
+    def on_result(result: JobResult) -> None:
+        results.append(result)
+        if where == "callback":
+            raise_on_third()
+
+    sink, spill = Sink(), tmp_path / "spill"
+    with emulator.serve():
+        batch = remover(emulator, sink, reader=Reader(), key_template=KeyTemplate(template),
+                        spill_dir=spill, concurrency=2, on_result=on_result)  # fmt: skip
+        if how == "submit":
+            report = batch.submit(images()).wait(timeout=60)
+        else:
+            report = asyncio.run(batch.run(images()))
+        assert report.stop_reason is None  # nothing asked the batch to stop
+        calls = emulator.ledger.calls()
+    spilled = [p.name for p in spill.rglob("*.png")] if spill.exists() else []
+    assert calls == len(sink.objects) + len(spilled)  # every paid cut-out kept
+    assert len(results) == report.total_count  # every input has its record
+    counts = (report.total_count, report.stored_count, report.spilled_count, report.failed_count)
+    name = type(raised).__name__
+    if where == "source list":
+        assert counts == (2, 2, 0, 0)
+        assert f"the iterator of sources raised {name}" in str(report.listing_error)
+    elif where == "callback":
+        assert counts == (8, 8, 0, 0)
+    elif where == "sink":
+        assert counts == (8, 7, 1, 0)
+        (kept,) = [job for job in results if job.status is JobStatus.SPILLED]
+        assert f"the sink's put raised {name}" in str(kept.error)
+    else:
+        assert counts == (8, 7, 0, 1)
+        (failed,) = [job for job in results if job.status is JobStatus.FAILED]
+        assert f"code of the caller's run for this job raised {name}" in str(failed.error)
+        assert calls == 7  # the failed one was not paid for
+
+
+@pytest.mark.parametrize("how", ["submit", "run"])
+def test_a_callback_that_raises_stop_iteration_is_logged_and_the_batch_ends(
+    emulator: PhotoroomEmulator, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a StopIteration from on_result, handed back from the worker thread that ran it, could
+    # not be set on the future the batch awaited: the batch waited for it forever
+    raise_on_third = _RaiseOnThird(StopIteration())
+    batch = remover(emulator, MemorySink(), on_result=lambda _: raise_on_third())
+    images = [photo() for _ in range(6)]
+    if how == "submit":
+        report = batch.submit(images).wait(timeout=60)
+    else:
+        report = asyncio.run(batch.run(images))
+    assert (report.stored_count, emulator.ledger.calls()) == (6, 6)
+    assert "raised StopIteration" in caplog.text
+
+
+@pytest.mark.parametrize("answer", ["put", "exists", "stat"])
+def test_a_sink_that_answers_with_the_wrong_type_loses_no_image(
+    emulator: PhotoroomEmulator, tmp_path: Path, answer: str
+) -> None:
+    # a put that returned a str crashed the batch with an AttributeError, its cut-out and
+    # those of the jobs under way thrown away, paid for; an exists() that returned None had
+    # every image skipped as "already stored", and none made
+    class Sink(MemorySink):
+        async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+            stored = await super().put(key, data, **kwargs)
+            return "ok" if answer == "put" and len(self.objects) == 2 else stored  # type: ignore[return-value]
+
+        async def exists(self, key: str) -> bool:
+            return None if answer == "exists" else await super().exists(key)  # type: ignore[return-value]
+
+        async def stat(self, key: str) -> StoredObject:
+            return None if answer == "stat" else await super().stat(key)  # type: ignore[return-value]
+
+    if answer == "exists":
+        Sink.stat = None  # type: ignore[assignment,method-assign]  # looked up with exists()
+    sink, spill = Sink(), tmp_path / "spill"
+    images = [photo() for _ in range(5)]
+    handle = remover(emulator, sink, spill_dir=spill).submit(images)
+    report = handle.wait(timeout=60)
+    if answer == "put":
+        assert (report.stored_count, report.spilled_count, emulator.ledger.calls()) == (4, 1, 5)
+        (kept,) = [job for job in handle.results() if job.status is JobStatus.SPILLED]
+        assert "the sink's put returned str, not a StoredObject" in str(kept.error)
+        again = remover(emulator, sink, spill_dir=spill).submit(images).wait(timeout=60)
+        assert (again.stored_count, emulator.ledger.calls()) == (5, 5)  # stored unpaid
+    else:
+        # no look-up answered: each job fails unpaid, with what the sink did wrong
+        assert (report.failed_count, emulator.ledger.calls(), len(sink.objects)) == (5, 0, 0)
+        (error, *_) = report.failures["StorageError"]
+        assert f"the sink's {answer}() returned NoneType, not a " in str(error.error)
+
+
 def test_a_spill_folder_that_is_a_file_is_refused_before_anything_is_billed(
     emulator: PhotoroomEmulator, tmp_path: Path
 ) -> None:
