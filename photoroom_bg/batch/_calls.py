@@ -104,6 +104,8 @@ class EngineCalls:
         self._stop = stop
         self._stopped = stopped
         self._answered = False
+        #: calls to the engine under way (sent, or being sent, and not answered yet)
+        self.sending = 0
         self._unreachable: set[int] = set()
 
     async def call(self, job: int, data: bytes, url: str | None) -> tuple[ImageResult, int, int]:
@@ -123,11 +125,15 @@ class EngineCalls:
             except Stopped as stopped:
                 raise Stopped(str(stopped), attempt, possibly) from None
             attempt += 1
+            self.sending += 1
             try:
-                if url is not None:
-                    result = await self.engine.process_url(url, self.options)  # type: ignore[attr-defined]
-                else:
-                    result = await self.engine.process(data, self.options)
+                try:
+                    if url is not None:
+                        result = await self.engine.process_url(url, self.options)  # type: ignore[attr-defined]
+                    else:
+                        result = await self.engine.process(data, self.options)
+                finally:
+                    self.sending -= 1
             except PhotoroomBGError as exc:
                 self.limit.release()
                 if getattr(exc, "possibly_billed", False):

@@ -457,6 +457,11 @@ _running_lock = threading.Lock()
 _exit_hook_installed = False
 
 
+#: At interpreter exit, past a batch's ``exit_timeout``, seconds it is given to spill the
+#: cut-outs in hand, record its jobs and close.
+EXIT_CLEANUP_SECONDS = 10.0
+
+
 def _watch_at_exit(batch: Batch, future: Future[BatchReport], timeout: float) -> None:
     global _exit_hook_installed
     with _running_lock:
@@ -498,9 +503,12 @@ def _finish_at_exit() -> None:
         with contextlib.suppress(Exception):  # reported below from the handle's counts
             future.result(wait_limit("exit_timeout", timeout))  # inf: wait for every job
         if not future.done():
-            future.cancel()  # past the grace period: cancel what is left (stores are shielded)
-            with contextlib.suppress(Exception):
-                future.result(10)
+            # past the grace period: the cut-outs in hand go to the spill folder (a put
+            # under way is cut short), the calls under way are cancelled, and the batch
+            # records what it has before it closes
+            loop.call_soon_threadsafe(batch.give_up, "the interpreter is exiting")
+            future.cancel()  # after give_up: the loop runs them in this order
+            batch.ended.wait(EXIT_CLEANUP_SECONDS)
         progress = batch.handle.progress
         left = (
             (progress.total or 0) - progress.processed
@@ -519,13 +527,21 @@ def _finish_at_exit() -> None:
             )
         else:
             where = f"resume with BatchRemover(..., manifest={str(batch.r.manifest)!r}).resume()"
+        if batch.cut_short:
+            paid = (
+                f"{batch.cut_short} call(s) to {batch.engine.name} under way were cut short: "
+                "they may have been billed, and a resume makes those images again"
+            )
+        else:
+            paid = "nothing is paid twice"
         logger.warning(
             "the interpreter exited before the batch ended (no wait() call?): %d stored, "
-            "%d spilled, %d failed, %d not processed; %s to finish it (stored outputs are "
-            "skipped, nothing is paid twice)",
+            "%d spilled, %d failed, %d not processed; %s to finish it (stored and spilled "
+            "outputs are not made again; %s)",
             progress.stored,
             progress.spilled,
             progress.failed,
             left,
             where,
+            paid,
         )

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import threading
 import time
 from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
@@ -154,6 +155,10 @@ class Batch:
         self.retry = retry
         self.bar = bar
         self.stop_reason: str | None = None
+        #: set once :meth:`process` has ended and closed everything, whatever the way
+        self.ended = threading.Event()
+        #: paid calls to the engine under way when :meth:`give_up` was called
+        self.cut_short = 0
         self._callbacks: Callbacks | None = None
         if remover.on_result is not None or remover.on_progress is not None:
             self._callbacks = Callbacks(
@@ -211,6 +216,14 @@ class Batch:
             scope.cancel()
         if self.bar is not None:
             self.bar.stopped()
+
+    def give_up(self, reason: str) -> None:
+        """Stop, and wait for the sink no more (the interpreter is exiting, past the
+        ``exit_timeout``): the cut-outs in hand go to the spill folder. Records the calls
+        to the engine under way, which the batch's cancel that follows cuts short."""
+        self.stop(reason)
+        self.cut_short = self.calls.sending if self.engine.bills else 0
+        self.storage.give_up(reason)
 
     def stop_for(self, exc: BaseException, where: str) -> None:
         """Stop as :meth:`stop` does for ``exc``, which is no ``Exception`` and was raised by
@@ -464,10 +477,13 @@ class Batch:
             if self._account_before is not None:
                 account_after = await self._account("after")
         finally:
-            with anyio.CancelScope(shield=True):
-                if self.bar is not None:
-                    self.bar.close()
-                await self._close()
+            try:
+                with anyio.CancelScope(shield=True):
+                    if self.bar is not None:
+                        self.bar.close()
+                    await self._close()
+            finally:
+                self.ended.set()
         return self._report(account_after)
 
     async def close_unstarted(self) -> None:

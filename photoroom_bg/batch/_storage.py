@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -120,6 +120,7 @@ class Storage:
         self._available.set()
         self._outage_since: float | None = None
         self._gone: StorageError | None = None
+        self._storing: set[anyio.CancelScope] = set()  # the puts under way, off the fast path
         self.task_group: anyio.abc.TaskGroup | None = None  # where the prober runs
         # the spill folder's keys, listed once: most batches have nothing spilled, and a look
         # in the folder for every image would cost a worker-thread round trip each
@@ -275,7 +276,8 @@ class Storage:
                 return await files.put(key, content, content_type=content_type, metadata=metadata)
             except Exception as exc:  # handled below, as any put's error is
                 failed = exc
-        with anyio.CancelScope(shield=True):  # paid for: finish storing it, whatever happens
+        # paid for: finish storing it, whatever happens, unless give_up() cuts it short
+        with anyio.CancelScope(shield=True) as storing, self._cut_short_by(storing):
             while True:
                 if failed is None:
                     await self.available()
@@ -317,7 +319,31 @@ class Storage:
                     if surprise is None:  # sys.exit() in the put: see store()
                         raise
                     return await self._put_failed(key, content, content_type, surprise)
-        raise AssertionError("unreachable: the store loop ends by returning")
+        # cut short by give_up(): kept in the spill folder instead
+        with anyio.CancelScope(shield=True):
+            kept = await self._spill(key, content, content_type, self._given_up())
+        return kept
+
+    @contextlib.contextmanager
+    def _cut_short_by(self, scope: anyio.CancelScope) -> Iterator[None]:
+        self._storing.add(scope)
+        try:
+            yield
+        finally:
+            self._storing.discard(scope)
+
+    def _given_up(self) -> StorageError:
+        return self._gone or StorageError("the batch stopped waiting for the sink")
+
+    def give_up(self, reason: str) -> None:
+        """Wait for the sink no more (the interpreter is exiting, past the batch's
+        ``exit_timeout``): the puts under way are cut short, and they and every later one
+        keep their cut-outs in the spill folder, for a later run to store unpaid."""
+        if self._gone is None:
+            self._gone = StorageError(reason)
+        self._available.set()
+        for scope in list(self._storing):
+            scope.cancel()
 
     async def _put_failed(
         self, key: str, content: bytes, content_type: str, exc: Exception

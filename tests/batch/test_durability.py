@@ -464,6 +464,80 @@ def test_an_interpreter_exit_lets_running_jobs_store_and_says_how_to_resume(
     assert ".resume(sources), given the same sources again" in done.stderr
 
 
+HUNG_SCRIPT = textwrap.dedent(
+    """
+    import io, logging, sys, threading
+    import anyio
+    from PIL import Image
+    from photoroom_bg import BatchRemover, FileSystemSink
+    from photoroom_bg.models import ImageResult
+
+    logging.basicConfig(level=logging.WARNING)
+    where, out, spill, manifest, count = sys.argv[1:6]
+    entered = threading.Semaphore(0)
+    cut_out = io.BytesIO()
+    Image.new("RGBA", (8, 8)).save(cut_out, "PNG")
+
+    class Engine:  # a paid engine of one's own, which may stop answering
+        name, bills = "paid", True
+
+        async def process(self, image, options):
+            if where == "engine":
+                entered.release()
+                await anyio.sleep_forever()
+            return ImageResult(cut_out.getvalue(), content_type="image/png")
+
+        async def aclose(self):
+            pass
+
+    class Sink(FileSystemSink):  # a sink that may stop answering (a stuck network mount)
+        async def put(self, key, data, **kwargs):
+            if where == "sink":
+                entered.release()
+                await anyio.sleep_forever()
+            return await super().put(key, data, **kwargs)
+
+    batch = BatchRemover(Engine(), sink=Sink(out), spill_dir=spill, manifest=manifest,
+                         concurrency=4, exit_timeout=0.2)
+    handle = batch.submit([bytes([i]) + b"input" for i in range(int(count))])
+    for _ in range(4):  # every worker is held up, its job's call paid for, or under way
+        assert entered.acquire(timeout=60)
+    print("leaving", flush=True)
+    # no wait(): the script ends with the batch held up past its exit_timeout
+    """
+)
+
+
+@pytest.mark.parametrize("where", ["sink", "engine"])
+def test_an_exit_past_the_exit_timeout_spills_what_was_paid_and_says_what_may_be_paid_again(
+    tmp_path: Path, where: str
+) -> None:
+    # past the exit_timeout the exit cancelled the batch and went on at once: the cut-outs
+    # paid for and waiting on a sink that hung were dropped, unrecorded, not spilled, and
+    # the warning said "nothing is paid twice" while a resume paid for them again
+    out, spill, manifest = tmp_path / "out", tmp_path / "spill", tmp_path / "m.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-c", HUNG_SCRIPT, where, str(out), str(spill), str(manifest), "8"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "leaving\n"
+    assert "the interpreter exited before the batch ended" in done.stderr
+    spilled = sorted(p.name for p in spill.rglob("*.png"))
+    records = job_records(manifest)
+    if where == "sink":
+        assert len(spilled) == 4  # every paid cut-out kept for a later run
+        assert sorted(r["key"] for r in records if r["status"] == "spilled") == spilled
+        assert "0 stored, 4 spilled" in done.stderr
+        assert "nothing is paid twice" in done.stderr
+    else:
+        assert spilled == []
+        assert "4 call(s) to paid under way were cut short: they may have been billed" in (
+            done.stderr
+        )
+        assert "nothing is paid twice" not in done.stderr
+
+
 def test_an_exit_that_leaves_nothing_undone_says_nothing(tmp_path: Path) -> None:
     # a batch with nothing to do (retry_failed() of a batch that all succeeded, say) still
     # running when the script ended was reported as "exited before the batch ended: 0
