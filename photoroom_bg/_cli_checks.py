@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 import click
 
 from . import _loop
+from ._images import _kind as file_kind
 from .batch._manifest import manifest_in_use
 from .sinks._common import try_lock
 from .sources import iter_sources
@@ -137,6 +138,8 @@ def check_manifest(manifest: str) -> None:
         _check_creatable(path, "manifest")
     elif path.is_dir():
         raise ValueError(f"manifest {shown} is a folder, not a file")
+    elif not path.is_file():  # a FIFO holds the open below forever; /dev/zero reads forever
+        raise ValueError(f"manifest {shown} is {file_kind(path.stat().st_mode)}, not a file")
     else:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND)

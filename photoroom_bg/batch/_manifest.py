@@ -21,6 +21,7 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .. import _jsonsafe
+from .._images import _kind as file_kind
 from .._logs import get_logger
 from .._redact import printable
 from ..errors import (
@@ -201,12 +202,28 @@ def not_a_manifest(head: bytes, where: str) -> ConfigurationError | None:
     )
 
 
+def _no_file(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` can hold no manifest, though it exists: a FIFO (opening it waits for a
+    reader or writer forever), a device (``/dev/zero`` reads without end, until the memory
+    runs out), a socket, a folder; ``None`` for a regular file, or nothing there."""
+    try:
+        kind = file_kind(os.stat(path).st_mode)
+    except (OSError, ValueError):  # missing, unreachable, a NUL in the name: open() says
+        return None
+    if kind is None:
+        return None
+    return f"the manifest at {printable(os.fspath(path))} is {kind}, not a file"
+
+
 def read_manifest(path: str | os.PathLike[str]) -> ManifestState:
     """Read a manifest file (a missing one reads as empty).
 
     Raises:
         ConfigurationError: it cannot be read (a folder, no permission) or is not a manifest.
     """
+    no_file = _no_file(path)
+    if no_file is not None:
+        raise ConfigurationError(no_file)
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -279,6 +296,9 @@ class Manifest:
 
         The file stays locked (``flock``) until :meth:`close`: a second run on the same
         manifest is refused with :class:`~photoroom_bg.errors.ConfigurationError`."""
+        no_file = _no_file(self.path)
+        if no_file is not None:
+            raise ConfigurationError(no_file)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # unbuffered: a write that fails leaves nothing behind for close() to retry

@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import queue
+import re
 import shutil
 import signal
 import threading
@@ -482,6 +483,31 @@ def test_a_manifest_that_cannot_be_created_is_refused_before_anything_is_billed(
     with pytest.raises(ConfigurationError, match="cannot write the manifest"):
         asyncio.run(batch.run([photo()]))
     assert emulator.requests == []
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+@pytest.mark.parametrize("how", ["submit", "run"])
+def test_a_manifest_that_is_a_pipe_or_a_device_is_refused_before_it_is_read(
+    emulator: PhotoroomEmulator, tmp_path: Path, kind: str, how: str
+) -> None:
+    # a manifest on a named pipe held the batch's start forever (opening it waits for a
+    # writer), and one on /dev/zero was read until the memory ran out
+    manifest = tmp_path / "m.jsonl"
+    if kind == "fifo":
+        os.mkfifo(manifest)
+    else:
+        manifest.symlink_to("/dev/zero")
+    batch = remover(emulator, MemorySink(), manifest=manifest)
+    what = "a FIFO (named pipe)" if kind == "fifo" else "a character device"
+
+    def start() -> object:
+        if how == "submit":
+            return batch.submit([photo()])
+        return asyncio.run(batch.run([photo()]))
+
+    with pytest.raises(ConfigurationError, match=rf"is {re.escape(what)}, not a file"):
+        start()
+    assert emulator.ledger.calls() == 0
 
 
 @pytest.mark.parametrize("below", [False, True], ids=["the-file", "a-folder-under-it"])

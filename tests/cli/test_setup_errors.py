@@ -227,6 +227,28 @@ def test_a_manifest_that_is_a_folder_is_refused(
     assert emulator.requests == []
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_manifest_that_is_a_pipe_or_a_device_is_refused(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path, kind: str
+) -> None:
+    # --manifest on a named pipe hung in the check that it can be written, and on /dev/zero
+    # (or /dev/full) the batch read it until the kernel killed the process for its memory
+    manifest = tmp_path / "m.jsonl"
+    if kind == "fifo":
+        os.mkfifo(manifest)
+    else:
+        manifest.symlink_to("/dev/zero")
+    before = tree(tmp_path)
+    result = run(
+        "remove", str(folder), "-o", str(tmp_path / "out"), "--manifest", str(manifest),
+        *api_args(emulator), key="k",
+    )  # fmt: skip
+    what = "a FIFO (named pipe)" if kind == "fifo" else "a character device"
+    assert_refused(result, 2, f"manifest {manifest} is {what}, not a file")
+    assert tree(tmp_path) == before
+    assert emulator.requests == []
+
+
 def test_a_file_that_is_not_a_manifest_is_refused_untouched_with_no_progress_bar(
     emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
 ) -> None:
