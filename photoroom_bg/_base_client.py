@@ -10,10 +10,12 @@ at the caller's line).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -138,6 +140,11 @@ def _status_error_class(status: int) -> type[APIStatusError]:
     if 400 <= status < 500:
         return BadRequestError
     return APIStatusError
+
+
+# the longest server message an error shows, and the longest error type, in characters
+_MESSAGE_CHARS = 300
+_TYPE_CHARS = 100
 
 
 def _text_of(value: Any, depth: int = 0) -> str | None:
@@ -565,9 +572,13 @@ class BaseClient:
         except ValueError:
             body = None
         message, kind = parse_error_body(body)
+        # cut as a text body is: the whole answer stays in the error's body
+        message, kind = message and message[:_MESSAGE_CHARS], kind and kind[:_TYPE_CHARS]
         if not message:
             text = response.text.strip() if body is None else ""
-            message = text[:300] if text else (response.reason_phrase or f"HTTP {status}")
+            message = (
+                text[:_MESSAGE_CHARS] if text else (response.reason_phrase or f"HTTP {status}")
+            )
         if 300 <= status < 400:
             location = response.headers.get("location")
             where = f" to {redact_url(location)[:200]}" if location else ""
@@ -617,6 +628,8 @@ class BaseClient:
             kind = _sniff_mime(content)
             content_type = kind or content_type
         problem = answer_problem(content, content_type)
+        # the bytes say what the image is: the spec lists image/png whatever export.format
+        content_type = _sniff_mime(content) or content_type
         if problem is not None:
             raise APIResponseValidationError(
                 f"no usable image in the answer: {problem}; the call may have been billed",
@@ -714,8 +727,16 @@ def _float(value: str | None) -> float | None:
 
 
 def _int(value: str | None) -> int | None:
+    """A header's whole number, read exactly (``float()`` turns 9007199254740993 into
+    9007199254740992); a decimal one (``3.0``) through :func:`_float`. Never raises."""
+    if value is not None and _WHOLE.fullmatch(value.strip()):
+        with contextlib.suppress(ValueError):  # more digits than Python converts
+            return int(value)
     number = _float(value)
     return int(number) if number is not None else None
+
+
+_WHOLE = re.compile(r"[-+]?[0-9]+")
 
 
 #: What a timed-out call advises, naming the setting of each way of calling Photoroom: a

@@ -29,6 +29,7 @@ from ._base_client import (
 from ._deadline import answer_deadline, attempt, bound_answer, end_attempt, install_sync
 from ._images import ImageInput
 from ._numbers import sleep_seconds
+from ._perloop import PerLoop
 from ._pool import (
     DEFAULT_LIMITS,
     PROXY_ERRORS,
@@ -117,6 +118,10 @@ def _hooked(exc: Exception, request: httpx.Request, billable: bool) -> httpx.Res
         possibly_billed=billable,
     )
     raise error from exc
+
+
+async def _close_pool(pool: httpx.AsyncClient) -> None:
+    await pool.aclose()
 
 
 async def _send_direct(
@@ -574,7 +579,9 @@ class PhotoroomClient(BaseClient):
 
 
 class AsyncPhotoroomClient(BaseClient):
-    """The asynchronous twin of :class:`PhotoroomClient`, over one :class:`httpx.AsyncClient`.
+    """The asynchronous twin of :class:`PhotoroomClient`, over one :class:`httpx.AsyncClient`
+    per event loop (one ``asyncio.run()`` after another each get their own, closed as their
+    loop ends; a pool passed in as ``http_client`` serves every loop).
 
     Same arguments and methods; methods are coroutines, and :meth:`aclose` closes it. Use it
     with ``async with``. It never blocks the event loop: reading an input file and checking
@@ -606,20 +613,48 @@ class AsyncPhotoroomClient(BaseClient):
         )
         self._check_http_client(http_client, httpx.AsyncClient)
         self._owns_http = http_client is None
-        if http_client is None:
-            context = _tls()
-            # many small pools (see _pool.py), sharing one SSL context
-            transport = ShardedTransport(DEFAULT_LIMITS, verify=context)
-            try:  # the environment's proxies, which httpx reads only without a transport
-                mounts = proxy_mounts(DEFAULT_LIMITS, verify=context)
-            except ValueError as exc:
-                raise ConfigurationError(str(exc)) from None
-            http_client = httpx.AsyncClient(
-                timeout=self.timeout, follow_redirects=False, transport=transport, mounts=mounts
-            )
-            if not any(mounts.values()):  # through a proxy, send() picks the mount
-                _OWN_TRANSPORTS[http_client] = transport
-        self._http = http_client
+        self._http = http_client if http_client is not None else self._new_pool()
+        # A pool's connections belong to the event loop that opened them: each loop that
+        # calls (one asyncio.run() after another) gets a pool of its own, closed as that loop
+        # ends or by aclose(). The first is the one just made; self._http is the latest.
+        self._unused: httpx.AsyncClient | None = self._http if self._owns_http else None
+        self._pools: PerLoop[httpx.AsyncClient] | None = (
+            PerLoop(self._pool_for_loop, _close_pool) if self._owns_http else None
+        )
+        self._http_loop: asyncio.AbstractEventLoop | None = None  # self._http's
+
+    def _new_pool(self) -> httpx.AsyncClient:
+        context = _tls()
+        # many small pools (see _pool.py), sharing one SSL context
+        transport = ShardedTransport(DEFAULT_LIMITS, verify=context)
+        try:  # the environment's proxies, which httpx reads only without a transport
+            mounts = proxy_mounts(DEFAULT_LIMITS, verify=context)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        http_client = httpx.AsyncClient(
+            timeout=self.timeout, follow_redirects=False, transport=transport, mounts=mounts
+        )
+        if not any(mounts.values()):  # through a proxy, send() picks the mount
+            _OWN_TRANSPORTS[http_client] = transport
+        return http_client
+
+    async def _pool_for_loop(self) -> httpx.AsyncClient:
+        pool, self._unused = self._unused, None
+        return pool if pool is not None else self._new_pool()
+
+    async def _current_pool(self) -> httpx.AsyncClient:
+        """The pool of the running event loop (a pool passed in as ``http_client`` is the
+        caller's, used as it is; so is the client's own under another event loop than
+        asyncio's, which has no per-loop pools)."""
+        if self._pools is None or self._closed:
+            return self._http
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return self._http
+        if loop is not self._http_loop:  # a loop that ended never runs again
+            self._http, self._http_loop = await self._pools.get(), loop
+        return self._http
 
     def with_options(
         self: _A,
@@ -737,10 +772,11 @@ class AsyncPhotoroomClient(BaseClient):
     ) -> T:
         retries = self._retries(max_retries)
         timeouts = self._timeout(timeout)
-        request = _build_request(self._http, spec, extra_headers, timeouts)
+        http = await self._current_pool()
+        request = _build_request(http, spec, extra_headers, timeouts)
         deadline = answer_deadline(timeouts)
-        self._check_pool(self._http)
-        direct = _OWN_TRANSPORTS.get(self._http)
+        self._check_pool(http)
+        direct = _OWN_TRANSPORTS.get(http)
         delays = self.retry_policy.delays()
         attempt = 0
         while True:
@@ -752,9 +788,7 @@ class AsyncPhotoroomClient(BaseClient):
                 if direct is not None:
                     response = await _send_direct(direct, request, deadline, spec.billable)
                 else:
-                    response = await _send_async(
-                        self._http, request, started, deadline, spec.billable
-                    )
+                    response = await _send_async(http, request, started, deadline, spec.billable)
             except APIResponseValidationError as exc:
                 error, cause = exc, _cause(exc)
                 self._log(spec, "undecodable", attempt, time.monotonic() - started)
@@ -775,9 +809,15 @@ class AsyncPhotoroomClient(BaseClient):
         await asyncio.sleep(seconds)
 
     async def aclose(self) -> None:
-        """Close the connection pool (unless it was passed in as ``http_client``)."""
+        """Close the connection pools (unless the pool was passed in as ``http_client``):
+        each event loop's on that loop; those of loops already ended closed as they ended."""
         if not self._closed and self._owns_http:
-            await self._http.aclose()
+            self._closed = True
+            unused, self._unused = self._unused, None
+            if unused is not None:
+                await unused.aclose()
+            if self._pools is not None:
+                await self._pools.aclose()
         self._closed = True
 
     async def __aenter__(self: _A) -> _A:

@@ -2,8 +2,8 @@
 
 A refused image costs nothing: no request is sent. Checks: not empty, under the endpoint's
 size cap (50 MB for ``/v1/segment``, 30 MB for ``/v2/edit``), a supported format (PNG, JPEG,
-WEBP; HEIC for segment only), decodable, not cut off, and at most 6,000 px on its longest
-side.
+WEBP; HEIC for segment only), decodable, not cut off, and, for ``/v1/segment``, at most
+6,000 px on its longest side (``/v2/edit`` documents no pixel limit).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ MB = 1024 * 1024
 SIZE_CAPS = {"segment": 50 * MB, "edit": 30 * MB}
 MAX_INPUT_BYTES = max(SIZE_CAPS.values())
 MAX_SIDE = 6000
+# the longest side each endpoint takes: /v2/edit documents none
+_MAX_SIDES: dict[str, int | None] = {"segment": MAX_SIDE, "edit": None}
 _FORMATS = {"segment": ("png", "jpeg", "webp", "heic"), "edit": ("png", "jpeg", "webp")}
 _MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "heic": "image/heic"}
 Endpoint = Literal["segment", "edit"]
@@ -294,12 +296,13 @@ def validate_image(data: bytes, endpoint: Endpoint, *, name: str = "image") -> s
             f"{name}: {found}; /{_path(endpoint)} accepts {', '.join(a.upper() for a in allowed)}"
             + ("" if kind else _text_hint(data))
         )
+    max_side = _MAX_SIDES[endpoint]
     if kind == "jpeg":  # most inputs: their size read without Pillow when plainly laid out
         size = _jpeg_header_size(data)
-        if size is None or max(size) > MAX_SIDE:
-            _check_pixels(data, name)  # Pillow's verdict, and its words for what is wrong
+        if size is None or (max_side is not None and max(size) > max_side):
+            _check_pixels(data, name, max_side)  # Pillow's verdict, and its words for it
     elif kind != "heic":  # Pillow cannot read HEIC headers without a plugin
-        _check_pixels(data, name)
+        _check_pixels(data, name, max_side)
     if kind == "jpeg" and not _jpeg_complete(data):
         _check_decodes(data, name)
     return _MIME[kind]
@@ -444,7 +447,9 @@ def _pillow_message(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _check_pixels(data: bytes, name: str) -> None:
+def _check_pixels(data: bytes, name: str, max_side: int | None) -> None:
+    """Refuse an image Pillow cannot read, or, when ``max_side`` is given, one whose longest
+    side is over it."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -452,14 +457,16 @@ def _check_pixels(data: bytes, name: str) -> None:
                 width, height = img.size
                 img.verify()
     except Image.DecompressionBombError:
+        if max_side is None:  # no pixel limit: its headers were read, which is all we check
+            return
         raise InvalidImageError(
-            f"{name} has too many pixels; the longest side may be at most {MAX_SIDE} px"
+            f"{name} has too many pixels; the longest side may be at most {max_side} px"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidImageError(f"{name} is corrupt or truncated: {_pillow_message(exc)}") from None
-    if max(width, height) > MAX_SIDE:
+    if max_side is not None and max(width, height) > max_side:
         raise InvalidImageError(
-            f"{name} is {width}x{height} px; the longest side may be at most {MAX_SIDE} px: "
+            f"{name} is {width}x{height} px; the longest side may be at most {max_side} px: "
             "downscale it first"
         )
 

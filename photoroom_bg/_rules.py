@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from decimal import Decimal
 from typing import Literal
 
 import attrs
@@ -180,16 +181,24 @@ def _describe_range(param: Param) -> str:
     return "a number " + " and ".join(p for p in (low, high) if p)
 
 
+def _bound(value: float | None) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
 def _in_range(param: Param) -> Callable[[str], bool]:
+    # compared as the decimals they spell: 0.0500000000000000000001 reads as the float 0.05
+    minimum, maximum = _bound(param.minimum), _bound(param.maximum)
+    exclusive_minimum = _bound(param.exclusive_minimum)
+
     def ok(text: str) -> bool:
-        number = as_number(text)
-        if number is None:
+        if as_number(text) is None:
             return False
-        if param.minimum is not None and number < param.minimum:
+        number = Decimal(text)
+        if minimum is not None and number < minimum:
             return False
-        if param.exclusive_minimum is not None and number <= param.exclusive_minimum:
+        if exclusive_minimum is not None and number <= exclusive_minimum:
             return False
-        return param.maximum is None or number <= param.maximum
+        return maximum is None or number <= maximum
 
     return ok
 

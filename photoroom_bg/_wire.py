@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import decimal
+import fractions
+import math
 import mimetypes
+import numbers
+import operator
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, SupportsFloat, SupportsIndex
 
 import attrs
 import cattrs
@@ -35,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Encoded",
+    "as_decimal",
     "check_options",
     "converter",
     "decode_base64_image",
@@ -47,6 +53,9 @@ __all__ = [
 ]
 
 converter = cattrs.Converter()
+
+# the longest number sent, in digits: as many as Python prints of an integer by default
+_LONGEST_NUMBER = 4300
 
 
 def _edit_color(value: str) -> str:
@@ -122,15 +131,71 @@ def _wire_name_hook(cls: type[Any]) -> Any:
 converter.register_unstructure_hook_factory(_has_wire_fields, _wire_name_hook)
 
 
+def _plain(number: decimal.Decimal) -> str:
+    """``number`` written out as a plain decimal, without exponent or trailing zeros."""
+    if not number.is_finite():
+        return "nan" if number.is_nan() else str(float(number))  # "inf" / "-inf": refused
+    digits, exponent = len(number.as_tuple().digits), int(number.as_tuple().exponent)
+    if max(digits + exponent, 1) + max(-exponent, 0) > _LONGEST_NUMBER:
+        raise ValueError("too many digits")  # Decimal("1E+999999999") would be written out
+    text = format(number, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def as_decimal(value: object) -> decimal.Decimal | int:
+    """The exact value of a real number: an integer as an ``int``, any other number as a
+    ``Decimal``. A float is the shortest decimal that reads back as it (``0.1``, not
+    ``0.1000000000000000055511151231257827``), as ``repr`` shows it; a numpy float likewise
+    (its ``str``); a fraction with no finite decimal form is rounded to 28 digits."""
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return decimal.Decimal(float.__repr__(value))
+    if isinstance(value, decimal.Decimal):
+        return value
+    if isinstance(value, SupportsIndex):  # numpy integers
+        return operator.index(value)
+    if isinstance(value, fractions.Fraction):
+        exact = _exact_fraction(value)
+        if exact is not None:
+            return exact
+        return decimal.Decimal(value.numerator) / decimal.Decimal(value.denominator)
+    try:  # numpy floats print their shortest form; another Real may not
+        return decimal.Decimal(str(value))
+    except (ArithmeticError, ValueError):
+        if not isinstance(value, SupportsFloat):
+            raise TypeError(f"{type(value).__name__} is not a real number") from None
+        return decimal.Decimal(float.__repr__(float(value)))
+
+
+def _exact_fraction(value: fractions.Fraction) -> decimal.Decimal | None:
+    """``value`` as an exact ``Decimal``, when its denominator has no prime factor but 2
+    and 5 (so its decimal form ends)."""
+    denominator, twos, fives = value.denominator, 0, 0
+    while denominator % 2 == 0:
+        denominator, twos = denominator // 2, twos + 1
+    while denominator % 5 == 0:
+        denominator, fives = denominator // 5, fives + 1
+    if denominator != 1 or max(twos, fives) > _LONGEST_NUMBER:
+        return None
+    places = max(twos, fives)
+    scaled = value.numerator * 10**places // value.denominator
+    return decimal.Decimal(scaled).scaleb(-places)
+
+
 def wire_value(value: object) -> str:
-    """Encode one scalar the way Photoroom expects it in a form field or query string."""
+    """Encode one scalar the way Photoroom expects it in a form field or query string: a
+    number as a plain decimal with every digit it has (``0.00000000001``, never ``1e-11``
+    nor a rounded ``0``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float):
-        text = f"{value:.10f}".rstrip("0").rstrip(".") if value == value else "nan"
-        return text if text not in ("", "-0") else "0"
-    if isinstance(value, (int, str)):
-        return str(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (numbers.Real, decimal.Decimal)):
+        exact = as_decimal(value)
+        return str(exact) if isinstance(exact, int) else _plain(exact)
     raise ValidationError(f"cannot send {type(value).__name__} value {value!r} as a form field")
 
 
@@ -425,22 +490,40 @@ def _usage(data: Any, key: str) -> Mapping[str, Any]:
     return usage
 
 
+def _count(usage: Mapping[str, Any], key: str) -> float:
+    """``usage[key]``, a JSON number a float holds: ``true``, ``"10"``, ``NaN`` or a number
+    past a float's range is no count (``float()`` read them as 1.0, 10.0, nan or raised
+    ``OverflowError``)."""
+    value = usage.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{key!r} is {type(value).__name__}, not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"{key!r} is a number past what a float holds") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{key!r} is {number!r}, not a finite number")
+    return number
+
+
 def _structure_account(data: Any, _: type[Account]) -> Account:
     # a proxy answering with the older {"credits": ...} view is read the same way
     usage = _usage(
         data, "credits" if isinstance(data, Mapping) and "images" not in data else "images"
     )
     plan = data.get("plan")
+    if plan is not None and not isinstance(plan, str):
+        raise TypeError(f"'plan' is {type(plan).__name__}, not a string")
     return Account(
-        images_available=float(usage["available"]),
-        images_subscription=float(usage["subscription"]),
-        plan=str(plan) if plan is not None else None,
+        images_available=_count(usage, "available"),
+        images_subscription=_count(usage, "subscription"),
+        plan=plan,
     )
 
 
 def _structure_credits(data: Any, _: type[Credits]) -> Credits:
     usage = _usage(data, "credits")
-    return Credits(available=float(usage["available"]), subscription=float(usage["subscription"]))
+    return Credits(available=_count(usage, "available"), subscription=_count(usage, "subscription"))
 
 
 converter.register_structure_hook(Account, _structure_account)

@@ -200,7 +200,8 @@ class APIStatusError(PhotoroomError):
     """Photoroom answered with an error status.
 
     Attributes:
-        message: the server's explanation (``detail`` or ``error.message``), or a generic text.
+        message: the server's explanation (``detail`` or ``error.message``, its first 300
+            characters: the whole answer is in ``body``), or a generic text.
         status_code: the HTTP status.
         error_type: the machine-readable ``type`` of the flat ``/v1/segment`` envelope, if any.
         response: the :class:`httpx.Response` (its request headers hold the key: never log them).
@@ -339,8 +340,9 @@ class InvalidSourceError(SourceError):
 
 
 class SourceTimeoutError(SourceError):
-    """Fetching a source overran its total deadline, or its body arrived more slowly than the
-    minimum transfer rate."""
+    """Fetching a source overran its total deadline, its server went silent for longer than
+    the reader's ``timeout`` (to connect, or between two reads), or its body arrived more
+    slowly than the minimum transfer rate."""
 
 
 class SourceTooLargeError(SourceError):

@@ -17,6 +17,10 @@ _EXTENSIONS = {
     "image/jpeg": ".jpg",
     "image/webp": ".webp",
     "image/avif": ".avif",
+    "image/heic": ".heic",
+    "image/gif": ".gif",
+    "image/bmp": ".bmp",
+    "image/tiff": ".tiff",
 }
 
 
@@ -26,7 +30,8 @@ class ImageResult:
 
     Attributes:
         content: the encoded image bytes.
-        content_type: the MIME type, e.g. ``image/png``.
+        content_type: the MIME type, e.g. ``image/png``: read from the image's bytes, or, for
+            bytes of no format known here, the answer's ``Content-Type``.
         uncertainty_score: ``x-uncertainty-score`` (0 confident .. 1 unsure, -1 humans found).
         ai_background_seed: ``pr-ai-background-seed``, the seed used for an AI background.
         texts_detected: ``pr-texts-detected``, texts found by text removal.

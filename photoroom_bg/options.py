@@ -19,7 +19,9 @@ its bytes.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any, Literal, NoReturn, TypeVar
 
 import attrs
@@ -233,10 +235,11 @@ def _expect(*types: type, kind: str) -> Any:
 
 
 _STR = _expect(str, kind="a string")
-_NUM = _expect(int, float, kind="a number")
+# a Decimal is no numbers.Real (it does not mix with floats) but a number all the same
+_NUM = _expect(numbers.Real, Decimal, kind="a number")
 _BOOL = _expect(bool, kind="True or False")
 _BYTES = _expect(bytes, kind="the bytes of an image file")
-_NUM_OR_STR = _expect(int, float, str, kind="a number or a string")
+_NUM_OR_STR = _expect(numbers.Real, Decimal, str, kind="a number or a string")
 
 
 def _strings(_: Any, attribute: attrs.Attribute[Any], value: tuple[Any, ...] | None) -> None:

@@ -124,6 +124,27 @@ async def test_non_json_error_body_is_kept_as_text(
     assert caught.value.body is None
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"detail": "x" * 5_000_000, "status_code": 400, "type": "t" * 5_000},
+        {"error": {"message": "y" * 5_000_000}},
+        {"detail": [{"loc": ["body", "z" * 5_000], "msg": "m" * 5_000}] * 100},
+    ],
+    ids=["flat", "nested", "list"],
+)
+async def test_a_huge_json_error_message_is_cut_as_a_text_body_is(
+    twin: Twin, respx_mock: respx.MockRouter, body: dict[str, Any]
+) -> None:
+    # a text body was cut to 300 characters, a JSON one was not: a 5 MB detail ended up
+    # whole in str(error), and so in every log line and job record that showed it
+    respx_mock.post(SEGMENT).respond(400, json=body)
+    with pytest.raises(BadRequestError) as caught:
+        await twin.call("remove_background", png(), max_retries=0)
+    assert len(str(caught.value)) < 500
+    assert caught.value.body == body  # the whole answer stays at hand
+
+
 async def test_429_retry_after_seconds_is_honoured(
     twin: Twin, respx_mock: respx.MockRouter
 ) -> None:
@@ -846,6 +867,34 @@ async def test_an_unexpected_account_body_is_a_validation_error_that_risks_no_mo
     respx_mock.get(ACCOUNT).respond(200, text="<html>proxy</html>")
     with pytest.raises(APIResponseValidationError, match="unexpected account body") as caught:
         await twin.call("account", max_retries=0)
+    assert caught.value.possibly_billed is False
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "problem"),
+    [
+        ("account", b'{"images":{"available":' + b"9" * 400 + b',"subscription":1}}', "available"),
+        ("account", b'{"images":{"available":true,"subscription":10}}', "available"),
+        ("account", b'{"images":{"available":3,"subscription":"NaN"}}', "subscription"),
+        ("account", b'{"images":{"available":3,"subscription":"10"}}', "subscription"),
+        ("account", b'{"images":{"available":NaN,"subscription":10}}', "available"),
+        ("account", b'{"images":{"available":3,"subscription":Infinity}}', "subscription"),
+        ("account", b'{"images":{"available":3,"subscription":10},"plan":["x"]}', "plan"),
+        ("account", b'{"images":{"available":3,"subscription":10},"plan":7}', "plan"),
+        ("credits", b'{"credits":{"available":false,"subscription":10}}', "available"),
+        ("credits", b'{"credits":{"available":3,"subscription":1e999}}', "subscription"),
+        ("credits", b'{"credits":{"available":3,"subscription":null}}', "subscription"),
+    ],
+)
+async def test_an_account_body_of_the_wrong_types_is_a_validation_error(
+    twin: Twin, respx_mock: respx.MockRouter, method: str, body: bytes, problem: str
+) -> None:
+    # a number too big for a float raised a raw OverflowError; true, "NaN" and ["x"] were
+    # read as 1.0, nan and "['x']", an account that does not exist
+    url = ACCOUNT if method == "account" else ACCOUNT.replace("/v2/", "/v1/")
+    respx_mock.get(url).respond(200, content=body, headers={"content-type": "application/json"})
+    with pytest.raises(APIResponseValidationError, match=problem) as caught:
+        await twin.call(method, max_retries=0)
     assert caught.value.possibly_billed is False
 
 

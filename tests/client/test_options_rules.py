@@ -7,6 +7,8 @@ from __future__ import annotations
 import pickle
 import uuid
 import warnings
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -502,3 +504,62 @@ def test_a_field_given_typed_and_as_an_extra_param_is_refused(make: Any, named: 
     assert edit_fields(_quietly(extra_params={"background.prompt": "x"}))[0] == {
         "background.prompt": "x"
     }
+
+
+def _real_numbers() -> list[tuple[Any, str]]:
+    np = pytest.importorskip("numpy")
+    return [
+        (Decimal("0.01"), "0.01"),
+        (Decimal("1E-11"), "0.00000000001"),
+        (Fraction(1, 40), "0.025"),
+        (np.float32(0.01), "0.01"),
+        (np.float64(0.02), "0.02"),
+        # whole numbers, as seeds are
+        (Decimal("3E+2"), "300"),
+        (Fraction(300, 1), "300"),
+        (np.int64(42), "42"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "wire"),
+    [
+        ("background_blur_radius", "background.blur.radius"),
+        ("background_seed", "background.seed"),
+        ("padding", "padding"),
+        ("shadow_spread_override", "shadow.spreadOverride"),
+    ],
+)
+def test_any_real_number_is_a_number(field: str, wire: str) -> None:
+    # Decimal, Fraction and numpy numbers were refused as "not a number", though the spec
+    # types these parameters "number"
+    shadow = SHADOWS | {"shadow_mode": "ai.auto-with-overrides"} if "shadow" in field else {}
+    for value, text in _real_numbers():
+        if field in ("background_blur_radius", "padding") and float(value) > 0.05:
+            continue
+        options = _quietly(**{field: value}, **shadow)
+        assert edit_fields(options)[0][wire] == text
+        assert hash(options) == hash(_quietly(**{field: value}, **shadow))
+
+
+def test_real_numbers_are_checked_against_the_range() -> None:
+    with pytest.raises(ValidationError, match=r"\[rule export.dpi:range\]"):
+        EditOptions(export_dpi=Fraction(71, 1))
+    with pytest.raises(ValidationError, match=r"\[rule background.blur.radius:range\]"):
+        EditOptions(background_blur_radius=Decimal("0.0500000000000000000001"))
+    assert edit_fields(EditOptions(export_dpi=Fraction(1200, 1)))[0] == {"export.dpi": "1200"}
+
+
+@pytest.mark.parametrize(
+    "value", [True, "0.01", float("nan"), float("inf"), Decimal("NaN"), Decimal("-Infinity")]
+)
+def test_what_is_no_finite_number_is_still_refused(value: object) -> None:
+    with pytest.raises(ValidationError) as refused:
+        EditOptions(background_blur_radius=value)
+    assert refused.value.parameter == "background_blur_radius"
+
+
+def test_a_decimal_too_long_to_send_is_a_validation_error() -> None:
+    # without a limit, Decimal("1E+999999999") would be written out digit by digit
+    with pytest.raises(ValidationError, match="too long to send"):
+        EditOptions(background_seed=Decimal("1E+999999999"))

@@ -299,3 +299,31 @@ def test_text_utf8_cannot_carry_is_refused_when_the_options_are_made(
     with pytest.raises(ValidationError, match="UTF-8 cannot carry") as caught:
         make()  # type: ignore[operator]
     assert caught.value.parameter == parameter
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (1e-11, "0.00000000001"),
+        (0.05000000000001, "0.05000000000001"),
+        (1e-7, "0.0000001"),
+        (0.3, "0.3"),
+        (300.0, "300"),
+        (-0.0, "0"),
+        (12345678901234567890, "12345678901234567890"),
+        (1.5e20, "150000000000000000000"),
+    ],
+)
+def test_a_float_is_sent_with_every_digit_it_has(value: object, text: str) -> None:
+    # floats were written with ten fixed decimals: 1e-11 went as "0" and 0.05000000000001
+    # as "0.05", another value than the one given
+    assert wire_value(value) == text
+
+
+def test_a_tiny_value_in_range_is_sent_as_given() -> None:
+    # the range check read the ten-decimal wire form: 1e-11, inside (0, 0.05], was refused
+    # as 0, and 0.05000000000001, past 0.05, went through as 0.05
+    texts = edit_fields(EditOptions(background_blur_radius=1e-11, background_seed=1e-11))[0]
+    assert texts == {"background.blur.radius": "0.00000000001", "background.seed": "0.00000000001"}
+    with pytest.raises(ValidationError, match=r"background.blur.radius:range"):
+        EditOptions(background_blur_radius=0.05000000000001)

@@ -26,6 +26,7 @@ from photoroom_bg.errors import (
     ServerError,
 )
 from photoroom_bg.sources import SourceReader
+from photoroom_bg.testing import PhotoroomEmulator
 
 from ..loopback import KeepAliveServer
 
@@ -434,3 +435,24 @@ def test_ca_certificates_that_cannot_be_read_are_a_configuration_error(
     monkeypatch.setenv("SSLKEYLOGFILE", str(tmp_path / "no such folder" / "keys.log"))
     with pytest.raises(ConfigurationError, match="SSLKEYLOGFILE"):
         kind(api_key="k")
+
+
+def test_one_async_client_serves_one_asyncio_run_after_another() -> None:
+    # its pool's connections belonged to the first event loop: a call from a second
+    # asyncio.run() waited out the whole timeout, then raised a bare RuntimeError("Event loop
+    # is closed"), outside the SDK's errors
+    emulator = PhotoroomEmulator(image_work=False)
+    with emulator.serve() as url:
+        client = AsyncPhotoroomClient(
+            api_key=emulator.api_key, base_url=url, max_retries=0, timeout=5
+        )
+
+        async def call() -> httpx.AsyncClient:
+            assert (await client.account()).images_available > 0
+            assert (await client.remove_background(_png())).content.startswith(b"\x89PNG")
+            return client._http
+
+        pools = [asyncio.run(call()) for _ in range(3)]
+        assert len(set(map(id, pools))) == 3  # a pool per loop...
+        assert all(pool.is_closed for pool in pools)  # ...closed as its loop ended
+        asyncio.run(client.aclose())

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import respx
+from PIL import Image
 
 from photoroom_bg import Account, EditOptions, ImageResult, PhotoroomWarning, SegmentOptions, _logs
 from photoroom_bg.errors import InvalidImageError
@@ -161,9 +162,11 @@ async def test_a_file_object_that_cannot_be_read_is_refused_with_a_typed_error(
 async def test_edit_with_url_uses_get_and_encodes_query(
     twin: Twin, respx_mock: respx.MockRouter
 ) -> None:
+    webp = io.BytesIO()
+    Image.new("RGBA", (3, 2)).save(webp, format="WEBP")
     route = respx_mock.get(EDIT).respond(
         200,
-        content=CUTOUT,
+        content=webp.getvalue(),
         headers={
             "content-type": "image/webp",
             "pr-ai-background-seed": "1234",
@@ -517,3 +520,56 @@ def test_save_replaces_a_file_and_writes_through_a_link(tmp_path: Path) -> None:
     assert ImageResult(png()).save(target).read_bytes() == png()
     assert target.stat().st_mode & 0o777 == 0o600  # the file replaced kept its permissions
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.png", "real.png"]
+
+
+async def test_edit_inputs_take_more_than_6000_px(twin: Twin, respx_mock: respx.MockRouter) -> None:
+    # the 6,000 px cap of /v1/segment was applied to /v2/edit, which documents no pixel
+    # limit: a wide input or background image was refused without a request
+    route = respx_mock.post(EDIT).respond(
+        200, content=CUTOUT, headers={"content-type": "image/png"}
+    )
+    wide = png(6001, 1)
+    await twin.call("edit", wide, EditOptions(background_image_file=wide))
+    fields = multipart_fields(route.calls.last.request)
+    assert fields["imageFile"][1] == fields["background.imageFile"][1] == wide
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "content_type", "extension"),
+    [
+        ({"content-type": "image/png"}, jpeg(4, 4), "image/jpeg", ".jpg"),
+        ({}, CUTOUT, "image/png", ".png"),
+        ({"content-type": "application/octet-stream"}, CUTOUT, "image/png", ".png"),
+        ({"content-type": "image/png"}, CUTOUT, "image/png", ".png"),
+    ],
+    ids=["jpeg-said-png", "no-content-type", "octet-stream", "png"],
+)
+async def test_a_results_type_comes_from_its_bytes(
+    twin: Twin,
+    respx_mock: respx.MockRouter,
+    headers: dict[str, str],
+    body: bytes,
+    content_type: str,
+    extension: str,
+) -> None:
+    # the type came from the header: a JPEG (export_format="jpg") under the spec's
+    # "content-type: image/png" was saved as .png, a PNG without the header as .bin
+    respx_mock.post(EDIT).respond(200, content=body, headers=headers)
+    result = await twin.call("edit", png(), EditOptions(export_format="jpg"))
+    assert (result.content_type, result.extension) == (content_type, extension)
+
+
+async def test_integer_headers_are_read_exactly(twin: Twin, respx_mock: respx.MockRouter) -> None:
+    # the seed went through float(): 9007199254740993 came back as 9007199254740992, a seed
+    # that does not make the same background again
+    respx_mock.post(EDIT).respond(
+        200,
+        content=CUTOUT,
+        headers={
+            "content-type": "image/png",
+            "pr-ai-background-seed": "9007199254740993",
+            "pr-texts-detected": " 3 ",
+        },
+    )
+    result = await twin.call("edit", png(), EditOptions())
+    assert (result.ai_background_seed, result.texts_detected) == (9007199254740993, 3)
