@@ -193,6 +193,7 @@ def _unlisted(item: Any, exc: Exception, listed: int) -> UnlistedSource:
     with contextlib.suppress(Exception):  # a PathLike whose __fspath__ fails keeps that
         if isinstance(item, (str, os.PathLike)):
             text = _fs_text(item)
+            text = _s3_form(text) or text
             kind = "s3" if text.startswith("s3://") else "url" if _is_uri(text) else "path"
     if isinstance(exc, PhotoroomBGError) and not listed:
         error = exc
@@ -249,6 +250,12 @@ def _fs_text(item: str | os.PathLike[Any]) -> str:
     path = os.fspath(item)
     text = os.fsdecode(path) if isinstance(path, bytes) else path
     return os.path.expanduser(text) if text.startswith("~") else text
+
+
+def _s3_form(text: str) -> str | None:
+    """``text`` with its scheme in lower case when it is an ``s3://`` URI (``S3://`` too: a
+    URI's scheme is case-insensitive, RFC 3986 section 3.1), else ``None``."""
+    return "s3://" + text[5:] if text[:5].lower() == "s3://" else None
 
 
 def _is_uri(text: str) -> bool:
@@ -371,7 +378,7 @@ def _base_of(path: str, base: str | None) -> str | None:
 def _without_credentials(uri: str) -> str:
     """An ``s3://`` URI without the ``user:secret@`` an ``s3://user:secret@bucket/...`` holds
     (anything else as it is)."""
-    if not uri.startswith("s3://"):
+    if _s3_form(uri) is None:
         return uri
     bucket, slash, key = uri[len("s3://") :].partition("/")
     return f"s3://{bucket.rpartition('@')[2]}{slash}{key}" if "@" in bucket else uri
@@ -440,8 +447,8 @@ async def iter_sources(
         return _local_under(base, text)
 
     cap = reader.max_bytes if reader is not None else _DEFAULT_MAX_BYTES
-    s3_out = [parse_s3_uri(uri) for uri in leave_out if uri.startswith("s3://")]
-    local_out = [path for path in leave_out if not path.startswith("s3://")]
+    s3_out = [parse_s3_uri(_s3_form(uri) or uri) for uri in leave_out if _s3_form(uri)]
+    local_out = [path for path in leave_out if not _s3_form(path)]
     folders_out: frozenset[str] | None = None  # real paths, made in a worker thread once
 
     async def left_out(base: str) -> frozenset[str]:
@@ -473,6 +480,7 @@ async def iter_sources(
                 raise InvalidSourceError(
                     "an empty path (an unset variable?): name a file, a folder, a glob or a URL"
                 )
+            text = _s3_form(text) or text
             if text.startswith("s3://"):  # credentials in it: refused as it is read or listed
                 if text.endswith("/"):
                     if reader is None:
@@ -794,8 +802,8 @@ class SourceReader:
         try:
             # follow_redirects=False per request: a client of the caller's may follow them
             return await http.send(request, stream=True, follow_redirects=False)
-        except httpx.TimeoutException:
-            raise SourceError(f"{source.display}: timed out") from None
+        except httpx.TimeoutException as exc:
+            raise self._timed_out(exc, source) from None
         except httpx.RemoteProtocolError as exc:
             if "location header" in str(exc).lower():  # httpx parses a redirect's target
                 raise InvalidSourceError(
@@ -839,6 +847,8 @@ class SourceReader:
             if decoder is not None:
                 body += decoder.flush(self.max_bytes + 1 - len(body))
                 self._check_size(len(body), source, at_least=True)
+        except httpx.TimeoutException as exc:
+            raise self._timed_out(exc, source) from None
         except httpx.HTTPError as exc:
             raise SourceError(f"{source.display}: download failed ({type(exc).__name__})") from None
         except zlib.error:
@@ -871,6 +881,14 @@ class SourceReader:
             return None
         except TimeoutError:
             raise self._too_slow(started, received, source) from None
+
+    def _timed_out(self, exc: httpx.TimeoutException, source: ImageSource) -> SourceTimeoutError:
+        """The ``timeout`` setting ran out: to connect, or waiting for the answer or its body."""
+        connecting = isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout))
+        return SourceTimeoutError(
+            f"{source.display}: timed out: no {'connection' if connecting else 'data'} within "
+            f"the {self._timeout:g} s timeout ({type(exc).__name__})"
+        )
 
     def _too_slow(self, started: float, received: int, source: ImageSource) -> SourceTimeoutError:
         elapsed = time.monotonic() - started
@@ -915,7 +933,7 @@ class SourceReader:
 
     @staticmethod
     def _split_s3(uri: str, shown: str) -> tuple[str, str]:
-        bucket, _, key = uri[len("s3://") :].partition("/")
+        bucket, _, key = (_s3_form(uri) or uri)[len("s3://") :].partition("/")
         if "@" in bucket:
             raise InvalidSourceError(
                 f"{shown}: an s3:// URI takes no credentials: {CREDENTIALS_ADVICE}"

@@ -8,6 +8,7 @@ whose code tries, so each refusal here is also proof that no connection was atte
 from __future__ import annotations
 
 import asyncio
+import socket
 import tracemalloc
 from typing import Any
 from urllib.parse import quote
@@ -137,6 +138,24 @@ async def test_a_drip_is_stopped_by_the_minimum_transfer_rate(hostile: HostileSe
     async with reader:
         with anyio.fail_after(30), pytest.raises(SourceTimeoutError, match="too slow"):
             await reader.read(url(f"{hostile.url}/drip?id=rate&every=0.05"))
+
+
+@pytest.mark.parametrize("where", ["answer", "body"])
+async def test_a_server_that_stops_answering_is_a_source_timeout(
+    hostile: HostileServer, where: str
+) -> None:
+    # the reader's timeout gave a plain SourceError("...: timed out"), which the service
+    # reports as an unreadable image, not as the timeout the docs promise for too slow
+    silent = socket.create_server(("127.0.0.1", 0))  # connections wait in its backlog
+    port = silent.getsockname()[1]
+    targets = {
+        "answer": f"http://127.0.0.1:{port}/x.png",  # connected, never answered
+        "body": f"{hostile.url}/drip?id=stall&every=30",  # a byte, then nothing
+    }
+    with silent:
+        async with loopback_reader(timeout=0.2, deadline=None, min_transfer_rate=0) as reader:
+            with anyio.fail_after(30), pytest.raises(SourceTimeoutError, match=r"0\.2 s timeout"):
+                await reader.read(url(targets[where]))
 
 
 async def test_cancelling_a_fetch_stops_it_at_once_and_drops_the_connection(

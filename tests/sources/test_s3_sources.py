@@ -155,3 +155,19 @@ async def test_a_prefix_that_cannot_be_listed_is_a_source_error_that_says_why(
         with pytest.raises(SourceError, match="EndpointConnectionError") as caught:
             [s async for s in unreachable.list_s3(f"{s3_prefix}/raw/")]
         assert s3_server.secret_key not in str(caught.value)
+
+
+async def test_an_upper_case_scheme_is_an_s3_uri(s3_server: S3Server, s3_prefix: str) -> None:
+    # a URI's scheme is case-insensitive: S3://bucket/key was taken for an http URL and
+    # refused ("only http and https URLs are fetched, not s3:")
+    async with S3Sink(s3_prefix, **s3_server.sink_options()) as sink:
+        await sink.put("raw/a.png", png_bytes())
+    upper = "S3" + s3_prefix[len("s3") :]
+    async with reader_for(s3_server) as reader:
+        one = [s async for s in iter_sources(f"{upper}/raw/a.png", reader=reader)]
+        assert [(s.kind, s.location) for s in one] == [("s3", f"{s3_prefix}/raw/a.png")]
+        assert await reader.read(one[0]) == png_bytes()
+        listed = [s async for s in iter_sources(f"{upper}/raw/", reader=reader)]
+        assert [s.location for s in listed] == [f"{s3_prefix}/raw/a.png"]
+        by_hand = ImageSource("s3", f"{upper}/raw/a.png", "a")
+        assert await reader.read(by_hand) == png_bytes()
