@@ -16,6 +16,7 @@ from .._logs import get_logger
 from ._http import ProblemRoute, problem_response, to_problem
 from ._problems import Problem
 from ._routes import add_routes
+from ._server import redact_access_log
 from ._settings import ServiceSettings
 from ._state import open_state
 
@@ -54,6 +55,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """The whole service: :func:`create_router` in a FastAPI app, with CORS when
     ``cors_origins`` are set (off by default) and problem details for every error."""
     current = settings if settings is not None else ServiceSettings.from_env()
+    redact_access_log()  # served by uvicorn some other way than serve(), say
     app = FastAPI(
         title="photoroom-bg",
         version=__version__,

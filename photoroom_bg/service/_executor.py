@@ -24,7 +24,9 @@ from .._client import AsyncPhotoroomClient
 from .._logs import get_logger
 from .._retry import RetryPolicy
 from ..batch import BatchRemover, BatchReport, JobResult, Progress
+from ..engines.photoroom import PhotoroomEngine
 from ..errors import ConfigurationError, ObjectNotFoundError
+from ..models import ImageResult
 from ..options import EditOptions, SegmentOptions
 from ..sinks import Sink
 from ..sources import ImageSource, SourceReader
@@ -64,19 +66,23 @@ class ExecutorContext:
         sink: Sink | None = None,
         concurrency: int | None = None,
         own_client: bool = False,
+        engine: PhotoroomEngine | None = None,
         **kwargs: Any,
     ) -> BatchRemover:
         """A BatchRemover with the service's settings and reader, sharing the service's
-        Photoroom client, or with a client of its own (``own_client``, for a long job)."""
+        Photoroom client, or with a client of its own (``own_client``, for a long job), or
+        calling Photoroom through ``engine``."""
         s = self.settings
         return BatchRemover(
-            None if own_client else self.client,
+            engine if engine is not None else None if own_client else self.client,
             sink=sink if sink is not None else self.sink,
             options=options,
             concurrency=concurrency or s.concurrency,
             requests_per_minute=s.photoroom_requests_per_minute or None,
             max_retries=s.max_retries,
-            retry_policy=RetryPolicy(initial_delay=s.retry_backoff),
+            retry_policy=RetryPolicy(
+                initial_delay=s.retry_backoff, retry_possibly_billed=s.retry_possibly_billed
+            ),
             key_template=OUTPUT_TEMPLATE,
             # paid cut-outs the sink refused wait here, and a resumed job stores them
             spill_dir=Path(s.state_dir) / "spill",
@@ -87,6 +93,38 @@ class ExecutorContext:
             timeout=s.timeout,
             **kwargs,
         )
+
+
+class ServiceStopping(BaseException):
+    """Raised in a job's batch in place of a new Photoroom call once the service stops: a
+    request to stop (not an error), so the batch starts no more calls, lets those under way
+    finish and store their cut-outs, records the inputs it had not started as cancelled (the
+    resumed job makes them), and raises it to its caller once it has ended."""
+
+
+class StoppableEngine(PhotoroomEngine):
+    """The Photoroom engine of a job running here: makes no new call once ``stopping()``.
+
+    Each call, retries included, asks first; inputs the batch had already taken from the job's
+    sources would otherwise each be paid for after the stop began."""
+
+    def __init__(self, stopping: Callable[[], bool], **client_kwargs: Any) -> None:
+        super().__init__(**client_kwargs)
+        self._stopping = stopping
+
+    def _check(self) -> None:
+        if self._stopping():
+            raise ServiceStopping("the service is stopping")
+
+    async def process(self, image: bytes, options: SegmentOptions | EditOptions) -> ImageResult:
+        """Remove the background with the API, unless the service is stopping."""
+        self._check()
+        return await super().process(image, options)
+
+    async def process_url(self, url: str, options: EditOptions) -> ImageResult:
+        """Let Photoroom fetch ``url``, unless the service is stopping."""
+        self._check()
+        return await super().process_url(url, options)
 
 
 @attrs.frozen
@@ -335,9 +373,21 @@ class LocalExecutor:
     async def start(self, spec: JobSpec, on_end: OnEnd) -> LiveJob:
         """Run ``spec`` in a task of this executor's."""
         live = LiveJob(spec.job_id, len(spec.sources))
+        s = self.context.settings
+        engine = None
+        if s.api_key:  # (without a key the batch fails the job, naming what is missing)
+            # its pool serves this job's workers alone, closed with it
+            engine = StoppableEngine(
+                lambda: live.stopping,
+                api_key=s.api_key,
+                base_url=s.base_url,
+                timeout=s.timeout,
+                max_retries=0,
+            )
         remover = self.context.remover(
             spec.options,
-            own_client=True,  # its pool serves this job's workers alone, closed with it
+            own_client=True,
+            engine=engine,
             manifest=spec.manifest_path,
             manifest_key=spec.manifest_key,
             on_result=live.add_result,
@@ -345,23 +395,33 @@ class LocalExecutor:
             keep_results=False,
         )
         sources = open_sources(spec.sources, self.context.sink, live.takes_no_more)
-        task = asyncio.create_task(self._run(remover, sources, live, on_end))
+        task = asyncio.create_task(self._run(remover, sources, live, on_end, engine))
         self._jobs.add(task, live)
         return live
 
     async def _run(
-        self, remover: BatchRemover, sources: AsyncIterator[Any], live: LiveJob, on_end: OnEnd
+        self,
+        remover: BatchRemover,
+        sources: AsyncIterator[Any],
+        live: LiveJob,
+        on_end: OnEnd,
+        engine: PhotoroomEngine | None,
     ) -> None:
         report, error = None, None
         try:
             report = await remover.run(sources)
         except asyncio.CancelledError:
             raise  # the service is stopping: the job stays claimed and resumes at start
+        except ServiceStopping:
+            return  # stopped with the service, its calls under way stored: it resumes at start
         except Exception as exc:
             logger.error("job %s failed", live.job_id, exc_info=exc)
             error = exc
         finally:
             self._jobs.discard(live.job_id)
+            if engine is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(engine.aclose())
         cut_short = report is not None and report.total_count < live.image_count
         if live.stopping and not live.cancel_requested and cut_short:
             return  # stopped with the service, its calls under way stored: it resumes at start

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 
 from .. import _jsonsafe
@@ -206,14 +207,43 @@ class RequestBody:
         return value
 
 
-async def read_body(request: Request, *, max_files: int) -> RequestBody:
-    """Parse a JSON object, a JSON list (taken as ``image_urls``) or a multipart form."""
+def _form_refused(detail: str, too_many_files: Problem) -> Problem:
+    """The problem of a form the parser refused: over the endpoint's file cap, or not
+    readable (no boundary, a part cut short...), as a JSON body that cannot be read is."""
+    if detail.startswith("Too many files"):
+        return too_many_files
+    return Problem(
+        422,
+        "invalid_request",
+        "The request is not valid",
+        f"the multipart/form-data form cannot be read: {detail[:200]}",
+    )
+
+
+async def read_body(
+    request: Request, *, max_files: int, too_many_files: Problem | None = None
+) -> RequestBody:
+    """Parse a JSON object, a JSON list (taken as ``image_urls``) or a multipart form.
+
+    A form with more than ``max_files`` uploads is refused with ``too_many_files`` (by
+    default: the endpoint takes no uploads, or that many at most)."""
+    if too_many_files is None:
+        too_many_files = Problem(
+            422,
+            "invalid_request",
+            "The request is not valid",
+            f"at most {max_files} uploads" if max_files else "send image_urls: no uploads here",
+        )
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         try:  # a large upload is spooled to a temporary file
             form = await request.form(max_files=max_files, max_fields=max_files + 16)
         except OSError as exc:
             raise temporary_folder_error(exc, "an upload") from None
+        except StarletteHTTPException as exc:  # the parser's refusal, as a bare 400
+            raise _form_refused(str(exc.detail), too_many_files) from None
+        except MultiPartException as exc:  # (outside an app, it is raised as it is)
+            raise _form_refused(exc.message, too_many_files) from None
         data: dict[str, Any] = {}
         uploads: list[tuple[str, bytes]] = []
         try:

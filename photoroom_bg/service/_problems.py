@@ -158,7 +158,9 @@ def problem_for(error: BaseException) -> Problem:
     if is_storage_code(code):  # one rule with the job items' (see _serialize)
         logger.warning("answered %s (%s): %s", status, code, error)
         detail = storage_detail(code)
-    return Problem(status, code, title, detail, headers=headers)
+    # Photoroom may have made and billed the image: a caller's retry may pay for it again
+    extra = {"possibly_billed": True} if getattr(error, "possibly_billed", False) else None
+    return Problem(status, code, title, detail, headers=headers, extra=extra)
 
 
 def is_storage_code(code: str) -> bool:

@@ -35,6 +35,9 @@ __all__ = ["add_routes"]
 _OUTPUT_KEY = re.compile(r"outputs/[A-Za-z0-9._-]{1,100}-[0-9a-f]{12}\.(png|jpg|webp|avif)")
 _ITEM_INDEX = re.compile(r"[0-9]{1,9}")
 _STATIC = {"app.js": "text/javascript", "app.css": "text/css", "index.html": "text/html"}
+#: The longest image URL taken from a caller, in characters (what browsers, servers and CDNs
+#: commonly allow; presigned URLs fit well within it)
+MAX_URL_LENGTH = 8192
 _UPLOAD_EXT = {"png": "png", "jpeg": "jpg", "webp": "webp", "heic": "heic", "avif": "avif"}
 
 
@@ -62,6 +65,14 @@ def _check_urls(urls: list[str]) -> None:
     """Only http(s) URLs come from callers: a path, ``file:`` or ``s3://`` would read the
     service's own disk or buckets. Addresses are checked when fetched (SSRF guard)."""
     for url in urls:
+        if len(url) > MAX_URL_LENGTH:  # echoed back, a 5 MB URL made a 5 MB answer
+            raise Problem(
+                422,
+                "invalid_source",
+                "The image URL is not valid",
+                f"{redact_url(url[:200])[:100]!r}...: the URL is longer than "
+                f"{MAX_URL_LENGTH:,} characters",
+            )
         scheme = url.split(":", 1)[0].lower() if ":" in url else ""
         if scheme not in ("http", "https"):
             raise Problem(
@@ -235,7 +246,9 @@ def add_routes(router: APIRouter) -> None:
         Returns the cut-out's bytes, or with ``"store": true`` JSON with its key and URLs.
         """
         state = state_of(request)
-        body = await read_body(request, max_files=1)
+        one = "send exactly one image (image_url or an image_file upload), not more"
+        refused = Problem(422, "invalid_request", "The request is not valid", one)
+        body = await read_body(request, max_files=1, too_many_files=refused)
         source = _one_source(body)
         _, options = parse_options(body.mapping("options"), body.mapping("edit_options"))
         store = body.flag("store")
@@ -298,7 +311,11 @@ def add_routes(router: APIRouter) -> None:
             for result, url in zip(results, urls, strict=True):
                 item = item_from_result(result)
                 item.update(
-                    url=url, original_url=result.source, success=result.ok, storage_url=None
+                    # shown as every other field shows it: no password, query or fragment
+                    url=redact_url(url),
+                    original_url=result.source,
+                    success=result.ok,
+                    storage_url=None,
                 )
                 if item["stored"]:
                     links = await _urls_for(request, state, result.key or "")
@@ -335,15 +352,16 @@ def add_routes(router: APIRouter) -> None:
         202 with ``job_id``, ``status``, ``image_count`` and ``status_url``."""
         state = state_of(request)
         limit = state.settings.max_images_per_job
-        body = await read_body(request, max_files=limit)
+        too_many = Problem(
+            422, "too_many_images", "Too many images", f"at most {limit} images per job"
+        )
+        body = await read_body(request, max_files=limit, too_many_files=too_many)
         urls = body.urls("image_urls", "image_url")
         count = len(urls) + len(body.uploads)
         if count == 0:
             raise Problem(422, "invalid_request", "The request is not valid", "no images")
         if count > limit:
-            raise Problem(
-                422, "too_many_images", "Too many images", f"at most {limit} images per job"
-            )
+            raise too_many
         _check_urls(urls)
         doc, _ = parse_options(body.mapping("options"), body.mapping("edit_options"))
         sources = [await _save_upload(state, name, data) for name, data in body.uploads]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
+import re
 from typing import Any
 
+from .._redact import REDACTED
 from ..errors import ConfigurationError
 from ._settings import ServiceSettings
 
@@ -44,6 +47,48 @@ def check_bind(settings: ServiceSettings, host: str) -> None:
     )
 
 
+#: a request target's query string, in an access log line ("GET /path?query HTTP/1.1")
+_QUERY = re.compile(r"(?P<path>(?:^|(?<=[\s\"]))/[^\s?\"]*)\?(?P<query>[^\s\"#]*)")
+
+
+def redact_query(target: str) -> str:
+    """A request target with the value of every query parameter redacted: a caller may
+    send a token as ``?token=...``, and a log line is no place for it."""
+    path, mark, query = target.partition("?")
+    if not mark:
+        return target
+    names = (part.split("=", 1)[0] for part in query.split("&"))
+    return f"{path}?" + "&".join(f"{name}={REDACTED}" if name else REDACTED for name in names)
+
+
+class AccessLogRedaction(logging.Filter):
+    """Redacts the query string of each request in uvicorn's access log lines (whose
+    formatter needs the record's arguments: the target among them is replaced)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact ``record`` in place; never drops it."""
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (*args[:2], redact_query(args[2]), *args[3:])
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken record is the logging module's to report
+            return True
+        redacted = _QUERY.sub(lambda m: redact_query(m.group(0)), message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def redact_access_log() -> None:
+    """Put :class:`AccessLogRedaction` on uvicorn's access logger (idempotent), however the
+    app is served."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, AccessLogRedaction) for f in access.filters):
+        access.addFilter(AccessLogRedaction())
+
+
 def app_from_env() -> Any:
     """The app with settings from the environment (each uvicorn worker calls this)."""
     from ._app import create_app
@@ -60,6 +105,9 @@ def log_config(level: str = "info") -> dict[str, Any]:
     from uvicorn.config import LOGGING_CONFIG
 
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    # every access line's query string is redacted before any handler sees it
+    config.setdefault("filters", {})["redact_query"] = {"()": AccessLogRedaction}
+    config["loggers"]["uvicorn.access"].setdefault("filters", []).append("redact_query")
     config["loggers"]["photoroom_bg"] = {
         "handlers": ["default"],
         "level": level.upper(),

@@ -48,6 +48,7 @@ ENVIRONMENT: dict[str, str] = {
     "photoroom_requests_per_minute": "PHOTOROOM_BG_PHOTOROOM_REQUESTS_PER_MINUTE",
     "max_retries": "PHOTOROOM_BG_MAX_RETRIES",
     "retry_backoff": "PHOTOROOM_BG_RETRY_BACKOFF",
+    "retry_possibly_billed": "PHOTOROOM_BG_RETRY_POSSIBLY_BILLED",
     "allow_networks": "PHOTOROOM_BG_ALLOW_NETWORKS",
     "executor": "PHOTOROOM_BG_EXECUTOR",
     "prefect_deferred": "PHOTOROOM_BG_PREFECT_DEFERRED",
@@ -202,6 +203,10 @@ class ServiceSettings:
         concurrency: images processed at once per request or job.
         photoroom_requests_per_minute: Photoroom calls per minute per job (``0``: no limit).
         max_retries, retry_backoff: retries of unbilled Photoroom failures, base delay (s).
+        retry_possibly_billed: also retry failures Photoroom may have billed (a 5xx other
+            than 503, a dropped connection or a timeout after the upload, a spoiled answer);
+            off by default: such a retry may pay for the image again, so the image fails
+            with its error marked ``possibly_billed`` and retrying it is the caller's choice.
         allow_networks: networks image URLs may reach although not public (``10.0.0.0/8``);
             everything else that is not public is refused.
         executor: what runs ``/api/v2`` jobs: ``local`` (in this process) or ``prefect``
@@ -250,6 +255,7 @@ class ServiceSettings:
     photoroom_requests_per_minute: float = attrs.field(default=500, validator=_not_negative)
     max_retries: int = attrs.field(default=5, validator=[_whole, _not_negative])
     retry_backoff: float = attrs.field(default=0.5, validator=[_not_negative, _finite])
+    retry_possibly_billed: bool = False
     allow_networks: tuple[str, ...] = attrs.field(default=(), converter=_words)
     executor: str = "local"
     prefect_deferred: bool = True

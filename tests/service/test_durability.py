@@ -105,6 +105,7 @@ def test_a_killed_service_finishes_its_job_on_restart_without_paying_twice(
     assert faulty_emulator.url is not None
     env = service_env(
         emulator_url=faulty_emulator.url,
+        retry_possibly_billed="true",  # the emulator's 500s bill nothing: retried, as asked
         sink=s3_prefix,
         state_dir=tmp_path / "state",
         concurrency=str(CONCURRENCY),
@@ -219,6 +220,7 @@ def test_another_replica_takes_over_a_job_whose_replica_died(
     assert faulty_emulator.url is not None
     base = service_env(
         emulator_url=faulty_emulator.url,
+        retry_possibly_billed="true",  # the emulator's 500s bill nothing: retried, as asked
         sink=s3_prefix,
         state_dir=tmp_path / "a",
         concurrency="2",

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from photoroom_bg.service._routes import MAX_URL_LENGTH
 from photoroom_bg.testing import PhotoroomEmulator
 
 from .live import ALICE, API_KEY, BOB, ImageServer, ServiceProcess, photo, poll
@@ -506,6 +507,122 @@ def test_invalid_options_and_bodies_are_problems(
         assert client.get("/api/v2/remove-backgrounds/not-a-job").json()["code"] == "job_not_found"
 
 
+def test_a_url_longer_than_the_cap_is_refused_briefly_as_an_invalid_source(
+    service: ServiceProcess, images: ImageServer
+) -> None:
+    # no cap: a 5 MB image_url came back in a 5 MB problem, and ten of them to the v1 batch
+    # in a 250 MB answer, each URL echoed five times
+    long_url = f"{images.url}/img/{'a' * (MAX_URL_LENGTH + 1)}.png"
+    with service.client() as client:
+        answers = [
+            client.post("/api/v1/remove-background", json={"image_url": long_url}),
+            client.post("/api/v1/remove-backgrounds", json={"image_urls": [long_url] * 3}),
+            client.post("/api/v2/remove-backgrounds", json={"image_urls": [long_url] * 3}),
+            client.post("/api/v2/remove-backgrounds", data={"image_urls": long_url}),
+        ]
+        at_the_cap = f"{images.url}/img/1.png?pad={'b' * (MAX_URL_LENGTH - len(images.url) - 15)}"
+        assert len(at_the_cap) == MAX_URL_LENGTH
+        taken = client.post("/api/v1/remove-background", json={"image_url": at_the_cap})
+    for answer in answers:
+        assert answer.status_code == 422, answer.text[:300]
+        assert answer.json()["code"] == "invalid_source"
+        assert f"{MAX_URL_LENGTH:,} characters" in answer.json()["detail"]
+        assert len(answer.content) < 1000
+    assert taken.status_code == 200, taken.text[:300]
+
+
+def test_too_many_or_malformed_uploads_get_the_documented_codes(
+    service: ServiceProcess, images: ImageServer
+) -> None:
+    # a form over the file cap was a 400 "bad_request" with the form parser's words, where
+    # as many URLs were a 422 "too_many_images"; two files to v1 were a 400 where a file and
+    # a URL were a 422; a multipart body without a boundary was a 400 "bad_request", a code
+    # the guide does not list
+    png = photo(1)
+    files = [("files", (f"{n}.png", png, "image/png")) for n in range(41)]
+    two = [("image_file", (f"{n}.png", png, "image/png")) for n in range(2)]
+    with service.client() as client:
+        too_many = client.post("/api/v2/remove-backgrounds", files=files)
+        two_files = client.post("/api/v1/remove-background", files=two)
+        file_and_url = client.post(
+            "/api/v1/remove-background",
+            files=two[:1],
+            data={"image_url": images.image(1)},
+        )
+        no_boundary = client.post(
+            "/api/v1/remove-background",
+            content=b"--x\r\n",
+            headers={"Content-Type": "multipart/form-data"},
+        )
+        files_to_v1_batch = client.post("/api/v1/remove-backgrounds", files=two[:1])
+    assert (too_many.status_code, too_many.json()["code"]) == (422, "too_many_images")
+    assert "at most 40 images per job" in too_many.json()["detail"]
+    for answer in (two_files, file_and_url):
+        assert (answer.status_code, answer.json()["code"]) == (422, "invalid_request")
+        assert "send exactly one image" in answer.json()["detail"]
+    assert (no_boundary.status_code, no_boundary.json()["code"]) == (422, "invalid_request")
+    assert (files_to_v1_batch.status_code, files_to_v1_batch.json()["code"]) == (
+        422,
+        "invalid_request",
+    )
+
+
+def test_every_field_and_the_zips_errors_show_a_callers_url_without_its_secrets(
+    service: ServiceProcess, images: ImageServer
+) -> None:
+    # the v1 batch's "url" showed the caller's password and signature, while "source" and
+    # "original_url" of the same item were redacted
+    port = images.url.rsplit(":", 1)[1]
+    made = f"http://user:SECRETPW@127.0.0.1:{port}/img/71.png?X-Amz-Signature=SECRETSIG1"
+    missing = f"http://user:SECRETPW@127.0.0.1:{port}/nope.png?token=SECRETTOK#SECRETFRAG"
+    told: list[str] = []
+    with service.client() as client:
+        batch = client.post("/api/v1/remove-backgrounds", json={"image_urls": [made, missing]})
+        assert batch.status_code == 200, batch.text
+        told.append(batch.text)
+        [first, second] = batch.json()["results"]
+        assert first["url"] == first["original_url"] == f"http://127.0.0.1:{port}/img/71.png"
+        assert second["url"] == f"http://127.0.0.1:{port}/nope.png"
+        zipped = client.post(
+            "/api/v1/remove-backgrounds",
+            json={"image_urls": [made, missing]},
+            headers={"Accept": "application/zip"},
+        )
+        told.append(zipfile.ZipFile(io.BytesIO(zipped.content)).read("errors.json").decode())
+        job = client.post("/api/v2/remove-backgrounds", json={"image_urls": [made, missing]})
+        told.append(job.text)
+        job_id = job.json()["job_id"]
+        told.append(json.dumps(wait_for_job(client, job_id)))
+        told.append(client.post("/api/v2/remove-backgrounds/results", json=[job_id]).text)
+        told.append(client.get(f"/api/v2/remove-backgrounds/{job_id}/events").text)
+        job_zip = client.get(f"/api/v2/remove-backgrounds/{job_id}/zip")
+        told.append(zipfile.ZipFile(io.BytesIO(job_zip.content)).read("errors.json").decode())
+    assert all(told)
+    for text in told:
+        assert "SECRET" not in text, text[:2000]
+
+
+def test_a_token_in_the_query_string_never_reaches_the_access_log(
+    service: ServiceProcess,
+) -> None:
+    # uvicorn's access log showed "POST /api/v1/remove-background?token=<the token> ..."
+    secret = "tok-in-the-query-77c1d9e2"
+    with service.client(token=None) as client:
+        refused = client.post(
+            f"/api/v1/remove-background?token={secret}&x=1", json={"image_url": "x"}
+        )
+        assert refused.status_code == 401
+        assert client.get(f"/health?api_key={secret}").status_code == 200
+
+    def logged() -> str | None:
+        text = service.log_text()
+        return text if "/health?api_key=" in text else None
+
+    text = poll(logged, timeout=10, what="the access log lines")
+    assert secret not in text
+    assert '"POST /api/v1/remove-background?token=[redacted]&x=[redacted] HTTP/1.1" 401' in text
+
+
 # -- upstream errors -------------------------------------------------------------------------
 
 
@@ -526,11 +643,11 @@ def test_upstream_errors_get_distinct_codes(
         assert limited.status_code == 503
         assert limited.json()["code"] == "photoroom_rate_limited"
         assert int(limited.headers["retry-after"]) >= 1
-        service_emulator.inject(*["500"] * 6)
+        service_emulator.inject("500")  # one: Photoroom may have billed it, it is not retried
         failing = client.post("/api/v1/remove-background", json={"image_url": images.image(62)})
         assert failing.status_code == 502
         assert failing.json()["code"] == "photoroom_server_error"
-        service_emulator.inject(*["bill-garble"] * 6)  # a 200 whose image is cut short
+        service_emulator.inject("bill-garble")  # a 200 whose image is cut short
         spoiled = client.post("/api/v1/remove-background", json={"image_url": images.image(63)})
         assert spoiled.status_code == 502  # was a 200 with half a PNG
         assert spoiled.json()["code"] == "photoroom_bad_answer"
