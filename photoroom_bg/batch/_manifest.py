@@ -466,14 +466,19 @@ def replayable_sources(spec: object) -> list[str] | None:
         if not isinstance(item, (str, os.PathLike)):
             return None
         text = os.fspath(item)
-        if "://" in text:
-            parts = urlsplit(text)
-            if parts.query or parts.username or parts.password or parts.fragment:
-                return None
-        elif text == "-":
+        if not isinstance(text, str):  # a path object that gives bytes
             return None
-        else:
-            text = str(Path(text).resolve())
+        try:
+            if "://" in text:
+                parts = urlsplit(text)
+                if parts.query or parts.username or parts.password or parts.fragment:
+                    return None
+            elif text == "-":
+                return None
+            else:
+                text = str(Path(text).resolve())
+        except ValueError:  # "http://[::1", a NUL in a path: its job fails; nothing to record
+            return None
         out.append(text)
     return out
 

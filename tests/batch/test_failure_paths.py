@@ -322,8 +322,11 @@ def test_any_exception_while_handling_one_input_fails_only_that_job(
         odd_name,
         "http://999.1.1.1/x.png",
         "http://127.0.0.1:99999/y",
+        "http://[::1/z.png",  # submit() raised urllib's ValueError, recording the sources
+        str(tmp_path / "nul\x00.png"),  # and so did a path with a NUL in it
     ]
-    batch = remover(emulator, tmp_path / "out", reader=OddReader(), keep_results=True)
+    batch = remover(emulator, tmp_path / "out", reader=OddReader(), keep_results=True,
+                    manifest=tmp_path / "m.jsonl")  # fmt: skip
     handle = batch.submit(sources)
     report = handle.wait(timeout=60)
     by_source = {job.index: job for job in handle.results()}
@@ -331,10 +334,10 @@ def test_any_exception_while_handling_one_input_fails_only_that_job(
     assert isinstance(by_source[1].error, UnexpectedError)
     assert isinstance(by_source[1].error.__cause__, OSError)  # the cause is kept
     assert by_source[2].status is JobStatus.SUCCEEDED  # a name that is not UTF-8 is a name
-    for index in (3, 4):
+    for index in (3, 4, 5, 6):
         assert by_source[index].status is JobStatus.FAILED
         assert isinstance(by_source[index].error, SourceError)
-    assert report.total_count == 5
+    assert report.total_count == 7
 
 
 def test_a_source_iterator_that_raises_ends_the_listing_and_the_rest_completes(
