@@ -20,14 +20,22 @@ from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import click
+import httpx
 
 from . import _loop
 from ._images import _kind as file_kind
+from ._redact import redact_text, redact_url
 from .batch._manifest import manifest_in_use
 from .sinks._common import try_lock
 from .sources import iter_sources
 
-__all__ = ["check_destination", "check_inputs", "check_manifest", "printable"]
+__all__ = [
+    "check_destination",
+    "check_inputs",
+    "check_manifest",
+    "check_not_an_input",
+    "printable",
+]
 
 # control characters, bidi and zero-width formatting, line and paragraph separators,
 # surrogates (undecodable bytes of a file name) and unassigned code points
@@ -70,7 +78,10 @@ def check_inputs(items: Sequence[str]) -> list[str]:
     for item in items:
         if not item:
             raise ValueError("an empty path (an unset variable?): name a file, a folder or a glob")
-        if item == "-" or _is_remote(item):
+        if item == "-":
+            continue
+        if _is_remote(item):
+            _check_url(item)
             continue
         if os.path.isdir(item) or (glob.has_magic(item) and not os.path.lexists(item)):
             if not _loop.run_sync(_has_images(item)):
@@ -79,7 +90,37 @@ def check_inputs(items: Sequence[str]) -> list[str]:
             if os.path.islink(item):  # the name is there: say why it leads nowhere
                 raise ValueError(f"{printable(item)} is a symlink to nothing: {_dangling(item)}")
             raise ValueError(f"no such file or folder: {printable(item)}")
+        elif not os.path.isfile(item):  # named here, so no job of a batch: a setup error
+            kind = file_kind(os.stat(item).st_mode)
+            raise ValueError(f"{printable(item)} is {kind}, not an image file")
     return empty
+
+
+def _check_url(item: str) -> None:
+    """An http(s) URL no request can be made of (``http://[::1``) is refused as a missing
+    file is, before anything is created."""
+    if not item.lower().startswith(("http://", "https://")):
+        return
+    try:
+        httpx.URL(item)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        raise ValueError(
+            f"{redact_url(item)} is not a valid URL ({redact_text(str(exc))})"
+        ) from None
+
+
+def check_not_an_input(dest: str, items: Sequence[str]) -> None:
+    """The output folder is none of the input folders: its cut-outs, and the manifest the
+    command keeps there, would be among the photos."""
+    path = _local_path(dest)
+    if path is None or not path.is_dir():
+        return
+    folders = [i for i in items if i and i != "-" and not _is_remote(i) and os.path.isdir(i)]
+    if any(os.path.samefile(folder, path) for folder in folders):
+        raise ValueError(
+            f"the output folder {printable(dest)} is also an input: its cut-outs would be "
+            "read as photos; write them to another folder"
+        )
 
 
 def _local_path(dest: str) -> Path | None:

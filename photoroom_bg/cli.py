@@ -34,7 +34,14 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 from . import __version__
 from ._base_client import NOT_GIVEN
-from ._cli_checks import Number, check_destination, check_inputs, check_manifest, printable
+from ._cli_checks import (
+    Number,
+    check_destination,
+    check_inputs,
+    check_manifest,
+    check_not_an_input,
+    printable,
+)
 from .batch import BatchRemover, BatchReport, JobResult
 from .batch._manifest import job_fields
 from .engines import check_engine_options
@@ -629,6 +636,7 @@ def _check_setup(
     try:
         empty = check_inputs(sources)
         check_destination(dest)
+        check_not_an_input(dest, sources)
         if manifest is not None:
             check_manifest(manifest)
     except ValueError as exc:

@@ -137,6 +137,62 @@ def test_a_dangling_symlink_input_says_why_it_leads_nowhere(
     assert emulator.requests == []
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_an_input_that_is_a_pipe_or_a_device_is_refused_and_nothing_is_created(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path, kind: str
+) -> None:
+    # a named pipe, /dev/null or /dev/zero named as an input failed as a job: the output
+    # folder and its manifest were created, a summary printed, and the command exited 1
+    item = tmp_path / "photo.png"
+    if kind == "fifo":
+        os.mkfifo(item)
+    else:
+        item.symlink_to("/dev/zero")
+    before = tree(tmp_path)
+    result = run(
+        "remove", str(folder), str(item), "-o", str(tmp_path / "out"), *api_args(emulator),
+        key=emulator.api_key,
+    )  # fmt: skip
+    what = "a FIFO (named pipe)" if kind == "fifo" else "a character device"
+    assert_refused(result, 2, f"{item} is {what}, not an image file")
+    assert tree(tmp_path) == before
+    assert emulator.requests == []
+
+
+def test_a_url_no_request_can_be_made_of_is_refused_and_nothing_is_created(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    # "http://[::1" ended the command with a ValueError traceback, the output folder created
+    before = tree(tmp_path)
+    result = run(
+        "remove", str(folder), "http://user:secret@[::1/a.png", "-o", str(tmp_path / "out"),
+        *api_args(emulator), key=emulator.api_key,
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output + result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Error: http://[::1/a.png is not a valid URL (")
+    assert "secret" not in result.stderr
+    assert tree(tmp_path) == before
+    assert emulator.requests == []
+
+
+def test_an_output_folder_that_is_also_an_input_is_refused(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    # every job failed ("is where this batch stores cut-outs"), after the command had
+    # written its manifest among the photos
+    before = tree(tmp_path)
+    result = run("remove", str(folder), "-o", str(folder), *api_args(emulator), key="k")
+    assert_refused(
+        result,
+        2,
+        f"the output folder {folder} is also an input: its cut-outs would be read as photos; "
+        "write them to another folder",
+    )
+    assert tree(tmp_path) == before
+    assert emulator.requests == []
+
+
 def test_an_output_path_that_is_a_file_is_refused(
     emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
 ) -> None:
