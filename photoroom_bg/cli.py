@@ -188,6 +188,33 @@ class _EchoHandler(logging.Handler):
             self.handleError(record)
 
 
+class _LineFormatter(logging.Formatter):
+    """A record as the command's other lines: ``warning: ...`` or ``error: ...``, on one line
+    (no traceback: ``-v`` shows those)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "error" if record.levelno >= logging.ERROR else "warning"
+        return f"{level}: {record.getMessage()}"
+
+
+@contextlib.contextmanager
+def _log_lines() -> Iterator[None]:
+    """While a batch runs: its warnings (a cut-out spilled, a sink that stopped answering)
+    as ``warning:`` lines with control characters escaped, not Python's bare last-resort
+    output of each message. ``-v`` shows the whole log instead."""
+    logger = logging.getLogger("photoroom_bg")
+    if any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        yield  # -v
+        return
+    handler = _EchoHandler(logging.WARNING)
+    handler.setFormatter(_LineFormatter())
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
 def _enable_logging(ctx: click.Context, _param: click.Parameter, verbose: bool) -> None:
     """``-v``: show photoroom_bg's own log (requests, retries, batch decisions) on stderr."""
     if not verbose or ctx.resilient_parsing:
@@ -691,6 +718,7 @@ def _run(
     out = _Output()
     # from the first job on, SIGTERM and SIGHUP stop the run as Ctrl-C does
     signals = contextlib.ExitStack()
+    signals.enter_context(_log_lines())
     try:
         from .sinks import S3Sink, open_sink
 
@@ -721,6 +749,7 @@ def _run(
             url_passthrough=url_passthrough,
             track_credits=True,  # the summary says what the run spent
         )
+        batch._command = True  # at exit, its advice is the command's, not Python's
         signals.enter_context(_stop_signals_as_interrupts())
         handle = batch.submit(specs)
         out.bind(handle)
@@ -874,6 +903,7 @@ def _summary(report: BatchReport, dest: str, json_out: bool, quiet: bool) -> Non
                         "stored": report.stored_count,
                         "succeeded": report.succeeded_count,
                         "skipped": report.skipped_count,
+                        "spilled": report.spilled_count,
                         "failed": report.failed_count,
                         "cancelled": report.cancelled_count,
                         "billed_calls": report.billed_calls,
@@ -903,6 +933,7 @@ def _summary(report: BatchReport, dest: str, json_out: bool, quiet: bool) -> Non
     rows = [
         ("succeeded (made now)", report.succeeded_count),
         ("skipped (already stored)", report.skipped_count),
+        *([("spilled (kept, paid for)", report.spilled_count)] if report.spilled_count else []),
         ("failed", report.failed_count),
         ("cancelled", report.cancelled_count),
     ]

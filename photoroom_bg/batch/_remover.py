@@ -257,6 +257,8 @@ class BatchRemover:
         self.sink_outage_budget = sink_outage_budget
         self.engine_outage_budget = engine_outage_budget
         self.exit_timeout = exit_timeout
+        # run by the photoroom-bg command: what it says at exit is advice for the command
+        self._command = False
         self.progress_bar = progress
         self.on_result = on_result
         self.on_progress = on_progress
@@ -517,7 +519,9 @@ def _finish_at_exit() -> None:
         )
         if future.done() and not future.cancelled() and not left and not progress.spilled:
             continue  # it ended within the grace period with nothing left: nothing to say
-        if batch.r.manifest is None:
+        if batch.r._command:
+            where = "run the same command again"
+        elif batch.r.manifest is None:
             where = "submit the same sources again"
         elif replayable_sources(batch.spec) is None:  # bytes, a generator: not recorded
             where = (
@@ -535,9 +539,12 @@ def _finish_at_exit() -> None:
         else:
             paid = "nothing is paid twice"
         logger.warning(
-            "the interpreter exited before the batch ended (no wait() call?): %d stored, "
+            "%s: %d stored, "
             "%d spilled, %d failed, %d not processed; %s to finish it (stored and spilled "
             "outputs are not made again; %s)",
+            "stopped before the batch ended"
+            if batch.r._command
+            else "the interpreter exited before the batch ended (no wait() call?)",
             progress.stored,
             progress.spilled,
             progress.failed,

@@ -492,13 +492,14 @@ HUNG_SCRIPT = textwrap.dedent(
 
     class Sink(FileSystemSink):  # a sink that may stop answering (a stuck network mount)
         async def put(self, key, data, **kwargs):
-            if where == "sink":
+            if where in ("sink", "command"):
                 entered.release()
                 await anyio.sleep_forever()
             return await super().put(key, data, **kwargs)
 
     batch = BatchRemover(Engine(), sink=Sink(out), spill_dir=spill, manifest=manifest,
                          concurrency=4, exit_timeout=0.2)
+    batch._command = where == "command"  # as the photoroom-bg command runs it
     handle = batch.submit([bytes([i]) + b"input" for i in range(int(count))])
     for _ in range(4):  # every worker is held up, its job's call paid for, or under way
         assert entered.acquire(timeout=60)
@@ -508,7 +509,7 @@ HUNG_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("where", ["sink", "engine"])
+@pytest.mark.parametrize("where", ["sink", "engine", "command"])
 def test_an_exit_past_the_exit_timeout_spills_what_was_paid_and_says_what_may_be_paid_again(
     tmp_path: Path, where: str
 ) -> None:
@@ -522,10 +523,16 @@ def test_an_exit_past_the_exit_timeout_spills_what_was_paid_and_says_what_may_be
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout == "leaving\n"
-    assert "the interpreter exited before the batch ended" in done.stderr
+    if where == "command":  # its advice is the command's (it was Python's: wait(), resume())
+        assert "stopped before the batch ended: 0 stored, 4 spilled" in done.stderr
+        assert "run the same command again to finish it" in done.stderr
+        assert "wait()" not in done.stderr
+        assert "resume" not in done.stderr
+    else:
+        assert "the interpreter exited before the batch ended" in done.stderr
     spilled = sorted(p.name for p in spill.rglob("*.png"))
     records = job_records(manifest)
-    if where == "sink":
+    if where in ("sink", "command"):
         assert len(spilled) == 4  # every paid cut-out kept for a later run
         assert sorted(r["key"] for r in records if r["status"] == "spilled") == spilled
         assert "0 stored, 4 spilled" in done.stderr

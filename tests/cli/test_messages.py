@@ -14,6 +14,7 @@ from photoroom_bg import cli
 from photoroom_bg.cli import main
 from photoroom_bg.testing import PhotoroomEmulator
 
+from ..disks import fill, small_disk
 from .conftest import run, tree
 
 RST_MARKUP = re.compile(r"``|:(class|func|meth|mod|doc|attr|data|exc|ref):`|`[^`]+`_")
@@ -246,3 +247,32 @@ def test_a_second_command_into_the_same_folder_is_refused_before_it_pays(
     again = run("remove", str(folder), "-o", str(dest), "--base-url", str(emulator.url),
                 key=emulator.api_key)  # fmt: skip
     assert again.exit_code == 0, again.stderr
+
+
+def test_a_paid_cut_out_the_destination_refuses_is_a_warning_line_and_a_summary_row(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the batch's warnings (a cut-out kept in the spill folder) reached the terminal through
+    # Python's bare last-resort output: no "warning:", the control characters of a folder's
+    # name raw; and the summary counted the spilled jobs nowhere, --json included
+    monkeypatch.setenv("PHOTOROOM_BG_SPILL_DIR", str(tmp_path / "spill"))
+    manifest = str(tmp_path / "m.jsonl")
+    with small_disk(tmp_path / "disk", "256k") as disk:
+        dest = disk / "o\x1b[31mRED"
+        dest.mkdir()
+        fill(disk)
+        common = ["-o", str(dest), "--manifest", manifest, "--base-url", str(emulator.url)]
+        runs = [
+            run("remove", str(folder), *common, *flags, key=emulator.api_key)
+            for flags in (["-q"], [], ["--json"])
+        ]
+    quiet, table, as_json = runs
+    assert [r.exit_code for r in runs] == [1, 1, 1], quiet.output + quiet.stderr
+    kept = len(list((tmp_path / "spill").rglob("*.png")))
+    assert kept == emulator.ledger.calls() >= 1  # the full disk stopped each run; no new call
+    assert "\x1b" not in quiet.stderr
+    spilled = [line for line in quiet.stderr.splitlines() if "did not take" in line]
+    assert spilled, quiet.stderr
+    assert all(line.startswith("warning: the sink did not take ") for line in spilled)
+    assert re.search(rf"^  spilled \(kept, paid for\) +{kept}$", table.stdout, re.M)
+    assert json.loads(as_json.stdout.splitlines()[-1])["summary"]["spilled"] == kept
