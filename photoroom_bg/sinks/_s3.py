@@ -83,7 +83,9 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
             f"{shown}: no bucket name has {', '.join(map(repr, odd))} (an s3:// URI takes no "
             f"query string: {_ENDPOINT_ADVICE})"
         )
-    prefix = prefix.strip("/")
+    if prefix.startswith("/"):  # "s3://cut//b" was stored under "b/"
+        raise ConfigurationError(f"{shown}: a prefix has no empty, '.' or '..' segments")
+    prefix = prefix.rstrip("/")
     if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
         # every key under it would be refused (see check_key), after the engine was paid
         raise ConfigurationError(f"{shown}: a prefix has no empty, '.' or '..' segments")
@@ -98,6 +100,10 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 #: What no bucket name holds: AWS allows lower-case letters, digits, '.' and '-' (old
 #: us-east-1 buckets also upper case and '_').
 _NOT_IN_BUCKET_NAMES = re.compile(r"[^A-Za-z0-9._-]")
+
+
+#: The longest object key S3 takes, in bytes of UTF-8 (prefix included).
+KEY_LIMIT = 1024
 
 
 #: What S3 takes of user metadata: the bytes of every name and value together (AWS S3
@@ -200,7 +206,14 @@ class S3Sink:
         )
 
     def _object_key(self, key: str) -> str:
-        return self.prefix + check_key(key)
+        full = self.prefix + check_key(key)
+        size = len(full.encode())
+        if size > KEY_LIMIT:  # S3 refuses it (KeyTooLongError), after the engine was paid
+            raise UnsafeKeyError(
+                f"key {key!r} is too long for S3: {size} bytes with the prefix, over "
+                f"{KEY_LIMIT:,}"
+            )
+        return full
 
     def uri(self, key: str) -> str:
         """``s3://bucket/prefix/key``."""

@@ -255,6 +255,7 @@ def test_open_sink_from_strings(tmp_path: Path) -> None:
         ("s3://bucket/../out", "a prefix has no empty, '.' or '..' segments"),
         ("s3://bucket/a/./out", "a prefix has no empty"),
         ("s3://bucket/a//out", "a prefix has no empty"),
+        ("s3://bucket//out", "a prefix has no empty"),  # it was stored under "out/"
         # a lone surrogate or a NUL: every put failed after the engine was paid (botocore's
         # UnicodeEncodeError, wrapped as a StorageError)
         ("s3://bucket/out\ud800/", "no key can start with this prefix: .* not text"),

@@ -19,6 +19,7 @@ from photoroom_bg.errors import (
     StorageAuthError,
     StorageError,
     StorageUnavailableError,
+    UnsafeKeyError,
 )
 from photoroom_bg.sinks import S3Sink, SyncSink, open_sink
 from photoroom_bg.sources import ImageSource, SourceReader
@@ -69,6 +70,26 @@ async def test_content_type_and_metadata_are_stored(s3_server: S3Server, s3_pref
     assert head["ContentType"] == "image/png"
     assert head["Metadata"]["options-digest"] == "abc123"
     assert head["Metadata"]["source"] == "https://example.com/%C3%A4.jpg"
+
+
+async def test_a_key_longer_than_s3_takes_is_refused_by_every_call(
+    s3_server: S3Server, s3_prefix: str
+) -> None:
+    # a key over 1,024 bytes was sent: put failed after the engine was paid (KeyTooLongError,
+    # a plain StorageError), exists() said False and url() signed a URL for nothing, where
+    # the storage guide promises UnsafeKeyError from every call of every sink
+    async with S3Sink(s3_prefix, **s3_server.sink_options()) as sink:
+        # in folders of 200 bytes a name at most: the test server keeps no longer names
+        room = 1024 - len(sink.prefix.encode()) - len("x.png")
+        longest = ("k" * 199 + "/") * (room // 200) + "k" * (room % 200) + "x.png"
+        assert len((sink.prefix + longest).encode()) == 1024
+        assert (await sink.put(longest, b"x")).size == 1
+        for key in ("k" + longest, ("é" * 100 + "/") * 6 + "x.png"):
+            with pytest.raises(UnsafeKeyError, match=r"too long for S3: .* over 1,024"):
+                await sink.put(key, b"x")
+            for call in (sink.exists, sink.get, sink.url, sink.delete, sink.stat):
+                with pytest.raises(UnsafeKeyError, match="too long for S3"):
+                    await call(key)
 
 
 async def test_a_wrong_secret_is_a_typed_error_without_the_secret(
