@@ -42,6 +42,7 @@ from ._cli_checks import (
     check_not_an_input,
     printable,
 )
+from ._images import FileTooLarge, NotARegularFile, read_regular_file
 from .batch import BatchRemover, BatchReport, JobResult
 from .batch._manifest import job_fields
 from .engines import check_engine_options
@@ -51,6 +52,9 @@ from .sinks._common import DISK_FULL
 from .sources import SourceReader
 
 __all__ = ["main"]
+
+#: The most an --api-key-file may hold: a key, a newline, perhaps a comment.
+KEY_FILE_BYTES = 64 * 1024
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -293,10 +297,20 @@ def _read_key(api_key_file: str | None, api_key: str | None) -> str | None:
         )
         return api_key
     if api_key_file:
-        try:
-            key = Path(api_key_file).read_text(encoding="utf-8").strip()
+        shown = printable(api_key_file)
+        try:  # a regular file: a FIFO would hold the command forever, /dev/zero fill memory
+            key = read_regular_file(api_key_file, KEY_FILE_BYTES).decode("utf-8").strip()
         except OSError as exc:
-            raise _UsageError(f"cannot read --api-key-file: {exc.strerror}") from None
+            raise _UsageError(f"cannot read --api-key-file {shown}: {exc.strerror}") from None
+        except NotARegularFile as exc:
+            raise _UsageError(
+                f"cannot read --api-key-file {shown}: it is {exc}, not a file"
+            ) from None
+        except FileTooLarge:
+            raise _UsageError(
+                f"cannot read --api-key-file {shown}: it holds more than a key "
+                f"(over {KEY_FILE_BYTES:,} bytes)"
+            ) from None
         except UnicodeDecodeError as exc:  # a secret: its bytes are not shown
             raise _UsageError(
                 f"--api-key-file: the file is not UTF-8 text (byte {exc.start}); save it as UTF-8"

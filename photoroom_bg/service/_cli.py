@@ -34,7 +34,13 @@ class _SetupError(click.ClickException):
     is_flag=True,
     help="Serve a non-loopback address without tokens (behind your own gateway only).",
 )
-@click.option("--log-level", default="info", show_default=True, help="uvicorn's log level.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug", "trace"], False),
+    default="info",
+    show_default=True,
+    help="uvicorn's log level.",
+)
 def serve(host: str, port: int, workers: int, allow_unauthenticated: bool, log_level: str) -> None:
     """Run the HTTP service: the web page, /api/v1 and /api/v2 (settings from PHOTOROOM_* and
     PHOTOROOM_BG_* variables; see the service guide)."""

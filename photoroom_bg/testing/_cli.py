@@ -130,10 +130,21 @@ def emulator(
         raise click.UsageError(str(exc)) from None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with server.serve(host, port) as url:
+    try:
+        serving = server.serve(host, port)
+        url = serving.__enter__()
+    except OSError as exc:  # the port is taken, the address is not this machine's
+        problem = click.ClickException(
+            f"cannot listen on {host} port {port}: {exc.strerror or exc}"
+        )
+        problem.exit_code = 2  # a setup problem, as the other commands' are
+        raise problem from None
+    try:
         click.echo(banner(url, list(server.ledger.accounts)))
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
+    finally:
+        serving.__exit__(None, None, None)
 
 
 def banner(url: str, keys: Sequence[str]) -> str:

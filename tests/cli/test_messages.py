@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import socket
 from pathlib import Path
 
 import click
@@ -276,3 +278,45 @@ def test_a_paid_cut_out_the_destination_refuses_is_a_warning_line_and_a_summary_
     assert all(line.startswith("warning: the sink did not take ") for line in spilled)
     assert re.search(rf"^  spilled \(kept, paid for\) +{kept}$", table.stdout, re.M)
     assert json.loads(as_json.stdout.splitlines()[-1])["summary"]["spilled"] == kept
+
+
+def test_an_emulator_port_already_taken_is_one_error_line() -> None:
+    # an OSError traceback ("Address already in use")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("emulator", "--port", str(port))
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"Error: cannot listen on 127.0.0.1 port {port}: ")
+    assert "Traceback" not in result.output
+
+
+def test_a_log_level_uvicorn_does_not_know_is_a_usage_error() -> None:
+    # a ValueError traceback from logging's configuration ("Unable to configure logger")
+    result = run("serve", "--port", "0", "--log-level", "nonsense")
+    assert result.exit_code == 2
+    assert "Invalid value for '--log-level'" in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("kind", ["missing", "fifo", "device"])
+def test_an_api_key_file_that_cannot_be_read_is_named_and_never_waited_for(
+    folder: Path, tmp_path: Path, kind: str
+) -> None:
+    # the error named no file ("cannot read --api-key-file: No such file or directory"), a
+    # named pipe held the command forever, and /dev/zero was read until memory ran out
+    key_file = tmp_path / "key"
+    if kind == "fifo":
+        os.mkfifo(key_file)
+    elif kind == "device":
+        key_file.symlink_to("/dev/zero")
+    result = run("remove", str(folder), "-o", str(tmp_path / "out"), "--api-key-file",
+                 str(key_file))  # fmt: skip
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"Error: cannot read --api-key-file {key_file}: ")
+    what = {"missing": "No such file", "fifo": "a FIFO", "device": "a character device"}[kind]
+    assert what in line
+    assert not (tmp_path / "out").exists()
