@@ -13,11 +13,11 @@ import re
 import socket
 import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import attrs
 
+from .._images import FileTooLarge, NotARegularFile, read_regular_file
 from .._numbers import check_float_range, check_type, flag_validator, shown
 from .._redact import printable
 from ..errors import ConfigurationError
@@ -312,11 +312,24 @@ class ServiceSettings:
         return cls(**values)
 
 
+#: The most a secret's file may hold (a key, or tokens one per line).
+SECRET_FILE_BYTES = 1 << 20
+
+
 def _read_file(variable: str, path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8").strip()
+    shown = printable(path)
+    try:  # a regular file: a FIFO would hold the start forever, /dev/zero fill the memory
+        return read_regular_file(path, SECRET_FILE_BYTES).decode("utf-8").strip()
     except OSError as exc:
-        raise ConfigurationError(f"cannot read {variable}={path}: {exc.strerror}") from None
+        raise ConfigurationError(f"cannot read {variable}={shown}: {exc.strerror}") from None
+    except NotARegularFile as exc:
+        raise ConfigurationError(
+            f"cannot read {variable}={shown}: it is {exc}, not a file"
+        ) from None
+    except FileTooLarge:
+        raise ConfigurationError(
+            f"cannot read {variable}={shown}: it holds over {SECRET_FILE_BYTES:,} bytes"
+        ) from None
     except UnicodeDecodeError as exc:  # a secret: its bytes are not shown
         raise ConfigurationError(
             f"{variable}={printable(path)}: the file is not UTF-8 text (byte {exc.start}); "

@@ -134,17 +134,19 @@ def emulator(
         serving = server.serve(host, port)
         url = serving.__enter__()
     except OSError as exc:  # the port is taken, the address is not this machine's
-        problem = click.ClickException(
-            f"cannot listen on {host} port {port}: {exc.strerror or exc}"
-        )
-        problem.exit_code = 2  # a setup problem, as the other commands' are
-        raise problem from None
+        raise _SetupError(f"cannot listen on {host} port {port}: {exc.strerror or exc}") from None
     try:
         click.echo(banner(url, list(server.ledger.accounts)))
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
     finally:
         serving.__exit__(None, None, None)
+
+
+class _SetupError(click.ClickException):
+    """A setup problem: ``Error: ...`` on one line, exit code 2 (as the other commands)."""
+
+    exit_code = 2
 
 
 def banner(url: str, keys: Sequence[str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,22 @@ def test_a_file_that_does_not_match_its_digest_is_refused(tmp_path: Path) -> Non
 
     with pytest.raises(ConfigurationError, match="does not match the expected sha256"):
         ModelSpec("u2netp", U2NetFamily, tampered, U2NETP_SHA256).read_verified()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_model_path_that_is_a_pipe_or_a_device_is_refused_unread(
+    tmp_path: Path, kind: str
+) -> None:
+    # read_bytes on a named pipe held the load forever, and on /dev/zero read until the
+    # memory ran out
+    path = tmp_path / "model.onnx"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    what = "a FIFO" if kind == "fifo" else "a character device"
+    with pytest.raises(ConfigurationError, match=f"cannot read model file .*: it is {what}"):
+        ModelSpec("u2netp", U2NetFamily, path, None).read_verified()
 
 
 def test_an_unknown_name_lists_the_known_models() -> None:

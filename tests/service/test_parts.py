@@ -7,6 +7,7 @@ import contextlib
 import gc
 import json
 import logging
+import os
 import re
 import socket
 import subprocess
@@ -111,6 +112,23 @@ def test_a_secret_file_that_is_no_utf8_text_is_refused_without_showing_it(
     with pytest.raises(ConfigurationError, match=f"{variable}=.*not UTF-8 text") as caught:
         ServiceSettings.from_env({variable: str(secret)})
     assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("variable", ["PHOTOROOM_BG_TOKENS_FILE", "PHOTOROOM_API_KEY_FILE"])
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_secret_file_that_is_a_pipe_or_a_device_is_refused_unread(
+    tmp_path: Path, variable: str, kind: str
+) -> None:
+    # read_text on a named pipe held the service's start forever, and on /dev/zero read
+    # until the memory ran out
+    secret = tmp_path / "secret"
+    if kind == "fifo":
+        os.mkfifo(secret)
+    else:
+        secret.symlink_to("/dev/zero")
+    what = "a FIFO" if kind == "fifo" else "a character device"
+    with pytest.raises(ConfigurationError, match=f"cannot read {variable}=.*: it is {what}"):
+        ServiceSettings.from_env({variable: str(secret)})
 
 
 def test_bad_settings_are_configuration_errors(tmp_path: Path) -> None:
