@@ -59,7 +59,9 @@ _LONGEST_NUMBER = 4300
 
 
 def _edit_color(value: str) -> str:
-    return value.lstrip("#")
+    # "#" marks hex: "#GGGGGG" is no colour, where its bare "GGGGGG" passed for a name
+    bare = value.lstrip("#")
+    return bare if all(c in "0123456789abcdefABCDEF" for c in bare) else value
 
 
 def _segment_color(value: str) -> str:

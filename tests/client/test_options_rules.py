@@ -251,6 +251,8 @@ UUID = str(uuid.uuid4())
         ({"background_scaling": "fit"}, "background_scaling", "background.scaling:needs-image"),
         ({"max_width": 10}, "max_width", "maxWidth:needs-output-size"),
         ({"background_color": "#12"}, "background_color", "background.color:color"),
+        # the "#" was dropped, and GGGGGG passed for a colour name
+        ({"background_color": "#GGGGGG"}, "background_color", "background.color:color"),
         (
             {"virtual_model_model": "nobody"},
             "virtual_model_model",
