@@ -596,7 +596,7 @@ def account(
         with PhotoroomClient(api_key=key, base_url=base_url, timeout=wait) as client:
             info = client.account()
     except PhotoroomBGError as exc:
-        click.echo(f"error: {type(exc).__name__}: {printable(str(exc))}", err=True)
+        click.echo(f"Error: {type(exc).__name__}: {printable(str(exc))}", err=True)
         sys.exit(EXIT_FAILED)
     if json_out:
         payload = {

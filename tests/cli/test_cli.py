@@ -157,7 +157,9 @@ def test_account_and_emulator_commands(emulator: PhotoroomEmulator) -> None:
     assert json.loads(as_json.stdout)["images_available"] == 1000
     wrong = run("account", "--base-url", str(emulator.url), key="wrong-key")
     assert wrong.exit_code == 1
-    assert "AuthenticationError" in wrong.stderr
+    # one line, as every other command's failure ("error: ..." in lower case before)
+    (line,) = wrong.stderr.splitlines()
+    assert line.startswith("Error: AuthenticationError: ")
     help_text = subprocess.run(
         [sys.executable, "-m", "photoroom_bg.cli", "emulator", "--help"],
         capture_output=True,
