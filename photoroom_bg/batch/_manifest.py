@@ -212,6 +212,7 @@ def _no_file(path: str | os.PathLike[str]) -> str | None:
         return None
     if kind is None:
         return None
+    kind = "a folder" if kind == "a directory" else kind  # as the command says it
     return f"the manifest at {printable(os.fspath(path))} is {kind}, not a file"
 
 

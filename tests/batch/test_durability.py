@@ -172,7 +172,7 @@ def test_a_file_that_is_not_a_manifest_is_refused_untouched_before_anything_is_b
         remover(emulator, MemorySink()).resume(manifest=products)
     folder = tmp_path / "m.jsonl"
     folder.mkdir()
-    with pytest.raises(ConfigurationError, match=r"cannot read the manifest at .*m\.jsonl"):
+    with pytest.raises(ConfigurationError, match=r"the manifest at .*m\.jsonl is a folder, not"):
         remover(emulator, MemorySink()).resume(manifest=folder)
 
 
