@@ -548,6 +548,9 @@ def edit(
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise _UsageError(f"--param {printable(item)!r}: use KEY=VALUE")
+        flag = _EDIT_FLAGS.get(name)
+        if flag is not None:  # the SDK's refusal named export_format, a flag never given
+            raise _UsageError(f"--param {printable(name)}=...: use {flag} instead")
         extra[name] = value
     try:
         options = EditOptions(
@@ -563,6 +566,17 @@ def edit(
     except (ValidationError, TypeError) as exc:
         raise _UsageError(str(exc)) from None
     _run(sources, dest, options, engine="photoroom", url_passthrough=url_passthrough, **common)
+
+
+#: The /v2/edit parameters the edit command has a flag for (export.format is always sent).
+_EDIT_FLAGS = {
+    "background.color": "--background-color",
+    "background.prompt": "--background-prompt",
+    "outputSize": "--output-size",
+    "padding": "--padding",
+    "shadow.mode": "--shadow",
+    "export.format": "--export-format",
+}
 
 
 def _number_or_text(value: str | None) -> float | str | None:

@@ -107,6 +107,26 @@ def test_an_api_key_file_that_is_no_utf8_text_is_refused_without_showing_it(
     assert emulator.ledger.calls() == 0
 
 
+@pytest.mark.parametrize(
+    ("param", "flag"),
+    [("export.format=webp", "--export-format"), ("background.color=FFFFFF", "--background-color")],
+)
+def test_a_param_the_edit_command_has_a_flag_for_is_told_that_flag(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path, param: str, flag: str
+) -> None:
+    # --param export.format=webp was refused for clashing with "export_format", a Python
+    # name, and a flag the user had not given
+    before = tree(tmp_path)
+    result = run(
+        "edit", str(folder), "-o", str(tmp_path / "out"), "--param", param, *api_args(emulator),
+        key="k",
+    )  # fmt: skip
+    name = param.split("=")[0]
+    assert_refused(result, 2, f"--param {name}=...: use {flag} instead")
+    assert tree(tmp_path) == before
+    assert emulator.requests == []
+
+
 def test_an_empty_input_argument_is_called_an_empty_path(
     emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
 ) -> None:
