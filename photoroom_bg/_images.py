@@ -153,6 +153,27 @@ def read_regular_file(
     return data
 
 
+class UnreadableFile(Exception):
+    """Why :func:`read_file` did not read a file, in words for an error message."""
+
+
+def read_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+    """:func:`read_regular_file` for a file named in settings (a key, tokens, a model): a
+    FIFO would hold its reader forever, ``/dev/zero`` fill the memory.
+
+    Raises:
+        UnreadableFile: it is missing or unreadable, no regular file, or over ``max_bytes``.
+    """
+    try:
+        return read_regular_file(path, max_bytes)
+    except NotARegularFile as exc:
+        raise UnreadableFile(f"it is {exc}, not a file") from None
+    except FileTooLarge:
+        raise UnreadableFile(f"it holds over {max_bytes:,} bytes") from None
+    except OSError as exc:
+        raise UnreadableFile(exc.strerror or str(exc)) from None
+
+
 def load_image(image: ImageInput, *, max_bytes: int = MAX_INPUT_BYTES) -> tuple[bytes, str]:
     """Read ``image`` (path, bytes or binary file object) into ``(bytes, filename)``.
 

@@ -42,7 +42,7 @@ from ._cli_checks import (
     check_not_an_input,
     printable,
 )
-from ._images import FileTooLarge, NotARegularFile, read_regular_file
+from ._images import UnreadableFile, read_file
 from .batch import BatchRemover, BatchReport, JobResult
 from .batch._manifest import job_fields
 from .engines import check_engine_options
@@ -297,19 +297,11 @@ def _read_key(api_key_file: str | None, api_key: str | None) -> str | None:
         )
         return api_key
     if api_key_file:
-        shown = printable(api_key_file)
-        try:  # a regular file: a FIFO would hold the command forever, /dev/zero fill memory
-            key = read_regular_file(api_key_file, KEY_FILE_BYTES).decode("utf-8").strip()
-        except OSError as exc:
-            raise _UsageError(f"cannot read --api-key-file {shown}: {exc.strerror}") from None
-        except NotARegularFile as exc:
+        try:
+            key = read_file(api_key_file, KEY_FILE_BYTES).decode("utf-8").strip()
+        except UnreadableFile as exc:
             raise _UsageError(
-                f"cannot read --api-key-file {shown}: it is {exc}, not a file"
-            ) from None
-        except FileTooLarge:
-            raise _UsageError(
-                f"cannot read --api-key-file {shown}: it holds more than a key "
-                f"(over {KEY_FILE_BYTES:,} bytes)"
+                f"cannot read --api-key-file {printable(api_key_file)}: {exc}"
             ) from None
         except UnicodeDecodeError as exc:  # a secret: its bytes are not shown
             raise _UsageError(

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from photoroom_bg._images import FileTooLarge, NotARegularFile, read_regular_file
+from photoroom_bg._images import UnreadableFile, read_file
 from photoroom_bg.errors import ConfigurationError
 
 __all__ = [
@@ -35,8 +35,9 @@ __all__ = [
 ]
 
 BUNDLED_DIR = Path(__file__).with_name("models")
-#: The largest model file read: past any segmentation model rembg ships (isnet, 170 MB).
-MODEL_FILE_BYTES = 2 << 30
+#: The largest model file read: past any segmentation model rembg ships (BiRefNet's, about
+#: 1 GB), and within what one read of a file returns on Linux (2 GiB less a page).
+MODEL_FILE_BYTES = 1536 << 20
 BUNDLED_MODEL = "u2netp"
 #: sha256 of the bundled ``u2netp.onnx`` (the rembg release asset, md5 8e83ca70…).
 U2NETP_SHA256 = "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8"
@@ -141,19 +142,10 @@ class ModelSpec:
 
     def read_verified(self) -> bytes:
         """Read the file and check its digest; raise :class:`ConfigurationError` on mismatch."""
-        try:  # a regular file: a FIFO would hold the load forever, /dev/zero fill the memory
-            data = read_regular_file(self.path, MODEL_FILE_BYTES)
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read model file {self.path}: {exc}") from exc
-        except NotARegularFile as exc:
-            raise ConfigurationError(
-                f"cannot read model file {self.path}: it is {exc}, not a file"
-            ) from None
-        except FileTooLarge:
-            raise ConfigurationError(
-                f"cannot read model file {self.path}: it holds over {MODEL_FILE_BYTES:,} "
-                "bytes, more than any model it can load"
-            ) from None
+        try:
+            data = read_file(self.path, MODEL_FILE_BYTES)
+        except UnreadableFile as exc:
+            raise ConfigurationError(f"cannot read model file {self.path}: {exc}") from None
         if self.sha256 is not None and hashlib.sha256(data).hexdigest() != self.sha256:
             raise ConfigurationError(
                 f"model file {self.path} does not match the expected sha256 {self.sha256}: "

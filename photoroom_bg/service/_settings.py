@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from .._images import FileTooLarge, NotARegularFile, read_regular_file
+from .._images import UnreadableFile, read_file
 from .._numbers import check_float_range, check_type, flag_validator, shown
 from .._redact import printable
 from ..errors import ConfigurationError
@@ -317,19 +317,10 @@ SECRET_FILE_BYTES = 1 << 20
 
 
 def _read_file(variable: str, path: str) -> str:
-    shown = printable(path)
-    try:  # a regular file: a FIFO would hold the start forever, /dev/zero fill the memory
-        return read_regular_file(path, SECRET_FILE_BYTES).decode("utf-8").strip()
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read {variable}={shown}: {exc.strerror}") from None
-    except NotARegularFile as exc:
-        raise ConfigurationError(
-            f"cannot read {variable}={shown}: it is {exc}, not a file"
-        ) from None
-    except FileTooLarge:
-        raise ConfigurationError(
-            f"cannot read {variable}={shown}: it holds over {SECRET_FILE_BYTES:,} bytes"
-        ) from None
+    try:
+        return read_file(path, SECRET_FILE_BYTES).decode("utf-8").strip()
+    except UnreadableFile as exc:
+        raise ConfigurationError(f"cannot read {variable}={printable(path)}: {exc}") from None
     except UnicodeDecodeError as exc:  # a secret: its bytes are not shown
         raise ConfigurationError(
             f"{variable}={printable(path)}: the file is not UTF-8 text (byte {exc.start}); "

@@ -210,8 +210,7 @@ class S3Sink:
         size = len(full.encode())
         if size > KEY_LIMIT:  # S3 refuses it (KeyTooLongError), after the engine was paid
             raise UnsafeKeyError(
-                f"key {key!r} is too long for S3: {size} bytes with the prefix, over "
-                f"{KEY_LIMIT:,}"
+                f"key {key!r} is too long for S3: {size} bytes with the prefix, over {KEY_LIMIT:,}"
             )
         return full
 
