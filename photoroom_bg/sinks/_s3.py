@@ -47,6 +47,8 @@ _AUTH_CODES = frozenset(
     }
 )
 _MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+# what _error() is asked about that writes: a bare 404 to one comes from no S3 server
+_WRITES = frozenset({"store", "create the bucket"})
 _BUCKET_EXISTS = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})
 _CREATE_ATTEMPTS = 4
 # the server is there but cannot serve now: an outage to wait out, like a refused connection
@@ -312,6 +314,11 @@ class S3Sink:
                     f"cannot {action} at {where}: {code} (check the access key, secret and "
                     "bucket permissions)"
                 )
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+            if not code or (code in ("404", "NotFound") and action in _WRITES):
+                # no S3 error in the answer ("S3 error " and nothing), or a write answered
+                # with a bare 404 (S3 names what is missing in its body): "no object at"
+                return StorageError(f"cannot {action} at {where}: {self._not_s3(status)}")
             if code in _MISSING_KEY_CODES:
                 return ObjectNotFoundError(f"no object at {where}")
             return StorageError(f"cannot {action} at {where}: S3 error {code}")
@@ -409,12 +416,38 @@ class S3Sink:
             await client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
             if error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
-                raise BucketNotFoundError(
-                    f"bucket {self.bucket!r} does not exist ({self._missing_bucket})"
-                ) from None
+                raise await self._no_bucket(client) from None
             raise self._error(exc, "look up the bucket") from None
         except Exception as exc:  # the server went away between two requests
             raise self._error(exc, "look up the bucket") from None
+
+    async def _no_bucket(self, client: Any) -> StorageError:
+        """The error for a bare 404 to a HEAD of the bucket. An S3 server without the bucket
+        names it in the body of a GET (``NoSuchBucket``); any other server (a web server, an
+        API, the wrong port) answers no such thing, and was called a missing bucket, then,
+        with the bucket created, "no object"."""
+        from botocore.exceptions import ClientError
+
+        try:
+            await client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+        except ClientError as exc:
+            if error_code(exc) == "NoSuchBucket":
+                return BucketNotFoundError(
+                    f"bucket {self.bucket!r} does not exist ({self._missing_bucket})"
+                )
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+            return StorageError(
+                f"cannot look up the bucket {self.bucket!r}: {self._not_s3(status)}"
+            )
+        except Exception as exc:
+            return self._error(exc, "look up the bucket")
+        return StorageError(f"cannot look up the bucket {self.bucket!r}: {self._not_s3(404)}")
+
+    def _not_s3(self, status: object) -> str:
+        return (
+            f"{self._server} does not answer as an S3 server (HTTP {status} with no S3 error "
+            "in it): check the endpoint URL"
+        )
 
     async def get(self, key: str) -> bytes:
         """Download ``key``."""

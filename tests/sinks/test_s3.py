@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import socket
 import threading
 from collections.abc import Iterator
@@ -408,3 +409,47 @@ async def test_metadata_stays_within_what_s3_accepts(
     else:
         assert source.endswith("...")
         assert f"photos/{name}".startswith(unquote(source[: -len("...")]))  # whole characters
+
+
+@pytest.fixture
+def web_server() -> Iterator[str]:
+    """A loopback web server that is no S3 server: every request gets an HTML 404."""
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.send_response(404)
+            body = b"" if self.command == "HEAD" else b"<html><body>Not Found</body></html>"
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", "35")
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("create_bucket", [False, True])
+async def test_an_endpoint_that_is_no_s3_server_is_called_so(
+    web_server: str, create_bucket: bool
+) -> None:
+    # a web server (the wrong port, an API) was "bucket 'cut' does not exist (pass
+    # create_bucket=True)", and with create_bucket a put was "no object at s3://cut/a/"
+    sink = S3Sink("s3://cut/a", endpoint_url=web_server, aws_access_key_id="AKIAEXAMPLE",
+                  aws_secret_access_key="secret", create_bucket=create_bucket)  # fmt: skip
+    for call in (sink.exists("k.png"), sink.put("k.png", b"x")):
+        with pytest.raises(StorageError, match="does not answer as an S3 server") as refused:
+            await call
+        assert type(refused.value) is StorageError  # not BucketNotFound, not ObjectNotFound
+    await sink.aclose()
