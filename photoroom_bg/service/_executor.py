@@ -24,6 +24,7 @@ from .._client import AsyncPhotoroomClient
 from .._logs import get_logger
 from .._retry import RetryPolicy
 from ..batch import BatchRemover, BatchReport, JobResult, Progress
+from ..batch._calls import Stopped
 from ..engines.photoroom import PhotoroomEngine
 from ..errors import ConfigurationError, ObjectNotFoundError
 from ..models import ImageResult
@@ -103,18 +104,28 @@ class ServiceStopping(BaseException):
 
 
 class StoppableEngine(PhotoroomEngine):
-    """The Photoroom engine of a job running here: makes no new call once ``stopping()``.
+    """The Photoroom engine of a job running here: makes no new call once ``stopping()``
+    (the service stops: the job resumes at its next start) or ``cancelled()`` (``DELETE``:
+    the image ends ``cancelled``).
 
     Each call, retries included, asks first; inputs the batch had already taken from the job's
-    sources would otherwise each be paid for after the stop began."""
+    sources would otherwise each be paid for after the stop or the cancel began."""
 
-    def __init__(self, stopping: Callable[[], bool], **client_kwargs: Any) -> None:
+    def __init__(
+        self,
+        stopping: Callable[[], bool],
+        cancelled: Callable[[], bool] = lambda: False,
+        **client_kwargs: Any,
+    ) -> None:
         super().__init__(**client_kwargs)
         self._stopping = stopping
+        self._cancelled = cancelled
 
     def _check(self) -> None:
         if self._stopping():
             raise ServiceStopping("the service is stopping")
+        if self._cancelled():  # the batch ends this image "cancelled", unpaid, and goes on
+            raise Stopped("the job was cancelled")
 
     async def process(self, image: bytes, options: SegmentOptions | EditOptions) -> ImageResult:
         """Remove the background with the API, unless the service is stopping."""
@@ -379,6 +390,7 @@ class LocalExecutor:
             # its pool serves this job's workers alone, closed with it
             engine = StoppableEngine(
                 lambda: live.stopping,
+                lambda: live.cancel_requested,
                 api_key=s.api_key,
                 base_url=s.base_url,
                 timeout=s.timeout,

@@ -124,3 +124,37 @@ def test_a_stopping_service_starts_no_new_call_and_resumes_the_job_at_its_next_s
     assert sum(item["stored"] for item in done["items"]) == count
     assert emulator.ledger.calls() == count
     assert set(emulator.ledger.billed_per_image().values()) == {1}
+
+
+def test_a_cancelled_job_starts_no_new_call(tmp_path: Path, images: ImageServer) -> None:
+    # DELETE let the inputs the job's batch had already queued go on to Photoroom, each paid
+    # for after the cancel, as SIGTERM did
+    count = 10
+    emulator = PhotoroomEmulator({API_KEY: 1000}, faults=Faults(latency=1.0), image_work=False)
+    with emulator.serve() as emulator_url:
+        env = service_env(
+            emulator_url=emulator_url,
+            sink=str(tmp_path / "sink"),
+            state_dir=tmp_path / "state",
+            concurrency="1",
+        )
+        service = start_service(env, tmp_path / "service.log")
+        try:
+            with service.client() as client:
+                urls = [images.image(n) for n in range(500, 500 + count)]
+                job = client.post("/api/v2/remove-backgrounds", json={"image_urls": urls})
+                assert job.status_code == 202, job.text
+                poll(lambda: emulator.ledger.calls() >= 2, timeout=60, what="two calls")
+                paid_at_cancel = emulator.ledger.calls()
+                assert client.delete(job.json()["status_url"]).status_code in (200, 202)
+                done: dict[str, Any] = wait_for_job(client, job.json()["job_id"])
+        finally:
+            service.stop()
+    assert done["status"] == "cancelled"
+    # the one call under way at the cancel was finished and stored; none was started after it
+    assert emulator.ledger.calls() <= paid_at_cancel + 1
+    stored = sum(item["stored"] for item in done["items"])
+    assert stored == emulator.ledger.calls()
+    cancelled = [item for item in done["items"] if item["status"] == "cancelled"]
+    assert len(cancelled) == count - stored
+    assert {item["error"]["code"] for item in cancelled} == {"cancelled"}
