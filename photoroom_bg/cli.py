@@ -49,6 +49,7 @@ from .engines import check_engine_options
 from .errors import ConfigurationError, PhotoroomBGError, ValidationError
 from .options import EditOptions, SegmentOptions
 from .sinks._common import DISK_FULL
+from .sinks._open import sink_uri
 from .sources import SourceReader
 
 __all__ = ["main"]
@@ -725,6 +726,7 @@ def _run(
                     f"{flag}, or leave out --engine local"
                 )
     key = _read_key(api_key_file, api_key) if engine == "photoroom" else None
+    dest = sink_uri(dest)  # S3://bucket as s3://bucket
     if manifest is None and "://" not in dest:
         manifest = str(Path(dest) / MANIFEST_NAME)
     _check_setup(sources, dest, manifest, engine, key)

@@ -11,6 +11,7 @@ import attrs
 from .._numbers import check_count, check_flag, check_given, check_number
 from .._redact import lone_surrogate, printable
 from ..errors import ConfigurationError
+from ..sinks._open import sink_uri
 from ..sources import _local_under, _working_folder
 from ._environment import check_shared_sink
 from ._jobstore import check_job_id
@@ -28,6 +29,11 @@ def _references(value: str | Sequence[str]) -> Any:
     if isinstance(value, str):
         return [value]
     return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _sink_uri(value: Any) -> Any:
+    """``S3://bucket`` as ``s3://bucket`` (anything but a str is checked later)."""
+    return sink_uri(value) if isinstance(value, str) else value
 
 
 def _check_text(name: str, value: str) -> None:
@@ -50,7 +56,7 @@ class JobParameters:
     """
 
     sources: list[str] = attrs.field(converter=_references)
-    sink: str
+    sink: str = attrs.field(converter=_sink_uri)
     options: dict[str, Any] = attrs.field(factory=dict)
     shard_size: int = 100
     concurrency: int = 8

@@ -21,6 +21,7 @@ from .._images import UnreadableFile, read_file
 from .._numbers import check_float_range, check_type, flag_validator, shown
 from .._redact import printable
 from ..errors import ConfigurationError
+from ..sinks._open import sink_uri
 from ..sinks._s3 import presign_seconds
 
 __all__ = ["ENVIRONMENT", "ServiceSettings"]
@@ -232,7 +233,7 @@ class ServiceSettings:
     api_key: str | None = attrs.field(default=None, repr=False)
     base_url: str | None = None
     timeout: float = attrs.field(default=120.0, validator=_positive)
-    sink: str = "./photoroom-bg-data"
+    sink: str = attrs.field(default="./photoroom-bg-data", converter=sink_uri)
     s3_endpoint_url: str | None = None
     state_dir: str = attrs.field(
         default="./.photoroom-bg-state", converter=_home, validator=_file_name

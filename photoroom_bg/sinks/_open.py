@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -15,7 +16,19 @@ from ._base import Sink, StoredObject
 from ._filesystem import FileSystemSink
 from ._memory import MemorySink
 
-__all__ = ["SyncSink", "open_sink"]
+__all__ = ["SyncSink", "open_sink", "sink_uri"]
+
+
+def sink_uri(text: str) -> str:
+    """``text`` with the scheme of a URI in lower case (``S3://bucket`` is ``s3://bucket``:
+    a URI's scheme is case-insensitive, RFC 3986 section 3.1); a path as it is."""
+    scheme, sep, rest = text.partition("://")
+    if sep and _SCHEME.fullmatch(scheme):
+        return f"{scheme.lower()}://{rest}"
+    return text
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")  # RFC 3986 section 3.1
 
 
 def open_sink(target: str | os.PathLike[str] | Sink, **options: Any) -> Sink:
@@ -30,7 +43,7 @@ def open_sink(target: str | os.PathLike[str] | Sink, **options: Any) -> Sink:
         if isinstance(target, Sink):
             return target
         raise ConfigurationError(f"cannot open a sink from {type(target).__name__}")
-    text = os.fspath(target)
+    text = sink_uri(os.fspath(target))
     if text.startswith("memory://"):
         return MemorySink(**options)
     if text.startswith("s3://"):

@@ -519,7 +519,11 @@ def test_an_s3_uri_with_a_query_string_is_told_the_commands_endpoint_flag(
     # the refusal advised "endpoint_url= and region= as arguments", which the command has
     # no way to pass
     before = tree(tmp_path)
-    for dest in ("s3://bucket?endpoint=http://127.0.0.1:9/cut", "s3://bucket?region=eu/cut"):
+    for dest in (
+        "s3://bucket?endpoint=http://127.0.0.1:9/cut",
+        "s3://bucket?region=eu/cut",
+        "S3://bucket?region=eu/cut",  # an s3:// URI too (it was an "unsupported sink")
+    ):
         result = run("remove", str(folder), "-o", dest, *api_args(emulator), key="k")
         assert result.exit_code == 2, result.output + result.stderr
         (line,) = result.stderr.splitlines()

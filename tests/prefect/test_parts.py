@@ -259,6 +259,8 @@ def test_relative_paths_of_a_job_are_the_callers(
     assert params.sink == str(tmp_path / "out")
     assert params.flow_parameters()["sink"] == params.sink
     assert JobParameters(sources=urls, sink="s3://b/out").sink == "s3://b/out"
+    # an upper-case scheme was taken for a folder named "S3:" in the working folder
+    assert JobParameters(sources=urls, sink="S3://b/out").sink == "s3://b/out"
 
 
 def test_one_reference_given_as_a_string_is_one_source_not_one_per_character(

@@ -85,6 +85,12 @@ def test_a_state_folder_from_home_is_in_home_as_the_sinks_folder_is(
     assert ServiceSettings(state_dir="~/s").state_dir == str(tmp_path / "s")
 
 
+def test_a_sink_uri_with_an_upper_case_scheme_is_that_uri() -> None:
+    # PHOTOROOM_BG_SINK=S3://bucket/cut was refused at start as an unsupported sink
+    settings = ServiceSettings.from_env({"PHOTOROOM_BG_SINK": "S3://bucket/cut"})
+    assert settings.sink == "s3://bucket/cut"
+
+
 @pytest.mark.parametrize(
     "token",
     ["s3cret\udcff", "s3cr\u00e9t", "s3cret\x7f", "s3cret\x00"],

@@ -237,6 +237,11 @@ def test_open_sink_from_strings(tmp_path: Path) -> None:
     s3 = open_sink("s3://bucket/a/b", endpoint_url="http://127.0.0.1:1")
     assert isinstance(s3, S3Sink)
     assert (s3.bucket, s3.prefix) == ("bucket", "a/b/")
+    # a URI's scheme is case-insensitive: these were "unsupported sink"
+    upper = open_sink("S3://bucket/a/b", endpoint_url="http://127.0.0.1:1")
+    assert isinstance(upper, S3Sink)
+    assert (upper.bucket, upper.prefix) == ("bucket", "a/b/")
+    assert isinstance(open_sink("Memory://"), MemorySink)
     same = MemorySink()
     assert open_sink(same) is same
     with pytest.raises(ConfigurationError, match="unsupported sink"):
