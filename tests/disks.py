@@ -49,3 +49,14 @@ def fill(disk: Path) -> None:
                 block = block[: len(block) // 2]
     finally:
         os.close(fd)
+
+
+def no_file_at(path: Path, kind: str) -> str:
+    """Put at ``path`` what no reader of a file may open as one: a named pipe (``kind``
+    ``"fifo"``: opening it waits for a writer forever) or a symlink to ``/dev/zero``
+    (``"device"``: it reads without end). Returns how the SDK names it."""
+    if kind == "fifo":
+        os.mkfifo(path)
+        return "a FIFO (named pipe)"
+    path.symlink_to("/dev/zero")
+    return "a character device"

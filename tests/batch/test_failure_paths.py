@@ -54,6 +54,7 @@ from photoroom_bg.sinks import FileSystemSink, S3Sink, StoredObject
 from photoroom_bg.sources import ImageSource, SourceReader
 from photoroom_bg.testing import Faults, PhotoroomEmulator
 
+from ..disks import no_file_at
 from ..loopback import closed_port
 from .conftest import job_records, photo, photo_folder, remover
 
@@ -496,12 +497,8 @@ def test_a_manifest_that_is_a_pipe_or_a_device_is_refused_before_it_is_read(
     # a manifest on a named pipe held the batch's start forever (opening it waits for a
     # writer), and one on /dev/zero was read until the memory ran out
     manifest = tmp_path / "m.jsonl"
-    if kind == "fifo":
-        os.mkfifo(manifest)
-    else:
-        manifest.symlink_to("/dev/zero")
+    what = no_file_at(manifest, kind)
     batch = remover(emulator, MemorySink(), manifest=manifest)
-    what = "a FIFO (named pipe)" if kind == "fifo" else "a character device"
 
     def start() -> object:
         if how == "submit":

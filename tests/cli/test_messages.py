@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import socket
 from pathlib import Path
@@ -16,7 +15,7 @@ from photoroom_bg import cli
 from photoroom_bg.cli import main
 from photoroom_bg.testing import PhotoroomEmulator
 
-from ..disks import fill, small_disk
+from ..disks import fill, no_file_at, small_disk
 from .conftest import run, tree
 
 RST_MARKUP = re.compile(r"``|:(class|func|meth|mod|doc|attr|data|exc|ref):`|`[^`]+`_")
@@ -308,10 +307,8 @@ def test_an_api_key_file_that_cannot_be_read_is_named_and_never_waited_for(
     # the error named no file ("cannot read --api-key-file: No such file or directory"), a
     # named pipe held the command forever, and /dev/zero was read until memory ran out
     key_file = tmp_path / "key"
-    if kind == "fifo":
-        os.mkfifo(key_file)
-    elif kind == "device":
-        key_file.symlink_to("/dev/zero")
+    if kind != "missing":
+        no_file_at(key_file, kind)
     result = run("remove", str(folder), "-o", str(tmp_path / "out"), "--api-key-file",
                  str(key_file))  # fmt: skip
     assert result.exit_code == 2

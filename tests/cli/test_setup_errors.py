@@ -22,6 +22,7 @@ from photoroom_bg.errors import StorageError
 from photoroom_bg.testing import PhotoroomEmulator
 
 from ..conftest import modes_bind
+from ..disks import no_file_at
 from ..loopback import closed_port
 from .conftest import EXAMPLES, run, tree
 
@@ -164,16 +165,12 @@ def test_an_input_that_is_a_pipe_or_a_device_is_refused_and_nothing_is_created(
     # a named pipe, /dev/null or /dev/zero named as an input failed as a job: the output
     # folder and its manifest were created, a summary printed, and the command exited 1
     item = tmp_path / "photo.png"
-    if kind == "fifo":
-        os.mkfifo(item)
-    else:
-        item.symlink_to("/dev/zero")
+    what = no_file_at(item, kind)
     before = tree(tmp_path)
     result = run(
         "remove", str(folder), str(item), "-o", str(tmp_path / "out"), *api_args(emulator),
         key=emulator.api_key,
     )  # fmt: skip
-    what = "a FIFO (named pipe)" if kind == "fifo" else "a character device"
     assert_refused(result, 2, f"{item} is {what}, not an image file")
     assert tree(tmp_path) == before
     assert emulator.requests == []
@@ -310,16 +307,12 @@ def test_a_manifest_that_is_a_pipe_or_a_device_is_refused(
     # --manifest on a named pipe hung in the check that it can be written, and on /dev/zero
     # (or /dev/full) the batch read it until the kernel killed the process for its memory
     manifest = tmp_path / "m.jsonl"
-    if kind == "fifo":
-        os.mkfifo(manifest)
-    else:
-        manifest.symlink_to("/dev/zero")
+    what = no_file_at(manifest, kind)
     before = tree(tmp_path)
     result = run(
         "remove", str(folder), "-o", str(tmp_path / "out"), "--manifest", str(manifest),
         *api_args(emulator), key="k",
     )  # fmt: skip
-    what = "a FIFO (named pipe)" if kind == "fifo" else "a character device"
     assert_refused(result, 2, f"manifest {manifest} is {what}, not a file")
     assert tree(tmp_path) == before
     assert emulator.requests == []

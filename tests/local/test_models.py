@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +27,8 @@ from photoroom_bg.engines._onnx_models import (
 )
 from photoroom_bg.engines.local import LocalEngine
 from photoroom_bg.errors import ConfigurationError
+
+from ..disks import no_file_at
 
 BUNDLED = BUNDLED_DIR / "u2netp.onnx"
 
@@ -54,11 +56,7 @@ def test_a_model_path_that_is_a_pipe_or_a_device_is_refused_unread(
     # read_bytes on a named pipe held the load forever, and on /dev/zero read until the
     # memory ran out
     path = tmp_path / "model.onnx"
-    if kind == "fifo":
-        os.mkfifo(path)
-    else:
-        path.symlink_to("/dev/zero")
-    what = "a FIFO" if kind == "fifo" else "a character device"
+    what = re.escape(no_file_at(path, kind))
     with pytest.raises(ConfigurationError, match=f"cannot read model file .*: it is {what}"):
         ModelSpec("u2netp", U2NetFamily, path, None).read_verified()
 

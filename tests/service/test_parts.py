@@ -44,6 +44,7 @@ from photoroom_bg.service._serialize import item_from_record, item_from_result, 
 from photoroom_bg.sinks import MemorySink
 from photoroom_bg.sources import SourceReader
 
+from ..disks import no_file_at
 from .live import app_settings
 
 # -- settings --------------------------------------------------------------------------------
@@ -128,11 +129,7 @@ def test_a_secret_file_that_is_a_pipe_or_a_device_is_refused_unread(
     # read_text on a named pipe held the service's start forever, and on /dev/zero read
     # until the memory ran out
     secret = tmp_path / "secret"
-    if kind == "fifo":
-        os.mkfifo(secret)
-    else:
-        secret.symlink_to("/dev/zero")
-    what = "a FIFO" if kind == "fifo" else "a character device"
+    what = re.escape(no_file_at(secret, kind))
     with pytest.raises(ConfigurationError, match=f"cannot read {variable}=.*: it is {what}"):
         ServiceSettings.from_env({variable: str(secret)})
 
@@ -713,7 +710,6 @@ def test_a_zip_that_cannot_be_written_is_a_storage_problem_not_a_bug(
     # logged as a bug with its traceback: the operator was not told to make room (the
     # cut-outs are paid for: a retry after that finds them among the recent outputs)
     import errno
-    import os
     import tempfile
     import zipfile
 
@@ -771,7 +767,6 @@ def test_an_upload_that_cannot_be_spooled_is_a_storage_problem_not_a_bug(
     # a large upload goes to a temporary file while the form is read: a full temporary
     # folder answered 500 "Unexpected error", logged as a bug, and nothing told the operator
     import errno
-    import os
     from tempfile import SpooledTemporaryFile
 
     from fastapi.testclient import TestClient
