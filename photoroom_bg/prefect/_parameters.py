@@ -31,11 +31,6 @@ def _references(value: str | Sequence[str]) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def _sink_uri(value: Any) -> Any:
-    """``S3://bucket`` as ``s3://bucket`` (anything but a str is checked later)."""
-    return sink_uri(value) if isinstance(value, str) else value
-
-
 def _check_text(name: str, value: str) -> None:
     """Refuse a string JSON cannot carry as text: a job's parameters travel as JSON, to the
     Prefect server and into the job's own records."""
@@ -56,7 +51,7 @@ class JobParameters:
     """
 
     sources: list[str] = attrs.field(converter=_references)
-    sink: str = attrs.field(converter=_sink_uri)
+    sink: str = attrs.field(converter=sink_uri)
     options: dict[str, Any] = attrs.field(factory=dict)
     shard_size: int = 100
     concurrency: int = 8

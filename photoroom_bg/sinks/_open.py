@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 from .. import _loop
@@ -21,11 +21,15 @@ __all__ = ["SyncSink", "open_sink", "sink_uri"]
 
 def sink_uri(text: str) -> str:
     """``text`` with the scheme of a URI in lower case (``S3://bucket`` is ``s3://bucket``:
-    a URI's scheme is case-insensitive, RFC 3986 section 3.1); a path as it is."""
-    scheme, sep, rest = text.partition("://")
+    a URI's scheme is case-insensitive, RFC 3986 section 3.1); a path as it is. A setting of
+    another type is returned as it is, for its own check to refuse."""
+    given: object = text
+    if not isinstance(given, str):
+        return cast(str, given)
+    scheme, sep, rest = given.partition("://")
     if sep and _SCHEME.fullmatch(scheme):
         return f"{scheme.lower()}://{rest}"
-    return text
+    return given
 
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")  # RFC 3986 section 3.1
