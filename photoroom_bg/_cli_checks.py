@@ -23,7 +23,7 @@ import click
 import httpx
 
 from . import _loop
-from ._images import _kind as file_kind
+from ._images import file_kind
 from ._redact import redact_text, redact_url
 from .batch._manifest import manifest_in_use
 from .sinks._common import try_lock

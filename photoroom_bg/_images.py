@@ -26,10 +26,13 @@ __all__ = [
     "FileTooLarge",
     "ImageInput",
     "NotARegularFile",
+    "UnreadableFile",
     "answer_problem",
+    "file_kind",
     "file_object_bytes",
     "file_position",
     "load_image",
+    "read_file",
     "read_file_object",
     "read_regular_file",
     "sniff_format",
@@ -90,7 +93,9 @@ class FileTooLarge(Exception):
         self.exact = exact
 
 
-def _kind(mode: int) -> str | None:
+def file_kind(mode: int) -> str | None:
+    """What a file of ``mode`` is when it is no regular file (``"a FIFO (named pipe)"``,
+    ``"a directory"``...); ``None`` for a regular file."""
     if stat.S_ISREG(mode):
         return None
     if stat.S_ISDIR(mode):
@@ -126,7 +131,7 @@ def read_regular_file(
         LargerThan: larger than ``large`` (nothing read: the caller reads it elsewhere).
         OSError: any other failure (``FileNotFoundError``...).
     """
-    kind = _kind(os.stat(path).st_mode)
+    kind = file_kind(os.stat(path).st_mode)
     if kind == "a directory":
         raise IsADirectoryError(errno.EISDIR, "Is a directory", os.fspath(path))
     if kind is not None:
@@ -135,7 +140,7 @@ def read_regular_file(
     fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     try:  # the descriptor itself, not a file object: this runs for every image of a batch
         info = os.fstat(fd)
-        kind = _kind(info.st_mode)
+        kind = file_kind(info.st_mode)
         if kind is not None:
             raise NotARegularFile(kind)
         if info.st_size > max_bytes:

@@ -21,7 +21,7 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .. import _jsonsafe
-from .._images import _kind as file_kind
+from .._images import file_kind
 from .._logs import get_logger
 from .._redact import printable
 from ..errors import (
