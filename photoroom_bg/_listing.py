@@ -5,8 +5,11 @@ Directory symlinks are followed, but a directory is entered at most once per wal
 list a file twice. Only regular files (after symlinks) are listed, so a FIFO or a link to
 ``/dev/zero`` named ``x.png`` is never handed on. A folder that cannot be listed (no
 permission, an I/O error) is handed on as an :class:`Unlistable`, so that its images are
-accounted for, not left out silently. The walkers run in a worker thread and check a
-:class:`threading.Event` between entries: setting it stops them promptly.
+accounted for, not left out silently. A folder below the one walked that holds
+:data:`OUTPUT_MARKER` (the manifest ``photoroom-bg remove`` keeps beside its cut-outs) is an
+earlier batch's output, and is not walked into: its cut-outs are no photos. The walkers run
+in a worker thread and check a :class:`threading.Event` between entries: setting it stops
+them promptly.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import NamedTuple
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "OUTPUT_MARKER",
     "Unlistable",
     "glob_base",
     "glob_images",
@@ -31,6 +35,9 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".heic", ".heif"})
+
+#: The file that marks a folder as a batch's output: the manifest the command keeps there.
+OUTPUT_MARKER = ".photoroom-bg-manifest.jsonl"
 
 Identity = tuple[int, int]
 
@@ -108,13 +115,19 @@ def real_path(path: str | os.PathLike[str]) -> str:
     return os.path.normcase(os.path.realpath(path))
 
 
+def _marked(entries: list[os.DirEntry[str]]) -> bool:
+    """Whether a folder of these entries is a batch's output (it holds the marker)."""
+    return any(entry.name == OUTPUT_MARKER for entry in entries)
+
+
 def walk_images(
     root: str, stop: threading.Event, leave_out: frozenset[str] = frozenset()
 ) -> Iterator[str | Unlistable]:
     """Image files under ``root``, depth first, each folder's files before its subfolders,
     and the folders that could not be listed; never in the folders ``leave_out`` names (real
-    paths: a batch's output and spill folders, whose cut-outs are no inputs; ``root``
-    itself is walked)."""
+    paths: a batch's output and spill folders, whose cut-outs are no inputs), nor in a
+    folder below ``root`` that holds :data:`OUTPUT_MARKER` (an earlier batch's output;
+    ``root`` itself is walked)."""
     seen: set[Identity] = set()
     pending = [root]
     while pending and not stop.is_set():
@@ -128,6 +141,8 @@ def walk_images(
             entries = _scandir(folder)
         except OSError as exc:
             yield Unlistable(folder, folder, exc)
+            continue
+        if folder is not root and _marked(entries):
             continue
         for entry in entries:
             if stop.is_set():
@@ -174,7 +189,8 @@ def glob_images(
     Follows :func:`glob.glob`'s rules (wildcards and ``**`` skip hidden names), but enters
     each folder at most once per ``**``, so directory symlinks cannot make it loop; never
     enters the folders ``leave_out`` names below the pattern's fixed part (as
-    :func:`walk_images`).
+    :func:`walk_images`), nor a folder that holds :data:`OUTPUT_MARKER` and that a
+    wildcard or ``**`` led to (one the pattern names is entered).
     """
     base, segments = _split(pattern)
     if not segments:
@@ -182,6 +198,7 @@ def glob_images(
     matchers = [None if s == "**" else _matcher(s) for s in segments]
     seen: set[tuple[Identity, int]] = set()
     pending: list[tuple[str, int]] = [(base, 0)]
+    wild: set[str] = set()  # folders reached through a wildcard or "**", not named
     while pending and not stop.is_set():
         folder, index = pending.pop()
         last = index == len(segments) - 1
@@ -197,6 +214,8 @@ def glob_images(
             except OSError as exc:
                 yield Unlistable(folder or ".", os.path.join(folder, *segments[index:]), exc)
                 continue  # the rest of the pattern under it is that one spec
+            if folder in wild and _marked(entries):
+                continue  # an earlier batch's output, met by this "**"
             for entry in entries:
                 if stop.is_set():
                     return
@@ -204,11 +223,14 @@ def glob_images(
                 if _is_dir(entry):
                     if not _hidden(entry.name) and not _left_out(path, leave_out):
                         later.append((path, index))
+                        wild.add(path)
                 elif last and not _hidden(entry.name) and _is_image_file(entry):
                     yield path
             if not last:
                 later.insert(0, (folder, index + 1))
         elif not glob.has_magic(segments[index]):
+            if folder in wild and os.path.lexists(os.path.join(folder, OUTPUT_MARKER)):
+                continue  # an earlier batch's output, met by a wildcard
             path = os.path.join(folder, segments[index])
             if last:
                 if _is_image_path_file(path):
@@ -221,6 +243,8 @@ def glob_images(
             except OSError as exc:
                 yield Unlistable(folder or ".", os.path.join(folder, *segments[index:]), exc)
                 continue
+            if folder in wild and _marked(entries):
+                continue  # an earlier batch's output, met by a wildcard
             for entry in entries:
                 if stop.is_set():
                     return
@@ -232,4 +256,5 @@ def glob_images(
                         yield path
                 elif _is_dir(entry) and not _left_out(path, leave_out):
                     later.append((path, index + 1))
+                    wild.add(path)
         pending.extend(reversed(later))

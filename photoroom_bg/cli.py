@@ -43,6 +43,7 @@ from ._cli_checks import (
     printable,
 )
 from ._images import UnreadableFile, read_file
+from ._listing import OUTPUT_MARKER
 from .batch import BatchRemover, BatchReport, JobResult
 from .batch._manifest import job_fields
 from .engines import check_engine_options
@@ -62,7 +63,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: what a run stopped before its end tells
 RERUN = "Run the same command again to finish the rest; stored outputs are skipped."
-MANIFEST_NAME = ".photoroom-bg-manifest.jsonl"
+MANIFEST_NAME = OUTPUT_MARKER  # so walks of a folder around DEST leave DEST out
 
 #: Commands whose code needs an extra, imported only when used: name -> (module, attribute,
 #: extra). ``photoroom-bg --help`` still lists them when the extra is missing.

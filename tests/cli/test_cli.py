@@ -60,6 +60,22 @@ def test_remove_through_the_api_with_json_output(
     assert emulator.api_key not in result.output
 
 
+def test_cut_outs_stored_inside_the_input_folder_are_never_taken_for_photos_again(
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+) -> None:
+    # a run into folder/cut, then one into another folder: the second paid for a cut-out of
+    # each of the first run's cut-outs (12 calls for 6 photos)
+    base = ["--base-url", str(emulator.url), "--json"]
+    first = run("remove", str(folder), "-o", str(folder / "cut"), *base, key=emulator.api_key)
+    assert first.exit_code == 0, first.output
+    again = run("remove", str(folder), "-o", str(tmp_path / "other"), *base, key=emulator.api_key)
+    assert again.exit_code == 0, again.output
+    summary = json.loads(again.stdout.splitlines()[-1])["summary"]
+    assert (summary["succeeded"], summary["billed_calls"]) == (6, 6)
+    assert emulator.ledger.calls() == 12
+    assert len(outputs(tmp_path / "other")) == 6
+
+
 def test_a_bad_input_fails_alone_with_exit_code_1(
     emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
 ) -> None:

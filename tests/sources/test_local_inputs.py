@@ -20,6 +20,7 @@ from PIL import Image
 
 from photoroom_bg import AsyncPhotoroomClient
 from photoroom_bg._images import load_image, validate_image
+from photoroom_bg._listing import OUTPUT_MARKER
 from photoroom_bg.errors import (
     InvalidImageError,
     InvalidSourceError,
@@ -173,6 +174,33 @@ async def test_a_glob_never_loops_through_directory_symlinks(looped: Path) -> No
         sources = [s async for s in iter_sources(str(looped / "**" / "*.png"))]
     names = sorted(Path(s.location).name for s in sources)
     assert names == ["one.png", "three.png", "two.png"]
+
+
+async def test_walks_and_globs_leave_out_an_earlier_batchs_output_below_them(
+    tmp_path: Path,
+) -> None:
+    # `photoroom-bg remove photos -o photos/cut`, then `... -o elsewhere`: the second walk of
+    # photos/ took the first run's cut-outs for photos and paid for a cut-out of each
+    root = tmp_path / "photos"
+    (root / "cut" / "deeper").mkdir(parents=True)
+    (root / "one.png").write_bytes(png_bytes())
+    (root / "cut" / "one-1b98542ad850.png").write_bytes(png_bytes())
+    (root / "cut" / "deeper" / "two.png").write_bytes(png_bytes())
+    (root / "cut" / OUTPUT_MARKER).write_text("")
+
+    async def names(spec: str) -> list[str]:
+        with anyio.fail_after(60):
+            return sorted([Path(s.location).name async for s in iter_sources(spec)])
+
+    assert await names(str(root)) == ["one.png"]
+    assert await names(str(root / "**" / "*.png")) == ["one.png"]
+    assert await names(str(root / "*" / "*.png")) == []
+    assert await names(str(root / "*" / "deeper" / "*.png")) == []
+    # the output folder named itself is walked: its owner asked for it
+    assert await names(str(root / "cut")) == ["one-1b98542ad850.png", "two.png"]
+    assert await names(str(root / "cut" / "**" / "*.png")) == ["one-1b98542ad850.png", "two.png"]
+    assert await names(str(root / "cut" / "*.png")) == ["one-1b98542ad850.png"]
+    assert await names(str(root / "cut" / "deeper" / "*.png")) == ["two.png"]
 
 
 async def test_globs_keep_their_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
