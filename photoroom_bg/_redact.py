@@ -26,13 +26,15 @@ __all__ = [
 REDACTED_LOGGERS = ("httpx", "httpcore", "botocore", "aiobotocore", "photoroom_bg")
 
 # scheme://[userinfo@]rest[?query][#fragment]; the greedy userinfo stops at the last "@"
-# before the path, so a password containing "@" is removed whole
+# before the path, so a password containing "@" is removed whole. A "'" is part of a URL
+# (``it's.png``) unless what follows ends it, as where a quoted URL is closed
+_IN = r"(?:[^\s?#'\"<>]|'(?=[^\s'\"<>,;:)\]}]))"
 _URL = re.compile(
     r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)"
     r"(?P<userinfo>[^\s/?#'\"<>@]*(?:@[^\s/?#'\"<>@]*)*@)?"
-    r"(?P<rest>[^\s?#'\"<>]*)"
-    r"(?P<query>\?[^\s#'\"<>]*)?"
-    r"(?P<fragment>#[^\s'\"<>]*)?"
+    rf"(?P<rest>{_IN}*)"
+    rf"(?P<query>\?(?:{_IN}|\?)*)?"
+    rf"(?P<fragment>#(?:{_IN}|[?#])*)?"
 )
 _SECRET_HEADER = re.compile(
     r"(?P<name>\b(?:authorization|proxy-authorization|x-api-key|x-amz-security-token|"

@@ -10,6 +10,7 @@ from urllib.parse import quote
 import pytest
 
 from photoroom_bg._redact import RedactingFilter, install_log_redaction, redact_text, redact_url
+from photoroom_bg.errors import SourceError
 from photoroom_bg.sinks import S3Sink
 from photoroom_bg.sources import ImageSource, SourceReader
 
@@ -41,6 +42,23 @@ async def test_fetches_log_urls_without_userinfo_or_query(
     assert "receive_response_headers" in text  # httpcore's DEBUG lines, Location included
     for secret in ["pa55word", "alice", SIGNATURE, "X-Amz-Signature", "AKIDEXAMPLE", "to=http"]:
         assert secret not in text
+
+
+async def test_a_quote_in_a_fetched_urls_path_or_query_hides_no_secret_from_redaction(
+    image_server: ImageServer, debug_logs: pytest.LogCaptureFixture
+) -> None:
+    # httpx's "HTTP Request: GET ..." line showed the query after a "'" whole (sig=...)
+    urls = [
+        f"{image_server.url}/img.png?name=it's&sig=QUOTESECRET1",
+        f"{image_server.url}/it's.png?sig=QUOTESECRET2",
+    ]
+    async with SourceReader(allow_networks=["127.0.0.1/32"]) as reader:
+        assert await reader.read(ImageSource("url", urls[0], "img")) == png_bytes()
+        with pytest.raises(SourceError):  # not there: its request is logged all the same
+            await reader.read(ImageSource("url", urls[1], "img"))
+    text = debug_logs.text
+    assert f"HTTP Request: GET {image_server.url}/it's.png " in text
+    assert "QUOTESECRET" not in text
 
 
 async def test_s3_presigned_urls_and_signed_requests_are_not_logged(
@@ -78,6 +96,10 @@ async def test_s3_presigned_urls_and_signed_requests_are_not_logged(
         ("http://[::1/x?token=1", "http://[::1/x"),
         ("data:image/png;base64,iVBORw0KGgo=", "data:image/png;base64,..."),
         ("https://h.example/caf\udce9.png?s=1", "https://h.example/caf\\xe9.png"),
+        # a "'" in the path or query ended the URL there: the query after it was shown whole
+        ("https://h.example/it's.png?sig=1", "https://h.example/it's.png"),
+        ("https://h.example/a.png?name=it's&sig=1", "https://h.example/a.png"),
+        ("https://h.example/a.png?q=1#it's?sig=1", "https://h.example/a.png"),
     ],
 )
 def test_urls_are_shown_without_secrets_and_never_raise(raw: str, shown: str) -> None:
@@ -95,6 +117,13 @@ def test_free_text_loses_urls_secrets_and_secret_headers() -> None:
     assert "https://h/x then" in text
     for secret in ["u:p", "X-Amz-Signature", "AWS4-HMAC", SIGNATURE, "sk_live_123"]:
         assert secret not in text
+    # quotes around a URL still end it; a "'" inside one does not
+    assert redact_text("'http://h/a.png?sig=1': no such file") == "'http://h/a.png': no such file"
+    assert redact_text("['http://h/a?s=1', 'http://h/b?s=2']") == "['http://h/a', 'http://h/b']"
+    assert (
+        redact_text('HTTP Request: GET http://h/it\'s.png?sig=SECRET "HTTP/1.1 200 OK"')
+        == 'HTTP Request: GET http://h/it\'s.png "HTTP/1.1 200 OK"'
+    )
 
 
 def test_the_filter_is_installed_once_on_each_logger() -> None:
