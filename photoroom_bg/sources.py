@@ -558,6 +558,14 @@ _HOST_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 _NUMERIC_LABEL = re.compile(r"^(?:0x[0-9a-f]*|[0-9]+)$", re.IGNORECASE)
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _check_host(host: str, shown: str) -> None:
     """Refuse host names no resolver should be asked about.
 
@@ -776,8 +784,12 @@ class SourceReader:
         self, url: httpx.URL, source: ImageSource, closing: contextlib.AsyncExitStack
     ) -> httpx.Response:
         port = url.port or (443 if url.scheme == "https" else 80)
+        # "10.0.0.1." is checked as the address it is: the resolver would take it for a
+        # name, and ask a DNS server about it
+        literal = url.host[:-1] if url.host.endswith(".") else url.host
+        lookup = literal if _is_ip(literal) else url.host
         try:
-            addresses = await self._resolve(url.host, port)
+            addresses = await self._resolve(lookup, port)
         except (OSError, UnicodeError) as exc:
             raise SourceError(f"{source.display}: cannot resolve {url.host} ({exc})") from None
         if not addresses:
@@ -812,7 +824,8 @@ class SourceReader:
             raise SourceError(f"{source.display}: {type(exc).__name__}") from None
         except httpx.HTTPError as exc:
             raise SourceError(f"{source.display}: {type(exc).__name__}") from None
-        except UnicodeError as exc:  # httpx reads a redirect's host as it answers: "xn--a"
+        except (UnicodeError, httpx.InvalidURL) as exc:
+            # httpx reads a redirect's target as it answers: "xn--a", "http:10.0.0.1/x.png"
             raise InvalidSourceError(
                 f"{source.display}: redirected to a malformed URL ({redact_text(str(exc))})"
             ) from None
