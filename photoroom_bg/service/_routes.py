@@ -73,13 +73,15 @@ def _check_urls(urls: list[str]) -> None:
                 f"{redact_url(url[:200])[:100]!r}...: the URL is longer than "
                 f"{MAX_URL_LENGTH:,} characters",
             )
-        scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-        if scheme not in ("http", "https"):
+        scheme, colon, rest = url.partition(":")
+        # "http:a.png" (no "//") is no URL to the SDK but a path: it would read this disk
+        if not colon or scheme.lower() not in ("http", "https") or not rest.startswith("//"):
             raise Problem(
                 422,
                 "unsafe_url",
                 "The URL was refused",
-                f"{redact_url(url)[:200]!r}: only http and https URLs are accepted",
+                f"{redact_url(url)[:200]!r}: only http and https URLs "
+                "(http://host/...) are accepted",
             )
 
 

@@ -462,6 +462,16 @@ def test_only_http_urls_are_taken_from_callers(service: ServiceProcess) -> None:
                 assert "s3cret" not in told
                 assert "t0ken" not in told
         assert "ftp://127.0.0.1/y.png" in answer.json()["detail"]
+        # "http:" without "//" is a local path to the SDK: these read (and walked, and
+        # globbed) the service's own disk, "../" out of its folder included, and a missing
+        # one answered source_not_found, which told whether a file is there
+        for url in ("http:secret.png", "HTTPS:/../../etc/", "http:*", "https:x.png"):
+            answer = client.post("/api/v1/remove-background", json={"image_url": url})
+            assert (answer.status_code, answer.json()["code"]) == (422, "unsafe_url"), url
+            batch = client.post("/api/v1/remove-backgrounds", json={"image_urls": [url]})
+            assert (batch.status_code, batch.json()["code"]) == (422, "unsafe_url"), url
+            job = client.post("/api/v2/remove-backgrounds", json={"image_urls": [url]})
+            assert (job.status_code, job.json()["code"]) == (422, "unsafe_url"), url
 
 
 def test_private_addresses_are_refused_before_any_connection(
