@@ -116,12 +116,12 @@ class Rule:
 
 # -- value checks --------------------------------------------------------------------------------
 
-_NUMBER_TEXT = re.compile(r"^-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$")
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
-_HEX = re.compile(r"^#?(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
-_COLOR_NAME = re.compile(r"^[a-zA-Z]{3,30}$")
-_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
-_PIXELS = re.compile(r"^\d+(?:\.\d+)?px$")
+_NUMBER_TEXT = re.compile(r"^-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\Z")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
+_HEX = re.compile(r"^#?(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})\Z")
+_COLOR_NAME = re.compile(r"^[a-zA-Z]{3,30}\Z")
+_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%\Z")
+_PIXELS = re.compile(r"^\d+(?:\.\d+)?px\Z")
 
 
 def as_number(text: str) -> float | None:
@@ -288,7 +288,9 @@ def param_rules(name: str, param: Param) -> list[Rule]:
             )
         )
     if param.pattern is not None:
-        regex = re.compile(param.pattern)
+        # the spec's patterns are ECMA's, where "$" ends the text: Python's "$" also matches
+        # before a final newline, and "200x400\n" was sent
+        regex = re.compile(re.sub(r"(?<!\\)\$$", r"\\Z", param.pattern))
         rules.append(
             _value_rule(
                 f"{name}:pattern",

@@ -335,10 +335,10 @@ MODEL_HEADERS: dict[str, tuple[str, ...]] = {
 def compile_pattern(pattern: str) -> re.Pattern[str]:
     """A wire-name pattern (``{name}`` / ``{key}`` for one dotted segment) as a regex."""
     parts = re.split(r"\{(?:name|key)\}", pattern)
-    return re.compile("^" + "[^.]+".join(re.escape(p) for p in parts) + "$")
+    return re.compile("^" + "[^.]+".join(re.escape(p) for p in parts) + r"\Z")
 
 
-_KEYED = re.compile(r"^editWithAI\.additionalImages\.[^.]+\.(imageFile|imageUrl)$")
+_KEYED = re.compile(r"^editWithAI\.additionalImages\.[^.]+\.(imageFile|imageUrl)\Z")
 
 
 def lookup_edit_param(name: str) -> tuple[str, Param] | None:

@@ -31,7 +31,7 @@ from ..sinks import Sink
 __all__ = ["JOBS_PREFIX", "Control", "JobStore", "check_job_id"]
 
 JOBS_PREFIX = "_photoroom_bg/jobs"
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 StopKind = Literal["stopped", "cancelled"]
 
 

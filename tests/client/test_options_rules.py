@@ -253,6 +253,18 @@ UUID = str(uuid.uuid4())
         ({"background_color": "#12"}, "background_color", "background.color:color"),
         # the "#" was dropped, and GGGGGG passed for a colour name
         ({"background_color": "#GGGGGG"}, "background_color", "background.color:color"),
+        # Python's "$" matches before a final newline: these passed, and were sent
+        ({"output_size": "200x400\n"}, "output_size", "outputSize:pattern"),
+        ({"background_color": "red\n"}, "background_color", "background.color:color"),
+        ({"background_color": "FF0000\n"}, "background_color", "background.color:color"),
+        ({"padding": "10%\n"}, "padding", "padding:spacing"),
+        ({"margin": "5px\n"}, "margin", "margin:spacing"),
+        ({"padding": "0.1\n"}, "padding", "padding:spacing"),
+        (
+            {"template_id": "80d843f4-9a72-4b83-b972-7714219ee6dd\n"},
+            "template_id",
+            "templateId:uuid",
+        ),
         (
             {"virtual_model_model": "nobody"},
             "virtual_model_model",
@@ -287,6 +299,7 @@ def test_values_the_spec_forbids_are_refused_naming_option_and_rule(
         ({"format": "gif"}, "format:one-of"),
         ({"size": "huge"}, "size:one-of"),
         ({"bg_color": "#12"}, "bg_color:color"),
+        ({"bg_color": "red\n"}, "bg_color:color"),  # "$" matched before the newline
         ({"bg_color": "rgb(1, 2, 3)"}, "bg_color:color"),
     ],
 )

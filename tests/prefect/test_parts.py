@@ -330,7 +330,7 @@ def test_a_wait_interval_that_is_no_pause_is_refused_before_anything_is_read(
 
 def test_job_ids_must_be_safe_key_segments() -> None:
     assert check_job_id("2026-11_run.3") == "2026-11_run.3"
-    for bad in ("", "a/b", "..", ".hidden", "x" * 129, "a b"):
+    for bad in ("", "a/b", "..", ".hidden", "x" * 129, "a b", "job\n"):
         with pytest.raises(ValidationError):
             check_job_id(bad)
 
