@@ -248,6 +248,7 @@ class Coordinator:
             "max_failures": min(self.p.max_failures, 20),
             "max_retries": self.p.max_retries,
             "retry_backoff": self.p.retry_backoff,
+            "retry_possibly_billed": self.p.retry_possibly_billed,
             "max_source_bytes": self.p.max_source_bytes,
             "call_timeout": self.p.call_timeout,
         }

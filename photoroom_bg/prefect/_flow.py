@@ -49,6 +49,7 @@ async def remove_shard(
     max_failures: int = 20,
     max_retries: int = 5,
     retry_backoff: float = 0.5,
+    retry_possibly_billed: bool = True,
     max_source_bytes: int | None = None,
     call_timeout: float | None = None,
 ) -> dict[str, Any]:
@@ -77,8 +78,12 @@ async def remove_shard(
         requests_per_minute: a per-shard limit, used only without ``rate_limit``.
         heartbeat: seconds between beats.
         max_failures: failed inputs listed in the summary.
-        max_retries, retry_backoff: retries of a failed call that was not billed, and their
-            base delay in seconds.
+        max_retries, retry_backoff: retries of a failed call (a 429, a 5xx, a dropped
+            connection), and their base delay in seconds.
+        retry_possibly_billed: retry failures Photoroom may have billed too (a 5xx other
+            than 503, a connection dropped or a timeout after the upload, a spoiled answer),
+            as :class:`~photoroom_bg.RetryPolicy` does by default; ``False`` fails them,
+            marked ``possibly_billed``.
         max_source_bytes: the largest input read (``None``: the reader's 50 MB).
         call_timeout: seconds one Photoroom call may take (``None``: the worker's
             ``$PHOTOROOM_TIMEOUT``, else 120 s).
@@ -102,6 +107,7 @@ async def remove_shard(
         max_failures=max_failures,
         max_retries=max_retries,
         retry_backoff=retry_backoff,
+        retry_possibly_billed=retry_possibly_billed,
         max_source_bytes=max_source_bytes,
         call_timeout=call_timeout,
         task_run_id=str(task_run.id) if task_run.id else None,
@@ -130,6 +136,7 @@ async def remove_backgrounds(
     max_failures: int = 50,
     max_retries: int = 5,
     retry_backoff: float = 0.5,
+    retry_possibly_billed: bool = True,
     max_source_bytes: int | None = None,
     call_timeout: float | None = None,
 ) -> dict[str, Any]:
@@ -167,8 +174,12 @@ async def remove_backgrounds(
         heartbeat_timeout: seconds without a beat after which a running shard's worker is
             taken for dead and the shard is given to another.
         max_failures: failed inputs listed in the result and the artifact.
-        max_retries, retry_backoff: each shard's retries of a failed call that was not
-            billed (a 429, a 5xx, a dropped connection), and their base delay in seconds.
+        max_retries, retry_backoff: each shard's retries of a failed call (a 429, a 5xx, a
+            dropped connection), and their base delay in seconds.
+        retry_possibly_billed: retry failures Photoroom may have billed too (a 5xx other
+            than 503, a connection dropped or a timeout after the upload, a spoiled answer),
+            as :class:`~photoroom_bg.RetryPolicy` does by default; ``False`` fails them,
+            marked ``possibly_billed``, so that no image is paid for twice.
         max_source_bytes: the largest input a shard reads (``None``: 50 MB, Photoroom's cap);
             a larger one fails alone, unpaid.
         call_timeout: seconds one Photoroom call may take in any shard (``None``: each worker's
@@ -193,6 +204,7 @@ async def remove_backgrounds(
         max_failures=max_failures,
         max_retries=max_retries,
         retry_backoff=retry_backoff,
+        retry_possibly_billed=retry_possibly_billed,
         max_source_bytes=max_source_bytes,
         call_timeout=call_timeout,
     )

@@ -100,7 +100,8 @@ class PrefectJobs:
         **defaults: default job parameters (``shard_size``, ``concurrency``, ``engine``,
             ``api_key_secret``, ``requests_per_minute``, ``rate_limit``,
             ``max_running_shards``, ``heartbeat_timeout``, ``max_failures``,
-            ``max_retries``, ``retry_backoff``, ``max_source_bytes``, ``call_timeout``).
+            ``max_retries``, ``retry_backoff``, ``retry_possibly_billed``, ``max_source_bytes``,
+            ``call_timeout``).
     """
 
     def __init__(

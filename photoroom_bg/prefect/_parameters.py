@@ -66,6 +66,7 @@ class JobParameters:
     max_failures: int = 50
     max_retries: int = 5
     retry_backoff: float = 0.5
+    retry_possibly_billed: bool = True
     max_source_bytes: int | None = None
     call_timeout: float | None = None
 
@@ -96,6 +97,7 @@ class JobParameters:
                     "PHOTOROOM_TIMEOUT (default 120 s)"
                 )
         check_flag("deferred", self.deferred)
+        check_flag("retry_possibly_billed", self.retry_possibly_billed)
         # NaN too; inf: a lost worker's shard would never be run again (and it is no JSON)
         if not 0 < self.heartbeat_timeout < math.inf:
             raise ConfigurationError("heartbeat_timeout must be positive, finite seconds")
@@ -149,6 +151,7 @@ class JobParameters:
             "max_failures": self.max_failures,
             "max_retries": self.max_retries,
             "retry_backoff": self.retry_backoff,
+            "retry_possibly_billed": self.retry_possibly_billed,
             "max_source_bytes": self.max_source_bytes,
             "call_timeout": self.call_timeout,
         }

@@ -144,6 +144,7 @@ async def run_shard(
     max_failures: int = 20,
     max_retries: int = 5,
     retry_backoff: float = 0.5,
+    retry_possibly_billed: bool = True,
     max_source_bytes: int | None = None,
     call_timeout: float | None = None,
     task_run_id: str | None = None,
@@ -200,7 +201,9 @@ async def run_shard(
                 concurrency=concurrency,
                 requests_per_minute=None if rate_limit else requests_per_minute,
                 max_retries=max_retries,
-                retry_policy=RetryPolicy(initial_delay=retry_backoff),
+                retry_policy=RetryPolicy(
+                    initial_delay=retry_backoff, retry_possibly_billed=retry_possibly_billed
+                ),
                 manifest_key=store.manifest_key(shard),
                 reader=reader,
                 keep_results=max(1, max_failures),

@@ -128,6 +128,7 @@ class PrefectExecutor:
             "requests_per_minute": s.photoroom_requests_per_minute or None,
             "max_retries": s.max_retries,
             "retry_backoff": s.retry_backoff,
+            "retry_possibly_billed": s.retry_possibly_billed,
             "max_source_bytes": s.max_source_bytes,
             # PHOTOROOM_TIMEOUT=none (no limit) is no JSON: each worker's own then applies
             "call_timeout": s.timeout if math.isfinite(s.timeout) else None,

@@ -838,6 +838,43 @@ def test_a_shard_retries_as_its_job_says(tmp_path: Path, emulator: PhotoroomEmul
     assert shard["max_source_bytes"] is None
 
 
+@pytest.mark.parametrize("retry", [False, True])
+def test_a_shard_retries_a_call_photoroom_may_have_billed_only_if_its_job_says_so(
+    tmp_path: Path, emulator: PhotoroomEmulator, retry: bool
+) -> None:
+    # shards always retried a call the server billed and then failed (a RetryPolicy of the
+    # SDK's defaults): with the service's PHOTOROOM_BG_RETRY_POSSIBLY_BILLED off, its default,
+    # a job run on Prefect still paid twice for the image where a local job failed it
+    sources = [str(p) for p in sorted(photo_folder(tmp_path / "in", 3).iterdir())]
+    emulator.inject("bill-500")
+    summary, _ = asyncio.run(
+        run_shard(
+            sources,
+            str(tmp_path / "out"),
+            job_id="j",
+            shard=0,
+            lease="l",
+            concurrency=1,
+            retry_backoff=0.01,
+            retry_possibly_billed=retry,
+        )
+    )
+    assert summary.count("stored_count") == (3 if retry else 2)
+    assert summary.failure_counts == ({} if retry else {"ServerError": 1})
+    assert summary.count("possibly_billed_calls") == 1
+    per_image = sorted(emulator.ledger.billed_per_image().values())
+    assert per_image == ([1, 1, 2] if retry else [1, 1, 1])
+    params = JobParameters(
+        sources=["a.jpg"], sink=str(tmp_path), job_id="j", retry_possibly_billed=False
+    )
+    assert params.flow_parameters()["retry_possibly_billed"] is False
+    shard = Coordinator(params, "a:1", "a", None)._params(0, ["a.jpg"], "l")
+    assert shard["retry_possibly_billed"] is False
+    assert JobParameters(sources=["a.jpg"], sink=str(tmp_path)).retry_possibly_billed is True
+    with pytest.raises(ConfigurationError, match="retry_possibly_billed"):
+        JobParameters(sources=["a.jpg"], sink=str(tmp_path), retry_possibly_billed="no")  # type: ignore[arg-type]
+
+
 def test_a_shard_waits_for_a_call_as_long_as_its_job_says(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

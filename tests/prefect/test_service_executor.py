@@ -337,6 +337,14 @@ async def test_the_services_retry_and_size_settings_reach_its_jobs_shards(tmp_pa
         defaults = svc.executor.jobs.defaults
         assert (defaults["max_retries"], defaults["retry_backoff"]) == (0, 0.1)
         assert defaults["max_source_bytes"] == 1000
+        # PHOTOROOM_BG_RETRY_POSSIBLY_BILLED (off by default) did not reach them either: a
+        # shard retried, and paid again for, a call Photoroom billed and then failed
+        assert defaults["retry_possibly_billed"] is False
+    finally:
+        await svc.close()
+    svc = Service(tmp_path / "again", retry_possibly_billed=True)
+    try:
+        assert svc.executor.jobs.defaults["retry_possibly_billed"] is True
     finally:
         await svc.close()
 
