@@ -360,6 +360,8 @@ def encode(options: Any) -> Encoded:
         for name, item in _flatten(wire, value):
             encoded.put(name, item, attribute, getattr(options, attribute))
     typed = dict(encoded.origins)  # wire name: the attribute that sends it
+    # an "imageUrl" there replaced the image the call was given, and another was billed
+    typed.update(dict.fromkeys(getattr(type(options), "_image_fields", ()), "the image argument"))
     for key, value in options.extra_params.items():
         for name, item in _flatten(str(key), value):
             if name in typed:  # it would replace the typed value, which was checked, unsent

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any, Literal, NoReturn, TypeVar
+from typing import Any, ClassVar, Literal, NoReturn, TypeVar
 
 import attrs
 
@@ -435,6 +435,8 @@ class SegmentOptions:
     base64: bool = attrs.field(default=False, validator=_BOOL)
     extra_params: Mapping[str, Any] = _mapping()
     extra_headers: Mapping[str, str] = _mapping(repr=_header_names)
+    #: the fields that carry the call's image: never sent from ``extra_params``
+    _image_fields: ClassVar[tuple[str, ...]] = ("image_file",)
 
     def __attrs_post_init__(self) -> None:
         _check(self, _rules.SEGMENT_RULES)
@@ -652,6 +654,8 @@ class EditOptions:
     # pass-through
     extra_params: Mapping[str, Any] = _mapping()
     extra_headers: Mapping[str, str] = _mapping(repr=_header_names)
+    #: the fields that carry the call's image: never sent from ``extra_params``
+    _image_fields: ClassVar[tuple[str, ...]] = ("imageFile", "imageUrl")
 
     def __attrs_post_init__(self) -> None:
         _check(self, _rules.EDIT_RULES)

@@ -503,6 +503,11 @@ def test_header_values_are_not_shown_in_the_options_repr() -> None:
             lambda: EditOptions(shadow_mode="ai.soft", extra_params={"shadow": {"mode": "x"}}),
             "shadow_mode",
         ),
+        # the image's own fields: an imageUrl replaced the image the call was given (another
+        # was edited and billed), an imageFile or image_file added a second input part
+        (lambda: EditOptions(extra_params={"imageUrl": "https://x/o.jpg"}), "the image argument"),
+        (lambda: EditOptions(extra_params={"imageFile": "foo"}), "the image argument"),
+        (lambda: SegmentOptions(extra_params={"image_file": "foo"}), "the image argument"),
     ],
 )
 def test_a_field_given_typed_and_as_an_extra_param_is_refused(make: Any, named: str) -> None:
