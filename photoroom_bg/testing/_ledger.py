@@ -53,10 +53,12 @@ class Ledger:
         self._windows: dict[str, deque[float]] = {}
         self._by_image: Counter[str] = Counter()
 
-    @staticmethod
-    def base_key(key: str) -> str:
-        """The account key behind a (possibly ``sandbox_``) key."""
-        return key[len("sandbox_") :] if key.startswith("sandbox_") else key
+    def base_key(self, key: str) -> str:
+        """The account key behind a (possibly ``sandbox_``) key: the key itself when it is
+        an account's (``--key sandbox_test`` makes one), else without ``sandbox_``."""
+        if key in self.accounts or not key.startswith("sandbox_"):
+            return key
+        return key[len("sandbox_") :]
 
     def known(self, key: str | None) -> bool:
         """True for a known key or its sandbox form."""
@@ -66,7 +68,7 @@ class Ledger:
         """What a successful call costs this key (sandbox calls are free)."""
         if key.startswith("sandbox_"):
             return 0.0
-        return COSTS.get(self.accounts[key].plan, COSTS["basic"])[endpoint]
+        return COSTS.get(self.accounts[self.base_key(key)].plan, COSTS["basic"])[endpoint]
 
     def can_afford(self, key: str, endpoint: str) -> bool:
         """True when the key has the credits for one more call."""

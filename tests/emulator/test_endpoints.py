@@ -162,6 +162,18 @@ async def test_sandbox_keys_are_watermarked_and_not_billed(emulator: PhotoroomEm
     assert difference.sum() > 0
 
 
+def test_a_sandbox_key_the_emulator_was_given_whole_is_its_own_sandbox_account() -> None:
+    # `photoroom-bg emulator --key sandbox_test` printed "export PHOTOROOM_API_KEY=
+    # sandbox_test", then refused that key: it looked up an account "test"
+    emu = PhotoroomEmulator({"sandbox_test": 100})
+    with emu.serve(), emu.client(api_key="sandbox_test") as client:
+        assert client.account().images_available == 100
+        marked = client.remove_background(product_photo())
+        assert client.account().images_available == 100  # sandbox calls are free
+    assert marked.watermarked is True
+    assert emu.ledger.calls() == 0
+
+
 async def test_request_log_has_parameters_but_never_the_key(
     twin: Twin, emulator: PhotoroomEmulator
 ) -> None:
