@@ -96,6 +96,7 @@ class _Job:
     started: float
     fields: dict[str, Any] = attrs.field(factory=dict)
     made_as: bytes | None = None  # what its cut-out is made as, once known (see _InFlight)
+    kept: list[Unstored] = attrs.field(factory=list)  # spilled as the sink's put raised sys.exit()
 
     def done(self, status: JobStatus, **fields: Any) -> JobResult:
         return JobResult(
@@ -637,7 +638,10 @@ class Batch:
                             raise
                         else:  # sys.exit() in a sink, a reader, a template
                             self.stop_for(exc, f"job {index}")
-                            result = job.done(JobStatus.CANCELLED, reason=self.stop_reason)
+                            if job.kept:  # paid, and kept in the spill folder (or lost)
+                                result = job.done(job.kept[0].status, **job.kept[0].fields())
+                            else:
+                                result = job.done(JobStatus.CANCELLED, reason=self.stop_reason)
                 else:
                     result = job.done(JobStatus.CANCELLED, reason=self.stop_reason)
                 made = self._record(result, source, running, job.made_as)
@@ -886,7 +890,7 @@ class Batch:
     ) -> JobResult:
         """Store a cut-out in hand and say how it ended."""
         metadata = {"source": _display(job.source)[:1024], "options-digest": self.r._options_digest}
-        stored = await self.storage.store(key, content, content_type, metadata)
+        stored = await self.storage.store(key, content, content_type, metadata, job.kept)
         job.fields["output_size"] = len(content)
         if isinstance(stored, Unstored):
             return job.done(stored.status, **stored.fields())

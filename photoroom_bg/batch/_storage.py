@@ -240,11 +240,18 @@ class Storage:
     # -- storing -------------------------------------------------------------------------
 
     async def store(
-        self, key: str, content: bytes, content_type: str, metadata: dict[str, str]
+        self,
+        key: str,
+        content: bytes,
+        content_type: str,
+        metadata: dict[str, str],
+        kept: list[Unstored] | None = None,
     ) -> StoredObject | Unstored:
         """Put a paid cut-out in the sink: retried for ``retry_budget`` seconds and through
         an outage of up to ``outage_budget``; if the sink still does not take it, kept in
-        the spill folder. Never abandoned when the batch stops or is cancelled."""
+        the spill folder. Never abandoned when the batch stops or is cancelled: when the
+        sink's put raises ``KeyboardInterrupt`` or ``SystemExit``, the cut-out is spilled,
+        how it ended is added to ``kept``, and the exception goes on."""
         try:
             return await self._store(key, content, content_type, metadata)
         except (Exception, anyio.get_cancelled_exc_class()):
@@ -252,7 +259,9 @@ class Storage:
         except BaseException as exc:  # sys.exit() in a sink's put: keep what was paid
             interrupted = StorageError(f"the sink's put raised {type(exc).__name__}")
             with anyio.CancelScope(shield=True):
-                await self._spill(key, content, content_type, interrupted)
+                unstored = await self._spill(key, content, content_type, interrupted)
+            if kept is not None:
+                kept.append(unstored)
             raise
 
     async def _store(

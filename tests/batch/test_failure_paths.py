@@ -713,6 +713,41 @@ def test_code_of_the_callers_that_calls_sys_exit_stops_the_batch_and_keeps_what_
         assert again.stored_count == 1  # and the process goes on
 
 
+@pytest.mark.parametrize("raised", [SystemExit(4), KeyboardInterrupt()], ids=repr)
+def test_a_cut_out_kept_as_the_sinks_put_raised_sys_exit_is_recorded_as_spilled(
+    tmp_path: Path, raised: BaseException
+) -> None:
+    # the paid cut-out was spilled, but its job was recorded "cancelled" (not processed),
+    # with no output: the report and the manifest counted no spilled cut-out, and a re-run
+    # with another spill folder had no record of where it was
+    class Sink(MemorySink):
+        calls = 0
+
+        async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+            Sink.calls += 1
+            if Sink.calls == 3:
+                raise raised
+            return await super().put(key, data, **kwargs)
+
+    emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.02), image_work=False)
+    results: list[JobResult] = []
+    manifest = tmp_path / "manifest.jsonl"
+    with emulator.serve():
+        batch = remover(emulator, Sink(), spill_dir=tmp_path / "spill", concurrency=1,
+                        manifest=manifest, on_result=results.append)  # fmt: skip
+        handle = batch.submit([photo() for _ in range(6)])
+        with pytest.raises(type(raised)):
+            handle.wait(timeout=30)
+    (kept,) = [job for job in results if job.index == 2]
+    assert kept.status is JobStatus.SPILLED
+    assert kept.output is not None
+    assert Path(kept.output.uri.removeprefix("file://")).is_file()
+    assert f"the sink's put raised {type(raised).__name__}" in str(kept.error)
+    assert handle.progress.spilled == 1
+    [record] = [r for r in job_records(manifest) if r["index"] == 2]
+    assert (record["status"], record["uri"]) == ("spilled", kept.output.uri)
+
+
 class _RaiseOnThird:
     """Code of the caller's that raises ``raised`` the third time it runs."""
 
