@@ -31,6 +31,19 @@ def small_disk(where: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "--lazy", str(where)], check=True)
 
 
+@contextlib.contextmanager
+def read_only_disk(where: Path) -> Iterator[Path]:
+    """An empty tmpfs mounted read-only on the new folder ``where`` (no write succeeds
+    there, as root neither), unmounted afterwards. Skips where mounting is not allowed."""
+    with small_disk(where, "64k") as disk:
+        remounted = subprocess.run(
+            ["mount", "-o", "remount,ro", str(disk)], capture_output=True, text=True, check=False
+        )
+        if remounted.returncode != 0:
+            pytest.skip(f"cannot make a read-only file system here: {remounted.stderr.strip()}")
+        yield disk
+
+
 def fill(disk: Path) -> None:
     """Take every byte left on ``disk`` with a file of its own."""
     fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

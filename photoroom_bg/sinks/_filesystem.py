@@ -555,6 +555,8 @@ class FileSystemSink:
         Raises:
             BucketNotFoundError: the root cannot be a folder (it, or a folder above it, is
                 a file; or it is a link to nothing).
+            StorageAuthError: there is no such file, and this process may not write in the
+                root (or in the nearest folder above it that exists).
             UnsafeKeyError: the key cannot be stored here: too long for this file system,
                 or a folder it names is a file.
         """
@@ -568,10 +570,27 @@ class FileSystemSink:
         return await self._run("check", key, check, self._quick_lookups)
 
     def _check_root(self) -> None:
-        """Refuse a root that no put could ever write to (see :meth:`_root_problem`)."""
+        """Refuse a root that no put could ever write to (see :meth:`_root_problem`), or
+        that this process may not write to: a batch's first look-up, before anything is
+        paid for, said yes to a read-only folder, and every paid cut-out then failed."""
         problem = self._root_problem()
         if problem is not None:
             raise BucketNotFoundError(problem)
+        folder = self._nearest_folder()
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise StorageAuthError(
+                f"cannot write under {printable(str(self.root))}: "
+                f"{printable(str(folder))} is not writable by this process (its permissions, "
+                "or a read-only file system)"
+            )
+
+    def _nearest_folder(self) -> Path:
+        """The root, or the nearest folder above it that exists (where a put writes or
+        makes its first folder)."""
+        for folder in (self.root, *self.root.parents):
+            if os.path.isdir(folder):
+                return folder
+        return Path(self.root.anchor)  # pragma: no cover - the root always exists
 
     def _root_problem(self) -> str | None:
         """Why no put could write under the root, if that is so: it, or the nearest part of

@@ -44,6 +44,7 @@ from photoroom_bg.errors import (
     InvalidSourceError,
     ServerError,
     SourceError,
+    StorageAuthError,
     StorageError,
     StorageFullError,
     StorageUnavailableError,
@@ -990,6 +991,28 @@ def test_a_spill_folder_that_cannot_keep_a_cut_out_stops_the_batch(
     assert report.stop_reason is not None
     assert "the spill folder could not keep it either" in report.stop_reason
     assert "No space left on device" in report.stop_reason
+
+
+@pytest.mark.parametrize("which", ["sink", "spill folder"])
+def test_a_folder_this_process_cannot_write_is_refused_before_anything_is_billed(
+    tmp_path: Path, which: str
+) -> None:
+    # submit() only asked whether a file was there: a read-only sink folder passed, and
+    # every paid cut-out then failed to be stored (lost too, with the spill folder there)
+    from ..disks import read_only_disk
+
+    emulator = PhotoroomEmulator(credits=1000, faults=Faults(latency=0.02), image_work=False)
+    with read_only_disk(tmp_path / "disk") as disk, emulator.serve():
+        sink = disk / "out" if which == "sink" else tmp_path / "out"
+        spill = disk / "spill" if which == "spill folder" else tmp_path / "spill"
+        batch = remover(emulator, str(sink), spill_dir=spill, concurrency=2)
+        with pytest.raises(StorageAuthError) as refused:
+            batch.submit([photo() for _ in range(8)])
+        with pytest.raises(StorageAuthError):
+            asyncio.run(batch.run([photo()]))
+    assert emulator.ledger.calls() == 0
+    assert f"{disk} is not writable by this process" in str(refused.value)
+    assert ("spill folder" in str(refused.value)) == (which == "spill folder")
 
 
 def test_an_unreachable_sink_is_refused_before_anything_is_billed(
