@@ -102,11 +102,13 @@ def _check_url(item: str) -> None:
     if not item.lower().startswith(("http://", "https://")):
         return
     try:
-        httpx.URL(item)
+        host = httpx.URL(item).host
     except (httpx.InvalidURL, ValueError, TypeError) as exc:
         raise ValueError(
             f"{redact_url(item)} is not a valid URL ({redact_text(str(exc))})"
         ) from None
+    if not host:  # "http://", "https:///x.jpg": no server to ask
+        raise ValueError(f"{redact_url(item)} is not a valid URL (it names no host)")
 
 
 def check_not_an_input(dest: str, items: Sequence[str]) -> None:

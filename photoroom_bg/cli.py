@@ -599,9 +599,13 @@ def account(
     key = _read_key(api_key_file, api_key)
     if not key:
         raise _UsageError("no API key: set PHOTOROOM_API_KEY or pass --api-key-file")
+    wait = NOT_GIVEN if timeout is None else timeout
+    try:  # a setting's error is a setup error here too (exit 2), as for remove and edit
+        client = PhotoroomClient(api_key=key, base_url=base_url, timeout=wait)
+    except ConfigurationError as exc:
+        raise _UsageError(str(exc)) from None
     try:
-        wait = NOT_GIVEN if timeout is None else timeout
-        with PhotoroomClient(api_key=key, base_url=base_url, timeout=wait) as client:
+        with client:
             info = client.account()
     except PhotoroomBGError as exc:
         click.echo(f"Error: {type(exc).__name__}: {printable(str(exc))}", err=True)

@@ -176,6 +176,13 @@ def test_account_and_emulator_commands(emulator: PhotoroomEmulator) -> None:
     # one line, as every other command's failure ("error: ..." in lower case before)
     (line,) = wrong.stderr.splitlines()
     assert line.startswith("Error: AuthenticationError: ")
+    # a bad setting is a setup error (exit 2), as for remove and edit: account said 1
+    for env in ({"PHOTOROOM_BASE_URL": "localhost:1"}, {"PHOTOROOM_TIMEOUT": "abc"}):
+        env["PHOTOROOM_API_KEY"] = emulator.api_key
+        bad = CliRunner().invoke(main, ["account"], env=env)
+        assert bad.exit_code == 2, bad.output
+        (line,) = bad.stderr.splitlines()
+        assert line.startswith("Error: PHOTOROOM_"), line
     help_text = subprocess.run(
         [sys.executable, "-m", "photoroom_bg.cli", "emulator", "--help"],
         capture_output=True,

@@ -176,18 +176,28 @@ def test_an_input_that_is_a_pipe_or_a_device_is_refused_and_nothing_is_created(
     assert emulator.requests == []
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # "http://[::1" ended the command with a ValueError traceback, the folder created
+        ("http://user:secret@[::1/a.png", "http://[::1/a.png"),
+        # no host: each one's job failed (exit 1) after the folder and manifest were made
+        ("http://", "http://"),
+        ("https:///x.jpg", "https:///x.jpg"),
+        ("http://:80/x.jpg", "http://:80/x.jpg"),
+    ],
+)
 def test_a_url_no_request_can_be_made_of_is_refused_and_nothing_is_created(
-    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path
+    emulator: PhotoroomEmulator, folder: Path, tmp_path: Path, url: str, shown: str
 ) -> None:
-    # "http://[::1" ended the command with a ValueError traceback, the output folder created
     before = tree(tmp_path)
     result = run(
-        "remove", str(folder), "http://user:secret@[::1/a.png", "-o", str(tmp_path / "out"),
+        "remove", str(folder), url, "-o", str(tmp_path / "out"),
         *api_args(emulator), key=emulator.api_key,
     )  # fmt: skip
     assert result.exit_code == 2, result.output + result.stderr
     (line,) = result.stderr.splitlines()
-    assert line.startswith("Error: http://[::1/a.png is not a valid URL (")
+    assert line.startswith(f"Error: {shown} is not a valid URL (")
     assert "secret" not in result.stderr
     assert tree(tmp_path) == before
     assert emulator.requests == []
