@@ -83,7 +83,7 @@ BALANCE_WAIT = 10.0
 
 def _extension(options: Any) -> str:
     if isinstance(options, SegmentOptions):
-        return "png" if options.channels == "alpha" else _EXTENSIONS[options.format]
+        return _EXTENSIONS[options.format]  # a mask (channels="alpha") is sent in it too
     return _EXTENSIONS[getattr(options, "export_format", None) or "png"]
 
 

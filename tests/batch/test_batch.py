@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import threading
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from photoroom_bg import (
     AsyncPhotoroomClient,
@@ -370,6 +372,22 @@ def test_edit_options_and_url_passthrough(emulator: PhotoroomEmulator) -> None:
     assert emulator.ledger.calls() == 2
     gets = [r for r in emulator.requests if r.path == "/v2/edit" and r.method == "GET"]
     assert len(gets) == 1  # the URL went straight to Photoroom
+
+
+@pytest.mark.parametrize(("fmt", "kind"), [("png", "PNG"), ("jpg", "JPEG"), ("webp", "WEBP")])
+def test_a_mask_is_stored_under_the_extension_of_its_format(
+    emulator: PhotoroomEmulator, fmt: str, kind: str
+) -> None:
+    # channels="alpha" keys ended in ".png" whatever the format: a JPEG or WebP mask was
+    # stored as "x.png"
+    sink = MemorySink()
+    options = SegmentOptions(channels="alpha", format=fmt)  # type: ignore[arg-type]
+    handle = remover(emulator, sink, options=options).submit([photo()])
+    assert handle.wait().stored_count == 1
+    [job] = handle.results()
+    assert job.key is not None
+    assert job.key.endswith(f".{fmt}")
+    assert Image.open(io.BytesIO(sink.objects[job.key])).format == kind
 
 
 def test_bad_configuration_is_refused() -> None:
