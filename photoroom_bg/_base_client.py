@@ -311,8 +311,9 @@ class BaseClient:
             checked = {name: _phase(f"timeout.{name}", getattr(timeout, name)) for name in phases}
             return httpx.Timeout(**checked)
         seconds = _phase("timeout", timeout)
-        connect = min(10.0, seconds) if seconds is not None else 10.0
-        return httpx.Timeout(seconds, connect=connect)
+        if seconds is None:  # inf: no limit at all, as None (and PHOTOROOM_TIMEOUT=inf) says
+            return httpx.Timeout(None)
+        return httpx.Timeout(seconds, connect=min(10.0, seconds))
 
     @property
     def is_sandbox(self) -> bool:

@@ -243,6 +243,9 @@ def test_a_timeout_longer_than_a_socket_can_wait_means_no_limit(timeout: Any) ->
     with emulator.serve() as url:
         with PhotoroomClient(api_key=emulator.api_key, base_url=url, timeout=timeout) as client:
             assert client.timeout.read is None
+            if not isinstance(timeout, httpx.Timeout):  # no limit in any phase, as None
+                # (a 10 s connect limit was kept, where PHOTOROOM_TIMEOUT=inf kept none)
+                assert client.timeout == httpx.Timeout(None)
             assert client.account().images_available > 0
             assert client.remove_background(png()).content.startswith(b"\x89PNG")
 
