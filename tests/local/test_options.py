@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable
 
 import attrs
@@ -178,6 +179,20 @@ async def test_unusable_bytes_raise_invalid_image_error(
 ) -> None:
     with pytest.raises(InvalidImageError, match=message):
         await engine.process(data, SegmentOptions())
+
+
+async def test_an_image_of_too_many_pixels_is_refused_before_it_is_decoded(
+    engine: LocalEngine,
+) -> None:
+    # a PNG of a few hundred kilobytes claiming 13,000 x 13,000 pixels was decoded whole
+    # whatever the size asked: about 2 GB of memory for one image, with Pillow's warning only
+    buffer = io.BytesIO()
+    Image.new("1", (13_000, 13_000)).save(buffer, "PNG")
+    assert len(buffer.getvalue()) < 1_000_000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # refused with our message, not Pillow's warning too
+        with pytest.raises(InvalidImageError, match=r"13000x13000 pixels \(169 MP\), over the"):
+            await engine.process(buffer.getvalue(), SegmentOptions(size="preview"))
 
 
 async def test_a_truncated_jpeg_raises_invalid_image_error(
