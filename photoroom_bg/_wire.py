@@ -219,6 +219,8 @@ def _check_text(text: str, origin: str) -> str:
 # a value
 _HEADER_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _HEADER_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\x20\x09\x21-\x7e]*[\x21-\x7e])?)?")
+#: Headers that frame a request's body: httpx keeps a caller's, whatever the body is.
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
 def check_headers(headers: Mapping[Any, Any], where: str, error: type[PhotoroomBGError]) -> None:
@@ -231,6 +233,11 @@ def check_headers(headers: Mapping[Any, Any], where: str, error: type[PhotoroomB
             raise error(
                 f"{where}[{name!r}]: the API key goes in api_key= (or PHOTOROOM_API_KEY), "
                 "not in a header (the value is not shown)"
+            )
+        if name.lower() in _FRAMING:  # httpx keeps the caller's: a Content-Length of 5
+            raise error(  # sent a multipart body of thousands of bytes as 5 and the rest
+                f"{where}[{name!r}]: {name} is the client's to set for each request (it "
+                "frames the body): it cannot be an extra header"
             )
         if not isinstance(value, str):
             raise error(f"{where}[{name!r}] must be a string, not {type(value).__name__}")

@@ -1160,6 +1160,7 @@ async def test_spaces_and_line_breaks_around_a_key_are_dropped(
         ({"x-trace": 5}, "must be a string, not int"),
         ({"x trace": "1"}, "'x trace' is not a header name"),
         ({"": "1"}, "'' is not a header name"),
+        ({"Content-Length": "5"}, "extra_headers['Content-Length']: Content-Length is the"),
     ],
 )
 async def test_extra_headers_http_cannot_carry_are_a_validation_error_naming_the_header(

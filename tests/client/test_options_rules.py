@@ -454,6 +454,10 @@ def test_an_integer_too_long_to_send_is_a_validation_error(make: Any, name: str)
         ({"x-tr\u00e4ce": "1"}, "is not a header name"),
         ({"": "1"}, "is not a header name"),
         ({"x-trace": 1}, "must be a string, not int"),
+        # httpx keeps a caller's framing header: a Content-Length of 5 sent a multipart body
+        # of thousands of bytes as 5, and the call failed as the http_client's own error
+        ({"Content-Length": "5"}, "Content-Length is the client's to set"),
+        ({"transfer-encoding": "chunked"}, "transfer-encoding is the client's to set"),
     ],
 )
 def test_a_header_http_cannot_carry_is_refused_when_the_options_are_made(
