@@ -17,10 +17,15 @@ from prefect.states import Failed
 
 from photoroom_bg import (
     BatchRemover,
+    CustomImage,
     EditOptions,
     FileSystemSink,
+    ImageLayer,
+    LayerSegmentation,
+    PromptImage,
     RetryPolicy,
     SegmentOptions,
+    TextLayer,
     _loop,
 )
 from photoroom_bg.errors import (
@@ -91,6 +96,60 @@ def test_bad_options_are_refused_before_any_work(data: dict[str, Any], message: 
 def test_image_bytes_never_become_a_parameter() -> None:
     with pytest.raises(ValidationError, match="cannot travel"):
         options_to_dict(EditOptions(background_image_file=b"\x89PNG..."))
+    for options in (
+        EditOptions(layers={"logo": ImageLayer(image_file=b"\x89PNG...")}),
+        EditOptions(virtual_model_model=CustomImage(image_file=b"\x89PNG...")),
+        EditOptions(edit_with_ai_additional_images={"a": b"\x89PNG..."}),
+    ):
+        with pytest.raises(ValidationError, match="cannot travel"):
+            options_to_dict(options)
+
+
+def test_options_holding_layers_and_custom_images_travel_as_json_and_come_back(
+    tmp_path: Path, emulator: PhotoroomEmulator
+) -> None:
+    # a TextLayer, an ImageLayer or a CustomImage was copied into the dict as it was: a job
+    # with them raised "Object of type TextLayer is not JSON serializable" when started,
+    # and their dict form was refused ("got FrozenDict"): such options could not run on
+    # Prefect in any form
+    edit = EditOptions(
+        layers={
+            "caption": TextLayer(content="SALE", foreground_color="FF0000"),
+            "logo": ImageLayer(
+                image_url="https://images.example/logo.png",
+                segmentation=LayerSegmentation(prompt="cup"),
+            ),
+            "sky": ImageLayer(image_from_prompt=PromptImage(prompt="clouds", seed=3)),
+        },
+        virtual_model_model=CustomImage(image_url="https://images.example/model.png"),
+    )
+    data = json.loads(json.dumps(options_to_dict(edit)))
+    assert data["layers"]["caption"] == {
+        "type": "text", "content": "SALE", "foreground_color": "FF0000",
+    }  # fmt: skip
+    assert data["virtual_model_model"] == {"image_url": "https://images.example/model.png"}
+    assert options_from_dict(data) == edit
+    params = JobParameters(sources=["a.jpg"], sink=str(tmp_path), job_id="j", options=data)
+    json.dumps(params.flow_parameters())
+    # written by hand: a layer is told by its fields when it has no "type"
+    assert options_from_dict({"type": "edit", "layers": {"t": {"content": "hi"}}}) == EditOptions(
+        layers={"t": TextLayer(content="hi")}
+    )
+    for layer, message in (({}, '"type": "text" or "image"'), ({"type": "video"}, "'video'")):
+        with pytest.raises(ValidationError, match=message):
+            options_from_dict({"type": "edit", "layers": {"t": layer}})
+    with pytest.raises(ValidationError, match="unknown TextLayer field"):
+        options_from_dict({"type": "edit", "layers": {"t": {"type": "text", "size": 3}}})
+    # and a shard makes the cut-out with them
+    source = photo_folder(tmp_path / "in", 1)
+    caption = {"type": "edit", "layers": {"caption": {"type": "text", "content": "SALE"}}}
+    summary, _ = asyncio.run(
+        run_shard([str(p) for p in source.iterdir()], str(tmp_path / "out"), job_id="j",
+                  shard=0, lease="l", options=caption)
+    )  # fmt: skip
+    assert summary.count("stored_count") == 1
+    [call] = [r for r in emulator.requests if r.path == "/v2/edit"]
+    assert call.params["layers.caption.text.content"] == "SALE"
 
 
 # -- summaries -------------------------------------------------------------------------------
