@@ -119,6 +119,7 @@ class Storage:
         self._available = anyio.Event()
         self._available.set()
         self._outage_since: float | None = None
+        self._puts_failing_since: float | None = None  # puts unreachable since, none through
         self._gone: StorageError | None = None
         self._storing: set[anyio.CancelScope] = set()  # the puts under way, off the fast path
         self.task_group: anyio.abc.TaskGroup | None = None  # where the prober runs
@@ -282,9 +283,12 @@ class Storage:
             # or time out, so no shield and no timer (a cancel scope and a timer handle
             # for every image, more CPU than the put's own Python)
             try:
-                return await files.put(key, content, content_type=content_type, metadata=metadata)
+                stored = await files.put(key, content, content_type=content_type, metadata=metadata)
             except Exception as exc:  # handled below, as any put's error is
                 failed = exc
+            else:
+                self._puts_failing_since = None
+                return stored
         # paid for: finish storing it, whatever happens, unless give_up() cuts it short
         with anyio.CancelScope(shield=True) as storing, self._cut_short_by(storing):
             while True:
@@ -305,12 +309,15 @@ class Storage:
                                 f"the sink's put returned {type(stored).__name__}, "
                                 "not a StoredObject"
                             )
+                        self._puts_failing_since = None
                         return stored
                     hung = StorageError(
                         f"the sink took more than {self.timeout:g} s to store it (store_timeout)"
                     )
                     return await self._spill(key, content, content_type, hung)
                 except StorageUnavailableError as exc:
+                    if self._refusing_puts(exc):  # it answers look-ups, but takes nothing
+                        return await self._spill(key, content, content_type, exc)
                     self.outage(exc)
                 except (UnsafeKeyError, *STOPPING_STORAGE_ERRORS) as exc:
                     self.stop_if_gone(exc)
@@ -410,6 +417,26 @@ class Storage:
         event is set, and a batch asks twice per image)."""
         if not self._available.is_set():
             await self._available.wait()
+
+    def _refusing_puts(self, exc: StorageUnavailableError) -> bool:
+        """Whether puts have failed as unreachable for longer than ``outage_budget`` with
+        none going through, while the prober found the sink answering each time (a server
+        that serves reads but not writes): then the batch stops, as for an outage past its
+        budget, where it used to pause and retry without end."""
+        now = time.monotonic()
+        if self._puts_failing_since is None:
+            self._puts_failing_since = now
+            return False
+        if now - self._puts_failing_since <= self.outage_budget:
+            return False
+        if self._gone is None:
+            self._gone = exc
+            self._stop(
+                f"the sink has taken no cut-out for {self.outage_budget:g} s, though it "
+                f"answers look-ups: {exc}"
+            )
+            self._available.set()
+        return True
 
     def outage(self, exc: StorageUnavailableError) -> None:
         """The sink stopped answering: every worker waits while one prober checks it."""

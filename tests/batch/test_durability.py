@@ -23,7 +23,8 @@ import pytest
 from photoroom_bg import FileSystemSink, JobStatus, MemorySink, S3Sink, SyncSink
 from photoroom_bg.batch import load_sources
 from photoroom_bg.batch._manifest import load_finished_keys, read_manifest
-from photoroom_bg.errors import ConfigurationError
+from photoroom_bg.errors import ConfigurationError, StorageUnavailableError
+from photoroom_bg.sinks import StoredObject
 from photoroom_bg.testing import Faults, PhotoroomEmulator
 
 from ..loopback import until
@@ -409,6 +410,28 @@ def test_a_sink_gone_for_longer_than_the_budget_stops_the_batch_and_keeps_paid_c
     spilled = [p for p in (tmp_path / "spill").rglob("*.png")]
     assert len(spilled) == report.spilled_count
     assert report.cancelled_count + report.failed_count + billed == 60 - report.skipped_count
+
+
+def test_a_sink_that_answers_look_ups_but_takes_no_put_stops_the_batch_after_the_budget(
+    tmp_path: Path,
+) -> None:
+    # a server serving reads but not writes (503 on every put, 200 on every look-up): the
+    # prober found it answering each time, and the batch paused and retried without end
+    class ReadOnlyNow(MemorySink):
+        async def put(self, key: str, data: bytes, **kwargs: Any) -> StoredObject:
+            raise StorageUnavailableError("503 Slow Down: writes are suspended")
+
+    emulator = PhotoroomEmulator(credits=100, faults=Faults(latency=0.02), image_work=False)
+    with emulator.serve():
+        batch = remover(emulator, ReadOnlyNow(), concurrency=2, sink_outage_budget=1.0,
+                        spill_dir=tmp_path / "spill")  # fmt: skip
+        report = batch.submit([photo() for _ in range(20)]).wait(timeout=60)
+    assert report.stop_reason is not None
+    assert "taken no cut-out for 1 s, though it answers look-ups" in report.stop_reason
+    billed = emulator.ledger.calls()
+    assert 1 <= billed < 20  # stopped: no more calls paid for what it cannot store
+    assert report.spilled_count == billed  # and every paid cut-out kept
+    assert len(list((tmp_path / "spill").rglob("*.png"))) == billed
 
 
 # -- interpreter exit ---------------------------------------------------------------------
