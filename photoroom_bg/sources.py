@@ -558,14 +558,6 @@ _HOST_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
 _NUMERIC_LABEL = re.compile(r"^(?:0x[0-9a-f]*|[0-9]+)\Z", re.IGNORECASE)
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _check_host(host: str, shown: str) -> None:
     """Refuse host names no resolver should be asked about.
 
@@ -787,7 +779,7 @@ class SourceReader:
         # "10.0.0.1." is checked as the address it is: the resolver would take it for a
         # name, and ask a DNS server about it
         literal = url.host[:-1] if url.host.endswith(".") else url.host
-        lookup = literal if _is_ip(literal) else url.host
+        lookup = literal if _netio.is_address(literal) else url.host
         try:
             addresses = await self._resolve(lookup, port)
         except (OSError, UnicodeError) as exc:

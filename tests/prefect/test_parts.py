@@ -867,23 +867,23 @@ def test_a_shard_task_cancelled_on_a_live_worker_closes_what_it_opened_once_its_
     assert len(stored) == emu.ledger.calls() == 4  # every paid call stored, none dropped
 
 
+def _three_photos_with_a_fault(
+    tmp_path: Path, emulator: PhotoroomEmulator, fault: str, **settings: Any
+) -> ShardSummary:
+    """A shard of three photos, one at a time, the first call meeting ``fault``."""
+    sources = [str(p) for p in sorted(photo_folder(tmp_path / "in", 3).iterdir())]
+    emulator.inject(fault)
+    summary, _ = asyncio.run(
+        run_shard(sources, str(tmp_path / "out"), job_id="j", shard=0, lease="l",
+                  concurrency=1, retry_backoff=0.01, **settings)
+    )  # fmt: skip
+    return summary
+
+
 def test_a_shard_retries_as_its_job_says(tmp_path: Path, emulator: PhotoroomEmulator) -> None:
     # shards always retried 5 times from 0.5 s, whatever the job (or the service's
     # PHOTOROOM_BG_MAX_RETRIES and PHOTOROOM_BG_RETRY_BACKOFF) said
-    sources = [str(p) for p in sorted(photo_folder(tmp_path / "in", 3).iterdir())]
-    emulator.inject("503")
-    summary, _ = asyncio.run(
-        run_shard(
-            sources,
-            str(tmp_path / "out"),
-            job_id="j",
-            shard=0,
-            lease="l",
-            concurrency=1,
-            max_retries=0,
-            retry_backoff=0.01,
-        )
-    )
+    summary = _three_photos_with_a_fault(tmp_path, emulator, "503", max_retries=0)
     assert summary.count("stored_count") == 2
     assert summary.count("failed_count") == 1
     assert summary.failure_counts == {"ServerError": 1}
@@ -904,19 +904,8 @@ def test_a_shard_retries_a_call_photoroom_may_have_billed_only_if_its_job_says_s
     # shards always retried a call the server billed and then failed (a RetryPolicy of the
     # SDK's defaults): with the service's PHOTOROOM_BG_RETRY_POSSIBLY_BILLED off, its default,
     # a job run on Prefect still paid twice for the image where a local job failed it
-    sources = [str(p) for p in sorted(photo_folder(tmp_path / "in", 3).iterdir())]
-    emulator.inject("bill-500")
-    summary, _ = asyncio.run(
-        run_shard(
-            sources,
-            str(tmp_path / "out"),
-            job_id="j",
-            shard=0,
-            lease="l",
-            concurrency=1,
-            retry_backoff=0.01,
-            retry_possibly_billed=retry,
-        )
+    summary = _three_photos_with_a_fault(
+        tmp_path, emulator, "bill-500", retry_possibly_billed=retry
     )
     assert summary.count("stored_count") == (3 if retry else 2)
     assert summary.failure_counts == ({} if retry else {"ServerError": 1})
