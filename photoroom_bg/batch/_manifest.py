@@ -41,6 +41,7 @@ __all__ = [
     "file_size",
     "finished_keys_in",
     "job_fields",
+    "latest_records",
     "load_finished_keys",
     "load_sources",
     "manifest_in_use",
@@ -184,6 +185,28 @@ def _made_as(field: object) -> bytes | None:
 
 #: How every manifest line begins (``json.dumps`` of a record, whose first field is ``v``).
 _LINE_START = b'{"v"'
+
+
+def latest_records(records: Iterable[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Each input's current record among the job records of a manifest that runs appended
+    to (a resumed or retried batch records an input again): its last one, except that a
+    later ``skipped`` of the same key leaves the ``succeeded`` that made the output."""
+    latest: dict[int, dict[str, Any]] = {}
+    for record in records:
+        try:
+            index = int(record["index"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        earlier = latest.get(index)
+        if (
+            earlier is not None
+            and earlier.get("status") == JobStatus.SUCCEEDED.value
+            and record.get("status") == JobStatus.SKIPPED.value
+            and earlier.get("key") == record.get("key")
+        ):
+            continue
+        latest[index] = record
+    return latest
 
 
 def not_a_manifest(head: bytes, where: str) -> ConfigurationError | None:

@@ -23,6 +23,7 @@ import anyio.abc
 import attrs
 
 from .._numbers import check_flag, check_number
+from ..batch._manifest import latest_records
 from ..errors import ConfigurationError, ObjectNotFoundError, PhotoroomBGError
 from ..options import EditOptions, SegmentOptions
 from ..sinks import Sink
@@ -312,12 +313,14 @@ class PrefectJobs:
         """Yield the job's per-input records, shard by shard, from its manifests in the sink:
         ``source``, ``status`` (``succeeded``, ``skipped``, ``failed``, ``cancelled``),
         ``key``, ``uri``, ``error_type``, ``error``... (the fields of a manifest line).
-        Inputs of shards still running appear when their shard ends."""
+        One per input, its current one: after a resume, an input that failed and was then
+        made is ``succeeded``. Inputs of shards still running appear when their shard ends."""
         async with self._store(job_id, sink) as store:
             record = await self._record(store)
             for shard in range(int(record.get("shards_dispatched") or 0)):
-                for item in await store.read_manifest(shard):
-                    yield item
+                latest = latest_records(await store.read_manifest(shard))
+                for index in sorted(latest):
+                    yield latest[index]
 
     async def cancel(
         self, job_id: str, reason: str = "cancelled", *, sink: str | None = None

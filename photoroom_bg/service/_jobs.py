@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._logs import get_logger
-from ..batch._manifest import job_fields
+from ..batch._manifest import job_fields, latest_records
 from ..errors import PhotoroomBGError
 from ._executor import Executor, JobSpec, LiveJob
 from ._options import build_options
@@ -343,20 +343,9 @@ class JobService:
         return records
 
     def _merge(self, record: JobRecord, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        merged: dict[int, dict[str, Any]] = {}
-        for line in records:
-            index = int(line["index"])
-            earlier = merged.get(index)
-            # a resumed run sees outputs made before the restart as "skipped": keep the
-            # record that says this job made them
-            if (
-                earlier is not None
-                and earlier.get("status") == "succeeded"
-                and line.get("status") == "skipped"
-                and earlier.get("key") == line.get("key")
-            ):
-                continue
-            merged[index] = line
+        # a resumed run sees outputs made before the restart as "skipped": the record that
+        # says this job made them is kept
+        merged = latest_records(records)
         items = []
         for index in range(record.image_count):
             if index in merged:

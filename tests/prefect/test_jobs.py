@@ -83,6 +83,11 @@ async def test_cancel_stops_a_job_and_resume_finishes_it_without_paying_twice(
             await jobs.resume(job.job_id)
             with anyio.fail_after(120):
                 info = await jobs.wait(job.job_id, interval=0.2)
+            # one current record per input: the first run's "cancelled" records, and the
+            # resume's "skipped" ones of what it had made, were listed beside them
+            records = [r async for r in jobs.results(job.job_id)]
+    assert sorted(r["source"] for r in records) == photos
+    assert {r["status"] for r in records} == {"succeeded"}
     assert info.state == "completed"
     assert info.counts["skipped_count"] == paid
     assert emu.ledger.calls() == 16
