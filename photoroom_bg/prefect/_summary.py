@@ -244,6 +244,11 @@ class RunSummary:
         if self.failure_counts:
             kinds = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.failure_counts.items()))
             text += f"; {self.count('failed_count'):,} failed ({kinds})"
+        if self.count("spilled_count"):  # paid for: a re-run stores them without a call
+            text += (
+                f"; {self.count('spilled_count'):,} paid for and kept in a spill folder "
+                "(run the job again to store them)"
+            )
         if self.count("cancelled_count"):
             text += f"; {self.count('cancelled_count'):,} not processed"
         if self.stop_reason:
@@ -307,8 +312,8 @@ class RunTotals:
         self.counts.update(summary.counts)
         self.failure_counts.update(summary.failure_counts)
         self.failures.extend(summary.failures)
-        if summary.outcome == "stopped" and self.stop_reason is None:
-            self.stop_reason = summary.stop_reason
+        if summary.outcome == "stopped" and self.stop_reason is None and summary.stop_reason:
+            self.stop_reason = f"shard {summary.shard}: {summary.stop_reason}"
 
     def add_unfinished(
         self, *, shard: int, size: int, outcome: str, error_type: str, message: str

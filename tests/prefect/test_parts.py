@@ -222,6 +222,36 @@ def test_shard_summaries_carry_every_count_of_the_report_even_new_ones() -> None
     assert RunSummary.from_dict(run.to_dict()) == run
 
 
+def test_a_stopped_jobs_message_names_the_shard_and_counts_the_spilled_cut_outs() -> None:
+    # "stopped: OutOfCreditsError: ..." named no shard, where the guide shows "stopped:
+    # shard 3: ...", and cut-outs paid for and kept in a spill folder were left out of it
+    report = _FutureReport(
+        total_count=6,
+        stored_count=0,
+        failed_count=0,
+        possibly_billed_count=0,
+        billed_calls=4,
+        failures={},
+        failure_counts={},
+        stop_reason="StorageFullError: the disk is full",
+    )
+    summary = attrs.evolve(
+        shard_summary(report, job_id="j", shard=3, size=6, outcome="stopped", manifest_key="m"),
+        counts={"total_count": 6, "stored_count": 0, "spilled_count": 4, "cancelled_count": 2},
+    )
+    totals = RunTotals()
+    totals.add(summary)
+    totals.stop("shard 3: StorageFullError: the disk is full")  # as the coordinator says it
+    run = totals.summary(
+        job_id="j", sink="s3://b/out", manifests="m/", cancelled=False, credits_spent=None,
+        duration=1,
+    )  # fmt: skip
+    assert run.message == (
+        "0 of 6 images stored; 4 paid for and kept in a spill folder (run the job again to "
+        "store them); 2 not processed; stopped: shard 3: StorageFullError: the disk is full"
+    )
+
+
 def test_a_job_failure_survives_pickling_with_its_summary() -> None:
     totals = RunTotals()
     totals.add_unfinished(shard=0, size=5, outcome="failed", error_type="ShardFailed", message="x")
