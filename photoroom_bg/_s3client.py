@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -14,6 +15,7 @@ __all__ = [
     "CREDENTIALS_ADVICE",
     "check_endpoint",
     "close_s3_client",
+    "configured_endpoint",
     "error_code",
     "open_s3_client",
 ]
@@ -40,6 +42,12 @@ def check_endpoint(name: str, endpoint_url: object) -> str | None:
         "http://localhost:9000",
         credentials=CREDENTIALS_ADVICE,
     )
+
+
+def configured_endpoint() -> str | None:
+    """The S3 endpoint botocore takes when none is given: ``$AWS_ENDPOINT_URL_S3``, else
+    ``$AWS_ENDPOINT_URL`` (``None``: AWS)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
 #: botocore's data loaders, by ``data_path`` setting: one per process, shared by every session.

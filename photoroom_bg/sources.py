@@ -988,8 +988,10 @@ class SourceReader:
         """
         shown = redact_url(prefix_uri)
         bucket, prefix = self._split_s3(prefix_uri, shown)
-        inside = [p for b, p in leave_out if b == bucket and p and p.startswith(prefix)]
-        if any(prefix.startswith(p) for b, p in leave_out if b == bucket and p):
+        inside = [p for b, p in leave_out if b == bucket and p.startswith(prefix)]
+        # an output at the bucket's root ("") holds every prefix of it: listed, its cut-outs
+        # were inputs of the next run, which paid for cut-outs of them
+        if any(prefix.startswith(p) for b, p in leave_out if b == bucket):
             raise InvalidSourceError(
                 f"{shown} is where this batch stores cut-outs: they are not inputs; give the "
                 "outputs a prefix of their own"

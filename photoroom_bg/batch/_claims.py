@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
 
 from .._logs import get_logger
+from .._s3client import configured_endpoint
 from ..sinks import FileSystemSink, S3Sink
 
 __all__ = ["making", "place_of", "stored_under"]
@@ -69,11 +70,24 @@ def stored_under(sink: object, s3_endpoint: str | None) -> str | None:
 
 
 def _endpoint(url: str | None) -> str | None:
-    """An S3 endpoint as one spelling: scheme and host in lower case, no trailing ``/``."""
+    """An S3 endpoint as one spelling: the one botocore takes when none is given
+    (``$AWS_ENDPOINT_URL_S3``...), scheme and host in lower case, the default port left
+    out, ``localhost`` as ``127.0.0.1``, no trailing ``/``. A sink given the server that
+    the reader found in the environment, or spelled another way, was taken for another
+    server, and a re-run listed its cut-outs as inputs and paid for them again."""
+    url = url or configured_endpoint()
     if url is None:
         return None
     parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    host = "127.0.0.1" if host == "localhost" else host
+    try:
+        port = parts.port
+    except ValueError:  # not a port: compared as written
+        port = None
+    default = {"http": 80, "https": 443}.get(scheme)
+    where = host if port in (None, default) else f"{host}:{port}"
+    return f"{scheme}://{where}{parts.path.rstrip('/')}"
 
 
 def _claim(place: Hashable, key: str) -> tuple[Hashable, str]:

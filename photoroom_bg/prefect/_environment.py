@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from .._s3client import configured_endpoint
 from ..errors import ConfigurationError
 from ..sinks import S3Sink, Sink, open_sink
 from ..sources import _DEFAULT_MAX_BYTES as DEFAULT_MAX_BYTES
@@ -25,7 +26,7 @@ __all__ = ["check_shared_sink", "open_worker_sink", "s3_endpoint", "worker_reade
 
 def s3_endpoint() -> str | None:
     """The S3 endpoint of this worker: ``$AWS_ENDPOINT_URL_S3``, else ``$AWS_ENDPOINT_URL``."""
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    return configured_endpoint()
 
 
 def check_shared_sink(uri: str) -> str:

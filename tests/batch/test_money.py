@@ -653,6 +653,60 @@ def test_a_re_run_into_a_prefix_inside_the_listed_one_never_takes_cut_outs_for_i
     assert "is where this batch stores cut-outs" in str(outputs.listing_error)
 
 
+@pytest.mark.parametrize("spelling", ["the environment", "localhost"])
+def test_the_output_prefix_is_left_out_however_the_reader_spells_its_server(
+    emulator: PhotoroomEmulator,
+    s3_server: S3Server,
+    s3_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    spelling: str,
+) -> None:
+    # the sink given its endpoint and the reader finding it in AWS_ENDPOINT_URL_S3 (or one
+    # writing localhost, the other 127.0.0.1): taken for two servers, each re-run listed
+    # the cut-outs as inputs and paid for cut-outs of them
+    options = s3_server.reader_options()
+    endpoint = options.pop("endpoint_url")
+    inputs = S3Sink(s3_prefix, **s3_server.sink_options())
+    for i in range(3):
+        asyncio.run(inputs.put(f"raw/p{i}.png", photo(), content_type="image/png"))
+    asyncio.run(inputs.aclose())
+    if spelling == "the environment":
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+        reader = SourceReader(s3_options=options)
+    else:
+        reader = SourceReader(s3_options={**options, "endpoint_url": endpoint})
+        endpoint = endpoint.replace("127.0.0.1", "localhost")
+    sink_options = {**s3_server.sink_options(), "endpoint_url": endpoint}
+    sink = S3Sink(f"{s3_prefix}/cutouts", **sink_options)
+    batch = remover(emulator, sink, reader=reader)
+    try:
+        reports = [batch.submit(f"{s3_prefix}/").wait() for _ in range(2)]
+    finally:
+        _loop.run_sync(reader.aclose())
+        _loop.run_sync(sink.aclose())
+    assert [r.total_count for r in reports] == [3, 3]
+    assert emulator.ledger.calls() == 3
+
+
+def test_an_output_at_the_buckets_root_is_never_listed_as_inputs(
+    emulator: PhotoroomEmulator, s3_server: S3Server, s3_new_bucket: str
+) -> None:
+    # an output at the root ("" prefix) was never left out: each run of
+    # `edit s3://b/ -o s3://b` took the earlier cut-outs for inputs and paid for them
+    reader = SourceReader(s3_options=s3_server.reader_options())
+    sink = S3Sink(f"s3://{s3_new_bucket}", create_bucket=True, **s3_server.sink_options())
+    asyncio.run(sink.put("p0.png", photo(), content_type="image/png"))
+    batch = remover(emulator, sink, reader=reader)
+    try:
+        report = batch.submit(f"s3://{s3_new_bucket}/").wait()
+    finally:
+        _loop.run_sync(reader.aclose())
+        _loop.run_sync(sink.aclose())
+    assert report.total_count == 0
+    assert "is where this batch stores cut-outs" in str(report.listing_error)
+    assert emulator.ledger.calls() == 0
+
+
 def test_a_batch_waiting_for_another_ones_output_pays_when_that_one_fails(
     tmp_path: Path,
 ) -> None:
