@@ -77,14 +77,14 @@ def _new_session() -> Any:
 
 
 async def open_s3_client(
-    needs: str, config: Mapping[str, Any] | None = None, **options: Any
+    needs: str, config: Mapping[str, Any] | object | None = None, **options: Any
 ) -> tuple[Any, Any]:
     """Create and enter an S3 client; return ``(context, client)`` for :class:`PerLoop`.
 
     Args:
         needs: who needs the ``s3`` extra, for the error when it is missing
             (``"S3Sink needs"``).
-        config: arguments for :class:`botocore.config.Config`, if any.
+        config: arguments for :class:`botocore.config.Config`, or a ``Config``, if any.
         options: arguments for ``create_client`` (endpoint, region, credentials...).
     """
     try:
@@ -92,8 +92,10 @@ async def open_s3_client(
         from botocore.config import Config
     except ImportError:
         raise ConfigurationError(f"{needs} the s3 extra: pip install 'photoroom-bg[s3]'") from None
-    if config is not None:
+    if isinstance(config, Mapping):
         options["config"] = Config(**config)
+    elif config is not None:
+        options["config"] = config
     endpoint = options.get("endpoint_url")
     if isinstance(endpoint, str) and endpoint[:7].lower() == "http://":
         # no TLS on this connection: the context aiohttp would build for it, reading the CA

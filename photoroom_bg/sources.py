@@ -558,6 +558,33 @@ _HOST_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
 _NUMERIC_LABEL = re.compile(r"^(?:0x[0-9a-f]*|[0-9]+)\Z", re.IGNORECASE)
 
 
+#: The arguments botocore's ``create_client`` takes beside the service name.
+_S3_CLIENT_ARGUMENTS = frozenset(
+    {"region_name", "api_version", "use_ssl", "verify", "endpoint_url", "aws_access_key_id",
+     "aws_secret_access_key", "aws_session_token", "config", "aws_account_id"}
+)  # fmt: skip
+_S3_NAMES = {  # names people write for them (S3Sink's own, for one)
+    "region": "region_name",
+    "endpoint": "endpoint_url",
+    "access_key": "aws_access_key_id",
+    "secret_key": "aws_secret_access_key",
+    "session_token": "aws_session_token",
+}
+
+
+def _check_s3_options(options: Mapping[str, Any]) -> None:
+    """Refuse an ``s3_options`` name the S3 client does not take, when the reader is made:
+    it failed each ``s3://`` job instead, as an unexpected TypeError with a traceback."""
+    for name in options:
+        if name not in _S3_CLIENT_ARGUMENTS:
+            hint = _S3_NAMES.get(name) if isinstance(name, str) else None
+            raise ConfigurationError(
+                f"s3_options: {name!r} is not an argument of the S3 client"
+                + (f" (did you mean {hint!r}?)" if hint else "")
+                + f"; it takes {', '.join(sorted(_S3_CLIENT_ARGUMENTS))}"
+            )
+
+
 def _check_host(host: str, shown: str) -> None:
     """Refuse host names no resolver should be asked about.
 
@@ -633,6 +660,7 @@ class SourceReader:
         check_type("s3_options", s3_options, Mapping, "a mapping or None")
         check_type("http_client", http_client, httpx.AsyncClient, "an httpx.AsyncClient or None")
         check_endpoint("s3_options['endpoint_url']", (s3_options or {}).get("endpoint_url"))
+        _check_s3_options(s3_options or {})
         self.max_bytes = max_bytes
         self.policy = NetworkPolicy(allow_private_networks, allow_networks)
         self.max_redirects = max_redirects
@@ -915,8 +943,11 @@ class SourceReader:
 
     async def _open_s3(self) -> tuple[Any, Any]:
         options = dict(self._s3_options)
-        path_style = options.get("endpoint_url") and "config" not in options
-        config = {"s3": {"addressing_style": "path"}} if path_style else None
+        # a botocore Config of the caller's is used as given (it was also passed twice,
+        # and every s3:// job failed with a TypeError)
+        config = options.pop("config", None)
+        if config is None and options.get("endpoint_url"):
+            config = {"s3": {"addressing_style": "path"}}
         return await open_s3_client("s3:// sources need", config, **options)
 
     def _http_client(self, keep_alive: int = _KEEP_ALIVE) -> httpx.AsyncClient:

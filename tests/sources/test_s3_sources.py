@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from photoroom_bg.errors import (
+    ConfigurationError,
     InvalidImageError,
     InvalidSourceError,
     SourceError,
@@ -171,3 +172,28 @@ async def test_an_upper_case_scheme_is_an_s3_uri(s3_server: S3Server, s3_prefix:
         assert [s.location for s in listed] == [f"{s3_prefix}/raw/a.png"]
         by_hand = ImageSource("s3", f"{upper}/raw/a.png", "a")
         assert await reader.read(by_hand) == png_bytes()
+
+
+async def test_a_botocore_config_in_s3_options_is_used(s3_server: S3Server, s3_prefix: str) -> None:
+    # it was passed twice ("got multiple values for argument 'config'"): every s3:// job
+    # failed as an unexpected TypeError
+    from botocore.config import Config
+
+    async with S3Sink(s3_prefix, **s3_server.sink_options()) as sink:
+        await sink.put("a.png", png_bytes())
+    config = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2})
+    options = {**s3_server.reader_options(), "config": config}
+    async with SourceReader(s3_options=options) as reader:
+        assert await reader.read(ImageSource("s3", f"{s3_prefix}/a.png", "a")) == png_bytes()
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"), [("region", "region_name"), ("endpoint", "endpoint_url")]
+)
+def test_an_s3_option_the_client_does_not_take_is_refused_when_the_reader_is_made(
+    name: str, hint: str
+) -> None:
+    # accepted, then every s3:// job failed with "unexpected keyword argument", each with a
+    # traceback in the log
+    with pytest.raises(ConfigurationError, match=f"'{name}' is not an argument.*'{hint}'"):
+        SourceReader(s3_options={name: "x"})
