@@ -14,6 +14,7 @@ usual way to say "no limit", so a wait that long or longer means no limit
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 import threading
@@ -110,10 +111,20 @@ def check_type(
     return value
 
 
-def check_callback(name: str, value: T) -> T:
-    """``value`` when it is ``None`` or callable; else a ``ConfigurationError``."""
+def check_callback(name: str, value: T, *, plain: bool = False) -> T:
+    """``value`` when it is ``None`` or callable (with ``plain``, not an ``async def``: its
+    coroutine would never be awaited); else a ``ConfigurationError``."""
     if value is not None and not callable(value):
         raise ConfigurationError(f"{name} must be a function or None, not {type(value).__name__}")
+    if plain and (
+        inspect.iscoroutinefunction(value)
+        or inspect.iscoroutinefunction(getattr(value, "__call__", None))  # noqa: B004
+    ):
+        raise ConfigurationError(
+            f"{name} must be a plain function (def), not an async def: it is called, not "
+            "awaited, so its body would never run; do the async work after the batch, or "
+            "hand it to your event loop from the function (loop.call_soon_threadsafe)"
+        )
     return value
 
 

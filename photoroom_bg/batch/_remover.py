@@ -229,8 +229,8 @@ class BatchRemover:
         check_type("reader", reader, SourceReader, "a SourceReader or None")
         check_type("retry_policy", retry_policy, RetryPolicy, "a RetryPolicy or None")
         check_type("key_template", key_template, (str, KeyTemplate), "a str, a KeyTemplate or None")
-        check_callback("on_result", on_result)
-        check_callback("on_progress", on_progress)
+        check_callback("on_result", on_result, plain=True)
+        check_callback("on_progress", on_progress, plain=True)
         if url_passthrough and not isinstance(options, EditOptions):
             raise ConfigurationError("url_passthrough needs EditOptions (GET /v2/edit)")
         self.engine = engine

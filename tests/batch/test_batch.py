@@ -390,6 +390,22 @@ def test_a_mask_is_stored_under_the_extension_of_its_format(
     assert Image.open(io.BytesIO(sink.objects[job.key])).format == kind
 
 
+def test_an_async_callback_is_refused_not_silently_never_run() -> None:
+    # accepted: its coroutine was made and dropped for each job, its body never ran, and
+    # the batch reported success ("coroutine was never awaited" the only sign)
+    async def on_result(result: JobResult) -> None:
+        raise AssertionError("never called")
+
+    class Later:
+        async def __call__(self, progress: object) -> None:
+            raise AssertionError("never called")
+
+    with pytest.raises(ConfigurationError, match="on_result must be a plain function"):
+        BatchRemover(sink=MemorySink(), on_result=on_result)
+    with pytest.raises(ConfigurationError, match="on_progress must be a plain function"):
+        BatchRemover(sink=MemorySink(), on_progress=Later())
+
+
 def test_bad_configuration_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="concurrency"):
         BatchRemover(sink=MemorySink(), concurrency=0)
