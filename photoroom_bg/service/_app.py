@@ -24,6 +24,10 @@ __all__ = ["create_app", "create_router"]
 
 logger = get_logger("photoroom_bg.service")
 
+#: Headers of the service's answers that a page on another origin must read: the wait
+#: before trying again (429, 503), a ZIP's counts and file name.
+EXPOSED_HEADERS = ["Retry-After", "X-Success-Count", "X-Failed-Count", "Content-Disposition"]
+
 
 def create_router(settings: ServiceSettings | None = None) -> APIRouter:
     """The service's endpoints as an :class:`fastapi.APIRouter` with its own lifespan.
@@ -70,6 +74,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             allow_origins=list(current.cors_origins),
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
+            # what a caller acts on, which browsers hide from scripts of another origin
+            expose_headers=EXPOSED_HEADERS,
         )
 
     async def problems(request: Request, exc: Exception) -> JSONResponse:

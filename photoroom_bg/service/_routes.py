@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from .. import __version__
 from .._images import sniff_format
+from .._logs import get_logger
 from .._redact import redact_url
 from ..batch import JobResult, JobStatus
 from ..errors import ObjectNotFoundError, PhotoroomBGError
@@ -24,7 +25,7 @@ from ._events import event_stream
 from ._http import RequestBody, read_body
 from ._options import parse_options
 from ._outputs import archive, ext, media
-from ._problems import Problem, problem_for
+from ._problems import Problem, problem_for, storage_detail
 from ._recent import RecentSession
 from ._serialize import item_from_result
 from ._state import ServiceState
@@ -32,7 +33,13 @@ from ._store import JobRecord
 
 __all__ = ["add_routes"]
 
-_OUTPUT_KEY = re.compile(r"outputs/[A-Za-z0-9._-]{1,100}-[0-9a-f]{12}\.(png|jpg|webp|avif)")
+logger = get_logger("photoroom_bg.service")
+
+# what the service's keys are: a stem as safe_stem() makes it (brackets, accents... but no
+# separator, "%", space or control character: nothing that leaves outputs/) and a digest
+_OUTPUT_KEY = re.compile(
+    r"outputs/[^\x00-\x1f\x7f/\\?#%*:|\"<>\s]{1,160}-[0-9a-f]{12}\.(png|jpg|webp|avif)"
+)
 _ITEM_INDEX = re.compile(r"[0-9]{1,9}")
 _STATIC = {"app.js": "text/javascript", "app.css": "text/css", "index.html": "text/html"}
 #: The longest image URL taken from a caller, in characters (what browsers, servers and CDNs
@@ -217,8 +224,10 @@ def add_routes(router: APIRouter) -> None:
             await state.sink.delete(probe)
             checks["sink"] = {"ok": True}
         except PhotoroomBGError as exc:
+            # the error names the service's folders, bucket or endpoint: for its log only
+            logger.warning("readiness: the sink failed its probe: %s", exc)
             p = problem_for(exc)
-            checks["sink"] = {"ok": False, "code": p.code, "detail": str(exc)}
+            checks["sink"] = {"ok": False, "code": p.code, "detail": storage_detail(p.code)}
         except Exception as exc:  # a storage library's own error, not translated by the sink
             checks["sink"] = {
                 "ok": False,

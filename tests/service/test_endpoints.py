@@ -306,6 +306,25 @@ def test_v2_upload_job_and_results_by_id_in_the_original_shape(service: ServiceP
         assert by_job["success_count"] == 2
 
 
+def test_outputs_of_uploads_with_brackets_or_accents_in_their_names_can_be_downloaded(
+    service: ServiceProcess,
+) -> None:
+    # the download route took only [A-Za-z0-9._-] stems, where keys keep what safe_stem
+    # keeps: "photo (2).png" and "café.png" were stored, and their links answered 404
+    names = ["photo (2).png", "café.png", "l'été & co.png"]
+    with service.client() as client:
+        for n, name in enumerate(names):
+            stored = client.post(
+                "/api/v1/remove-background",
+                files={"image_file": (name, photo(40 + n), "image/png")},
+                data={"store": "true"},
+            ).json()
+            assert stored["key"].startswith(f"outputs/{name[:3]}"), stored
+            answer = client.get(stored["download_url"])
+            assert answer.status_code == 200, (stored["key"], answer.text)
+            assert is_cutout(answer.content)
+
+
 def test_an_item_id_whose_index_is_no_plain_number_is_not_found(service: ServiceProcess) -> None:
     # "²" passes str.isdigit() but not int(), and so do 5,000 digits (Python's limit): each
     # was a 500 for a caller naming an item of a job of theirs; "٠" read as item 0

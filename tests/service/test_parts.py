@@ -472,6 +472,10 @@ def test_cors_allows_only_the_configured_origins(tmp_path: Path) -> None:
         assert allowed.headers["access-control-allow-origin"] == "https://shop.example"
         other = client.get("/health", headers={"Origin": "https://elsewhere.example"})
         assert "access-control-allow-origin" not in other.headers
+    # a page could not read a 429's Retry-After, nor a ZIP's counts: not exposed
+    exposed = allowed.headers["access-control-expose-headers"].lower().split(", ")
+    for name in ("retry-after", "x-success-count", "x-failed-count", "content-disposition"):
+        assert name in exposed
 
 
 @pytest.mark.filterwarnings("ignore:Using .httpx. with .starlette.testclient")
@@ -504,6 +508,29 @@ def test_readiness_fails_with_detail_when_the_sink_is_unreachable(
     assert checks["sink"]["code"].startswith("storage_")
     assert checks["engine"]["ok"] is True
     assert "test-secret-key-never-shown" not in ready.text
+    for private in (f"127.0.0.1:{port}", "bucket", "prefix"):
+        assert private not in ready.text
+
+
+def test_readiness_names_none_of_the_services_folders(tmp_path: Path) -> None:
+    # the sink's error text was the detail, for anyone (the check needs no token): "cannot
+    # write 'health/...' under /srv/data: /srv/data cannot be the sink's folder: ... a file"
+    from fastapi.testclient import TestClient
+
+    from photoroom_bg.service import create_app
+
+    folder = tmp_path / "private-sink-folder"
+    settings = ServiceSettings(api_key="k", sink=str(folder), state_dir=str(tmp_path / "s"))
+    with TestClient(create_app(settings)) as client:
+        if folder.is_dir():
+            folder.rmdir()
+        folder.write_text("not a folder any more")
+        ready = client.get("/health/ready")
+    assert ready.status_code == 503
+    sink = ready.json()["checks"]["sink"]
+    assert sink["ok"] is False
+    assert sink["detail"] == "the service's storage failed; its log says why"
+    assert "private-sink-folder" not in ready.text
 
 
 def test_a_job_knows_its_total_and_eta_before_the_batch_has_listed_every_source() -> None:
