@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -456,6 +457,18 @@ def test_the_router_works_inside_another_app(tmp_path: Path) -> None:
             headers={"Authorization": "Bearer t0ken"},
         )
         assert missing.json()["code"] == "job_not_found"
+        # the page's own URLs were absolute: under the prefix its script, its style sheet
+        # and the job it starts were 404s
+        page_url = "http://testserver/backgrounds/"
+        page = client.get(page_url, headers={"Accept": "text/html"}).text
+        script = client.get("/backgrounds/static/app.js").text
+        linked = re.findall(r'(?:href|src)="(static/[^"]+|/[^"]*)"', page)
+        fetched = re.findall(r'fetch\("([^"]+)"', script)
+        assert len(linked) == 2, linked
+        assert len(fetched) == 2, fetched
+        for url in linked + fetched:
+            answer = client.get(urllib.parse.urljoin(page_url, url), headers={"Accept": "*/*"})
+            assert answer.status_code in (200, 401, 405), (url, answer.status_code)
 
 
 @pytest.mark.filterwarnings("ignore:Using .httpx. with .starlette.testclient")

@@ -125,7 +125,7 @@ async function start(event) {
   $("start").disabled = true;
   $("results").innerHTML = "";
   try {
-    const response = await fetch("/api/v2/remove-backgrounds", { method: "POST", body: form, headers: headers() });
+    const response = await fetch("api/v2/remove-backgrounds", { method: "POST", body: form, headers: headers() });
     if (!response.ok) throw new Error(await problemText(response));
     const job = await response.json();
     chosen.forEach((file, i) => card(i, file.name, URL.createObjectURL(file)));
@@ -159,7 +159,7 @@ async function downloadZip(event) {
 async function init() {
   $("token").value = sessionStorage.getItem("photoroom-bg-token") || "";
   try {
-    const response = await fetch("/", { headers: { Accept: "application/json" } });
+    const response = await fetch("./", { headers: { Accept: "application/json" } });
     authRequired = response.ok && (await response.json()).auth_required;
   } catch (err) {
     authRequired = true;
