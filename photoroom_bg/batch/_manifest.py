@@ -49,6 +49,7 @@ __all__ = [
     "read_from_sink",
     "read_manifest",
     "replayable_sources",
+    "unsent_runs",
     "upload",
 ]
 
@@ -541,6 +542,33 @@ async def read_from_sink(sink: Sink, key: str) -> bytes:
         return await sink.get(key)
     except ObjectNotFoundError:
         return b""
+
+
+def unsent_runs(path: str | os.PathLike[str], earlier: bytes, size: int) -> bytes:
+    """The runs of the manifest at ``path`` (its first ``size`` bytes) that the sink's copy
+    (``earlier``) does not hold: those of a run that ended before it could store it (a
+    kill), whose records of what it made and paid for were otherwise left out of every
+    later copy. A run is its header line and the lines after it, and is in the copy when
+    its header is."""
+    if size == 0:
+        return b""
+    with open(path, "rb") as handle:
+        data = handle.read(size)
+    missing: list[bytes] = []
+    run: list[bytes] = []
+    sent = True  # lines before any header: an older copy's, already there
+    for line in data.splitlines(keepends=True):
+        if line.startswith(b'{"v": ') and b'"type": "run"' in line:
+            if run and not sent:
+                missing.extend(run)
+            run, sent = [line], line.rstrip(b"\n") in earlier
+        else:
+            run.append(line)
+    if run and not sent:
+        missing.extend(run)
+    if missing and not missing[-1].endswith(b"\n"):  # a torn last line: left out
+        missing.pop()
+    return b"".join(missing)
 
 
 async def upload(

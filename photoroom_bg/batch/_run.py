@@ -51,6 +51,7 @@ from ._manifest import (
     read_from_sink,
     read_manifest,
     replayable_sources,
+    unsent_runs,
     upload,
 )
 from ._progress import ProgressBar
@@ -352,6 +353,12 @@ class Batch:
         await anyio.to_thread.run_sync(self._manifest.open)
         self._resources.callback(self._manifest.close)
         self._offset = await anyio.to_thread.run_sync(file_size, self._manifest_path)
+        if self.r.manifest is not None and self.r.manifest_key is not None:
+            # a local manifest kept for the sink's copy: runs it holds that never reached
+            # the copy (killed before their end) go up with this run's records
+            self._earlier += await anyio.to_thread.run_sync(
+                unsent_runs, self._manifest_path, self._earlier, self._offset
+            )
         return await anyio.to_thread.run_sync(read_manifest, self._manifest_path)
 
     def _check_manifest_place(self, manifest: str) -> None:

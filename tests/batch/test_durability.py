@@ -22,7 +22,7 @@ import pytest
 
 from photoroom_bg import FileSystemSink, JobStatus, MemorySink, S3Sink, SyncSink
 from photoroom_bg.batch import load_sources
-from photoroom_bg.batch._manifest import load_finished_keys, read_manifest
+from photoroom_bg.batch._manifest import latest_records, load_finished_keys, read_manifest
 from photoroom_bg.errors import ConfigurationError, StorageUnavailableError
 from photoroom_bg.sinks import StoredObject
 from photoroom_bg.testing import Faults, PhotoroomEmulator
@@ -144,6 +144,37 @@ def test_a_manifest_where_a_folder_of_the_batch_goes_is_refused_before_anything_
             [photo()], manifest=tmp_path / manifest
         )
     assert emulator.ledger.calls() == 0
+
+
+def test_the_sinks_copy_of_a_manifest_keeps_the_records_of_a_run_killed_before_it(
+    emulator: PhotoroomEmulator, tmp_path: Path
+) -> None:
+    # a local manifest kept for the sink's copy (as the service keeps each job's): a run
+    # killed before it stored the copy left its records in the local file only, and the
+    # next run's copy held its own lines after the file's end: what the killed run made and
+    # paid for was gone from the job's record ("skipped, billed: false")
+    sink, local = MemorySink(), tmp_path / "job.jsonl"
+    images = [photo() for _ in range(4)]
+    killed = remover(emulator, sink, manifest=local)  # as if killed: no copy stored
+    assert killed.submit(images[:2]).wait().succeeded_count == 2
+    assert "jobs/j/manifest.jsonl" not in sink.objects
+    resumed = remover(emulator, sink, manifest=local, manifest_key="jobs/j/manifest.jsonl")
+    report = resumed.submit(images).wait()
+    assert (report.skipped_count, report.succeeded_count) == (2, 2)
+    copy = sink.objects["jobs/j/manifest.jsonl"].decode().splitlines()
+    records = latest_records(json.loads(line) for line in copy)
+    assert [records[i]["status"] for i in range(4)] == ["succeeded"] * 4
+    assert [records[i]["billed"] for i in range(4)] == [True] * 4
+    assert sum('"type": "run"' in line for line in copy) == 2
+    # and a third run adds its own lines only, nothing twice
+    remover(emulator, sink, manifest=local, manifest_key="jobs/j/manifest.jsonl").submit(
+        images
+    ).wait()
+    again = sink.objects["jobs/j/manifest.jsonl"].decode().splitlines()
+    assert again[: len(copy)] == copy
+    assert sum('"type": "run"' in line for line in again) == 3
+    assert len(again) == len(copy) + 1 + 4
+    assert emulator.ledger.calls() == 4
 
 
 @pytest.mark.parametrize("key", ["../runs.jsonl", "runs\x00.jsonl", "\ud800.jsonl", "/runs"])
