@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 
 from .. import __version__
 from .._images import sniff_format
@@ -23,6 +24,7 @@ from ..sinks import Sink
 from ..sources import ImageSource
 from ._events import event_stream
 from ._http import RequestBody, read_body
+from ._openapi import A_FEW_IMAGES, A_JOB, JOB_PROBLEMS, ONE_IMAGE, PROBLEMS, RESULTS, bearer
 from ._options import parse_options
 from ._outputs import archive, ext, media
 from ._problems import Problem, problem_for, storage_detail
@@ -56,7 +58,9 @@ def state_of(request: Request) -> ServiceState:
     return state  # type: ignore[no-any-return]
 
 
-async def caller(request: Request) -> str:
+async def caller(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> str:
     """Authenticate the request and count it against the caller's rate limit."""
     state = state_of(request)
     owner = state.auth.owner(request.headers.get("authorization"))
@@ -250,7 +254,13 @@ def add_routes(router: APIRouter) -> None:
 
     # -- v1: answers within the request ---------------------------------------------------
 
-    @router.post("/api/v1/remove-background", response_model=None, summary="One image")
+    @router.post(
+        "/api/v1/remove-background",
+        response_model=None,
+        summary="One image",
+        openapi_extra=ONE_IMAGE,
+        responses=PROBLEMS,
+    )
     async def remove_background(request: Request, owner: Caller) -> Response:
         """``{"image_url": ..., "options": {...}}`` or a multipart ``image_file`` upload.
 
@@ -294,7 +304,13 @@ def add_routes(router: APIRouter) -> None:
             if sink is not state.sink:
                 await sink.aclose()
 
-    @router.post("/api/v1/remove-backgrounds", response_model=None, summary="A few images")
+    @router.post(
+        "/api/v1/remove-backgrounds",
+        response_model=None,
+        summary="A few images",
+        openapi_extra=A_FEW_IMAGES,
+        responses=PROBLEMS,
+    )
     async def remove_backgrounds(request: Request, owner: Caller) -> Response:
         """``{"image_urls": [...]}``: one result per URL, never all-or-nothing. JSON by
         default (outputs stored, with URLs); ``Accept: application/zip`` returns a ZIP of the
@@ -347,7 +363,12 @@ def add_routes(router: APIRouter) -> None:
             if sink is not state.sink:
                 await sink.aclose()
 
-    @router.get("/api/v1/outputs/{key:path}", name="download_output", response_model=None)
+    @router.get(
+        "/api/v1/outputs/{key:path}",
+        name="download_output",
+        response_model=None,
+        responses=JOB_PROBLEMS,
+    )
     async def download_output(request: Request, key: str, owner: Caller) -> Response:
         """A stored cut-out, by the key a response gave."""
         if not _OUTPUT_KEY.fullmatch(key):
@@ -357,7 +378,13 @@ def add_routes(router: APIRouter) -> None:
 
     # -- v2: jobs -------------------------------------------------------------------------
 
-    @router.post("/api/v2/remove-backgrounds", status_code=202, summary="Start a job")
+    @router.post(
+        "/api/v2/remove-backgrounds",
+        status_code=202,
+        summary="Start a job",
+        openapi_extra=A_JOB,
+        responses=PROBLEMS,
+    )
     async def start_job(request: Request, owner: Caller) -> JSONResponse:
         """``{"image_urls": [...], "options": {...}}`` or a multipart form with ``files``:
         202 with ``job_id``, ``status``, ``image_count`` and ``status_url``."""
@@ -380,7 +407,12 @@ def add_routes(router: APIRouter) -> None:
         record = await state.jobs.create(owner, sources, doc)
         return JSONResponse(_started(request, record), status_code=202)
 
-    @router.post("/api/v2/remove-backgrounds/results", summary="Results by id (original shape)")
+    @router.post(
+        "/api/v2/remove-backgrounds/results",
+        summary="Results by id (original shape)",
+        openapi_extra=RESULTS,
+        responses=PROBLEMS,
+    )
     async def results_by_id(request: Request, owner: Caller) -> dict[str, Any]:
         """``{"job_ids": [...]}`` (or the original ``{"flow_ids": [...]}``, or a bare list):
         ids are job ids, or the item ids (``<job_id>.<index>``) a start returned as
@@ -440,7 +472,11 @@ def add_routes(router: APIRouter) -> None:
             "results": results,
         }
 
-    @router.get("/api/v2/remove-backgrounds/{job_id}", summary="A job's status and items")
+    @router.get(
+        "/api/v2/remove-backgrounds/{job_id}",
+        summary="A job's status and items",
+        responses=JOB_PROBLEMS,
+    )
     async def job_status(
         request: Request,
         job_id: str,
@@ -462,7 +498,9 @@ def add_routes(router: APIRouter) -> None:
             output_url=lambda j, i: str(request.url_for("job_output", job_id=j, index=i)),
         )
 
-    @router.delete("/api/v2/remove-backgrounds/{job_id}", summary="Cancel a job")
+    @router.delete(
+        "/api/v2/remove-backgrounds/{job_id}", summary="Cancel a job", responses=JOB_PROBLEMS
+    )
     async def cancel_job(request: Request, job_id: str, owner: Caller) -> JSONResponse:
         """Start no more of its images; those running finish and are stored."""
         state = state_of(request)
@@ -476,6 +514,7 @@ def add_routes(router: APIRouter) -> None:
         "/api/v2/remove-backgrounds/{job_id}/items/{index}/output",
         name="job_output",
         response_model=None,
+        responses=JOB_PROBLEMS,
     )
     async def job_output(request: Request, job_id: str, index: int, owner: Caller) -> Response:
         """One item's cut-out."""
@@ -486,7 +525,9 @@ def add_routes(router: APIRouter) -> None:
         data = await state.sink.get(item["key"])
         return Response(data, media_type=media(item["key"]))
 
-    @router.get("/api/v2/remove-backgrounds/{job_id}/zip", response_model=None)
+    @router.get(
+        "/api/v2/remove-backgrounds/{job_id}/zip", response_model=None, responses=JOB_PROBLEMS
+    )
     async def job_zip(request: Request, job_id: str, owner: Caller) -> Response:
         """The job's cut-outs so far, plus ``errors.json``, as a ZIP."""
         state = state_of(request)
@@ -494,7 +535,11 @@ def add_routes(router: APIRouter) -> None:
         items = await state.jobs.items(record)
         return await archive(state.sink, items, filename=f"cutouts-{job_id[:8]}.zip")
 
-    @router.get("/api/v2/remove-backgrounds/{job_id}/events", response_model=None)
+    @router.get(
+        "/api/v2/remove-backgrounds/{job_id}/events",
+        response_model=None,
+        responses=JOB_PROBLEMS,
+    )
     async def job_events(request: Request, job_id: str, owner: Caller) -> Response:
         """Server-Sent Events: ``item`` as each image finishes, ``progress``, then ``done``."""
         state = state_of(request)

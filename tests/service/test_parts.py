@@ -940,3 +940,27 @@ def test_json_text_no_utf8_can_carry_is_a_422_on_every_endpoint(tmp_path: Path) 
                 assert answer.status_code == 422, (path, answer.text[:300])
                 assert answer.json()["code"] == "invalid_request", (path, answer.text[:300])
                 assert "not text" in answer.json()["detail"]
+
+
+def test_the_openapi_schema_shows_the_bodies_the_token_and_the_problems(tmp_path: Path) -> None:
+    # the endpoints read their bodies themselves: the schema showed no body for any POST,
+    # no way to authorize in /docs, and FastAPI's HTTPValidationError for a 422 where the
+    # service answers application/problem+json (401, 404 and 429 not at all)
+    from photoroom_bg.service import create_app
+
+    app = create_app(ServiceSettings(sink="memory://", state_dir=str(tmp_path), api_key="k"))
+    schema = app.openapi()
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert "HTTPValidationError" not in json.dumps(schema)
+    start = schema["paths"]["/api/v2/remove-backgrounds"]["post"]
+    content = start["requestBody"]["content"]
+    assert "image_urls" in content["application/json"]["schema"]["properties"]
+    assert "files" in content["multipart/form-data"]["schema"]["properties"]
+    assert start["security"] == [{"HTTPBearer": []}]
+    for status in ("401", "422", "429"):
+        assert "application/problem+json" in start["responses"][status]["content"]
+    one = schema["paths"]["/api/v1/remove-background"]["post"]["requestBody"]["content"]
+    assert "image_file" in one["multipart/form-data"]["schema"]["properties"]
+    job = schema["paths"]["/api/v2/remove-backgrounds/{job_id}"]["get"]
+    assert "application/problem+json" in job["responses"]["404"]["content"]
+    assert "security" not in schema["paths"]["/health"]["get"]
