@@ -83,7 +83,9 @@ def body(
         }
     }
     if files is not None:
-        form = {name: {"type": "string", "description": "JSON text"} for name in fields}
+        form: dict[str, Any] = {
+            name: {"type": "string", "description": "JSON text"} for name in fields
+        }
         form[files] = {"type": "array", "items": {"type": "string", "format": "binary"}}
         content["multipart/form-data"] = {"schema": {"type": "object", "properties": form}}
     return {"requestBody": {"required": True, "content": content}}
