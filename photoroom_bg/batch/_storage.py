@@ -427,6 +427,8 @@ class Storage:
         if self._puts_failing_since is None:
             self._puts_failing_since = now
             return False
+        if self._outage_since is not None or self._gone is not None:
+            return False  # an outage being probed: the prober decides, as for any outage
         if now - self._puts_failing_since <= self.outage_budget:
             return False
         if self._gone is None:

@@ -43,7 +43,7 @@ def test_root_serves_the_page_to_browsers_and_json_to_clients(service: ServicePr
     page = httpx.get(service.url + "/", headers={"Accept": "text/html,*/*;q=0.8"})
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
-    assert "/static/app.js" in page.text
+    assert "static/app.js" in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
     status = httpx.get(service.url + "/")  # the original service's JSON status
     assert status.json()["status"] == "ok"
