@@ -88,33 +88,73 @@ def decode(data: bytes, max_pixels: int | None = None) -> Image.Image:
         with warnings.catch_warnings():  # refused below, with a message of ours
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             picture = Image.open(io.BytesIO(data))
-        width, height = picture.size
-        if width * height > MAX_DECODED_PIXELS:  # before a byte is decoded
-            raise InvalidImageError(
-                f"the image is {width}x{height} pixels ({width * height / 1e6:.0f} MP), over "
-                f"the {MAX_DECODED_PIXELS / 1e6:.0f} MP this engine decodes: a few hundred "
-                "kilobytes of PNG can hold that many (a decompression bomb); shrink a real "
-                "photo that large first"
-            )
+        _check_pixels(*picture.size)
         target = _fit(picture.size, max_pixels)
         if target != picture.size:
             picture.draft("RGB", target)  # JPEG decodes straight at 1/2, 1/4 or 1/8 scale
         picture.load()
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # past twice Pillow's threshold: its refusal
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(claimed.group(1)) / 1e6:.0f} MP" if claimed else "more pixels"
         raise InvalidImageError(
-            f"cannot read the image ({len(data)} bytes): {exc}. Send PNG, JPEG, WEBP or another "
-            "format Pillow reads"
+            f"the image claims {pixels}, over the {MAX_DECODED_PIXELS / 1e6:.0f} MP this engine "
+            "decodes: a few hundred bytes can claim that many (a decompression bomb); shrink "
+            "a real photo that large first"
+        ) from None
+    except UnidentifiedImageError:
+        raise InvalidImageError(
+            f"cannot read the image ({len(data)} bytes): it is no format Pillow reads. Send "
+            "PNG, JPEG, WEBP or another format Pillow reads"
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImageError(
-            f"the image is corrupt or truncated ({len(data)} bytes): {exc}"
+            f"the image is corrupt or truncated ({len(data)} bytes): {_pillow_text(exc)}"
         ) from None
-    upright = ImageOps.exif_transpose(picture)
-    rgb = upright if upright.mode == "RGB" else upright.convert("RGB")
+    try:  # Pillow reads a PNG's or WebP's EXIF block only here: a malformed one is ignored
+        upright = ImageOps.exif_transpose(picture)
+    except Exception:  # (a SyntaxError "not a TIFF file" escaped the engine)
+        upright = picture
+    rgb = _as_rgb(upright)
     target = _fit(rgb.size, max_pixels)
     if target != rgb.size:
         rgb = rgb.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
     return rgb
+
+
+def _check_pixels(width: int, height: int) -> None:
+    """Refuse an image of more than :data:`MAX_DECODED_PIXELS`, before it is decoded."""
+    if width * height > MAX_DECODED_PIXELS:
+        raise InvalidImageError(
+            f"the image is {width}x{height} pixels ({width * height / 1e6:.0f} MP), over "
+            f"the {MAX_DECODED_PIXELS / 1e6:.0f} MP this engine decodes: a few hundred "
+            "kilobytes of PNG can hold that many (a decompression bomb); shrink a real "
+            "photo that large first"
+        )
+
+
+def _pillow_text(exc: BaseException) -> str:
+    """Pillow's text without the ``<_io.BytesIO object at 0x...>`` it names its input by."""
+    text = re.sub(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>", "", str(exc)).strip()
+    return text.rstrip(":").strip() or type(exc).__name__
+
+
+def _as_rgb(picture: Image.Image) -> Image.Image:
+    """``picture`` in RGB. A 16- or 32-bit grey (``I;16``, ``I``, ``F``) is scaled to 8 bits
+    first: Pillow's own conversion clips it, and a 16-bit grey PNG came out all white."""
+    if picture.mode == "RGB":
+        return picture
+    if picture.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(picture, dtype=np.float64)
+        low, high = float(values.min(initial=0.0)), float(values.max(initial=0.0))
+        if picture.mode == "F" and low >= 0.0 and high <= 1.0:
+            low, top = 0.0, 1.0  # light as a fraction
+        elif low >= 0.0 and high <= 65535.0:
+            low, top = 0.0, 65535.0  # 16 bits, as a 16-bit PNG or TIFF holds them
+        else:
+            top = max(high, low + 1.0)  # other ranges: stretched over 8 bits
+        scaled = np.clip((values - low) / (top - low) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, "L").convert("RGB")
+    return picture.convert("RGB")
 
 
 def _fit(size: tuple[int, int], max_pixels: int | None) -> tuple[int, int]:

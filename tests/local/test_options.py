@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 from collections.abc import Callable
 
 import attrs
@@ -193,6 +195,58 @@ async def test_an_image_of_too_many_pixels_is_refused_before_it_is_decoded(
         warnings.simplefilter("error")  # refused with our message, not Pillow's warning too
         with pytest.raises(InvalidImageError, match=r"13000x13000 pixels \(169 MP\), over the"):
             await engine.process(buffer.getvalue(), SegmentOptions(size="preview"))
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels, with no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        # past twice Pillow's threshold Pillow refused first: "Send PNG, JPEG..." for a PNG
+        (_png_header(65_500, 65_500), r"claims 4290 MP, over the 89 MP this engine decodes"),
+        # "cannot identify image file <_io.BytesIO object at 0x7f...>"
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", r"it is no format Pillow reads"),
+    ],
+    ids=["a header of 65,500 x 65,500", "an SVG"],
+)
+async def test_unreadable_images_are_refused_with_a_message_of_the_engines(
+    engine: LocalEngine, data: bytes, message: str
+) -> None:
+    with pytest.raises(InvalidImageError, match=message) as refused:
+        await engine.process(data, SegmentOptions())
+    assert "object at 0x" not in str(refused.value)
+
+
+async def test_a_png_with_a_malformed_exif_block_is_processed(engine: LocalEngine) -> None:
+    # Pillow reads a PNG's EXIF only when asked for the orientation: a raw SyntaxError ("not
+    # a TIFF file") escaped the engine, and the batch filed the job as unexpected
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, "PNG", exif=b"XXXXXXXXXXXXXXXX")
+    result = await engine.process(buffer.getvalue(), SegmentOptions())
+    assert open_image(result.content).size == (64, 48)
+
+
+async def test_a_16_bit_grey_png_keeps_its_tones(engine: LocalEngine) -> None:
+    # Pillow's convert("RGB") clips 16-bit grey: every visible pixel of the cut-out was 255
+    levels = (np.linspace(20, 128, 64 * 48).reshape(48, 64) * 257).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(levels).save(buffer, "PNG")
+    result = await engine.process(buffer.getvalue(), SegmentOptions(channels="rgba"))
+    pixels = np.asarray(open_image(result.content).convert("RGBA"))
+    visible = pixels[pixels[..., 3] > 0][:, :3]
+    assert visible.size
+    assert visible.min() >= 15  # the darkest, 20 in 8 bits (it was 255)
+    assert visible.max() <= 133
 
 
 async def test_a_truncated_jpeg_raises_invalid_image_error(
