@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -39,6 +40,10 @@ logger = logging.getLogger("photoroom_bg.testing")
 
 MAX_SEGMENT_BYTES = 50 * 1024 * 1024
 MAX_EDIT_BYTES = 30 * 1024 * 1024
+MAX_SEGMENT_SIDE = 6000
+#: The input formats each endpoint takes, by Pillow's names (API.md: HEIC for segment only).
+SEGMENT_FORMATS = ("PNG", "JPEG", "WEBP", "HEIF")
+EDIT_FORMATS = ("PNG", "JPEG", "WEBP")
 _TINY_PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
 )
@@ -146,11 +151,13 @@ class EmulatorApp:
             # the work is done and billed: now lose the answer
             assert fault is not None
             self.requests.append(
-                LoggedRequest(method, path, params, _fault_status(fault), fault, sandbox)
+                LoggedRequest(method, path, _loggable(params), _fault_status(fault), fault, sandbox)
             )
             await self._inject(fault.removeprefix("bill-"), host, method, path, send, log=False)
             return
-        self.requests.append(LoggedRequest(method, path, params, answer.status, None, sandbox))
+        self.requests.append(
+            LoggedRequest(method, path, _loggable(params), answer.status, None, sandbox)
+        )
         await _respond(send, answer)
 
     async def _inject(
@@ -158,7 +165,7 @@ class EmulatorApp:
     ) -> None:
         if log:
             self.requests.append(LoggedRequest(method, path, {}, _fault_status(fault), fault))
-        retry = str(int(self.faults.faults.retry_after))
+        retry = str(math.ceil(self.faults.faults.retry_after))  # 0.5 s is "1", not "0"
         if fault == "stall":
             await asyncio.sleep(self.faults.faults.stall_seconds)
             await _respond(send, _error(host, 504, "stalled"))
@@ -235,8 +242,8 @@ class EmulatorApp:
     async def _account(self, request: Any, key: str, host: str) -> tuple[_Answer, dict[str, str]]:
         account = self.ledger.accounts[self.ledger.base_key(key)]
         usage = {
-            "available": round(self.ledger.available(key), 4),
-            "subscription": account.subscription,
+            "available": _shown(round(self.ledger.available(key), 4)),
+            "subscription": _shown(account.subscription),
         }
         body = (
             {"images": usage, "plan": account.plan}
@@ -258,6 +265,9 @@ class EmulatorApp:
             raise _Reject(_flat(400, "Please provide an image.", "missing_image"))
         if len(image) > MAX_SEGMENT_BYTES:
             raise _Reject(_flat(400, "Image file is too large (max 50MB).", "image_too_large"))
+        refused = _imaging.input_problem(image, SEGMENT_FORMATS, MAX_SEGMENT_SIDE)
+        if refused is not None:  # 7,000 px, a GIF or a BMP were made and billed
+            raise _Reject(_flat(400, refused, "invalid_image"))
         answer = self._render("segment", image, fields, host, key)
         if "application/json" in request.headers.get("accept", ""):
             encoded = base64.b64encode(answer.body).decode()
@@ -290,8 +300,13 @@ class EmulatorApp:
             image = await self._download(fields["imageUrl"])
         if image is None:  # imageFromPrompt: no model here, a plain generated picture
             image = _prompt_image()
-        if len(image) > MAX_EDIT_BYTES:
-            raise _Reject(_nested(400, "Image file is too large (max 30MB)."))
+        # each input image, the background and the guidance too, is held to the same limits
+        for name, data in (("imageFile", image), *files.items()):
+            if len(data) > MAX_EDIT_BYTES:
+                raise _Reject(_nested(400, f"{name}: image file is too large (max 30MB)."))
+            refused = _imaging.input_problem(data, EDIT_FORMATS, None)
+            if refused is not None:
+                raise _Reject(_nested(400, f"{name}: {refused}"))
         answer = self._render("edit", image, fields, host, key)
         if "background.prompt" in fields:
             seed = fields.get("background.seed") or str(
@@ -372,9 +387,34 @@ class EmulatorApp:
         return response.content
 
 
+#: What an account that never runs out (``credits=inf``) shows: JSON has no infinity, and
+#: ``Infinity`` in an answer is no JSON a client must read.
+UNLIMITED_SHOWN = 1_000_000_000_000
+
+
+def _shown(credits: float) -> float:
+    return credits if math.isfinite(credits) else UNLIMITED_SHOWN
+
+
 def _fault_status(fault: str) -> int:
+    """The status line a fault sends (a stall ends as a 504; a garbled, truncated or reset
+    answer starts as a 200)."""
     code = fault.removeprefix("bill-")
-    return int(code) if code.isdigit() else 0
+    if code.isdigit():
+        return int(code)
+    return 504 if code == "stall" else 200
+
+
+#: Parameter names that carry a key (the request log shows no key).
+_KEY_NAMES = frozenset({"apikey", "api_key", "x-api-key"})
+
+
+def _loggable(params: dict[str, str]) -> dict[str, str]:
+    """``params`` without any that carries a key: an ``apiKey`` in a GET's query went into
+    the request log, which the docs promise never holds the key."""
+    if not any(name.lower() in _KEY_NAMES for name in params):
+        return params
+    return {name: value for name, value in params.items() if name.lower() not in _KEY_NAMES}
 
 
 def _unsupported(answer: _Answer, names: list[str]) -> None:

@@ -122,11 +122,12 @@ class FaultPicker:
 
     def enqueue(self, faults: Iterable[str | None]) -> None:
         """Give the next requests these faults, in order (``None``: no fault)."""
+        given = list(faults)
+        for fault in given:  # all checked first: a bad one queues none of them
+            if fault is not None and fault not in FAULTS:
+                raise ValueError(f"unknown fault {fault!r}; use {', '.join(FAULTS)}")
         with self._lock:
-            for fault in faults:
-                if fault is not None and fault not in FAULTS:
-                    raise ValueError(f"unknown fault {fault!r}; use {', '.join(FAULTS)}")
-                self._queue.append(fault)
+            self._queue.extend(given)
 
     def latency(self) -> float:
         """This request's added latency in seconds."""

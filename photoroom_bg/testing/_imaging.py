@@ -74,7 +74,26 @@ def decode(data: bytes) -> Image.Image:
         image.load()
     except Exception as exc:
         raise ImageError(f"Could not decode the image: {type(exc).__name__}") from None
-    return ImageOps.exif_transpose(image)
+    try:  # a malformed EXIF block (Pillow reads it only here) is no reason to refuse
+        return ImageOps.exif_transpose(image)
+    except Exception:
+        return image
+
+
+def input_problem(data: bytes, formats: tuple[str, ...], max_side: int | None) -> str | None:
+    """Why an input is refused by the API's contract (its format is not one of ``formats``,
+    Pillow's names; a side is over ``max_side``), read from its header; ``None`` if it is
+    not (an image that cannot be read is :func:`decode`'s to refuse)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            fmt, size = image.format, image.size
+    except Exception:
+        return None
+    if fmt not in formats:
+        return f"Unsupported image format {fmt}: send {', '.join(formats)}"
+    if max_side is not None and max(size) > max_side:
+        return f"Image is {size[0]}x{size[1]}: the longest side may be at most {max_side} px"
+    return None
 
 
 def encode(image: Image.Image, fmt: str) -> tuple[bytes, str]:

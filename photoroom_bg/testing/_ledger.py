@@ -107,13 +107,13 @@ class Ledger:
     def billed(self, key: str | None = None) -> float:
         """Images billed, for one key or all keys."""
         with self._lock:
-            accounts = [self.accounts[key]] if key else list(self.accounts.values())
+            accounts = [self.accounts[self.base_key(key)]] if key else list(self.accounts.values())
             return sum(a.billed for a in accounts)
 
     def calls(self, key: str | None = None) -> int:
         """Billed (non-sandbox) calls, for one key or all keys."""
         with self._lock:
-            accounts = [self.accounts[key]] if key else list(self.accounts.values())
+            accounts = [self.accounts[self.base_key(key)]] if key else list(self.accounts.values())
             return sum(a.calls for a in accounts)
 
     def billed_per_image(self) -> dict[str, int]:

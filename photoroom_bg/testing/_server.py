@@ -18,6 +18,8 @@ from ._ledger import Ledger
 __all__ = ["DEFAULT_API_KEY", "PhotoroomEmulator"]
 
 DEFAULT_API_KEY = "emulator-test-key"
+#: Seconds the emulator's requests under way get to end when it stops: then they are cut.
+SHUTDOWN_GRACE = 2.0
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
@@ -77,7 +79,7 @@ class PhotoroomEmulator:
 
     def __init__(
         self,
-        api_keys: Mapping[str, float] | Iterable[str] = (DEFAULT_API_KEY,),
+        api_keys: Mapping[str, float] | Iterable[str] | str = (DEFAULT_API_KEY,),
         *,
         credits: float = 1000,
         plan: str = "basic",
@@ -87,6 +89,8 @@ class PhotoroomEmulator:
         image_work: bool = True,
         fetch_image_urls: bool = True,
     ) -> None:
+        if isinstance(api_keys, str):  # one key, not one key per character
+            api_keys = [api_keys]
         keys = (
             {str(k): _credits(v) for k, v in api_keys.items()}
             if isinstance(api_keys, Mapping)
@@ -160,6 +164,9 @@ class PhotoroomEmulator:
             timeout_keep_alive=30,
             limit_concurrency=None,
             backlog=4096,
+            # a request stalled on purpose (the stall fault, or a long latency) held the
+            # shutdown for the 30 s of the join below, and left the thread running
+            timeout_graceful_shutdown=SHUTDOWN_GRACE,
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(
@@ -172,7 +179,8 @@ class PhotoroomEmulator:
                 sock.close()
                 raise RuntimeError("the Photoroom emulator did not start")
             time.sleep(0.01)
-        self.url = f"http://{host}:{bound_port}"
+        shown = f"[{host}]" if ":" in host else host  # an IPv6 address: in brackets
+        self.url = f"http://{shown}:{bound_port}"
         try:
             yield self.url
         finally:
