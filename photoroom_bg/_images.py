@@ -347,8 +347,9 @@ def _text_hint(data: bytes) -> str:
         return ""
     shown = text if len(text) <= 60 else text[:57] + "..."
     return (
-        f" (these {len(data):,} bytes read {shown!r}: bytes are taken as the image itself; "
-        "pass a file name or URL as a str or pathlib.Path)"
+        f" (these {len(data):,} bytes read {shown!r}: text, such as an error page saved under "
+        "an image's name; or, given as bytes, a name meant as one: bytes are taken as the "
+        "image itself, so pass a file name or URL as a str or pathlib.Path)"
     )
 
 

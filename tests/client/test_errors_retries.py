@@ -1220,6 +1220,19 @@ async def test_bytes_that_read_as_a_file_name_are_refused_with_a_hint(
     assert not route.called
 
 
+async def test_a_file_of_text_named_as_an_image_is_refused_as_the_text_it_is(
+    twin: Twin, respx_mock: respx.MockRouter, tmp_path: Path
+) -> None:
+    # a failed download saved as photo.jpg, given by its path: the only advice was to
+    # "pass a file name or URL as a str or pathlib.Path", which the caller had done
+    saved = tmp_path / "photo.jpg"
+    saved.write_text("404: Not Found")
+    route = respx_mock.post(SEGMENT)
+    with pytest.raises(InvalidImageError, match="an error page saved under an image's name"):
+        await twin.call("remove_background", saved)
+    assert not route.called
+
+
 async def test_a_redirect_says_where_it_led_without_following_it(
     twin: Twin, respx_mock: respx.MockRouter
 ) -> None:
