@@ -141,6 +141,17 @@ def _header_text(text: str) -> str:
     return quote(text, safe=" -_.,:;/=+@()")
 
 
+#: The packages whose errors an S3 call may raise: the storage's own, typed by the sink.
+_STORAGE_PACKAGES = frozenset({"botocore", "aiobotocore", "aiohttp", "urllib3", "ssl", "yarl"})
+
+
+def _from_storage(exc: BaseException) -> bool:
+    """Whether ``exc`` is an error of the S3 client or of the network under it."""
+    if isinstance(exc, (OSError, TimeoutError, asyncio.TimeoutError)):
+        return True
+    return any(cls.__module__.split(".")[0] in _STORAGE_PACKAGES for cls in type(exc).__mro__[:-2])
+
+
 class S3Sink:
     """Stores objects in an S3 bucket, under an optional prefix.
 
@@ -287,6 +298,12 @@ class S3Sink:
             SSLError,
         )
 
+        if not _from_storage(exc):
+            # not the storage's error but one raised into this code from outside: Prefect's
+            # task worker raises StopTaskWorker from its SIGTERM handler wherever the main
+            # thread is, and wrapped as a StorageError it was taken for a missed heartbeat,
+            # and the worker never stopped
+            raise exc
         where = f"s3://{self.bucket}/{self._object_key(key) if key else self.prefix}"
         if isinstance(exc, NoCredentialsError):
             return StorageAuthError(f"cannot {action} at {where}: no AWS credentials found")

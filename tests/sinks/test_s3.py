@@ -453,3 +453,27 @@ async def test_an_endpoint_that_is_no_s3_server_is_called_so(
             await call
         assert type(refused.value) is StorageError  # not BucketNotFound, not ObjectNotFound
     await sink.aclose()
+
+
+async def test_an_exception_raised_into_a_call_from_outside_is_not_taken_for_a_storage_error(
+    s3_server: S3Server, s3_prefix: str
+) -> None:
+    # Prefect's task worker raises StopTaskWorker from its SIGTERM handler wherever the main
+    # thread is: raised during an S3 read it became "cannot read at s3://...: StopTaskWorker",
+    # a missed heartbeat to the shard, and the worker never stopped
+    class StopTaskWorker(Exception):
+        pass
+
+    async with S3Sink(s3_prefix, **s3_server.sink_options()) as sink:
+        await sink.put("a.png", b"x")
+        client = await sink._s3()
+
+        async def stopped(**_: object) -> None:
+            raise StopTaskWorker
+
+        client.get_object = stopped
+        client.put_object = stopped
+        with pytest.raises(StopTaskWorker):
+            await sink.get("a.png")
+        with pytest.raises(StopTaskWorker):
+            await sink.put("b.png", b"x")
