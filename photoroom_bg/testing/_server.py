@@ -19,7 +19,7 @@ __all__ = ["DEFAULT_API_KEY", "PhotoroomEmulator"]
 
 DEFAULT_API_KEY = "emulator-test-key"
 #: Seconds the emulator's requests under way get to end when it stops: then they are cut.
-SHUTDOWN_GRACE = 2.0
+SHUTDOWN_GRACE = 2
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
