@@ -32,6 +32,7 @@ __all__ = [
     "file_object_bytes",
     "file_position",
     "load_image",
+    "pillow_message",
     "read_file",
     "read_file_object",
     "read_regular_file",
@@ -468,7 +469,7 @@ def _check_decodes(data: bytes, name: str) -> None:
         ) from None
 
 
-def _pillow_message(exc: BaseException) -> str:
+def pillow_message(exc: BaseException) -> str:
     """Pillow's text without the ``<_io.BytesIO object at 0x...>`` it names its input by."""
     text = _OBJECT_REPR.sub("", str(exc)).strip().rstrip(":").strip()
     return text or type(exc).__name__
@@ -490,7 +491,7 @@ def _check_pixels(data: bytes, name: str, max_side: int | None) -> None:
             f"{name} has too many pixels; the longest side may be at most {max_side} px"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InvalidImageError(f"{name} is corrupt or truncated: {_pillow_message(exc)}") from None
+        raise InvalidImageError(f"{name} is corrupt or truncated: {pillow_message(exc)}") from None
     if max_side is not None and max(width, height) > max_side:
         raise InvalidImageError(
             f"{name} is {width}x{height} px; the longest side may be at most {max_side} px: "

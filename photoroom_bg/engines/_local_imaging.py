@@ -16,6 +16,7 @@ import attrs
 import numpy as np
 from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 
+from photoroom_bg._images import pillow_message
 from photoroom_bg.errors import InvalidImageError, ValidationError
 from photoroom_bg.options import SegmentOptions
 
@@ -108,7 +109,7 @@ def decode(data: bytes, max_pixels: int | None = None) -> Image.Image:
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImageError(
-            f"the image is corrupt or truncated ({len(data)} bytes): {_pillow_text(exc)}"
+            f"the image is corrupt or truncated ({len(data)} bytes): {pillow_message(exc)}"
         ) from None
     try:  # Pillow reads a PNG's or WebP's EXIF block only here: a malformed one is ignored
         upright = ImageOps.exif_transpose(picture)
@@ -130,12 +131,6 @@ def _check_pixels(width: int, height: int) -> None:
             "kilobytes of PNG can hold that many (a decompression bomb); shrink a real "
             "photo that large first"
         )
-
-
-def _pillow_text(exc: BaseException) -> str:
-    """Pillow's text without the ``<_io.BytesIO object at 0x...>`` it names its input by."""
-    text = re.sub(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>", "", str(exc)).strip()
-    return text.rstrip(":").strip() or type(exc).__name__
 
 
 def _as_rgb(picture: Image.Image) -> Image.Image:
